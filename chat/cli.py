@@ -1,0 +1,134 @@
+"""Command lines of the server and the client: arguments, logging and signals.
+
+The only place that reads the environment or installs signal handlers; all
+the work happens in chat.server and chat.client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from chat.server import ChatServer, ServerConfig
+
+log = logging.getLogger("chat")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7777
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+
+
+def add_address_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host and --port, shared by the server and the client."""
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CHAT_HOST") or DEFAULT_HOST,
+        help="address to use (env CHAT_HOST; default %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=_env_int("CHAT_PORT", DEFAULT_PORT),
+        help="TCP port; 0 lets the system pick a free one for the server (env CHAT_PORT; default %(default)s)",
+    )
+
+
+def server_parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(
+        prog="chat-server",
+        description="Run a chat room. Clients speak one JSON object per line; see protocol.md.",
+    )
+    add_address_arguments(parser)
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=_env_int("CHAT_HISTORY", defaults.history),
+        help="recent messages shown to a newcomer (env CHAT_HISTORY; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-line",
+        type=int,
+        default=_env_int("CHAT_MAX_LINE", defaults.max_line),
+        help="longest accepted line in bytes; a longer one closes the connection "
+        "(env CHAT_MAX_LINE; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-backlog",
+        type=int,
+        default=_env_int("CHAT_MAX_BACKLOG", defaults.max_backlog),
+        help="bytes queued for a client that is not reading before it is dropped "
+        "(env CHAT_MAX_BACKLOG; default %(default)s)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=float(os.environ.get("CHAT_PING_INTERVAL") or defaults.ping_interval),
+        help="seconds of silence before the server pings a client (env CHAT_PING_INTERVAL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get("CHAT_IDLE_TIMEOUT") or defaults.idle_timeout),
+        help="seconds of silence before a client is disconnected, 0 for never "
+        "(env CHAT_IDLE_TIMEOUT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CHAT_LOG_LEVEL") or "INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log to stderr (env CHAT_LOG_LEVEL; default %(default)s)",
+    )
+    return parser
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGINT or SIGTERM; returns the exit status."""
+    args = server_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        max_line=args.max_line,
+        history=args.history,
+        max_backlog=args.max_backlog,
+        ping_interval=args.ping_interval,
+        idle_timeout=args.idle_timeout,
+    )
+    try:
+        server = ChatServer((args.host, args.port), config)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    serving = threading.Thread(target=server.serve_forever, name="chat-serve")
+    serving.start()
+    host, port = server.server_address[:2]
+    log.info("listening on %s:%s", host, port)
+    try:
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        serving.join()
+    return 0

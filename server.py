@@ -1,0 +1,4 @@
+from chat.cli import server_main
+
+if __name__ == "__main__":
+    raise SystemExit(server_main())

@@ -1,0 +1,213 @@
+"""The room's rules, with a fake delivery that records who would get which line."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import pytest
+
+from chat.codec import decode_server
+from chat.errors import ProtocolError
+from chat.protocol import (
+    Action,
+    ChatMessage,
+    ClassicMessage,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Nick,
+    PrivateMessage,
+    Renamed,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    ServerMessage,
+    ServerPong,
+    Ping,
+    Users,
+    Welcome,
+    Who,
+)
+from chat.room import Room
+
+
+class FakeDelivery:
+    """Delivers at once: each subscribed peer's inbox gets every published line."""
+
+    def __init__(self) -> None:
+        self.inboxes: dict[Hashable, list[ServerMessage]] = {}
+        self.subscribed: set[Hashable] = set()
+
+    def publish(self, line: bytes) -> None:
+        for peer in self.subscribed:
+            self._deliver(peer, line)
+
+    def subscribe(self, peer: Hashable) -> None:
+        self.subscribed.add(peer)
+
+    def unsubscribe(self, peer: Hashable) -> None:
+        self.subscribed.discard(peer)
+
+    def send_to(self, peer: Hashable, line: bytes) -> None:
+        self._deliver(peer, line)
+
+    def _deliver(self, peer: Hashable, data: bytes) -> None:
+        for line in data.splitlines(keepends=True):
+            self.inboxes.setdefault(peer, []).append(decode_server(line))
+
+    def take(self, peer: Hashable) -> list[ServerMessage]:
+        return self.inboxes.pop(peer, [])
+
+
+@pytest.fixture
+def delivery() -> FakeDelivery:
+    return FakeDelivery()
+
+
+@pytest.fixture
+def room(delivery: FakeDelivery) -> Room:
+    return Room(delivery, history_size=3)
+
+
+def joined(room: Room, delivery: FakeDelivery, *names: str) -> None:
+    for name in names:
+        room.receive(name, Join(name=name))
+    for name in names:
+        delivery.take(name)
+
+
+def test_join_welcomes_with_name_and_users(room, delivery):
+    joined(room, delivery, "bob")
+    room.receive("alice", Join(name="alice"))
+    [welcome] = delivery.take("alice")
+    assert welcome == Welcome(name="alice", users=["alice", "bob"], history=0)
+    [notice] = delivery.take("bob")
+    assert isinstance(notice, Joined) and notice.name == "alice"
+
+
+def test_say_is_broadcast_to_every_member_sender_included_with_increasing_ids(room, delivery):
+    joined(room, delivery, "alice", "bob")
+    room.receive("alice", SendMessage(msg="one"))
+    room.receive("bob", SendMessage(msg="two"))
+    for peer in ("alice", "bob"):
+        messages = delivery.take(peer)
+        assert [(m.id, m.name, m.msg) for m in messages] == [(1, "alice", "one"), (2, "bob", "two")]
+
+
+def test_newcomer_gets_the_last_n_messages_in_order_after_the_welcome(room, delivery):
+    joined(room, delivery, "alice")
+    for text in ["1", "2", "3", "4", "5"]:
+        room.receive("alice", SendMessage(msg=text))
+    room.receive("carol", Join(name="carol"))
+    welcome, *history = delivery.take("carol")
+    assert welcome.history == 3
+    assert [m.msg for m in history] == ["3", "4", "5"]
+
+
+def test_taken_name_is_refused_whatever_its_case(room, delivery):
+    joined(room, delivery, "alice")
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("other", Join(name="ALICE"))
+    assert caught.value.code == "name_taken"
+    assert room.users() == ["alice"]
+
+
+def test_second_join_is_refused(room, delivery):
+    joined(room, delivery, "alice")
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("alice", Join(name="alice2"))
+    assert caught.value.code == "already_joined"
+
+
+def test_message_before_join_is_refused_and_reaches_nobody(room, delivery):
+    joined(room, delivery, "bob")
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("stranger", SendMessage(msg="hi"))
+    assert caught.value.code == "not_joined"
+    assert delivery.take("bob") == []
+
+
+def test_classic_line_joins_with_its_name_then_speaks(room, delivery):
+    joined(room, delivery, "bob")
+    room.receive("seed", ClassicMessage(name="alice", msg="hi"))
+    room.receive("seed", ClassicMessage(name="mallory", msg="still me"))
+    said = [m for m in delivery.take("bob") if isinstance(m, ChatMessage)]
+    assert [(m.name, m.msg) for m in said] == [("alice", "hi"), ("alice", "still me")]
+
+
+def test_classic_line_without_name_before_join_is_refused(room, delivery):
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("seed", ClassicMessage(msg="hi"))
+    assert caught.value.code == "not_joined"
+
+
+def test_action_shares_the_id_sequence_and_the_history(room, delivery):
+    joined(room, delivery, "alice")
+    room.receive("alice", SendMessage(msg="hi"))
+    room.receive("alice", SendAction(msg="waves"))
+    hi, wave = delivery.take("alice")
+    assert isinstance(wave, Action) and (wave.id, wave.msg) == (hi.id + 1, "waves")
+
+
+def test_private_message_reaches_only_target_and_sender(room, delivery):
+    joined(room, delivery, "alice", "bob", "carol")
+    room.receive("alice", SendPrivate(to="BOB", msg="psst"))
+    expected = [PrivateMessage(name="alice", to="bob", msg="psst", time=delivery.inboxes["bob"][0].time)]
+    assert delivery.take("bob") == expected
+    assert delivery.take("alice") == expected
+    assert delivery.take("carol") == []
+
+
+def test_private_message_to_absent_user_is_an_error(room, delivery):
+    joined(room, delivery, "alice")
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("alice", SendPrivate(to="ghost", msg="boo"))
+    assert caught.value.code == "no_such_user"
+
+
+def test_rename_tells_everyone_and_frees_the_old_name(room, delivery):
+    joined(room, delivery, "bob", "carol")
+    room.receive("bob", Nick(name="robert"))
+    [notice] = delivery.take("carol")
+    assert isinstance(notice, Renamed) and (notice.old, notice.new) == ("bob", "robert")
+    room.receive("bob", SendMessage(msg="hi"))
+    assert delivery.take("carol")[0].name == "robert"
+    room.receive("newbob", Join(name="bob"))
+    assert room.users() == ["bob", "carol", "robert"]
+
+
+def test_rename_to_a_taken_name_is_refused(room, delivery):
+    joined(room, delivery, "bob", "carol")
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("bob", Nick(name="Carol"))
+    assert caught.value.code == "name_taken"
+
+
+def test_rename_may_change_only_the_case(room, delivery):
+    joined(room, delivery, "bob")
+    room.receive("bob", Nick(name="Bob"))
+    assert room.users() == ["Bob"]
+
+
+def test_who_lists_users_to_the_asker_only(room, delivery):
+    joined(room, delivery, "bob", "alice")
+    room.receive("alice", Who())
+    assert delivery.take("alice") == [Users(users=["alice", "bob"])]
+    assert delivery.take("bob") == []
+
+
+def test_ping_gets_pong(room, delivery):
+    room.receive("anyone", Ping())
+    assert delivery.take("anyone") == [ServerPong()]
+
+
+def test_leave_ends_the_session_and_tells_the_others(room, delivery):
+    joined(room, delivery, "alice", "bob")
+    assert room.receive("alice", Leave()) is False
+    room.leave("alice", "quit")
+    [notice] = delivery.take("bob")
+    assert isinstance(notice, Left) and (notice.name, notice.reason) == ("alice", "quit")
+    assert delivery.take("alice") == []
+    room.leave("alice", "quit")  # harmless twice
+    assert room.users() == ["bob"]

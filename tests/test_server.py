@@ -1,0 +1,372 @@
+"""The server over real sockets: framing, errors, fan-out, departures and shutdown."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+
+import pytest
+
+from chat.protocol import (
+    Action,
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    PrivateMessage,
+    Renamed,
+    ServerPing,
+    ServerPong,
+    Shutdown,
+    Users,
+    Welcome,
+)
+from chat.server import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+
+
+@pytest.fixture
+def alice_and_bob(connect):
+    alice, bob = connect(), connect()
+    alice.join("alice")
+    bob.join("bob")
+    alice.expect(Joined, name="bob")
+    return alice, bob
+
+
+def test_join_gets_welcome_with_everyone_present(connect):
+    bob = connect()
+    assert bob.join("bob") == Welcome(name="bob", users=["bob"], history=0)
+    alice = connect()
+    assert alice.join("alice") == Welcome(name="alice", users=["alice", "bob"], history=0)
+    assert bob.next() == Joined(name="alice", time=bob.seen[-1].time)
+
+
+def test_message_reaches_everyone_with_id_name_and_server_time(alice_and_bob):
+    alice, bob = alice_and_bob
+    alice.say("hello")
+    for client in (alice, bob):
+        message = client.expect(ChatMessage)
+        assert (message.id, message.name, message.msg) == (1, "alice", "hello")
+        assert message.time.utcoffset().total_seconds() == 0
+    raw = json.loads(_next_raw_message(alice, bob))
+    assert raw["time"].endswith("Z") and raw["id"] == 2
+
+
+def _next_raw_message(alice: LineClient, bob: LineClient) -> bytes:
+    alice.say("again")
+    alice.expect(ChatMessage)
+    return bob.read_line()
+
+
+def test_nobody_can_speak_as_somebody_else(alice_and_bob):
+    alice, bob = alice_and_bob
+    alice.send({"type": "message", "name": "bob", "time": "1999-01-01T00:00:00Z", "msg": "I am bob"})
+    message = bob.expect(ChatMessage)
+    assert message.name == "alice"
+    assert message.time.year >= 2026
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"\xc3\x28 not utf-8\n", "invalid_utf8"),
+        (b"this is not json\n", "invalid_json"),
+        (b"[1, 2, 3]\n", "not_an_object"),
+        (b'{"type": "message", "msg": ["a"]}\n', "invalid_field"),
+        (b'{"type": "teleport"}\n', "unknown_type"),
+        (b'{"type": "message", "msg": "   "}\n', "empty_message"),
+        (b'{"type": "nick", "name": "alice"}\n', "name_taken"),
+        (b'{"type": "nick", "name": ""}\n', "name_empty"),
+        (b'{"type": "nick", "name": "' + b"x" * 33 + b'"}\n', "name_too_long"),
+        (b'{"type": "nick", "name": "a\\u0000b"}\n', "name_invalid"),
+        (b'{"type": "private", "to": "nobody", "msg": "hi"}\n', "no_such_user"),
+        (b'{"type": "join", "name": "again"}\n', "already_joined"),
+    ],
+)
+def test_bad_line_gets_error_to_sender_only_and_connection_stays_open(alice_and_bob, connect, line, code):
+    alice, bob = alice_and_bob
+    mallory = connect()
+    mallory.join("mallory")
+    bob.expect(Joined, name="mallory")
+    mallory.send_raw(line)
+    error = mallory.next()
+    assert isinstance(error, ErrorReply) and error.code == code and error.detail
+    mallory.say("still here")
+    assert bob.next().msg == "still here"  # the bad line sent bob nothing
+
+
+def test_message_before_join_is_an_error(connect):
+    stranger = connect()
+    stranger.say("hi")
+    assert stranger.expect(ErrorReply).code == "not_joined"
+
+
+def test_taken_name_gets_error_and_stays_connected(connect):
+    connect().join("alice")
+    impostor = connect()
+    impostor.send({"type": "join", "name": "Alice"})
+    assert impostor.next().code == "name_taken"
+    assert impostor.join("alicia").name == "alicia"
+
+
+def test_overlong_line_is_refused_and_the_connection_closed(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_line=1024))
+    watcher, flooder = connect(server), connect(server)
+    watcher.join("watcher")
+    flooder.join("flooder")
+    watcher.expect(Joined)
+    flooder.send_raw(b'{"type": "message", "msg": "' + b"x" * 5000 + b'"}\n')
+    assert [m.code for m in flooder.expect_closed() if isinstance(m, ErrorReply)] == ["line_too_long"]
+    assert watcher.expect(Left, name="flooder").reason == "disconnected"
+
+
+def test_endless_bytes_without_newline_are_cut_off(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_line=4096))
+    tls_hello = connect(server)
+    no_newline = bytes(byte for byte in range(256) if byte != ord("\n"))
+    try:
+        for _ in range(64):
+            tls_hello.send_raw(b"\x16\x03\x01" + no_newline * 4)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server already hung up, as it should
+    messages = tls_hello.expect_closed()
+    assert [m.code for m in messages if isinstance(m, ErrorReply)] == ["line_too_long"]
+
+
+def test_line_sent_one_byte_at_a_time_decodes(alice_and_bob):
+    alice, bob = alice_and_bob
+    for byte in json.dumps({"type": "message", "msg": "slow"}).encode() + b"\n":
+        alice.send_raw(bytes([byte]))
+    assert bob.expect(ChatMessage).msg == "slow"
+
+
+def test_utf8_character_split_across_packets_decodes(alice_and_bob):
+    alice, bob = alice_and_bob
+    line = json.dumps({"type": "message", "msg": "naïve ☕"}, ensure_ascii=False).encode() + b"\n"
+    cut = line.index("☕".encode()) + 1
+    alice.send_raw(line[:cut])
+    alice.send_raw(line[cut:])
+    assert bob.expect(ChatMessage).msg == "naïve ☕"
+
+
+def test_many_lines_in_one_packet_all_arrive_in_order(alice_and_bob):
+    alice, bob = alice_and_bob
+    packet = b"".join(json.dumps({"type": "message", "msg": str(i)}).encode() + b"\r\n" for i in range(100))
+    alice.send_raw(packet)
+    assert [bob.expect(ChatMessage).msg for _ in range(100)] == [str(i) for i in range(100)]
+
+
+def test_blank_lines_are_ignored(alice_and_bob):
+    alice, bob = alice_and_bob
+    alice.send_raw(b"\n\r\n  \n")
+    alice.say("after blanks")
+    assert bob.next().msg == "after blanks"
+    assert alice.next().msg == "after blanks"
+
+
+def test_seed_client_joins_with_its_first_lines_name(connect):
+    bob = connect()
+    bob.join("bob")
+    seed = connect()
+    seed.send({"name": "alice", "msg": "hi", "time": "2024-2-24"})
+    assert bob.expect(Joined).name == "alice"
+    message = bob.expect(ChatMessage)
+    assert (message.name, message.msg) == ("alice", "hi")
+    seed.send({"name": "bob", "msg": "impersonating", "time": "2024-2-24"})
+    assert bob.expect(ChatMessage).name == "alice"
+    assert seed.expect(ChatMessage, msg="impersonating").name == "alice"
+
+
+def test_newcomer_sees_recent_history_in_order_before_live_traffic(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(history=5))
+    alice = connect(server)
+    alice.join("alice")
+    for i in range(8):
+        alice.say(f"m{i}")
+    alice.expect(ChatMessage, msg="m7")
+    late = connect(server)
+    assert late.join("late").history == 5
+    assert [late.next().msg for _ in range(5)] == ["m3", "m4", "m5", "m6", "m7"]
+    alice.say("live")
+    assert late.next().msg == "live"
+
+
+def test_private_message_is_delivered_to_target_and_echoed_only(alice_and_bob, connect):
+    alice, bob = alice_and_bob
+    carol = connect()
+    carol.join("carol")
+    alice.send({"type": "private", "to": "bob", "msg": "psst"})
+    for client in (bob, alice):
+        dm = client.expect(PrivateMessage)
+        assert (dm.name, dm.to, dm.msg) == ("alice", "bob", "psst")
+    alice.say("public")
+    assert carol.next().msg == "public"  # carol never saw the private line
+
+
+def test_action_name_change_and_who(alice_and_bob):
+    alice, bob = alice_and_bob
+    alice.send({"type": "action", "msg": "waves"})
+    action = bob.expect(Action)
+    assert (action.name, action.msg) == ("alice", "waves")
+    bob.send({"type": "nick", "name": "robert"})
+    renamed = alice.expect(Renamed)
+    assert (renamed.old, renamed.new) == ("bob", "robert")
+    alice.send({"type": "who"})
+    assert alice.expect(Users).users == ["alice", "robert"]
+
+
+def test_clean_leave_closes_and_tells_the_others(alice_and_bob):
+    alice, bob = alice_and_bob
+    bob.send({"type": "leave"})
+    bob.expect_closed()
+    assert alice.expect(Left, name="bob").reason == "quit"
+
+
+def test_client_ping_gets_pong(connect):
+    client = connect()
+    client.send({"type": "ping"})
+    assert client.next() == ServerPong()
+
+
+def test_silent_client_is_pinged_then_dropped(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(ping_interval=0.05, idle_timeout=0.5))
+    watcher, sleeper = connect(server), connect(server)
+    watcher.join("watcher")
+    sleeper.join("sleeper")
+    while not isinstance(notice := watcher.next(), Left):
+        if isinstance(notice, ServerPing):
+            watcher.send({"type": "pong"})  # the watcher stays, answering pings
+    assert (notice.name, notice.reason) == ("sleeper", "timeout")
+    seen_by_sleeper = sleeper.expect_closed()
+    assert ServerPing() in seen_by_sleeper
+    assert seen_by_sleeper[-1].code == "idle_timeout"
+
+
+def test_answering_pings_keeps_a_client_connected(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(ping_interval=0.05, idle_timeout=0.3))
+    talker, sleeper = connect(server), connect(server)
+    talker.join("talker")
+    sleeper.join("sleeper")
+    pings = 0
+    while not isinstance(notice := talker.next(), Left):
+        if isinstance(notice, ServerPing):
+            pings += 1
+            talker.send({"type": "pong"})
+    assert notice.name == "sleeper"
+    for _ in range(10):  # ten more pings answered: well past the idle timeout
+        talker.expect(ServerPing)
+        talker.send({"type": "pong"})
+    talker.say("still here")
+    assert talker.expect(ChatMessage).msg == "still here"
+
+
+def test_killed_client_is_removed_and_the_room_goes_on(alice_and_bob, connect):
+    alice, bob = alice_and_bob
+    victim = connect()
+    victim.join("victim")
+    victim.say("about to die")
+    alice.expect(ChatMessage, msg="about to die")
+    # SO_LINGER 0: close() sends a reset, as when a process is killed.
+    victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    victim.close()
+    assert alice.expect(Left, name="victim").reason == "disconnected"
+    bob.say("carry on")
+    assert alice.expect(ChatMessage).msg == "carry on"
+
+
+def test_half_closed_client_is_removed(alice_and_bob):
+    alice, bob = alice_and_bob
+    bob.sock.shutdown(socket.SHUT_WR)
+    assert alice.expect(Left, name="bob").reason == "disconnected"
+
+
+def test_client_that_never_reads_does_not_hold_up_the_others(alice_and_bob, connect):
+    alice, bob = alice_and_bob
+    stuck = connect()
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.join("stuck")  # and never reads again
+    count = 3000
+    text = "x" * 200
+
+    def talk(client: LineClient, name: str) -> None:
+        for i in range(count):
+            client.say(f"{name} {i} {text}")
+
+    talkers = [threading.Thread(target=talk, args=(c, n)) for c, n in ((alice, "a"), (bob, "b"))]
+    for talker in talkers:
+        talker.start()
+    for client in (alice, bob):
+        seen = {"a": 0, "b": 0}
+        while seen != {"a": count, "b": count}:
+            message = client.next()
+            if isinstance(message, ChatMessage):
+                name, number, _ = message.msg.split(" ", 2)
+                assert int(number) == seen[name]
+                seen[name] += 1
+    for talker in talkers:
+        talker.join(TIMEOUT)
+
+
+def test_client_whose_backlog_overflows_is_dropped(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_backlog=64 * 1024))
+    alice, stuck = connect(server), connect(server)
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    alice.join("alice")
+    stuck.join("stuck")
+    alice.expect(Joined, name="stuck")
+    text = "y" * 1000
+    i = 0
+    while True:
+        alice.say(f"{i} {text}")
+        message = alice.expect(ChatMessage | Left)  # type: ignore[arg-type]
+        if isinstance(message, Left):
+            break
+        i += 1
+        assert i < 100_000, "the stuck client was never dropped"
+    assert (message.name, message.reason) == ("stuck", "slow_consumer")
+
+
+def test_stop_tells_every_client_then_closes(start_chat_server, connect):
+    server = start_chat_server()
+    alice, lurker = connect(server), connect(server)
+    alice.join("alice")
+    server.stop()
+    assert isinstance(alice.expect_closed()[-1], Shutdown)
+    assert isinstance(lurker.expect_closed()[-1], Shutdown)
+
+
+def test_many_servers_live_in_one_process(start_chat_server, connect):
+    first, second = start_chat_server(), start_chat_server()
+    a, b = connect(first), connect(second)
+    a.join("same")
+    assert b.join("same").users == ["same"]
+
+
+def test_two_hundred_clients_each_get_every_message_once_in_id_order(chat_server, connect):
+    clients = [connect() for _ in range(200)]
+    for i, client in enumerate(clients):
+        client.send({"type": "join", "name": f"user{i}"})
+    for client in clients:
+        client.expect(Welcome)
+    senders = clients[:10]
+    per_sender = 20
+
+    def talk(client: LineClient, n: int) -> None:
+        for k in range(per_sender):
+            client.say(f"{n}:{k}")
+
+    threads = [threading.Thread(target=talk, args=(c, n)) for n, c in enumerate(senders)]
+    for thread in threads:
+        thread.start()
+    total = len(senders) * per_sender
+    first_ids: list[int] | None = None
+    for client in clients:
+        ids = [client.expect(ChatMessage).id for _ in range(total)]
+        assert ids == sorted(set(ids)), "duplicates or out of order"
+        first_ids = first_ids or ids
+        assert ids == first_ids
+    for thread in threads:
+        thread.join(TIMEOUT)
