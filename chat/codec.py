@@ -8,7 +8,8 @@ code and detail can be sent straight back to the peer.
 from __future__ import annotations
 
 import json
-from typing import Any, get_args
+from collections.abc import Callable
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -26,6 +27,8 @@ _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 _server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 _ERROR_CODES = frozenset(get_args(ErrorCode))
 
+T = TypeVar("T")
+
 
 def encode(message: BaseModel) -> bytes:
     """One wire line: compact JSON, UTF-8, ending in a newline."""
@@ -34,7 +37,7 @@ def encode(message: BaseModel) -> bytes:
 
 def encode_error(error: ProtocolError) -> bytes:
     """The error line that tells a peer what was wrong with what it sent."""
-    return encode(ErrorReply(code=error.code, detail=error.detail))  # type: ignore[arg-type]
+    return encode(ErrorReply(code=error.code, detail=error.detail))
 
 
 def strip_line_ending(line: bytes) -> bytes:
@@ -80,7 +83,7 @@ def _parse_object(line: bytes) -> dict[str, Any]:
     return value
 
 
-def _validate(validate: Any, value: dict[str, Any]) -> Any:
+def _validate(validate: Callable[[dict[str, Any]], T], value: dict[str, Any]) -> T:
     try:
         return validate(value)
     except ValidationError as exc:

@@ -34,18 +34,18 @@ class Peer:
     """
 
     __slots__ = (
-        "sock",
-        "label",
-        "cursor",
-        "private",
-        "pending",
-        "closing",
-        "drop_reason",
-        "released",
-        "last_heard",
-        "pinged",
-        "give_up",
         "_watching",
+        "closing",
+        "cursor",
+        "drop_reason",
+        "give_up",
+        "label",
+        "last_heard",
+        "pending",
+        "pinged",
+        "private",
+        "released",
+        "sock",
     )
 
     def __init__(self, sock: socket.socket, label: str) -> None:
@@ -267,9 +267,10 @@ class Outbox:
             if peer.private:
                 data = self._merge_private(peer, head)
             elif peer.cursor is not None and peer.cursor < head:
-                data = joined.get(peer.cursor)
-                if data is None:
-                    data = joined[peer.cursor] = b"".join(self._lines[peer.cursor - self._base : head - self._base])
+                cached = joined.get(peer.cursor)
+                if cached is None:
+                    cached = joined[peer.cursor] = b"".join(self._lines[peer.cursor - self._base : head - self._base])
+                data = cached
                 peer.cursor = head
             else:
                 data = b""

@@ -7,7 +7,7 @@ or logging, and no parsing of raw bytes (that is codec.py's job).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
@@ -23,12 +23,12 @@ DEFAULT_MAX_LINE = 64 * 1024
 
 def utc_now() -> datetime:
     """The current time, as the server stamps messages."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _format_time(value: datetime) -> str:
     # "2026-11-20T12:00:00.123Z": millisecond precision, always UTC.
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _check_name(name: str) -> str:

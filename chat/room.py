@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Hashable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from chat.codec import encode
 from chat.errors import ProtocolError
@@ -47,23 +47,27 @@ DEFAULT_HISTORY = 50
 _PONG = encode(ServerPong())
 
 
-class Delivery(Protocol):
+P = TypeVar("P", bound=Hashable)
+P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
+
+
+class Delivery(Protocol[P_contra]):
     """How the room's lines reach connections (the Outbox, or a fake in tests)."""
 
     def publish(self, line: bytes) -> None: ...
-    def subscribe(self, peer: Hashable) -> None: ...
-    def unsubscribe(self, peer: Hashable) -> None: ...
-    def send_to(self, peer: Hashable, line: bytes) -> None: ...
+    def subscribe(self, peer: P_contra) -> None: ...
+    def unsubscribe(self, peer: P_contra) -> None: ...
+    def send_to(self, peer: P_contra, line: bytes) -> None: ...
 
 
-class Room:
+class Room(Generic[P]):
     """Members by name, the id sequence, and the recent history."""
 
-    def __init__(self, delivery: Delivery, history_size: int = DEFAULT_HISTORY) -> None:
+    def __init__(self, delivery: Delivery[P], history_size: int = DEFAULT_HISTORY) -> None:
         self._delivery = delivery
         self._lock = threading.Lock()
-        self._names: dict[Hashable, str] = {}
-        self._by_key: dict[str, Hashable] = {}  # casefolded name -> peer
+        self._names: dict[P, str] = {}
+        self._by_key: dict[str, P] = {}  # casefolded name -> peer
         self._history: deque[bytes] = deque(maxlen=history_size)
         self._last_id = 0
 
@@ -71,11 +75,11 @@ class Room:
         with self._lock:
             return self._sorted_users()
 
-    def name_of(self, peer: Hashable) -> str | None:
+    def name_of(self, peer: P) -> str | None:
         with self._lock:
             return self._names.get(peer)
 
-    def receive(self, peer: Hashable, message: ClientMessage | ClassicMessage) -> bool:
+    def receive(self, peer: P, message: ClientMessage | ClassicMessage) -> bool:
         """Act on one decoded line from `peer`; False when it said goodbye.
 
         Raises ProtocolError for a request the room refuses; nothing has been
@@ -108,7 +112,7 @@ class Room:
                 return False
         return True
 
-    def join(self, peer: Hashable, name: str) -> None:
+    def join(self, peer: P, name: str) -> None:
         """Welcome `peer` as `name`: welcome, history, then every later broadcast."""
         with self._lock:
             if peer in self._names:
@@ -122,19 +126,19 @@ class Room:
             self._delivery.subscribe(peer)
         log.info("%s joined as %s", peer, name)
 
-    def say(self, peer: Hashable, text: str) -> None:
+    def say(self, peer: P, text: str) -> None:
         with self._lock:
             name = self._member(peer)
             self._last_id += 1
             self._remember(encode(ChatMessage(id=self._last_id, name=name, msg=text, time=utc_now())))
 
-    def act(self, peer: Hashable, text: str) -> None:
+    def act(self, peer: P, text: str) -> None:
         with self._lock:
             name = self._member(peer)
             self._last_id += 1
             self._remember(encode(Action(id=self._last_id, name=name, msg=text, time=utc_now())))
 
-    def whisper(self, peer: Hashable, to: str, text: str) -> None:
+    def whisper(self, peer: P, to: str, text: str) -> None:
         """A private message to `to`, echoed to the sender."""
         with self._lock:
             name = self._member(peer)
@@ -146,7 +150,7 @@ class Room:
             if target != peer:
                 self._delivery.send_to(peer, line)
 
-    def rename(self, peer: Hashable, new: str) -> None:
+    def rename(self, peer: P, new: str) -> None:
         with self._lock:
             old = self._member(peer)
             if new == old:
@@ -159,7 +163,7 @@ class Room:
             self._delivery.publish(encode(Renamed(old=old, new=new, time=utc_now())))
         log.info("%s renamed %s to %s", peer, old, new)
 
-    def leave(self, peer: Hashable, reason: LeaveReason) -> None:
+    def leave(self, peer: P, reason: LeaveReason) -> None:
         """Forget `peer` and tell the others; harmless if it never joined."""
         with self._lock:
             name = self._names.pop(peer, None)
@@ -172,7 +176,7 @@ class Room:
 
     # --- with the lock held ---------------------------------------------------------
 
-    def _member(self, peer: Hashable) -> str:
+    def _member(self, peer: P) -> str:
         name = self._names.get(peer)
         if name is None:
             raise ProtocolError("not_joined", "join the room first")

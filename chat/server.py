@@ -55,7 +55,7 @@ class ChatHandler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         server = self.server
-        label = "%s:%s" % self.client_address[:2]
+        label = "{}:{}".format(*self.client_address[:2])
         peer = server.outbox.register(self.request, label)
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
@@ -107,7 +107,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def __init__(self, address: tuple[str, int], config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.outbox = Outbox(max_backlog=self.config.max_backlog)
-        self.room = Room(self.outbox, history_size=self.config.history)
+        self.room: Room[Peer] = Room(self.outbox, history_size=self.config.history)
         self._serving = threading.Event()
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()

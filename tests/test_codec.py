@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -86,7 +86,7 @@ def test_private_message_decodes():
 
 
 def test_server_message_round_trips_with_utc_millisecond_time():
-    when = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=UTC)
     line = encode(ChatMessage(id=17, name="alice", msg="hello", time=when))
     assert line == (
         b'{"type":"message","id":17,"name":"alice","msg":"hello","time":"2026-11-20T12:00:00.123Z"}\n'
@@ -97,6 +97,6 @@ def test_server_message_round_trips_with_utc_millisecond_time():
 
 
 def test_encoded_control_characters_are_json_escapes_not_raw_bytes():
-    when = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 20, tzinfo=UTC)
     line = encode(ChatMessage(id=1, name="a", msg="\x1b[2J", time=when))
     assert b"\x1b" not in line and b"\\u001b[2J" in line

@@ -87,7 +87,7 @@ def test_nobody_can_speak_as_somebody_else(alice_and_bob):
     ],
 )
 def test_bad_line_gets_error_to_sender_only_and_connection_stays_open(alice_and_bob, connect, line, code):
-    alice, bob = alice_and_bob
+    _alice, bob = alice_and_bob
     mallory = connect()
     mallory.join("mallory")
     bob.expect(Joined, name="mallory")

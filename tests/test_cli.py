@@ -1,0 +1,89 @@
+"""`python server.py` as a person runs it: flags, environment, logs and signals."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from chat.protocol import ChatMessage, Shutdown
+from chat.testing import TIMEOUT, LineClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_documents_every_option():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--help"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0
+    for option in ("--host", "--port", "--history", "--max-line", "--max-backlog", "--ping-interval",
+                   "--idle-timeout", "--log-level"):
+        assert option in result.stdout
+
+
+def test_server_script_logs_its_real_address_and_serves(server_script):
+    server = server_script()
+    assert server.port != 0
+    alice = LineClient(server.address)
+    alice.join("alice")
+    alice.say("hi")
+    assert alice.expect(ChatMessage).msg == "hi"
+    server.wait_for_log(r"alice")
+    alice.close()
+
+
+def test_sigterm_sends_shutdown_notice_and_exits_zero(server_script):
+    server = server_script()
+    alice = LineClient(server.address)
+    alice.join("alice")
+    server.process.send_signal(signal.SIGTERM)
+    assert isinstance(alice.expect_closed()[-1], Shutdown)
+    assert server.stop() == 0
+    assert any("stopped" in line for line in server.log)
+    alice.close()
+
+
+def test_sigint_exits_zero_without_a_traceback(server_script):
+    server = server_script()
+    server.process.send_signal(signal.SIGINT)
+    assert server.stop() == 0
+    assert not any("Traceback" in line for line in server.log)
+
+
+def test_environment_chooses_the_history_length(chat_server_process):
+    server = chat_server_process(env={"CHAT_HISTORY": "1"})
+    alice = LineClient(server.address)
+    alice.join("alice")
+    alice.say("one")
+    alice.say("two")
+    alice.expect(ChatMessage, msg="two")
+    late = LineClient(server.address)
+    assert late.join("late").history == 1
+    alice.close()
+    late.close()
+
+
+def test_port_in_use_is_a_one_line_error_not_a_traceback():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), "--port", str(port)],
+            capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_restart_on_the_same_port_works_at_once(server_script, chat_server_process):
+    first = server_script()
+    client = LineClient(first.address)
+    client.join("alice")  # a live connection leaves TIME_WAIT behind on the server side
+    assert first.stop() == 0
+    client.close()
+    again = chat_server_process("--port", str(first.port), command=[sys.executable, str(ROOT / "server.py")])
+    assert again.port == first.port
