@@ -132,3 +132,60 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         server.stop()
         serving.join()
     return 0
+
+
+def client_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat-client",
+        description="Join a chat room from the terminal. Type /help once inside.",
+    )
+    add_address_arguments(parser)
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("CHAT_NAME") or None,
+        help="your name in the room (env CHAT_NAME; asked for when not given)",
+    )
+    return parser
+
+
+def client_main(argv: Sequence[str] | None = None) -> int:
+    """Run the terminal client; returns the exit status."""
+    # Imported here so that the server never loads prompt_toolkit.
+    import asyncio
+    import sys
+
+    from chat.client import ChatClient
+    from chat.errors import JoinRefused
+    from chat.ui import run_ui
+
+    args = client_parser().parse_args(argv)
+    try:
+        name = args.name or _ask_name()
+    except (EOFError, KeyboardInterrupt):
+        return 1
+
+    async def chat() -> int:
+        client = ChatClient(args.host, args.port, name)
+        try:
+            await client.connect()
+        except OSError as exc:
+            print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        except JoinRefused as exc:
+            print(f"cannot join: {exc.detail}", file=sys.stderr)
+            return 1
+        await run_ui(client)
+        return 0
+
+    try:
+        return asyncio.run(chat())
+    except KeyboardInterrupt:
+        return 130
+
+
+def _ask_name() -> str:
+    from prompt_toolkit import prompt
+
+    while not (name := prompt("your name: ").strip()):
+        pass
+    return name

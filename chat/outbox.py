@@ -246,9 +246,7 @@ class Outbox:
             with self._lock:
                 self._finish_pass(head)
 
-    def _collect(
-        self, peers: Iterable[Peer], writable: set[Peer], head: int
-    ) -> list[tuple[Peer, memoryview | bytes]]:
+    def _collect(self, peers: Iterable[Peer], writable: set[Peer], head: int) -> list[tuple[Peer, memoryview | bytes]]:
         """Under the lock: what each peer should be sent now, advancing its cursor."""
         work: list[tuple[Peer, memoryview | bytes]] = []
         joined: dict[int, bytes] = {}  # most peers sit at the same cursor: join once

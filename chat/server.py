@@ -162,4 +162,3 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 elif silent >= ping_after and not peer.pinged:
                     peer.pinged = True
                     self.outbox.send_to(peer, _PING)
-

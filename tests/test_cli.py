@@ -19,8 +19,16 @@ def test_help_documents_every_option():
         [sys.executable, str(ROOT / "server.py"), "--help"], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode == 0
-    for option in ("--host", "--port", "--history", "--max-line", "--max-backlog", "--ping-interval",
-                   "--idle-timeout", "--log-level"):
+    for option in (
+        "--host",
+        "--port",
+        "--history",
+        "--max-line",
+        "--max-backlog",
+        "--ping-interval",
+        "--idle-timeout",
+        "--log-level",
+    ):
         assert option in result.stdout
 
 
@@ -73,7 +81,10 @@ def test_port_in_use_is_a_one_line_error_not_a_traceback():
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, str(ROOT / "server.py"), "--port", str(port)],
-            capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
         )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr

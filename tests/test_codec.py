@@ -88,12 +88,8 @@ def test_private_message_decodes():
 def test_server_message_round_trips_with_utc_millisecond_time():
     when = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=UTC)
     line = encode(ChatMessage(id=17, name="alice", msg="hello", time=when))
-    assert line == (
-        b'{"type":"message","id":17,"name":"alice","msg":"hello","time":"2026-11-20T12:00:00.123Z"}\n'
-    )
-    assert decode_server(line) == ChatMessage(
-        id=17, name="alice", msg="hello", time=when.replace(microsecond=123000)
-    )
+    assert line == (b'{"type":"message","id":17,"name":"alice","msg":"hello","time":"2026-11-20T12:00:00.123Z"}\n')
+    assert decode_server(line) == ChatMessage(id=17, name="alice", msg="hello", time=when.replace(microsecond=123000))
 
 
 def test_encoded_control_characters_are_json_escapes_not_raw_bytes():

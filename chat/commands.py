@@ -1,0 +1,88 @@
+"""What a line typed into the client means: a message, or a slash command.
+
+Pure: text in, a Command out; no I/O. The UI turns commands into protocol
+messages or local actions. Names and text are not validated here: the server
+owns those rules and its error comes back as a clear line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from chat.protocol import Nick, SendAction, SendMessage, SendPrivate, Who
+
+HELP = """\
+Commands:
+  /nick NEW         change your name
+  /who              list who is in the room
+  /msg NAME TEXT    private message to NAME
+  /me TEXT          an action ("/me waves")
+  /quit             leave the room (Ctrl-D too)
+  /help             this help
+Anything else is said to the room; start with // to say something beginning with /."""
+
+#: Every command, for completion.
+COMMANDS = ("/help", "/me", "/msg", "/nick", "/quit", "/who")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send this message to the server."""
+
+    message: BaseModel
+
+
+@dataclass(frozen=True)
+class Quit:
+    """Leave the room and end the client."""
+
+
+@dataclass(frozen=True)
+class ShowHelp:
+    """Show HELP."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """The line was not a valid command; tell the user why."""
+
+    detail: str
+
+
+Command = Send | Quit | ShowHelp | Mistake
+
+
+def parse(line: str) -> Command | None:
+    """The command a typed line means; None for a blank line (sends nothing)."""
+    if not line.strip():
+        return None
+    if not line.startswith("/") or line.startswith("//"):
+        return Send(SendMessage.model_construct(msg=line[1:] if line.startswith("//") else line))
+    word, _, rest = line.partition(" ")
+    rest = rest.strip()
+    match word.lower():
+        case "/quit" | "/exit":
+            return Quit()
+        case "/help":
+            return ShowHelp()
+        case "/who":
+            return Send(Who())
+        case "/me":
+            return Send(SendAction.model_construct(msg=rest)) if rest else Mistake("usage: /me TEXT")
+        case "/nick":
+            return (
+                Send(Nick.model_construct(name=rest))
+                if rest and " " not in rest
+                else Mistake("usage: /nick NEW (no spaces)")
+            )
+        case "/msg":
+            to, _, text = rest.partition(" ")
+            return (
+                Send(SendPrivate.model_construct(to=to, msg=text))
+                if to and text.strip()
+                else Mistake("usage: /msg NAME TEXT")
+            )
+        case _:
+            return Mistake(f"unknown command {word}; /help lists them")

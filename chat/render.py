@@ -1,0 +1,173 @@
+"""How each client event looks on screen, as styled text fragments.
+
+Pure: an event and the viewer's name in, (style, text) fragments out, which
+prompt_toolkit prints as they are. Everything that came from the network goes
+through `neutralise` first, so no name or message can move the cursor, clear
+the screen, recolour the terminal or reorder text on display.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from datetime import datetime
+
+from prompt_toolkit.utils import get_cwidth
+
+from chat.client import ClientEvent, ConnectionLost, Reconnected
+from chat.protocol import (
+    Action,
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    PrivateMessage,
+    Renamed,
+    Shutdown,
+    Users,
+    Welcome,
+)
+
+Fragments = list[tuple[str, str]]
+
+#: Styles by class name; the UI hands this to prompt_toolkit.
+STYLE = {
+    "time": "#888888",
+    "text": "",
+    "me": "bold",
+    "mention": "bg:#5f5f00 #ffffff bold",
+    "private": "ansimagenta",
+    "action": "italic",
+    "notice": "#888888 italic",
+    "error": "ansired bold",
+}
+
+#: Name colours; a name always gets the same one.
+NAME_COLOURS = (
+    "ansired",
+    "ansigreen",
+    "ansiyellow",
+    "ansiblue",
+    "ansimagenta",
+    "ansicyan",
+    "ansibrightred",
+    "ansibrightgreen",
+    "ansibrightblue",
+    "ansibrightmagenta",
+    "ansibrightcyan",
+)
+
+# Bidirectional embeddings, overrides and isolates: they make text display in
+# another order than it was sent.
+_BIDI = {chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+
+
+def _visible(char: str) -> str:
+    code = ord(char)
+    if code < 0x20 or code == 0x7F:
+        return "^" + chr(code ^ 0x40)  # caret notation: ESC is ^[, BEL is ^G
+    if 0x80 <= code <= 0x9F:
+        return f"<{code:02X}>"  # C1 controls, \x9b (a one-byte CSI) among them
+    return f"<U+{code:04X}>"  # bidi controls
+
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(_BIDI)) + "]")
+_UNSAFE_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f" + "".join(sorted(_BIDI)) + "]")
+
+
+def neutralise(text: str, keep_newlines: bool = False) -> str:
+    """`text` with every control character shown as harmless visible text.
+
+    ESC, CSI (7- and 8-bit), BEL, backspace, carriage return and the bidi
+    controls become `^[`, `<9B>`, `^G`, `^H`, `^M`, `<U+202E>`...; a tab
+    becomes spaces. Newlines stay only if `keep_newlines`.
+    """
+    text = text.replace("\t", "    ")
+    pattern = _UNSAFE_BUT_NEWLINE if keep_newlines else _UNSAFE
+    return pattern.sub(lambda match: _visible(match.group()), text)
+
+
+def name_colour(name: str) -> str:
+    """A colour that stays the same for a name, across runs and machines."""
+    return NAME_COLOURS[zlib.crc32(name.casefold().encode()) % len(NAME_COLOURS)]
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether `text` mentions `name` as a word, whatever its case."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) is not None
+
+
+def render(event: ClientEvent, me: str, now: datetime | None = None) -> Fragments | None:
+    """The fragments for one event as `me` sees it; None for events not shown."""
+    match event:
+        case ChatMessage(name=name, msg=msg, time=time):
+            return _said(time, "", name, ": ", msg, me, "class:me" if name == me else "class:text")
+        case Action(name=name, msg=msg, time=time):
+            return _said(time, "* ", name, " ", msg, me, "class:action")
+        case PrivateMessage(name=name, to=to, msg=msg, time=time):
+            label = f"[{neutralise(name)} → {neutralise(to)}]"
+            return _lines(_clock(time), [("class:private bold", label)], " ", msg, "class:private")
+        case Joined(name=name, time=time):
+            return _notice(time, f"{neutralise(name)} joined")
+        case Left(name=name, reason=reason, time=time):
+            why = "" if reason == "quit" else f" ({reason.replace('_', ' ')})"
+            return _notice(time, f"{neutralise(name)} left{why}")
+        case Renamed(old=old, new=new, time=time):
+            return _notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
+        case Welcome(name=name, users=users, history=history):
+            text = f"you are {neutralise(name)}; here: {_names(users)}"
+            if history:
+                text += f"; the last {history} messages follow"
+            return _notice(now, text)
+        case Users(users=users):
+            return _notice(now, f"here: {_names(users)}")
+        case ErrorReply(detail=detail):
+            return error(neutralise(detail), now)
+        case Shutdown(detail=detail):
+            return error(f"server: {neutralise(detail)}", now)
+        case ConnectionLost(detail=detail, retry_in=retry_in):
+            then = f"; reconnecting in {retry_in:.1f} s" if retry_in else ""
+            return error(f"connection lost ({neutralise(detail)}){then}", now)
+        case Reconnected():
+            return _notice(now, "reconnected")
+    return None
+
+
+def notice(text: str, now: datetime | None = None) -> Fragments:
+    """A line from the client itself (help, hints)."""
+    return _notice(now, text)
+
+
+def error(text: str, now: datetime | None = None) -> Fragments:
+    """Something went wrong, in one line."""
+    return [*_clock(now), ("class:error", "! " + text)]
+
+
+def _said(when: datetime, prefix: str, speaker: str, gap: str, msg: str, me: str, style: str) -> Fragments:
+    if speaker != me and mentions(msg, me):
+        style = "class:mention"
+    header = [(style, prefix), (f"{name_colour(speaker)} bold", neutralise(speaker))]
+    return _lines(_clock(when), header, gap, msg, style)
+
+
+def _lines(clock: Fragments, header: Fragments, gap: str, msg: str, style: str) -> Fragments:
+    """Header and first line of `msg`; any further lines indented beneath the text."""
+    first, *rest = neutralise(msg, keep_newlines=True).split("\n")
+    fragments = [*clock, *header, ("", gap), (style, first)]
+    indent = " " * sum(get_cwidth(text) for _, text in [*clock, *header, ("", gap)])
+    for line in rest:
+        fragments += [("", "\n" + indent), (style, line)]
+    return fragments
+
+
+def _notice(when: datetime | None, text: str) -> Fragments:
+    return [*_clock(when), ("class:notice", "-- " + text)]
+
+
+def _clock(when: datetime | None) -> Fragments:
+    local = (when or datetime.now()).astimezone()
+    return [("class:time", local.strftime("%H:%M "))]
+
+
+def _names(users: list[str]) -> str:
+    return ", ".join(neutralise(user) for user in users) or "nobody"
