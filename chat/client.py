@@ -48,7 +48,7 @@ class ConnectionLost:
 
 @dataclass(frozen=True)
 class Reconnected:
-    """The client is back in the room after a drop (a Welcome follows)."""
+    """The client is back in the room after a drop; its Welcome comes next."""
 
     attempts: int
 
@@ -88,6 +88,7 @@ class ChatClient:
     async def connect(self) -> Welcome:
         """Connect and join; raises OSError if unreachable, JoinRefused if refused."""
         reader, welcome = await self._open()
+        await self._events.put(welcome)
         self._reader_task = asyncio.create_task(self._keep_reading(reader), name="chat-client-reader")
         return welcome
 
@@ -142,7 +143,6 @@ class ChatClient:
         self._writer = writer
         self.name = message.name
         self.users = list(message.users)
-        await self._events.put(message)
         return reader, message
 
     async def _read(self, reader: asyncio.StreamReader) -> ServerMessage:
@@ -173,13 +173,14 @@ class ChatClient:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 attempts += 1
                 try:
-                    reader, _ = await self._open()
+                    reader, welcome = await self._open()
                 except (OSError, ChatError) as exc:
                     log.debug("reconnect attempt %d failed: %s", attempts, exc)
                     delay = min(delay * 2, self.max_retry)
                     continue
                 break
             await self._events.put(Reconnected(attempts))
+            await self._events.put(welcome)
             attempts = 0
 
     async def _pump(self, reader: asyncio.StreamReader) -> str:

@@ -1,0 +1,120 @@
+"""The client core against a real server: join, talk, and come back after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import pytest
+
+from chat.client import ChatClient, ConnectionLost, Reconnected
+from chat.errors import ConnectionClosed, JoinRefused
+from chat.protocol import (
+    ChatMessage,
+    Joined,
+    Left,
+    Nick,
+    PrivateMessage,
+    Renamed,
+    SendMessage,
+    SendPrivate,
+    Welcome,
+)
+from chat.testing import TIMEOUT
+
+T = TypeVar("T")
+
+
+def run(coroutine: Awaitable[T]) -> T:
+    return asyncio.run(asyncio.wait_for(coroutine, TIMEOUT))  # type: ignore[arg-type]
+
+
+async def next_of(client: ChatClient, kind: Any) -> Any:
+    """The next event of `kind`, skipping others."""
+    async for event in client.events():
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"events ended before a {kind}")
+
+
+def test_join_say_and_receive(chat_server):
+    async def scenario():
+        alice = ChatClient(*chat_server.address, "alice")
+        bob = ChatClient(*chat_server.address, "bob")
+        welcome = await alice.connect()
+        assert welcome == Welcome(name="alice", users=["alice"], history=0)
+        await bob.connect()
+        assert (await next_of(alice, Joined)).name == "bob"
+        assert alice.users == ["alice", "bob"]
+        await alice.send(SendMessage(msg="hi bob"))
+        message = await next_of(bob, ChatMessage)
+        assert (message.name, message.msg) == ("alice", "hi bob")
+        await alice.close()
+        assert (await next_of(bob, Left)).reason == "quit"
+        await bob.close()
+
+    run(scenario())
+
+
+def test_private_message_and_name_change(chat_server):
+    async def scenario():
+        alice = ChatClient(*chat_server.address, "alice")
+        bob = ChatClient(*chat_server.address, "bob")
+        await alice.connect()
+        await bob.connect()
+        await alice.send(SendPrivate(to="bob", msg="psst"))
+        assert (await next_of(bob, PrivateMessage)).msg == "psst"
+        await bob.send(Nick(name="robert"))
+        assert (await next_of(bob, Renamed)).new == "robert"
+        assert bob.name == "robert"
+        assert (await next_of(alice, Renamed)).new == "robert"
+        assert alice.users == ["alice", "robert"]
+        await alice.close()
+        await bob.close()
+
+    run(scenario())
+
+
+def test_taken_name_is_refused_with_the_servers_reason(chat_server):
+    async def scenario():
+        first = ChatClient(*chat_server.address, "alice")
+        await first.connect()
+        second = ChatClient(*chat_server.address, "ALICE")
+        with pytest.raises(JoinRefused) as refused:
+            await second.connect()
+        assert refused.value.code == "name_taken"
+        await first.close()
+
+    run(scenario())
+
+
+def test_unreachable_server_is_an_oserror():
+    async def scenario():
+        client = ChatClient("127.0.0.1", 1, "alice")
+        with pytest.raises(OSError):
+            await client.connect()
+
+    run(scenario())
+
+
+def test_reconnects_and_rejoins_after_the_server_restarts(start_chat_server):
+    server = start_chat_server()
+    port = server.port
+
+    async def scenario():
+        alice = ChatClient("127.0.0.1", port, "alice", first_retry=0.05)
+        await alice.connect()
+        await asyncio.to_thread(server.stop)
+        lost = await next_of(alice, ConnectionLost)
+        assert lost.retry_in > 0
+        with pytest.raises(ConnectionClosed):
+            await alice.send(SendMessage(msg="into the void"))
+        await asyncio.to_thread(start_chat_server, None, port)
+        assert (await next_of(alice, Reconnected)).attempts >= 1
+        assert (await next_of(alice, Welcome)).name == "alice"
+        await alice.send(SendMessage(msg="back"))
+        assert (await next_of(alice, ChatMessage)).msg == "back"
+        await alice.close()
+
+    run(scenario())

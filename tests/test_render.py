@@ -1,0 +1,129 @@
+"""What each event looks like: pure, and safe against hostile text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from chat.client import ConnectionLost, Reconnected
+from chat.protocol import (
+    Action,
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    PrivateMessage,
+    Renamed,
+    ServerPong,
+    Welcome,
+)
+from chat.render import mentions, name_colour, neutralise, render
+
+WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def text_of(fragments) -> str:
+    return "".join(text for _, text in fragments)
+
+
+def styles_of(fragments, text: str) -> list[str]:
+    return [style for style, part in fragments if text in part]
+
+
+@pytest.mark.parametrize(
+    ("hostile", "shown"),
+    [
+        ("\x1b[2J", "^[[2J"),
+        ("\x1b[31mred", "^[[31mred"),
+        ("\x9b2J", "<9B>2J"),
+        ("\x1b]0;title\x07", "^[]0;title^G"),
+        ("over\rwrite", "over^Mwrite"),
+        ("back\x08space", "back^Hspace"),
+        ("\u202eevil", "<U+202E>evil"),
+        ("\u2066isolate\u2069", "<U+2066>isolate<U+2069>"),
+        ("tab\there", "tab    here"),
+        ("\x7f", "^?"),
+    ],
+)
+def test_control_characters_are_shown_harmlessly(hostile, shown):
+    assert neutralise(hostile) == shown
+
+
+def test_neutralised_text_has_no_control_characters_left():
+    everything = "".join(chr(c) for c in range(0x00, 0xA0)) + "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    shown = neutralise(everything)
+    assert all(ch.isprintable() for ch in shown)
+
+
+def test_newlines_stay_only_when_asked():
+    assert neutralise("a\nb") == "a^Jb"
+    assert neutralise("a\nb", keep_newlines=True) == "a\nb"
+
+
+def test_hostile_name_and_message_render_neutralised():
+    fragments = render(ChatMessage(id=1, name="x\x1b[2J", msg="\x1b[2Jhi\x9b", time=WHEN), me="alice")
+    assert "\x1b" not in text_of(fragments) and "\x9b" not in text_of(fragments)
+    assert "^[[2Jhi<9B>" in text_of(fragments)
+
+
+def test_message_shows_time_name_and_text():
+    fragments = render(ChatMessage(id=1, name="bob", msg="hi", time=WHEN), me="alice")
+    local = WHEN.astimezone().strftime("%H:%M")
+    assert text_of(fragments) == f"{local} bob: hi"
+    assert styles_of(fragments, "bob") == [f"{name_colour('bob')} bold"]
+
+
+def test_name_colour_is_stable_and_names_differ():
+    assert name_colour("bob") == name_colour("bob") == name_colour("BOB")
+    assert len({name_colour(n) for n in ["alice", "bob", "carol", "dave", "erin", "frank"]}) > 2
+
+
+def test_own_private_action_notice_and_error_lines_look_different():
+    own = render(ChatMessage(id=1, name="alice", msg="mine", time=WHEN), me="alice")
+    other = render(ChatMessage(id=2, name="bob", msg="theirs", time=WHEN), me="alice")
+    private = render(PrivateMessage(name="bob", to="alice", msg="psst", time=WHEN), me="alice")
+    action = render(Action(id=3, name="bob", msg="waves", time=WHEN), me="alice")
+    notice = render(Joined(name="carol", time=WHEN), me="alice")
+    error = render(ErrorReply(code="name_taken", detail="taken"), me="alice")
+    styles = [
+        styles_of(own, "mine"),
+        styles_of(other, "theirs"),
+        styles_of(private, "psst"),
+        styles_of(action, "waves"),
+        styles_of(notice, "carol joined"),
+        styles_of(error, "taken"),
+    ]
+    assert len({tuple(s) for s in styles}) == 6
+    assert "* " in text_of(action) and "[bob → alice]" in text_of(private)
+
+
+def test_mention_of_my_name_is_highlighted():
+    fragments = render(ChatMessage(id=1, name="bob", msg="hey Alice, look", time=WHEN), me="alice")
+    assert styles_of(fragments, "hey Alice") == ["class:mention"]
+    assert mentions("hi alice!", "alice") and not mentions("malice", "alice")
+
+
+def test_multiline_message_is_indented_under_one_header():
+    fragments = render(ChatMessage(id=1, name="bob", msg="one\ntwo\nthree", time=WHEN), me="alice")
+    first, second, third = text_of(fragments).split("\n")
+    assert first.endswith("bob: one")
+    assert second == " " * (len(first) - 3) + "two"
+    assert third.strip() == "three" and len(third) == len(second) + 2
+
+
+def test_wide_characters_keep_continuation_lines_aligned():
+    fragments = render(ChatMessage(id=1, name="李雷", msg="一\n二", time=WHEN), me="alice")
+    first, second = text_of(fragments).split("\n")
+    # "李雷" takes four columns: the indent counts columns, not characters.
+    assert len(second) - 1 == len(first) - 1 + 2
+
+
+def test_notices_and_connection_events_are_shown():
+    assert "bob left (timeout)" in text_of(render(Left(name="bob", reason="timeout", time=WHEN), "me"))
+    assert "bob left" in text_of(render(Left(name="bob", reason="quit", time=WHEN), "me"))
+    assert "bob is now known as rob" in text_of(render(Renamed(old="bob", new="rob", time=WHEN), "me"))
+    assert "here: a, b" in text_of(render(Welcome(name="a", users=["a", "b"], history=0), "a"))
+    assert "reconnecting in 0.5 s" in text_of(render(ConnectionLost("refused", 0.5), "me"))
+    assert "reconnected" in text_of(render(Reconnected(1), "me"))
+    assert render(ServerPong(), "me") is None

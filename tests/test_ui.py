@@ -1,0 +1,160 @@
+"""The real prompt_toolkit UI, typed into through a pipe, its screen captured."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output.vt100 import Vt100_Output
+
+from chat.client import ChatClient
+from chat.protocol import ChatMessage, Left, Welcome
+from chat.testing import TIMEOUT, LineClient
+from chat.ui import make_session, run_ui
+
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
+
+
+@dataclass
+class Terminal:
+    """One person's client: what they type goes in `keys`, what they see is `screen`."""
+
+    keys: PipeInput
+    output: io.StringIO
+    task: asyncio.Task[None]
+
+    @property
+    def raw(self) -> str:
+        return self.output.getvalue()
+
+    @property
+    def screen(self) -> str:
+        return ANSI.sub("", self.raw)
+
+    def type(self, text: str) -> None:
+        self.keys.send_text(text)
+
+    async def sees(self, predicate: Callable[[str], bool], what: str) -> None:
+        """Wait until the captured screen satisfies `predicate`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while not predicate(self.screen):
+            assert loop.time() < deadline, f"never saw {what}; screen:\n{self.screen}"
+            await asyncio.sleep(0.01)  # the output has no event to wait on: poll it
+
+
+@asynccontextmanager
+async def terminal(address: tuple[str, int], name: str) -> AsyncIterator[Terminal]:
+    with create_pipe_input() as keys:
+        output = io.StringIO()
+        screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
+        with create_app_session(input=keys, output=screen):
+            client = ChatClient(*address, name)
+            await client.connect()
+            task = asyncio.create_task(run_ui(client, make_session(client)))
+            person = Terminal(keys, output, task)
+            await person.sees(lambda s: f"{name}>" in s, "the prompt")
+            try:
+                yield person
+            finally:
+                if not task.done():
+                    keys.send_text("\x04")  # Ctrl-D
+                await asyncio.wait_for(task, TIMEOUT)
+
+
+def run(coroutine) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, TIMEOUT * 2))
+
+
+def test_typed_line_appears_on_the_other_screen_with_name_and_colour(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice, terminal(chat_server.address, "bob") as bob:
+            alice.type("hello bob\r")
+            await bob.sees(lambda s: "alice: hello bob" in s, "alice's line")
+            # bob's screen shows alice's name in her colour, bold: 1;<colour> then the name
+            assert re.search(r"\x1b\[[0-9;]*m[^\x1b]*alice", bob.raw)
+            assert re.search(r"\d\d:\d\d alice: hello bob", bob.screen)
+
+    run(scenario())
+
+
+def test_half_typed_input_survives_incoming_lines(chat_server, connect):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("draft in prog")
+            other = LineClient(chat_server.address)
+            await asyncio.to_thread(other.join, "bob")
+            await asyncio.to_thread(other.say, "interrupting")
+            await alice.sees(lambda s: "bob: interrupting" in s, "bob's line")
+            alice.type("ress\r")
+            message = await asyncio.to_thread(other.expect, ChatMessage, name="alice")
+            assert message.msg == "draft in progress"
+            other.close()
+
+    run(scenario())
+
+
+def test_escape_sequence_from_a_raw_client_arrives_neutralised(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            raw = LineClient(chat_server.address)
+            await asyncio.to_thread(raw.join, "mallory")
+            await asyncio.to_thread(raw.say, "\x1b[2J\x1b[31mgotcha\x9b2J\u202eevil")
+            await alice.sees(lambda s: "gotcha" in s, "mallory's line")
+            assert "\x1b[2J" not in alice.raw and "\x1b[31m" not in alice.raw
+            assert "\x9b" not in alice.raw and "\u202e" not in alice.raw
+            assert "^[[2J^[[31mgotcha<9B>2J<U+202E>evil" in alice.screen
+            raw.close()
+
+    run(scenario())
+
+
+def test_quit_ends_the_app_and_the_server_reports_a_clean_leave(chat_server):
+    async def scenario():
+        watcher = LineClient(chat_server.address)
+        await asyncio.to_thread(watcher.join, "watcher")
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("/quit\r")
+            await asyncio.wait_for(alice.task, TIMEOUT)
+        left = await asyncio.to_thread(watcher.expect, Left, name="alice")
+        assert left.reason == "quit"
+        watcher.close()
+
+    run(scenario())
+
+
+def test_commands_help_and_mistakes_are_shown(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("/help\r")
+            await alice.sees(lambda s: "/msg NAME TEXT" in s, "the help")
+            alice.type("/msg ghost boo\r")
+            await alice.sees(lambda s: "nobody called ghost" in s, "the server's error")
+            alice.type("/me waves\r")
+            await alice.sees(lambda s: "* alice waves" in s, "the action")
+            alice.type("/bogus\r")
+            await alice.sees(lambda s: "unknown command /bogus" in s, "the mistake")
+
+    run(scenario())
+
+
+def test_pasted_lines_are_sent_as_one_message(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            watcher = LineClient(chat_server.address)
+            assert isinstance(await asyncio.to_thread(watcher.join, "watcher"), Welcome)
+            alice.type("\x1b[200~first line\nsecond line\x1b[201~")
+            alice.type("\r")
+            message = await asyncio.to_thread(watcher.expect, ChatMessage)
+            assert message.msg == "first line\nsecond line"
+            await alice.sees(lambda s: re.search(r"alice: first line\n +second line", s) is not None, "the paste")
+            watcher.close()
+
+    run(scenario())
