@@ -116,7 +116,9 @@ def render(event: ClientEvent, me: str, now: datetime | None = None) -> Fragment
             return _notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
         case Welcome(name=name, users=users, history=history):
             text = f"you are {neutralise(name)}; here: {_names(users)}"
-            if history:
+            if history == 1:
+                text += "; the last message follows"
+            elif history:
                 text += f"; the last {history} messages follow"
             return _notice(now, text)
         case Users(users=users):
