@@ -15,11 +15,18 @@ from collections.abc import Sequence
 from types import FrameType
 
 from chat.server import ChatServer, ServerConfig
+from chat.store import StoreError
 
 log = logging.getLogger("chat")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
+
+
+def default_db() -> str:
+    """~/.local/state/chat/chat.db (or under $XDG_STATE_HOME)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "chat", "chat.db")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -88,6 +95,29 @@ def server_parser() -> argparse.ArgumentParser:
         "(env CHAT_IDLE_TIMEOUT; default %(default)s)",
     )
     parser.add_argument(
+        "--db",
+        default=os.environ.get("CHAT_DB") or default_db(),
+        help="SQLite file that keeps the history, or :memory: to keep nothing (env CHAT_DB; default %(default)s)",
+    )
+    parser.add_argument(
+        "--retention",
+        type=int,
+        default=_env_int("CHAT_RETENTION", defaults.retention),
+        help="messages the history keeps (env CHAT_RETENTION; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=float(os.environ.get("CHAT_MAX_AGE") or 0) or None,
+        help="seconds a message is kept at most, none if unset (env CHAT_MAX_AGE)",
+    )
+    parser.add_argument(
+        "--replay-limit",
+        type=int,
+        default=_env_int("CHAT_REPLAY_LIMIT", defaults.replay_limit),
+        help="most missed messages replayed to a reconnecting client (env CHAT_REPLAY_LIMIT; default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("CHAT_LOG_LEVEL") or "INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -106,12 +136,22 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         max_backlog=args.max_backlog,
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
+        db=args.db,
+        retention=args.retention,
+        max_age=args.max_age,
+        replay_limit=args.replay_limit,
     )
+    if config.db != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(config.db)), exist_ok=True)
     try:
         server = ChatServer((args.host, args.port), config)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
         return 1
+    log.info("history in %s (keeping %d messages)", config.db, config.retention)
 
     stop_requested = threading.Event()
 

@@ -74,10 +74,15 @@ class _ServerWire(BaseModel):
 
 
 class Join(_ClientWire):
-    """First line of a client: the name it wants."""
+    """First line of a client: the name it wants, and the last id it has seen.
+
+    With `since`, the server replays what the client missed (the messages
+    after that id) instead of the usual recent history.
+    """
 
     type: Literal["join"] = "join"
     name: Name
+    since: int | None = Field(default=None, ge=0)
 
 
 class SendMessage(_ClientWire):
@@ -137,6 +142,18 @@ class Pong(_ClientWire):
     type: Literal["pong"] = "pong"
 
 
+#: Most messages one history request may ask for.
+MAX_HISTORY_PAGE = 500
+
+
+class HistoryRequest(_ClientWire):
+    """Page back: the newest `limit` messages older than id `before` (the newest if omitted)."""
+
+    type: Literal["history"] = "history"
+    before: int | None = Field(default=None, ge=1)
+    limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE)
+
+
 class Leave(_ClientWire):
     """A clean goodbye; the server closes the connection after it."""
 
@@ -144,25 +161,48 @@ class Leave(_ClientWire):
 
 
 ClientMessage = Annotated[
-    Join | SendMessage | SendAction | SendPrivate | Nick | Who | Ping | Pong | Leave,
+    Join | SendMessage | SendAction | SendPrivate | Nick | Who | Ping | Pong | HistoryRequest | Leave,
     Field(discriminator="type"),
 ]
 
 #: The `type` values a client may send.
-CLIENT_TYPES = frozenset({"join", "message", "action", "private", "nick", "who", "ping", "pong", "leave"})
+CLIENT_TYPES = frozenset({"join", "message", "action", "private", "nick", "who", "ping", "pong", "history", "leave"})
 
 
 # --- server to client -----------------------------------------------------------------
 
 
 class Welcome(_ServerWire):
-    """The answer to a join: the accepted name, who is here, and how many
-    history lines follow before live traffic."""
+    """The answer to a join: the accepted name, who is here, how many history
+    lines follow before live traffic, how many older ones (after the join's
+    `since`) were left out, and the room's newest id."""
 
     type: Literal["welcome"] = "welcome"
     name: str
     users: list[str]
     history: int = Field(ge=0)
+    more: int = Field(default=0, ge=0)
+    last_id: int = Field(default=0, ge=0)
+
+
+class Gap(_ServerWire):
+    """Messages `first` to `last` (ids) are no longer kept: a resuming client
+    cannot get them back."""
+
+    type: Literal["gap"] = "gap"
+    first: int = Field(ge=1)
+    last: int = Field(ge=1)
+    detail: str
+
+
+class HistoryPage(_ServerWire):
+    """The answer to a history request: `count` message lines follow, all older
+    than `before`; `more` older ones are still kept."""
+
+    type: Literal["history"] = "history"
+    before: int
+    count: int = Field(ge=0)
+    more: int = Field(ge=0)
 
 
 class ChatMessage(_ServerWire):
@@ -186,9 +226,11 @@ class Action(_ServerWire):
 
 
 class PrivateMessage(_ServerWire):
-    """A private message, delivered to `to` and echoed to `name`, the sender."""
+    """A private message, delivered to `to` and echoed to `name`, the sender.
+    Numbered in the room's sequence, so the two parties can resume it too."""
 
     type: Literal["private"] = "private"
+    id: int = Field(ge=1)
     name: str
     to: str
     msg: str
@@ -265,6 +307,7 @@ ErrorCode = Literal[
     "slow_consumer",
     "idle_timeout",
     "server_full",
+    "storage_failed",
 ]
 
 
@@ -282,6 +325,8 @@ CLOSING_ERRORS = frozenset({"line_too_long", "slow_consumer", "idle_timeout", "s
 
 ServerMessage = Annotated[
     Welcome
+    | Gap
+    | HistoryPage
     | ChatMessage
     | Action
     | PrivateMessage
@@ -297,4 +342,4 @@ ServerMessage = Annotated[
 ]
 
 #: Lines that carry a room id and are kept in history.
-RoomMessage = ChatMessage | Action
+RoomMessage = ChatMessage | Action | PrivateMessage

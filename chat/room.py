@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from chat.codec import encode
 from chat.errors import ProtocolError
@@ -21,6 +22,9 @@ from chat.protocol import (
     ChatMessage,
     ClassicMessage,
     ClientMessage,
+    Gap,
+    HistoryPage,
+    HistoryRequest,
     Join,
     Joined,
     Leave,
@@ -40,13 +44,17 @@ from chat.protocol import (
     Who,
     utc_now,
 )
+from chat.store import MemoryStore, Page, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 50
+#: Most missed messages one resuming join replays; older ones are paged with `history`.
+DEFAULT_REPLAY_LIMIT = 1000
 _PONG = encode(ServerPong())
 
 
+T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)
 P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 
@@ -61,15 +69,27 @@ class Delivery(Protocol[P_contra]):
 
 
 class Room(Generic[P]):
-    """Members by name, the id sequence, and the recent history."""
+    """Members by name, the id sequence, and the store of numbered messages.
 
-    def __init__(self, delivery: Delivery[P], history_size: int = DEFAULT_HISTORY) -> None:
+    Every numbered message is stored before it is sent to anybody, so any id
+    a client has seen can be replayed to it later.
+    """
+
+    def __init__(
+        self,
+        delivery: Delivery[P],
+        store: Store | None = None,
+        history_size: int = DEFAULT_HISTORY,
+        replay_limit: int = DEFAULT_REPLAY_LIMIT,
+    ) -> None:
         self._delivery = delivery
+        self._store = store if store is not None else MemoryStore()
+        self._history_size = history_size
+        self._replay_limit = replay_limit
         self._lock = threading.Lock()
         self._names: dict[P, str] = {}
         self._by_key: dict[str, P] = {}  # casefolded name -> peer
-        self._history: deque[bytes] = deque(maxlen=history_size)
-        self._last_id = 0
+        self._last_id = self._store.last_id()
 
     def users(self) -> list[str]:
         with self._lock:
@@ -86,8 +106,8 @@ class Room(Generic[P]):
         sent to anybody then.
         """
         match message:
-            case Join(name=name):
-                self.join(peer, name)
+            case Join(name=name, since=since):
+                self.join(peer, name, since)
             case SendMessage(msg=text):
                 self.say(peer, text)
             case ClassicMessage(name=name, msg=text):
@@ -102,6 +122,8 @@ class Room(Generic[P]):
                 self.whisper(peer, to, text)
             case Nick(name=name):
                 self.rename(peer, name)
+            case HistoryRequest(before=before, limit=limit):
+                self.history(peer, before, limit)
             case Who():
                 self._delivery.send_to(peer, encode(Users(users=self.users())))
             case Ping():
@@ -112,31 +134,52 @@ class Room(Generic[P]):
                 return False
         return True
 
-    def join(self, peer: P, name: str) -> None:
-        """Welcome `peer` as `name`: welcome, history, then every later broadcast."""
+    def join(self, peer: P, name: str, since: int | None = None) -> None:
+        """Welcome `peer` as `name`, then history, then every later broadcast.
+
+        With `since`, the history is what it missed after that id (preceded
+        by a Gap if some of that is no longer kept); else the recent history.
+        """
         with self._lock:
             if peer in self._names:
                 raise ProtocolError("already_joined", f"you are already in the room as {self._names[peer]}")
             self._claim(name)
+            viewer = name.casefold()
+            if since is None or since > self._last_id:  # a newer id than any here: this room was reset
+                gap, page = None, self._read(lambda: self._store.after(0, viewer, self._history_size))
+                page = Page(page.lines, 0)
+            else:
+                gap = self._gap_after(since)
+                page = self._read(lambda: self._store.after(since, viewer, self._replay_limit))
             self._names[peer] = name
-            self._by_key[name.casefold()] = peer
-            welcome = Welcome(name=name, users=self._sorted_users(), history=len(self._history))
-            self._delivery.send_to(peer, encode(welcome) + b"".join(self._history))
+            self._by_key[viewer] = peer
+            welcome = Welcome(
+                name=name, users=self._sorted_users(), history=len(page.lines), more=page.more, last_id=self._last_id
+            )
+            lead = encode(welcome) + (encode(gap) if gap else b"")
+            self._delivery.send_to(peer, lead + b"".join(page.lines))
             self._delivery.publish(encode(Joined(name=name, time=utc_now())))
             self._delivery.subscribe(peer)
         log.info("%s joined as %s", peer, name)
 
+    def history(self, peer: P, before: int | None, limit: int) -> None:
+        """Send `peer` a page of older messages: a HistoryPage, then its lines."""
+        with self._lock:
+            name = self._member(peer)
+            edge = before if before is not None else self._last_id + 1
+            page = self._read(lambda: self._store.before(edge, name.casefold(), limit))
+            header = HistoryPage(before=edge, count=len(page.lines), more=page.more)
+            self._delivery.send_to(peer, encode(header) + b"".join(page.lines))
+
     def say(self, peer: P, text: str) -> None:
         with self._lock:
             name = self._member(peer)
-            self._last_id += 1
-            self._remember(encode(ChatMessage(id=self._last_id, name=name, msg=text, time=utc_now())))
+            self._delivery.publish(self._store_next(lambda id: ChatMessage(id=id, name=name, msg=text, time=utc_now())))
 
     def act(self, peer: P, text: str) -> None:
         with self._lock:
             name = self._member(peer)
-            self._last_id += 1
-            self._remember(encode(Action(id=self._last_id, name=name, msg=text, time=utc_now())))
+            self._delivery.publish(self._store_next(lambda id: Action(id=id, name=name, msg=text, time=utc_now())))
 
     def whisper(self, peer: P, to: str, text: str) -> None:
         """A private message to `to`, echoed to the sender."""
@@ -145,7 +188,11 @@ class Room(Generic[P]):
             target = self._by_key.get(to.casefold())
             if target is None:
                 raise ProtocolError("no_such_user", f"nobody called {to} is in the room")
-            line = encode(PrivateMessage(name=name, to=self._names[target], msg=text, time=utc_now()))
+            recipient = self._names[target]
+            line = self._store_next(
+                lambda id: PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()),
+                parties=(name.casefold(), recipient.casefold()),
+            )
             self._delivery.send_to(target, line)
             if target != peer:
                 self._delivery.send_to(peer, line)
@@ -186,9 +233,34 @@ class Room(Generic[P]):
         if name.casefold() in self._by_key:
             raise ProtocolError("name_taken", f"the name {name} is taken; choose another")
 
-    def _remember(self, line: bytes) -> None:
-        self._history.append(line)
-        self._delivery.publish(line)
+    def _store_next(self, build: Callable[[int], BaseModel], parties: tuple[str, str] | None = None) -> bytes:
+        """Number, encode and store a message; the id is used only once it is stored."""
+        next_id = self._last_id + 1
+        line = encode(build(next_id))
+        sender, recipient = parties or (None, None)
+        try:
+            self._store.append(Record(next_id, line, sender, recipient))
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise ProtocolError("storage_failed", "the server could not store your message, so nobody got it") from exc
+        self._last_id = next_id
+        return line
+
+    def _read(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise ProtocolError("storage_failed", "the server could not read its history; try again") from exc
+
+    def _gap_after(self, since: int) -> Gap | None:
+        """The ids after `since` that are no longer kept, if any."""
+        oldest = self._read(self._store.oldest_id)
+        first_kept = oldest if oldest is not None else self._last_id + 1
+        if since + 1 >= first_kept:
+            return None
+        first, last = since + 1, first_kept - 1
+        return Gap(first=first, last=last, detail=f"{last - first + 1} messages ({first} to {last}) are no longer kept")
 
     def _sorted_users(self) -> list[str]:
         return sorted(self._names.values(), key=str.casefold)

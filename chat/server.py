@@ -18,7 +18,8 @@ from chat.codec import decode_client, encode, encode_error
 from chat.errors import ProtocolError
 from chat.outbox import Outbox, Peer
 from chat.protocol import DEFAULT_MAX_LINE, ErrorReply, LeaveReason, ServerPing, Shutdown
-from chat.room import DEFAULT_HISTORY, Room
+from chat.room import DEFAULT_HISTORY, DEFAULT_REPLAY_LIMIT, Room
+from chat.store import DEFAULT_RETENTION, open_store
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ class ServerConfig:
     idle_timeout: float = 300.0
     #: Seconds that stop() waits for clients to take the shutdown notice.
     shutdown_grace: float = 2.0
+    #: Where messages are kept: an SQLite file, or ":memory:" to forget them at stop.
+    db: str = ":memory:"
+    #: How many messages the store keeps.
+    retention: int = DEFAULT_RETENTION
+    #: Seconds a message is kept at most (SQLite only); None for no age limit.
+    max_age: float | None = None
+    #: Most missed messages a resuming join replays.
+    replay_limit: int = DEFAULT_REPLAY_LIMIT
 
 
 class ChatHandler(socketserver.StreamRequestHandler):
@@ -105,14 +114,21 @@ class ChatServer(socketserver.ThreadingTCPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], config: ServerConfig | None = None) -> None:
-        self.config = config or ServerConfig()
-        self.outbox = Outbox(max_backlog=self.config.max_backlog)
-        self.room: Room[Peer] = Room(self.outbox, history_size=self.config.history)
+        self.config = config = config or ServerConfig()
+        self.store = open_store(config.db, config.retention, config.max_age)  # StoreError if unusable
+        self.outbox = Outbox(max_backlog=config.max_backlog)
+        self.room: Room[Peer] = Room(
+            self.outbox, self.store, history_size=config.history, replay_limit=config.replay_limit
+        )
         self._serving = threading.Event()
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopped = False
-        super().__init__(address, ChatHandler)
+        try:
+            super().__init__(address, ChatHandler)
+        except OSError:
+            self.store.close()
+            raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
         self.outbox.start()
         self._keepalive.start()
@@ -140,6 +156,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.server_close()  # closes the listener and joins every handler thread
         self._keepalive.join(timeout)
         self.outbox.stop(timeout)
+        self.store.close()
         log.info("stopped")
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -241,7 +241,8 @@ def chat_server_process() -> Iterator[Callable[..., ServerProcess]]:
     """`chat_server_process("--history", "5")` runs a server in a child process on a free port.
 
     The command defaults to `python -m chat`; pass `command=[...]` for another
-    entry point. Every process is stopped at teardown.
+    entry point. History is kept in memory unless `env` sets CHAT_DB. Every
+    process is stopped at teardown.
     """
     processes: list[ServerProcess] = []
 
@@ -253,7 +254,7 @@ def chat_server_process() -> Iterator[Callable[..., ServerProcess]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "CHAT_DB": ":memory:", **(env or {})},
             cwd=Path(__file__).resolve().parent.parent,
         )
         server = ServerProcess(process)

@@ -82,7 +82,7 @@ def test_name_colour_is_stable_and_names_differ():
 def test_own_private_action_notice_and_error_lines_look_different():
     own = render(ChatMessage(id=1, name="alice", msg="mine", time=WHEN), me="alice")
     other = render(ChatMessage(id=2, name="bob", msg="theirs", time=WHEN), me="alice")
-    private = render(PrivateMessage(name="bob", to="alice", msg="psst", time=WHEN), me="alice")
+    private = render(PrivateMessage(id=4, name="bob", to="alice", msg="psst", time=WHEN), me="alice")
     action = render(Action(id=3, name="bob", msg="waves", time=WHEN), me="alice")
     notice = render(Joined(name="carol", time=WHEN), me="alice")
     error = render(ErrorReply(code="name_taken", detail="taken"), me="alice")

@@ -153,7 +153,8 @@ def test_action_shares_the_id_sequence_and_the_history(room, delivery):
 def test_private_message_reaches_only_target_and_sender(room, delivery):
     joined(room, delivery, "alice", "bob", "carol")
     room.receive("alice", SendPrivate(to="BOB", msg="psst"))
-    expected = [PrivateMessage(name="alice", to="bob", msg="psst", time=delivery.inboxes["bob"][0].time)]
+    sent = delivery.inboxes["bob"][0]
+    expected = [PrivateMessage(id=sent.id, name="alice", to="bob", msg="psst", time=sent.time)]
     assert delivery.take("bob") == expected
     assert delivery.take("alice") == expected
     assert delivery.take("carol") == []
