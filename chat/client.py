@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,12 +22,16 @@ from chat.codec import decode_server, encode
 from chat.errors import ChatError, ConnectionClosed, JoinRefused, ProtocolError
 from chat.protocol import (
     DEFAULT_MAX_LINE,
+    Action,
+    ChatMessage,
     ErrorReply,
+    HistoryRequest,
     Join,
     Joined,
     Leave,
     Left,
     Pong,
+    PrivateMessage,
     Renamed,
     ServerMessage,
     ServerPing,
@@ -55,9 +60,17 @@ class Reconnected:
 
 ClientEvent = ServerMessage | ConnectionLost | Reconnected
 
+#: How many recent ids the client remembers to drop duplicates.
+_REMEMBERED_IDS = 10_000
+
 
 class ChatClient:
-    """One person's connection to the room, kept alive across server restarts."""
+    """One person's connection to the room, kept alive across server restarts.
+
+    It remembers the highest message id it has received (`last_id`) and
+    resumes from it on every reconnect, so nothing said while it was away is
+    lost; a message it already has is never passed on twice.
+    """
 
     def __init__(
         self,
@@ -68,6 +81,7 @@ class ChatClient:
         reconnect: bool = True,
         first_retry: float = 0.25,
         max_retry: float = 8.0,
+        since: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -76,6 +90,12 @@ class ChatClient:
         self.first_retry = first_retry
         self.max_retry = max_retry
         self.users: list[str] = []
+        #: The highest message id received; the join after a drop resumes from it.
+        self.last_id = since or 0
+        self._resume = since is not None
+        self._oldest_id: int | None = None
+        self._seen_ids: set[int] = set()
+        self._seen_order: deque[int] = deque()
         self._events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -108,6 +128,10 @@ class ChatClient:
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(str(exc) or "connection lost") from exc
 
+    async def page_back(self, limit: int) -> None:
+        """Ask for `limit` messages older than the oldest one received."""
+        await self.send(HistoryRequest(before=self._oldest_id, limit=limit))
+
     async def close(self) -> None:
         """Leave cleanly (if connected) and stop reconnecting."""
         self._closing = True
@@ -127,7 +151,8 @@ class ChatClient:
     async def _open(self) -> tuple[asyncio.StreamReader, Welcome]:
         reader, writer = await asyncio.open_connection(self.host, self.port, limit=DEFAULT_MAX_LINE * 4)
         try:
-            writer.write(encode(Join(name=self.name)))
+            since = self.last_id if self._resume else None
+            writer.write(encode(Join(name=self.name, since=since)))
             await writer.drain()
             while True:
                 message = await self._read(reader)
@@ -143,6 +168,11 @@ class ChatClient:
         self._writer = writer
         self.name = message.name
         self.users = list(message.users)
+        self._resume = True
+        if message.last_id < self.last_id:  # the server started a new room: its ids begin again
+            self.last_id = 0
+            self._seen_ids.clear()
+            self._seen_order.clear()
         return reader, message
 
     async def _read(self, reader: asyncio.StreamReader) -> ServerMessage:
@@ -197,10 +227,24 @@ class ChatClient:
                 with contextlib.suppress(ConnectionClosed):
                     await self.send(Pong())
                 continue
+            if isinstance(message, ChatMessage | Action | PrivateMessage) and not self._first_sight(message.id):
+                continue
             self._track_users(message)
             await self._events.put(message)
             if isinstance(message, Shutdown):
                 return message.detail
+
+    def _first_sight(self, message_id: int) -> bool:
+        """Note a numbered message; False if it was received before."""
+        if message_id in self._seen_ids:
+            return False
+        self._seen_ids.add(message_id)
+        self._seen_order.append(message_id)
+        if len(self._seen_order) > _REMEMBERED_IDS:
+            self._seen_ids.discard(self._seen_order.popleft())
+        self.last_id = max(self.last_id, message_id)
+        self._oldest_id = message_id if self._oldest_id is None else min(self._oldest_id, message_id)
+        return True
 
     def _track_users(self, message: ServerMessage) -> None:
         match message:

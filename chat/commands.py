@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from chat.protocol import Nick, SendAction, SendMessage, SendPrivate, Who
+from chat.protocol import MAX_HISTORY_PAGE, Nick, SendAction, SendMessage, SendPrivate, Who
 
 HELP = """\
 Commands:
@@ -19,12 +19,13 @@ Commands:
   /who              list who is in the room
   /msg NAME TEXT    private message to NAME
   /me TEXT          an action ("/me waves")
+  /history [N]      show N earlier messages (default 20)
   /quit             leave the room (Ctrl-D too)
   /help             this help
 Anything else is said to the room; start with // to say something beginning with /."""
 
 #: Every command, for completion.
-COMMANDS = ("/help", "/me", "/msg", "/nick", "/quit", "/who")
+COMMANDS = ("/help", "/history", "/me", "/msg", "/nick", "/quit", "/who")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class Quit:
 
 
 @dataclass(frozen=True)
+class PageBack:
+    """Fetch `limit` messages older than the oldest one on screen."""
+
+    limit: int
+
+
+@dataclass(frozen=True)
 class ShowHelp:
     """Show HELP."""
 
@@ -51,7 +59,7 @@ class Mistake:
     detail: str
 
 
-Command = Send | Quit | ShowHelp | Mistake
+Command = Send | Quit | ShowHelp | PageBack | Mistake
 
 
 def parse(line: str) -> Command | None:
@@ -67,6 +75,12 @@ def parse(line: str) -> Command | None:
             return Quit()
         case "/help":
             return ShowHelp()
+        case "/history":
+            if not rest:
+                return PageBack(20)
+            if rest.isdigit() and 1 <= int(rest) <= MAX_HISTORY_PAGE:
+                return PageBack(int(rest))
+            return Mistake(f"usage: /history [N], N from 1 to {MAX_HISTORY_PAGE}")
         case "/who":
             return Send(Who())
         case "/me":

@@ -19,6 +19,8 @@ from chat.protocol import (
     Action,
     ChatMessage,
     ErrorReply,
+    Gap,
+    HistoryPage,
     Joined,
     Left,
     PrivateMessage,
@@ -114,13 +116,21 @@ def render(event: ClientEvent, me: str, now: datetime | None = None) -> Fragment
             return _notice(time, f"{neutralise(name)} left{why}")
         case Renamed(old=old, new=new, time=time):
             return _notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
-        case Welcome(name=name, users=users, history=history):
+        case Welcome(name=name, users=users, history=history, more=more):
             text = f"you are {neutralise(name)}; here: {_names(users)}"
             if history == 1:
                 text += "; the last message follows"
             elif history:
                 text += f"; the last {history} messages follow"
+            if more:
+                text += f" ({more} older ones: /history)"
             return _notice(now, text)
+        case Gap(detail=detail):
+            return error(f"missed messages are lost: {neutralise(detail)}", now)
+        case HistoryPage(count=count, more=more):
+            if not count:
+                return _notice(now, "no earlier messages")
+            return _notice(now, f"{count} earlier messages" + (f" ({more} more: /history)" if more else ""))
         case Users(users=users):
             return _notice(now, f"here: {_names(users)}")
         case ErrorReply(detail=detail):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -21,7 +21,7 @@ from prompt_toolkit.styles import Style
 
 from chat import render
 from chat.client import ChatClient
-from chat.commands import COMMANDS, HELP, Mistake, Quit, Send, ShowHelp, parse
+from chat.commands import COMMANDS, HELP, Mistake, PageBack, Quit, Send, ShowHelp, parse
 from chat.errors import ConnectionClosed
 
 STYLE = Style.from_dict(render.STYLE)
@@ -93,7 +93,13 @@ async def _send_typed(client: ChatClient, session: PromptSession[str]) -> None:
             case Mistake(detail=detail):
                 show(render.error(detail))
             case Send(message=message):
-                try:
-                    await client.send(message)
-                except ConnectionClosed:
-                    show(render.error("not connected right now; that was not sent"))
+                await _send(client.send(message))
+            case PageBack(limit=limit):
+                await _send(client.page_back(limit))
+
+
+async def _send(sending: Awaitable[None]) -> None:
+    try:
+        await sending
+    except ConnectionClosed:
+        show(render.error("not connected right now; that was not sent"))

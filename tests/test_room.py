@@ -12,6 +12,9 @@ from chat.protocol import (
     Action,
     ChatMessage,
     ClassicMessage,
+    Gap,
+    HistoryPage,
+    HistoryRequest,
     Join,
     Joined,
     Leave,
@@ -30,6 +33,7 @@ from chat.protocol import (
     Who,
 )
 from chat.room import Room
+from chat.store import MemoryStore, StoreError
 
 
 class FakeDelivery:
@@ -212,3 +216,85 @@ def test_leave_ends_the_session_and_tells_the_others(room, delivery):
     assert delivery.take("alice") == []
     room.leave("alice", "quit")  # harmless twice
     assert room.users() == ["bob"]
+
+
+# --- resume, gaps and paging (the room over a store) ------------------------------------
+
+
+def talk(room: Room, delivery: FakeDelivery, count: int) -> None:
+    joined(room, delivery, "talker")
+    for i in range(1, count + 1):
+        room.receive("talker", SendMessage(msg=f"m{i}"))
+    room.leave("talker", "quit")
+
+
+def test_resume_replays_exactly_what_was_missed(delivery):
+    room = Room(delivery, MemoryStore(), history_size=3)
+    talk(room, delivery, 10)
+    room.receive("bob", Join(name="bob", since=6))
+    welcome, *replay = delivery.take("bob")
+    assert (welcome.history, welcome.more, welcome.last_id) == (4, 0, 10)
+    assert [m.id for m in replay] == [7, 8, 9, 10]
+
+
+def test_resume_past_the_replay_limit_says_how_many_more(delivery):
+    room = Room(delivery, MemoryStore(), replay_limit=5)
+    talk(room, delivery, 12)
+    room.receive("bob", Join(name="bob", since=0))
+    welcome, *replay = delivery.take("bob")
+    assert (welcome.history, welcome.more) == (5, 7)
+    assert [m.id for m in replay] == [8, 9, 10, 11, 12]
+
+
+def test_resume_from_before_what_is_kept_gets_a_gap_notice_first(delivery):
+    room = Room(delivery, MemoryStore(retention=4))
+    talk(room, delivery, 10)
+    room.receive("bob", Join(name="bob", since=2))
+    welcome, gap, *replay = delivery.take("bob")
+    assert isinstance(gap, Gap) and (gap.first, gap.last) == (3, 6)
+    assert [m.id for m in replay] == [7, 8, 9, 10]
+
+
+def test_resume_from_an_id_this_room_never_had_is_a_plain_join(delivery):
+    room = Room(delivery, MemoryStore(), history_size=2)
+    talk(room, delivery, 3)
+    room.receive("bob", Join(name="bob", since=500))
+    welcome, *history = delivery.take("bob")
+    assert welcome.last_id == 3 and [m.id for m in history] == [2, 3]
+
+
+def test_private_messages_are_replayed_to_their_parties_only(delivery):
+    room = Room(delivery, MemoryStore())
+    joined(room, delivery, "alice", "bob")
+    room.receive("alice", SendPrivate(to="bob", msg="psst"))
+    room.receive("alice", SendMessage(msg="public"))
+    room.leave("bob", "quit")
+    room.receive("bob2", Join(name="bob", since=0))
+    assert [m.msg for m in delivery.take("bob2")[1:]] == ["psst", "public"]
+    room.receive("carol", Join(name="carol", since=0))
+    assert [m.msg for m in delivery.take("carol")[1:]] == ["public"]
+
+
+def test_history_request_pages_back(delivery):
+    room = Room(delivery, MemoryStore(), history_size=2)
+    talk(room, delivery, 10)
+    room.receive("bob", Join(name="bob"))
+    delivery.take("bob")
+    room.receive("bob", HistoryRequest(before=9, limit=3))
+    header, *page = delivery.take("bob")
+    assert header == HistoryPage(before=9, count=3, more=5)
+    assert [m.id for m in page] == [6, 7, 8]
+
+
+class BrokenStore(MemoryStore):
+    def append(self, record):
+        raise StoreError("database or disk is full")
+
+
+def test_message_that_cannot_be_stored_reaches_nobody_and_says_why(delivery):
+    room = Room(delivery, BrokenStore())
+    joined(room, delivery, "alice", "bob")
+    with pytest.raises(ProtocolError) as caught:
+        room.receive("alice", SendMessage(msg="lost?"))
+    assert caught.value.code == "storage_failed"
+    assert delivery.take("bob") == []
