@@ -21,7 +21,8 @@ from chat.protocol import (
     SendPrivate,
     Welcome,
 )
-from chat.testing import TIMEOUT
+from chat.server import ServerConfig
+from chat.testing import TIMEOUT, LineClient
 
 T = TypeVar("T")
 
@@ -116,5 +117,37 @@ def test_reconnects_and_rejoins_after_the_server_restarts(start_chat_server):
         await alice.send(SendMessage(msg="back"))
         assert (await next_of(alice, ChatMessage)).msg == "back"
         await alice.close()
+
+    run(scenario())
+
+
+def test_reconnect_resumes_with_what_was_said_while_away(start_chat_server, tmp_path):
+    config = ServerConfig(db=str(tmp_path / "chat.db"), history=0)  # no history: only a resume brings them
+    server = start_chat_server(config)
+    port = server.port
+
+    async def scenario():
+        bob = ChatClient("127.0.0.1", port, "bob", first_retry=0.5, max_retry=0.5)
+        await bob.connect()
+        await asyncio.to_thread(server.stop)
+        await next_of(bob, ConnectionLost)
+        restarted = await asyncio.to_thread(start_chat_server, config, port)
+        # Somebody holds the name "bob" for a while, so bob's client must wait outside.
+        squatter = LineClient(restarted.address)
+        assert (await asyncio.to_thread(squatter.join, "bob")).name == "bob"
+        alice = LineClient(restarted.address)
+        await asyncio.to_thread(alice.join, "alice")
+        for i in range(20):
+            await asyncio.to_thread(alice.say, f"while away {i}")
+        await asyncio.to_thread(alice.expect, ChatMessage, msg="while away 19")
+        await asyncio.to_thread(squatter.send, {"type": "leave"})
+        await next_of(bob, Reconnected)
+        said = [(await next_of(bob, ChatMessage)).msg for _ in range(20)]
+        assert said == [f"while away {i}" for i in range(20)]
+        await asyncio.to_thread(alice.say, "live again")
+        assert (await next_of(bob, ChatMessage)).msg == "live again"  # nothing repeated in between
+        await bob.close()
+        alice.close()
+        squatter.close()
 
     run(scenario())

@@ -251,6 +251,7 @@ def test_resume_from_before_what_is_kept_gets_a_gap_notice_first(delivery):
     talk(room, delivery, 10)
     room.receive("bob", Join(name="bob", since=2))
     welcome, gap, *replay = delivery.take("bob")
+    assert welcome.history == 4
     assert isinstance(gap, Gap) and (gap.first, gap.last) == (3, 6)
     assert [m.id for m in replay] == [7, 8, 9, 10]
 

@@ -13,6 +13,7 @@ from chat.protocol import (
     Action,
     ChatMessage,
     ErrorReply,
+    Gap,
     Joined,
     Left,
     PrivateMessage,
@@ -370,3 +371,67 @@ def test_two_hundred_clients_each_get_every_message_once_in_id_order(chat_server
         assert ids == first_ids
     for thread in threads:
         thread.join(TIMEOUT)
+
+
+def test_reconnect_with_last_id_gets_exactly_the_missed_messages(connect):
+    alice, bob = connect(), connect()
+    alice.join("alice")
+    bob.join("bob")
+    alice.say("before")
+    last_seen = bob.expect(ChatMessage, msg="before").id
+    bob.send({"type": "leave"})
+    bob.expect_closed()
+    for i in range(100):
+        alice.say(f"missed {i}")
+    alice.expect(ChatMessage, msg="missed 99")
+    again = connect()
+    again.send({"type": "join", "name": "bob", "since": last_seen})
+    welcome = again.expect(Welcome)
+    assert (welcome.history, welcome.more) == (100, 0)
+    replay = [again.next() for _ in range(100)]
+    assert [m.msg for m in replay] == [f"missed {i}" for i in range(100)]
+    alice.say("live")
+    assert again.next().msg == "live"
+
+
+def test_message_broadcast_during_a_replay_arrives_once_after_it(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(replay_limit=5000))
+    talker = connect(server)
+    talker.join("talker")
+    for i in range(2000):
+        talker.say(f"old {i}")
+    talker.expect(ChatMessage, msg="old 1999")
+    stop = threading.Event()
+
+    def keep_talking() -> None:
+        n = 0
+        while not stop.is_set():
+            talker.say(f"new {n}")
+            n += 1
+
+    chatter = threading.Thread(target=keep_talking)
+    chatter.start()
+    try:
+        resumer = connect(server)
+        resumer.send({"type": "join", "name": "resumer", "since": 0})
+        welcome = resumer.expect(Welcome)
+        ids = [resumer.expect(ChatMessage).id for _ in range(welcome.history + 200)]
+    finally:
+        stop.set()
+        chatter.join(TIMEOUT)
+    assert ids == list(range(1, len(ids) + 1))  # every id once, in order, no hole at the seam
+
+
+def test_resume_from_before_retention_gets_a_gap_notice(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(retention=10))
+    talker = connect(server)
+    talker.join("talker")
+    for i in range(30):
+        talker.say(f"m{i}")
+    talker.expect(ChatMessage, msg="m29")
+    late = connect(server)
+    late.send({"type": "join", "name": "late", "since": 5})
+    late.expect(Welcome)
+    gap = late.next()
+    assert isinstance(gap, Gap) and (gap.first, gap.last) == (6, 20)
+    assert [late.next().id for _ in range(10)] == list(range(21, 31))

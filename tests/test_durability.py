@@ -1,0 +1,97 @@
+"""History on disk: a `kill -9` mid-traffic loses nothing anybody saw."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+import sys
+
+from chat.client import ChatClient, Reconnected
+from chat.errors import ConnectionClosed
+from chat.protocol import ChatMessage, SendMessage
+from chat.testing import TIMEOUT
+
+
+def stored_ids(path) -> list[int]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [row[0] for row in db.execute("SELECT id FROM messages ORDER BY id")]
+
+
+def test_kill_9_mid_traffic_then_restart_loses_and_repeats_nothing(chat_server_process, tmp_path):
+    db = str(tmp_path / "chat.db")
+    first = chat_server_process(env={"CHAT_DB": db})
+    port = first.port
+
+    async def scenario() -> tuple[list[list[int]], int]:
+        clients = [ChatClient("127.0.0.1", port, f"user{i}", first_retry=0.05) for i in range(3)]
+        for client in clients:
+            await client.connect()
+        seen: list[list[int]] = [[] for _ in clients]
+        reconnected = [asyncio.Event() for _ in clients]
+        done = [asyncio.Event() for _ in clients]
+        enough = asyncio.Event()
+
+        async def watch(i: int) -> None:
+            async for event in clients[i].events():
+                if isinstance(event, Reconnected):
+                    reconnected[i].set()
+                elif isinstance(event, ChatMessage):
+                    seen[i].append(event.id)
+                    if len(seen[i]) >= 200:
+                        enough.set()
+                    if event.msg == "done":
+                        done[i].set()
+
+        async def talk(client: ChatClient, stop: asyncio.Event) -> None:
+            n = 0
+            while not stop.is_set():
+                with contextlib.suppress(ConnectionClosed):
+                    await client.send(SendMessage(msg=f"{client.name} {n}"))
+                n += 1
+                await asyncio.sleep(0)
+
+        watchers = [asyncio.create_task(watch(i)) for i in range(len(clients))]
+        stop_talking = asyncio.Event()
+        talkers = [asyncio.create_task(talk(client, stop_talking)) for client in clients[:2]]
+        await enough.wait()
+        first.process.kill()  # SIGKILL: no shutdown notice, no clean close
+        await asyncio.to_thread(first.process.wait, TIMEOUT)
+        stop_talking.set()
+        await asyncio.gather(*talkers)
+        ids_before_crash = max(max(ids) for ids in seen)
+
+        await asyncio.to_thread(chat_server_process, "--port", str(port), env={"CHAT_DB": db})
+        for event in reconnected:
+            await event.wait()
+        await clients[0].send(SendMessage(msg="done"))
+        for event in done:
+            await event.wait()
+        for client in clients:
+            await client.close()
+        for watcher in watchers:
+            await watcher
+        return seen, ids_before_crash
+
+    seen, ids_before_crash = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT * 3))
+    stored = stored_ids(db)
+    assert stored == list(range(1, len(stored) + 1)), "ids were reused or skipped"
+    assert stored[-1] > ids_before_crash, "ids went on after the restart"
+    for ids in seen:
+        assert ids == stored, "a client missed or repeated a message"
+
+
+def test_corrupt_database_is_a_one_line_error_at_start(tmp_path):
+    db = tmp_path / "chat.db"
+    db.write_bytes(b"garbage, not sqlite " * 200)
+    result = subprocess.run(
+        [sys.executable, "-m", "chat", "--port", "0", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert "cannot use the database" in result.stderr
+    assert "Traceback" not in result.stderr
