@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import threading
 from collections.abc import Sequence
@@ -21,6 +22,22 @@ log = logging.getLogger("chat")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
+
+
+#: Stack size of handler threads; they only read lines and call the room.
+HANDLER_STACK = 512 * 1024
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one; return the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit: %s", exc)
+            return soft
+    return hard
 
 
 def default_db() -> str:
@@ -118,6 +135,12 @@ def server_parser() -> argparse.ArgumentParser:
         help="most missed messages replayed to a reconnecting client (env CHAT_REPLAY_LIMIT; default %(default)s)",
     )
     parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=_env_int("CHAT_MAX_CLIENTS", defaults.max_clients),
+        help="most simultaneous connections; more get a server_full error (env CHAT_MAX_CLIENTS; default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("CHAT_LOG_LEVEL") or "INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -140,7 +163,12 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         retention=args.retention,
         max_age=args.max_age,
         replay_limit=args.replay_limit,
+        max_clients=args.max_clients,
     )
+    # Thousands of connections: one file each, and one thread each with a small stack.
+    open_files = raise_open_file_limit()
+    threading.stack_size(HANDLER_STACK)
+    log.info("open-file limit %d: room for about %d connections", open_files, max(0, open_files - 32))
     if config.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(config.db)), exist_ok=True)
     try:

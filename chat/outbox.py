@@ -122,6 +122,9 @@ class Outbox:
                 self._close_locked(peer, self._closing_all, "shutdown")
         return peer
 
+    def peer_count(self) -> int:
+        return len(self._peers)
+
     def peers(self) -> list[Peer]:
         with self._lock:
             return list(self._peers)

@@ -53,6 +53,8 @@ class ServerConfig:
     max_age: float | None = None
     #: Most missed messages a resuming join replays.
     replay_limit: int = DEFAULT_REPLAY_LIMIT
+    #: Most simultaneous connections; more are refused with a server_full error.
+    max_clients: int = 10_000
 
 
 class ChatHandler(socketserver.StreamRequestHandler):
@@ -69,7 +71,12 @@ class ChatHandler(socketserver.StreamRequestHandler):
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
         try:
-            reason = self._read_lines(peer)
+            if server.outbox.peer_count() > server.config.max_clients:
+                log.warning("%s refused: already %d connections", label, server.config.max_clients)
+                full = ProtocolError("server_full", f"the server takes at most {server.config.max_clients} connections")
+                server.outbox.close(peer, encode_error(full))
+            else:
+                reason = self._read_lines(peer)
         except OSError as exc:
             log.info("%s: connection lost (%s)", label, exc)
         finally:

@@ -1,0 +1,417 @@
+"""chat-bench: how many deliveries a second a chat server makes, and how fast.
+
+N clients join one room; S of them send at an aggregate rate (or as fast as
+the server takes) for T seconds; every client receives everything. Most
+receivers only count newlines (cheap, so the generator is not the
+bottleneck); a few sampled ones parse every line, check ids for loss,
+duplicates and order, and measure latency from a send timestamp carried in
+the text. Markers START and END bracket the measured window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+START = b"bench:START"
+END = b"bench:END"
+
+
+class Receiver(asyncio.Protocol):
+    """Counts the lines between the START and END markers; sampled ones parse them."""
+
+    def __init__(self, sampled: bool) -> None:
+        self.sampled = sampled
+        self.transport: asyncio.Transport | None = None
+        self.welcomed = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.started = False
+        self.count = 0
+        self.latencies: list[float] = []
+        self.ids: list[int] = []
+        self._tail = b""
+        self._previous = b""  # the end of the last chunk, for a marker split across two
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.sampled or not self.started or not self.welcomed.is_set():
+            self._parse(data)
+            return
+        if self.ended.is_set():
+            return
+        window = self._previous + data
+        end = window.find(END)
+        if end < 0:
+            self.count += data.count(b"\n")
+            self._previous = data[-len(END) :]
+        else:
+            self.count += data.count(b"\n", 0, max(0, end - len(self._previous)))
+            self.ended.set()
+
+    def _parse(self, data: bytes) -> None:
+        lines = (self._tail + data).split(b"\n")
+        self._tail = lines.pop()
+        now = time.time_ns()
+        for line in lines:
+            if not self.welcomed.is_set():
+                if b'"welcome"' in line:
+                    self.welcomed.set()
+                continue
+            if not self.started:
+                self.started = START in line
+                continue
+            if self.ended.is_set():
+                continue
+            if END in line:
+                self.ended.set()
+                continue
+            self.count += 1
+            if self.sampled:
+                message = json.loads(line)
+                if message.get("type") != "message":
+                    continue
+                self.ids.append(message["id"])
+                sent_ns = int(message["msg"].split(" ", 2)[1])
+                self.latencies.append((now - sent_ns) / 1e6)
+        if not self.sampled and self.started and self._tail:
+            # From now on this receiver only counts: account for the partial line.
+            self._tail = b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+        self.ended.set()
+
+
+@dataclass
+class Result:
+    clients: int
+    senders: int
+    rate: str
+    seconds: float
+    server: str
+    connect_seconds: float = 0.0
+    messages_in: int = 0
+    deliveries: int = 0
+    deliveries_per_s: float = 0.0
+    messages_in_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    dropped_clients: int = 0
+    bench_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+    server_cpu_us_per_delivery: float | None = None
+    server_peak_rss_mb: float | None = None
+    server_idle_rss_kb_per_client: float | None = None
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _raise_open_file_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_status_kb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+async def _join(host: str, port: int, name: str, sampled: bool) -> Receiver:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(lambda: Receiver(sampled), host, port)
+    assert protocol.transport is not None
+    protocol.transport.write(json.dumps({"type": "join", "name": name}).encode() + b"\n")
+    await protocol.welcomed.wait()
+    return protocol
+
+
+#: In max mode, how many messages may be sent but not yet seen by the probe receiver.
+MAX_IN_FLIGHT = 4000
+
+
+@dataclass
+class Flow:
+    """Messages sent so far by all senders, and the receiver that shows how many came out."""
+
+    probe: Receiver
+    sent: int = 0
+
+
+async def _send_loop(transport: asyncio.Transport, index: int, rate: float | None, deadline: float, flow: Flow) -> int:
+    """Send until `deadline`; `rate` messages/s, or as fast as the server takes them
+    (at most MAX_IN_FLIGHT messages ahead of what comes out)."""
+    sent = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() < deadline and not transport.is_closing():
+        if rate is None:
+            batch = 64
+        else:
+            due = int((loop.time() - started) * rate) + 1
+            batch = due - sent
+            if batch <= 0:
+                await asyncio.sleep(0.002)
+                continue
+        now = time.time_ns()
+        transport.write(b"".join(b'{"type":"message","msg":"%d %d x"}\n' % (index, now) for _ in range(batch)))
+        sent += batch
+        flow.sent += batch
+        if rate is None:
+            while flow.sent - flow.probe.count > MAX_IN_FLIGHT and not flow.probe.closed.is_set():
+                await asyncio.sleep(0.0005)
+            await asyncio.sleep(0)
+    return sent
+
+
+async def run_bench(
+    host: str,
+    port: int,
+    clients: int,
+    senders: int,
+    rate: float | None,
+    seconds: float,
+    sampled: int = 8,
+    server_pid: int | None = None,
+    server_label: str = "",
+    progress: bool = True,
+) -> Result:
+    result = Result(clients, senders, "max" if rate is None else f"{rate:g}/s", seconds, server_label)
+    cpu0 = time.process_time()
+    rss_before_kb = _proc_status_kb(server_pid, "VmRSS") if server_pid else None
+    t0 = time.perf_counter()
+    receivers: list[Receiver] = []
+    for start in range(0, clients, 200):  # connect in waves: a storm, but a bounded one
+        wave = [_join(host, port, f"bench{i}", sampled=i < sampled) for i in range(start, min(clients, start + 200))]
+        receivers += await asyncio.gather(*wave)
+    result.connect_seconds = time.perf_counter() - t0
+    idle_rss_kb = _proc_status_kb(server_pid, "VmRSS") if server_pid else None
+
+    marker = receivers[-1]
+    assert marker.transport is not None
+    marker.transport.write(b'{"type":"message","msg":"bench:START 0"}\n')
+    await asyncio.gather(*(asyncio.wait_for(_started(r), 60) for r in receivers))
+    server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
+    loop = asyncio.get_running_loop()
+    t_start = loop.time()
+    deadline = t_start + seconds
+    per_sender = None if rate is None else rate / senders
+    reporter = asyncio.create_task(_report(receivers, t_start, deadline)) if progress else None
+    flow = Flow(probe=receivers[0])
+    counts = await asyncio.gather(
+        *(_send_loop(r.transport, i, per_sender, deadline, flow) for i, r in enumerate(receivers[:senders]))  # type: ignore[arg-type]
+    )
+    expected = sum(counts)
+    sampled_receivers = [r for r in receivers if r.sampled] or receivers[:1]
+    drained = asyncio.gather(*(_delivered(r, expected) for r in sampled_receivers))
+    try:
+        await asyncio.wait_for(drained, 60)  # everything sent has come back out
+    except TimeoutError:
+        pass  # counted below as lost messages
+    marker.transport.write(b'{"type":"message","msg":"bench:END 0"}\n')
+    try:
+        await asyncio.wait_for(asyncio.gather(*(r.ended.wait() for r in receivers)), 60)
+    except TimeoutError:
+        pass  # counted below as lost messages
+    elapsed = loop.time() - t_start
+    if reporter is not None:
+        reporter.cancel()
+        print(file=sys.stderr)
+
+    result.messages_in = expected
+    result.deliveries = sum(r.count for r in receivers)
+    result.deliveries_per_s = result.deliveries / elapsed
+    result.messages_in_per_s = result.messages_in / elapsed
+    latencies = [v for r in receivers for v in r.latencies]
+    result.latency_ms = {
+        "p50": _percentile(latencies, 0.50),
+        "p95": _percentile(latencies, 0.95),
+        "p99": _percentile(latencies, 0.99),
+        "max": max(latencies, default=float("nan")),
+    }
+    result.dropped_clients = sum(r.closed.is_set() for r in receivers)
+    result.lost = sum(max(0, expected - r.count) for r in receivers)
+    result.duplicated = sum(max(0, r.count - expected) for r in receivers)
+    for r in receivers:
+        result.duplicated += len(r.ids) - len(set(r.ids))
+        result.out_of_order += sum(1 for a, b in zip(r.ids, r.ids[1:], strict=False) if b <= a)
+    result.bench_cpu_s = time.process_time() - cpu0
+    if server_pid:
+        result.server_cpu_s = _proc_cpu_seconds(server_pid) - server_cpu0
+        result.server_cpu_us_per_delivery = result.server_cpu_s / max(1, result.deliveries) * 1e6
+        result.server_peak_rss_mb = _proc_status_kb(server_pid, "VmHWM") / 1024
+        if idle_rss_kb is not None and rss_before_kb is not None:
+            result.server_idle_rss_kb_per_client = (idle_rss_kb - rss_before_kb) / clients
+    for r in receivers:
+        if r.transport is not None:
+            r.transport.close()
+    return result
+
+
+async def _delivered(receiver: Receiver, expected: int) -> None:
+    while receiver.count < expected and not receiver.closed.is_set():
+        await asyncio.sleep(0.005)
+
+
+async def _started(receiver: Receiver) -> None:
+    while not receiver.started:
+        await asyncio.sleep(0.005)
+
+
+async def _report(receivers: list[Receiver], t_start: float, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    last, last_t = 0, t_start
+    while True:
+        await asyncio.sleep(1.0)
+        now = loop.time()
+        total = sum(r.count for r in receivers)
+        print(
+            f"\r{now - t_start:5.1f}s  {(total - last) / (now - last_t) / 1e6:6.3f} M deliveries/s  "
+            f"{total:>12,} delivered",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+        last, last_t = total, now
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def spawn_server(command: list[str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited at once: {' '.join(command)}") from None
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("the server never started listening")
+
+
+def format_table(results: Sequence[Result]) -> str:
+    header = (
+        "| server | clients | rate | M deliveries/s | msgs in/s | p50 ms | p99 ms | lost | dup | order "
+        "| server CPU µs/delivery | peak RSS MB | connect s | bench CPU s |"
+    )
+    rows = [header, "|" + "---|" * 14]
+    for r in results:
+        cpu = f"{r.server_cpu_us_per_delivery:.2f}" if r.server_cpu_us_per_delivery is not None else "-"
+        rss = f"{r.server_peak_rss_mb:.0f}" if r.server_peak_rss_mb is not None else "-"
+        rows.append(
+            f"| {r.server} | {r.clients} | {r.rate} | {r.deliveries_per_s / 1e6:.3f} | {r.messages_in_per_s:,.0f} "
+            f"| {r.latency_ms['p50']:.1f} | {r.latency_ms['p99']:.1f} | {r.lost} | {r.duplicated} "
+            f"| {r.out_of_order} | {cpu} | {rss} | {r.connect_seconds:.2f} | {r.bench_cpu_s:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chat-bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7777)
+    parser.add_argument("--spawn", action="store_true", help="start a local server.py on a free port and measure it")
+    parser.add_argument("--server-command", default=None, help="with --spawn: the server command (default: server.py)")
+    parser.add_argument("--db", default=":memory:", help="with --spawn: the server's --db (default %(default)s)")
+    parser.add_argument("-n", "--clients", type=int, default=100)
+    parser.add_argument("-s", "--senders", type=int, default=10)
+    parser.add_argument("-r", "--rate", default="max", help="aggregate messages/s, or max (default %(default)s)")
+    parser.add_argument("-t", "--seconds", type=float, default=5.0)
+    parser.add_argument("--sampled", type=int, default=8, help="clients that parse every line (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+    rate = None if args.rate == "max" else float(args.rate)
+    _raise_open_file_limit()
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    process = None
+    host, port, label = args.host, args.port, f"{args.host}:{args.port}"
+    if args.spawn:
+        port = _free_port()
+        if args.server_command:
+            command = args.server_command.split()
+            label = Path(command[-1]).stem
+        else:
+            root = Path(__file__).resolve().parent.parent
+            command = [sys.executable, str(root / "server.py"), "--db", args.db, "--log-level", "WARNING"]
+            label = f"chat ({'memory' if args.db == ':memory:' else 'sqlite'})"
+        process = spawn_server(command, port)
+        host = "127.0.0.1"
+    try:
+        result = asyncio.run(
+            run_bench(
+                host,
+                port,
+                args.clients,
+                args.senders,
+                rate,
+                args.seconds,
+                args.sampled,
+                server_pid=process.pid if process else None,
+                server_label=label,
+                progress=not args.quiet,
+            )
+        )
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(format_table([result]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
