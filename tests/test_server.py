@@ -435,3 +435,17 @@ def test_resume_from_before_retention_gets_a_gap_notice(start_chat_server, conne
     gap = late.next()
     assert isinstance(gap, Gap) and (gap.first, gap.last) == (6, 20)
     assert [late.next().id for _ in range(10)] == list(range(21, 31))
+
+
+def test_connections_past_the_maximum_are_refused_with_a_clear_error(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_clients=2))
+    first, second = connect(server), connect(server)
+    first.join("first")
+    second.join("second")
+    third = connect(server)
+    closing = third.expect_closed()
+    assert [m.code for m in closing if isinstance(m, ErrorReply)] == ["server_full"]
+    second.send({"type": "leave"})
+    second.expect_closed()
+    first.expect(Left, name="second")
+    assert connect(server).join("fourth").name == "fourth"  # room again once one left
