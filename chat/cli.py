@@ -12,8 +12,9 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from chat.server import ChatServer, ServerConfig
 from chat.store import StoreError
@@ -46,29 +47,23 @@ def default_db() -> str:
     return os.path.join(state, "chat", "chat.db")
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+def _option(
+    parser: argparse.ArgumentParser, flag: str, env: str, kind: Callable[[str], Any], default: Any, text: str
+) -> None:
+    """A flag whose default an environment variable may change."""
+    raw = os.environ.get(env)
+    if raw:
+        try:
+            default = kind(raw)
+        except ValueError:
+            raise SystemExit(f"{env}={raw!r} is not valid for {flag}") from None
+    parser.add_argument(flag, type=kind, default=default, help=f"{text} (env {env}; default %(default)s)")
 
 
 def add_address_arguments(parser: argparse.ArgumentParser) -> None:
     """--host and --port, shared by the server and the client."""
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("CHAT_HOST") or DEFAULT_HOST,
-        help="address to use (env CHAT_HOST; default %(default)s)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=_env_int("CHAT_PORT", DEFAULT_PORT),
-        help="TCP port; 0 lets the system pick a free one for the server (env CHAT_PORT; default %(default)s)",
-    )
+    _option(parser, "--host", "CHAT_HOST", str, DEFAULT_HOST, "address to use")
+    _option(parser, "--port", "CHAT_PORT", int, DEFAULT_PORT, "TCP port; 0 lets the system pick a free one")
 
 
 def server_parser() -> argparse.ArgumentParser:
@@ -78,68 +73,25 @@ def server_parser() -> argparse.ArgumentParser:
         description="Run a chat room. Clients speak one JSON object per line; see protocol.md.",
     )
     add_address_arguments(parser)
-    parser.add_argument(
-        "--history",
-        type=int,
-        default=_env_int("CHAT_HISTORY", defaults.history),
-        help="recent messages shown to a newcomer (env CHAT_HISTORY; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-line",
-        type=int,
-        default=_env_int("CHAT_MAX_LINE", defaults.max_line),
-        help="longest accepted line in bytes; a longer one closes the connection "
-        "(env CHAT_MAX_LINE; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-backlog",
-        type=int,
-        default=_env_int("CHAT_MAX_BACKLOG", defaults.max_backlog),
-        help="bytes queued for a client that is not reading before it is dropped "
-        "(env CHAT_MAX_BACKLOG; default %(default)s)",
-    )
-    parser.add_argument(
-        "--ping-interval",
-        type=float,
-        default=float(os.environ.get("CHAT_PING_INTERVAL") or defaults.ping_interval),
-        help="seconds of silence before the server pings a client (env CHAT_PING_INTERVAL; default %(default)s)",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=float(os.environ.get("CHAT_IDLE_TIMEOUT") or defaults.idle_timeout),
-        help="seconds of silence before a client is disconnected, 0 for never "
-        "(env CHAT_IDLE_TIMEOUT; default %(default)s)",
-    )
-    parser.add_argument(
-        "--db",
-        default=os.environ.get("CHAT_DB") or default_db(),
-        help="SQLite file that keeps the history, or :memory: to keep nothing (env CHAT_DB; default %(default)s)",
-    )
-    parser.add_argument(
-        "--retention",
-        type=int,
-        default=_env_int("CHAT_RETENTION", defaults.retention),
-        help="messages the history keeps (env CHAT_RETENTION; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-age",
-        type=float,
-        default=float(os.environ.get("CHAT_MAX_AGE") or 0) or None,
-        help="seconds a message is kept at most, none if unset (env CHAT_MAX_AGE)",
-    )
-    parser.add_argument(
-        "--replay-limit",
-        type=int,
-        default=_env_int("CHAT_REPLAY_LIMIT", defaults.replay_limit),
-        help="most missed messages replayed to a reconnecting client (env CHAT_REPLAY_LIMIT; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-clients",
-        type=int,
-        default=_env_int("CHAT_MAX_CLIENTS", defaults.max_clients),
-        help="most simultaneous connections; more get a server_full error (env CHAT_MAX_CLIENTS; default %(default)s)",
-    )
+    for flag, env, kind, default, text in [
+        ("--history", "CHAT_HISTORY", int, defaults.history, "recent messages shown to a newcomer"),
+        ("--max-line", "CHAT_MAX_LINE", int, defaults.max_line, "longest line in bytes; a longer one disconnects"),
+        ("--max-backlog", "CHAT_MAX_BACKLOG", int, defaults.max_backlog, "bytes queued for a non-reading client"),
+        ("--ping-interval", "CHAT_PING_INTERVAL", float, defaults.ping_interval, "seconds of silence before a ping"),
+        (
+            "--idle-timeout",
+            "CHAT_IDLE_TIMEOUT",
+            float,
+            defaults.idle_timeout,
+            "seconds of silence before a client is disconnected, 0 for never",
+        ),
+        ("--db", "CHAT_DB", str, default_db(), "SQLite file that keeps the history, or :memory: to keep none"),
+        ("--retention", "CHAT_RETENTION", int, defaults.retention, "messages the history keeps"),
+        ("--max-age", "CHAT_MAX_AGE", float, None, "seconds a message is kept at most"),
+        ("--replay-limit", "CHAT_REPLAY_LIMIT", int, defaults.replay_limit, "most missed messages replayed on resume"),
+        ("--max-clients", "CHAT_MAX_CLIENTS", int, defaults.max_clients, "most connections; more get server_full"),
+    ]:
+        _option(parser, flag, env, kind, default, text)
     parser.add_argument(
         "--log-level",
         default=os.environ.get("CHAT_LOG_LEVEL") or "INFO",
@@ -208,11 +160,7 @@ def client_parser() -> argparse.ArgumentParser:
         description="Join a chat room from the terminal. Type /help once inside.",
     )
     add_address_arguments(parser)
-    parser.add_argument(
-        "--name",
-        default=os.environ.get("CHAT_NAME") or None,
-        help="your name in the room (env CHAT_NAME; asked for when not given)",
-    )
+    _option(parser, "--name", "CHAT_NAME", str, None, "your name in the room; asked for when not given")
     return parser
 
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-7890}
 S=chat-scenario
+DB=$(mktemp -d)/scenario.db  # a fresh history, kept across the restart below
 tmux kill-session -t $S 2>/dev/null || true
 trap 'tmux kill-session -t $S 2>/dev/null || true' EXIT
 
@@ -22,7 +23,7 @@ wait_for() {  # wait_for WINDOW TEXT: until TEXT is on WINDOW's screen (10 s at 
 type_line() { tmux send-keys -t "$S:$1" -l -- "$2"; tmux send-keys -t "$S:$1" Enter; }
 
 tmux new-session -d -s $S -n server -x 110 -y 40
-tmux send-keys -t $S:server "$PY server.py --port $PORT" Enter
+tmux send-keys -t $S:server "$PY server.py --port $PORT --db $DB" Enter
 wait_for server "listening on"
 
 tmux new-window -d -t $S -n alice; tmux send-keys -t $S:alice "$PY client.py --port $PORT --name alice" Enter
@@ -57,7 +58,7 @@ wait_for alice "hi bob, welcome"  # still on screen: nothing was cleared
 tmux send-keys -t $S:server C-c
 wait_for server "stopped"
 wait_for alice "connection lost"
-tmux send-keys -t $S:server "$PY server.py --port $PORT" Enter
+tmux send-keys -t $S:server "$PY server.py --port $PORT --db $DB" Enter
 wait_for alice "reconnected"
 wait_for bob "reconnected"
 type_line alice "still here after the restart"
