@@ -317,10 +317,12 @@ class Outbox:
     def _finish_pass(self, head: int) -> None:
         self._written_head = head
         self._writer_caught_up.notify_all()
+        if len(self._lines) < 2048:
+            return  # not worth a look at every peer's cursor yet
         # Forget log lines every subscribed peer has been given.
         lowest = min((peer.cursor for peer in self._peers if peer.cursor is not None), default=head)
         drop = lowest - self._base
-        if drop > 1024 and drop * 2 > len(self._lines):
+        if drop * 2 > len(self._lines):
             self._base_bytes = self._ends[drop - 1]
             del self._lines[:drop]
             del self._ends[:drop]

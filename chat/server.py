@@ -118,7 +118,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = False
     block_on_close = True
-    request_queue_size = 1024
+    request_queue_size = 4096  # the kernel caps it at net.core.somaxconn
 
     def __init__(self, address: tuple[str, int], config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
