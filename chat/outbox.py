@@ -311,6 +311,10 @@ class Outbox:
                 return
             peer.pending = memoryview(data)[sent:] if sent < len(data) else b""
             self._watch_writable(peer, bool(peer.pending))
+            if not peer.pending and (peer.private or (peer.cursor is not None and peer.cursor < self.head)):
+                # Lines arrived while this peer was catching up: go round again for them.
+                self._dirty.add(peer)
+                self._wake_locked()
             if peer.give_up or (peer.closing and not peer.pending and not peer.private):
                 self._drop_locked(peer, None)
 

@@ -449,3 +449,19 @@ def test_connections_past_the_maximum_are_refused_with_a_clear_error(start_chat_
     second.expect_closed()
     first.expect(Left, name="second")
     assert connect(server).join("fourth").name == "fourth"  # room again once one left
+
+
+def test_client_that_pauses_reading_catches_up_on_everything(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_backlog=64 * 1024 * 1024))
+    alice, sleepy = connect(server), connect(server)
+    alice.join("alice")
+    sleepy.join("sleepy")
+    alice.expect(Joined, name="sleepy")
+    text = "z" * 500
+    count = 20_000  # about 10 MB: more than the socket buffers hold, so some waits in the outbox
+    for i in range(count):
+        alice.say(f"{i} {text}")
+    alice.expect(ChatMessage, msg=f"{count - 1} {text}")
+    # Nothing more is said: whatever is still queued must go out on its own.
+    numbers = [int(sleepy.expect(ChatMessage).msg.split()[0]) for _ in range(count)]
+    assert numbers == list(range(count))
