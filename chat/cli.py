@@ -161,6 +161,11 @@ def client_parser() -> argparse.ArgumentParser:
     )
     add_address_arguments(parser)
     _option(parser, "--name", "CHAT_NAME", str, None, "your name in the room; asked for when not given")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="show the recent history, not everything said since you last left",
+    )
     return parser
 
 
@@ -170,6 +175,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     import asyncio
     import sys
 
+    from chat import cursors
     from chat.client import ChatClient
     from chat.errors import JoinRefused
     from chat.ui import run_ui
@@ -180,8 +186,11 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     except (EOFError, KeyboardInterrupt):
         return 1
 
+    cursor_file = cursors.default_path()
+
     async def chat() -> int:
-        client = ChatClient(args.host, args.port, name)
+        since = None if args.fresh else cursors.load(cursor_file, args.host, args.port, name)
+        client = ChatClient(args.host, args.port, name, since=since)
         try:
             await client.connect()
         except OSError as exc:
@@ -190,7 +199,10 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         except JoinRefused as exc:
             print(f"cannot join: {exc.detail}", file=sys.stderr)
             return 1
-        await run_ui(client)
+        try:
+            await run_ui(client)
+        finally:
+            cursors.save(cursor_file, args.host, args.port, client.name, client.last_id)
         return 0
 
     try:

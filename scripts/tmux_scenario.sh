@@ -10,6 +10,7 @@ PY=${PY:-.venv/bin/python}
 PORT=${PORT:-7890}
 S=chat-scenario
 DB=$(mktemp -d)/scenario.db  # a fresh history, kept across the restart below
+export XDG_STATE_HOME=$(mktemp -d)  # and clients that remember no earlier run
 tmux kill-session -t $S 2>/dev/null || true
 trap 'tmux kill-session -t $S 2>/dev/null || true' EXIT
 

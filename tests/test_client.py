@@ -151,3 +151,22 @@ def test_reconnect_resumes_with_what_was_said_while_away(start_chat_server, tmp_
         squatter.close()
 
     run(scenario())
+
+
+def test_client_started_with_a_cursor_sees_what_was_said_since(chat_server):
+    talker = LineClient(chat_server.address)
+    talker.join("talker")
+    for i in range(5):
+        talker.say(f"m{i}")
+    seen_before = talker.expect(ChatMessage, msg="m1").id
+
+    async def scenario():
+        bob = ChatClient(*chat_server.address, "bob", since=seen_before)
+        welcome = await bob.connect()
+        assert welcome.history == 3
+        assert [(await next_of(bob, ChatMessage)).msg for _ in range(3)] == ["m2", "m3", "m4"]
+        assert bob.last_id == seen_before + 3
+        await bob.close()
+
+    run(scenario())
+    talker.close()
