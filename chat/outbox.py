@@ -234,19 +234,21 @@ class Outbox:
             ready = self._selector.select()
             with self._lock:
                 self._drain_wake()
+                writable = {key.data for key, _ in ready if key.data is not None}
                 if self._all_dirty:
-                    batch: Iterable[Peer] = list(self._peers)
                     self._all_dirty = False
                     self._dirty.clear()
+                    batch = writable.union(self._peers)
                 else:
-                    batch = self._dirty
-                    self._dirty = set()
-                writable = {key.data for key, _ in ready if key.data is not None}
+                    batch, self._dirty = self._dirty | writable, set()
                 head = self.head
-                work = self._collect(writable.union(batch), writable, head)
-            for peer, data in work:
-                self._send(peer, data)
+                work = self._collect(batch, writable, head)
+            # The sends, and only the sends, happen outside the lock; then one
+            # acquisition settles every peer, instead of one per peer.
+            sent = [(peer, data, self._send(peer, data)) for peer, data in work]
             with self._lock:
+                for peer, data, count in sent:
+                    self._settle_locked(peer, data, count)
                 self._finish_pass(head)
 
     def _collect(self, peers: Iterable[Peer], writable: set[Peer], head: int) -> list[tuple[Peer, memoryview | bytes]]:
@@ -293,30 +295,34 @@ class Outbox:
             peer.cursor = head
         return b"".join(parts)
 
-    def _send(self, peer: Peer, data: memoryview | bytes) -> None:
-        """Outside the lock: one non-blocking send; keep what the kernel refused."""
-        sent = 0
-        if data:
-            try:
-                sent = peer.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                log.info("%s: connection lost while sending (%s)", peer.label, exc)
-                with self._lock:
-                    self._drop_locked(peer, None)
-                return
-        with self._lock:
-            if peer.released.is_set():
-                return
-            peer.pending = memoryview(data)[sent:] if sent < len(data) else b""
-            self._watch_writable(peer, bool(peer.pending))
-            if not peer.pending and (peer.private or (peer.cursor is not None and peer.cursor < self.head)):
-                # Lines arrived while this peer was catching up: go round again for them.
-                self._dirty.add(peer)
-                self._wake_locked()
-            if peer.give_up or (peer.closing and not peer.pending and not peer.private):
-                self._drop_locked(peer, None)
+    def _send(self, peer: Peer, data: memoryview | bytes) -> int | None:
+        """Outside the lock: one non-blocking send. How many bytes the kernel
+        took, or None if the connection is broken."""
+        if not data:
+            return 0
+        try:
+            return peer.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            log.info("%s: connection lost while sending (%s)", peer.label, exc)
+            return None
+
+    def _settle_locked(self, peer: Peer, data: memoryview | bytes, sent: int | None) -> None:
+        """Keep what the kernel refused, and decide what comes next for `peer`."""
+        if peer.released.is_set():
+            return
+        if sent is None:
+            self._drop_locked(peer, None)
+            return
+        peer.pending = memoryview(data)[sent:] if sent < len(data) else b""
+        self._watch_writable(peer, bool(peer.pending))
+        if not peer.pending and (peer.private or (peer.cursor is not None and peer.cursor < self.head)):
+            # Lines arrived while this peer was catching up: go round again for them.
+            self._dirty.add(peer)
+            self._wake_locked()
+        if peer.give_up or (peer.closing and not peer.pending and not peer.private):
+            self._drop_locked(peer, None)
 
     def _finish_pass(self, head: int) -> None:
         self._written_head = head
