@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from chat.cli import raise_open_file_limit
 
 START = b"bench:START"
 END = b"bench:END"
@@ -124,13 +125,6 @@ def _percentile(values: list[float], fraction: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _raise_open_file_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def _proc_cpu_seconds(pid: int) -> float:
@@ -362,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     rate = None if args.rate == "max" else float(args.rate)
-    _raise_open_file_limit()
+    raise_open_file_limit()  # thousands of client sockets
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
 

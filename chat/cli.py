@@ -13,6 +13,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -41,10 +42,10 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def default_db() -> str:
-    """~/.local/state/chat/chat.db (or under $XDG_STATE_HOME)."""
+def state_dir() -> str:
+    """Where chat keeps its files: ~/.local/state/chat, or under $XDG_STATE_HOME."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "chat", "chat.db")
+    return os.path.join(state, "chat")
 
 
 def _option(
@@ -85,7 +86,13 @@ def server_parser() -> argparse.ArgumentParser:
             defaults.idle_timeout,
             "seconds of silence before a client is disconnected, 0 for never",
         ),
-        ("--db", "CHAT_DB", str, default_db(), "SQLite file that keeps the history, or :memory: to keep none"),
+        (
+            "--db",
+            "CHAT_DB",
+            str,
+            os.path.join(state_dir(), "chat.db"),
+            "SQLite file that keeps the history, or :memory: to keep none",
+        ),
         ("--retention", "CHAT_RETENTION", int, defaults.retention, "messages the history keeps"),
         ("--max-age", "CHAT_MAX_AGE", float, None, "seconds a message is kept at most"),
         ("--replay-limit", "CHAT_REPLAY_LIMIT", int, defaults.replay_limit, "most missed messages replayed on resume"),
@@ -186,7 +193,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     except (EOFError, KeyboardInterrupt):
         return 1
 
-    cursor_file = cursors.default_path()
+    cursor_file = Path(state_dir()) / "client-cursors.json"
 
     async def chat() -> int:
         since = None if args.fresh else cursors.load(cursor_file, args.host, args.port, name)

@@ -101,10 +101,6 @@ class ChatClient:
         self._reader_task: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def connected(self) -> bool:
-        return self._writer is not None
-
     async def connect(self) -> Welcome:
         """Connect and join; raises OSError if unreachable, JoinRefused if refused."""
         reader, welcome = await self._open()

@@ -44,7 +44,7 @@ from chat.protocol import (
     Who,
     utc_now,
 )
-from chat.store import MemoryStore, Page, Record, Store, StoreError
+from chat.store import MemoryStore, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +145,21 @@ class Room(Generic[P]):
                 raise ProtocolError("already_joined", f"you are already in the room as {self._names[peer]}")
             self._claim(name)
             viewer = name.casefold()
-            if since is None or since > self._last_id:  # a newer id than any here: this room was reset
-                gap, page = None, self._read(lambda: self._store.after(0, viewer, self._history_size))
-                page = Page(page.lines, 0)
-            else:
+            if since is not None and since <= self._last_id:
                 gap = self._gap_after(since)
                 page = self._read(lambda: self._store.after(since, viewer, self._replay_limit))
+                more = page.more
+            else:  # a plain join, or an id higher than any here: this room was reset
+                gap, page = None, self._read(lambda: self._store.after(0, viewer, self._history_size))
+                more = 0  # older history is no news to a newcomer
             self._names[peer] = name
             self._by_key[viewer] = peer
             welcome = Welcome(
-                name=name, users=self._sorted_users(), history=len(page.lines), more=page.more, last_id=self._last_id
+                name=name,
+                users=self._sorted_users(),
+                history=len(page.lines),
+                more=more,
+                last_id=self._last_id,
             )
             lead = encode(welcome) + (encode(gap) if gap else b"")
             self._delivery.send_to(peer, lead + b"".join(page.lines))

@@ -130,7 +130,6 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._serving = threading.Event()
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
-        self._stopped = False
         try:
             super().__init__(address, ChatHandler)
         except OSError:
@@ -152,11 +151,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every client, close every connection, and join every thread. Idempotent."""
         with self._stop_lock:
-            if self._stopped:
+            if self._stopping.is_set():
                 return
-            self._stopped = True
+            self._stopping.set()
         log.info("stopping")
-        self._stopping.set()
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(encode(Shutdown(detail="the server is shutting down")))
