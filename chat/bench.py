@@ -37,7 +37,7 @@ class Receiver(asyncio.Protocol):
         self.welcomed = asyncio.Event()
         self.ended = asyncio.Event()
         self.closed = asyncio.Event()
-        self.started = False
+        self.started = asyncio.Event()  # the START marker has gone by
         self.count = 0
         self.latencies: list[float] = []
         self.ids: list[int] = []
@@ -48,7 +48,7 @@ class Receiver(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
-        if self.sampled or not self.started or not self.welcomed.is_set():
+        if self.sampled or not self.started.is_set() or not self.welcomed.is_set():
             self._parse(data)
             return
         if self.ended.is_set():
@@ -71,8 +71,9 @@ class Receiver(asyncio.Protocol):
                 if b'"welcome"' in line:
                     self.welcomed.set()
                 continue
-            if not self.started:
-                self.started = START in line
+            if not self.started.is_set():
+                if START in line:
+                    self.started.set()
                 continue
             if self.ended.is_set():
                 continue
@@ -87,7 +88,7 @@ class Receiver(asyncio.Protocol):
                 self.ids.append(message["id"])
                 sent_ns = int(message["msg"].split(" ", 2)[1])
                 self.latencies.append((now - sent_ns) / 1e6)
-        if not self.sampled and self.started and self._tail:
+        if not self.sampled and self.started.is_set() and self._tail:
             # From now on this receiver only counts: account for the partial line.
             self._tail = b""
 
@@ -212,7 +213,7 @@ async def run_bench(
     marker = receivers[-1]
     assert marker.transport is not None
     marker.transport.write(b'{"type":"message","msg":"bench:START 0"}\n')
-    await asyncio.gather(*(asyncio.wait_for(_started(r), 60) for r in receivers))
+    await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in receivers)), 60)
     server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
     loop = asyncio.get_running_loop()
     t_start = loop.time()
@@ -272,11 +273,6 @@ async def run_bench(
 
 async def _delivered(receiver: Receiver, expected: int) -> None:
     while receiver.count < expected and not receiver.closed.is_set():
-        await asyncio.sleep(0.005)
-
-
-async def _started(receiver: Receiver) -> None:
-    while not receiver.started:
         await asyncio.sleep(0.005)
 
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,8 @@ import pytest
 from pydantic import BaseModel
 
 from chat.codec import decode_server
-from chat.protocol import ServerMessage, Welcome
+from chat.errors import ConnectionClosed
+from chat.protocol import ChatMessage, ServerMessage, Welcome
 from chat.server import ChatServer, ServerConfig
 
 #: Seconds any single wait in a test may take before it fails.
@@ -75,8 +76,17 @@ class LineClient:
     def say(self, msg: str) -> None:
         self.send({"type": "message", "msg": msg})
 
+    def say_all(self, texts: Iterable[str]) -> ChatMessage:
+        """Say each text in turn, then wait until the last one comes back (so the
+        room has them all); returns that last message as the server numbered it."""
+        last = None
+        for last in texts:
+            self.say(last)
+        assert last is not None, "nothing to say"
+        return self.expect(ChatMessage, msg=last)
+
     def read_line(self) -> bytes:
-        """The next raw line, newline included; AssertionError at end of stream."""
+        """The next raw line, newline included; ConnectionClosed at end of stream."""
         while True:
             end = self._buffer.find(b"\n")
             if end >= 0:
@@ -85,7 +95,7 @@ class LineClient:
                 return line
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise AssertionError(f"connection closed; unread bytes: {bytes(self._buffer)!r}")
+                raise ConnectionClosed(f"the server closed the connection; unread bytes: {bytes(self._buffer)!r}")
             self._buffer += chunk
 
     def next(self) -> ServerMessage:
@@ -113,9 +123,7 @@ class LineClient:
         while True:
             try:
                 messages.append(self.next())
-            except AssertionError:
-                return messages
-            except ConnectionResetError:
+            except (ConnectionClosed, ConnectionResetError):
                 return messages
 
     def close(self) -> None:

@@ -185,9 +185,7 @@ def test_newcomer_sees_recent_history_in_order_before_live_traffic(start_chat_se
     server = start_chat_server(ServerConfig(history=5))
     alice = connect(server)
     alice.join("alice")
-    for i in range(8):
-        alice.say(f"m{i}")
-    alice.expect(ChatMessage, msg="m7")
+    alice.say_all(f"m{i}" for i in range(8))
     late = connect(server)
     assert late.join("late").history == 5
     assert [late.next().msg for _ in range(5)] == ["m3", "m4", "m5", "m6", "m7"]
@@ -381,9 +379,7 @@ def test_reconnect_with_last_id_gets_exactly_the_missed_messages(connect):
     last_seen = bob.expect(ChatMessage, msg="before").id
     bob.send({"type": "leave"})
     bob.expect_closed()
-    for i in range(100):
-        alice.say(f"missed {i}")
-    alice.expect(ChatMessage, msg="missed 99")
+    alice.say_all(f"missed {i}" for i in range(100))
     again = connect()
     again.send({"type": "join", "name": "bob", "since": last_seen})
     welcome = again.expect(Welcome)
@@ -398,9 +394,7 @@ def test_message_broadcast_during_a_replay_arrives_once_after_it(start_chat_serv
     server = start_chat_server(ServerConfig(replay_limit=5000))
     talker = connect(server)
     talker.join("talker")
-    for i in range(2000):
-        talker.say(f"old {i}")
-    talker.expect(ChatMessage, msg="old 1999")
+    talker.say_all(f"old {i}" for i in range(2000))
     stop = threading.Event()
 
     def keep_talking() -> None:
@@ -426,9 +420,7 @@ def test_resume_from_before_retention_gets_a_gap_notice(start_chat_server, conne
     server = start_chat_server(ServerConfig(retention=10))
     talker = connect(server)
     talker.join("talker")
-    for i in range(30):
-        talker.say(f"m{i}")
-    talker.expect(ChatMessage, msg="m29")
+    talker.say_all(f"m{i}" for i in range(30))
     late = connect(server)
     late.send({"type": "join", "name": "late", "since": 5})
     late.expect(Welcome)
@@ -459,9 +451,7 @@ def test_client_that_pauses_reading_catches_up_on_everything(start_chat_server, 
     alice.expect(Joined, name="sleepy")
     text = "z" * 500
     count = 20_000  # about 10 MB: more than the socket buffers hold, so some waits in the outbox
-    for i in range(count):
-        alice.say(f"{i} {text}")
-    alice.expect(ChatMessage, msg=f"{count - 1} {text}")
+    alice.say_all(f"{i} {text}" for i in range(count))
     # Nothing more is said: whatever is still queued must go out on its own.
     numbers = [int(sleepy.expect(ChatMessage).msg.split()[0]) for _ in range(count)]
     assert numbers == list(range(count))

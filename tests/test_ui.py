@@ -22,12 +22,26 @@ from chat.ui import make_session, run_ui
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
 
 
+class Screen(io.StringIO):
+    """Captured terminal output that tells a waiting test whenever it changes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+        self.changed = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        self._loop.call_soon_threadsafe(self.changed.set)
+        return written
+
+
 @dataclass
 class Terminal:
     """One person's client: what they type goes in `keys`, what they see is `screen`."""
 
     keys: PipeInput
-    output: io.StringIO
+    output: Screen
     task: asyncio.Task[None]
 
     @property
@@ -42,18 +56,20 @@ class Terminal:
         self.keys.send_text(text)
 
     async def sees(self, predicate: Callable[[str], bool], what: str) -> None:
-        """Wait until the captured screen satisfies `predicate`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while not predicate(self.screen):
-            assert loop.time() < deadline, f"never saw {what}; screen:\n{self.screen}"
-            await asyncio.sleep(0.01)  # the output has no event to wait on: poll it
+        """Wait until the captured screen satisfies `predicate`, waking on each write."""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while not predicate(self.screen):
+                    self.output.changed.clear()
+                    await self.output.changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"never saw {what}; screen:\n{self.screen}") from None
 
 
 @asynccontextmanager
 async def terminal(address: tuple[str, int], name: str) -> AsyncIterator[Terminal]:
     with create_pipe_input() as keys:
-        output = io.StringIO()
+        output = Screen(asyncio.get_running_loop())
         screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
         with create_app_session(input=keys, output=screen):
             client = ChatClient(*address, name)
