@@ -201,8 +201,11 @@ class ChatClient:
                 try:
                     reader, welcome = await self._open()
                 except (OSError, ChatError) as exc:
-                    log.debug("reconnect attempt %d failed: %s", attempts, exc)
                     delay = min(delay * 2, self.max_retry)
+                    reason = str(exc) or type(exc).__name__
+                    if reason != detail:  # say why, once per new reason (a taken name, say)
+                        detail = reason
+                        await self._events.put(ConnectionLost(detail, retry_in=delay))
                     continue
                 break
             await self._events.put(Reconnected(attempts))

@@ -140,6 +140,8 @@ def test_reconnect_resumes_with_what_was_said_while_away(start_chat_server, tmp_
         for i in range(20):
             await asyncio.to_thread(alice.say, f"while away {i}")
         await asyncio.to_thread(alice.expect, ChatMessage, msg="while away 19")
+        refused = await next_of(bob, ConnectionLost)  # bob's client says why it is still outside
+        assert "taken" in refused.detail
         await asyncio.to_thread(squatter.send, {"type": "leave"})
         await next_of(bob, Reconnected)
         said = [(await next_of(bob, ChatMessage)).msg for _ in range(20)]
