@@ -1,7 +1,7 @@
 """Command lines of the server and the client: arguments, logging and signals.
 
 The only place that reads the environment or installs signal handlers; all
-the work happens in chat.server and chat.client.
+the work happens in chat.server.tcp and chat.client.connection.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from chat.server import ChatServer, ServerConfig
-from chat.store import StoreError
+from chat.server.store import StoreError
+from chat.server.tcp import ChatServer, ServerConfig
 
 log = logging.getLogger("chat")
 
@@ -182,10 +182,10 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     import asyncio
     import sys
 
-    from chat import cursors
-    from chat.client import ChatClient
+    from chat.client import cursors
+    from chat.client.connection import ChatClient
+    from chat.client.ui import run_ui
     from chat.errors import JoinRefused
-    from chat.ui import run_ui
 
     args = client_parser().parse_args(argv)
     try:

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import BaseModel
 
-from chat.codec import decode_server
 from chat.errors import ConnectionClosed
-from chat.protocol import ChatMessage, ServerMessage, Welcome
-from chat.server import ChatServer, ServerConfig
+from chat.server.tcp import ChatServer, ServerConfig
+from chat.wire.codec import decode_server
+from chat.wire.protocol import ChatMessage, ServerMessage, Welcome
 
 #: Seconds any single wait in a test may take before it fails.
 TIMEOUT = 10.0

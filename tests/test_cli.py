@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chat.protocol import ChatMessage, Shutdown
 from chat.testing import TIMEOUT, LineClient
+from chat.wire.protocol import ChatMessage, Shutdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from chat.client import ChatClient, ConnectionLost, Reconnected
+from chat.client.connection import ChatClient, ConnectionLost, Reconnected
 from chat.errors import ConnectionClosed, JoinRefused
-from chat.protocol import (
+from chat.server.tcp import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+from chat.wire.protocol import (
     ChatMessage,
     Joined,
     Left,
@@ -21,8 +23,6 @@ from chat.protocol import (
     SendPrivate,
     Welcome,
 )
-from chat.server import ServerConfig
-from chat.testing import TIMEOUT, LineClient
 
 T = TypeVar("T")
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chat.codec import decode_client, decode_server, encode
 from chat.errors import ProtocolError
-from chat.protocol import ChatMessage, ClassicMessage, Join, SendMessage, SendPrivate
+from chat.wire.codec import decode_client, decode_server, encode
+from chat.wire.protocol import ChatMessage, ClassicMessage, Join, SendMessage, SendPrivate
 
 
 def error_code(line: bytes) -> str:

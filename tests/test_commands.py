@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chat.commands import Mistake, Quit, Send, ShowHelp, parse
-from chat.protocol import Nick, SendAction, SendMessage, SendPrivate, Who
+from chat.client.commands import Mistake, Quit, Send, ShowHelp, parse
+from chat.wire.protocol import Nick, SendAction, SendMessage, SendPrivate, Who
 
 
 def sent(line: str):

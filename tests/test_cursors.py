@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat import cursors
+from chat.client import cursors
 
 
 def test_saved_cursor_is_loaded_per_server_and_name(tmp_path):

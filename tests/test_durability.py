@@ -8,10 +8,10 @@ import sqlite3
 import subprocess
 import sys
 
-from chat.client import ChatClient, Reconnected
+from chat.client.connection import ChatClient, Reconnected
 from chat.errors import ConnectionClosed
-from chat.protocol import ChatMessage, SendMessage
 from chat.testing import TIMEOUT
+from chat.wire.protocol import ChatMessage, SendMessage
 
 
 def stored_ids(path) -> list[int]:

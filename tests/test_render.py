@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chat.client import ConnectionLost, Reconnected
-from chat.protocol import (
+from chat.client.connection import ConnectionLost, Reconnected
+from chat.client.render import mentions, name_colour, neutralise, render
+from chat.wire.protocol import (
     Action,
     ChatMessage,
     ErrorReply,
@@ -18,7 +19,6 @@ from chat.protocol import (
     ServerPong,
     Welcome,
 )
-from chat.render import mentions, name_colour, neutralise, render
 
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -6,9 +6,11 @@ from collections.abc import Hashable
 
 import pytest
 
-from chat.codec import decode_server
 from chat.errors import ProtocolError
-from chat.protocol import (
+from chat.server.room import Room
+from chat.server.store import MemoryStore, StoreError
+from chat.wire.codec import decode_server
+from chat.wire.protocol import (
     Action,
     ChatMessage,
     ClassicMessage,
@@ -32,8 +34,6 @@ from chat.protocol import (
     Welcome,
     Who,
 )
-from chat.room import Room
-from chat.store import MemoryStore, StoreError
 
 
 class FakeDelivery:

@@ -9,7 +9,9 @@ import threading
 
 import pytest
 
-from chat.protocol import (
+from chat.server.tcp import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+from chat.wire.protocol import (
     Action,
     ChatMessage,
     ErrorReply,
@@ -24,8 +26,6 @@ from chat.protocol import (
     Users,
     Welcome,
 )
-from chat.server import ServerConfig
-from chat.testing import TIMEOUT, LineClient
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from chat.store import MemoryStore, Record, SqliteStore, StoreError
+from chat.server.store import MemoryStore, Record, SqliteStore, StoreError
 
 
 @pytest.fixture(params=["memory", "sqlite"])

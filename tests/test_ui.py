@@ -14,10 +14,10 @@ from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
-from chat.client import ChatClient
-from chat.protocol import ChatMessage, Left, Welcome
+from chat.client.connection import ChatClient
+from chat.client.ui import make_session, run_ui
 from chat.testing import TIMEOUT, LineClient
-from chat.ui import make_session, run_ui
+from chat.wire.protocol import ChatMessage, Left, Welcome
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
 

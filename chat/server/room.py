@@ -15,9 +15,10 @@ from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from chat.codec import encode
 from chat.errors import ProtocolError
-from chat.protocol import (
+from chat.server.store import MemoryStore, Record, Store, StoreError
+from chat.wire.codec import encode
+from chat.wire.protocol import (
     Action,
     ChatMessage,
     ClassicMessage,
@@ -44,7 +45,6 @@ from chat.protocol import (
     Who,
     utc_now,
 )
-from chat.store import MemoryStore, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 

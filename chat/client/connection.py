@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from chat.codec import decode_server, encode
 from chat.errors import ChatError, ConnectionClosed, JoinRefused, ProtocolError
-from chat.protocol import (
+from chat.wire.codec import decode_server, encode
+from chat.wire.protocol import (
     DEFAULT_MAX_LINE,
     Action,
     ChatMessage,

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, get_args
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from chat.errors import ProtocolError
-from chat.protocol import (
+from chat.wire.protocol import (
     CLIENT_TYPES,
     ClassicMessage,
     ClientMessage,

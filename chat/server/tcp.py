@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from chat.codec import decode_client, encode, encode_error
 from chat.errors import ProtocolError
-from chat.outbox import Outbox, Peer
-from chat.protocol import DEFAULT_MAX_LINE, ErrorReply, LeaveReason, ServerPing, Shutdown
-from chat.room import DEFAULT_HISTORY, DEFAULT_REPLAY_LIMIT, Room
-from chat.store import DEFAULT_RETENTION, open_store
+from chat.server.outbox import Outbox, Peer
+from chat.server.room import DEFAULT_HISTORY, DEFAULT_REPLAY_LIMIT, Room
+from chat.server.store import DEFAULT_RETENTION, open_store
+from chat.wire.codec import decode_client, encode, encode_error
+from chat.wire.protocol import DEFAULT_MAX_LINE, ErrorReply, LeaveReason, ServerPing, Shutdown
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from datetime import datetime
 
 from prompt_toolkit.utils import get_cwidth
 
-from chat.client import ClientEvent, ConnectionLost, Reconnected
-from chat.protocol import (
+from chat.client.connection import ClientEvent, ConnectionLost, Reconnected
+from chat.wire.protocol import (
     Action,
     ChatMessage,
     ErrorReply,

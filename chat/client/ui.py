@@ -19,9 +19,9 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
-from chat import render
-from chat.client import ChatClient
-from chat.commands import COMMANDS, HELP, Mistake, PageBack, Quit, Send, ShowHelp, parse
+from chat.client import render
+from chat.client.commands import COMMANDS, HELP, Mistake, PageBack, Quit, Send, ShowHelp, parse
+from chat.client.connection import ChatClient
 from chat.errors import ConnectionClosed
 
 STYLE = Style.from_dict(render.STYLE)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from chat.protocol import MAX_HISTORY_PAGE, Nick, SendAction, SendMessage, SendPrivate, Who
+from chat.wire.protocol import MAX_HISTORY_PAGE, Nick, SendAction, SendMessage, SendPrivate, Who
 
 HELP = """\
 Commands:
