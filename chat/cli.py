@@ -17,16 +17,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from chat.paths import state_dir
+from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, environment_defaults, options
 from chat.server.store import StoreError
-from chat.server.tcp import ChatServer, ServerConfig
+from chat.server.tcp import ChatServer
 
 log = logging.getLogger("chat")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7777
-
-
-#: Stack size of handler threads; they only read lines and call the room.
+#: Stack size of handler threads; they only read lines and call the hub.
 HANDLER_STACK = 512 * 1024
 
 
@@ -42,16 +40,10 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def state_dir() -> str:
-    """Where chat keeps its files: ~/.local/state/chat, or under $XDG_STATE_HOME."""
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "chat")
-
-
 def _option(
     parser: argparse.ArgumentParser, flag: str, env: str, kind: Callable[[str], Any], default: Any, text: str
 ) -> None:
-    """A flag whose default an environment variable may change."""
+    """A client flag whose default an environment variable may change."""
     raw = os.environ.get(env)
     if raw:
         try:
@@ -61,69 +53,32 @@ def _option(
     parser.add_argument(flag, type=kind, default=default, help=f"{text} (env {env}; default %(default)s)")
 
 
-def add_address_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host and --port, shared by the server and the client."""
-    _option(parser, "--host", "CHAT_HOST", str, DEFAULT_HOST, "address to use")
-    _option(parser, "--port", "CHAT_PORT", int, DEFAULT_PORT, "TCP port; 0 lets the system pick a free one")
-
-
 def server_parser() -> argparse.ArgumentParser:
-    defaults = ServerConfig()
+    """The server's flags, one per row of ServerConfig's option table; the environment sets defaults."""
     parser = argparse.ArgumentParser(
         prog="chat-server",
-        description="Run a chat room. Clients speak one JSON object per line; see protocol.md.",
+        description="Run a chat server. Clients speak one JSON object per line; see protocol.md.",
     )
-    add_address_arguments(parser)
-    for flag, env, kind, default, text in [
-        ("--history", "CHAT_HISTORY", int, defaults.history, "recent messages shown to a newcomer"),
-        ("--max-line", "CHAT_MAX_LINE", int, defaults.max_line, "longest line in bytes; a longer one disconnects"),
-        ("--max-backlog", "CHAT_MAX_BACKLOG", int, defaults.max_backlog, "bytes queued for a non-reading client"),
-        ("--ping-interval", "CHAT_PING_INTERVAL", float, defaults.ping_interval, "seconds of silence before a ping"),
-        (
-            "--idle-timeout",
-            "CHAT_IDLE_TIMEOUT",
-            float,
-            defaults.idle_timeout,
-            "seconds of silence before a client is disconnected, 0 for never",
-        ),
-        (
-            "--db",
-            "CHAT_DB",
-            str,
-            os.path.join(state_dir(), "chat.db"),
-            "SQLite file that keeps the history, or :memory: to keep none",
-        ),
-        ("--retention", "CHAT_RETENTION", int, defaults.retention, "messages the history keeps"),
-        ("--max-age", "CHAT_MAX_AGE", float, None, "seconds a message is kept at most"),
-        ("--replay-limit", "CHAT_REPLAY_LIMIT", int, defaults.replay_limit, "most missed messages replayed on resume"),
-        ("--max-clients", "CHAT_MAX_CLIENTS", int, defaults.max_clients, "most connections; more get server_full"),
-    ]:
-        _option(parser, flag, env, kind, default, text)
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("CHAT_LOG_LEVEL") or "INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much to log to stderr (env CHAT_LOG_LEVEL; default %(default)s)",
-    )
+    try:
+        from_environment = environment_defaults(os.environ)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    for name, option, default in options():
+        parser.add_argument(
+            option.flag,
+            dest=name,
+            type=option.parse,
+            default=from_environment.get(name, default),
+            choices=option.choices,
+            help=f"{option.help} (env {option.env}; default %(default)s)",
+        )
     return parser
 
 
 def server_main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit status."""
-    args = server_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServerConfig(
-        max_line=args.max_line,
-        history=args.history,
-        max_backlog=args.max_backlog,
-        ping_interval=args.ping_interval,
-        idle_timeout=args.idle_timeout,
-        db=args.db,
-        retention=args.retention,
-        max_age=args.max_age,
-        replay_limit=args.replay_limit,
-        max_clients=args.max_clients,
-    )
+    config = ServerConfig(**vars(server_parser().parse_args(argv)))
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Thousands of connections: one file each, and one thread each with a small stack.
     open_files = raise_open_file_limit()
     threading.stack_size(HANDLER_STACK)
@@ -131,14 +86,14 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if config.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(config.db)), exist_ok=True)
     try:
-        server = ChatServer((args.host, args.port), config)
+        server = ChatServer(config.address, config)
     except StoreError as exc:
         log.error("%s", exc)
         return 1
     except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
         return 1
-    log.info("history in %s (keeping %d messages)", config.db, config.retention)
+    log.info("history in %s (keeping %d messages per room)", config.db, config.retention)
 
     stop_requested = threading.Event()
 
@@ -166,7 +121,8 @@ def client_parser() -> argparse.ArgumentParser:
         prog="chat-client",
         description="Join a chat room from the terminal. Type /help once inside.",
     )
-    add_address_arguments(parser)
+    _option(parser, "--host", "CHAT_HOST", str, DEFAULT_HOST, "server address")
+    _option(parser, "--port", "CHAT_PORT", int, DEFAULT_PORT, "server TCP port")
     _option(parser, "--name", "CHAT_NAME", str, None, "your name in the room; asked for when not given")
     parser.add_argument(
         "--fresh",

@@ -1,8 +1,10 @@
-"""The few errors of the chat package, named for what happened.
+"""The errors of the chat package, named for what happened and whose fault it is.
 
-Each has one owner that raises it: the codec raises ProtocolError when a peer
-sends something that is not the protocol, the connection layers raise
-ConnectionClosed when the peer goes away, and the client raises JoinRefused.
+A request that fails is answered with an error line: ProtocolError when the
+peer sent something that is not the protocol, Refused when a valid request is
+declined (a taken name, a room it is not in), StorageFailed when the server
+itself could not keep or read history. ConnectionClosed means the peer left;
+JoinRefused is the client's view of a refused join.
 """
 
 from __future__ import annotations
@@ -12,17 +14,30 @@ class ChatError(Exception):
     """Base of every error this package raises on purpose."""
 
 
-class ProtocolError(ChatError):
-    """A peer sent a line that is not valid protocol.
+class RequestFailed(ChatError):
+    """A request the server answers with an error line instead of doing it.
 
-    `code` is one of protocol.ErrorCode and `detail` a short sentence, both
-    safe to send back to the peer in an ErrorReply.
+    `code` is one of protocol.ErrorCode, `detail` a short sentence and `room`
+    the room the request was about (if any): all safe to send to the peer.
     """
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, room: str | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.room = room
+
+
+class ProtocolError(RequestFailed):
+    """The peer's fault: the line is not valid protocol."""
+
+
+class Refused(RequestFailed):
+    """The peer's request is valid but not allowed now (the name is taken, say)."""
+
+
+class StorageFailed(RequestFailed):
+    """The server's fault: it could not store or read history, so nothing happened."""
 
 
 class ConnectionClosed(ChatError):

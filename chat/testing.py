@@ -23,7 +23,8 @@ import pytest
 from pydantic import BaseModel
 
 from chat.errors import ConnectionClosed
-from chat.server.tcp import ChatServer, ServerConfig
+from chat.server.config import ServerConfig
+from chat.server.tcp import ChatServer
 from chat.wire.codec import decode_server
 from chat.wire.protocol import ChatMessage, ServerMessage, Welcome
 

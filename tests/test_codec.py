@@ -88,7 +88,9 @@ def test_private_message_decodes():
 def test_server_message_round_trips_with_utc_millisecond_time():
     when = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=UTC)
     line = encode(ChatMessage(id=17, name="alice", msg="hello", time=when))
-    assert line == (b'{"type":"message","id":17,"name":"alice","msg":"hello","time":"2026-11-20T12:00:00.123Z"}\n')
+    assert line == (
+        b'{"type":"message","room":"lobby","id":17,"name":"alice","msg":"hello","time":"2026-11-20T12:00:00.123Z"}\n'
+    )
     assert decode_server(line) == ChatMessage(id=17, name="alice", msg="hello", time=when.replace(microsecond=123000))
 
 

@@ -16,7 +16,7 @@ from chat.wire.protocol import ChatMessage, SendMessage
 
 def stored_ids(path) -> list[int]:
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return [row[0] for row in db.execute("SELECT id FROM messages ORDER BY id")]
+        return [row[0] for row in db.execute("SELECT id FROM room_messages WHERE room = 'lobby' ORDER BY id")]
 
 
 def test_kill_9_mid_traffic_then_restart_loses_and_repeats_nothing(chat_server_process, tmp_path):

@@ -1,12 +1,14 @@
-"""Both stores answer alike; the SQLite one survives reopening and reports failures."""
+"""Both stores answer alike; the SQLite one survives reopening, upgrades old files and reports failures."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 
 import pytest
 
-from chat.server.store import MemoryStore, Record, SqliteStore, StoreError
+from chat.server.store import PRIVATE_LOG, MemoryStore, Record, RoomRecord, SqliteStore, StoreError
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -16,67 +18,143 @@ def store(request, tmp_path):
     made.close()
 
 
-def fill(store, count: int, start: int = 1) -> None:
+def fill(store, count: int, start: int = 1, log: str = "lobby") -> None:
     for i in range(start, start + count):
-        store.append(Record(i, f"line {i}\n".encode()))
+        store.append(log, Record(i, f"{log} {i}\n".encode()))
 
 
-def test_after_gives_the_newest_lines_in_order_and_counts_the_rest(store):
+def lines(records: list[Record]) -> list[bytes]:
+    return [record.line for record in records]
+
+
+def test_ranges_cost_their_size_and_come_oldest_first(store):
     fill(store, 10)
-    page = store.after(3, "anyone", 4)
-    assert page.lines == [b"line 7\n", b"line 8\n", b"line 9\n", b"line 10\n"]
-    assert page.more == 3
-    assert store.after(10, "anyone", 4).lines == []
-    assert (store.last_id(), store.oldest_id()) == (10, 1)
+    assert store.newest_start("lobby", 10, 4) == 7
+    assert store.count("lobby", 7, 10) == 4
+    assert lines(store.read("lobby", 7, 10, 3)) == [b"lobby 7\n", b"lobby 8\n", b"lobby 9\n"]
+    assert store.read("lobby", 11, 20, 5) == []
+    assert (store.last_id("lobby"), store.oldest_id("lobby")) == (10, 1)
 
 
-def test_before_pages_back(store):
-    fill(store, 10)
-    page = store.before(5, "anyone", 2)
-    assert (page.lines, page.more) == ([b"line 3\n", b"line 4\n"], 2)
+def test_logs_are_apart_and_number_themselves(store):
+    fill(store, 3)
+    fill(store, 2, log="dev")
+    assert (store.last_id("lobby"), store.last_id("dev"), store.last_id("other")) == (3, 2, 0)
+    assert lines(store.read("dev", 1, 10, 10)) == [b"dev 1\n", b"dev 2\n"]
 
 
 def test_private_lines_are_visible_only_to_their_two_parties(store):
-    fill(store, 1)
-    store.append(Record(2, b"secret\n", sender="alice", recipient="bob"))
-    fill(store, 1, start=3)
-    for viewer in ("alice", "bob"):
-        assert store.after(0, viewer, 10).lines == [b"line 1\n", b"secret\n", b"line 3\n"]
-    assert store.after(0, "carol", 10).lines == [b"line 1\n", b"line 3\n"]
+    store.append(PRIVATE_LOG, Record(1, b"to bob\n", sender="alice", recipient="bob"))
+    store.append(PRIVATE_LOG, Record(2, b"to carol\n", sender="alice", recipient="carol"))
+    assert lines(store.read(PRIVATE_LOG, 1, 2, 10, viewer="bob")) == [b"to bob\n"]
+    assert lines(store.read(PRIVATE_LOG, 1, 2, 10, viewer="alice")) == [b"to bob\n", b"to carol\n"]
+    assert store.count(PRIVATE_LOG, 1, 2, viewer="carol") == 1
+    assert store.newest_start(PRIVATE_LOG, 2, 5, viewer="bob") == 1
 
 
 def test_new_store_is_empty(store):
-    assert (store.last_id(), store.oldest_id()) == (0, None)
-    assert store.after(0, "a", 5).lines == []
+    assert (store.last_id("lobby"), store.oldest_id("lobby")) == (0, None)
+    assert store.newest_start("lobby", 10, 5) is None
+    assert store.rooms() == []
 
 
-def test_sqlite_history_and_ids_survive_reopening(tmp_path):
+def test_rooms_are_kept_and_their_topic_updated(store):
+    store.save_room(RoomRecord("dev", "Dev"))
+    store.save_room(RoomRecord("dev", "Dev", "new topic"))
+    assert store.rooms() == [RoomRecord("dev", "Dev", "new topic")]
+
+
+def test_sqlite_history_rooms_and_ids_survive_reopening(tmp_path):
     path = str(tmp_path / "chat.db")
     first = SqliteStore(path)
     fill(first, 5)
+    first.save_room(RoomRecord("dev", "dev", "t"))
     first.close()
     again = SqliteStore(path)
-    assert again.last_id() == 5
-    assert again.after(3, "x", 10).lines == [b"line 4\n", b"line 5\n"]
+    assert again.last_id("lobby") == 5
+    assert lines(again.read("lobby", 4, 5, 10)) == [b"lobby 4\n", b"lobby 5\n"]
+    assert again.rooms() == [RoomRecord("dev", "dev", "t")]
     again.close()
 
 
 def test_sqlite_uses_wal(tmp_path):
     store = SqliteStore(str(tmp_path / "chat.db"))
-    with sqlite3.connect(tmp_path / "chat.db") as check:
+    with contextlib.closing(sqlite3.connect(tmp_path / "chat.db")) as check:
         assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
 
 
-def test_retention_drops_the_oldest_as_new_ones_come(tmp_path):
+def test_retention_drops_each_logs_oldest_as_new_ones_come(tmp_path):
     store = SqliteStore(str(tmp_path / "chat.db"), retention=100)
     fill(store, 3 * SqliteStore.TRIM_EVERY)
-    assert store.oldest_id() == 3 * SqliteStore.TRIM_EVERY - 100 + 1
-    assert store.last_id() == 3 * SqliteStore.TRIM_EVERY
+    fill(store, 10, log="dev")
+    assert store.oldest_id("lobby") == 3 * SqliteStore.TRIM_EVERY - 100 + 1
+    assert store.last_id("lobby") == 3 * SqliteStore.TRIM_EVERY
+    assert store.oldest_id("dev") == 1
     store.close()
     memory = MemoryStore(retention=100)
     fill(memory, 1000)
-    assert memory.oldest_id() == 901
+    assert memory.oldest_id("lobby") == 901
+    assert memory.count("lobby", 0, 1000) == 100
+
+
+# The schema of the first release, verbatim: one room, private lines in the same sequence.
+_FIRST_RELEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    stored_at REAL NOT NULL,
+    sender TEXT,
+    recipient TEXT,
+    line BLOB NOT NULL
+)
+"""
+
+
+def test_a_single_room_file_from_the_first_release_becomes_the_lobby_with_its_ids(tmp_path):
+    path = tmp_path / "chat.db"
+    with contextlib.closing(sqlite3.connect(path)) as old:
+        old.execute(_FIRST_RELEASE_SCHEMA)
+        rows = [
+            (
+                1,
+                1.0,
+                None,
+                None,
+                b'{"type":"message","id":1,"name":"alice","msg":"caf\xc3\xa9","time":"2026-11-20T12:00:00.000Z"}\n',
+            ),
+            (
+                2,
+                2.0,
+                "alice",
+                "bob",
+                b'{"type":"private","id":2,"name":"alice","to":"bob","msg":"psst","time":"2026-11-20T12:00:01.000Z"}\n',
+            ),
+            (
+                3,
+                3.0,
+                None,
+                None,
+                b'{"type":"action","id":3,"name":"bob","msg":"waves","time":"2026-11-20T12:00:02.000Z"}\n',
+            ),
+        ]
+        old.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", rows)
+        old.commit()
+    store = SqliteStore(str(path))
+    lobby = store.read("lobby", 1, 10, 10)
+    assert [record.id for record in lobby] == [1, 3]
+    assert json.loads(lobby[0].line) == {
+        "type": "message",
+        "room": "lobby",
+        "id": 1,
+        "name": "alice",
+        "msg": "café",
+        "time": "2026-11-20T12:00:00.000Z",
+    }
+    assert store.last_id("lobby") == 3
+    assert [record.id for record in store.read(PRIVATE_LOG, 1, 10, 10, viewer="bob")] == [2]
+    assert RoomRecord("lobby", "lobby") in store.rooms()
+    store.close()
+    SqliteStore(str(path)).close()  # opening it again changes nothing
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
@@ -96,7 +174,7 @@ def test_full_disk_is_reported_not_swallowed(tmp_path):
     store._db.execute("PRAGMA max_page_count = 8")  # a disk that is nearly full
     with pytest.raises(StoreError, match="full"):
         for i in range(1, 10_000):
-            store.append(Record(i, b"x" * 1000 + b"\n"))
+            store.append("lobby", Record(i, b"x" * 1000 + b"\n"))
     store.close()
 
 
@@ -106,8 +184,8 @@ def test_locked_database_is_reported(tmp_path):
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     with pytest.raises(StoreError, match="locked"):
-        store.append(Record(1, b"x\n"))
+        store.append("lobby", Record(1, b"x\n"))
     other.execute("ROLLBACK")
     other.close()
-    store.append(Record(1, b"x\n"))  # and works again once the lock is gone
+    store.append("lobby", Record(1, b"x\n"))  # and works again once the lock is gone
     store.close()

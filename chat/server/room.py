@@ -1,48 +1,38 @@
-"""Who is in the room, what each member may do, and what everybody is sent.
+"""One room: its members, its topic, and the order of everything said in it.
 
-The room is the protocol's state machine: it turns decoded client messages
-into encoded lines for a Delivery, under one lock that fixes the order of
-everything it sends, so ids, history and live traffic never disagree. No
-sockets and no threads of its own; connections are opaque handles here.
+A Room turns what its members do into encoded lines for a Delivery, under a
+lock of its own that fixes the order of its lines, so its ids, history and
+live traffic never disagree; no other room ever waits for it. Reading
+history (a join, a resume, a page) happens outside that lock and leaves in
+bounded chunks. No sockets and no threads of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from pydantic import BaseModel
-
-from chat.errors import ProtocolError
-from chat.server.store import MemoryStore, Record, Store, StoreError
-from chat.wire.codec import encode
+from chat.errors import Refused, StorageFailed
+from chat.server.log import RoomLog, Span
+from chat.server.session import Session
+from chat.server.store import RoomRecord, Store, StoreError
+from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     Action,
     ChatMessage,
-    ClassicMessage,
-    ClientMessage,
     Gap,
     HistoryPage,
-    HistoryRequest,
-    Join,
     Joined,
-    Leave,
     LeaveReason,
     Left,
-    Nick,
-    Ping,
-    Pong,
-    PrivateMessage,
     Renamed,
-    SendAction,
-    SendMessage,
-    SendPrivate,
-    ServerPong,
+    RoomInfo,
+    Topic,
     Users,
     Welcome,
-    Who,
     utc_now,
 )
 
@@ -51,221 +41,219 @@ log = logging.getLogger(__name__)
 DEFAULT_HISTORY = 50
 #: Most missed messages one resuming join replays; older ones are paged with `history`.
 DEFAULT_REPLAY_LIMIT = 1000
-_PONG = encode(ServerPong())
+#: History leaves in chunks of at most this many lines...
+CHUNK_LINES = 128
+#: ...and the next chunk is queued only once fewer than this many bytes of the last are unsent.
+CHUNK_BYTES = 256 * 1024
 
-
-T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)
 P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 
 
 class Delivery(Protocol[P_contra]):
-    """How the room's lines reach connections (the Outbox, or a fake in tests)."""
+    """How lines reach connections (the Outbox, or a recording fake in tests)."""
 
-    def publish(self, line: bytes) -> None: ...
-    def subscribe(self, peer: P_contra) -> None: ...
-    def unsubscribe(self, peer: P_contra) -> None: ...
-    def send_to(self, peer: P_contra, line: bytes) -> None: ...
+    def publish(self, room: str, line: bytes) -> None: ...
+    def subscribe(self, peer: P_contra, room: str, held: bool = False) -> None: ...
+    def send_held(self, peer: P_contra, room: str, line: bytes) -> None: ...
+    def release_held(self, peer: P_contra, room: str) -> None: ...
+    def unsubscribe(self, peer: P_contra, room: str) -> None: ...
+    def send_to(self, peer: P_contra, line: bytes, room: str | None = None) -> None: ...
+    def wait_drained(self, peer: P_contra, below: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    """How much history a room sends: to a newcomer, and at most to a resuming member."""
+
+    recent: int = DEFAULT_HISTORY
+    replay_limit: int = DEFAULT_REPLAY_LIMIT
 
 
 class Room(Generic[P]):
-    """Members by name, the id sequence, and the store of numbered messages.
+    """Members by session, the room's log, its topic, and its own lock.
 
-    Every numbered message is stored before it is sent to anybody, so any id
-    a client has seen can be replayed to it later.
+    Every numbered line is kept in the log before it is sent to anybody, so
+    any id a member has seen can be replayed to it later.
     """
 
     def __init__(
         self,
+        record: RoomRecord,
+        room_log: RoomLog,
         delivery: Delivery[P],
-        store: Store | None = None,
-        history_size: int = DEFAULT_HISTORY,
-        replay_limit: int = DEFAULT_REPLAY_LIMIT,
+        store: Store,
+        settings: HistorySettings | None = None,
     ) -> None:
+        self.key = record.key
+        #: The room's name as first spelled; every line about the room carries it.
+        self.name = record.name
+        self._record = record
+        self._log = room_log
         self._delivery = delivery
-        self._store = store if store is not None else MemoryStore()
-        self._history_size = history_size
-        self._replay_limit = replay_limit
+        self._store = store
+        self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
-        self._names: dict[P, str] = {}
-        self._by_key: dict[str, P] = {}  # casefolded name -> peer
-        self._last_id = self._store.last_id()
+        self._members: dict[Session[P], str] = {}  # session -> the name it has here
+
+    @property
+    def topic(self) -> str:
+        return self._record.topic
+
+    def info(self) -> RoomInfo:
+        return RoomInfo(room=self.name, users=len(self._members), topic=self.topic)
 
     def users(self) -> list[str]:
         with self._lock:
             return self._sorted_users()
 
-    def name_of(self, peer: P) -> str | None:
-        with self._lock:
-            return self._names.get(peer)
+    def has(self, session: Session[P]) -> bool:
+        return session in self._members
 
-    def receive(self, peer: P, message: ClientMessage | ClassicMessage) -> bool:
-        """Act on one decoded line from `peer`; False when it said goodbye.
-
-        Raises ProtocolError for a request the room refuses; nothing has been
-        sent to anybody then.
-        """
-        match message:
-            case Join(name=name, since=since):
-                self.join(peer, name, since)
-            case SendMessage(msg=text):
-                self.say(peer, text)
-            case ClassicMessage(name=name, msg=text):
-                if self.name_of(peer) is None:
-                    if name is None:
-                        raise ProtocolError("not_joined", "join first: send a join line, or a name with your message")
-                    self.join(peer, name)
-                self.say(peer, text)
-            case SendAction(msg=text):
-                self.act(peer, text)
-            case SendPrivate(to=to, msg=text):
-                self.whisper(peer, to, text)
-            case Nick(name=name):
-                self.rename(peer, name)
-            case HistoryRequest(before=before, limit=limit):
-                self.history(peer, before, limit)
-            case Who():
-                self._delivery.send_to(peer, encode(Users(users=self.users())))
-            case Ping():
-                self._delivery.send_to(peer, _PONG)
-            case Pong():
-                pass  # any line keeps a connection alive; the handler noted it
-            case Leave():
-                return False
-        return True
-
-    def join(self, peer: P, name: str, since: int | None = None) -> None:
-        """Welcome `peer` as `name`, then history, then every later broadcast.
+    def join(self, session: Session[P], name: str, since: int | None = None) -> None:
+        """Welcome `session` as `name`, then history, then every later line of the room.
 
         With `since`, the history is what it missed after that id (preceded
         by a Gap if some of that is no longer kept); else the recent history.
+        Only the membership change happens under the lock: the history is read
+        and sent afterwards, while the member's live lines wait behind it.
         """
         with self._lock:
-            if peer in self._names:
-                raise ProtocolError("already_joined", f"you are already in the room as {self._names[peer]}")
-            self._claim(name)
-            viewer = name.casefold()
-            if since is not None and since <= self._last_id:
-                gap = self._gap_after(since)
-                page = self._read(lambda: self._store.after(since, viewer, self._replay_limit))
-                more = page.more
-            else:  # a plain join, or an id higher than any here: this room was reset
-                gap, page = None, self._read(lambda: self._store.after(0, viewer, self._history_size))
-                more = 0  # older history is no news to a newcomer
-            self._names[peer] = name
-            self._by_key[viewer] = peer
+            if session in self._members:
+                raise Refused("already_joined", f"you are already in {self.name}", self.name)
+            snapshot = self._log.last_id
+            self._members[session] = name
+            self._delivery.publish(self.key, encode(Joined(room=self.name, name=name, time=utc_now())))
+            self._delivery.subscribe(session.peer, self.key, held=True)
+            users = self._sorted_users()
+            topic = self.topic
+        log.info("%s joined %s as %s", session.label, self.name, name)
+        peer = session.peer
+        failure: StorageFailed | None = None
+        try:
+            try:
+                span = self._welcome_span(since, snapshot)
+            except StorageFailed as exc:
+                span, failure = Span.empty(), exc
             welcome = Welcome(
+                room=self.name,
                 name=name,
-                users=self._sorted_users(),
-                history=len(page.lines),
-                more=more,
-                last_id=self._last_id,
+                users=users,
+                history=span.count,
+                more=span.more,
+                last_id=snapshot,
+                topic=topic,
             )
-            lead = encode(welcome) + (encode(gap) if gap else b"")
-            self._delivery.send_to(peer, lead + b"".join(page.lines))
-            self._delivery.publish(encode(Joined(name=name, time=utc_now())))
-            self._delivery.subscribe(peer)
-        log.info("%s joined as %s", peer, name)
+            lead = encode(welcome)
+            if span.gap is not None:
+                first, last = span.gap
+                detail = f"{last - first + 1} messages ({first} to {last}) are no longer kept"
+                lead += encode(Gap(room=self.name, first=first, last=last, detail=detail))
+            self._delivery.send_held(peer, self.key, lead)
+            if failure is not None:
+                self._delivery.send_held(peer, self.key, encode_error(failure))
+            else:
+                self._stream(peer, span, lambda data: self._delivery.send_held(peer, self.key, data))
+        finally:
+            self._delivery.release_held(peer, self.key)
 
-    def history(self, peer: P, before: int | None, limit: int) -> None:
-        """Send `peer` a page of older messages: a HistoryPage, then its lines."""
-        with self._lock:
-            name = self._member(peer)
-            edge = before if before is not None else self._last_id + 1
-            page = self._read(lambda: self._store.before(edge, name.casefold(), limit))
-            header = HistoryPage(before=edge, count=len(page.lines), more=page.more)
-            self._delivery.send_to(peer, encode(header) + b"".join(page.lines))
+    def history(self, session: Session[P], before: int | None, limit: int) -> None:
+        """Send `session` a page of older lines: a HistoryPage, then its lines, in chunks."""
+        self._require_member(session)
+        edge = before if before is not None else self._log.last_id + 1
+        span = self._log.before(edge, limit)
+        header = HistoryPage(room=self.name, before=edge, count=span.count, more=span.more)
+        peer = session.peer
+        self._delivery.send_to(peer, encode(header), self.key)
+        self._stream(peer, span, lambda data: self._delivery.send_to(peer, data, self.key))
 
-    def say(self, peer: P, text: str) -> None:
+    def say(self, session: Session[P], text: str) -> None:
         with self._lock:
-            name = self._member(peer)
-            self._delivery.publish(self._store_next(lambda id: ChatMessage(id=id, name=name, msg=text, time=utc_now())))
-
-    def act(self, peer: P, text: str) -> None:
-        with self._lock:
-            name = self._member(peer)
-            self._delivery.publish(self._store_next(lambda id: Action(id=id, name=name, msg=text, time=utc_now())))
-
-    def whisper(self, peer: P, to: str, text: str) -> None:
-        """A private message to `to`, echoed to the sender."""
-        with self._lock:
-            name = self._member(peer)
-            target = self._by_key.get(to.casefold())
-            if target is None:
-                raise ProtocolError("no_such_user", f"nobody called {to} is in the room")
-            recipient = self._names[target]
-            line = self._store_next(
-                lambda id: PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()),
-                parties=(name.casefold(), recipient.casefold()),
+            name = self._member(session)
+            line = self._log.append(
+                lambda id: encode(ChatMessage(room=self.name, id=id, name=name, msg=text, time=utc_now()))
             )
-            self._delivery.send_to(target, line)
-            if target != peer:
-                self._delivery.send_to(peer, line)
+            self._delivery.publish(self.key, line)
 
-    def rename(self, peer: P, new: str) -> None:
+    def act(self, session: Session[P], text: str) -> None:
         with self._lock:
-            old = self._member(peer)
-            if new == old:
+            name = self._member(session)
+            line = self._log.append(
+                lambda id: encode(Action(room=self.name, id=id, name=name, msg=text, time=utc_now()))
+            )
+            self._delivery.publish(self.key, line)
+
+    def set_topic(self, session: Session[P], topic: str) -> None:
+        """A numbered, kept topic line for every member; the room list shows the new topic."""
+        with self._lock:
+            name = self._member(session)
+            record = RoomRecord(self.key, self.name, topic)
+            try:
+                self._store.save_room(record)
+            except StoreError as exc:
+                log.error("%s", exc)
+                raise StorageFailed("storage_failed", "the server could not keep the topic", self.name) from exc
+            line = self._log.append(
+                lambda id: encode(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
+            )
+            self._record = record
+            self._delivery.publish(self.key, line)
+
+    def rename(self, session: Session[P], old: str, new: str) -> None:
+        with self._lock:
+            if session not in self._members:
                 return
-            if new.casefold() != old.casefold():
-                self._claim(new)
-            del self._by_key[old.casefold()]
-            self._by_key[new.casefold()] = peer
-            self._names[peer] = new
-            self._delivery.publish(encode(Renamed(old=old, new=new, time=utc_now())))
-        log.info("%s renamed %s to %s", peer, old, new)
+            self._members[session] = new
+            self._delivery.publish(self.key, encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
 
-    def leave(self, peer: P, reason: LeaveReason) -> None:
-        """Forget `peer` and tell the others; harmless if it never joined."""
+    def who(self, session: Session[P]) -> None:
+        self._delivery.send_to(session.peer, encode(Users(room=self.name, users=self.users())), self.key)
+
+    def leave(self, session: Session[P], reason: LeaveReason) -> bool:
+        """Forget `session` and tell the others (and, for a part, the one leaving); False if it was not here."""
         with self._lock:
-            name = self._names.pop(peer, None)
+            name = self._members.pop(session, None)
             if name is None:
-                return
-            del self._by_key[name.casefold()]
-            self._delivery.unsubscribe(peer)
-            self._delivery.publish(encode(Left(name=name, reason=reason, time=utc_now())))
-        log.info("%s left as %s (%s)", peer, name, reason)
+                return False
+            left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
+            if reason == "part":  # the one who parts sees it too: that is its confirmation
+                self._delivery.publish(self.key, left)
+                self._delivery.unsubscribe(session.peer, self.key)
+            else:
+                self._delivery.unsubscribe(session.peer, self.key)
+                self._delivery.publish(self.key, left)
+        log.info("%s left %s as %s (%s)", session.label, self.name, name, reason)
+        return True
 
-    # --- with the lock held ---------------------------------------------------------
+    # --- inside ------------------------------------------------------------------------
 
-    def _member(self, peer: P) -> str:
-        name = self._names.get(peer)
+    def _welcome_span(self, since: int | None, snapshot: int) -> Span:
+        if since is not None and since <= snapshot:
+            return self._log.missed(since, snapshot, self._settings.replay_limit)
+        # A plain join, or an id higher than any here (the room was reset): the recent history.
+        span = self._log.recent(snapshot, self._settings.recent)
+        return Span(span.first, span.last, span.count)  # older history is no news to a newcomer
+
+    def _stream(self, peer: P, span: Span, send: _Send) -> None:
+        """Send the span's lines in chunks, each once the peer has taken most of the last."""
+        for chunk in self._log.lines(span, CHUNK_LINES):
+            if not self._delivery.wait_drained(peer, CHUNK_BYTES):
+                return  # the connection is closing: nobody to read the rest for
+            send(b"".join(chunk))
+
+    def _require_member(self, session: Session[P]) -> None:
+        if session not in self._members:
+            raise Refused("not_in_room", f"you are not in {self.name}; join it first", self.name)
+
+    def _member(self, session: Session[P]) -> str:
+        name = self._members.get(session)
         if name is None:
-            raise ProtocolError("not_joined", "join the room first")
+            raise Refused("not_in_room", f"you are not in {self.name}; join it first", self.name)
         return name
 
-    def _claim(self, name: str) -> None:
-        if name.casefold() in self._by_key:
-            raise ProtocolError("name_taken", f"the name {name} is taken; choose another")
-
-    def _store_next(self, build: Callable[[int], BaseModel], parties: tuple[str, str] | None = None) -> bytes:
-        """Number, encode and store a message; the id is used only once it is stored."""
-        next_id = self._last_id + 1
-        line = encode(build(next_id))
-        sender, recipient = parties or (None, None)
-        try:
-            self._store.append(Record(next_id, line, sender, recipient))
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise ProtocolError("storage_failed", "the server could not store your message, so nobody got it") from exc
-        self._last_id = next_id
-        return line
-
-    def _read(self, read: Callable[[], T]) -> T:
-        try:
-            return read()
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise ProtocolError("storage_failed", "the server could not read its history; try again") from exc
-
-    def _gap_after(self, since: int) -> Gap | None:
-        """The ids after `since` that are no longer kept, if any."""
-        oldest = self._read(self._store.oldest_id)
-        first_kept = oldest if oldest is not None else self._last_id + 1
-        if since + 1 >= first_kept:
-            return None
-        first, last = since + 1, first_kept - 1
-        return Gap(first=first, last=last, detail=f"{last - first + 1} messages ({first} to {last}) are no longer kept")
-
     def _sorted_users(self) -> list[str]:
-        return sorted(self._names.values(), key=str.casefold)
+        return sorted(self._members.values(), key=str.casefold)
+
+
+class _Send(Protocol):
+    def __call__(self, data: bytes, /) -> None: ...

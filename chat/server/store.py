@@ -1,27 +1,31 @@
-"""Where the room's numbered messages are kept: in memory, or durably in SQLite.
+"""Where numbered lines are kept, log by log: in memory, or durably in SQLite.
 
-A store holds encoded lines by id, with who may see each (everyone, or the
-two parties of a private message), and answers three questions: append,
-the lines after an id, the lines before an id. The room decides what to
-store and when; no sockets and no protocol models here.
+A log is one room's history (keyed by the room's casefolded name) or the
+server's private-message log (PRIVATE_LOG). A store keeps encoded lines by
+(log, id) with who may see each, answers range questions whose cost is the
+size of the answer, and keeps the room list. It decides nothing: the room log
+numbers and chooses what to keep; no sockets and no protocol models here.
 """
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chat.errors import ChatError
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
-#: Messages kept by default; older ones are deleted as new ones arrive.
+#: Messages each log keeps by default; older ones are deleted as new ones arrive.
 DEFAULT_RETENTION = 100_000
+#: The log of private messages: not a room name (those are 1 to 32 characters).
+PRIVATE_LOG = ""
 
 
 class StoreError(ChatError):
@@ -30,107 +34,202 @@ class StoreError(ChatError):
 
 @dataclass(frozen=True)
 class Record:
-    """One stored message: its id, its encoded line, and who may see it."""
+    """One stored line: its id in its log, the encoded line, and who may see it."""
 
     id: int
     line: bytes
-    #: Casefolded names of the two parties of a private message; None for the room.
+    #: Casefolded names of the two parties of a private message; None for a room's line.
     sender: str | None = None
     recipient: str | None = None
 
-    def visible_to(self, viewer: str) -> bool:
-        return self.recipient is None or viewer in (self.sender, self.recipient)
+    def visible_to(self, viewer: str | None) -> bool:
+        return viewer is None or self.recipient is None or viewer in (self.sender, self.recipient)
 
 
 @dataclass(frozen=True)
-class Page:
-    """Lines in id order, and how many more visible ones lie beyond the page."""
+class RoomRecord:
+    """A room as the store keeps it: its key, its name as first spelled, its topic."""
 
-    lines: list[bytes]
-    more: int
+    key: str
+    name: str
+    topic: str = ""
 
 
 class Store(Protocol):
-    """What the room needs of a message store."""
+    """What room logs need of a store. `viewer` (a casefolded name) limits an
+    answer to the lines that name may see; None means every line."""
 
-    def last_id(self) -> int:
-        """The highest id ever stored (0 for a new store)."""
+    def last_id(self, log: str) -> int:
+        """The highest id ever stored in `log` (0 for a new one)."""
         ...
 
-    def oldest_id(self) -> int | None:
-        """The lowest id still kept, or None when nothing is."""
+    def oldest_id(self, log: str) -> int | None:
+        """The lowest id still kept in `log`, or None when nothing is."""
         ...
 
-    def append(self, record: Record) -> None:
+    def append(self, log: str, record: Record) -> None:
         """Keep `record`; raises StoreError if it could not be kept."""
         ...
 
-    def after(self, since: int, viewer: str, limit: int) -> Page:
-        """The newest `limit` lines visible to `viewer` with id > since; `more` are older."""
+    def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
+        """The lowest id among the `count` newest visible records with id <= upto (None if there are none)."""
         ...
 
-    def before(self, before: int, viewer: str, limit: int) -> Page:
-        """The newest `limit` lines visible to `viewer` with id < before; `more` are older."""
+    def count(self, log: str, first: int, last: int, viewer: str | None = None) -> int:
+        """How many visible records have first <= id <= last."""
+        ...
+
+    def read(self, log: str, first: int, last: int, limit: int, viewer: str | None = None) -> list[Record]:
+        """Up to `limit` visible records with first <= id <= last, oldest first."""
+        ...
+
+    def rooms(self) -> list[RoomRecord]:
+        """Every room ever created."""
+        ...
+
+    def save_room(self, room: RoomRecord) -> None:
+        """Create or update a room; raises StoreError if it could not be kept."""
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class _MemoryLog:
+    """One log's records, oldest first, from index `start` on (the ones before are trimmed)."""
+
+    ids: list[int] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    start: int = 0
+    last_id: int = 0
+
+    def append(self, record: Record, retention: int) -> None:
+        self.ids.append(record.id)
+        self.records.append(record)
+        self.last_id = record.id
+        if len(self.ids) - self.start > retention:
+            self.start = len(self.ids) - retention
+            if self.start > len(self.ids) // 2:  # compact now and then, not per append
+                del self.ids[: self.start]
+                del self.records[: self.start]
+                self.start = 0
+
+    def bounds(self, first: int, last: int) -> tuple[int, int]:
+        """The index range of the kept records with first <= id <= last."""
+        return bisect.bisect_left(self.ids, first, lo=self.start), bisect.bisect_right(self.ids, last, lo=self.start)
 
 
 class MemoryStore:
     """A store that forgets everything when the server stops (`--db :memory:`)."""
 
     def __init__(self, retention: int = DEFAULT_RETENTION) -> None:
-        self._records: deque[Record] = deque(maxlen=retention)
-        self._last_id = 0
+        self.retention = retention
+        self._logs: dict[str, _MemoryLog] = {}
+        self._rooms: dict[str, RoomRecord] = {}
+        # Room threads append to different logs at once; one short lock keeps the dicts whole.
+        self._lock = threading.Lock()
 
-    def last_id(self) -> int:
-        return self._last_id
+    def last_id(self, log: str) -> int:
+        with self._lock:
+            return self._log(log).last_id
 
-    def oldest_id(self) -> int | None:
-        return self._records[0].id if self._records else None
+    def oldest_id(self, log: str) -> int | None:
+        with self._lock:
+            kept = self._log(log)
+            return kept.ids[kept.start] if kept.start < len(kept.ids) else None
 
-    def append(self, record: Record) -> None:
-        self._records.append(record)
-        self._last_id = record.id
+    def append(self, log: str, record: Record) -> None:
+        with self._lock:
+            self._log(log).append(record, self.retention)
 
-    def after(self, since: int, viewer: str, limit: int) -> Page:
-        return self._page([r for r in self._records if r.id > since and r.visible_to(viewer)], limit)
+    def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
+        with self._lock:
+            kept = self._log(log)
+            start, end = kept.bounds(0, upto)
+            if count <= 0 or start == end:
+                return None
+            if viewer is None:
+                return kept.ids[max(start, end - count)]
+            found = None
+            for index in range(end - 1, start - 1, -1):
+                if count <= 0:
+                    break
+                if kept.records[index].visible_to(viewer):
+                    found, count = kept.ids[index], count - 1
+            return found
 
-    def before(self, before: int, viewer: str, limit: int) -> Page:
-        return self._page([r for r in self._records if r.id < before and r.visible_to(viewer)], limit)
+    def count(self, log: str, first: int, last: int, viewer: str | None = None) -> int:
+        with self._lock:
+            kept = self._log(log)
+            start, end = kept.bounds(first, last)
+            if viewer is None:
+                return max(0, end - start)
+            return sum(1 for record in kept.records[start:end] if record.visible_to(viewer))
+
+    def read(self, log: str, first: int, last: int, limit: int, viewer: str | None = None) -> list[Record]:
+        with self._lock:
+            kept = self._log(log)
+            start, end = kept.bounds(first, last)
+            if viewer is None:
+                return kept.records[start : min(end, start + limit)]
+            found: list[Record] = []
+            for record in kept.records[start:end]:
+                if len(found) >= limit:
+                    break
+                if record.visible_to(viewer):
+                    found.append(record)
+            return found
+
+    def rooms(self) -> list[RoomRecord]:
+        with self._lock:
+            return list(self._rooms.values())
+
+    def save_room(self, room: RoomRecord) -> None:
+        with self._lock:
+            self._rooms[room.key] = room
 
     def close(self) -> None:
         pass
 
-    @staticmethod
-    def _page(records: list[Record], limit: int) -> Page:
-        shown = records[-limit:] if limit > 0 else []
-        return Page([r.line for r in shown], len(records) - len(shown))
+    def _log(self, log: str) -> _MemoryLog:
+        return self._logs.setdefault(log, _MemoryLog())
 
 
+#: Schema version 2: one table of lines keyed by (log, id), and the rooms.
+_SCHEMA_VERSION = 2
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS room_messages (
+    room TEXT NOT NULL,
+    id INTEGER NOT NULL,
     stored_at REAL NOT NULL,
     sender TEXT,
     recipient TEXT,
-    line BLOB NOT NULL
-)
+    line BLOB NOT NULL,
+    PRIMARY KEY (room, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    topic TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
 """
 
-_VISIBLE = "(recipient IS NULL OR sender = :viewer OR recipient = :viewer)"
+_VISIBLE = "(:viewer IS NULL OR recipient IS NULL OR sender = :viewer OR recipient = :viewer)"
 
 
 class SqliteStore:
-    """Messages in an SQLite file in WAL mode: they survive restarts and `kill -9`.
+    """Lines in an SQLite file in WAL mode: they survive restarts and `kill -9`.
 
     Each append is its own transaction with synchronous=NORMAL: once append
-    returns, the message is in the write-ahead log and survives the server
-    process dying; a power cut may lose the last moments. Retention deletes
-    old rows in small steps as new ones arrive, so the room never stalls.
+    returns, the line is in the write-ahead log and survives the server
+    process dying; a power cut may lose the last moments. Reads go through a
+    second connection, so a long read in one room never waits for another
+    room's write, nor makes it wait (WAL readers do not block the writer).
+    Retention deletes each log's old rows in small steps as new ones arrive.
     """
 
-    #: Delete old rows every this many appends.
+    #: Delete a log's old rows every this many appends to it.
     TRIM_EVERY = 512
 
     def __init__(
@@ -143,72 +242,167 @@ class SqliteStore:
         self.path = path
         self.retention = retention
         self.max_age = max_age
-        self._lock = threading.Lock()
-        self._appends = 0
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._appends: dict[str, int] = {}
+        self._last_ids: dict[str, int] = {}
         try:
             self._db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
             self._db.execute("PRAGMA quick_check").fetchone()
-            row = self._db.execute("SELECT MAX(id) FROM messages").fetchone()
+            self._upgrade()
+            self._reader = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use the database {path}: {exc}") from exc
-        self._last_id = int(row[0] or 0)
 
-    def last_id(self) -> int:
-        return self._last_id
+    def last_id(self, log: str) -> int:
+        with self._write_lock:
+            return self._last_id_locked(log)
 
-    def oldest_id(self) -> int | None:
-        row = self._query("SELECT MIN(id) FROM messages", {})[0]
+    def oldest_id(self, log: str) -> int | None:
+        row = self._query("SELECT MIN(id) FROM room_messages WHERE room = :log", {"log": log})[0]
         return int(row[0]) if row[0] is not None else None
 
-    def append(self, record: Record) -> None:
-        params = (record.id, time.time(), record.sender, record.recipient, record.line)
-        with self._lock:
+    def append(self, log: str, record: Record) -> None:
+        params = (log, record.id, time.time(), record.sender, record.recipient, record.line)
+        with self._write_lock:
+            self._last_id_locked(log)
             try:
-                self._db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", params)
+                self._db.execute("INSERT INTO room_messages VALUES (?, ?, ?, ?, ?, ?)", params)
+            except (sqlite3.Error, OverflowError) as exc:
+                raise StoreError(f"cannot store line {record.id} of {log or 'private messages'}: {exc}") from exc
+            self._last_ids[log] = record.id
+            self._appends[log] = appends = self._appends.get(log, 0) + 1
+            if appends % self.TRIM_EVERY == 0:
+                self._trim(log)
+
+    def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
+        if count <= 0:
+            return None
+        rows = self._query(
+            "SELECT MIN(id) FROM (SELECT id FROM room_messages WHERE room = :log AND id <= :upto AND "
+            f"{_VISIBLE} ORDER BY id DESC LIMIT :count)",
+            {"log": log, "upto": upto, "count": count, "viewer": viewer},
+        )
+        return int(rows[0][0]) if rows[0][0] is not None else None
+
+    def count(self, log: str, first: int, last: int, viewer: str | None = None) -> int:
+        rows = self._query(
+            f"SELECT COUNT(*) FROM room_messages WHERE room = :log AND id BETWEEN :first AND :last AND {_VISIBLE}",
+            {"log": log, "first": first, "last": last, "viewer": viewer},
+        )
+        return int(rows[0][0])
+
+    def read(self, log: str, first: int, last: int, limit: int, viewer: str | None = None) -> list[Record]:
+        rows = self._query(
+            "SELECT id, line, sender, recipient FROM room_messages WHERE room = :log AND id BETWEEN :first AND :last "
+            f"AND {_VISIBLE} ORDER BY id LIMIT :limit",
+            {"log": log, "first": first, "last": last, "limit": limit, "viewer": viewer},
+        )
+        return [Record(int(row[0]), bytes(row[1]), row[2], row[3]) for row in rows]
+
+    def rooms(self) -> list[RoomRecord]:
+        rows = self._query("SELECT room, name, topic FROM rooms ORDER BY room", {})
+        return [RoomRecord(row[0], row[1], row[2]) for row in rows]
+
+    def save_room(self, room: RoomRecord) -> None:
+        with self._write_lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO rooms (room, name, topic, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (room) DO UPDATE SET topic = excluded.topic",
+                    (room.key, room.name, room.topic, time.time()),
+                )
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot store message {record.id}: {exc}") from exc
-            self._last_id = record.id
-            self._appends += 1
-            if self._appends % self.TRIM_EVERY == 0:
-                self._trim()
-
-    def after(self, since: int, viewer: str, limit: int) -> Page:
-        return self._page("id > :edge", {"edge": since, "viewer": viewer, "limit": limit})
-
-    def before(self, before: int, viewer: str, limit: int) -> Page:
-        return self._page("id < :edge", {"edge": before, "viewer": viewer, "limit": limit})
+                raise StoreError(f"cannot save room {room.name}: {exc}") from exc
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
-    def _page(self, where: str, params: dict[str, object]) -> Page:
-        rows = self._query(
-            f"SELECT line FROM messages WHERE {where} AND {_VISIBLE} ORDER BY id DESC LIMIT :limit", params
-        )
-        total = self._query(f"SELECT COUNT(*) FROM messages WHERE {where} AND {_VISIBLE}", params)[0][0]
-        return Page([bytes(row[0]) for row in reversed(rows)], int(total) - len(rows))
+    # --- inside ------------------------------------------------------------------------
+
+    def _last_id_locked(self, log: str) -> int:
+        last = self._last_ids.get(log)
+        if last is None:
+            try:
+                row = self._db.execute("SELECT MAX(id) FROM room_messages WHERE room = ?", (log,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read {log or 'private messages'}: {exc}") from exc
+            last = self._last_ids[log] = int(row[0] or 0)
+        return last
 
     def _query(self, sql: str, params: dict[str, object]) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._read_lock:
             try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot read messages: {exc}") from exc
+                return self._reader.execute(sql, params).fetchall()
+            except (sqlite3.Error, OverflowError) as exc:
+                raise StoreError(f"cannot read history: {exc}") from exc
 
-    def _trim(self) -> None:
-        # Called with the lock held, every TRIM_EVERY appends: a small delete each time.
+    def _trim(self, log: str) -> None:
+        # Called with the write lock held, every TRIM_EVERY appends to `log`:
+        # a small delete each time. The newest line always stays, so that the
+        # log's next id is known after a restart.
+        last = self._last_ids[log]
         try:
-            self._db.execute("DELETE FROM messages WHERE id <= ?", (self._last_id - self.retention,))
+            self._db.execute("DELETE FROM room_messages WHERE room = ? AND id <= ?", (log, last - self.retention))
             if self.max_age is not None:
                 self._db.execute(
-                    "DELETE FROM messages WHERE stored_at < ? AND id < ?", (time.time() - self.max_age, self._last_id)
+                    "DELETE FROM room_messages WHERE room = ? AND stored_at < ? AND id < ?",
+                    (log, time.time() - self.max_age, last),
                 )
         except sqlite3.Error as exc:
-            log.error("could not delete old messages: %s", exc)
+            _logger.error("could not delete old lines of %s: %s", log or "private messages", exc)
+
+    def _upgrade(self) -> None:
+        """Create the tables, or bring a file made by an older server up to date, in one transaction."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == _SCHEMA_VERSION:
+            return
+        old_table = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+        ).fetchone()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            if old_table:
+                moved = _move_single_room_history(self._db)
+                _logger.info("moved %d messages of the single-room history into the lobby", moved)
+            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+
+def _move_single_room_history(db: sqlite3.Connection) -> int:
+    """The first release kept one room's lines in `messages`, without a room field:
+    they become the lobby's, ids unchanged; its private messages become the
+    private log's. The lines gain `"room": "lobby"` so that they read like new ones."""
+    moved = 0
+    rows = db.execute("SELECT id, stored_at, sender, recipient, line FROM messages ORDER BY id")
+    for message_id, stored_at, sender, recipient, line in rows.fetchall():
+        value = json.loads(bytes(line))
+        if recipient is None:
+            value = {"type": value.pop("type"), "room": "lobby", **value}
+            room = "lobby"
+        else:
+            room = PRIVATE_LOG
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        db.execute(
+            "INSERT INTO room_messages VALUES (?, ?, ?, ?, ?, ?)",
+            (room, message_id, stored_at, sender, recipient, encoded),
+        )
+        moved += 1
+    db.execute(
+        "INSERT OR IGNORE INTO rooms (room, name, topic, created_at) VALUES ('lobby', 'lobby', '', ?)", (time.time(),)
+    )
+    db.execute("DROP TABLE messages")
+    return moved
 
 
 def open_store(path: str, retention: int = DEFAULT_RETENTION, max_age: float | None = None) -> Store:

@@ -1,6 +1,6 @@
-"""The TCP server: one handler thread per connection, reading lines into the room.
+"""The TCP server: one handler thread per connection, reading lines into the hub.
 
-ChatServer owns a Room and an Outbox, so several servers can live in one
+ChatServer owns a Hub and an Outbox, so several servers can live in one
 process. Handlers only read; every write goes through the Outbox. Stopping
 tells every client, wakes every handler, and joins every thread started here.
 """
@@ -11,15 +11,18 @@ import logging
 import socketserver
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, cast
 
-from chat.errors import ProtocolError
+from chat.errors import ProtocolError, Refused, RequestFailed
+from chat.server.config import ServerConfig
+from chat.server.hub import Hub
 from chat.server.outbox import Outbox, Peer
-from chat.server.room import DEFAULT_HISTORY, DEFAULT_REPLAY_LIMIT, Room
-from chat.server.store import DEFAULT_RETENTION, open_store
+from chat.server.room import HistorySettings
+from chat.server.session import Session
+from chat.server.store import open_store
+from chat.server.transport import TcpTransport
 from chat.wire.codec import decode_client, encode, encode_error
-from chat.wire.protocol import DEFAULT_MAX_LINE, ErrorReply, LeaveReason, ServerPing, Shutdown
+from chat.wire.protocol import ErrorReply, LeaveReason, ServerPing, Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +31,11 @@ _PING = encode(ServerPing())
 _LOGGED_ERRORS = 5
 _TOO_IDLE = encode(ErrorReply(code="idle_timeout", detail="no line from you for too long; closing"))
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything about a server that a user may choose."""
-
-    #: Longest accepted line in bytes, newline included; longer ones close the connection.
-    max_line: int = DEFAULT_MAX_LINE
-    #: How many recent chat messages a newcomer is shown.
-    history: int = DEFAULT_HISTORY
-    #: Bytes queued for one client before it counts as not reading and is dropped.
-    max_backlog: int = 8 * 1024 * 1024
-    #: Seconds of silence from a client before the server pings it.
-    ping_interval: float = 60.0
-    #: Seconds of silence after which a client is disconnected; 0 never.
-    idle_timeout: float = 300.0
-    #: Seconds that stop() waits for clients to take the shutdown notice.
-    shutdown_grace: float = 2.0
-    #: Where messages are kept: an SQLite file, or ":memory:" to forget them at stop.
-    db: str = ":memory:"
-    #: How many messages the store keeps.
-    retention: int = DEFAULT_RETENTION
-    #: Seconds a message is kept at most (SQLite only); None for no age limit.
-    max_age: float | None = None
-    #: Most missed messages a resuming join replays.
-    replay_limit: int = DEFAULT_REPLAY_LIMIT
-    #: Most simultaneous connections; more are refused with a server_full error.
-    max_clients: int = 10_000
+__all__ = ["ChatHandler", "ChatServer", "ServerConfig"]
 
 
 class ChatHandler(socketserver.StreamRequestHandler):
-    """Reads one client's lines and hands them to the room; never writes."""
+    """Reads one client's lines and hands them to the hub; never writes."""
 
     server: ChatServer
     # The outbox coalesces lines itself; Nagle would only add latency.
@@ -67,33 +44,34 @@ class ChatHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         server = self.server
         label = "{}:{}".format(*self.client_address[:2])
-        peer = server.outbox.register(self.request, label)
+        peer = server.outbox.register(TcpTransport(self.request), label)
+        session = server.hub.connect(peer, label)
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
         try:
             if server.outbox.peer_count() > server.config.max_clients:
                 log.warning("%s refused: already %d connections", label, server.config.max_clients)
-                full = ProtocolError("server_full", f"the server takes at most {server.config.max_clients} connections")
+                full = Refused("server_full", f"the server takes at most {server.config.max_clients} connections")
                 server.outbox.close(peer, encode_error(full))
             else:
-                reason = self._read_lines(peer)
+                reason = self._read_lines(session)
         except OSError as exc:
             log.info("%s: connection lost (%s)", label, exc)
         finally:
-            server.room.leave(peer, cast(LeaveReason, peer.drop_reason) or reason)
+            server.hub.disconnect(session, cast(LeaveReason, peer.drop_reason) or reason)
             server.outbox.release(peer, server.config.shutdown_grace)
             log.info("%s disconnected", label)
 
-    def _read_lines(self, peer: Peer) -> LeaveReason:
+    def _read_lines(self, session: Session[Peer]) -> LeaveReason:
         server = self.server
+        peer = session.peer
         max_line = server.config.max_line
         errors = 0
         while True:
             line = self.rfile.readline(max_line + 1)
             if not line:
                 return "disconnected"
-            peer.last_heard = time.monotonic()
-            peer.pinged = False
+            session.heard()
             if len(line) > max_line:
                 too_long = ProtocolError("line_too_long", f"a line is at most {max_line} bytes; closing")
                 server.outbox.close(peer, encode_error(too_long))
@@ -102,9 +80,9 @@ class ChatHandler(socketserver.StreamRequestHandler):
             if not line.strip():
                 continue  # blank lines (an extra Enter in nc) are not an error
             try:
-                if not server.room.receive(peer, decode_client(line)):
+                if not server.hub.receive(session, decode_client(line)):
                     return "quit"
-            except ProtocolError as exc:
+            except RequestFailed as exc:
                 errors += 1
                 if errors <= _LOGGED_ERRORS:
                     log.info("%s: %s%s", peer.label, exc, " (not logging more)" if errors == _LOGGED_ERRORS else "")
@@ -113,7 +91,7 @@ class ChatHandler(socketserver.StreamRequestHandler):
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
-    """A chat room listening on `address`; call serve_forever(), then stop()."""
+    """A chat server listening on `address`; call serve_forever(), then stop()."""
 
     allow_reuse_address = True
     daemon_threads = False
@@ -124,9 +102,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.config = config = config or ServerConfig()
         self.store = open_store(config.db, config.retention, config.max_age)  # StoreError if unusable
         self.outbox = Outbox(max_backlog=config.max_backlog)
-        self.room: Room[Peer] = Room(
-            self.outbox, self.store, history_size=config.history, replay_limit=config.replay_limit
-        )
+        try:
+            self.hub: Hub[Peer] = Hub(self.outbox, self.store, HistorySettings(config.history, config.replay_limit))
+        except BaseException:
+            self.store.close()
+            raise
         self._serving = threading.Event()
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
@@ -176,11 +156,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
         check_every = min(max(ping_after / 4, 0.01), 5.0)
         while not self._stopping.wait(check_every):
             now = time.monotonic()
-            for peer in self.outbox.peers():
-                silent = now - peer.last_heard
+            for session in self.hub.sessions():
+                silent = now - session.last_heard
                 if silent >= config.idle_timeout:
-                    log.info("%s: silent for %.0f s; closing", peer.label, silent)
-                    self.outbox.close(peer, _TOO_IDLE, reason="timeout")
-                elif silent >= ping_after and not peer.pinged:
-                    peer.pinged = True
-                    self.outbox.send_to(peer, _PING)
+                    log.info("%s: silent for %.0f s; closing", session.label, silent)
+                    self.outbox.close(session.peer, _TOO_IDLE, reason="timeout")
+                elif silent >= ping_after and not session.pinged:
+                    session.pinged = True
+                    self.outbox.send_to(session.peer, _PING)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from chat.errors import ProtocolError
+from chat.errors import ProtocolError, RequestFailed
 from chat.wire.protocol import (
     CLIENT_TYPES,
     ClassicMessage,
@@ -31,13 +31,13 @@ T = TypeVar("T")
 
 
 def encode(message: BaseModel) -> bytes:
-    """One wire line: compact JSON, UTF-8, ending in a newline."""
-    return message.model_dump_json().encode() + b"\n"
+    """One wire line: compact JSON, UTF-8, ending in a newline; null fields are left out."""
+    return message.model_dump_json(exclude_none=True).encode() + b"\n"
 
 
-def encode_error(error: ProtocolError) -> bytes:
-    """The error line that tells a peer what was wrong with what it sent."""
-    return encode(ErrorReply(code=error.code, detail=error.detail))
+def encode_error(error: RequestFailed) -> bytes:
+    """The error line that tells a peer why its request was not done."""
+    return encode(ErrorReply(code=error.code, detail=error.detail, room=error.room))
 
 
 def strip_line_ending(line: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""The wire messages of the chat room, one pydantic model per `type`.
+"""The wire messages of the chat server, one pydantic model per `type`.
 
 This module is the single source of truth for message shapes and limits; the
 server, the client and protocol.md all follow it. Pure: no sockets, threads
@@ -15,8 +15,14 @@ from pydantic_core import PydanticCustomError
 
 #: Longest name, in characters.
 MAX_NAME = 32
+#: Longest room name, in characters.
+MAX_ROOM = 32
 #: Longest chat message, in characters (the line limit caps bytes separately).
 MAX_MSG = 8000
+#: Longest room topic, in characters (IRC servers commonly allow about 390).
+MAX_TOPIC = 390
+#: The room of every room-scoped client line that names none: old clients live here.
+LOBBY = "lobby"
 #: Default limit of one line on the wire, in bytes, newline included.
 DEFAULT_MAX_LINE = 64 * 1024
 
@@ -42,6 +48,27 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _check_room(room: str) -> str:
+    if not room or len(room) > MAX_ROOM or any(not char.isprintable() or char.isspace() for char in room):
+        raise PydanticCustomError(
+            "room_invalid", f"a room name is 1 to {MAX_ROOM} characters, without spaces or control characters"
+        )
+    return room
+
+
+def _check_topic(topic: str) -> str:
+    if len(topic) > MAX_TOPIC:
+        raise PydanticCustomError("topic_too_long", f"a topic is at most {MAX_TOPIC} characters")
+    if any(not char.isprintable() for char in topic):
+        raise PydanticCustomError("topic_invalid", "a topic is one line, without control characters")
+    return topic
+
+
+def room_key(room: str) -> str:
+    """The key two spellings of one room share: room names compare case-insensitively."""
+    return room.casefold()
+
+
 def _check_text(msg: str) -> str:
     if not msg.strip():
         raise PydanticCustomError("empty_message", "a message cannot be empty or only spaces")
@@ -52,6 +79,10 @@ def _check_text(msg: str) -> str:
 
 #: A user name as a client asks for it: 1 to 32 printable characters, no spaces.
 Name = Annotated[str, AfterValidator(_check_name)]
+#: A room name as a client gives it: 1 to 32 printable characters, no spaces.
+RoomName = Annotated[str, AfterValidator(_check_room)]
+#: A room's topic: one line of at most MAX_TOPIC characters; empty clears it.
+TopicText = Annotated[str, AfterValidator(_check_topic)]
 #: Text a client says: not blank, at most MAX_MSG characters (newlines allowed).
 Text = Annotated[str, AfterValidator(_check_text)]
 
@@ -74,26 +105,37 @@ class _ServerWire(BaseModel):
 
 
 class Join(_ClientWire):
-    """First line of a client: the name it wants, and the last id it has seen.
+    """Enter a room. The first join of a connection also chooses its name.
 
-    With `since`, the server replays what the client missed (the messages
-    after that id) instead of the usual recent history.
+    With `since` (the last id seen in that room) the server replays what was
+    missed there instead of the recent history. `private_since`, on the first
+    join only, does the same for private messages.
     """
 
     type: Literal["join"] = "join"
-    name: Name
+    name: Name | None = None
+    room: RoomName = LOBBY
     since: int | None = Field(default=None, ge=0)
+    private_since: int | None = Field(default=None, ge=0)
+
+
+class Part(_ClientWire):
+    """Leave one room; the connection stays (in its other rooms, or in none)."""
+
+    type: Literal["part"] = "part"
+    room: RoomName = LOBBY
 
 
 class SendMessage(_ClientWire):
-    """Say something to the whole room."""
+    """Say something to a room."""
 
     type: Literal["message"] = "message"
+    room: RoomName = LOBBY
     msg: Text
 
 
 class ClassicMessage(_ClientWire):
-    """The seed form `{"name": ..., "msg": ..., "time": ...}` with no `type`.
+    """The seed form `{"name": ..., "msg": ..., "time": ...}` with no `type`: said in the lobby.
 
     Its name joins a client that has not joined yet; after that it is ignored.
     """
@@ -103,31 +145,47 @@ class ClassicMessage(_ClientWire):
 
 
 class SendAction(_ClientWire):
-    """A `/me` action: "alice waves"."""
+    """A `/me` action in a room: "alice waves"."""
 
     type: Literal["action"] = "action"
+    room: RoomName = LOBBY
     msg: Text
 
 
 class SendPrivate(_ClientWire):
-    """A private message to one user."""
+    """A private message to one user, wherever they are."""
 
     type: Literal["private"] = "private"
     to: str
     msg: Text
 
 
+class SetTopic(_ClientWire):
+    """Set a room's topic; an empty one clears it."""
+
+    type: Literal["topic"] = "topic"
+    room: RoomName = LOBBY
+    topic: TopicText
+
+
 class Nick(_ClientWire):
-    """Change one's name."""
+    """Change one's name, in every room at once."""
 
     type: Literal["nick"] = "nick"
     name: Name
 
 
 class Who(_ClientWire):
-    """Ask for the list of users."""
+    """Ask who is in a room."""
 
     type: Literal["who"] = "who"
+    room: RoomName = LOBBY
+
+
+class ListRooms(_ClientWire):
+    """Ask for every room, with how many are in it and its topic."""
+
+    type: Literal["rooms"] = "rooms"
 
 
 class Ping(_ClientWire):
@@ -147,68 +205,103 @@ MAX_HISTORY_PAGE = 500
 
 
 class HistoryRequest(_ClientWire):
-    """Page back: the newest `limit` messages older than id `before` (the newest if omitted)."""
+    """Page back in a room: the newest `limit` messages older than id `before` (the newest if omitted)."""
 
     type: Literal["history"] = "history"
+    room: RoomName = LOBBY
     before: int | None = Field(default=None, ge=1)
     limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE)
 
 
 class Leave(_ClientWire):
-    """A clean goodbye; the server closes the connection after it."""
+    """A clean goodbye from every room; the server closes the connection after it."""
 
     type: Literal["leave"] = "leave"
 
 
 ClientMessage = Annotated[
-    Join | SendMessage | SendAction | SendPrivate | Nick | Who | Ping | Pong | HistoryRequest | Leave,
+    Join
+    | Part
+    | SendMessage
+    | SendAction
+    | SendPrivate
+    | SetTopic
+    | Nick
+    | Who
+    | ListRooms
+    | Ping
+    | Pong
+    | HistoryRequest
+    | Leave,
     Field(discriminator="type"),
 ]
 
 #: The `type` values a client may send.
-CLIENT_TYPES = frozenset({"join", "message", "action", "private", "nick", "who", "ping", "pong", "history", "leave"})
+CLIENT_TYPES = frozenset(
+    {
+        "join",
+        "part",
+        "message",
+        "action",
+        "private",
+        "topic",
+        "nick",
+        "who",
+        "rooms",
+        "ping",
+        "pong",
+        "history",
+        "leave",
+    }
+)
 
 
 # --- server to client -----------------------------------------------------------------
 
 
 class Welcome(_ServerWire):
-    """The answer to a join: the accepted name, who is here, how many history
-    lines follow before live traffic, how many older ones (after the join's
-    `since`) were left out, and the room's newest id."""
+    """The answer to a join: the room (as it is spelled), the accepted name,
+    who is in the room, how many history lines follow before live traffic,
+    how many older ones (after the join's `since`) were left out, the room's
+    newest id and its topic."""
 
     type: Literal["welcome"] = "welcome"
+    room: str = LOBBY
     name: str
     users: list[str]
     history: int = Field(ge=0)
     more: int = Field(default=0, ge=0)
     last_id: int = Field(default=0, ge=0)
+    topic: str = ""
 
 
 class Gap(_ServerWire):
-    """Messages `first` to `last` (ids) are no longer kept: a resuming client
-    cannot get them back."""
+    """Messages `first` to `last` (ids) of a room are no longer kept: a
+    resuming client cannot get them back."""
 
     type: Literal["gap"] = "gap"
+    room: str = LOBBY
     first: int = Field(ge=1)
     last: int = Field(ge=1)
     detail: str
 
 
 class HistoryPage(_ServerWire):
-    """The answer to a history request: `count` message lines follow, all older
-    than `before`; `more` older ones are still kept."""
+    """The answer to a history request: `count` message lines of `room` follow,
+    all older than `before`; `more` older ones are still kept."""
 
     type: Literal["history"] = "history"
+    room: str = LOBBY
     before: int
     count: int = Field(ge=0)
     more: int = Field(ge=0)
 
 
 class ChatMessage(_ServerWire):
-    """Something a user said to the room, numbered by the room."""
+    """Something a user said to a room, numbered by that room."""
 
     type: Literal["message"] = "message"
+    room: str = LOBBY
     id: int = Field(ge=1)
     name: str
     msg: str
@@ -216,18 +309,32 @@ class ChatMessage(_ServerWire):
 
 
 class Action(_ServerWire):
-    """A `/me` action, numbered in the same sequence as chat messages."""
+    """A `/me` action, numbered in its room's sequence like chat messages."""
 
     type: Literal["action"] = "action"
+    room: str = LOBBY
     id: int = Field(ge=1)
     name: str
     msg: str
     time: Timestamp
 
 
+class Topic(_ServerWire):
+    """A room's topic was set by `name`; numbered and kept in the room's history."""
+
+    type: Literal["topic"] = "topic"
+    room: str = LOBBY
+    topic: str
+    name: str
+    id: int = Field(ge=1)
+    time: Timestamp
+
+
 class PrivateMessage(_ServerWire):
     """A private message, delivered to `to` and echoed to `name`, the sender.
-    Numbered in the room's sequence, so the two parties can resume it too."""
+
+    Numbered in the server's one private sequence (not a room's), so the two
+    parties can resume it with a join's `private_since`."""
 
     type: Literal["private"] = "private"
     id: int = Field(ge=1)
@@ -238,39 +345,59 @@ class PrivateMessage(_ServerWire):
 
 
 class Joined(_ServerWire):
-    """Somebody joined the room."""
+    """Somebody joined a room."""
 
     type: Literal["joined"] = "joined"
+    room: str = LOBBY
     name: str
     time: Timestamp
 
 
-LeaveReason = Literal["quit", "disconnected", "timeout", "slow_consumer", "shutdown"]
+LeaveReason = Literal["quit", "part", "disconnected", "timeout", "slow_consumer", "shutdown"]
 
 
 class Left(_ServerWire):
-    """Somebody left the room, and why."""
+    """Somebody left a room, and why."""
 
     type: Literal["left"] = "left"
+    room: str = LOBBY
     name: str
     reason: LeaveReason
     time: Timestamp
 
 
 class Renamed(_ServerWire):
-    """Somebody changed their name."""
+    """Somebody changed their name: sent once in each room they are in; `room`
+    is null only on the copy a renamer in no room gets."""
 
     type: Literal["renamed"] = "renamed"
+    room: str | None = None
     old: str
     new: str
     time: Timestamp
 
 
 class Users(_ServerWire):
-    """The answer to `who`."""
+    """The answer to `who`: the room's members, sorted."""
 
     type: Literal["users"] = "users"
+    room: str = LOBBY
     users: list[str]
+
+
+class RoomInfo(_ServerWire):
+    """One room in the answer to `rooms`."""
+
+    room: str
+    users: int = Field(ge=0)
+    topic: str
+
+
+class RoomList(_ServerWire):
+    """The answer to `rooms`: every room, empty ones too, sorted by name."""
+
+    type: Literal["rooms"] = "rooms"
+    rooms: list[RoomInfo]
 
 
 class ServerPing(_ServerWire):
@@ -301,8 +428,13 @@ ErrorCode = Literal[
     "name_too_long",
     "name_invalid",
     "name_taken",
+    "room_invalid",
+    "topic_too_long",
+    "topic_invalid",
     "not_joined",
     "already_joined",
+    "not_in_room",
+    "no_such_room",
     "no_such_user",
     "slow_consumer",
     "idle_timeout",
@@ -313,11 +445,13 @@ ErrorCode = Literal[
 
 class ErrorReply(_ServerWire):
     """Sent to the offending client only; the connection stays open unless the
-    code is one of CLOSING_ERRORS."""
+    code is one of CLOSING_ERRORS. `room` names the room the refused line was
+    about, when it was about one."""
 
     type: Literal["error"] = "error"
     code: ErrorCode
     detail: str
+    room: str | None = None
 
 
 #: Error codes after which the server closes the connection.
@@ -329,11 +463,13 @@ ServerMessage = Annotated[
     | HistoryPage
     | ChatMessage
     | Action
+    | Topic
     | PrivateMessage
     | Joined
     | Left
     | Renamed
     | Users
+    | RoomList
     | ServerPing
     | ServerPong
     | Shutdown
@@ -341,5 +477,5 @@ ServerMessage = Annotated[
     Field(discriminator="type"),
 ]
 
-#: Lines that carry a room id and are kept in history.
-RoomMessage = ChatMessage | Action | PrivateMessage
+#: Lines numbered in a room's sequence and kept in its history.
+RoomEvent = ChatMessage | Action | Topic

@@ -1,0 +1,307 @@
+"""The fan-out algorithm: which bytes each connection is owed, room by room, in order.
+
+Each room has one log of encoded lines shared by all its subscribers, and each
+subscriber a cursor per room plus a short queue of lines for it alone; taking
+what a subscriber is owed joins log slices and queued lines in one buffer.
+Pure: no sockets, threads or locks (the outbox holds its lock around every
+call), so every branch is tested directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Generic, TypeVar
+
+#: A room log is looked at for trimming once it holds this many lines.
+TRIM_AT = 2048
+
+
+class PeerState(Enum):
+    """Where a subscriber is in its life."""
+
+    #: Gets broadcasts and its own lines.
+    OPEN = "open"
+    #: Gets what is queued, then its connection is closed; nothing new is queued.
+    CLOSING = "closing"
+    #: The writer is done with it: no byte is ever sent to it again.
+    RELEASED = "released"
+
+
+@dataclass
+class Cursor:
+    """Where a subscriber is in one room's log.
+
+    A held cursor collects the room's lines without sending them: the join
+    seam holds it while the room's history is queued at `position`, so live
+    lines follow the history and never overtake it.
+    """
+
+    position: int
+    held: bool = False
+
+
+@dataclass
+class Queued:
+    """A line for one subscriber; if `room` is set, it goes after that room's
+    log lines before `position` and before the later ones."""
+
+    room: str | None
+    position: int
+    line: bytes
+
+
+class Subscriber:
+    """One connection as the fan-out sees it."""
+
+    __slots__ = ("cursors", "drop_reason", "give_up", "label", "pending", "queue", "queued_bytes", "state")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.state = PeerState.OPEN
+        #: Room key -> where this subscriber is in that room's log.
+        self.cursors: dict[str, Cursor] = {}
+        self.queue: list[Queued] = []
+        #: Total length of the lines in `queue`: a backlog is then a sum of a few numbers.
+        self.queued_bytes = 0
+        #: Bytes taken for this subscriber that its connection has not accepted yet.
+        self.pending: memoryview | bytes = b""
+        #: Why the server cut this subscriber off (slow_consumer, timeout, shutdown), if it did.
+        self.drop_reason: str | None = None
+        #: Closing, and no longer waiting for the peer to read what is queued.
+        self.give_up = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+S = TypeVar("S", bound=Subscriber)
+
+
+@dataclass
+class _Log(Generic[S]):
+    """One room's published lines: `lines[i]` is line number `base + i`;
+    `ends[i]` counts the bytes published up to and including it."""
+
+    lines: list[bytes] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    base: int = 0
+    base_bytes: int = 0
+    published_bytes: int = 0
+    subscribers: set[S] = field(default_factory=set)
+
+    @property
+    def head(self) -> int:
+        return self.base + len(self.lines)
+
+    def slice(self, start: int, stop: int) -> list[bytes]:
+        return self.lines[start - self.base : stop - self.base]
+
+    def bytes_after(self, position: int) -> int:
+        index = position - self.base
+        before = self.ends[index - 1] if index > 0 else self.base_bytes
+        return self.published_bytes - before
+
+
+class Fanout(Generic[S]):
+    """The room logs, the subscribers' cursors and queues, and what is due to whom."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, _Log[S]] = {}
+        self._dirty_rooms: set[str] = set()
+        self._dirty: set[S] = set()
+        self._trim_candidates: set[str] = set()
+        # Most subscribers of a room sit at the same cursor: join each slice once per pass.
+        self._joined: dict[tuple[str, int], bytes] = {}
+        #: Lines ever published, in every room.
+        self.published = 0
+
+    # --- what rooms and connections ask for ------------------------------------------
+
+    def publish(self, room: str, line: bytes) -> None:
+        """Append `line` to the room's log: O(1) however many subscribe to it."""
+        log = self._logs.get(room)
+        if log is None or not log.subscribers:
+            self.published += 1  # nobody to send it to: nothing to keep
+            return
+        log.lines.append(line)
+        log.published_bytes += len(line)
+        log.ends.append(log.published_bytes)
+        self.published += 1
+        self._dirty_rooms.add(room)
+        if len(log.lines) >= TRIM_AT:
+            self._trim_candidates.add(room)
+
+    def subscribe(self, peer: S, room: str, held: bool = False) -> None:
+        """From now on `peer` is owed every line published to `room`; held, they wait for release()."""
+        if peer.state is not PeerState.OPEN or room in peer.cursors:
+            return
+        log = self._logs.setdefault(room, _Log[S]())
+        peer.cursors[room] = Cursor(log.head, held)
+        log.subscribers.add(peer)
+
+    def send_held(self, peer: S, room: str, line: bytes) -> None:
+        """Queue `line` at the place where `peer`'s held cursor in `room` stands."""
+        cursor = peer.cursors.get(room)
+        self._queue(peer, Queued(room, cursor.position, line) if cursor else Queued(None, 0, line))
+
+    def release(self, peer: S, room: str) -> None:
+        """Let the lines a held cursor collected go, after everything queued before."""
+        cursor = peer.cursors.get(room)
+        if cursor is not None and cursor.held:
+            cursor.held = False
+            self._dirty.add(peer)
+
+    def unsubscribe(self, peer: S, room: str) -> None:
+        """`peer` is owed nothing published to `room` after now; what was published before still goes."""
+        cursor = peer.cursors.pop(room, None)
+        if cursor is None:
+            return
+        log = self._logs[room]
+        log.subscribers.discard(peer)
+        # Turn what the cursor still owed into queued lines, each slice before the
+        # queued line it must precede, so that the cursor can go.
+        queue: list[Queued] = []
+        for queued in peer.queue:
+            if queued.room == room:
+                if cursor.position < queued.position:
+                    queue.append(Queued(None, 0, b"".join(log.slice(cursor.position, queued.position))))
+                    cursor.position = queued.position
+                queued = Queued(None, 0, queued.line)
+            queue.append(queued)
+        if cursor.position < log.head:
+            queue.append(Queued(None, 0, b"".join(log.slice(cursor.position, log.head))))
+        peer.queue = queue
+        peer.queued_bytes = sum(len(queued.line) for queued in queue)
+        self._dirty.add(peer)
+        if not log.subscribers:  # nobody left to read it: forget the lines
+            log.base, log.lines, log.ends, log.base_bytes = log.head, [], [], log.published_bytes
+            self._trim_candidates.discard(room)
+
+    def send_to(self, peer: S, line: bytes, room: str | None = None) -> None:
+        """Queue a line for `peer` alone; with `room`, after that room's lines published before it."""
+        if room is not None and room in peer.cursors:
+            self._queue(peer, Queued(room, self._logs[room].head, line))
+        else:
+            self._queue(peer, Queued(None, 0, line))
+
+    def close(self, peer: S, final: bytes | None = None) -> None:
+        """Send what is owed (and `final`), then nothing more: the peer is CLOSING."""
+        if peer.state is not PeerState.OPEN:
+            return
+        for room in list(peer.cursors):
+            self.unsubscribe(peer, room)
+        if final is not None:
+            self._queue(peer, Queued(None, 0, final))
+        peer.state = PeerState.CLOSING
+        self._dirty.add(peer)
+
+    def forget(self, peer: S) -> None:
+        """The writer is done with `peer`: drop everything owed to it."""
+        for room in list(peer.cursors):
+            self._logs[room].subscribers.discard(peer)
+        peer.cursors.clear()
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        peer.pending = b""
+        peer.state = PeerState.RELEASED
+        self._dirty.discard(peer)
+
+    def mark_due(self, peer: S) -> None:
+        """Look at `peer` in the next pass (it was closed, or gave up)."""
+        self._dirty.add(peer)
+
+    # --- what the writer asks, once per pass -----------------------------------------
+
+    def due(self) -> set[S]:
+        """Who may be owed something since the last pass; starts a new pass."""
+        batch = self._dirty
+        self._dirty = set()
+        for room in self._dirty_rooms:
+            batch |= self._logs[room].subscribers
+        self._dirty_rooms.clear()
+        self._joined.clear()
+        return batch
+
+    def take(self, peer: S) -> bytes:
+        """Everything owed to `peer` now, in order, as one buffer; advances its cursors."""
+        if not peer.queue:
+            parts = [self._take_room(peer, room, cursor) for room, cursor in peer.cursors.items() if not cursor.held]
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        out: list[bytes] = []
+        for queued in peer.queue:
+            cursor = peer.cursors.get(queued.room) if queued.room is not None else None
+            if cursor is not None and not cursor.held and cursor.position < queued.position:
+                assert queued.room is not None
+                out.extend(self._logs[queued.room].slice(cursor.position, queued.position))
+                cursor.position = queued.position
+            out.append(queued.line)
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        out.extend(self._take_room(peer, room, cursor) for room, cursor in peer.cursors.items() if not cursor.held)
+        return b"".join(out)
+
+    def accepted(self, peer: S, data: memoryview | bytes, count: int) -> None:
+        """The connection took the first `count` bytes of `data`; keep the rest."""
+        peer.pending = memoryview(data)[count:] if count < len(data) else b""
+
+    def owed(self, peer: S) -> bool:
+        """Whether `peer` has lines waiting beyond its pending bytes."""
+        if peer.queue:
+            return True
+        return any(not c.held and c.position < self._logs[room].head for room, c in peer.cursors.items())
+
+    def backlog(self, peer: S) -> int:
+        """Bytes owed to `peer` that its connection has not accepted."""
+        owed = len(peer.pending) + peer.queued_bytes
+        for room, cursor in peer.cursors.items():
+            owed += self._logs[room].bytes_after(cursor.position)
+        return owed
+
+    def queued_bytes(self, peer: S) -> int:
+        """Bytes of lines queued for `peer` alone (history pages, replies) not yet accepted."""
+        return len(peer.pending) + peer.queued_bytes
+
+    def trim(self) -> None:
+        """Forget log lines that every subscriber of their room has been given."""
+        for room in list(self._trim_candidates):
+            log = self._logs[room]
+            lowest = min((peer.cursors[room].position for peer in log.subscribers), default=log.head)
+            drop = lowest - log.base
+            if drop * 2 > len(log.lines):
+                log.base_bytes = log.ends[drop - 1]
+                del log.lines[:drop]
+                del log.ends[:drop]
+                log.base = lowest
+            if len(log.lines) < TRIM_AT:
+                self._trim_candidates.discard(room)
+
+    def log_length(self, room: str) -> int:
+        """Lines the room's log holds now (for tests and diagnostics)."""
+        log = self._logs.get(room)
+        return len(log.lines) if log else 0
+
+    def subscribers(self, room: str) -> Iterable[S]:
+        log = self._logs.get(room)
+        return tuple(log.subscribers) if log else ()
+
+    # --- inside ------------------------------------------------------------------------
+
+    def _take_room(self, peer: S, room: str, cursor: Cursor) -> bytes:
+        head = self._logs[room].head
+        if cursor.position >= head:
+            return b""
+        key = (room, cursor.position)
+        data = self._joined.get(key)
+        if data is None:
+            data = self._joined[key] = b"".join(self._logs[room].slice(cursor.position, head))
+        cursor.position = head
+        return data
+
+    def _queue(self, peer: S, queued: Queued) -> None:
+        if peer.state is not PeerState.OPEN:
+            return
+        peer.queue.append(queued)
+        peer.queued_bytes += len(queued.line)
+        self._dirty.add(peer)

@@ -1,0 +1,151 @@
+"""A room's log: it numbers the room's lines, keeps them, and answers what history to send.
+
+RoomLog is the seam between a room and where its lines live: LocalLog keeps
+them in this process's Store; a shared log (Redis, several servers) is a
+second implementation of the same few methods. The private-message log is a
+RoomLog too, whose reads are limited to a viewer's own lines. No sockets, no
+locks of its own: the room calls append with its lock held, reads without.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from chat.errors import StorageFailed
+from chat.server.store import Record, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Span:
+    """Which kept lines to send: those with first <= id <= last (`count` of them,
+    as the viewer sees them), `more` older ones still kept, and the ids that
+    were asked for but are no longer kept (`gap`, inclusive), if any."""
+
+    first: int
+    last: int
+    count: int
+    more: int = 0
+    gap: tuple[int, int] | None = None
+
+    @classmethod
+    def empty(cls) -> Span:
+        return cls(1, 0, 0)
+
+
+class RoomLog(Protocol):
+    """What a room needs of the place its lines live."""
+
+    @property
+    def last_id(self) -> int:
+        """The newest id given out."""
+        ...
+
+    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+        """Number the next line, build it with that id, keep it, and return it.
+
+        The id is used only once the line is kept; raises StorageFailed if it
+        could not be. Callers serialise appends to one log (the room's lock).
+        """
+        ...
+
+    def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
+        """The newest `limit` lines with id <= upto."""
+        ...
+
+    def missed(self, since: int, upto: int, limit: int, viewer: str | None = None) -> Span:
+        """The newest `limit` lines with since < id <= upto, and the gap retention left after `since`."""
+        ...
+
+    def before(self, edge: int, limit: int, viewer: str | None = None) -> Span:
+        """The newest `limit` lines with id < edge."""
+        ...
+
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+        """The span's lines, oldest first, in lists of at most `chunk` lines, each read when asked for."""
+        ...
+
+
+class LocalLog:
+    """A room log kept in this process's Store under the room's key."""
+
+    def __init__(self, store: Store, key: str, label: str) -> None:
+        self._store = store
+        self._key = key
+        self._label = label  # for messages: the room's name, or "private messages"
+        self._last_id = self._read(lambda: store.last_id(key))
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
+
+    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+        next_id = self._last_id + 1
+        line = build(next_id)
+        try:
+            self._store.append(self._key, Record(next_id, line, sender, recipient))
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise StorageFailed(
+                "storage_failed", "the server could not store your message, so nobody got it", self._room
+            ) from exc
+        self._last_id = next_id
+        return line
+
+    def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
+        first = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))
+        if first is None:
+            return Span.empty()
+        return Span(first, upto, self._read(lambda: self._store.count(self._key, first, upto, viewer)))
+
+    def missed(self, since: int, upto: int, limit: int, viewer: str | None = None) -> Span:
+        if since >= upto:
+            return Span.empty()
+        oldest = self._read(lambda: self._store.oldest_id(self._key))
+        first_kept = oldest if oldest is not None else upto + 1
+        gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
+        first = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))
+        if first is None or first <= since:
+            first = since + 1
+        count = self._read(lambda: self._store.count(self._key, first, upto, viewer))
+        # Counted by id (a room's ids are dense), so that a resume costs what its page costs.
+        more = 0 if viewer is not None else max(0, first - max(since + 1, first_kept))
+        return Span(first, upto, count, more, gap)
+
+    def before(self, edge: int, limit: int, viewer: str | None = None) -> Span:
+        upto = min(edge - 1, self._last_id)
+        first = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer)) if upto >= 1 else None
+        if first is None:
+            return Span.empty()
+        count = self._read(lambda: self._store.count(self._key, first, upto, viewer))
+        oldest = self._read(lambda: self._store.oldest_id(self._key)) or first
+        return Span(first, upto, count, 0 if viewer is not None else max(0, first - oldest))
+
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+        first = span.first
+        while first <= span.last:
+            records = self._read(functools.partial(self._store.read, self._key, first, span.last, chunk, viewer))
+            if not records:
+                return
+            yield [record.line for record in records]
+            first = records[-1].id + 1
+
+    @property
+    def _room(self) -> str | None:
+        return self._label if self._key else None
+
+    def _read(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise StorageFailed(
+                "storage_failed", "the server could not read its history; try again", self._room
+            ) from exc

@@ -1,0 +1,42 @@
+"""One connection as the server's logic sees it: who it is, where it is, whether it is alive.
+
+A Session holds the connection's name (None until its first join), the keys
+of the rooms it is in, and its keepalive state; the Hub and the rooms change
+it, the TCP layer reads its keepalive fields. No sockets: the connection's
+delivery handle (`peer`) is opaque here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Generic, TypeVar
+
+P = TypeVar("P")
+
+
+class Session(Generic[P]):
+    """A connected client, from its first byte to its disconnect."""
+
+    def __init__(self, peer: P, label: str) -> None:
+        #: The handle the delivery layer knows this connection by.
+        self.peer = peer
+        #: Where it connected from, for the log.
+        self.label = label
+        #: The name it joined under; None until its first join.
+        self.name: str | None = None
+        #: Keys of the rooms it is in, in the order it joined them.
+        self.rooms: dict[str, None] = {}
+        #: time.monotonic() of the last line received; the reader keeps it fresh.
+        self.last_heard = time.monotonic()
+        #: Whether the server has pinged it since it last said anything.
+        self.pinged = False
+        #: While its missed private messages are replayed, live ones wait here, in order.
+        self.held_private: list[bytes] | None = None
+
+    def heard(self) -> None:
+        """The client said something: it is alive."""
+        self.last_heard = time.monotonic()
+        self.pinged = False
+
+    def __repr__(self) -> str:
+        return f"<Session {self.label} {self.name or '(not joined)'}>"

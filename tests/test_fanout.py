@@ -1,0 +1,130 @@
+"""The pure fan-out core: logs per room, cursors, held joins, queued lines, backlog and trimming."""
+
+from __future__ import annotations
+
+from chat.server.fanout import TRIM_AT, Fanout, PeerState, Subscriber
+
+
+def peer_in(fanout: Fanout, *rooms: str, label: str = "p") -> Subscriber:
+    peer = Subscriber(label)
+    for room in rooms:
+        fanout.subscribe(peer, room)
+    return peer
+
+
+def test_publish_reaches_subscribers_of_that_room_only():
+    fanout: Fanout[Subscriber] = Fanout()
+    lobby, dev = peer_in(fanout, "lobby", label="l"), peer_in(fanout, "dev", label="d")
+    fanout.publish("lobby", b"a\n")
+    assert fanout.due() == {lobby}
+    assert (fanout.take(lobby), fanout.take(dev)) == (b"a\n", b"")
+
+
+def test_a_subscriber_gets_only_lines_published_after_it_subscribed():
+    fanout: Fanout[Subscriber] = Fanout()
+    early = peer_in(fanout, "lobby")
+    fanout.publish("lobby", b"before\n")
+    late = peer_in(fanout, "lobby")
+    fanout.publish("lobby", b"after\n")
+    assert fanout.take(early) == b"before\nafter\n"
+    assert fanout.take(late) == b"after\n"
+
+
+def test_peers_at_one_cursor_share_one_joined_buffer():
+    fanout: Fanout[Subscriber] = Fanout()
+    first, second = peer_in(fanout, "r"), peer_in(fanout, "r")
+    fanout.publish("r", b"x\n")
+    fanout.publish("r", b"y\n")
+    fanout.due()
+    assert fanout.take(first) is fanout.take(second)
+
+
+def test_a_line_for_one_peer_comes_after_the_room_lines_published_before_it():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "r")
+    fanout.publish("r", b"1\n")
+    fanout.send_to(peer, b"reply\n", "r")
+    fanout.publish("r", b"2\n")
+    assert fanout.take(peer) == b"1\nreply\n2\n"
+
+
+def test_a_held_cursor_keeps_live_lines_behind_the_history_queued_at_it():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = Subscriber("joiner")
+    fanout.subscribe(peer, "r", held=True)
+    fanout.publish("r", b"live\n")
+    fanout.send_held(peer, "r", b"welcome\n")
+    assert fanout.take(peer) == b"welcome\n"
+    fanout.send_held(peer, "r", b"history\n")
+    fanout.publish("r", b"live2\n")
+    assert fanout.take(peer) == b"history\n"
+    fanout.release(peer, "r")
+    assert fanout.due() == {peer}
+    assert fanout.take(peer) == b"live\nlive2\n"
+
+
+def test_unsubscribing_still_sends_what_was_published_before_in_order():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "r")
+    fanout.publish("r", b"1\n")
+    fanout.send_to(peer, b"mine\n", "r")
+    fanout.publish("r", b"2\n")
+    fanout.unsubscribe(peer, "r")
+    fanout.publish("r", b"3\n")
+    assert fanout.take(peer) == b"1\nmine\n2\n"
+
+
+def test_close_sends_what_is_owed_then_the_final_line_and_nothing_more():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "a", "b")
+    fanout.publish("a", b"a1\n")
+    fanout.publish("b", b"b1\n")
+    fanout.close(peer, b"bye\n")
+    fanout.publish("a", b"a2\n")
+    fanout.send_to(peer, b"late\n")
+    assert peer.state is PeerState.CLOSING
+    data = fanout.take(peer)
+    assert data.endswith(b"bye\n") and sorted(data.splitlines()) == [b"a1", b"b1", b"bye"]
+
+
+def test_backlog_counts_room_bytes_queued_bytes_and_pending():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "a", "b")
+    fanout.publish("a", b"12345\n")
+    fanout.publish("b", b"123\n")
+    fanout.send_to(peer, b"12\n")
+    assert fanout.backlog(peer) == 6 + 4 + 3
+    data = fanout.take(peer)
+    fanout.accepted(peer, data, 5)
+    assert fanout.backlog(peer) == len(data) - 5
+    assert not fanout.owed(peer)
+
+
+def test_trim_forgets_lines_every_subscriber_has_taken_and_keeps_the_laggards():
+    fanout: Fanout[Subscriber] = Fanout()
+    fast, slow = peer_in(fanout, "r", label="fast"), peer_in(fanout, "r", label="slow")
+    for i in range(TRIM_AT):
+        fanout.publish("r", b"%d\n" % i)
+    fanout.take(fast)
+    fanout.trim()
+    assert fanout.log_length("r") == TRIM_AT  # slow has taken nothing yet
+    assert fanout.take(slow).count(b"\n") == TRIM_AT
+    fanout.trim()
+    assert fanout.log_length("r") == 0
+
+
+def test_a_room_nobody_reads_keeps_no_lines():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "r")
+    fanout.unsubscribe(peer, "r")
+    fanout.publish("r", b"into the void\n")
+    assert fanout.log_length("r") == 0
+
+
+def test_forget_releases_the_peer_and_its_cursors():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "r")
+    fanout.publish("r", b"x\n")
+    fanout.forget(peer)
+    assert peer.state is PeerState.RELEASED and peer.cursors == {}
+    assert list(fanout.subscribers("r")) == []
