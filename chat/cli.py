@@ -123,7 +123,13 @@ def client_parser() -> argparse.ArgumentParser:
     )
     _option(parser, "--host", "CHAT_HOST", str, DEFAULT_HOST, "server address")
     _option(parser, "--port", "CHAT_PORT", int, DEFAULT_PORT, "server TCP port")
-    _option(parser, "--name", "CHAT_NAME", str, None, "your name in the room; asked for when not given")
+    _option(parser, "--name", "CHAT_NAME", str, None, "your name on the server; asked for when not given")
+    parser.add_argument(
+        "--room",
+        action="append",
+        metavar="ROOM",
+        help="a room to join at start (repeatable; default: the rooms you were in last time, or lobby)",
+    )
     parser.add_argument(
         "--fresh",
         action="store_true",
@@ -152,8 +158,16 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     cursor_file = Path(state_dir()) / "client-cursors.json"
 
     async def chat() -> int:
-        since = None if args.fresh else cursors.load(cursor_file, args.host, args.port, name)
-        client = ChatClient(args.host, args.port, name, since=since)
+        place = cursors.load(cursor_file, args.host, args.port, name) or cursors.Place()
+        rooms = args.room or list(place.rooms) or ["lobby"]
+        client = ChatClient(
+            args.host,
+            args.port,
+            name,
+            rooms=rooms,
+            cursors=None if args.fresh else place.rooms,
+            private_since=None if args.fresh else place.private,
+        )
         try:
             await client.connect()
         except OSError as exc:
@@ -165,7 +179,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         try:
             await run_ui(client)
         finally:
-            cursors.save(cursor_file, args.host, args.port, client.name, client.last_id)
+            # The rooms it is in now, each with its cursor: the next start rejoins and resumes them.
+            left_as = cursors.Place(client.cursors(), client.private.last_id)
+            cursors.save(cursor_file, args.host, args.port, client.name, left_as)
         return 0
 
     try:

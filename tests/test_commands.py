@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chat.client.commands import Mistake, Quit, Send, ShowHelp, parse
-from chat.wire.protocol import Nick, SendAction, SendMessage, SendPrivate, Who
+from chat.client.commands import JoinRoom, Mistake, PartRoom, Quit, Send, ShowHelp, ShowTopic, SwitchRoom, parse
+from chat.wire.protocol import ListRooms, Nick, SendAction, SendMessage, SendPrivate, SetTopic, Who
 
 
 def sent(line: str):
@@ -45,5 +45,27 @@ def test_local_commands():
 
 @pytest.mark.parametrize("line", ["/me", "/msg", "/msg bob", "/msg bob   ", "/nick", "/nick two words", "/dance"])
 def test_incomplete_or_unknown_command_explains_itself(line):
+    command = parse(line)
+    assert isinstance(command, Mistake) and command.detail
+
+
+def test_what_is_typed_goes_to_the_room_typed_into():
+    assert parse("hi", room="dev") == Send(SendMessage(room="dev", msg="hi"))
+    assert parse("/me waves", room="dev") == Send(SendAction(room="dev", msg="waves"))
+    assert parse("/who", room="dev") == Send(Who(room="dev"))
+    assert parse("/topic release friday", room="dev") == Send(SetTopic(room="dev", topic="release friday"))
+
+
+def test_room_commands():
+    assert parse("/join dev") == JoinRoom("dev")
+    assert parse("/part", room="dev") == PartRoom("dev")
+    assert parse("/part ops", room="dev") == PartRoom("ops")
+    assert parse("/switch ops") == SwitchRoom("ops")
+    assert parse("/rooms") == Send(ListRooms())
+    assert parse("/topic") == ShowTopic()
+
+
+@pytest.mark.parametrize("line", ["/join", "/join two words", "/switch", "/part a b"])
+def test_incomplete_room_command_explains_itself(line):
     command = parse(line)
     assert isinstance(command, Mistake) and command.detail

@@ -16,7 +16,10 @@ from chat.wire.protocol import (
     Left,
     PrivateMessage,
     Renamed,
+    RoomInfo,
+    RoomList,
     ServerPong,
+    Topic,
     Welcome,
 )
 
@@ -120,10 +123,26 @@ def test_wide_characters_keep_continuation_lines_aligned():
 
 
 def test_notices_and_connection_events_are_shown():
-    assert "bob left (timeout)" in text_of(render(Left(name="bob", reason="timeout", time=WHEN), "me"))
-    assert "bob left" in text_of(render(Left(name="bob", reason="quit", time=WHEN), "me"))
+    assert "bob left lobby (timeout)" in text_of(render(Left(name="bob", reason="timeout", time=WHEN), "me"))
+    assert "bob left dev" in text_of(render(Left(room="dev", name="bob", reason="part", time=WHEN), "me"))
     assert "bob is now known as rob" in text_of(render(Renamed(old="bob", new="rob", time=WHEN), "me"))
     assert "here: a, b" in text_of(render(Welcome(name="a", users=["a", "b"], history=0), "a"))
     assert "reconnecting in 0.5 s" in text_of(render(ConnectionLost("refused", 0.5), "me"))
     assert "reconnected" in text_of(render(Reconnected(1), "me"))
     assert render(ServerPong(), "me") is None
+
+
+def test_a_line_from_another_room_than_the_one_typed_into_names_it():
+    message = ChatMessage(room="dev", id=1, name="bob", msg="hi", time=WHEN)
+    assert text_of(render(message, "me", room="dev")).endswith("bob: hi")
+    assert "[dev] bob: hi" in text_of(render(message, "me", room="lobby"))
+    assert "[dev]" not in text_of(render(message, "me", room="DEV"))
+
+
+def test_topics_and_the_room_list_are_shown():
+    topic = Topic(room="dev", topic="release friday", name="bob", id=3, time=WHEN)
+    assert "bob set the topic of dev: release friday" in text_of(render(topic, "me", room="dev"))
+    welcome = Welcome(room="dev", name="me", users=["me"], history=0, topic="ship\x1b[2J it")
+    assert "topic: ship^[[2J it" in text_of(render(welcome, "me", room="dev"))
+    listing = RoomList(rooms=[RoomInfo(room="dev", users=2, topic="t"), RoomInfo(room="lobby", users=0, topic="")])
+    assert "rooms: dev (2) t; lobby (0)" in text_of(render(listing, "me"))

@@ -11,21 +11,49 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from chat.wire.protocol import MAX_HISTORY_PAGE, Nick, SendAction, SendMessage, SendPrivate, Who
+from chat.wire.protocol import (
+    LOBBY,
+    MAX_HISTORY_PAGE,
+    ListRooms,
+    Nick,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    SetTopic,
+    Who,
+)
 
 HELP = """\
 Commands:
+  /join ROOM        join a room (and type into it)
+  /part [ROOM]      leave a room (this one if none is named)
+  /switch ROOM      type into another room you are in
+  /rooms            list every room, with who is there and its topic
+  /topic [TEXT]     show this room's topic, or set it
   /nick NEW         change your name
-  /who              list who is in the room
+  /who              list who is in this room
   /msg NAME TEXT    private message to NAME
   /me TEXT          an action ("/me waves")
-  /history [N]      show N earlier messages (default 20)
-  /quit             leave the room (Ctrl-D too)
+  /history [N]      show N earlier messages of this room (default 20)
+  /quit             leave (Ctrl-D too)
   /help             this help
-Anything else is said to the room; start with // to say something beginning with /."""
+Anything else is said to the room you type into; start with // to say something beginning with /."""
 
 #: Every command, for completion.
-COMMANDS = ("/help", "/history", "/me", "/msg", "/nick", "/quit", "/who")
+COMMANDS = (
+    "/help",
+    "/history",
+    "/join",
+    "/me",
+    "/msg",
+    "/nick",
+    "/part",
+    "/quit",
+    "/rooms",
+    "/switch",
+    "/topic",
+    "/who",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,32 @@ class PageBack:
 
 
 @dataclass(frozen=True)
+class JoinRoom:
+    """Join `room` (resuming it if the client was there) and type into it."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class PartRoom:
+    """Leave `room`."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class SwitchRoom:
+    """Type into `room` from now on."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class ShowTopic:
+    """Show the topic of the room typed into."""
+
+
+@dataclass(frozen=True)
 class ShowHelp:
     """Show HELP."""
 
@@ -59,15 +113,15 @@ class Mistake:
     detail: str
 
 
-Command = Send | Quit | ShowHelp | PageBack | Mistake
+Command = Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | Mistake
 
 
-def parse(line: str) -> Command | None:
-    """The command a typed line means; None for a blank line (sends nothing)."""
+def parse(line: str, room: str = LOBBY) -> Command | None:
+    """The command a line typed into `room` means; None for a blank line (sends nothing)."""
     if not line.strip():
         return None
     if not line.startswith("/") or line.startswith("//"):
-        return Send(SendMessage.model_construct(msg=line[1:] if line.startswith("//") else line))
+        return Send(SendMessage.model_construct(room=room, msg=line[1:] if line.startswith("//") else line))
     word, _, rest = line.partition(" ")
     rest = rest.strip()
     match word.lower():
@@ -82,9 +136,19 @@ def parse(line: str) -> Command | None:
                 return PageBack(int(rest))
             return Mistake(f"usage: /history [N], N from 1 to {MAX_HISTORY_PAGE}")
         case "/who":
-            return Send(Who())
+            return Send(Who.model_construct(room=room))
+        case "/rooms" | "/list":
+            return Send(ListRooms())
+        case "/join":
+            return JoinRoom(rest) if rest and " " not in rest else Mistake("usage: /join ROOM (no spaces)")
+        case "/part" | "/leave":
+            return PartRoom(rest or room) if " " not in rest else Mistake("usage: /part [ROOM]")
+        case "/switch":
+            return SwitchRoom(rest) if rest and " " not in rest else Mistake("usage: /switch ROOM")
+        case "/topic":
+            return Send(SetTopic.model_construct(room=room, topic=rest)) if rest else ShowTopic()
         case "/me":
-            return Send(SendAction.model_construct(msg=rest)) if rest else Mistake("usage: /me TEXT")
+            return Send(SendAction.model_construct(room=room, msg=rest)) if rest else Mistake("usage: /me TEXT")
         case "/nick":
             return (
                 Send(Nick.model_construct(name=rest))

@@ -1,9 +1,10 @@
-"""The client's connection to a chat server: join, send, receive, reconnect.
+"""The client's connection to a chat server: join rooms, send, receive, reconnect.
 
 ChatClient runs on asyncio and yields a stream of events: the server's
 protocol messages plus a few of its own (connection lost, reconnected). It
-answers pings, rejoins under the same name after a drop, and never imports
-prompt_toolkit: the UI is a separate layer on top of it.
+keeps a cursor per room, answers pings, rejoins every room from its cursor
+under the same name after a drop, and never imports prompt_toolkit: the UI
+is a separate layer on top of it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
@@ -22,6 +23,7 @@ from chat.errors import ChatError, ConnectionClosed, JoinRefused, ProtocolError
 from chat.wire.codec import decode_server, encode
 from chat.wire.protocol import (
     DEFAULT_MAX_LINE,
+    LOBBY,
     Action,
     ChatMessage,
     ErrorReply,
@@ -30,14 +32,17 @@ from chat.wire.protocol import (
     Joined,
     Leave,
     Left,
+    Part,
     Pong,
     PrivateMessage,
     Renamed,
     ServerMessage,
     ServerPing,
     Shutdown,
+    Topic,
     Users,
     Welcome,
+    room_key,
 )
 
 log = logging.getLogger(__name__)
@@ -60,15 +65,56 @@ class Reconnected:
 
 ClientEvent = ServerMessage | ConnectionLost | Reconnected
 
-#: How many recent ids the client remembers to drop duplicates.
+#: How many recent ids the client remembers per room, to drop duplicates.
 _REMEMBERED_IDS = 10_000
 
 
-class ChatClient:
-    """One person's connection to the room, kept alive across server restarts.
+class _Seen:
+    """The ids of one sequence (a room's, or the private one) received lately."""
 
-    It remembers the highest message id it has received (`last_id`) and
-    resumes from it on every reconnect, so nothing said while it was away is
+    def __init__(self, last_id: int = 0) -> None:
+        #: The highest id received; a resume starts after it.
+        self.last_id = last_id
+        self.oldest_id: int | None = None
+        self._ids: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def first_sight(self, message_id: int) -> bool:
+        """Note an id; False if it was received before."""
+        if message_id in self._ids:
+            return False
+        self._ids.add(message_id)
+        self._order.append(message_id)
+        if len(self._order) > _REMEMBERED_IDS:
+            self._ids.discard(self._order.popleft())
+        self.last_id = max(self.last_id, message_id)
+        self.oldest_id = message_id if self.oldest_id is None else min(self.oldest_id, message_id)
+        return True
+
+    def reset(self) -> None:
+        """The server started this sequence over: forget every id."""
+        self.last_id, self.oldest_id = 0, None
+        self._ids.clear()
+        self._order.clear()
+
+
+@dataclass
+class RoomView:
+    """What the client knows of one room it is in."""
+
+    name: str
+    users: list[str] = field(default_factory=list)
+    topic: str = ""
+    seen: _Seen = field(default_factory=_Seen)
+    #: Whether `seen.last_id` came from the server (or a saved cursor): then a rejoin resumes.
+    resume: bool = False
+
+
+class ChatClient:
+    """One person's connection to the server, kept alive across server restarts.
+
+    It remembers, per room, the highest id it has received and resumes each
+    room from it on every reconnect, so nothing said while it was away is
     lost; a message it already has is never passed on twice.
     """
 
@@ -78,28 +124,47 @@ class ChatClient:
         port: int,
         name: str,
         *,
+        rooms: Iterable[str] = (LOBBY,),
+        cursors: Mapping[str, int] | None = None,
+        private_since: int | None = None,
         reconnect: bool = True,
         first_retry: float = 0.25,
         max_retry: float = 8.0,
         since: int | None = None,
     ) -> None:
+        """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's."""
         self.host = host
         self.port = port
         self.name = name
         self.reconnect = reconnect
         self.first_retry = first_retry
         self.max_retry = max_retry
-        self.users: list[str] = []
-        #: The highest message id received; the join after a drop resumes from it.
-        self.last_id = since or 0
-        self._resume = since is not None
-        self._oldest_id: int | None = None
-        self._seen_ids: set[int] = set()
-        self._seen_order: deque[int] = deque()
+        saved = {room_key(room): id for room, id in (cursors or {}).items()}
+        #: The rooms this client is in (or will rejoin), by key, in the order it joined them.
+        self.rooms: dict[str, RoomView] = {}
+        for index, room in enumerate(rooms or (LOBBY,)):
+            cursor = since if index == 0 and since is not None else saved.get(room_key(room))
+            self.rooms[room_key(room)] = RoomView(room, seen=_Seen(cursor or 0), resume=cursor is not None)
+        self.private = _Seen(private_since or 0)
+        self._private_resume = private_since is not None
         self._events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._closing = False
+
+    @property
+    def users(self) -> list[str]:
+        """Everybody in any of this client's rooms (for completion)."""
+        return sorted({user for view in self.rooms.values() for user in view.users}, key=str.casefold)
+
+    @property
+    def last_id(self) -> int:
+        """The last id seen in the first room (the lobby for a client that names no room)."""
+        return next(iter(self.rooms.values())).seen.last_id if self.rooms else 0
+
+    def cursors(self) -> dict[str, int]:
+        """Each room (as spelled) and the last id seen there: what a later run resumes from."""
+        return {view.name: view.seen.last_id for view in self.rooms.values() if view.resume}
 
     async def connect(self) -> Welcome:
         """Connect and join; raises OSError if unreachable, JoinRefused if refused."""
@@ -124,9 +189,20 @@ class ChatClient:
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(str(exc) or "connection lost") from exc
 
-    async def page_back(self, limit: int) -> None:
-        """Ask for `limit` messages older than the oldest one received."""
-        await self.send(HistoryRequest(before=self._oldest_id, limit=limit))
+    async def join(self, room: str) -> None:
+        """Enter `room` (resuming it if this client was there before); a welcome answers."""
+        view = self.rooms.get(room_key(room))
+        since = view.seen.last_id if view is not None and view.resume else None
+        await self.send(Join(room=room, since=since))
+
+    async def part(self, room: str) -> None:
+        """Leave `room`; the `left` line that answers takes it out of `rooms`."""
+        await self.send(Part(room=room))
+
+    async def page_back(self, room: str, limit: int) -> None:
+        """Ask for `limit` messages of `room` older than the oldest one received there."""
+        view = self.rooms.get(room_key(room))
+        await self.send(HistoryRequest(room=room, before=view.seen.oldest_id if view else None, limit=limit))
 
     async def close(self) -> None:
         """Leave cleanly (if connected) and stop reconnecting."""
@@ -146,9 +222,13 @@ class ChatClient:
 
     async def _open(self) -> tuple[asyncio.StreamReader, Welcome]:
         reader, writer = await asyncio.open_connection(self.host, self.port, limit=DEFAULT_MAX_LINE * 4)
+        views = list(self.rooms.values()) or [RoomView(LOBBY)]
+        first, *others = views
         try:
-            since = self.last_id if self._resume else None
-            writer.write(encode(Join(name=self.name, since=since)))
+            private_since = self.private.last_id if self._private_resume else None
+            writer.write(
+                encode(Join(name=self.name, room=first.name, since=self._since(first), private_since=private_since))
+            )
             await writer.drain()
             while True:
                 message = await self._read(reader)
@@ -158,18 +238,29 @@ class ChatClient:
                     raise JoinRefused(message.code, message.detail)
                 if isinstance(message, Shutdown):
                     raise ConnectionClosed(message.detail)
+            # The other rooms' welcomes come as events; a refusal there is an error line, not fatal.
+            for view in others:
+                writer.write(encode(Join(room=view.name, since=self._since(view))))
+            await writer.drain()
         except BaseException:
             writer.close()
             raise
         self._writer = writer
         self.name = message.name
-        self.users = list(message.users)
-        self._resume = True
-        if message.last_id < self.last_id:  # the server started a new room: its ids begin again
-            self.last_id = 0
-            self._seen_ids.clear()
-            self._seen_order.clear()
+        self._private_resume = True
+        self._welcomed(message)
         return reader, message
+
+    @staticmethod
+    def _since(view: RoomView) -> int | None:
+        return view.seen.last_id if view.resume else None
+
+    def _welcomed(self, welcome: Welcome) -> None:
+        view = self.rooms.setdefault(room_key(welcome.room), RoomView(welcome.room))
+        view.name, view.users, view.topic = welcome.room, list(welcome.users), welcome.topic
+        if welcome.last_id < view.seen.last_id:  # the server started this room over: its ids begin again
+            view.seen.reset()
+        view.resume = True
 
     async def _read(self, reader: asyncio.StreamReader) -> ServerMessage:
         try:
@@ -226,37 +317,45 @@ class ChatClient:
                 with contextlib.suppress(ConnectionClosed):
                     await self.send(Pong())
                 continue
-            if isinstance(message, ChatMessage | Action | PrivateMessage) and not self._first_sight(message.id):
+            if not self._first_sight(message):
                 continue
-            self._track_users(message)
+            self._track(message)
             await self._events.put(message)
             if isinstance(message, Shutdown):
                 return message.detail
 
-    def _first_sight(self, message_id: int) -> bool:
-        """Note a numbered message; False if it was received before."""
-        if message_id in self._seen_ids:
-            return False
-        self._seen_ids.add(message_id)
-        self._seen_order.append(message_id)
-        if len(self._seen_order) > _REMEMBERED_IDS:
-            self._seen_ids.discard(self._seen_order.popleft())
-        self.last_id = max(self.last_id, message_id)
-        self._oldest_id = message_id if self._oldest_id is None else min(self._oldest_id, message_id)
+    def _first_sight(self, message: ServerMessage) -> bool:
+        """Note a numbered message; False if it was received before (or is for a room this client left)."""
+        if isinstance(message, PrivateMessage):
+            return self.private.first_sight(message.id)
+        if isinstance(message, ChatMessage | Action | Topic):
+            view = self.rooms.get(room_key(message.room))
+            return view is None or view.seen.first_sight(message.id)
         return True
 
-    def _track_users(self, message: ServerMessage) -> None:
+    def _track(self, message: ServerMessage) -> None:
         match message:
-            case Joined(name=name):
-                self.users = sorted({*self.users, name}, key=str.casefold)
-            case Left(name=name):
-                self.users = [user for user in self.users if user != name]
-            case Renamed(old=old, new=new):
-                self.users = sorted({new, *(user for user in self.users if user != old)}, key=str.casefold)
+            case Welcome():
+                self._welcomed(message)
+            case Joined(room=room, name=name):
+                if view := self.rooms.get(room_key(room)):
+                    view.users = sorted({*view.users, name}, key=str.casefold)
+            case Left(room=room, name=name, reason=reason):
+                if reason == "part" and name == self.name:
+                    self.rooms.pop(room_key(room), None)
+                elif view := self.rooms.get(room_key(room)):
+                    view.users = [user for user in view.users if user != name]
+            case Renamed(room=room, old=old, new=new):
+                if room is not None and (view := self.rooms.get(room_key(room))):
+                    view.users = sorted({new, *(user for user in view.users if user != old)}, key=str.casefold)
                 if old == self.name:
                     self.name = new
-            case Users(users=users):
-                self.users = list(users)
+            case Users(room=room, users=users):
+                if view := self.rooms.get(room_key(room)):
+                    view.users = list(users)
+            case Topic(room=room, topic=topic):
+                if view := self.rooms.get(room_key(room)):
+                    view.topic = topic
 
     def _drop_writer(self) -> None:
         if self._writer is not None:

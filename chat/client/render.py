@@ -25,9 +25,12 @@ from chat.wire.protocol import (
     Left,
     PrivateMessage,
     Renamed,
+    RoomList,
     Shutdown,
+    Topic,
     Users,
     Welcome,
+    room_key,
 )
 
 Fragments = list[tuple[str, str]]
@@ -42,6 +45,7 @@ STYLE = {
     "action": "italic",
     "notice": "#888888 italic",
     "error": "ansired bold",
+    "room": "ansicyan",
 }
 
 #: Name colours; a name always gets the same one.
@@ -99,8 +103,20 @@ def mentions(text: str, name: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) is not None
 
 
-def render(event: ClientEvent, me: str, now: datetime | None = None) -> Fragments | None:
-    """The fragments for one event as `me` sees it; None for events not shown."""
+def render(event: ClientEvent, me: str, now: datetime | None = None, *, room: str | None = None) -> Fragments | None:
+    """The fragments for one event as `me`, typing into `room`, sees it; None for events not shown.
+
+    A line about another room than `room` starts with that room's name.
+    """
+    fragments = _render(event, me, now)
+    where = getattr(event, "room", None)
+    if fragments is None or where is None or room is None or room_key(where) == room_key(room):
+        return fragments
+    clock, *rest = fragments
+    return [clock, ("class:room", f"[{neutralise(where)}] "), *rest]
+
+
+def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | None:
     match event:
         case ChatMessage(name=name, msg=msg, time=time):
             return _said(time, "", name, ": ", msg, me, "class:me" if name == me else "class:text")
@@ -109,15 +125,21 @@ def render(event: ClientEvent, me: str, now: datetime | None = None) -> Fragment
         case PrivateMessage(name=name, to=to, msg=msg, time=time):
             label = f"[{neutralise(name)} → {neutralise(to)}]"
             return _lines(_clock(time), [("class:private bold", label)], " ", msg, "class:private")
-        case Joined(name=name, time=time):
-            return _notice(time, f"{neutralise(name)} joined")
-        case Left(name=name, reason=reason, time=time):
-            why = "" if reason == "quit" else f" ({reason.replace('_', ' ')})"
-            return _notice(time, f"{neutralise(name)} left{why}")
+        case Topic(room=where, topic=topic, name=name, time=time):
+            if not topic:
+                return _notice(time, f"{neutralise(name)} cleared the topic of {neutralise(where)}")
+            return _notice(time, f"{neutralise(name)} set the topic of {neutralise(where)}: {neutralise(topic)}")
+        case Joined(room=where, name=name, time=time):
+            return _notice(time, f"{neutralise(name)} joined {neutralise(where)}")
+        case Left(room=where, name=name, reason=reason, time=time):
+            why = "" if reason in ("quit", "part") else f" ({reason.replace('_', ' ')})"
+            return _notice(time, f"{neutralise(name)} left {neutralise(where)}{why}")
         case Renamed(old=old, new=new, time=time):
             return _notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
-        case Welcome(name=name, users=users, history=history, more=more):
-            text = f"you are {neutralise(name)}; here: {_names(users)}"
+        case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic):
+            text = f"you are {neutralise(name)} in {neutralise(where)}; here: {_names(users)}"
+            if topic:
+                text += f"; topic: {neutralise(topic)}"
             if history == 1:
                 text += "; the last message follows"
             elif history:
@@ -131,8 +153,14 @@ def render(event: ClientEvent, me: str, now: datetime | None = None) -> Fragment
             if not count:
                 return _notice(now, "no earlier messages")
             return _notice(now, f"{count} earlier messages" + (f" ({more} more: /history)" if more else ""))
-        case Users(users=users):
-            return _notice(now, f"here: {_names(users)}")
+        case Users(room=where, users=users):
+            return _notice(now, f"in {neutralise(where)}: {_names(users)}")
+        case RoomList(rooms=rooms):
+            listing = "; ".join(
+                f"{neutralise(info.room)} ({info.users})" + (f" {neutralise(info.topic)}" if info.topic else "")
+                for info in rooms
+            )
+            return _notice(now, f"rooms: {listing or 'none'}")
         case ErrorReply(detail=detail):
             return error(neutralise(detail), now)
         case Shutdown(detail=detail):

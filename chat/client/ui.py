@@ -1,9 +1,10 @@
-"""The terminal chat: a prompt_toolkit prompt with the room's lines printed above it.
+"""The terminal chat: a prompt_toolkit prompt with the rooms' lines printed above it.
 
 Two tasks race on one event loop: one prints every incoming event above the
-prompt, the other reads what the user types and sends it. Whichever ends
-first (Ctrl-D, /quit, the server gone for good) ends the other. All the
-looks are in render.py and all the meaning of typed lines in commands.py.
+prompt, the other reads what the user types and sends it to the room it is
+typed into (shown in the prompt). Whichever ends first (Ctrl-D, /quit, the
+server gone for good) ends the other. All the looks are in render.py and all
+the meaning of typed lines in commands.py.
 """
 
 from __future__ import annotations
@@ -20,9 +21,23 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
 from chat.client import render
-from chat.client.commands import COMMANDS, HELP, Mistake, PageBack, Quit, Send, ShowHelp, parse
-from chat.client.connection import ChatClient
+from chat.client.commands import (
+    COMMANDS,
+    HELP,
+    JoinRoom,
+    Mistake,
+    PageBack,
+    PartRoom,
+    Quit,
+    Send,
+    ShowHelp,
+    ShowTopic,
+    SwitchRoom,
+    parse,
+)
+from chat.client.connection import ChatClient, ClientEvent
 from chat.errors import ConnectionClosed
+from chat.wire.protocol import LOBBY, Left, Welcome, room_key
 
 STYLE = Style.from_dict(render.STYLE)
 
@@ -45,6 +60,35 @@ class ChatCompleter(Completer):
                 yield Completion(candidate, start_position=-len(word))
 
 
+class Typing:
+    """Which room what the user types goes to."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
+        #: A room the user asked to join: typing switches to it once it is welcomed.
+        self.joining: str | None = None
+
+    def follow(self, event: ClientEvent) -> None:
+        """Keep the room typed into one the client is in, as joins and parts arrive."""
+        match event:
+            case Welcome(room=room) if self.joining is not None and room_key(room) == room_key(self.joining):
+                self.room, self.joining = room, None
+            case Welcome(room=room) if room_key(room) == room_key(self.room):
+                self.room = room  # the server's spelling
+            case Left(room=room, name=name, reason="part") if name == self.client.name:
+                if room_key(room) == room_key(self.room) and self.client.rooms:
+                    self.room = next(iter(self.client.rooms.values())).name
+
+    def switch(self, room: str) -> str | None:
+        """Type into `room`; a sentence saying why not if the client is not in it."""
+        view = self.client.rooms.get(room_key(room))
+        if view is None:
+            return f"you are not in {room}; /join it first"
+        self.room = view.name
+        return None
+
+
 def show(fragments: render.Fragments | None) -> None:
     """Print above the prompt (prompt_toolkit redraws the prompt under it)."""
     if fragments:
@@ -58,9 +102,10 @@ def make_session(client: ChatClient) -> PromptSession[str]:
 async def run_ui(client: ChatClient, session: PromptSession[str] | None = None) -> None:
     """Chat until the user quits or the connection ends for good; then leave cleanly."""
     session = session or make_session(client)
+    typing = Typing(client)
     with patch_stdout(raw=True):
-        incoming = asyncio.create_task(_show_incoming(client), name="chat-show-incoming")
-        typed = asyncio.create_task(_send_typed(client, session), name="chat-send-typed")
+        incoming = asyncio.create_task(_show_incoming(client, typing), name="chat-show-incoming")
+        typed = asyncio.create_task(_send_typed(client, session, typing), name="chat-send-typed")
         try:
             await asyncio.wait({incoming, typed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -71,18 +116,21 @@ async def run_ui(client: ChatClient, session: PromptSession[str] | None = None) 
             await client.close()
 
 
-async def _show_incoming(client: ChatClient) -> None:
+async def _show_incoming(client: ChatClient, typing: Typing) -> None:
     async for event in client.events():
-        show(render.render(event, client.name))
+        typing.follow(event)
+        show(render.render(event, client.name, room=typing.room))
 
 
-async def _send_typed(client: ChatClient, session: PromptSession[str]) -> None:
+async def _send_typed(client: ChatClient, session: PromptSession[str], typing: Typing) -> None:
     while True:
         try:
-            line = await session.prompt_async(lambda: [("bold", f"{client.name}> ")], style=STYLE)
+            line = await session.prompt_async(
+                lambda: [("class:room", f"[{typing.room}] "), ("bold", f"{client.name}> ")], style=STYLE
+            )
         except (EOFError, KeyboardInterrupt):
             return  # Ctrl-D or Ctrl-C: leave quietly
-        match parse(line):
+        match parse(line, typing.room):
             case None:
                 continue
             case Quit():
@@ -95,7 +143,27 @@ async def _send_typed(client: ChatClient, session: PromptSession[str]) -> None:
             case Send(message=message):
                 await _send(client.send(message))
             case PageBack(limit=limit):
-                await _send(client.page_back(limit))
+                await _send(client.page_back(typing.room, limit))
+            case JoinRoom(room=room):
+                if room_key(room) in client.rooms:
+                    show(render.error(typing.switch(room) or f"you are in {room}; typing there now"))
+                else:
+                    typing.joining = room
+                    await _send(client.join(room))
+            case PartRoom(room=room):
+                await _send(client.part(room))
+            case SwitchRoom(room=room):
+                show(render.error(why) if (why := typing.switch(room)) else render.notice(f"typing into {typing.room}"))
+            case ShowTopic():
+                view = client.rooms.get(room_key(typing.room))
+                topic = view.topic if view else ""
+                show(
+                    render.notice(
+                        f"topic of {typing.room}: {render.neutralise(topic)}"
+                        if topic
+                        else f"{typing.room} has no topic"
+                    )
+                )
 
 
 async def _send(sending: Awaitable[None]) -> None:
