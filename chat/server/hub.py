@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.log import LocalLog
-from chat.server.room import CHUNK_BYTES, CHUNK_LINES, Delivery, HistorySettings, Room
+from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Room, stream_chunks
 from chat.server.session import Session
 from chat.server.store import PRIVATE_LOG, RoomRecord, Store, StoreError
 from chat.wire.codec import encode
@@ -274,10 +274,8 @@ class Hub(Generic[P]):
             session.held_private = []
         try:
             span = self._private.missed(since, snapshot, self._settings.replay_limit, viewer)
-            for chunk in self._private.lines(span, CHUNK_LINES, viewer):
-                if not self._delivery.wait_drained(session.peer, CHUNK_BYTES):
-                    break
-                self._delivery.send_to(session.peer, b"".join(chunk))
+            chunks = self._private.lines(span, CHUNK_LINES, viewer)
+            stream_chunks(self._delivery, session.peer, chunks, lambda data: self._delivery.send_to(session.peer, data))
         finally:
             with self._private_lock:
                 held, session.held_private = session.held_private or [], None

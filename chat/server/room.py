@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -235,11 +235,8 @@ class Room(Generic[P]):
         return Span(span.first, span.last, span.count)  # older history is no news to a newcomer
 
     def _stream(self, peer: P, span: Span, send: _Send) -> None:
-        """Send the span's lines in chunks, each once the peer has taken most of the last."""
-        for chunk in self._log.lines(span, CHUNK_LINES):
-            if not self._delivery.wait_drained(peer, CHUNK_BYTES):
-                return  # the connection is closing: nobody to read the rest for
-            send(b"".join(chunk))
+        """Send the span's lines in pieces of about CHUNK_BYTES, each once the peer has taken most of the last."""
+        stream_chunks(self._delivery, peer, self._log.lines(span, CHUNK_LINES), send)
 
     def _require_member(self, session: Session[P]) -> None:
         if session not in self._members:
@@ -257,3 +254,22 @@ class Room(Generic[P]):
 
 class _Send(Protocol):
     def __call__(self, data: bytes, /) -> None: ...
+
+
+def stream_chunks(delivery: Delivery[P], peer: P, chunks: Iterable[list[bytes]], send: _Send) -> None:
+    """Send lines read chunk by chunk in pieces of at most about CHUNK_BYTES, never
+    queueing a piece before the peer has taken most of the one before, so that a
+    client reading as fast as it can always gets all of them."""
+    piece: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        for line in chunk:
+            piece.append(line)
+            size += len(line)
+            if size >= CHUNK_BYTES:
+                if not delivery.wait_drained(peer, CHUNK_BYTES):
+                    return  # the connection is closing: nobody to read the rest for
+                send(b"".join(piece))
+                piece, size = [], 0
+    if piece and delivery.wait_drained(peer, CHUNK_BYTES):
+        send(b"".join(piece))
