@@ -174,3 +174,44 @@ def test_pasted_lines_are_sent_as_one_message(chat_server):
             watcher.close()
 
     run(scenario())
+
+
+def test_join_switch_part_and_rooms_from_the_keyboard(chat_server):
+    async def scenario():
+        other = LineClient(chat_server.address)
+        await asyncio.to_thread(other.join, "bob")
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("/join dev\r")
+            await alice.sees(lambda s: "you are alice in dev" in s and "[dev] alice>" in s, "the welcome and prompt")
+            alice.type("in dev\r")
+            await alice.sees(lambda s: "alice: in dev" in s, "her line in dev")
+            alice.type("/switch lobby\r")
+            await alice.sees(lambda s: "[lobby] alice>" in s, "the lobby prompt")
+            await asyncio.to_thread(other.send, {"type": "join", "room": "dev"})
+            await asyncio.to_thread(other.send, {"type": "message", "room": "dev", "msg": "from bob"})
+            await alice.sees(lambda s: "[dev] bob: from bob" in s, "bob's dev line, named")
+            alice.type("to the lobby\r")
+            said = await asyncio.to_thread(other.expect, ChatMessage, msg="to the lobby")
+            assert said.room == "lobby"
+            alice.type("/rooms\r")
+            await alice.sees(lambda s: "rooms: dev (2); lobby (2)" in s, "the room list")
+            alice.type("/part dev\r")
+            await alice.sees(lambda s: "alice left dev" in s, "her part")
+            left = await asyncio.to_thread(other.expect, Left, room="dev")
+            assert (left.name, left.reason) == ("alice", "part")
+            alice.type("/switch dev\r")
+            await alice.sees(lambda s: "you are not in dev" in s, "the refusal")
+        other.close()
+
+    run(scenario())
+
+
+def test_topic_is_set_and_shown(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("/topic release friday\r")
+            await alice.sees(lambda s: "alice set the topic of lobby: release friday" in s, "the topic line")
+            alice.type("/topic\r")
+            await alice.sees(lambda s: "topic of lobby: release friday" in s, "the topic shown")
+
+    run(scenario())
