@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chat.server.config import options
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import ChatMessage, Shutdown
 
@@ -19,17 +20,21 @@ def test_help_documents_every_option():
         [sys.executable, str(ROOT / "server.py"), "--help"], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode == 0
-    for option in (
-        "--host",
-        "--port",
-        "--history",
-        "--max-line",
-        "--max-backlog",
-        "--ping-interval",
-        "--idle-timeout",
-        "--log-level",
-    ):
-        assert option in result.stdout
+    for _, option, _ in options():
+        assert option.flag in result.stdout and option.env in result.stdout
+
+
+def test_readme_option_table_matches_the_option_table():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("--") and not cells[0].startswith("---"):
+            rows[cells[0]] = cells[1:]
+    expected = {}
+    for name, option, default in options():
+        shown = "~/.local/state/chat/chat.db" if name == "db" else str(default)
+        expected[option.flag] = [option.env, shown, option.help]
+    assert rows == expected
 
 
 def test_server_script_logs_its_real_address_and_serves(server_script):
