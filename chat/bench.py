@@ -140,11 +140,12 @@ def _proc_status_kb(pid: int, key: str) -> float:
     return float("nan")
 
 
-async def _join(host: str, port: int, name: str, sampled: bool) -> Receiver:
+async def _join(host: str, port: int, name: str, sampled: bool, room: str | None = None) -> Receiver:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_connection(lambda: Receiver(sampled), host, port)
     assert protocol.transport is not None
-    protocol.transport.write(json.dumps({"type": "join", "name": name}).encode() + b"\n")
+    join = {"type": "join", "name": name, **({"room": room} if room else {})}
+    protocol.transport.write(json.dumps(join).encode() + b"\n")
     await protocol.welcomed.wait()
     return protocol
 
@@ -161,7 +162,9 @@ class Flow:
     sent: int = 0
 
 
-async def _send_loop(transport: asyncio.Transport, index: int, rate: float | None, deadline: float, flow: Flow) -> int:
+async def _send_loop(
+    transport: asyncio.Transport, index: int, rate: float | None, deadline: float, flow: Flow, room: str | None = None
+) -> int:
     """Send until `deadline`; `rate` messages/s, or as fast as the server takes them
     (at most MAX_IN_FLIGHT messages ahead of what comes out)."""
     sent = 0
@@ -177,7 +180,12 @@ async def _send_loop(transport: asyncio.Transport, index: int, rate: float | Non
                 await asyncio.sleep(0.002)
                 continue
         now = time.time_ns()
-        transport.write(b"".join(b'{"type":"message","msg":"%d %d x"}\n' % (index, now) for _ in range(batch)))
+        line = b'{"type":"message",%s"msg":"%d %d x"}\n' % (
+            b'"room":"%s",' % room.encode() if room else b"",
+            index,
+            now,
+        )
+        transport.write(line * batch)
         sent += batch
         flow.sent += batch
         if rate is None:
@@ -271,6 +279,65 @@ async def run_bench(
     return result
 
 
+async def run_rooms_bench(
+    host: str,
+    port: int,
+    rooms: int,
+    per_room: int,
+    seconds: float,
+    server_pid: int | None = None,
+    server_label: str = "",
+) -> Result:
+    """`rooms` rooms of `per_room` members each; one member of every room sends as fast
+    as its room takes it, and every member receives its own room's lines only."""
+    result = Result(rooms * per_room, rooms, "max", seconds, f"{server_label} {rooms}x{per_room} rooms")
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    members: list[list[Receiver]] = [[] for _ in range(rooms)]
+    clients = [(f"bench{i}", i % rooms) for i in range(rooms * per_room)]
+    for start in range(0, len(clients), 200):
+        wave = clients[start : start + 200]
+        joined = await asyncio.gather(*(_join(host, port, name, False, f"r{room}") for name, room in wave))
+        for (_, room), receiver in zip(wave, joined, strict=True):
+            members[room].append(receiver)
+    result.connect_seconds = time.perf_counter() - t0
+    for room, receivers in enumerate(members):
+        assert receivers[0].transport is not None
+        receivers[0].transport.write(b'{"type":"message","room":"r%d","msg":"bench:START 0"}\n' % room)
+    everybody = [r for receivers in members for r in receivers]
+    await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in everybody)), 60)
+    server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
+    loop = asyncio.get_running_loop()
+    t_start = loop.time()
+    flows = [Flow(probe=receivers[-1]) for receivers in members]
+    counts = await asyncio.gather(
+        *(
+            _send_loop(receivers[0].transport, room, None, t_start + seconds, flows[room], f"r{room}")  # type: ignore[arg-type]
+            for room, receivers in enumerate(members)
+        )
+    )
+    for room, receivers in enumerate(members):
+        await asyncio.wait_for(asyncio.gather(*(_delivered(r, counts[room]) for r in receivers)), 60)
+    elapsed = loop.time() - t_start
+    result.messages_in = sum(counts)
+    result.deliveries = sum(r.count for r in everybody)
+    result.deliveries_per_s = result.deliveries / elapsed
+    result.messages_in_per_s = result.messages_in / elapsed
+    result.lost = sum(max(0, counts[room] - r.count) for room, receivers in enumerate(members) for r in receivers)
+    result.duplicated = sum(max(0, r.count - counts[room]) for room, receivers in enumerate(members) for r in receivers)
+    result.dropped_clients = sum(r.closed.is_set() for r in everybody)
+    result.latency_ms = dict.fromkeys(("p50", "p95", "p99", "max"), float("nan"))  # not sampled here
+    result.bench_cpu_s = time.process_time() - cpu0
+    if server_pid:
+        result.server_cpu_s = _proc_cpu_seconds(server_pid) - server_cpu0
+        result.server_cpu_us_per_delivery = result.server_cpu_s / max(1, result.deliveries) * 1e6
+        result.server_peak_rss_mb = _proc_status_kb(server_pid, "VmHWM") / 1024
+    for r in everybody:
+        if r.transport is not None:
+            r.transport.close()
+    return result
+
+
 async def _delivered(receiver: Receiver, expected: int) -> None:
     while receiver.count < expected and not receiver.closed.is_set():
         await asyncio.sleep(0.005)
@@ -348,6 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-r", "--rate", default="max", help="aggregate messages/s, or max (default %(default)s)")
     parser.add_argument("-t", "--seconds", type=float, default=5.0)
     parser.add_argument("--sampled", type=int, default=8, help="clients that parse every line (default %(default)s)")
+    parser.add_argument(
+        "--rooms",
+        type=int,
+        default=0,
+        help="split the clients into this many rooms, one sender in each (default: one room, -s senders)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
@@ -374,8 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         process = spawn_server(command, port)
         host = "127.0.0.1"
     try:
-        result = asyncio.run(
-            run_bench(
+        server_pid = process.pid if process else None
+        if args.rooms:
+            per_room = max(2, args.clients // args.rooms)
+            measured = run_rooms_bench(host, port, args.rooms, per_room, args.seconds, server_pid, label)
+        else:
+            measured = run_bench(
                 host,
                 port,
                 args.clients,
@@ -383,11 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rate,
                 args.seconds,
                 args.sampled,
-                server_pid=process.pid if process else None,
+                server_pid=server_pid,
                 server_label=label,
                 progress=not args.quiet,
             )
-        )
+        result = asyncio.run(measured)
     finally:
         if process is not None:
             process.terminate()

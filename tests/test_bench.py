@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from chat.bench import format_table, run_bench
+from chat.bench import format_table, run_bench, run_rooms_bench
 from chat.testing import TIMEOUT
 
 
@@ -37,3 +37,11 @@ def test_command_line_spawns_a_server_and_prints_json():
     result = json.loads(completed.stdout)
     assert result["clients"] == 3 and result["lost"] == 0
     assert result["server_cpu_s"] is not None and result["server_peak_rss_mb"] > 0
+
+
+def test_rooms_run_delivers_each_rooms_lines_to_its_members_only(chat_server):
+    host, port = chat_server.address
+    result = asyncio.run(asyncio.wait_for(run_rooms_bench(host, port, rooms=4, per_room=3, seconds=0.3), TIMEOUT))
+    assert result.messages_in > 0
+    assert result.deliveries == 3 * result.messages_in  # each line reaches its room's three members, no one else
+    assert (result.lost, result.duplicated, result.dropped_clients) == (0, 0, 0)
