@@ -1,20 +1,21 @@
-"""The fan-out algorithm: which bytes each connection is owed, room by room, in order.
+"""The fan-out algorithm: which bytes each connection is owed, log by log, in order.
 
-Each room has one log of encoded lines shared by all its subscribers, and each
-subscriber a cursor per room plus a short queue of lines for it alone; taking
-what a subscriber is owed joins log slices and queued lines in one buffer.
-Pure: no sockets, threads or locks (the outbox holds its lock around every
-call), so every branch is tested directly.
+Each log (a room, or one connection's private inbox) holds encoded lines
+shared by all its subscribers; each subscriber has a cursor per log plus a
+short queue of lines for it alone, and taking what it is owed joins log
+slices and queued lines in one buffer. Pure: no sockets, threads or locks
+(the outbox holds its lock around every call), so every branch is tested
+directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-#: A room log is looked at for trimming once it holds this many lines.
+#: A log is looked at for trimming once it holds this many lines.
 TRIM_AT = 2048
 
 
@@ -29,23 +30,94 @@ class PeerState(Enum):
     RELEASED = "released"
 
 
-@dataclass
-class Cursor:
-    """Where a subscriber is in one room's log.
+S = TypeVar("S", bound="Subscriber")
 
-    A held cursor collects the room's lines without sending them: the join
-    seam holds it while the room's history is queued at `position`, so live
-    lines follow the history and never overtake it.
+
+class _Log(Generic[S]):
+    """One log's published lines: `lines[i]` is line number `base + i`; `ends[i]`
+    counts the bytes published up to and including it, so a backlog in bytes is
+    a subtraction."""
+
+    __slots__ = ("_joined", "_joined_head", "base", "base_bytes", "ends", "lines", "published_bytes", "subscribers")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.ends: list[int] = []
+        self.base = 0
+        self.base_bytes = 0
+        self.published_bytes = 0
+        self.subscribers: set[S] = set()
+        # Most subscribers sit at the same cursor: join each slice once per head.
+        self._joined: dict[int, bytes] = {}
+        self._joined_head = 0
+
+    @property
+    def head(self) -> int:
+        return self.base + len(self.lines)
+
+    def append(self, line: bytes) -> None:
+        self.lines.append(line)
+        self.published_bytes += len(line)
+        self.ends.append(self.published_bytes)
+
+    def slice(self, start: int, stop: int) -> bytes:
+        return b"".join(self.lines[start - self.base : stop - self.base])
+
+    def since(self, start: int) -> bytes:
+        """Every line from `start` to the head, joined once however many ask."""
+        head = self.head
+        if head != self._joined_head:
+            self._joined.clear()
+            self._joined_head = head
+        data = self._joined.get(start)
+        if data is None:
+            data = self._joined[start] = self.slice(start, head)
+        return data
+
+    def bytes_after(self, position: int) -> int:
+        index = position - self.base
+        before = self.ends[index - 1] if index > 0 else self.base_bytes
+        return self.published_bytes - before
+
+    def forget_before(self, position: int) -> None:
+        drop = position - self.base
+        self.base_bytes = self.ends[drop - 1]
+        del self.lines[:drop]
+        del self.ends[:drop]
+        self.base = position
+
+
+class Cursor:
+    """Where a subscriber is in one log.
+
+    A held cursor collects the log's lines without sending them: the join
+    seam holds it while history is queued at `position`, so live lines follow
+    the history and never overtake it.
     """
 
-    position: int
-    held: bool = False
+    __slots__ = ("held", "log", "position")
+
+    def __init__(self, log: _Log[Any], held: bool) -> None:
+        self.log = log
+        self.position = log.head
+        self.held = held
+
+    @property
+    def behind(self) -> bool:
+        """Whether lines are waiting here that may be sent now."""
+        return not self.held and self.position < self.log.head
+
+    def advance(self) -> bytes:
+        """Everything from here to the head; the cursor moves to the head."""
+        data = self.log.since(self.position)
+        self.position = self.log.head
+        return data
 
 
 @dataclass
 class Queued:
-    """A line for one subscriber; if `room` is set, it goes after that room's
-    log lines before `position` and before the later ones."""
+    """A line for one subscriber; if `room` is set, it goes after that log's
+    lines before `position` and before the later ones."""
 
     room: str | None
     position: int
@@ -60,7 +132,7 @@ class Subscriber:
     def __init__(self, label: str) -> None:
         self.label = label
         self.state = PeerState.OPEN
-        #: Room key -> where this subscriber is in that room's log.
+        #: Log key -> where this subscriber is in that log.
         self.cursors: dict[str, Cursor] = {}
         self.queue: list[Queued] = []
         #: Total length of the lines in `queue`: a backlog is then a sum of a few numbers.
@@ -76,60 +148,31 @@ class Subscriber:
         return f"<{type(self).__name__} {self.label}>"
 
 
-S = TypeVar("S", bound=Subscriber)
-
-
-@dataclass
-class _Log(Generic[S]):
-    """One room's published lines: `lines[i]` is line number `base + i`;
-    `ends[i]` counts the bytes published up to and including it."""
-
-    lines: list[bytes] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    base: int = 0
-    base_bytes: int = 0
-    published_bytes: int = 0
-    subscribers: set[S] = field(default_factory=set)
-
-    @property
-    def head(self) -> int:
-        return self.base + len(self.lines)
-
-    def slice(self, start: int, stop: int) -> list[bytes]:
-        return self.lines[start - self.base : stop - self.base]
-
-    def bytes_after(self, position: int) -> int:
-        index = position - self.base
-        before = self.ends[index - 1] if index > 0 else self.base_bytes
-        return self.published_bytes - before
-
-
 class Fanout(Generic[S]):
-    """The room logs, the subscribers' cursors and queues, and what is due to whom."""
+    """The logs, the subscribers' cursors and queues, and what is due to whom.
+
+    A log exists while somebody subscribes to it: a line published to a log
+    nobody reads is not kept.
+    """
 
     def __init__(self) -> None:
         self._logs: dict[str, _Log[S]] = {}
-        self._dirty_rooms: set[str] = set()
+        self._dirty_logs: set[str] = set()
         self._dirty: set[S] = set()
         self._trim_candidates: set[str] = set()
-        # Most subscribers of a room sit at the same cursor: join each slice once per pass.
-        self._joined: dict[tuple[str, int], bytes] = {}
-        #: Lines ever published, in every room.
+        #: Lines ever published, to every log.
         self.published = 0
 
     # --- what rooms and connections ask for ------------------------------------------
 
     def publish(self, room: str, line: bytes) -> None:
-        """Append `line` to the room's log: O(1) however many subscribe to it."""
-        log = self._logs.get(room)
-        if log is None or not log.subscribers:
-            self.published += 1  # nobody to send it to: nothing to keep
-            return
-        log.lines.append(line)
-        log.published_bytes += len(line)
-        log.ends.append(log.published_bytes)
+        """Append `line` to the log `room`: O(1) however many subscribe to it."""
         self.published += 1
-        self._dirty_rooms.add(room)
+        log = self._logs.get(room)
+        if log is None:
+            return
+        log.append(line)
+        self._dirty_logs.add(room)
         if len(log.lines) >= TRIM_AT:
             self._trim_candidates.add(room)
 
@@ -137,8 +180,10 @@ class Fanout(Generic[S]):
         """From now on `peer` is owed every line published to `room`; held, they wait for release()."""
         if peer.state is not PeerState.OPEN or room in peer.cursors:
             return
-        log = self._logs.setdefault(room, _Log[S]())
-        peer.cursors[room] = Cursor(log.head, held)
+        log = self._logs.get(room)
+        if log is None:
+            log = self._logs[room] = _Log[S]()
+        peer.cursors[room] = Cursor(log, held)
         log.subscribers.add(peer)
 
     def send_held(self, peer: S, room: str, line: bytes) -> None:
@@ -158,33 +203,28 @@ class Fanout(Generic[S]):
         cursor = peer.cursors.pop(room, None)
         if cursor is None:
             return
-        log = self._logs[room]
-        log.subscribers.discard(peer)
+        log = cursor.log
         # Turn what the cursor still owed into queued lines, each slice before the
         # queued line it must precede, so that the cursor can go.
         queue: list[Queued] = []
         for queued in peer.queue:
             if queued.room == room:
                 if cursor.position < queued.position:
-                    queue.append(Queued(None, 0, b"".join(log.slice(cursor.position, queued.position))))
+                    queue.append(Queued(None, 0, log.slice(cursor.position, queued.position)))
                     cursor.position = queued.position
                 queued = Queued(None, 0, queued.line)
             queue.append(queued)
         if cursor.position < log.head:
-            queue.append(Queued(None, 0, b"".join(log.slice(cursor.position, log.head))))
+            queue.append(Queued(None, 0, log.slice(cursor.position, log.head)))
         peer.queue = queue
         peer.queued_bytes = sum(len(queued.line) for queued in queue)
         self._dirty.add(peer)
-        if not log.subscribers:  # nobody left to read it: forget the lines
-            log.base, log.lines, log.ends, log.base_bytes = log.head, [], [], log.published_bytes
-            self._trim_candidates.discard(room)
+        self._detach(peer, room, log)
 
     def send_to(self, peer: S, line: bytes, room: str | None = None) -> None:
-        """Queue a line for `peer` alone; with `room`, after that room's lines published before it."""
-        if room is not None and room in peer.cursors:
-            self._queue(peer, Queued(room, self._logs[room].head, line))
-        else:
-            self._queue(peer, Queued(None, 0, line))
+        """Queue a line for `peer` alone; with `room`, after that log's lines published before it."""
+        cursor = peer.cursors.get(room) if room is not None else None
+        self._queue(peer, Queued(room, cursor.log.head, line) if cursor else Queued(None, 0, line))
 
     def close(self, peer: S, final: bytes | None = None) -> None:
         """Send what is owed (and `final`), then nothing more: the peer is CLOSING."""
@@ -199,8 +239,8 @@ class Fanout(Generic[S]):
 
     def forget(self, peer: S) -> None:
         """The writer is done with `peer`: drop everything owed to it."""
-        for room in list(peer.cursors):
-            self._logs[room].subscribers.discard(peer)
+        for room, cursor in peer.cursors.items():
+            self._detach(peer, room, cursor.log)
         peer.cursors.clear()
         peer.queue.clear()
         peer.queued_bytes = 0
@@ -218,28 +258,26 @@ class Fanout(Generic[S]):
         """Who may be owed something since the last pass; starts a new pass."""
         batch = self._dirty
         self._dirty = set()
-        for room in self._dirty_rooms:
+        for room in self._dirty_logs:
             batch |= self._logs[room].subscribers
-        self._dirty_rooms.clear()
-        self._joined.clear()
+        self._dirty_logs.clear()
         return batch
 
     def take(self, peer: S) -> bytes:
         """Everything owed to `peer` now, in order, as one buffer; advances its cursors."""
         if not peer.queue:
-            parts = [self._take_room(peer, room, cursor) for room, cursor in peer.cursors.items() if not cursor.held]
+            parts = [cursor.advance() for cursor in peer.cursors.values() if cursor.behind]
             return parts[0] if len(parts) == 1 else b"".join(parts)
         out: list[bytes] = []
         for queued in peer.queue:
             cursor = peer.cursors.get(queued.room) if queued.room is not None else None
             if cursor is not None and not cursor.held and cursor.position < queued.position:
-                assert queued.room is not None
-                out.extend(self._logs[queued.room].slice(cursor.position, queued.position))
+                out.append(cursor.log.slice(cursor.position, queued.position))
                 cursor.position = queued.position
             out.append(queued.line)
         peer.queue.clear()
         peer.queued_bytes = 0
-        out.extend(self._take_room(peer, room, cursor) for room, cursor in peer.cursors.items() if not cursor.held)
+        out.extend(cursor.advance() for cursor in peer.cursors.values() if cursor.behind)
         return b"".join(out)
 
     def accepted(self, peer: S, data: memoryview | bytes, count: int) -> None:
@@ -250,13 +288,16 @@ class Fanout(Generic[S]):
         """Whether `peer` has lines waiting beyond its pending bytes."""
         if peer.queue:
             return True
-        return any(not c.held and c.position < self._logs[room].head for room, c in peer.cursors.items())
+        for cursor in peer.cursors.values():
+            if cursor.behind:
+                return True
+        return False
 
     def backlog(self, peer: S) -> int:
         """Bytes owed to `peer` that its connection has not accepted."""
         owed = len(peer.pending) + peer.queued_bytes
-        for room, cursor in peer.cursors.items():
-            owed += self._logs[room].bytes_after(cursor.position)
+        for cursor in peer.cursors.values():
+            owed += cursor.log.bytes_after(cursor.position)
         return owed
 
     def queued_bytes(self, peer: S) -> int:
@@ -264,21 +305,17 @@ class Fanout(Generic[S]):
         return len(peer.pending) + peer.queued_bytes
 
     def trim(self) -> None:
-        """Forget log lines that every subscriber of their room has been given."""
+        """Forget log lines that every subscriber of their log has been given."""
         for room in list(self._trim_candidates):
             log = self._logs[room]
-            lowest = min((peer.cursors[room].position for peer in log.subscribers), default=log.head)
-            drop = lowest - log.base
-            if drop * 2 > len(log.lines):
-                log.base_bytes = log.ends[drop - 1]
-                del log.lines[:drop]
-                del log.ends[:drop]
-                log.base = lowest
+            lowest = min(peer.cursors[room].position for peer in log.subscribers)
+            if (lowest - log.base) * 2 > len(log.lines):
+                log.forget_before(lowest)
             if len(log.lines) < TRIM_AT:
                 self._trim_candidates.discard(room)
 
     def log_length(self, room: str) -> int:
-        """Lines the room's log holds now (for tests and diagnostics)."""
+        """Lines the log holds now (for tests and diagnostics)."""
         log = self._logs.get(room)
         return len(log.lines) if log else 0
 
@@ -288,16 +325,12 @@ class Fanout(Generic[S]):
 
     # --- inside ------------------------------------------------------------------------
 
-    def _take_room(self, peer: S, room: str, cursor: Cursor) -> bytes:
-        head = self._logs[room].head
-        if cursor.position >= head:
-            return b""
-        key = (room, cursor.position)
-        data = self._joined.get(key)
-        if data is None:
-            data = self._joined[key] = b"".join(self._logs[room].slice(cursor.position, head))
-        cursor.position = head
-        return data
+    def _detach(self, peer: S, room: str, log: _Log[S]) -> None:
+        log.subscribers.discard(peer)
+        if not log.subscribers:  # nobody left to read it: forget the log
+            del self._logs[room]
+            self._trim_candidates.discard(room)
+            self._dirty_logs.discard(room)
 
     def _queue(self, peer: S, queued: Queued) -> None:
         if peer.state is not PeerState.OPEN:

@@ -2,12 +2,15 @@
 
 The Hub turns each decoded client line into calls on a room or on itself.
 Its own lock guards only its dictionaries (names, sessions, rooms) and is
-never held while a room works, so a busy or slow room delays no other; the
-private-message log has a lock of its own. No sockets and no threads.
+never held while a room works, nor taken by a line said in a room, so a busy
+or slow room delays no other; the private-message log has a lock of its own,
+and private lines reach each party through its inbox, a delivery log of one
+subscriber. No sockets and no threads.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Hashable
@@ -62,7 +65,9 @@ class Hub(Generic[P]):
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
         self._by_name: dict[str, Session[P]] = {}  # casefolded name -> session
+        # Rooms are only ever added, so a reader may look one up without the lock.
         self._rooms: dict[str, Room[P]] = {}
+        self._inboxes = itertools.count(1)
         self._private_lock = threading.Lock()
         self._private = LocalLog(store, PRIVATE_LOG, "private messages")
         for record in store.rooms():  # StoreError here stops the server at start: that is the right time
@@ -73,7 +78,8 @@ class Hub(Generic[P]):
     # --- connections ---------------------------------------------------------------------
 
     def connect(self, peer: P, label: str) -> Session[P]:
-        session = Session(peer, label)
+        # "\0" starts no room name (those have no control characters): inbox keys never meet rooms.
+        session = Session(peer, label, f"\0inbox {next(self._inboxes)}")
         with self._lock:
             self._sessions.add(session)
         return session
@@ -91,6 +97,7 @@ class Hub(Generic[P]):
         for room in self._rooms_of(session):
             room.leave(session, reason)
         session.rooms.clear()
+        self._delivery.unsubscribe(session.peer, session.inbox)
 
     # --- what a client line does ---------------------------------------------------------
 
@@ -108,7 +115,7 @@ class Hub(Generic[P]):
                     if name is None:
                         raise Refused("not_joined", "join first: send a join line, or a name with your message")
                     self.join(session, Join(name=name))
-                self._room(LOBBY).say(session, text)
+                self._room_of(session, LOBBY).say(session, text)
             case SendMessage(room=room, msg=text):
                 self._room_of(session, room).say(session, text)
             case SendAction(room=room, msg=text):
@@ -139,26 +146,21 @@ class Hub(Generic[P]):
         return True
 
     def join(self, session: Session[P], request: Join) -> None:
-        """Enter a room; the first join also claims the session's name."""
-        first = session.name is None
-        if first:
-            if request.name is None:
-                raise Refused("not_joined", "your first join must carry a name")
-            self._claim(session, request.name)
-        elif request.name is not None and request.name != session.name:
-            raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
-        assert session.name is not None
-        room = self._room_for_join(request.room)
-        if room.key in session.rooms:
-            raise Refused("already_joined", f"you are already in {room.name}", room.name)
-        session.rooms[room.key] = None
+        """Enter a room; the first join also claims the session's name (and may resume its private lines)."""
+        if session.name is not None:
+            if request.name is not None and request.name != session.name:
+                raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
+            self._enter(session, request)
+            return
+        if request.name is None:
+            raise Refused("not_joined", "your first join must carry a name")
+        replay = request.private_since
+        snapshot = self._claim(session, request.name, held=replay is not None)
         try:
-            room.join(session, session.name, request.since)
-        except BaseException:
-            session.rooms.pop(room.key, None)
-            raise
-        if first and request.private_since is not None:
-            self._replay_private(session, request.private_since)
+            self._enter(session, request)
+        finally:  # a held inbox is released whatever became of the room
+            if replay is not None:
+                self._replay_private(session, replay, snapshot)
 
     def part(self, session: Session[P], room_name: str) -> None:
         room = self._room_of(session, room_name)
@@ -173,15 +175,15 @@ class Hub(Generic[P]):
         if target is None or target.name is None:
             raise Refused("no_such_user", f"nobody called {to} is connected")
         recipient = target.name
-        with self._private_lock:
+        with self._private_lock:  # so that each party gets private lines in id order
             line = self._private.append(
                 lambda id: encode(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now())),
                 sender=name.casefold(),
                 recipient=recipient.casefold(),
             )
-            self._send_private(target, line)
+            self._delivery.publish(target.inbox, line)
             if target is not session:
-                self._send_private(session, line)
+                self._delivery.publish(session.inbox, line)
 
     def rename(self, session: Session[P], new: str) -> None:
         """Change the session's name; each of its rooms shows the change once."""
@@ -209,33 +211,47 @@ class Hub(Generic[P]):
 
     # --- inside --------------------------------------------------------------------------
 
-    def _claim(self, session: Session[P], name: str) -> None:
+    def _enter(self, session: Session[P], request: Join) -> None:
+        name = self._name_of(session)
+        room = self._room_for_join(request.room)
+        if room.key in session.rooms:
+            raise Refused("already_joined", f"you are already in {room.name}", room.name)
+        session.rooms[room.key] = None
+        try:
+            room.join(session, name, request.since)
+        except BaseException:
+            session.rooms.pop(room.key, None)
+            raise
+
+    def _claim(self, session: Session[P], name: str, held: bool) -> int:
+        """Give `session` the name and open its inbox (held for a replay); the private log's last id then."""
         with self._lock:
             if name.casefold() in self._by_name:
                 raise Refused("name_taken", f"the name {name} is taken; choose another")
+            # Under both locks: no private line to this name can be numbered
+            # after the snapshot and miss the inbox.
+            with self._private_lock:
+                self._delivery.subscribe(session.peer, session.inbox, held=held)
+                snapshot = self._private.last_id
             self._by_name[name.casefold()] = session
             session.name = name
+        return snapshot
 
     def _name_of(self, session: Session[P]) -> str:
         if session.name is None:
             raise Refused("not_joined", "join first")
         return session.name
 
-    def _room(self, name: str) -> Room[P]:
-        with self._lock:
-            return self._rooms[room_key(name)]
-
     def _room_of(self, session: Session[P], name: str) -> Room[P]:
-        """The room `name`, which `session` must be in."""
+        """The room `name`, for a line that needs its sender to be in it (the room checks that)."""
         self._name_of(session)
-        key = room_key(name)
-        if key not in session.rooms:
+        room = self._rooms.get(room_key(name))
+        if room is None:
             raise Refused("not_in_room", f"you are not in {name}; join it first", name)
-        return self._room(key)
+        return room
 
     def _rooms_of(self, session: Session[P]) -> list[Room[P]]:
-        with self._lock:
-            return [self._rooms[key] for key in session.rooms]
+        return [self._rooms[key] for key in session.rooms]
 
     def _room_for_join(self, name: str) -> Room[P]:
         """The room `name`, created (and kept) if this is its first join."""
@@ -259,25 +275,13 @@ class Hub(Generic[P]):
     def _open_room(self, record: RoomRecord) -> Room[P]:
         return Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store, self._settings)
 
-    def _send_private(self, session: Session[P], line: bytes) -> None:
-        # Called with the private lock held, so that each party gets private lines in id order.
-        if session.held_private is not None:
-            session.held_private.append(line)
-        else:
-            self._delivery.send_to(session.peer, line)
-
-    def _replay_private(self, session: Session[P], since: int) -> None:
-        """Send the private messages `session` missed after `since`, then let live ones through."""
-        viewer = self._name_of(session).casefold()
-        with self._private_lock:
-            snapshot = self._private.last_id
-            session.held_private = []
+    def _replay_private(self, session: Session[P], since: int, snapshot: int) -> None:
+        """Queue the private lines `session` missed after `since` in its held inbox, then let live ones through."""
+        peer, inbox = session.peer, session.inbox
         try:
+            viewer = self._name_of(session).casefold()
             span = self._private.missed(since, snapshot, self._settings.replay_limit, viewer)
             chunks = self._private.lines(span, CHUNK_LINES, viewer)
-            stream_chunks(self._delivery, session.peer, chunks, lambda data: self._delivery.send_to(session.peer, data))
+            stream_chunks(self._delivery, peer, chunks, lambda data: self._delivery.send_held(peer, inbox, data))
         finally:
-            with self._private_lock:
-                held, session.held_private = session.held_private or [], None
-                for line in held:
-                    self._delivery.send_to(session.peer, line)
+            self._delivery.release_held(peer, inbox)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from chat.errors import Refused, StorageFailed
 from chat.server.log import RoomLog, Span
@@ -107,9 +109,6 @@ class Room(Generic[P]):
         with self._lock:
             return self._sorted_users()
 
-    def has(self, session: Session[P]) -> bool:
-        return session in self._members
-
     def join(self, session: Session[P], name: str, since: int | None = None) -> None:
         """Welcome `session` as `name`, then history, then every later line of the room.
 
@@ -159,7 +158,7 @@ class Room(Generic[P]):
 
     def history(self, session: Session[P], before: int | None, limit: int) -> None:
         """Send `session` a page of older lines: a HistoryPage, then its lines, in chunks."""
-        self._require_member(session)
+        self._member(session)
         edge = before if before is not None else self._log.last_id + 1
         span = self._log.before(edge, limit)
         header = HistoryPage(room=self.name, before=edge, count=span.count, more=span.more)
@@ -168,20 +167,14 @@ class Room(Generic[P]):
         self._stream(peer, span, lambda data: self._delivery.send_to(peer, data, self.key))
 
     def say(self, session: Session[P], text: str) -> None:
-        with self._lock:
-            name = self._member(session)
-            line = self._log.append(
-                lambda id: encode(ChatMessage(room=self.name, id=id, name=name, msg=text, time=utc_now()))
-            )
-            self._delivery.publish(self.key, line)
+        self._publish_numbered(
+            session, lambda id, name: ChatMessage(room=self.name, id=id, name=name, msg=text, time=utc_now())
+        )
 
     def act(self, session: Session[P], text: str) -> None:
-        with self._lock:
-            name = self._member(session)
-            line = self._log.append(
-                lambda id: encode(Action(room=self.name, id=id, name=name, msg=text, time=utc_now()))
-            )
-            self._delivery.publish(self.key, line)
+        self._publish_numbered(
+            session, lambda id, name: Action(room=self.name, id=id, name=name, msg=text, time=utc_now())
+        )
 
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
@@ -198,6 +191,12 @@ class Room(Generic[P]):
             )
             self._record = record
             self._delivery.publish(self.key, line)
+
+    def _publish_numbered(self, session: Session[P], build: Callable[[int, str], BaseModel]) -> None:
+        """Number, keep and publish what a member says, in the room's order."""
+        with self._lock:
+            name = self._member(session)
+            self._delivery.publish(self.key, self._log.append(lambda id: encode(build(id, name))))
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._lock:
@@ -230,17 +229,13 @@ class Room(Generic[P]):
     def _welcome_span(self, since: int | None, snapshot: int) -> Span:
         if since is not None and since <= snapshot:
             return self._log.missed(since, snapshot, self._settings.replay_limit)
-        # A plain join, or an id higher than any here (the room was reset): the recent history.
-        span = self._log.recent(snapshot, self._settings.recent)
-        return Span(span.first, span.last, span.count)  # older history is no news to a newcomer
+        # A plain join, or an id higher than any here (the room was reset): the recent
+        # history, and no count of older lines (they are no news to a newcomer).
+        return self._log.recent(snapshot, self._settings.recent)
 
-    def _stream(self, peer: P, span: Span, send: _Send) -> None:
+    def _stream(self, peer: P, span: Span, send: Callable[[bytes], None]) -> None:
         """Send the span's lines in pieces of about CHUNK_BYTES, each once the peer has taken most of the last."""
         stream_chunks(self._delivery, peer, self._log.lines(span, CHUNK_LINES), send)
-
-    def _require_member(self, session: Session[P]) -> None:
-        if session not in self._members:
-            raise Refused("not_in_room", f"you are not in {self.name}; join it first", self.name)
 
     def _member(self, session: Session[P]) -> str:
         name = self._members.get(session)
@@ -252,11 +247,7 @@ class Room(Generic[P]):
         return sorted(self._members.values(), key=str.casefold)
 
 
-class _Send(Protocol):
-    def __call__(self, data: bytes, /) -> None: ...
-
-
-def stream_chunks(delivery: Delivery[P], peer: P, chunks: Iterable[list[bytes]], send: _Send) -> None:
+def stream_chunks(delivery: Delivery[P], peer: P, chunks: Iterable[list[bytes]], send: Callable[[bytes], None]) -> None:
     """Send lines read chunk by chunk in pieces of at most about CHUNK_BYTES, never
     queueing a piece before the peer has taken most of the one before, so that a
     client reading as fast as it can always gets all of them."""

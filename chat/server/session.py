@@ -1,7 +1,7 @@
 """One connection as the server's logic sees it: who it is, where it is, whether it is alive.
 
 A Session holds the connection's name (None until its first join), the keys
-of the rooms it is in, and its keepalive state; the Hub and the rooms change
+of the rooms it is in, its private inbox, and its keepalive state; the Hub and the rooms change
 it, the TCP layer reads its keepalive fields. No sockets: the connection's
 delivery handle (`peer`) is opaque here.
 """
@@ -17,9 +17,11 @@ P = TypeVar("P")
 class Session(Generic[P]):
     """A connected client, from its first byte to its disconnect."""
 
-    def __init__(self, peer: P, label: str) -> None:
+    def __init__(self, peer: P, label: str, inbox: str) -> None:
         #: The handle the delivery layer knows this connection by.
         self.peer = peer
+        #: The delivery log of its private messages (a key no room can have).
+        self.inbox = inbox
         #: Where it connected from, for the log.
         self.label = label
         #: The name it joined under; None until its first join.
@@ -30,8 +32,6 @@ class Session(Generic[P]):
         self.last_heard = time.monotonic()
         #: Whether the server has pinged it since it last said anything.
         self.pinged = False
-        #: While its missed private messages are replayed, live ones wait here, in order.
-        self.held_private: list[bytes] | None = None
 
     def heard(self) -> None:
         """The client said something: it is alive."""

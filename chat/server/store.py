@@ -192,7 +192,10 @@ class MemoryStore:
         pass
 
     def _log(self, log: str) -> _MemoryLog:
-        return self._logs.setdefault(log, _MemoryLog())
+        kept = self._logs.get(log)
+        if kept is None:
+            kept = self._logs[log] = _MemoryLog()
+        return kept
 
 
 #: Schema version 2: one table of lines keyed by (log, id), and the rooms.
