@@ -266,17 +266,22 @@ async def run_bench(
     for r in receivers:
         result.duplicated += len(r.ids) - len(set(r.ids))
         result.out_of_order += sum(1 for a, b in zip(r.ids, r.ids[1:], strict=False) if b <= a)
+    _finish(result, receivers, cpu0, server_pid, server_cpu0)
+    if server_pid and idle_rss_kb is not None and rss_before_kb is not None:
+        result.server_idle_rss_kb_per_client = (idle_rss_kb - rss_before_kb) / clients
+    return result
+
+
+def _finish(result: Result, receivers: list[Receiver], cpu0: float, server_pid: int | None, server_cpu0: float) -> None:
+    """The CPU both sides spent and the server's peak memory; then hang up every client."""
     result.bench_cpu_s = time.process_time() - cpu0
     if server_pid:
         result.server_cpu_s = _proc_cpu_seconds(server_pid) - server_cpu0
         result.server_cpu_us_per_delivery = result.server_cpu_s / max(1, result.deliveries) * 1e6
         result.server_peak_rss_mb = _proc_status_kb(server_pid, "VmHWM") / 1024
-        if idle_rss_kb is not None and rss_before_kb is not None:
-            result.server_idle_rss_kb_per_client = (idle_rss_kb - rss_before_kb) / clients
     for r in receivers:
         if r.transport is not None:
             r.transport.close()
-    return result
 
 
 async def run_rooms_bench(
@@ -327,14 +332,7 @@ async def run_rooms_bench(
     result.duplicated = sum(max(0, r.count - counts[room]) for room, receivers in enumerate(members) for r in receivers)
     result.dropped_clients = sum(r.closed.is_set() for r in everybody)
     result.latency_ms = dict.fromkeys(("p50", "p95", "p99", "max"), float("nan"))  # not sampled here
-    result.bench_cpu_s = time.process_time() - cpu0
-    if server_pid:
-        result.server_cpu_s = _proc_cpu_seconds(server_pid) - server_cpu0
-        result.server_cpu_us_per_delivery = result.server_cpu_s / max(1, result.deliveries) * 1e6
-        result.server_peak_rss_mb = _proc_status_kb(server_pid, "VmHWM") / 1024
-    for r in everybody:
-        if r.transport is not None:
-            r.transport.close()
+    _finish(result, everybody, cpu0, server_pid, server_cpu0)
     return result
 
 

@@ -12,13 +12,13 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from chat.paths import state_dir
-from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, environment_defaults, options
+from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
 
@@ -40,38 +40,42 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def _option(
-    parser: argparse.ArgumentParser, flag: str, env: str, kind: Callable[[str], Any], default: Any, text: str
-) -> None:
-    """A client flag whose default an environment variable may change."""
-    raw = os.environ.get(env)
+#: The client's flags, read the same way as the server's.
+CLIENT_OPTIONS = (
+    ("host", Option("--host", "CHAT_HOST", "server address", str), DEFAULT_HOST),
+    ("port", Option("--port", "CHAT_PORT", "server TCP port", int), DEFAULT_PORT),
+    ("name", Option("--name", "CHAT_NAME", "your name on the server; asked for when not given", str), None),
+)
+
+
+def _add_option(parser: argparse.ArgumentParser, dest: str, option: Option, default: Any) -> None:
+    """One flag of an option table; its environment variable, parsed like the flag, sets the default."""
+    raw = os.environ.get(option.env)
     if raw:
         try:
-            default = kind(raw)
+            default = option.parse(raw)
         except ValueError:
-            raise SystemExit(f"{env}={raw!r} is not valid for {flag}") from None
-    parser.add_argument(flag, type=kind, default=default, help=f"{text} (env {env}; default %(default)s)")
+            raise SystemExit(f"{option.env}={raw!r} is not valid for {option.flag}") from None
+        if option.choices and default not in option.choices:
+            raise SystemExit(f"{option.env}={raw!r} is not one of {', '.join(option.choices)}")
+    parser.add_argument(
+        option.flag,
+        dest=dest,
+        type=option.parse,
+        default=default,
+        choices=option.choices,
+        help=f"{option.help} (env {option.env}; default %(default)s)",
+    )
 
 
 def server_parser() -> argparse.ArgumentParser:
-    """The server's flags, one per row of ServerConfig's option table; the environment sets defaults."""
+    """The server's flags, one per row of ServerConfig's option table."""
     parser = argparse.ArgumentParser(
         prog="chat-server",
         description="Run a chat server. Clients speak one JSON object per line; see protocol.md.",
     )
-    try:
-        from_environment = environment_defaults(os.environ)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
     for name, option, default in options():
-        parser.add_argument(
-            option.flag,
-            dest=name,
-            type=option.parse,
-            default=from_environment.get(name, default),
-            choices=option.choices,
-            help=f"{option.help} (env {option.env}; default %(default)s)",
-        )
+        _add_option(parser, name, option, default)
     return parser
 
 
@@ -86,7 +90,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if config.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(config.db)), exist_ok=True)
     try:
-        server = ChatServer(config.address, config)
+        server = ChatServer(config)
     except StoreError as exc:
         log.error("%s", exc)
         return 1
@@ -121,9 +125,8 @@ def client_parser() -> argparse.ArgumentParser:
         prog="chat-client",
         description="Join a chat room from the terminal. Type /help once inside.",
     )
-    _option(parser, "--host", "CHAT_HOST", str, DEFAULT_HOST, "server address")
-    _option(parser, "--port", "CHAT_PORT", int, DEFAULT_PORT, "server TCP port")
-    _option(parser, "--name", "CHAT_NAME", str, None, "your name on the server; asked for when not given")
+    for name, option, default in CLIENT_OPTIONS:
+        _add_option(parser, name, option, default)
     parser.add_argument(
         "--room",
         action="append",

@@ -7,6 +7,7 @@ on chat gets `chat_server`, `start_chat_server`, `connect` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -37,9 +38,9 @@ M = TypeVar("M", bound=BaseModel)
 class RecordingChatServer(ChatServer):
     """A ChatServer that keeps every handler crash, so a test can fail on it."""
 
-    def __init__(self, address: tuple[str, int], config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None) -> None:
         self.errors: list[BaseException] = []
-        super().__init__(address, config)
+        super().__init__(config)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.errors.append(sys.exc_info()[1] or RuntimeError("unknown handler error"))
@@ -142,7 +143,7 @@ def start_chat_server() -> Iterator[Callable[..., RecordingChatServer]]:
     threads_before = set(threading.enumerate())
 
     def start(config: ServerConfig | None = None, port: int = 0) -> RecordingChatServer:
-        server = RecordingChatServer(("127.0.0.1", port), config)
+        server = RecordingChatServer(dataclasses.replace(config or ServerConfig(), host="127.0.0.1", port=port))
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.01}, name=f"chat-serve-{server.port}"
         )

@@ -172,3 +172,27 @@ def test_client_started_with_a_cursor_sees_what_was_said_since(chat_server):
 
     run(scenario())
     talker.close()
+
+
+def test_a_rename_seen_in_two_shared_rooms_is_passed_on_once(chat_server):
+    async def scenario():
+        alice = ChatClient(*chat_server.address, "alice", rooms=["lobby", "dev"])
+        bob = ChatClient(*chat_server.address, "bob", rooms=["lobby", "dev"])
+        await alice.connect()
+        await bob.connect()
+        for client in (alice, bob):  # both are in both rooms once dev's welcome has come
+            while (await next_of(client, Welcome)).room != "dev":
+                pass
+        await alice.send(Nick(name="alicia"))
+        await alice.send(SendMessage(room="dev", msg="after"))
+        events = []
+        async for event in bob.events():
+            events.append(event)
+            if isinstance(event, ChatMessage) and event.msg == "after":
+                break
+        assert [(e.old, e.new) for e in events if isinstance(e, Renamed)] == [("alice", "alicia")]
+        assert all("alicia" in view.users for view in bob.rooms.values())  # both rooms' lists follow
+        await alice.close()
+        await bob.close()
+
+    run(scenario())

@@ -146,3 +146,9 @@ def test_topics_and_the_room_list_are_shown():
     assert "topic: ship^[[2J it" in text_of(render(welcome, "me", room="dev"))
     listing = RoomList(rooms=[RoomInfo(room="dev", users=2, topic="t"), RoomInfo(room="lobby", users=0, topic="")])
     assert "rooms: dev (2) t; lobby (0)" in text_of(render(listing, "me"))
+
+
+def test_a_notice_that_names_its_room_is_not_prefixed_again():
+    left = Left(room="dev", name="bob", reason="quit", time=WHEN)
+    text = text_of(render(left, "me", room="lobby"))
+    assert "bob left dev" in text and "[dev]" not in text

@@ -39,21 +39,8 @@ Commands:
   /help             this help
 Anything else is said to the room you type into; start with // to say something beginning with /."""
 
-#: Every command, for completion.
-COMMANDS = (
-    "/help",
-    "/history",
-    "/join",
-    "/me",
-    "/msg",
-    "/nick",
-    "/part",
-    "/quit",
-    "/rooms",
-    "/switch",
-    "/topic",
-    "/who",
-)
+#: Every command, for completion: the ones HELP lists.
+COMMANDS = tuple(sorted(line.split()[0] for line in HELP.splitlines() if line.startswith("  /")))
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class ChatClient:
             cursor = since if index == 0 and since is not None else saved.get(room_key(room))
             self.rooms[room_key(room)] = RoomView(room, seen=_Seen(cursor or 0), resume=cursor is not None)
         self.private = _Seen(private_since or 0)
+        self._renames: dict[str, str] = {}  # old name -> new name, for renames passed on
         self._private_resume = private_since is not None
         self._events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
@@ -192,8 +193,7 @@ class ChatClient:
     async def join(self, room: str) -> None:
         """Enter `room` (resuming it if this client was there before); a welcome answers."""
         view = self.rooms.get(room_key(room))
-        since = view.seen.last_id if view is not None and view.resume else None
-        await self.send(Join(room=room, since=since))
+        await self.send(Join(room=room, since=self._since(view) if view else None))
 
     async def part(self, room: str) -> None:
         """Leave `room`; the `left` line that answers takes it out of `rooms`."""
@@ -320,6 +320,8 @@ class ChatClient:
             if not self._first_sight(message):
                 continue
             self._track(message)
+            if isinstance(message, Renamed) and not self._first_copy(message):
+                continue  # the server sends a rename once per shared room; a person needs it once
             await self._events.put(message)
             if isinstance(message, Shutdown):
                 return message.detail
@@ -331,6 +333,14 @@ class ChatClient:
         if isinstance(message, ChatMessage | Action | Topic):
             view = self.rooms.get(room_key(message.room))
             return view is None or view.seen.first_sight(message.id)
+        return True
+
+    def _first_copy(self, renamed: Renamed) -> bool:
+        """Whether this rename has not been passed on yet (from another room)."""
+        if self._renames.get(renamed.old) == renamed.new:
+            return False
+        self._renames[renamed.old] = renamed.new
+        self._renames.pop(renamed.new, None)  # a later rename back, then again, is news once more
         return True
 
     def _track(self, message: ServerMessage) -> None:

@@ -112,8 +112,14 @@ def render(event: ClientEvent, me: str, now: datetime | None = None, *, room: st
     where = getattr(event, "room", None)
     if fragments is None or where is None or room is None or room_key(where) == room_key(room):
         return fragments
+    if isinstance(event, _NAMES_ITS_ROOM):
+        return fragments
     clock, *rest = fragments
     return [clock, ("class:room", f"[{neutralise(where)}] "), *rest]
+
+
+#: Notices whose text already says which room they are about (or that are about a person, not a room).
+_NAMES_ITS_ROOM = (Welcome, Joined, Left, Topic, Users, Renamed)
 
 
 def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | None:

@@ -1,16 +1,16 @@
 """Everything about a server that a user may choose, in one table.
 
 ServerConfig's fields are that table: each carries its flag, environment
-variable, default and help, and the command line, the environment handling
-and README's option table all follow from it (a test holds README to it).
-Pure: reading the environment happens in cli.py, which asks this module how.
+variable, default and help, and the command line (with its environment
+variables) and README's option table all follow from it (a test holds README
+to it). Pure: cli.py reads the environment and the arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,19 +133,3 @@ def options() -> Iterator[tuple[str, Option, Any]]:
         option: Option = item.metadata["option"]
         default = option.command_default() if option.command_default else item.default
         yield item.name, option, default
-
-
-def environment_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The defaults the environment sets, parsed like their flags; ValueError names a bad one."""
-    found: dict[str, Any] = {}
-    for name, option, _ in options():
-        raw = environ.get(option.env)
-        if raw:
-            try:
-                value = option.parse(raw)
-            except ValueError:
-                raise ValueError(f"{option.env}={raw!r} is not valid for {option.flag}") from None
-            if option.choices and value not in option.choices:
-                raise ValueError(f"{option.env}={raw!r} is not one of {', '.join(option.choices)}")
-            found[name] = value
-    return found

@@ -91,14 +91,14 @@ class ChatHandler(socketserver.StreamRequestHandler):
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
-    """A chat server listening on `address`; call serve_forever(), then stop()."""
+    """A chat server listening on `config.address`; call serve_forever(), then stop()."""
 
     allow_reuse_address = True
     daemon_threads = False
     block_on_close = True
     request_queue_size = 4096  # the kernel caps it at net.core.somaxconn
 
-    def __init__(self, address: tuple[str, int], config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
         self.store = open_store(config.db, config.retention, config.max_age)  # StoreError if unusable
         self.outbox = Outbox(max_backlog=config.max_backlog)
@@ -111,7 +111,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
         try:
-            super().__init__(address, ChatHandler)
+            super().__init__(config.address, ChatHandler)
         except OSError:
             self.store.close()
             raise
