@@ -38,12 +38,25 @@ class _Log(Generic[S]):
     counts the bytes published up to and including it, so a backlog in bytes is
     a subtraction."""
 
-    __slots__ = ("_joined", "_joined_head", "base", "base_bytes", "ends", "lines", "published_bytes", "subscribers")
+    __slots__ = (
+        "_joined",
+        "_joined_head",
+        "base",
+        "base_bytes",
+        "ends",
+        "head",
+        "lines",
+        "published_bytes",
+        "subscribers",
+    )
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.ends: list[int] = []
         self.base = 0
+        #: The number of the next line: base + len(lines), kept as a field because
+        #: the writer reads it for every subscriber in every pass.
+        self.head = 0
         self.base_bytes = 0
         self.published_bytes = 0
         self.subscribers: set[S] = set()
@@ -51,12 +64,9 @@ class _Log(Generic[S]):
         self._joined: dict[int, bytes] = {}
         self._joined_head = 0
 
-    @property
-    def head(self) -> int:
-        return self.base + len(self.lines)
-
     def append(self, line: bytes) -> None:
         self.lines.append(line)
+        self.head += 1
         self.published_bytes += len(line)
         self.ends.append(self.published_bytes)
 
@@ -102,15 +112,11 @@ class Cursor:
         self.position = log.head
         self.held = held
 
-    @property
-    def behind(self) -> bool:
-        """Whether lines are waiting here that may be sent now."""
-        return not self.held and self.position < self.log.head
-
     def advance(self) -> bytes:
         """Everything from here to the head; the cursor moves to the head."""
-        data = self.log.since(self.position)
-        self.position = self.log.head
+        log = self.log
+        data = log.since(self.position)
+        self.position = log.head
         return data
 
 
@@ -266,7 +272,8 @@ class Fanout(Generic[S]):
     def take(self, peer: S) -> bytes:
         """Everything owed to `peer` now, in order, as one buffer; advances its cursors."""
         if not peer.queue:
-            parts = [cursor.advance() for cursor in peer.cursors.values() if cursor.behind]
+            # The broadcast path: once per subscriber per pass, so the test is inlined.
+            parts = [c.advance() for c in peer.cursors.values() if not c.held and c.position < c.log.head]
             return parts[0] if len(parts) == 1 else b"".join(parts)
         out: list[bytes] = []
         for queued in peer.queue:
@@ -277,7 +284,7 @@ class Fanout(Generic[S]):
             out.append(queued.line)
         peer.queue.clear()
         peer.queued_bytes = 0
-        out.extend(cursor.advance() for cursor in peer.cursors.values() if cursor.behind)
+        out.extend(c.advance() for c in peer.cursors.values() if not c.held and c.position < c.log.head)
         return b"".join(out)
 
     def accepted(self, peer: S, data: memoryview | bytes, count: int) -> None:
@@ -288,8 +295,8 @@ class Fanout(Generic[S]):
         """Whether `peer` has lines waiting beyond its pending bytes."""
         if peer.queue:
             return True
-        for cursor in peer.cursors.values():
-            if cursor.behind:
+        for c in peer.cursors.values():  # a loop, not any(): this runs per subscriber per pass
+            if not c.held and c.position < c.log.head:
                 return True
         return False
 

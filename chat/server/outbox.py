@@ -251,7 +251,8 @@ class Outbox:
             self._drop_locked(peer, None)
             return
         self._fanout.accepted(peer, data, sent)
-        self._watch_writable(peer, bool(peer.pending))
+        if bool(peer.pending) != peer._watching:
+            self._watch_writable(peer, bool(peer.pending))
         if not peer.pending and self._fanout.owed(peer):
             # Lines arrived while this peer was catching up: go round again for them.
             self._fanout.mark_due(peer)
