@@ -247,14 +247,17 @@ class ServerProcess:
 
 
 @pytest.fixture
-def chat_server_process() -> Iterator[Callable[..., ServerProcess]]:
+def chat_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
     """`chat_server_process("--history", "5")` runs a server in a child process on a free port.
 
     The command defaults to `python -m chat`; pass `command=[...]` for another
-    entry point. History is kept in memory unless `env` sets CHAT_DB. Every
-    process is stopped at teardown.
+    entry point. History is kept in memory unless `env` sets CHAT_DB, and
+    HOME and XDG_STATE_HOME point into a temporary directory, so nothing is
+    written where the user keeps their files. Every process is stopped at teardown.
     """
     processes: list[ServerProcess] = []
+    home = tmp_path_factory.mktemp("home")
+    private = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state"), "CHAT_DB": ":memory:"}
 
     def start(*args: str, command: list[str] | None = None, env: dict[str, str] | None = None) -> ServerProcess:
         argv = [*(command or [sys.executable, "-m", "chat"]), "--port", "0", *args]
@@ -264,7 +267,7 @@ def chat_server_process() -> Iterator[Callable[..., ServerProcess]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "CHAT_DB": ":memory:", **(env or {})},
+            env={**os.environ, **private, **(env or {})},
             cwd=Path(__file__).resolve().parent.parent,
         )
         server = ServerProcess(process)

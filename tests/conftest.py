@@ -8,7 +8,7 @@ package installs; here are only those that need this checkout.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +26,14 @@ def server_script(chat_server_process: Callable[..., ServerProcess]) -> Callable
         return chat_server_process(*args, command=[sys.executable, str(ROOT / "server.py")])
 
     return start
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test, and every process a test starts, keeps its files in a temporary home."""
+    home = tmp_path_factory.mktemp("home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HOME", str(home))
+    patch.setenv("XDG_STATE_HOME", str(home / "state"))
+    yield
+    patch.undo()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -79,7 +80,7 @@ def test_environment_chooses_the_history_length(chat_server_process):
     late.close()
 
 
-def test_port_in_use_is_a_one_line_error_not_a_traceback():
+def test_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -90,6 +91,7 @@ def test_port_in_use_is_a_one_line_error_not_a_traceback():
             text=True,
             timeout=TIMEOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")},
         )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
