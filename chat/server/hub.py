@@ -69,7 +69,7 @@ class Hub(Generic[P]):
         self._rooms: dict[str, Room[P]] = {}
         self._inboxes = itertools.count(1)
         self._private_lock = threading.Lock()
-        self._private = LocalLog(store, PRIVATE_LOG, "private messages")
+        self._private = LocalLog(store, PRIVATE_LOG, None)
         for record in store.rooms():  # StoreError here stops the server at start: that is the right time
             self._rooms[record.key] = self._open_room(record)
         if LOBBY not in self._rooms:

@@ -76,10 +76,11 @@ class RoomLog(Protocol):
 class LocalLog:
     """A room log kept in this process's Store under the room's key."""
 
-    def __init__(self, store: Store, key: str, label: str) -> None:
+    def __init__(self, store: Store, key: str, room: str | None) -> None:
+        """The log `key` of `store`; `room` (None for private messages) is named in its errors."""
         self._store = store
         self._key = key
-        self._label = label  # for messages: the room's name, or "private messages"
+        self._room = room
         self._last_id = self._read(lambda: store.last_id(key))
 
     @property
@@ -136,10 +137,6 @@ class LocalLog:
                 return
             yield [record.line for record in records]
             first = records[-1].id + 1
-
-    @property
-    def _room(self) -> str | None:
-        return self._label if self._key else None
 
     def _read(self, read: Callable[[], T]) -> T:
         try:

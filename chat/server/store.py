@@ -270,7 +270,6 @@ class SqliteStore:
     def append(self, log: str, record: Record) -> None:
         params = (log, record.id, time.time(), record.sender, record.recipient, record.line)
         with self._write_lock:
-            self._last_id_locked(log)
             try:
                 self._db.execute("INSERT INTO room_messages VALUES (?, ?, ?, ?, ?, ?)", params)
             except (sqlite3.Error, OverflowError) as exc:
