@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import subprocess
 import sys
 
 from chat.client.connection import ChatClient, Reconnected
 from chat.errors import ConnectionClosed
+from chat.server.store import ID_LIMIT, SqliteStore
 from chat.testing import TIMEOUT
 from chat.wire.protocol import ChatMessage, SendMessage
 
 
 def stored_ids(path) -> list[int]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return [row[0] for row in db.execute("SELECT id FROM room_messages WHERE room = 'lobby' ORDER BY id")]
+    store = SqliteStore(str(path))
+    try:
+        return [record.id for record in store.read("lobby", 1, ID_LIMIT - 1, ID_LIMIT)]
+    finally:
+        store.close()
 
 
 def test_kill_9_mid_traffic_then_restart_loses_and_repeats_nothing(chat_server_process, tmp_path):

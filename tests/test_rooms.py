@@ -9,7 +9,7 @@ import threading
 from collections import defaultdict
 
 from chat.server.config import ServerConfig
-from chat.server.store import SqliteStore
+from chat.server.store import Record, RoomRecord, SqliteStore
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import (
     ChatMessage,
@@ -258,14 +258,12 @@ def test_many_rooms_everybody_talking_each_gets_exactly_its_rooms_in_order(start
 
 def test_a_join_storm_into_a_room_with_a_long_history_welcomes_everybody(start_chat_server, connect, tmp_path):
     path = str(tmp_path / "chat.db")
-    SqliteStore(path).close()  # the schema
+    store = SqliteStore(path)
+    store.save_room(RoomRecord("big", "big"))
     line = b'{"type":"message","room":"big","id":%d,"name":"old","msg":"x","time":"2026-11-20T12:00:00.000Z"}\n'
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("INSERT INTO rooms VALUES ('big', 'big', '', 0)")
-        db.executemany(
-            "INSERT INTO room_messages VALUES ('big', ?, 0, NULL, NULL, ?)", ((i, line % i) for i in range(1, 100_001))
-        )
-        db.commit()
+    for i in range(1, 100_001):
+        store.append("big", Record(i, line % i))
+    store.close()
     server = start_chat_server(ServerConfig(db=path, history=50))
     chatter = connect(server)
     chatter.join("chatter")

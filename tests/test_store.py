@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from chat.server.store import PRIVATE_LOG, MemoryStore, Record, RoomRecord, SqliteStore, StoreError
+from chat.server.store import ID_LIMIT, PRIVATE_LOG, MemoryStore, Record, RoomRecord, SqliteStore, StoreError
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -189,3 +189,12 @@ def test_locked_database_is_reported(tmp_path):
     other.close()
     store.append("lobby", Record(1, b"x\n"))  # and works again once the lock is gone
     store.close()
+
+
+def test_ids_past_what_a_log_can_hold_are_a_clear_error_and_huge_bounds_are_clamped(store):
+    fill(store, 2)
+    assert lines(store.read("lobby", 0, 2**70, 10)) == [b"lobby 1\n", b"lobby 2\n"]
+    assert store.count("lobby", -5, 2**70) == 2
+    if isinstance(store, SqliteStore):
+        with pytest.raises(StoreError, match="ids end at"):
+            store.append("lobby", Record(ID_LIMIT, b"x\n"))
