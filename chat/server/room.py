@@ -15,8 +15,6 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from pydantic import BaseModel
-
 from chat.errors import Refused, StorageFailed
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
@@ -167,14 +165,10 @@ class Room(Generic[P]):
         self._stream(peer, span, lambda data: self._delivery.send_to(peer, data, self.key))
 
     def say(self, session: Session[P], text: str) -> None:
-        self._publish_numbered(
-            session, lambda id, name: ChatMessage(room=self.name, id=id, name=name, msg=text, time=utc_now())
-        )
+        self._publish_numbered(session, ChatMessage, text)
 
     def act(self, session: Session[P], text: str) -> None:
-        self._publish_numbered(
-            session, lambda id, name: Action(room=self.name, id=id, name=name, msg=text, time=utc_now())
-        )
+        self._publish_numbered(session, Action, text)
 
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
@@ -192,11 +186,12 @@ class Room(Generic[P]):
             self._record = record
             self._delivery.publish(self.key, line)
 
-    def _publish_numbered(self, session: Session[P], build: Callable[[int, str], BaseModel]) -> None:
+    def _publish_numbered(self, session: Session[P], kind: type[ChatMessage | Action], text: str) -> None:
         """Number, keep and publish what a member says, in the room's order."""
         with self._lock:
             name = self._member(session)
-            self._delivery.publish(self.key, self._log.append(lambda id: encode(build(id, name))))
+            line = self._log.append(lambda id: encode(kind(room=self.name, id=id, name=name, msg=text, time=utc_now())))
+            self._delivery.publish(self.key, line)
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._lock:
