@@ -95,9 +95,10 @@ def test_backlog_counts_room_bytes_queued_bytes_and_pending():
     fanout.send_to(peer, b"12\n")
     assert fanout.backlog(peer) == 6 + 4 + 3
     data = fanout.take(peer)
-    fanout.accepted(peer, data, 5)
+    assert fanout.accepted(peer, data, 5) is False  # some of it still pending
     assert fanout.backlog(peer) == len(data) - 5
-    assert not fanout.owed(peer)
+    fanout.publish("a", b"more\n")
+    assert fanout.accepted(peer, peer.pending, len(peer.pending)) is True  # all sent, and more waits
 
 
 def test_trim_forgets_lines_every_subscriber_has_taken_and_keeps_the_laggards():

@@ -270,33 +270,38 @@ class Fanout(Generic[S]):
         return batch
 
     def take(self, peer: S) -> bytes:
-        """Everything owed to `peer` now, in order, as one buffer; advances its cursors."""
-        if not peer.queue:
-            # The broadcast path: once per subscriber per pass, so the test is inlined.
-            parts = [c.advance() for c in peer.cursors.values() if not c.held and c.position < c.log.head]
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        out: list[bytes] = []
-        for queued in peer.queue:
-            cursor = peer.cursors.get(queued.room) if queued.room is not None else None
-            if cursor is not None and not cursor.held and cursor.position < queued.position:
-                out.append(cursor.log.slice(cursor.position, queued.position))
-                cursor.position = queued.position
-            out.append(queued.line)
-        peer.queue.clear()
-        peer.queued_bytes = 0
-        out.extend(c.advance() for c in peer.cursors.values() if not c.held and c.position < c.log.head)
-        return b"".join(out)
+        """Everything owed to `peer` now, in order, as one buffer; advances its cursors.
 
-    def accepted(self, peer: S, data: memoryview | bytes, count: int) -> None:
-        """The connection took the first `count` bytes of `data`; keep the rest."""
-        peer.pending = memoryview(data)[count:] if count < len(data) else b""
+        The broadcast path: it runs once per subscriber per pass, so the loop is
+        written out (no helper calls per cursor) and a peer in one log gets the
+        log's shared joined slice itself, not a copy.
+        """
+        if peer.queue:
+            return self._take_with_queue(peer)
+        data = b""
+        for cursor in peer.cursors.values():
+            log = cursor.log
+            if cursor.held or cursor.position >= log.head:
+                continue
+            since = log.since(cursor.position)
+            cursor.position = log.head
+            data = data + since if data else since
+        return data
 
-    def owed(self, peer: S) -> bool:
-        """Whether `peer` has lines waiting beyond its pending bytes."""
+    def accepted(self, peer: S, data: memoryview | bytes, count: int) -> bool:
+        """The connection took the first `count` bytes of `data`; keep the rest.
+
+        True if, all of it sent, more lines already wait for `peer` (published
+        while it was catching up): it should be looked at again.
+        """
+        if count < len(data):
+            peer.pending = memoryview(data)[count:]
+            return False
+        peer.pending = b""
         if peer.queue:
             return True
-        for c in peer.cursors.values():  # a loop, not any(): this runs per subscriber per pass
-            if not c.held and c.position < c.log.head:
+        for cursor in peer.cursors.values():
+            if not cursor.held and cursor.position < cursor.log.head:
                 return True
         return False
 
@@ -331,6 +336,21 @@ class Fanout(Generic[S]):
         return tuple(log.subscribers) if log else ()
 
     # --- inside ------------------------------------------------------------------------
+
+    def _take_with_queue(self, peer: S) -> bytes:
+        out: list[bytes] = []
+        for queued in peer.queue:
+            cursor = peer.cursors.get(queued.room) if queued.room is not None else None
+            if cursor is not None and not cursor.held and cursor.position < queued.position:
+                out.append(cursor.log.slice(cursor.position, queued.position))
+                cursor.position = queued.position
+            out.append(queued.line)
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        for cursor in peer.cursors.values():
+            if not cursor.held and cursor.position < cursor.log.head:
+                out.append(cursor.advance())
+        return b"".join(out)
 
     def _detach(self, peer: S, room: str, log: _Log[S]) -> None:
         log.subscribers.discard(peer)

@@ -250,10 +250,10 @@ class Outbox:
             log.info("%s: connection lost while sending", peer.label)
             self._drop_locked(peer, None)
             return
-        self._fanout.accepted(peer, data, sent)
+        more = self._fanout.accepted(peer, data, sent)
         if bool(peer.pending) != peer._watching:
             self._watch_writable(peer, bool(peer.pending))
-        if not peer.pending and self._fanout.owed(peer):
+        if more:
             # Lines arrived while this peer was catching up: go round again for them.
             self._fanout.mark_due(peer)
             self._wake_locked()
