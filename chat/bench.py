@@ -160,13 +160,15 @@ class Flow:
 
     probe: Receiver
     sent: int = 0
+    #: How many may be sent but not yet seen by the probe.
+    in_flight: int = MAX_IN_FLIGHT
 
 
 async def _send_loop(
     transport: asyncio.Transport, index: int, rate: float | None, deadline: float, flow: Flow, room: str | None = None
 ) -> int:
     """Send until `deadline`; `rate` messages/s, or as fast as the server takes them
-    (at most MAX_IN_FLIGHT messages ahead of what comes out)."""
+    (at most `flow.in_flight` messages ahead of what comes out)."""
     sent = 0
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -189,7 +191,7 @@ async def _send_loop(
         sent += batch
         flow.sent += batch
         if rate is None:
-            while flow.sent - flow.probe.count > MAX_IN_FLIGHT and not flow.probe.closed.is_set():
+            while flow.sent - flow.probe.count > flow.in_flight and not flow.probe.closed.is_set():
                 await asyncio.sleep(0.0005)
             await asyncio.sleep(0)
     return sent
@@ -314,7 +316,8 @@ async def run_rooms_bench(
     server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
     loop = asyncio.get_running_loop()
     t_start = loop.time()
-    flows = [Flow(probe=receivers[-1]) for receivers in members]
+    # The rooms share one in-flight budget, so that max mode queues as much in all as in one room.
+    flows = [Flow(probe=receivers[-1], in_flight=max(64, MAX_IN_FLIGHT // rooms)) for receivers in members]
     counts = await asyncio.gather(
         *(
             _send_loop(receivers[0].transport, room, None, t_start + seconds, flows[room], f"r{room}")  # type: ignore[arg-type]
