@@ -1,0 +1,96 @@
+"""A join storm: N clients join a room whose history holds 100,000 messages, while
+two people chat in the lobby. Prints how long until everybody was welcomed (with
+the room's recent history) and the lobby's echo latency before and during the
+storm. Usage: .venv/bin/python bench/join_storm.py [CLIENTS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chat.bench import _free_port, spawn_server
+from chat.server.store import Record, RoomRecord, SqliteStore
+
+HISTORY = 100_000
+LINE = b'{"type":"message","room":"big","id":%d,"name":"old","msg":"x","time":"2026-11-20T12:00:00.000Z"}\n'
+
+
+async def joiner(port: int, index: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    writer.write(json.dumps({"type": "join", "name": f"storm{index}", "room": "big"}).encode() + b"\n")
+    welcome = json.loads(await reader.readline())
+    for _ in range(welcome["history"]):
+        await reader.readline()
+    writer.close()
+
+
+async def chatter(port: int, name: str, until: asyncio.Event, latencies: list[float]) -> None:
+    """Say something every 10 ms in the lobby and time its echo."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(json.dumps({"type": "join", "name": name}).encode() + b"\n")
+    welcome = json.loads(await reader.readline())
+    for _ in range(welcome["history"]):  # earlier pings: not echoes of ours
+        await reader.readline()
+    while not until.is_set():
+        sent = time.perf_counter()
+        writer.write(b'{"type": "message", "msg": "ping"}\n')
+        while b'"msg":"ping"' not in await reader.readline():
+            pass
+        latencies.append((time.perf_counter() - sent) * 1000)
+        await asyncio.sleep(0.01)
+    writer.close()
+
+
+async def storm(port: int, clients: int) -> None:
+    quiet: list[float] = []
+    stop_quiet = asyncio.Event()
+    task = asyncio.create_task(chatter(port, "quiet", stop_quiet, quiet))
+    await asyncio.sleep(1.0)  # a second of lobby traffic with no storm, to compare against
+    stop_quiet.set()
+    await task
+    during: list[float] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(chatter(port, "during", stop, during))
+    started = time.perf_counter()
+    for wave in range(0, clients, 200):
+        await asyncio.gather(*(joiner(port, i) for i in range(wave, min(clients, wave + 200))))
+    took = time.perf_counter() - started
+    stop.set()
+    await task
+    print(f"{clients} clients welcomed with the recent history of a {HISTORY:,}-message room in {took:.1f} s")
+    for label, values in (("lobby echo before the storm", quiet), ("lobby echo during the storm", during)):
+        ordered = sorted(values)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        print(
+            f"{label}: {len(values)} echoes, p50 {statistics.median(values):.1f} ms, p99 {p99:.1f} ms, max {max(values):.1f} ms"
+        )
+
+
+def main() -> int:
+    clients = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    with tempfile.TemporaryDirectory() as directory:
+        path = str(Path(directory) / "storm.db")
+        store = SqliteStore(path)
+        store.save_room(RoomRecord("big", "big"))
+        for i in range(1, HISTORY + 1):
+            store.append("big", Record(i, LINE % i))
+        store.close()
+        port = _free_port()
+        root = Path(__file__).resolve().parent.parent
+        server = spawn_server([sys.executable, str(root / "server.py"), "--db", path, "--log-level", "WARNING"], port)
+        try:
+            asyncio.run(storm(port, clients))
+        finally:
+            server.terminate()
+            server.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
