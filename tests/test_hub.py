@@ -10,7 +10,7 @@ from chat.errors import RequestFailed
 from chat.server.hub import Hub
 from chat.server.room import HistorySettings
 from chat.server.session import Session
-from chat.server.store import MemoryStore, StoreError
+from chat.server.store import MemoryStore, RoomRecord, StoreError
 from chat.wire.codec import decode_server
 from chat.wire.protocol import (
     Action,
@@ -170,6 +170,40 @@ def test_taken_name_is_refused_whatever_its_case(h):
     h.join("alice")
     assert h.refused("other", Join(name="ALICE")).code == "name_taken"
     assert h.users() == ["alice"]
+
+
+@pytest.mark.parametrize(
+    "look_alike", ["\u0430lice", "\uff41lice", "a1ice", "aIice", "ALICE", "alic\u0065\u0301"[:-1]]
+)
+def test_a_look_alike_of_a_taken_name_is_refused_and_says_whose(h, look_alike):
+    h.join("alice")
+    refusal = h.refused("other", Join(name=look_alike))
+    assert refusal.code == "name_taken"
+    assert h.users() == ["alice"]
+
+
+def test_renaming_to_a_look_alike_is_refused_but_the_old_name_is_freed_by_a_rename(h):
+    h.join("alice", "bob")
+    assert h.refused("bob", Nick(name="\u0430lice")).code == "name_taken"
+    h.send("alice", Nick(name="carol"))
+    h.send("bob", Nick(name="\u0430lice"))
+    assert h.users() == ["carol", "\u0430lice"]
+
+
+def test_look_alike_room_names_are_one_room(h):
+    h.join("alice", room="dev1")
+    h.send("bob", Join(name="bob", room="DEVl"))
+    [welcome] = h.take("bob")
+    assert (welcome.room, welcome.users) == ("dev1", ["alice", "bob"])
+
+
+def test_a_room_kept_under_an_older_key_is_still_found(h):
+    store = MemoryStore()
+    store.save_room(RoomRecord("caf\u00e9", "Caf\u00e9"))
+    hub = Harness(store=store)
+    hub.join("alice", room="CAFE\u0301")
+    hub.send("alice", SendMessage(room="caf\u00e9", msg="hi"))
+    assert [m.room for m in hub.take("alice")] == ["Caf\u00e9"]
 
 
 def test_joining_the_same_room_twice_is_refused(h):

@@ -47,6 +47,7 @@ from chat.wire.protocol import (
     room_key,
     utc_now,
 )
+from chat.wire.text import name_key, name_keys, quoted
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,24 @@ class Hub(Generic[P]):
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
-        self._by_name: dict[str, Session[P]] = {}  # casefolded name -> session
+        # Each of a name's keys (wire.text.name_keys) -> its session: look-alikes clash.
+        self._by_name: dict[str, Session[P]] = {}
         # Rooms are only ever added, so a reader may look one up without the lock.
         self._rooms: dict[str, Room[P]] = {}
         self._inboxes = itertools.count(1)
         self._private_lock = threading.Lock()
         self._private = LocalLog(store, PRIVATE_LOG, None)
+        # Rooms are found by room_key(name); a room kept by an older release stays
+        # under the store key it was saved with (room.key), which may differ.
         for record in store.rooms():  # StoreError here stops the server at start: that is the right time
-            self._rooms[record.key] = self._open_room(record)
-        if LOBBY not in self._rooms:
-            self._rooms[LOBBY] = self._create_room(LOBBY)
+            key = room_key(record.name)
+            if key in self._rooms:
+                shadow = self._rooms[key].name
+                log.warning("room %s is hidden: its name looks like %s", quoted(record.name), quoted(shadow))
+                continue
+            self._rooms[key] = self._open_room(record)
+        if room_key(LOBBY) not in self._rooms:
+            self._rooms[room_key(LOBBY)] = self._create_room(LOBBY)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -92,8 +101,8 @@ class Hub(Generic[P]):
         """Take `session` out of every room (each tells its members) and free its name."""
         with self._lock:
             self._sessions.discard(session)
-            if session.name is not None and self._by_name.get(session.name.casefold()) is session:
-                del self._by_name[session.name.casefold()]
+            if session.name is not None:
+                self._free_name_locked(session, session.name)
         for room in self._rooms_of(session):
             room.leave(session, reason)
         session.rooms.clear()
@@ -164,14 +173,14 @@ class Hub(Generic[P]):
 
     def part(self, session: Session[P], room_name: str) -> None:
         room = self._room_of(session, room_name)
-        session.rooms.pop(room.key, None)
+        session.rooms.pop(room_key(room_name), None)
         room.leave(session, "part")
 
     def whisper(self, session: Session[P], to: str, text: str) -> None:
         """A private message to `to`, numbered in the private log, echoed to the sender."""
         name = self._name_of(session)
         with self._lock:
-            target = self._by_name.get(to.casefold())
+            target = self._by_name.get(name_key(to))
         if target is None or target.name is None:
             raise Refused("no_such_user", f"nobody called {to} is connected")
         recipient = target.name
@@ -191,18 +200,15 @@ class Hub(Generic[P]):
         if new == old:
             return
         with self._lock:
-            holder = self._by_name.get(new.casefold())
-            if holder is not None and holder is not session:
-                raise Refused("name_taken", f"the name {new} is taken; choose another")
-            del self._by_name[old.casefold()]
-            self._by_name[new.casefold()] = session
-            session.name = new
+            self._check_free_locked(session, new)
+            self._free_name_locked(session, old)
+            self._take_name_locked(session, new)
         rooms = self._rooms_of(session)
         for room in rooms:
             room.rename(session, old, new)
         if not rooms:  # in no room: nobody else to tell, but the renamer needs to know
             self._delivery.send_to(session.peer, encode(Renamed(room=None, old=old, new=new, time=utc_now())))
-        log.info("%s renamed %s to %s", session.label, old, new)
+        log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
     def room_list(self) -> RoomList:
         with self._lock:
@@ -213,29 +219,45 @@ class Hub(Generic[P]):
 
     def _enter(self, session: Session[P], request: Join) -> None:
         name = self._name_of(session)
+        key = room_key(request.room)
         room = self._room_for_join(request.room)
-        if room.key in session.rooms:
+        if key in session.rooms:
             raise Refused("already_joined", f"you are already in {room.name}", room.name)
-        session.rooms[room.key] = None
+        session.rooms[key] = None
         try:
             room.join(session, name, request.since)
         except BaseException:
-            session.rooms.pop(room.key, None)
+            session.rooms.pop(key, None)
             raise
 
     def _claim(self, session: Session[P], name: str, held: bool) -> int:
         """Give `session` the name and open its inbox (held for a replay); the private log's last id then."""
         with self._lock:
-            if name.casefold() in self._by_name:
-                raise Refused("name_taken", f"the name {name} is taken; choose another")
+            self._check_free_locked(session, name)
             # Under both locks: no private line to this name can be numbered
             # after the snapshot and miss the inbox.
             with self._private_lock:
                 self._delivery.subscribe(session.peer, session.inbox, held=held)
                 snapshot = self._private.last_id
-            self._by_name[name.casefold()] = session
-            session.name = name
+            self._take_name_locked(session, name)
         return snapshot
+
+    def _check_free_locked(self, session: Session[P], name: str) -> None:
+        for key in name_keys(name):
+            holder = self._by_name.get(key)
+            if holder is not None and holder is not session:
+                shown = "" if holder.name is None or holder.name == name else f" (it looks like {holder.name})"
+                raise Refused("name_taken", f"the name {name} is taken{shown}; choose another")
+
+    def _take_name_locked(self, session: Session[P], name: str) -> None:
+        for key in name_keys(name):
+            self._by_name[key] = session
+        session.name = name
+
+    def _free_name_locked(self, session: Session[P], name: str) -> None:
+        for key in name_keys(name):
+            if self._by_name.get(key) is session:
+                del self._by_name[key]
 
     def _name_of(self, session: Session[P]) -> str:
         if session.name is None:
@@ -260,7 +282,7 @@ class Hub(Generic[P]):
             room = self._rooms.get(key)
             if room is None:
                 room = self._rooms[key] = self._create_room(name)
-                log.info("room %s created", name)
+                log.info("room %s created", quoted(name))
             return room
 
     def _create_room(self, name: str) -> Room[P]:

@@ -35,6 +35,7 @@ from chat.wire.protocol import (
     Welcome,
     utc_now,
 )
+from chat.wire.text import quoted
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Room(Generic[P]):
             self._delivery.subscribe(session.peer, self.key, held=True)
             users = self._sorted_users()
             topic = self.topic
-        log.info("%s joined %s as %s", session.label, self.name, name)
+        log.info("%s joined %s as %s", session.label, quoted(self.name), quoted(name))
         peer = session.peer
         failure: StorageFailed | None = None
         try:
@@ -216,7 +217,7 @@ class Room(Generic[P]):
             else:
                 self._delivery.unsubscribe(session.peer, self.key)
                 self._delivery.publish(self.key, left)
-        log.info("%s left %s as %s (%s)", session.label, self.name, name, reason)
+        log.info("%s left %s as %s (%s)", session.label, quoted(self.name), quoted(name), reason)
         return True
 
     # --- inside ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ code and detail can be sent straight back to the peer.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, get_args
 
@@ -26,8 +27,20 @@ from chat.wire.protocol import (
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 _server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 _ERROR_CODES = frozenset(get_args(ErrorCode))
+#: Deepest nesting of arrays and objects a line may have; the protocol itself needs 1.
+MAX_DEPTH = 16
+#: Longest integer literal accepted anywhere in a line: 2^53 has 16 digits.
+MAX_DIGITS = 16
+# A string (skipped whole) or a bracket: enough to measure nesting outside strings.
+_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# A \u escape of a UTF-16 surrogate: only these can smuggle a lone surrogate in.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 T = TypeVar("T")
+
+
+class _Refused(ValueError):
+    """A JSON text that parses but that the protocol does not take."""
 
 
 def encode(message: BaseModel) -> bytes:
@@ -36,8 +49,17 @@ def encode(message: BaseModel) -> bytes:
 
 
 def encode_error(error: RequestFailed) -> bytes:
-    """The error line that tells a peer why its request was not done."""
-    return encode(ErrorReply(code=error.code, detail=error.detail, room=error.room))
+    """The error line that tells a peer why its request was not done.
+
+    Never fails: whatever of the peer's own text the detail quotes is made
+    encodable first (a lone surrogate becomes U+FFFD).
+    """
+    room = None if error.room is None else _encodable(error.room)
+    return encode(ErrorReply(code=error.code, detail=_encodable(error.detail), room=room))
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def strip_line_ending(line: bytes) -> bytes:
@@ -70,17 +92,85 @@ def decode_server(line: bytes) -> ServerMessage:
 
 
 def _parse_object(line: bytes) -> dict[str, Any]:
+    """Strict JSON: no NaN or Infinity, no duplicate keys, no lone surrogates,
+    no integer past MAX_DIGITS digits, no nesting past MAX_DEPTH."""
+    line = strip_line_ending(line)
     try:
-        text = strip_line_ending(line).decode("utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("invalid_utf8", f"the line is not valid UTF-8 (byte {exc.start})") from exc
     try:
-        value = json.loads(text)
+        _check_depth(line)
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
+        if _SURROGATE_ESCAPE.search(line):
+            _check_surrogates(value)
     except json.JSONDecodeError as exc:
         raise ProtocolError("invalid_json", f"the line is not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except _Refused as exc:
+        raise ProtocolError("invalid_json", f"the line is not JSON this server takes: {exc}") from exc
     if not isinstance(value, dict):
         raise ProtocolError("not_an_object", f"a line must be a JSON object, not {type(value).__name__}")
     return value
+
+
+def _check_depth(line: bytes) -> None:
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return  # the common case, found at C speed
+    depth = 0
+    for token in _NESTING.finditer(line):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} deep")
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _Refused("a key appears twice in one object")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        raise _Refused(f"an integer of more than {MAX_DIGITS} digits")
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise _Refused(f"{text[:20]} is too large a number")
+    return number
+
+
+def _check_surrogates(value: Any) -> None:
+    """Refuse a string (or key) holding half of a UTF-16 surrogate pair: it is no character."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _Refused("a string holds a lone UTF-16 surrogate") from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_surrogates(key)
+            _check_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_surrogates(item)
 
 
 def _validate(validate: Callable[[dict[str, Any]], T], value: dict[str, Any]) -> T:

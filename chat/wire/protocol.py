@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic_core import PydanticCustomError
 
+from chat.wire.text import has_invisible, is_visible, name_key
+
 #: Longest name, in characters.
 MAX_NAME = 32
 #: Longest room name, in characters.
@@ -23,8 +25,12 @@ MAX_MSG = 8000
 MAX_TOPIC = 390
 #: The room of every room-scoped client line that names none: old clients live here.
 LOBBY = "lobby"
-#: Default limit of one line on the wire, in bytes, newline included.
-DEFAULT_MAX_LINE = 64 * 1024
+#: Default limit of one line on the wire, in bytes, newline included. It fits the
+#: longest message however a client escapes it: 8,000 astral characters written
+#: as JSON surrogate pairs are 96,000 bytes, plus a room name and the rest.
+DEFAULT_MAX_LINE = 128 * 1024
+#: Largest id, limit or count a line may carry: JSON numbers stay exact up to 2^53.
+MAX_NUMBER = 2**53
 
 
 def utc_now() -> datetime:
@@ -43,15 +49,16 @@ def _check_name(name: str) -> str:
         raise PydanticCustomError("name_empty", "a name cannot be empty")
     if len(name) > MAX_NAME:
         raise PydanticCustomError("name_too_long", f"a name is at most {MAX_NAME} characters")
-    if any(not char.isprintable() or char.isspace() for char in name):
-        raise PydanticCustomError("name_invalid", "a name cannot contain spaces or control characters")
+    if has_invisible(name) or not is_visible(name):
+        raise PydanticCustomError("name_invalid", "a name cannot contain spaces, control or invisible characters")
     return name
 
 
 def _check_room(room: str) -> str:
-    if not room or len(room) > MAX_ROOM or any(not char.isprintable() or char.isspace() for char in room):
+    if not room or len(room) > MAX_ROOM or has_invisible(room) or not is_visible(room):
         raise PydanticCustomError(
-            "room_invalid", f"a room name is 1 to {MAX_ROOM} characters, without spaces or control characters"
+            "room_invalid",
+            f"a room name is 1 to {MAX_ROOM} characters, without spaces, control or invisible characters",
         )
     return room
 
@@ -65,13 +72,13 @@ def _check_topic(topic: str) -> str:
 
 
 def room_key(room: str) -> str:
-    """The key two spellings of one room share: room names compare case-insensitively."""
-    return room.casefold()
+    """The key two spellings of one room share: case and look-alike characters do not count."""
+    return name_key(room)
 
 
 def _check_text(msg: str) -> str:
-    if not msg.strip():
-        raise PydanticCustomError("empty_message", "a message cannot be empty or only spaces")
+    if not is_visible(msg):
+        raise PydanticCustomError("empty_message", "a message needs at least one visible character")
     if len(msg) > MAX_MSG:
         raise PydanticCustomError("message_too_long", f"a message is at most {MAX_MSG} characters")
     return msg
@@ -92,9 +99,10 @@ Timestamp = Annotated[AwareDatetime, PlainSerializer(_format_time, return_type=s
 
 class _ClientWire(BaseModel):
     """A line from a client. Unknown fields are ignored, not refused, so that a
-    client may send `name` or `time` along (the server sets those itself)."""
+    client may send `name` or `time` along (the server sets those itself).
+    Strict: `"50"` or `true` is not a number, nor `1` a string."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 class _ServerWire(BaseModel):
@@ -115,8 +123,8 @@ class Join(_ClientWire):
     type: Literal["join"] = "join"
     name: Name | None = None
     room: RoomName = LOBBY
-    since: int | None = Field(default=None, ge=0)
-    private_since: int | None = Field(default=None, ge=0)
+    since: int | None = Field(default=None, ge=0, le=MAX_NUMBER)
+    private_since: int | None = Field(default=None, ge=0, le=MAX_NUMBER)
 
 
 class Part(_ClientWire):
@@ -156,7 +164,7 @@ class SendPrivate(_ClientWire):
     """A private message to one user, wherever they are."""
 
     type: Literal["private"] = "private"
-    to: str
+    to: str = Field(min_length=1, max_length=MAX_NAME)
     msg: Text
 
 
@@ -209,7 +217,7 @@ class HistoryRequest(_ClientWire):
 
     type: Literal["history"] = "history"
     room: RoomName = LOBBY
-    before: int | None = Field(default=None, ge=1)
+    before: int | None = Field(default=None, ge=1, le=MAX_NUMBER)
     limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE)
 
 

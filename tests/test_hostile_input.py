@@ -1,0 +1,171 @@
+"""Hostile bytes: the codec answers every line with a model or a ProtocolError, and encodes anything it accepted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chat.errors import ProtocolError
+from chat.wire.codec import decode_client, encode, encode_error
+from chat.wire.protocol import (
+    CLIENT_TYPES,
+    DEFAULT_MAX_LINE,
+    MAX_MSG,
+    ChatMessage,
+    SendMessage,
+    utc_now,
+)
+from chat.wire.text import is_visible, name_key, name_keys
+
+
+def error_code(line: bytes) -> str:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(line)
+    return caught.value.code
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type": "message", "msg": "hi", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"type": "message", "msg": "hi", "x": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
+    ],
+)
+def test_deep_nesting_is_refused(line):
+    assert error_code(line) == "invalid_json"
+
+
+@pytest.mark.parametrize("where", ["extra", "limit", "since"])
+def test_a_huge_integer_anywhere_is_refused(where):
+    digits = "9" * 5000
+    line = {"extra": f'{{"type": "history", "limit": 5, "x": {digits}}}',
+            "limit": f'{{"type": "history", "limit": {digits}}}',
+            "since": f'{{"type": "join", "name": "a", "since": {digits}}}'}[where]
+    assert error_code(line.encode()) in ("invalid_json", "invalid_field")
+
+
+@pytest.mark.parametrize("value", ["2e308", "NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(value):
+    assert error_code(f'{{"type": "ping", "x": {value}}}'.encode()) == "invalid_json"
+
+
+def test_ids_past_two_to_the_53_are_refused():
+    assert error_code(b'{"type": "history", "before": 9007199254740993}') == "invalid_field"
+    too_big = b'{"type": "join", "name": "a", "since": 18446744073709551616}'
+    assert error_code(too_big) in ("invalid_json", "invalid_field")
+
+
+@pytest.mark.parametrize("value", ['"50"', "true", "50.0"])
+def test_numbers_must_be_numbers(value):
+    assert error_code(f'{{"type": "history", "limit": {value}}}'.encode()) == "invalid_field"
+
+
+def test_duplicate_keys_are_refused():
+    assert error_code(b'{"type": "ping", "type": "message", "msg": "x"}') == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type": "message", "msg": "a\\ud800"}',
+        b'{"type": "action", "msg": "\\udc00"}',
+        b'{"type": "private", "to": "bob", "msg": "\\ud800"}',
+        b'{"type": "private", "to": "\\ud800", "msg": "hi"}',
+        b'{"type": "message", "msg": "hi", "\\ud800": 1}',
+    ],
+)
+def test_lone_surrogates_are_refused(line):
+    assert error_code(line) == "invalid_json"
+
+
+def test_a_surrogate_pair_is_one_character():
+    assert decode_client(b'{"type": "message", "msg": "\\ud83d\\ude00"}') == SendMessage(msg="\U0001f600")
+
+
+def test_the_longest_message_fits_a_line_however_it_is_escaped():
+    line = json.dumps({"type": "message", "room": "r" * 32, "msg": "\U0001f600" * MAX_MSG}).encode() + b"\n"
+    assert len(line) <= DEFAULT_MAX_LINE
+    assert decode_client(line) == SendMessage(room="r" * 32, msg="\U0001f600" * MAX_MSG)
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u2800\u2800", "\u3164", " \u034f \ufe0f", "\u202e\u200d"])
+def test_a_message_with_nothing_visible_is_refused(text):
+    assert error_code(json.dumps({"type": "message", "msg": text}).encode()) == "empty_message"
+
+
+def test_visible_text_with_invisible_parts_is_kept():
+    assert is_visible("hi\u200d")
+    assert decode_client(json.dumps({"type": "message", "msg": "👍🏽"}).encode()).msg == "👍🏽"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["alice\u034f", "ali\ufe0fce", "\u3164", "\u2800", "\u115f\u1160", "al\u200bice", "\u202ealice"],
+)
+def test_names_with_invisible_or_blank_characters_are_refused(name):
+    assert error_code(json.dumps({"type": "join", "name": name}).encode()) == "name_invalid"
+
+
+@pytest.mark.parametrize("look_alike", ["ALICE", "\u0430lice", "\uff41\uff4c\uff49\uff43\uff45", "aIice", "a1ice"])
+def test_look_alike_names_clash(look_alike):
+    assert name_keys(look_alike) & name_keys("alice")
+
+
+def test_canonically_equivalent_names_share_a_key():
+    assert name_key("jos\u00e9") == name_key("jose\u0301")
+    assert name_key("Lobby") == name_key("l\u043ebby")
+
+
+def test_different_names_do_not_clash():
+    assert not name_keys("alice") & name_keys("alicia")
+    assert not name_keys("bob") & name_keys("rob")
+
+
+def test_encode_error_survives_anything_a_client_sent():
+    line = encode_error(ProtocolError("no_such_user", "nobody called \ud800\x1b[2J is connected", "r\udc00"))
+    assert json.loads(line)["code"] == "no_such_user"
+
+
+def test_encode_never_fails_on_a_message():
+    message = ChatMessage(id=1, name="a", msg="\x00" * MAX_MSG, time=utc_now())
+    assert encode(message).endswith(b"\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_to_a_model_or_a_protocol_error(data):
+    try:
+        decode_client(data)
+    except ProtocolError as exc:
+        encode_error(exc)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([*sorted(CLIENT_TYPES), None]),
+    st.dictionaries(
+        st.sampled_from(["name", "room", "msg", "to", "since", "before", "limit", "topic", "private_since", "x"]),
+        json_values,
+        max_size=5,
+    ),
+)
+def test_any_json_object_decodes_to_a_model_or_a_protocol_error(kind, fields):
+    if kind is not None:
+        fields = {**fields, "type": kind}
+    line = json.dumps(fields, allow_nan=True).encode()
+    try:
+        message = decode_client(line)
+    except ProtocolError as exc:
+        encode_error(exc)
+    else:
+        encode(message)
