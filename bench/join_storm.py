@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from chat.bench import _free_port, spawn_server
+from chat.server.config import NO_LIMIT_FLAGS
 from chat.server.store import Record, RoomRecord, SqliteStore
 
 HISTORY = 100_000
@@ -82,7 +83,8 @@ def main() -> int:
         store.close()
         port = _free_port()
         root = Path(__file__).resolve().parent.parent
-        server = spawn_server([sys.executable, str(root / "server.py"), "--db", path, "--log-level", "WARNING"], port)
+        command = [sys.executable, str(root / "server.py"), "--db", path, "--log-level", "WARNING", *NO_LIMIT_FLAGS]
+        server = spawn_server(command, port)
         try:
             asyncio.run(storm(port, clients))
         finally:

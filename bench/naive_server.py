@@ -9,7 +9,7 @@ import argparse
 import json
 import socketserver
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class NaiveServer(socketserver.ThreadingTCPServer):
@@ -46,7 +46,7 @@ class NaiveHandler(socketserver.StreamRequestHandler):
                         "id": server.last_id,
                         "name": name,
                         "msg": message["msg"],
-                        "time": datetime.now(timezone.utc).isoformat(),
+                        "time": datetime.now(UTC).isoformat(),
                     }
                     data = json.dumps(out).encode() + b"\n"
                     for client in list(server.clients):

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chat.cli import raise_open_file_limit
+from chat.server.config import NO_LIMIT_FLAGS
 
 START = b"bench:START"
 END = b"bench:END"
@@ -444,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             root = Path(__file__).resolve().parent.parent
             command = [sys.executable, str(root / "server.py"), "--db", args.db, "--log-level", "WARNING"]
+            command += NO_LIMIT_FLAGS  # the load generator is one client far over any sane limit
             label = f"chat ({'memory' if args.db == ':memory:' else 'sqlite'})"
         process = spawn_server(command, port)
         host = "127.0.0.1"

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from chat.errors import ConnectionClosed
 from chat.server.config import ServerConfig
 from chat.server.tcp import ChatServer
 from chat.wire.codec import decode_server
-from chat.wire.protocol import ChatMessage, ServerMessage, Welcome
+from chat.wire.protocol import ChatMessage, ServerMessage, ServerPong, Welcome
 
 #: Seconds any single wait in a test may take before it fails.
 TIMEOUT = 10.0
@@ -130,6 +131,25 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def admitted_client(server: RecordingChatServer, timeout: float = TIMEOUT) -> LineClient:
+    """A connection the server serves, once it has let go of one that just closed.
+
+    A refusal (server_full, too_many_connections) may still come while the
+    closed connection's handler ends; each refused try is closed and retried.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = LineClient(server.address, timeout)
+        client.send({"type": "ping"})
+        try:
+            if isinstance(client.next(), ServerPong):
+                return client
+        except (ConnectionClosed, ConnectionError, TimeoutError):
+            pass
+        client.close()
+    raise AssertionError(f"the server admitted no connection within {timeout} s")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import sys
 
 from chat.client.connection import ChatClient, Reconnected
 from chat.errors import ConnectionClosed
+from chat.server.config import NO_LIMIT_FLAGS
 from chat.server.store import ID_LIMIT, SqliteStore
 from chat.testing import TIMEOUT
 from chat.wire.protocol import ChatMessage, SendMessage
@@ -24,7 +25,7 @@ def stored_ids(path) -> list[int]:
 
 def test_kill_9_mid_traffic_then_restart_loses_and_repeats_nothing(chat_server_process, tmp_path):
     db = str(tmp_path / "chat.db")
-    first = chat_server_process(env={"CHAT_DB": db})
+    first = chat_server_process(*NO_LIMIT_FLAGS, env={"CHAT_DB": db})  # the talkers are floods
     port = first.port
 
     async def scenario() -> tuple[list[list[int]], int]:
@@ -65,7 +66,7 @@ def test_kill_9_mid_traffic_then_restart_loses_and_repeats_nothing(chat_server_p
         await asyncio.gather(*talkers)
         ids_before_crash = max(max(ids) for ids in seen)
 
-        await asyncio.to_thread(chat_server_process, "--port", str(port), env={"CHAT_DB": db})
+        await asyncio.to_thread(chat_server_process, "--port", str(port), *NO_LIMIT_FLAGS, env={"CHAT_DB": db})
         for event in reconnected:
             await event.wait()
         await clients[0].send(SendMessage(msg="done"))

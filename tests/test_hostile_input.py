@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.errors import ProtocolError
-from chat.wire.codec import decode_client, encode, encode_error
+from chat.wire.codec import LineFramer, decode_client, encode, encode_error
 from chat.wire.protocol import (
     CLIENT_TYPES,
     DEFAULT_MAX_LINE,
@@ -169,3 +169,32 @@ def test_any_json_object_decodes_to_a_model_or_a_protocol_error(kind, fields):
         encode_error(exc)
     else:
         encode(message)
+
+
+def test_the_framer_cuts_lines_however_the_bytes_arrive():
+    framer = LineFramer(max_line=20)
+    assert framer.feed(b'{"a"') == []
+    assert framer.feed(b': 1}\n{"b": 2}\n{"c') == [b'{"a": 1}', b'{"b": 2}']
+    assert framer.unfinished == 3
+    assert framer.feed(b"\n") == [b'{"c']
+
+
+def test_the_framer_refuses_a_line_too_long_before_it_ends():
+    framer = LineFramer(max_line=20)
+    framer.feed(b"x" * 19)
+    with pytest.raises(ProtocolError) as caught:
+        framer.feed(b"x")
+    assert caught.value.code == "line_too_long"
+
+
+def test_a_line_of_exactly_the_limit_passes():
+    assert LineFramer(max_line=5).feed(b"abcd\n") == [b"abcd"]
+    with pytest.raises(ProtocolError):
+        LineFramer(max_line=5).feed(b"abcde\n")
+
+
+def test_the_framer_is_linear_in_bytes_fed_one_at_a_time():
+    framer = LineFramer(max_line=200_000)
+    for _ in range(100_000):
+        framer.feed(b"x")
+    assert framer.feed(b"\n") == [b"x" * 100_000]

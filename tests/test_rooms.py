@@ -116,13 +116,14 @@ def test_a_client_that_never_names_a_room_works_as_before(connect):
     assert (said.room, said.name, said.msg, said.id) == ("lobby", "seed", "hi", 1)
 
 
-def test_per_room_resume_during_traffic_in_both_rooms_is_exact(connect):
-    talkers = {room: connect() for room in ("lobby", "dev")}
+def test_per_room_resume_during_traffic_in_both_rooms_is_exact(start_chat_server, connect):
+    server = start_chat_server(ServerConfig().without_limits())  # the talkers are floods
+    talkers = {room: connect(server) for room in ("lobby", "dev")}
     for room, talker in talkers.items():
         talker.join(f"talk-{room}")
         if room != "lobby":
             join(talker, room)
-    reader = connect()
+    reader = connect(server)
     reader.join("reader")
     join(reader, "dev")
     for room, talker in talkers.items():
@@ -144,7 +145,7 @@ def test_per_room_resume_during_traffic_in_both_rooms_is_exact(connect):
     for thread in threads:
         thread.start()
     try:
-        back = connect()
+        back = connect(server)
         back.send({"type": "join", "name": "reader", "since": seen["lobby"]})
         back.send({"type": "join", "room": "dev", "since": seen["dev"]})
         got: dict[str, list[int]] = defaultdict(list)
@@ -208,7 +209,10 @@ def test_a_first_release_database_opens_as_the_lobby_over_the_wire(start_chat_se
 
 def test_a_resume_of_large_messages_completes_for_a_client_that_reads(start_chat_server, connect):
     # 1,000 messages of about 48 KB (JSON-escaped NULs): far more than the backlog limit at once.
-    server = start_chat_server(ServerConfig(max_backlog=4 * 1024 * 1024, replay_limit=1000, max_line=256 * 1024))
+    config = ServerConfig(
+        max_backlog=4 * 1024 * 1024, replay_limit=1000, max_line=256 * 1024, retention_bytes=64 * 1024 * 1024
+    )
+    server = start_chat_server(config.without_limits())
     talker = connect(server)
     talker.join("talker")
     heavy = "\0" * 7990
@@ -224,7 +228,7 @@ def test_a_resume_of_large_messages_completes_for_a_client_that_reads(start_chat
 
 
 def test_many_rooms_everybody_talking_each_gets_exactly_its_rooms_in_order(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(max_backlog=64 * 1024 * 1024))
+    server = start_chat_server(ServerConfig(max_backlog=64 * 1024 * 1024).without_limits())
     rooms = [f"r{i}" for i in range(100)]
     pick = random.Random(8)
     members: dict[str, list[str]] = defaultdict(list)
@@ -264,7 +268,7 @@ def test_a_join_storm_into_a_room_with_a_long_history_welcomes_everybody(start_c
     for i in range(1, 100_001):
         store.append("big", Record(i, line % i))
     store.close()
-    server = start_chat_server(ServerConfig(db=path, history=50))
+    server = start_chat_server(ServerConfig(db=path, history=50).without_limits())
     chatter = connect(server)
     chatter.join("chatter")
     crowd = [connect(server) for _ in range(2000)]

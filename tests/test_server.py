@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from chat.server.tcp import ServerConfig
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, admitted_client
 from chat.wire.protocol import (
     Action,
     ChatMessage,
@@ -153,8 +153,11 @@ def test_utf8_character_split_across_packets_decodes(alice_and_bob):
     assert bob.expect(ChatMessage).msg == "naïve ☕"
 
 
-def test_many_lines_in_one_packet_all_arrive_in_order(alice_and_bob):
-    alice, bob = alice_and_bob
+def test_many_lines_in_one_packet_all_arrive_in_order(start_chat_server, connect):
+    server = start_chat_server(ServerConfig().without_limits())  # a hundred lines at once is a flood
+    alice, bob = connect(server), connect(server)
+    alice.join("alice")
+    bob.join("bob")
     packet = b"".join(json.dumps({"type": "message", "msg": str(i)}).encode() + b"\r\n" for i in range(100))
     alice.send_raw(packet)
     assert [bob.expect(ChatMessage).msg for _ in range(100)] == [str(i) for i in range(100)]
@@ -282,9 +285,12 @@ def test_half_closed_client_is_removed(alice_and_bob):
     assert alice.expect(Left, name="bob").reason == "disconnected"
 
 
-def test_client_that_never_reads_does_not_hold_up_the_others(alice_and_bob, connect):
-    alice, bob = alice_and_bob
-    stuck = connect()
+def test_client_that_never_reads_does_not_hold_up_the_others(start_chat_server, connect):
+    server = start_chat_server(ServerConfig().without_limits())  # the talkers are floods
+    alice, bob = connect(server), connect(server)
+    alice.join("alice")
+    bob.join("bob")
+    stuck = connect(server)
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.join("stuck")  # and never reads again
     count = 3000
@@ -310,7 +316,7 @@ def test_client_that_never_reads_does_not_hold_up_the_others(alice_and_bob, conn
 
 
 def test_client_whose_backlog_overflows_is_dropped(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(max_backlog=64 * 1024))
+    server = start_chat_server(ServerConfig(max_backlog=64 * 1024).without_limits())
     alice, stuck = connect(server), connect(server)
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     alice.join("alice")
@@ -371,8 +377,9 @@ def test_two_hundred_clients_each_get_every_message_once_in_id_order(chat_server
         thread.join(TIMEOUT)
 
 
-def test_reconnect_with_last_id_gets_exactly_the_missed_messages(connect):
-    alice, bob = connect(), connect()
+def test_reconnect_with_last_id_gets_exactly_the_missed_messages(start_chat_server, connect):
+    server = start_chat_server(ServerConfig().without_limits())
+    alice, bob = connect(server), connect(server)
     alice.join("alice")
     bob.join("bob")
     alice.say("before")
@@ -380,7 +387,7 @@ def test_reconnect_with_last_id_gets_exactly_the_missed_messages(connect):
     bob.send({"type": "leave"})
     bob.expect_closed()
     alice.say_all(f"missed {i}" for i in range(100))
-    again = connect()
+    again = connect(server)
     again.send({"type": "join", "name": "bob", "since": last_seen})
     welcome = again.expect(Welcome)
     assert (welcome.history, welcome.more) == (100, 0)
@@ -391,7 +398,7 @@ def test_reconnect_with_last_id_gets_exactly_the_missed_messages(connect):
 
 
 def test_message_broadcast_during_a_replay_arrives_once_after_it(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(replay_limit=5000))
+    server = start_chat_server(ServerConfig(replay_limit=5000).without_limits())
     talker = connect(server)
     talker.join("talker")
     talker.say_all(f"old {i}" for i in range(2000))
@@ -440,11 +447,11 @@ def test_connections_past_the_maximum_are_refused_with_a_clear_error(start_chat_
     second.send({"type": "leave"})
     second.expect_closed()
     first.expect(Left, name="second")
-    assert connect(server).join("fourth").name == "fourth"  # room again once one left
+    assert admitted_client(server).join("fourth").name == "fourth"  # room again once one left
 
 
 def test_client_that_pauses_reading_catches_up_on_everything(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(max_backlog=64 * 1024 * 1024))
+    server = start_chat_server(ServerConfig(max_backlog=64 * 1024 * 1024).without_limits())
     alice, sleepy = connect(server), connect(server)
     alice.join("alice")
     sleepy.join("sleepy")

@@ -198,3 +198,37 @@ def test_ids_past_what_a_log_can_hold_are_a_clear_error_and_huge_bounds_are_clam
     if isinstance(store, SqliteStore):
         with pytest.raises(StoreError, match="ids end at"):
             store.append("lobby", Record(ID_LIMIT, b"x\n"))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_retention_by_bytes_keeps_each_log_under_its_byte_limit(tmp_path, kind):
+    limit = 64 * 1024
+    if kind == "memory":
+        store = MemoryStore(retention=1_000_000, retention_bytes=limit)
+    else:
+        store = SqliteStore(str(tmp_path / "chat.db"), retention=1_000_000, retention_bytes=limit)
+    big = b"x" * 1000 + b"\n"
+    for i in range(1, 1001):  # a megabyte into a 64 KiB room
+        store.append("lobby", Record(i, big))
+    store.append("dev", Record(1, b"small\n"))
+    kept = store.read("lobby", 0, 1000, 2000)
+    assert sum(len(record.line) for record in kept) <= limit
+    assert len(kept) >= 50  # trimmed down to most of the limit, not emptied
+    assert kept[-1].id == 1000 and store.last_id("lobby") == 1000
+    assert [record.id for record in kept] == list(range(kept[0].id, 1001))
+    assert store.oldest_id("dev") == 1
+    store.close()
+
+
+def test_byte_retention_counts_what_a_reopened_file_already_holds(tmp_path):
+    path = str(tmp_path / "chat.db")
+    store = SqliteStore(path, retention_bytes=64 * 1024)
+    for i in range(1, 61):
+        store.append("lobby", Record(i, b"y" * 1000 + b"\n"))
+    store.close()
+    store = SqliteStore(path, retention_bytes=64 * 1024)
+    for i in range(61, 121):
+        store.append("lobby", Record(i, b"y" * 1000 + b"\n"))
+    kept = store.read("lobby", 0, 120, 200)
+    assert sum(len(record.line) for record in kept) <= 64 * 1024 and kept[-1].id == 120
+    store.close()

@@ -23,6 +23,7 @@ from chat.wire.protocol import (
     HistoryPage,
     Joined,
     Left,
+    Notice,
     PrivateMessage,
     Renamed,
     RoomList,
@@ -171,6 +172,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return error(neutralise(detail), now)
         case Shutdown(detail=detail):
             return error(f"server: {neutralise(detail)}", now)
+        case Notice(delay_ms=delay_ms):
+            return _notice(now, f"slow down: the server is holding your lines back about {delay_ms / 1000:.1f} s")
         case ConnectionLost(detail=detail, retry_in=retry_in):
             then = f"; reconnecting in {retry_in:.1f} s" if retry_in else ""
             return error(f"connection lost ({neutralise(detail)}){then}", now)

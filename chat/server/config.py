@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.paths import state_dir
+from chat.server.limits import parse_networks
 from chat.server.room import DEFAULT_HISTORY, DEFAULT_REPLAY_LIMIT
-from chat.server.store import DEFAULT_RETENTION
+from chat.server.store import DEFAULT_RETENTION, DEFAULT_RETENTION_BYTES
 from chat.wire.protocol import DEFAULT_MAX_LINE
 
 DEFAULT_HOST = "127.0.0.1"
@@ -93,6 +94,13 @@ class ServerConfig:
     retention: int = _option(
         DEFAULT_RETENTION, "--retention", "CHAT_RETENTION", "messages each room's history keeps", int
     )
+    retention_bytes: int = _option(
+        DEFAULT_RETENTION_BYTES,
+        "--retention-bytes",
+        "CHAT_RETENTION_BYTES",
+        "bytes each room's history keeps at most (oldest go first)",
+        int,
+    )
     max_age: float | None = _option(
         None, "--max-age", "CHAT_MAX_AGE", "seconds a message is kept at most", _optional_float
     )
@@ -105,6 +113,65 @@ class ServerConfig:
     )
     max_clients: int = _option(
         10_000, "--max-clients", "CHAT_MAX_CLIENTS", "most connections at once; more get a server_full error", int
+    )
+    max_queued: int = _option(
+        256 * 1024 * 1024,
+        "--max-queued",
+        "CHAT_MAX_QUEUED",
+        "bytes queued for all clients together; past it the biggest backlogs are dropped",
+        int,
+    )
+    flood_burst: float = _option(
+        10.0, "--flood-burst", "CHAT_FLOOD_BURST", "lines a client may send at once before it is slowed", float
+    )
+    flood_rate: float = _option(
+        5.0,
+        "--flood-rate",
+        "CHAT_FLOOD_RATE",
+        "lines per second a client may keep sending (0: no limit)",
+        float,
+    )
+    flood_max_delay: float = _option(
+        10.0,
+        "--flood-max-delay",
+        "CHAT_FLOOD_MAX_DELAY",
+        "seconds a client may be behind its rate before excess_flood cuts it",
+        float,
+    )
+    max_per_address: int = _option(
+        16,
+        "--max-per-address",
+        "CHAT_MAX_PER_ADDRESS",
+        "connections at once from one address, IPv6 per /64 (0: no limit)",
+        int,
+    )
+    connect_burst: int = _option(
+        32,
+        "--connect-burst",
+        "CHAT_CONNECT_BURST",
+        "connects one address may make at once before they are paced (0: no limit)",
+        int,
+    )
+    connect_interval: float = _option(
+        10.0,
+        "--connect-interval",
+        "CHAT_CONNECT_INTERVAL",
+        "seconds between further connects from one address",
+        float,
+    )
+    limit_exempt: str = _option(
+        "127.0.0.0/8,::1/128",
+        "--limit-exempt",
+        "CHAT_LIMIT_EXEMPT",
+        "comma-separated networks the per-address limits skip (empty: none)",
+        lambda text: ",".join(parse_networks(text)),
+    )
+    join_timeout: float = _option(
+        30.0,
+        "--join-timeout",
+        "CHAT_JOIN_TIMEOUT",
+        "seconds a connection has to send its first join (0: forever)",
+        float,
     )
     shutdown_grace: float = _option(
         2.0,
@@ -125,6 +192,14 @@ class ServerConfig:
     @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
+
+    def without_limits(self) -> ServerConfig:
+        """This configuration with no flood or per-address limits: for load generators, which are one abusive client."""
+        return dataclasses.replace(self, flood_rate=0, max_per_address=0, connect_burst=0)
+
+
+#: The command-line flags that do what ServerConfig.without_limits() does.
+NO_LIMIT_FLAGS = ("--flood-rate", "0", "--max-per-address", "0", "--connect-burst", "0")
 
 
 def options() -> Iterator[tuple[str, Option, Any]]:

@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar
 
 #: A log is looked at for trimming once it holds this many lines.
 TRIM_AT = 2048
+#: ...or once its lines hold this many bytes, so that big lines are not kept long.
+TRIM_BYTES = 1024 * 1024
 
 
 class PeerState(Enum):
@@ -179,7 +181,7 @@ class Fanout(Generic[S]):
             return
         log.append(line)
         self._dirty_logs.add(room)
-        if len(log.lines) >= TRIM_AT:
+        if len(log.lines) >= TRIM_AT or log.published_bytes - log.base_bytes >= TRIM_BYTES:
             self._trim_candidates.add(room)
 
     def subscribe(self, peer: S, room: str, held: bool = False) -> None:
@@ -316,6 +318,11 @@ class Fanout(Generic[S]):
         """Bytes of lines queued for `peer` alone (history pages, replies) not yet accepted."""
         return len(peer.pending) + peer.queued_bytes
 
+    def held_bytes(self, peers: Iterable[S]) -> int:
+        """Bytes held for delivery: every log's unforgotten lines and `peers`' own queues."""
+        held = sum(log.published_bytes - log.base_bytes for log in self._logs.values())
+        return held + sum(len(peer.pending) + peer.queued_bytes for peer in peers)
+
     def trim(self) -> None:
         """Forget log lines that every subscriber of their log has been given."""
         for room in list(self._trim_candidates):
@@ -323,7 +330,7 @@ class Fanout(Generic[S]):
             lowest = min(peer.cursors[room].position for peer in log.subscribers)
             if (lowest - log.base) * 2 > len(log.lines):
                 log.forget_before(lowest)
-            if len(log.lines) < TRIM_AT:
+            if len(log.lines) < TRIM_AT and log.published_bytes - log.base_bytes < TRIM_BYTES:
                 self._trim_candidates.discard(room)
 
     def log_length(self, room: str) -> int:

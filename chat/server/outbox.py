@@ -13,6 +13,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 
 from chat.server.fanout import Fanout, PeerState, Subscriber
 from chat.server.transport import Transport
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 #: This is backpressure on senders when the server is at capacity, not a
 #: limit on slow readers (that is max_backlog).
 DEFAULT_WINDOW = 4096
+#: A client's own unsent replies past which the server serves none of its
+#: requests (InspIRCd's softsendq): what it asked for leaves before it may ask for more.
+SOFT_BACKLOG = 256 * 1024
+#: How often, at most, the writer adds up what every client is owed.
+BUDGET_CHECK_INTERVAL = 0.25
 
 
 class Peer(Subscriber):
@@ -45,9 +51,15 @@ class Peer(Subscriber):
 class Outbox:
     """The fan-out core behind one lock, and the writer thread."""
 
-    def __init__(self, max_backlog: int = 8 * 1024 * 1024, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, max_backlog: int = 8 * 1024 * 1024, window: int = DEFAULT_WINDOW, max_queued: int = 0
+    ) -> None:
+        #: Bytes one peer may be owed before it is dropped as a slow consumer.
         self.max_backlog = max_backlog
+        #: Bytes all peers together may be owed (0: no limit); past it the biggest backlogs go first.
+        self.max_queued = max_queued
         self.window = window
+        self._budget_checked = 0.0
         self._fanout: Fanout[Peer] = Fanout()
         self._lock = threading.Lock()
         # Notified after every pass of the writer: publishers waiting for it to
@@ -113,10 +125,22 @@ class Outbox:
             self._wake_locked()
 
     def send_to(self, peer: Peer, line: bytes, room: str | None = None) -> None:
-        """Queue a line for one peer (with `room`: after that room's lines published before it)."""
+        """Queue a line for one peer (with `room`: after that room's lines published before it).
+
+        A peer already owed `max_backlog` bytes of its own is dropped instead: a
+        client that asks and never reads cannot make the server hold its answers.
+        """
         with self._lock:
+            if self._fanout.queued_bytes(peer) + len(line) > self.max_backlog:
+                self._drop_locked(peer, "slow_consumer")
+                return
             self._fanout.send_to(peer, line, room)
             self._wake_locked()
+
+    def queued_bytes(self, peer: Peer) -> int:
+        """Bytes of `peer`'s own lines (replies, history) not yet sent."""
+        with self._lock:
+            return self._fanout.queued_bytes(peer)
 
     def close(self, peer: Peer, final: bytes | None = None, reason: str | None = None) -> None:
         """Send what is queued (and `final`), then shut the connection down.
@@ -205,8 +229,10 @@ class Outbox:
                 self._pass_done.notify_all()
 
     def _write_until_stopped(self) -> None:
+        # With a global budget the writer also wakes on its own, to check it while nothing is sent.
+        idle_wake = BUDGET_CHECK_INTERVAL if self.max_queued else None
         while not self._stopping:
-            ready = self._selector.select()
+            ready = self._selector.select(idle_wake)
             with self._lock:
                 self._drain_wake()
                 writable: set[Peer] = {key.data for key, _ in ready if key.data is not None}
@@ -221,7 +247,26 @@ class Outbox:
                     self._settle_locked(peer, data, count)
                 self._written = published
                 self._fanout.trim()
+                self._keep_to_budget_locked()
                 self._pass_done.notify_all()
+
+    def _keep_to_budget_locked(self) -> None:
+        """Past `max_queued` bytes owed in all, drop the peers owed most until back under it."""
+        now = time.monotonic()
+        if not self.max_queued or now - self._budget_checked < BUDGET_CHECK_INTERVAL:
+            return
+        self._budget_checked = now
+        held = self._fanout.held_bytes(self._peers)
+        if held <= self.max_queued:
+            return
+        by_backlog = sorted(((self._fanout.backlog(peer), peer) for peer in self._peers), key=lambda item: -item[0])
+        for backlog, peer in by_backlog:
+            if held <= self.max_queued or backlog == 0:
+                break
+            log.warning("%s: the server holds %d bytes for its clients; dropping the biggest backlog", peer.label, held)
+            self._drop_locked(peer, "slow_consumer")
+            held -= backlog
+        self._fanout.trim()
 
     def _collect(self, batch: set[Peer], writable: set[Peer]) -> list[tuple[Peer, memoryview | bytes]]:
         """Under the lock: what each peer should be sent now."""

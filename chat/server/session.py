@@ -28,8 +28,10 @@ class Session(Generic[P]):
         self.name: str | None = None
         #: Keys of the rooms it is in, in the order it joined them.
         self.rooms: dict[str, None] = {}
-        #: time.monotonic() of the last line received; the reader keeps it fresh.
-        self.last_heard = time.monotonic()
+        #: time.monotonic() of the connect: a first join is due within the join timeout.
+        self.connected_at = time.monotonic()
+        #: time.monotonic() of the last bytes received; the reader keeps it fresh.
+        self.last_heard = self.connected_at
         #: Whether the server has pinged it since it last said anything.
         self.pinged = False
 

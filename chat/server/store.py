@@ -24,6 +24,9 @@ _logger = logging.getLogger(__name__)
 
 #: Messages each log keeps by default; older ones are deleted as new ones arrive.
 DEFAULT_RETENTION = 100_000
+#: Bytes each log keeps at most: one client saying 8,000 escaped NULs at a time
+#: (48 KB a line) must not be able to fill a small server's disk.
+DEFAULT_RETENTION_BYTES = 32 * 1024 * 1024
 #: The log of private messages: not a room name (those are 1 to 32 characters).
 PRIVATE_LOG = ""
 
@@ -102,14 +105,21 @@ class _MemoryLog:
     records: list[Record] = field(default_factory=list)
     start: int = 0
     last_id: int = 0
+    kept_bytes: int = 0
 
-    def append(self, record: Record, retention: int) -> None:
+    def append(self, record: Record, retention: int, retention_bytes: int) -> None:
         self.ids.append(record.id)
         self.records.append(record)
         self.last_id = record.id
+        self.kept_bytes += len(record.line)
         if len(self.ids) - self.start > retention:
+            for old in self.records[self.start : len(self.ids) - retention]:
+                self.kept_bytes -= len(old.line)
             self.start = len(self.ids) - retention
-            if self.start > len(self.ids) // 2:  # compact now and then, not per append
+        while self.kept_bytes > retention_bytes and self.start < len(self.ids) - 1:
+            self.kept_bytes -= len(self.records[self.start].line)
+            self.start += 1
+        if self.start > len(self.ids) // 2:  # compact now and then, not per append
                 del self.ids[: self.start]
                 del self.records[: self.start]
                 self.start = 0
@@ -122,8 +132,9 @@ class _MemoryLog:
 class MemoryStore:
     """A store that forgets everything when the server stops (`--db :memory:`)."""
 
-    def __init__(self, retention: int = DEFAULT_RETENTION) -> None:
+    def __init__(self, retention: int = DEFAULT_RETENTION, retention_bytes: int = DEFAULT_RETENTION_BYTES) -> None:
         self.retention = retention
+        self.retention_bytes = retention_bytes
         self._logs: dict[str, _MemoryLog] = {}
         self._rooms: dict[str, RoomRecord] = {}
         # Room threads append to different logs at once; one short lock keeps the dicts whole.
@@ -140,7 +151,7 @@ class MemoryStore:
 
     def append(self, log: str, record: Record) -> None:
         with self._lock:
-            self._log(log).append(record, self.retention)
+            self._log(log).append(record, self.retention, self.retention_bytes)
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         with self._lock:
@@ -251,10 +262,13 @@ class SqliteStore:
         retention: int = DEFAULT_RETENTION,
         max_age: float | None = None,
         busy_timeout: float = 2.0,
+        retention_bytes: int = DEFAULT_RETENTION_BYTES,
     ) -> None:
         self.path = path
         self.retention = retention
+        self.retention_bytes = retention_bytes
         self.max_age = max_age
+        self._kept_bytes: dict[str, int] = {}  # log -> bytes of its kept lines, counted once per run
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._appends: dict[str, int] = {}
@@ -293,6 +307,14 @@ class SqliteStore:
             self._appends[log] = appends = self._appends.get(log, 0) + 1
             if appends % self.TRIM_EVERY == 0:
                 self._trim(log, base)
+            kept = self._kept_bytes.get(log)
+            if kept is None:
+                kept = self._count_bytes_locked(base)
+            else:
+                kept += len(record.line)
+            self._kept_bytes[log] = kept
+            if kept > self.retention_bytes:
+                self._trim_bytes(log, base)
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         if count <= 0:
@@ -393,12 +415,46 @@ class SqliteStore:
         # log's next id is known after a restart.
         last = self._last_ids[log]
         try:
-            self._db.execute("DELETE FROM lines WHERE key BETWEEN ? AND ?", (base, base + last - self.retention))
+            self._delete(log, "key BETWEEN ? AND ?", (base, base + last - self.retention))
             if self.max_age is not None:
-                self._db.execute(
-                    "DELETE FROM lines WHERE key BETWEEN ? AND ? AND stored_at < ?",
-                    (base, base + last - 1, time.time() - self.max_age),
+                self._delete(
+                    log, "key BETWEEN ? AND ? AND stored_at < ?", (base, base + last - 1, time.time() - self.max_age)
                 )
+        except sqlite3.Error as exc:
+            _logger.error("could not delete old lines of %s: %s", log or "private messages", exc)
+
+    def _delete(self, log: str, where: str, params: tuple[float, ...]) -> None:
+        """Delete some of a log's lines, keeping its count of kept bytes right."""
+        if log in self._kept_bytes:
+            gone = self._db.execute(f"SELECT TOTAL(LENGTH(line)) FROM lines WHERE {where}", params).fetchone()[0]
+            self._kept_bytes[log] -= int(gone)
+        self._db.execute(f"DELETE FROM lines WHERE {where}", params)
+
+    def _count_bytes_locked(self, base: int) -> int:
+        row = self._db.execute(
+            "SELECT TOTAL(LENGTH(line)) FROM lines WHERE key BETWEEN ? AND ?", (base, base + ID_LIMIT - 1)
+        ).fetchone()
+        return int(row[0])
+
+    def _trim_bytes(self, log: str, base: int) -> None:
+        """Delete a log's oldest lines until it holds at most 7/8 of retention_bytes
+        (so that the next deletes are a while off): reads only the rows it deletes."""
+        target = self.retention_bytes - self.retention_bytes // 8
+        excess = self._kept_bytes[log] - target
+        last = self._last_ids[log]
+        cut, freed = None, 0
+        try:
+            rows = self._db.execute(
+                "SELECT key, LENGTH(line) FROM lines WHERE key BETWEEN ? AND ? ORDER BY key", (base, base + last - 1)
+            )
+            for key, size in rows:
+                cut, freed = key, freed + size
+                if freed >= excess:
+                    break
+            rows.close()
+            if cut is not None:
+                self._db.execute("DELETE FROM lines WHERE key BETWEEN ? AND ?", (base, cut))
+                self._kept_bytes[log] -= freed
         except sqlite3.Error as exc:
             _logger.error("could not delete old lines of %s: %s", log or "private messages", exc)
 
@@ -454,8 +510,13 @@ def _move_single_room_history(db: sqlite3.Connection) -> int:
     return moved
 
 
-def open_store(path: str, retention: int = DEFAULT_RETENTION, max_age: float | None = None) -> Store:
+def open_store(
+    path: str,
+    retention: int = DEFAULT_RETENTION,
+    max_age: float | None = None,
+    retention_bytes: int = DEFAULT_RETENTION_BYTES,
+) -> Store:
     """A SqliteStore at `path`, or a MemoryStore for ":memory:"."""
     if path == ":memory:":
-        return MemoryStore(retention)
-    return SqliteStore(path, retention, max_age)
+        return MemoryStore(retention, retention_bytes)
+    return SqliteStore(path, retention, max_age, retention_bytes=retention_bytes)

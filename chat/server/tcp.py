@@ -8,53 +8,73 @@ tells every client, wakes every handler, and joins every thread started here.
 from __future__ import annotations
 
 import logging
+import math
+import select
+import socket
 import socketserver
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, cast
 
 from chat.errors import ProtocolError, Refused, RequestFailed
 from chat.server.config import ServerConfig
+from chat.server.fanout import PeerState
 from chat.server.hub import Hub
-from chat.server.outbox import Outbox, Peer
+from chat.server.limits import AddressBook, AddressPolicy, TokenBucket, parse_networks, request_cost
+from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import open_store
 from chat.server.transport import TcpTransport
-from chat.wire.codec import decode_client, encode, encode_error
-from chat.wire.protocol import ErrorReply, LeaveReason, ServerPing, Shutdown
+from chat.wire.codec import LineFramer, decode_client, encode, encode_error
+from chat.wire.protocol import (
+    ClassicMessage,
+    ClientMessage,
+    ErrorReply,
+    LeaveReason,
+    Notice,
+    ServerPing,
+    Shutdown,
+)
+from chat.wire.text import quoted
 
 log = logging.getLogger(__name__)
 
 _PING = encode(ServerPing())
-#: Protocol errors logged per connection: a client flooding garbage must not flood the log.
-_LOGGED_ERRORS = 5
 _TOO_IDLE = encode(ErrorReply(code="idle_timeout", detail="no line from you for too long; closing"))
+_NO_JOIN = encode(ErrorReply(code="join_timeout", detail="no join from you in time; closing"))
+_READ_SIZE = 64 * 1024
 
 __all__ = ["ChatHandler", "ChatServer", "ServerConfig"]
 
 
-class ChatHandler(socketserver.StreamRequestHandler):
-    """Reads one client's lines and hands them to the hub; never writes."""
+class ChatHandler(socketserver.BaseRequestHandler):
+    """Reads one client's lines and hands them to the hub, at the pace its limits allow; never writes.
+
+    Lines are read as they arrive and each is charged to the connection's token
+    bucket: within the burst it is served at once, past it it waits its turn
+    (the client is slowed, nobody else is), and a client more than
+    `flood_max_delay` seconds ahead of its rate is cut off with `excess_flood`.
+    While a client's own replies are over SOFT_BACKLOG unsent, its next request
+    waits, so what it asked for leaves before it may ask for more.
+    """
 
     server: ChatServer
-    # The outbox coalesces lines itself; Nagle would only add latency.
-    disable_nagle_algorithm = True
+    request: socket.socket
 
     def handle(self) -> None:
         server = self.server
         label = "{}:{}".format(*self.client_address[:2])
+        # The outbox coalesces lines itself; Nagle would only add latency.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = server.outbox.register(TcpTransport(self.request), label)
         session = server.hub.connect(peer, label)
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
         try:
-            if server.outbox.peer_count() > server.config.max_clients:
-                log.warning("%s refused: already %d connections", label, server.config.max_clients)
-                full = Refused("server_full", f"the server takes at most {server.config.max_clients} connections")
-                server.outbox.close(peer, encode_error(full))
-            else:
-                reason = self._read_lines(session)
+            reason = self._serve(session)
         except OSError as exc:
             log.info("%s: connection lost (%s)", label, exc)
         finally:
@@ -62,53 +82,143 @@ class ChatHandler(socketserver.StreamRequestHandler):
             server.outbox.release(peer, server.config.shutdown_grace)
             log.info("%s disconnected", label)
 
-    def _read_lines(self, session: Session[Peer]) -> LeaveReason:
-        server = self.server
-        peer = session.peer
-        max_line = server.config.max_line
-        errors = 0
+    def _serve(self, session: Session[Peer]) -> LeaveReason:
+        """Read and serve lines until the client leaves or is cut off; why it went."""
+        config = self.server.config
+        framer = LineFramer(config.max_line)
+        bucket = TokenBucket(config.flood_rate, config.flood_burst)
+        waiting: deque[_Request] = deque()
+        readable = select.poll()
+        readable.register(self.request, select.POLLIN)
+        slowed = False
         while True:
-            line = self.rfile.readline(max_line + 1)
-            if not line:
-                return "disconnected"
+            if not self._serve_due(session, waiting):
+                return "quit"
+            timeout_ms = None if not waiting else max(0, math.ceil((waiting[0].due - time.monotonic()) * 1000))
+            if not readable.poll(timeout_ms):
+                continue  # the first waiting line is due
+            data = self.request.recv(_READ_SIZE)
+            if not data:
+                if framer.unfinished:
+                    log.debug("%s: dropped an unterminated last line", session.label)
+                return self._serve_rest(session, waiting)
             session.heard()
-            if len(line) > max_line:
-                too_long = ProtocolError("line_too_long", f"a line is at most {max_line} bytes; closing")
-                server.outbox.close(peer, encode_error(too_long))
-                log.warning("%s: line over %d bytes; closing", peer.label, max_line)
-                return "disconnected"
-            if not line.strip():
-                continue  # blank lines (an extra Enter in nc) are not an error
             try:
-                if not server.hub.receive(session, decode_client(line)):
-                    return "quit"
-            except RequestFailed as exc:
-                errors += 1
-                if errors <= _LOGGED_ERRORS:
-                    log.info("%s: %s%s", peer.label, exc, " (not logging more)" if errors == _LOGGED_ERRORS else "")
-                server.outbox.send_to(peer, encode_error(exc))
-            server.outbox.wait_for_writer(timeout=1.0)
+                lines = framer.feed(data)
+            except ProtocolError as exc:
+                self.server.outbox.close(session.peer, encode_error(exc))
+                log.warning("%s: line over %d bytes; closing", session.label, config.max_line)
+                return "disconnected"
+            for line in lines:
+                if not line.strip():
+                    continue  # blank lines (an extra Enter in nc) are not an error
+                request = _Request.decode(line)
+                delay = bucket.charge(request_cost(request.message, len(line)))
+                if delay > config.flood_max_delay:
+                    behind = f"you are more than {config.flood_max_delay:g} s ahead of the rate limit; closing"
+                    excess = Refused("excess_flood", behind)
+                    self.server.outbox.close(session.peer, encode_error(excess), reason="excess_flood")
+                    log.warning("%s: excess flood; closing", session.label)
+                    return "excess_flood"
+                if delay and not slowed:
+                    detail = f"you send faster than {config.flood_rate:g} lines a second; your lines wait their turn"
+                    self.server.outbox.send_to(
+                        session.peer, encode(Notice(code="rate_limited", detail=detail, delay_ms=round(delay * 1000)))
+                    )
+                slowed = delay > 0
+                request.due = time.monotonic() + delay
+                waiting.append(request)
+
+    def _serve_due(self, session: Session[Peer], waiting: deque[_Request]) -> bool:
+        """Serve every waiting line that is due; False when the client said goodbye."""
+        outbox, peer = self.server.outbox, session.peer
+        while waiting and waiting[0].due <= time.monotonic():
+            if peer.state is not PeerState.OPEN or (
+                outbox.queued_bytes(peer) >= SOFT_BACKLOG and not outbox.wait_drained(peer, SOFT_BACKLOG)
+            ):
+                waiting.clear()  # closing: nobody to answer
+                return True
+            if not self._serve_line(session, waiting.popleft()):
+                return False
+        return True
+
+    def _serve_rest(self, session: Session[Peer], waiting: deque[_Request]) -> LeaveReason:
+        """The client closed its side: what it sent before still counts, at its pace."""
+        stopping = self.server.stopping
+        while waiting and session.peer.state is PeerState.OPEN:
+            if stopping.wait(max(0.0, waiting[0].due - time.monotonic())):
+                break
+            if not self._serve_due(session, waiting):
+                return "quit"
+        return "disconnected"
+
+    def _serve_line(self, session: Session[Peer], request: _Request) -> bool:
+        server = self.server
+        try:
+            if isinstance(request.message, RequestFailed):
+                raise request.message
+            if not server.hub.receive(session, request.message):
+                return False
+        except RequestFailed as exc:
+            host = str(self.client_address[0])
+            if server.addresses.may_log(host):
+                log.info("%s: %s", session.label, quoted(str(exc), 200))
+            server.outbox.send_to(session.peer, encode_error(exc))
+        server.outbox.wait_for_writer(timeout=1.0)
+        return True
+
+
+@dataclass
+class _Request:
+    """One line read from a client, decoded (or why not), and when it may be served."""
+
+    message: ClientMessage | ClassicMessage | RequestFailed
+    due: float = 0.0
+
+    @classmethod
+    def decode(cls, line: bytes) -> _Request:
+        try:
+            return cls(decode_client(line))
+        except ProtocolError as exc:
+            return cls(exc)
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
-    """A chat server listening on `config.address`; call serve_forever(), then stop()."""
+    """A chat server listening on `config.address`; call serve_forever(), then stop().
+
+    Accepting stays cheap however many connections are open: limits are
+    checked on the accepting thread before any thread is started, and handler
+    threads are tracked in a set (socketserver's own list is reaped on every
+    accept), so that stop() still joins every one.
+    """
 
     allow_reuse_address = True
-    daemon_threads = False
-    block_on_close = True
+    daemon_threads = True  # joined by stop() through self._handlers, not socketserver's list
     request_queue_size = 4096  # the kernel caps it at net.core.somaxconn
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
-        self.store = open_store(config.db, config.retention, config.max_age)  # StoreError if unusable
-        self.outbox = Outbox(max_backlog=config.max_backlog)
+        # StoreError if unusable: the command line turns it into one line and exit status 1.
+        self.store = open_store(config.db, config.retention, config.max_age, config.retention_bytes)
+        self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
         try:
             self.hub: Hub[Peer] = Hub(self.outbox, self.store, HistorySettings(config.history, config.replay_limit))
         except BaseException:
             self.store.close()
             raise
+        self.addresses = AddressBook(
+            AddressPolicy(
+                max_connections=config.max_per_address,
+                connect_burst=config.connect_burst,
+                connect_interval=config.connect_interval,
+                exempt=parse_networks(config.limit_exempt),
+            )
+        )
+        self._handlers: set[threading.Thread] = set()
+        self._handlers_lock = threading.Lock()
         self._serving = threading.Event()
-        self._stopping = threading.Event()
+        #: Set once stop() begins: handlers waiting out a client's pace stop waiting.
+        self.stopping = threading.Event()
         self._stop_lock = threading.Lock()
         try:
             super().__init__(config.address, ChatHandler)
@@ -125,42 +235,128 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._serving.set()
-        if not self._stopping.is_set():
+        if not self.stopping.is_set():
             super().serve_forever(poll_interval)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every client, close every connection, and join every thread. Idempotent."""
         with self._stop_lock:
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 return
-            self._stopping.set()
+            self.stopping.set()
         log.info("stopping")
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(encode(Shutdown(detail="the server is shutting down")))
-        self.server_close()  # closes the listener and joins every handler thread
+        self.server_close()
+        self._join_handlers(timeout)
         self._keepalive.join(timeout)
         self.outbox.stop(timeout)
         self.store.close()
         log.info("stopped")
 
+    def handler_count(self) -> int:
+        return len(self._handlers)
+
+    # --- socketserver's hooks --------------------------------------------------------------
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """On the accepting thread: whether this connection gets a handler. Never blocks."""
+        sock = cast(socket.socket, request)
+        host = str(client_address[0])
+        try:
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return False  # closed by its client while it waited to be accepted (a storm's leftovers)
+        except BlockingIOError:
+            pass  # open, and quiet: the usual case
+        except OSError:
+            return False  # reset while it waited
+        refusal: Refused | None = None
+        code = self.addresses.admit(host)
+        if code is not None:
+            refusal = Refused(code, "too many connections from your address; closing")
+        elif len(self._handlers) >= self.config.max_clients:
+            self.addresses.release(host)
+            refusal = Refused("server_full", f"the server takes at most {self.config.max_clients} connections")
+        if refusal is None:
+            return True
+        if self.addresses.may_log(host):
+            log.warning("%s:%s refused: %s", host, client_address[1], refusal.code)
+        _refuse(sock, encode_error(refusal))
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._handle_connection, args=(request, client_address), name="chat-handler", daemon=True
+        )
+        with self._handlers_lock:
+            self._handlers.add(thread)
+        thread.start()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("handler for %s crashed", client_address)
 
+    # --- inside --------------------------------------------------------------------------
+
+    def _handle_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.addresses.release(str(client_address[0]))
+            with self._handlers_lock:
+                self._handlers.discard(threading.current_thread())
+
+    def _join_handlers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._handlers_lock:
+            handlers = list(self._handlers)
+        for thread in handlers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in handlers):
+            log.error("%d handler threads did not end in time", sum(thread.is_alive() for thread in handlers))
+
     def _watch_idle(self) -> None:
         config = self.config
-        if not config.idle_timeout:
-            self._stopping.wait()
+        deadlines = [t for t in (config.idle_timeout, config.ping_interval, config.join_timeout) if t]
+        if not deadlines:
+            self.stopping.wait()
             return
-        ping_after = min(config.ping_interval, config.idle_timeout)
-        check_every = min(max(ping_after / 4, 0.01), 5.0)
-        while not self._stopping.wait(check_every):
+        check_every = min(max(min(deadlines) / 4, 0.01), 5.0)
+        while not self.stopping.wait(check_every):
             now = time.monotonic()
             for session in self.hub.sessions():
-                silent = now - session.last_heard
-                if silent >= config.idle_timeout:
-                    log.info("%s: silent for %.0f s; closing", session.label, silent)
-                    self.outbox.close(session.peer, _TOO_IDLE, reason="timeout")
-                elif silent >= ping_after and not session.pinged:
-                    session.pinged = True
-                    self.outbox.send_to(session.peer, _PING)
+                self._check_alive(session, now)
+
+    def _check_alive(self, session: Session[Peer], now: float) -> None:
+        config, peer = self.config, session.peer
+        if config.join_timeout and session.name is None and now - session.connected_at >= config.join_timeout:
+            log.info("%s: no join within %g s; closing", session.label, config.join_timeout)
+            self.outbox.close(peer, _NO_JOIN, reason="timeout")
+            return
+        if not config.idle_timeout:
+            return
+        silent = now - session.last_heard
+        if silent >= config.ping_interval and silent < config.idle_timeout and not session.pinged:
+            session.pinged = True
+            self.outbox.send_to(peer, _PING)
+        elif silent >= config.idle_timeout:
+            # After a stall (the server stopped, the machine slept) lines may wait
+            # unread: the client is alive if it is still reading what it is sent.
+            if peer.transport.has_input() and self.outbox.queued_bytes(peer) < SOFT_BACKLOG:
+                session.heard()
+                return
+            log.info("%s: silent for %.0f s; closing", session.label, silent)
+            self.outbox.close(peer, _TOO_IDLE, reason="timeout")
+
+
+def _refuse(sock: socket.socket, line: bytes) -> None:
+    """Tell a connection that gets no handler why, without ever blocking the accepting thread."""
+    try:
+        sock.send(line, socket.MSG_DONTWAIT)
+        # Read what it already sent, so that closing does not reset the connection before it reads the reason.
+        sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # it is gone or not reading: the close below says enough

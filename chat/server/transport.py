@@ -8,6 +8,7 @@ handler thread reads the same socket in blocking mode), TLS later
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Protocol
 
@@ -24,6 +25,10 @@ class Transport(Protocol):
         ...
 
     def fileno(self) -> int: ...
+
+    def has_input(self) -> bool:
+        """Whether bytes from the peer wait unread (or its end of stream does)."""
+        ...
 
 
 class TcpTransport:
@@ -48,3 +53,11 @@ class TcpTransport:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def has_input(self) -> bool:
+        try:
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False  # closed already: nothing more will be read

@@ -71,6 +71,44 @@ def strip_line_ending(line: bytes) -> bytes:
     return line
 
 
+class LineFramer:
+    """Cuts a byte stream into lines, none longer than `max_line` bytes with its newline.
+
+    Feed it whatever arrived; it returns the complete lines (without their
+    newline) and keeps the unfinished rest, refusing it with `line_too_long` as
+    soon as it is too long to ever fit. Linear in the bytes fed, however they
+    are split.
+    """
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self._scanned = 0  # no newline before this offset of the buffer
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        lines: list[bytes] = []
+        start = 0
+        while (end := buffer.find(b"\n", max(start, self._scanned))) >= 0:
+            self._check(end + 1 - start)
+            lines.append(bytes(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        self._scanned = len(buffer)
+        self._check(len(buffer) + 1 if buffer else 0)
+        return lines
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes received after the last newline."""
+        return len(self._buffer)
+
+    def _check(self, length: int) -> None:
+        if length > self.max_line:
+            raise ProtocolError("line_too_long", f"a line is at most {self.max_line} bytes; closing")
+
+
 def decode_client(line: bytes) -> ClientMessage | ClassicMessage:
     """Decode one line a client sent; raise ProtocolError if it is not protocol.
 

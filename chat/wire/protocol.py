@@ -361,7 +361,7 @@ class Joined(_ServerWire):
     time: Timestamp
 
 
-LeaveReason = Literal["quit", "part", "disconnected", "timeout", "slow_consumer", "shutdown"]
+LeaveReason = Literal["quit", "part", "disconnected", "timeout", "slow_consumer", "excess_flood", "shutdown"]
 
 
 class Left(_ServerWire):
@@ -416,6 +416,17 @@ class ServerPong(_ServerWire):
     type: Literal["pong"] = "pong"
 
 
+class Notice(_ServerWire):
+    """Something about the connection itself, for this client only: `rate_limited`
+    means its lines are being served `delay_ms` later than they arrived (sent once
+    each time it starts being slowed down)."""
+
+    type: Literal["notice"] = "notice"
+    code: Literal["rate_limited"]
+    detail: str
+    delay_ms: int = Field(ge=0)
+
+
 class Shutdown(_ServerWire):
     """The server is going away; the connection closes after this line."""
 
@@ -445,8 +456,11 @@ ErrorCode = Literal[
     "no_such_room",
     "no_such_user",
     "slow_consumer",
+    "excess_flood",
     "idle_timeout",
+    "join_timeout",
     "server_full",
+    "too_many_connections",
     "storage_failed",
 ]
 
@@ -463,7 +477,17 @@ class ErrorReply(_ServerWire):
 
 
 #: Error codes after which the server closes the connection.
-CLOSING_ERRORS = frozenset({"line_too_long", "slow_consumer", "idle_timeout", "server_full"})
+CLOSING_ERRORS = frozenset(
+    {
+        "line_too_long",
+        "slow_consumer",
+        "excess_flood",
+        "idle_timeout",
+        "join_timeout",
+        "server_full",
+        "too_many_connections",
+    }
+)
 
 ServerMessage = Annotated[
     Welcome
@@ -480,6 +504,7 @@ ServerMessage = Annotated[
     | RoomList
     | ServerPing
     | ServerPong
+    | Notice
     | Shutdown
     | ErrorReply,
     Field(discriminator="type"),
