@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
+import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.server.config import ServerConfig
+from chat.server.fanout import PeerState
+from chat.server.session import Session
 from chat.testing import TIMEOUT, LineClient, admitted_client
 from chat.wire.protocol import ChatMessage, ErrorReply, Joined, Left, Notice, ServerPing, ServerPong
 
@@ -251,3 +256,53 @@ def fuzz_server(start_chat_server, connect):
     bystander = connect(server)
     bystander.join("bystander")
     return server, bystander
+
+
+def test_a_client_that_kept_talking_through_a_server_stall_is_not_called_idle(chat_server_process):
+    server = chat_server_process("--ping-interval", "0.4", "--idle-timeout", "1")
+    alice = LineClient(server.address)
+    alice.join("alice")
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        # The stall itself is the scenario: longer than the idle timeout, with
+        # alice's lines waiting unread in the server's socket all along.
+        for _ in range(6):
+            alice.send({"type": "pong"})
+            threading.Event().wait(0.25)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    alice.say("I was here all along")
+    assert alice.expect(ChatMessage).msg == "I was here all along"
+    assert not [m for m in alice.seen if isinstance(m, ErrorReply)]
+
+
+class _StalledTransport:
+    """A connection whose bytes wait unread, as after a stall of the whole server."""
+
+    def __init__(self, waiting: bool) -> None:
+        self.waiting = waiting
+        self.shut = False
+
+    def try_send(self, data: bytes) -> int:
+        return len(data)
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+    def fileno(self) -> int:
+        return -1
+
+    def has_input(self) -> bool:
+        return self.waiting
+
+
+@pytest.mark.parametrize("waiting", [True, False])
+def test_the_keepalive_counts_unread_input_as_life(start_chat_server, waiting):
+    server = start_chat_server(ServerConfig(idle_timeout=3600, ping_interval=3600))
+    peer = server.outbox.register(_StalledTransport(waiting), "stalled")
+    session = Session(peer, "stalled", "\0inbox test")
+    session.last_heard -= 7200
+    server._check_alive(session, time.monotonic())
+    assert (peer.state is PeerState.OPEN) is waiting
+    assert (peer.drop_reason is None) is waiting
+    server.outbox.release(peer, 1.0)
