@@ -216,6 +216,8 @@ VALID_LINES = [
     {"type": "rooms"},
     {"type": "ping"},
     {"type": "history", "limit": 3},
+    {"type": "history", "before": 2**63, "limit": 3},
+    {"type": "history", "before": 2**53, "limit": 500},
     {"name": "classic", "msg": "old style"},
 ]
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
@@ -250,9 +252,10 @@ def test_random_lines_from_several_clients_never_hurt_the_server_or_the_others(f
     assert server.errors == []
 
 
-@pytest.fixture
-def fuzz_server(start_chat_server, connect):
-    server = start_chat_server(ServerConfig().without_limits())
+@pytest.fixture(params=["memory", "sqlite"])
+def fuzz_server(request, start_chat_server, connect, tmp_path):
+    db = ":memory:" if request.param == "memory" else str(tmp_path / "fuzz.db")
+    server = start_chat_server(ServerConfig(db=db).without_limits())
     bystander = connect(server)
     bystander.join("bystander")
     return server, bystander

@@ -1,0 +1,162 @@
+"""Abuse against a server with its default limits, measured as ratios within one run.
+
+`flood`: 100 clients chat at 200 msgs/s in all (2 each: under the rate limit)
+while one client from another loopback address (127.0.0.2, not exempt) floods
+as fast as its socket takes lines and reconnects each time it is cut. Rounds
+with and without the flooder alternate; prints the others' p99 both ways.
+
+`accept`: opens (or closes) idle connections to each level, 1,000 and 9,000
+twice, and times the next 500 accepts (connect to a served ping) there. `storm`: 30 clients open and drop
+connections at full speed for a few seconds; then how long a newcomer waits.
+
+Usage: .venv/bin/python bench/abuse.py flood|accept|storm
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chat.bench import _free_port, run_bench, spawn_server
+from chat.cli import raise_open_file_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOOD_LINE = b'{"type":"message","room":"flood","msg":"' + b"f" * 200 + b'"}\n'
+
+
+def server_command(db: str, *flags: str) -> list[str]:
+    """server.py with its default limits, except that 127.0.0.2 (the attacker) is not exempt."""
+    return [sys.executable, str(ROOT / "server.py"), "--db", db, "--log-level", "ERROR", "--limit-exempt",
+            "127.0.0.1/32", *flags]
+
+
+async def flooder(port: int, stop: asyncio.Event, tally: dict[str, int]) -> None:
+    """Flood from 127.0.0.2 as fast as the socket takes it; reconnect whenever cut off."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        except OSError:
+            tally["refused"] += 1
+            await asyncio.sleep(0.01)
+            continue
+        tally["connections"] += 1
+        writer.write(b'{"type":"join","name":"flooder%d","room":"flood"}\n' % tally["connections"])
+        drain = asyncio.create_task(_discard(reader, tally))
+        try:
+            while not stop.is_set() and not drain.done():
+                writer.write(FLOOD_LINE * 100)
+                tally["lines"] += 100
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        drain.cancel()
+        writer.close()
+
+
+async def _discard(reader: asyncio.StreamReader, tally: dict[str, int]) -> None:
+    first = await reader.readline()
+    if b"too_many_connections" in first:
+        tally["refused"] += 1
+    elif b"welcome" in first:
+        tally["served"] += 1
+    while await reader.read(65536):
+        pass
+
+
+async def flood_rounds(port: int, rounds: int, seconds: float) -> None:
+    p99: dict[str, list[float]] = {"alone": [], "with flooder": []}
+    for _ in range(rounds):
+        for label in ("alone", "with flooder"):
+            stop = asyncio.Event()
+            tally = {"connections": 0, "refused": 0, "served": 0, "lines": 0}
+            task = asyncio.create_task(flooder(port, stop, tally)) if label != "alone" else None
+            result = await run_bench("127.0.0.1", port, clients=100, senders=100, rate=200.0, seconds=seconds,
+                                     sampled=100, progress=False)
+            stop.set()
+            if task is not None:
+                await task
+            p99[label].append(result.latency_ms["p99"])
+            print(f"{label:>12}: p99 {result.latency_ms['p99']:6.1f} ms, p50 {result.latency_ms['p50']:5.1f} ms, "
+                  f"lost {result.lost}, dropped {result.dropped_clients}"
+                  + (f"; flooder wrote {tally['lines']:,} lines over {tally['connections']} connects: "
+                     f"{tally['served']} served, {tally['refused']} refused" if task else ""), flush=True)
+    alone, flooded = statistics.median(p99["alone"]), statistics.median(p99["with flooder"])
+    print(f"median p99: alone {alone:.1f} ms, with flooder {flooded:.1f} ms, ratio {flooded / alone:.2f}")
+
+
+async def accept_rate(port: int, levels: list[int]) -> None:
+    idle: list[asyncio.StreamWriter] = []
+    for level in levels:
+        while len(idle) > level:
+            idle.pop().close()
+        while len(idle) < level:
+            wave = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
+                                          for _ in range(min(200, level - len(idle)))))
+            idle += [writer for _, writer in wave]
+        started = time.perf_counter()
+        for _ in range(500):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b'{"type":"ping"}\n')
+            assert b"pong" in await reader.readline()
+            writer.close()
+        took = time.perf_counter() - started
+        print(f"with {level:>5} connections open: 500 accepts served in {took:.2f} s, {500 / took:,.0f}/s", flush=True)
+    for writer in idle:
+        writer.close()
+
+
+async def storm(port: int, seconds: float) -> None:
+    stop = asyncio.Event()
+    opened = [0]
+
+    async def churn() -> None:
+        while not stop.is_set():
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                opened[0] += 1
+                writer.transport.abort()  # gone before the server gets to it
+            except OSError:
+                await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(churn()) for _ in range(30)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks)
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b'{"type":"join","name":"newcomer"}\n')
+    welcome = json.loads(await reader.readline())
+    took = time.perf_counter() - started
+    print(f"{opened[0]:,} connections opened and dropped in {seconds:g} s by 30 clients; "
+          f"then a newcomer was welcomed as {welcome['name']} in {took * 1000:.0f} ms")
+    writer.close()
+
+
+def main() -> int:
+    what = sys.argv[1] if len(sys.argv) > 1 else "flood"
+    raise_open_file_limit()
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        db = str(Path(directory) / "abuse.db")
+        flags = ("--join-timeout", "0", "--max-per-address", "0") if what == "accept" else ()
+        server = spawn_server(server_command(db, *flags), port)
+        try:
+            if what == "flood":
+                asyncio.run(flood_rounds(port, rounds=3, seconds=6))
+            elif what == "accept":
+                asyncio.run(accept_rate(port, [1000, 9000, 1000, 9000]))
+            else:
+                asyncio.run(storm(port, seconds=5))
+        finally:
+            server.terminate()
+            server.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
