@@ -9,13 +9,17 @@ with and without the flooder alternate; prints the others' p99 both ways.
 twice, and times the next 500 accepts (connect to a served ping) there. `storm`: 30 clients open and drop
 connections at full speed for a few seconds; then how long a newcomer waits.
 
-Usage: .venv/bin/python bench/abuse.py flood|accept|storm
+`pages`: 200 clients that never read each ask for 40 pages of 500 messages
+of 8,000 characters; prints the server's RSS and a chatter's echo latency.
+
+Usage: .venv/bin/python bench/abuse.py flood|accept|storm|pages
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -26,6 +30,7 @@ from chat.bench import _free_port, run_bench, spawn_server
 from chat.cli import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGES = 2
 FLOOD_LINE = b'{"type":"message","room":"flood","msg":"' + b"f" * 200 + b'"}\n'
 
 
@@ -137,17 +142,78 @@ async def storm(port: int, seconds: float) -> None:
     writer.close()
 
 
+async def pages(port: int, pid: int, hogs: int) -> None:
+    """`hogs` clients that never read each ask for PAGES pages of 500 big messages (within the rate limit); a chatter times its echo."""
+    from chat.bench import _proc_status_kb
+
+    rss_before = _proc_status_kb(pid, "VmRSS")
+    quiet: list[float] = []
+    await _chat(port, "quiet", 100, quiet)
+    sockets = []
+    for index in range(hogs):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        writer.write(b'{"type":"join","name":"hog%d"}\n' % index + b'{"type":"history","limit":500}\n' * PAGES)
+        sockets.append(writer)
+    during: list[float] = []
+    await _chat(port, "during", 300, during)
+    rss_after, peak = _proc_status_kb(pid, "VmRSS"), _proc_status_kb(pid, "VmHWM")
+    for label, values in (("echo before", quiet), ("echo with the hogs", during)):
+        ordered = sorted(values)
+        print(f"{label}: p50 {statistics.median(values):.1f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))]:.1f} ms")
+    print(f"{hogs} non-readers asked for {hogs * PAGES * 500 * 8 / 1000:,.0f} MB of pages; server RSS "
+          f"{rss_before / 1024:.0f} MB before, {rss_after / 1024:.0f} MB after, peak {peak / 1024:.0f} MB")
+    for writer in sockets:
+        writer.close()
+
+
+async def _chat(port: int, name: str, count: int, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+    writer.write(json.dumps({"type": "join", "name": name}).encode() + b"\n")
+    welcome = json.loads(await reader.readline())
+    for _ in range(welcome["history"]):
+        await reader.readline()
+    for _ in range(count):
+        sent = time.perf_counter()
+        writer.write(b'{"type": "message", "msg": "ping"}\n')
+        while b'"msg":"ping"' not in await reader.readline():
+            pass
+        latencies.append((time.perf_counter() - sent) * 1000)
+        await asyncio.sleep(0.25)  # within the rate limit
+    writer.close()
+
+
+def fill(db: str, messages: int) -> None:
+    """A lobby of `messages` messages of 8,000 characters, written straight into the history file."""
+    from chat.server.store import Record, RoomRecord, SqliteStore
+
+    store = SqliteStore(db, retention_bytes=1 << 40)
+    store.save_room(RoomRecord("lobby", "lobby"))
+    text = "x" * 7990
+    for i in range(1, messages + 1):
+        line = json.dumps({"type": "message", "room": "lobby", "id": i, "name": "old", "msg": f"{i} {text}",
+                           "time": "2026-11-20T12:00:00.000Z"}, separators=(",", ":")).encode() + b"\n"
+        store.append("lobby", Record(i, line))
+    store.close()
+
+
 def main() -> int:
     what = sys.argv[1] if len(sys.argv) > 1 else "flood"
     raise_open_file_limit()
     port = _free_port()
     with tempfile.TemporaryDirectory() as directory:
         db = str(Path(directory) / "abuse.db")
-        flags = ("--join-timeout", "0", "--max-per-address", "0") if what == "accept" else ()
+        flags: tuple[str, ...] = ("--join-timeout", "0", "--max-per-address", "0") if what == "accept" else ()
+        if what == "pages":
+            fill(db, 2000)
+            flags = ("--retention-bytes", str(1 << 30), "--history", "0")
         server = spawn_server(server_command(db, *flags), port)
         try:
             if what == "flood":
                 asyncio.run(flood_rounds(port, rounds=3, seconds=6))
+            elif what == "pages":
+                asyncio.run(pages(port, server.pid, hogs=200))
             elif what == "accept":
                 asyncio.run(accept_rate(port, [1000, 9000, 1000, 9000]))
             else:

@@ -14,6 +14,7 @@ from chat.wire.protocol import (
     ErrorReply,
     Joined,
     Left,
+    Notice,
     PrivateMessage,
     Renamed,
     RoomInfo,
@@ -130,6 +131,12 @@ def test_notices_and_connection_events_are_shown():
     assert "reconnecting in 0.5 s" in text_of(render(ConnectionLost("refused", 0.5), "me"))
     assert "reconnected" in text_of(render(Reconnected(1), "me"))
     assert render(ServerPong(), "me") is None
+
+
+def test_being_slowed_down_is_shown_with_the_delay():
+    notice = Notice(code="rate_limited", detail="you send too fast", delay_ms=1200)
+    assert "holding your lines back about 1.2 s" in text_of(render(notice, "me"))
+    assert "bob left lobby (excess flood)" in text_of(render(Left(name="bob", reason="excess_flood", time=WHEN), "me"))
 
 
 def test_a_line_from_another_room_than_the_one_typed_into_names_it():

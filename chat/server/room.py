@@ -43,7 +43,7 @@ DEFAULT_HISTORY = 50
 #: Most missed messages one resuming join replays; older ones are paged with `history`.
 DEFAULT_REPLAY_LIMIT = 1000
 #: History leaves in chunks of at most this many lines...
-CHUNK_LINES = 128
+CHUNK_LINES = 32
 #: ...and the next chunk is queued only once fewer than this many bytes of the last are unsent.
 CHUNK_BYTES = 256 * 1024
 
