@@ -143,7 +143,8 @@ async def storm(port: int, seconds: float) -> None:
 
 
 async def pages(port: int, pid: int, hogs: int) -> None:
-    """`hogs` clients that never read each ask for PAGES pages of 500 big messages (within the rate limit); a chatter times its echo."""
+    """`hogs` clients that never read each ask for PAGES pages of 500 big messages (within
+    the rate limit: forty would be cut as excess_flood first); a chatter times its echo."""
     from chat.bench import _proc_status_kb
 
     rss_before = _proc_status_kb(pid, "VmRSS")
@@ -151,7 +152,7 @@ async def pages(port: int, pid: int, hogs: int) -> None:
     await _chat(port, "quiet", 100, quiet)
     sockets = []
     for index in range(hogs):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         writer.write(b'{"type":"join","name":"hog%d"}\n' % index + b'{"type":"history","limit":500}\n' * PAGES)
