@@ -18,7 +18,7 @@ from chat.server.config import ServerConfig
 from chat.server.fanout import PeerState
 from chat.server.session import Session
 from chat.testing import TIMEOUT, LineClient, admitted_client
-from chat.wire.protocol import ChatMessage, ErrorReply, Joined, Left, Notice, ServerPing, ServerPong
+from chat.wire.protocol import ChatMessage, ErrorReply, Gap, Joined, Left, Notice, ServerPing, ServerPong, Welcome
 
 
 def lines(count: int, prefix: str = "n") -> bytes:
@@ -309,3 +309,25 @@ def test_the_keepalive_counts_unread_input_as_life(start_chat_server, waiting):
     assert (peer.state is PeerState.OPEN) is waiting
     assert (peer.drop_reason is None) is waiting
     server.outbox.release(peer, 1.0)
+
+
+def test_a_look_alike_name_is_refused_over_the_wire(connect):
+    alice, impostor = connect(), connect()
+    alice.join("alice")
+    impostor.send({"type": "join", "name": "\u0430lice"})  # Cyrillic a
+    refusal = impostor.expect(ErrorReply)
+    assert refusal.code == "name_taken" and "alice" in refusal.detail
+    assert impostor.join("carol").name == "carol"  # the connection stays usable
+
+
+def test_a_room_keeps_its_history_within_its_byte_limit(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(retention_bytes=64 * 1024).without_limits())
+    talker = connect(server)
+    talker.join("talker")
+    talker.say_all(f"{i} " + "w" * 2000 for i in range(100))  # about 200 KB
+    newcomer = connect(server)
+    newcomer.send({"type": "join", "name": "newcomer", "since": 0})
+    welcome = newcomer.expect(Welcome)
+    assert welcome.last_id == 100 and 0 < welcome.history < 40
+    gap = newcomer.expect(Gap)
+    assert gap.first == 1 and gap.last == 100 - welcome.history
