@@ -25,22 +25,30 @@ def lines(count: int, prefix: str = "n") -> bytes:
     return b"".join(json.dumps({"type": "message", "msg": f"{prefix}{i}"}).encode() + b"\n" for i in range(count))
 
 
-def test_a_burst_over_the_limit_is_slowed_announced_and_delivered_in_order(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(flood_burst=5, flood_rate=50, flood_max_delay=10))
-    alice, bob = connect(server), connect(server)
-    alice.join("alice")
-    bob.join("bob")
+@pytest.fixture
+def alice_and_bob_under(start_chat_server, connect):
+    """`alice_and_bob_under(config)`: a server with `config` and two joined clients."""
+
+    def start(config: ServerConfig) -> tuple[LineClient, LineClient]:
+        server = start_chat_server(config)
+        alice, bob = connect(server), connect(server)
+        alice.join("alice")
+        bob.join("bob")
+        return alice, bob
+
+    return start
+
+
+def test_a_burst_over_the_limit_is_slowed_announced_and_delivered_in_order(alice_and_bob_under):
+    alice, bob = alice_and_bob_under(ServerConfig(flood_burst=5, flood_rate=50, flood_max_delay=10))
     alice.send_raw(lines(30))
     notice = alice.expect(Notice)
     assert notice.code == "rate_limited" and notice.delay_ms > 0
     assert [bob.expect(ChatMessage).msg for _ in range(30)] == [f"n{i}" for i in range(30)]
 
 
-def test_a_flooder_is_cut_with_excess_flood_and_the_others_see_why(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(flood_burst=5, flood_rate=20, flood_max_delay=0.5))
-    alice, bob = connect(server), connect(server)
-    alice.join("alice")
-    bob.join("bob")
+def test_a_flooder_is_cut_with_excess_flood_and_the_others_see_why(alice_and_bob_under):
+    alice, bob = alice_and_bob_under(ServerConfig(flood_burst=5, flood_rate=20, flood_max_delay=0.5))
     alice.send_raw(lines(100))
     seen = alice.expect_closed()
     errors = [m for m in seen if isinstance(m, ErrorReply)]
@@ -52,11 +60,8 @@ def test_a_flooder_is_cut_with_excess_flood_and_the_others_see_why(start_chat_se
     assert len(said) < 100
 
 
-def test_a_slowed_client_delays_nobody_else(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(flood_burst=2, flood_rate=10, flood_max_delay=10))
-    alice, bob = connect(server), connect(server)
-    alice.join("alice")
-    bob.join("bob")
+def test_a_slowed_client_delays_nobody_else(alice_and_bob_under):
+    alice, bob = alice_and_bob_under(ServerConfig(flood_burst=2, flood_rate=10, flood_max_delay=10))
     alice.send_raw(lines(40))  # served over about 4 s
     bob.say("meanwhile")
     order = []
