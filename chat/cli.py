@@ -7,6 +7,7 @@ the work happens in chat.server.tcp and chat.client.connection.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import resource
@@ -111,6 +112,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     serving.start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%s", host, port)
+    if not ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback:
+        log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     try:
         while not stop_requested.wait(1.0):
             pass

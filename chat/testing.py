@@ -154,7 +154,7 @@ def admitted_client(server: RecordingChatServer, timeout: float = TIMEOUT) -> Li
 
 @pytest.fixture
 def start_chat_server() -> Iterator[Callable[..., RecordingChatServer]]:
-    """Start real servers on 127.0.0.1, port 0: `start_chat_server(ServerConfig(...))`.
+    """Start real servers on 127.0.0.1 (or `host=`), port 0: `start_chat_server(ServerConfig(...))`.
 
     Each is stopped at teardown; the test fails if a handler crashed or a
     thread the server started is still alive.
@@ -162,8 +162,8 @@ def start_chat_server() -> Iterator[Callable[..., RecordingChatServer]]:
     servers: list[tuple[RecordingChatServer, threading.Thread]] = []
     threads_before = set(threading.enumerate())
 
-    def start(config: ServerConfig | None = None, port: int = 0) -> RecordingChatServer:
-        server = RecordingChatServer(dataclasses.replace(config or ServerConfig(), host="127.0.0.1", port=port))
+    def start(config: ServerConfig | None = None, port: int = 0, host: str = "127.0.0.1") -> RecordingChatServer:
+        server = RecordingChatServer(dataclasses.replace(config or ServerConfig(), host=host, port=port))
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.01}, name=f"chat-serve-{server.port}"
         )

@@ -54,7 +54,13 @@ def _option(default: Any, flag: str, env: str, help: str, parse: Callable[[str],
 class ServerConfig:
     """Everything about a server that a user may choose (flag, env, default, help per field)."""
 
-    host: str = _option(DEFAULT_HOST, "--host", "CHAT_HOST", "address to listen on (0.0.0.0 for every interface)", str)
+    host: str = _option(
+        DEFAULT_HOST,
+        "--host",
+        "CHAT_HOST",
+        "address to listen on: IPv4, IPv6 or a name (:: for every interface, both families)",
+        str,
+    )
     port: int = _option(DEFAULT_PORT, "--port", "CHAT_PORT", "TCP port; 0 picks a free one (the log says which)", int)
     history: int = _option(
         DEFAULT_HISTORY, "--history", "CHAT_HISTORY", "recent messages a newcomer to a room sees", int

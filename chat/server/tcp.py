@@ -66,7 +66,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         server = self.server
-        label = "{}:{}".format(*self.client_address[:2])
+        label = peer_label(self.client_address)
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = server.outbox.register(TcpTransport(self.request), label)
@@ -221,6 +221,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.stopping = threading.Event()
         self._stop_lock = threading.Lock()
         try:
+            self.address_family = _family(config.host, config.port)
             super().__init__(config.address, ChatHandler)
         except OSError:
             self.store.close()
@@ -260,6 +261,12 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     # --- socketserver's hooks --------------------------------------------------------------
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # `--host ::` serves IPv4 too (as ::ffff:a.b.c.d), whatever the system's default.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """On the accepting thread: whether this connection gets a handler. Never blocks."""
         sock = cast(socket.socket, request)
@@ -281,7 +288,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if refusal is None:
             return True
         if self.addresses.may_log(host):
-            log.warning("%s:%s refused: %s", host, client_address[1], refusal.code)
+            log.warning("%s refused: %s", peer_label(client_address), refusal.code)
         _refuse(sock, encode_error(refusal))
         return False
 
@@ -350,6 +357,20 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return
             log.info("%s: silent for %.0f s; closing", session.label, silent)
             self.outbox.close(peer, _TOO_IDLE, reason="timeout")
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """The address family to listen with: IPv6 for an IPv6 address or a name that resolves to one first."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror}") from exc
+
+
+def peer_label(address: tuple[Any, ...]) -> str:
+    """`host:port` as a log shows a peer, with an IPv6 host in brackets."""
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _refuse(sock: socket.socket, line: bytes) -> None:
