@@ -88,8 +88,6 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     open_files = raise_open_file_limit()
     threading.stack_size(HANDLER_STACK)
     log.info("open-file limit %d: room for about %d connections", open_files, max(0, open_files - 32))
-    if config.db != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(config.db)), exist_ok=True)
     try:
         server = ChatServer(config)
     except StoreError as exc:

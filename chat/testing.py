@@ -251,6 +251,13 @@ class ServerProcess:
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
+    def exit_status(self, timeout: float = TIMEOUT) -> int:
+        """Wait for the process to end by itself; its status, with all it logged collected."""
+        status = self.process.wait(timeout)
+        if self._log_reader is not None:
+            self._log_reader.join(timeout)
+        return status
+
     def stop(self, timeout: float = TIMEOUT) -> int:
         """SIGTERM, then wait; kill it if it does not exit in time. Returns the status."""
         if self.process.poll() is None:
@@ -268,7 +275,8 @@ class ServerProcess:
 
 @pytest.fixture
 def chat_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
-    """`chat_server_process("--history", "5")` runs a server in a child process on a free port.
+    """`chat_server_process("--history", "5")` runs a server in a child process on a free port
+    and waits until it listens (`wait=False`: returns at once, for a server meant to fail).
 
     The command defaults to `python -m chat`; pass `command=[...]` for another
     entry point. History is kept in memory unless `env` sets CHAT_DB, and
@@ -279,7 +287,9 @@ def chat_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
     home = tmp_path_factory.mktemp("home")
     private = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state"), "CHAT_DB": ":memory:"}
 
-    def start(*args: str, command: list[str] | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+    def start(
+        *args: str, command: list[str] | None = None, env: dict[str, str] | None = None, wait: bool = True
+    ) -> ServerProcess:
         argv = [*(command or [sys.executable, "-m", "chat"]), "--port", "0", *args]
         process = subprocess.Popen(
             argv,
@@ -294,7 +304,7 @@ def chat_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
         processes.append(server)
         server._log_reader = threading.Thread(target=server._collect_log, name="chat-server-log")
         server._log_reader.start()
-        if not server._listening.wait(TIMEOUT):
+        if wait and not server._listening.wait(TIMEOUT):
             server.stop()
             raise AssertionError(f"server never said it was listening; log: {server.log}")
         return server

@@ -165,8 +165,9 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
 
 
 def test_an_unopenable_path_is_a_clear_error(tmp_path):
+    (tmp_path / "a file").write_text("not a directory")
     with pytest.raises(StoreError, match="cannot use the database"):
-        SqliteStore(str(tmp_path / "no such dir" / "chat.db"))
+        SqliteStore(str(tmp_path / "a file" / "chat.db"))
 
 
 def test_full_disk_is_reported_not_swallowed(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -274,14 +275,21 @@ class SqliteStore:
         self._appends: dict[str, int] = {}
         self._last_ids: dict[str, int] = {}
         self._bases: dict[str, int] = {}  # log -> its number << _ID_BITS
+        #: Why the file can no longer be trusted (deleted or replaced), once it cannot.
+        self._lost: str | None = None
+        #: Last ids a previous run kept beside the file; ids go on from at least these.
+        self._marks = _read_marks(_marks_path(path))
         try:
+            _private_file(path)
             self._db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA quick_check").fetchone()
             self._upgrade()
+            self._probe_write()
             self._reader = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
+            self._identity = _identity(path)
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot use the database {path}: {exc}") from exc
 
     def last_id(self, log: str) -> int:
@@ -299,6 +307,7 @@ class SqliteStore:
         base = self._base(log)
         params = (base + record.id, time.time(), record.sender, record.recipient, record.line)
         with self._write_lock:
+            self._check_file_locked()
             try:
                 self._db.execute("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", params)
             except sqlite3.Error as exc:
@@ -349,6 +358,7 @@ class SqliteStore:
 
     def save_room(self, room: RoomRecord) -> None:
         with self._write_lock:
+            self._check_file_locked()
             try:
                 self._db.execute(
                     "INSERT INTO rooms (room, name, topic, created_at) VALUES (?, ?, ?, ?) "
@@ -360,6 +370,7 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
+            self._save_marks_locked()
             self._reader.close()
             self._db.close()
 
@@ -399,7 +410,8 @@ class SqliteStore:
                 ).fetchone()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read {log or 'private messages'}: {exc}") from exc
-            last = self._last_ids[log] = int(row[0]) - base if row[0] is not None else 0
+            stored = int(row[0]) - base if row[0] is not None else 0
+            last = self._last_ids[log] = max(stored, self._marks.get(log, 0))
         return last
 
     def _query(self, sql: str, params: dict[str, object]) -> list[tuple[Any, ...]]:
@@ -429,6 +441,52 @@ class SqliteStore:
             gone = self._db.execute(f"SELECT TOTAL(LENGTH(line)) FROM lines WHERE {where}", params).fetchone()[0]
             self._kept_bytes[log] -= int(gone)
         self._db.execute(f"DELETE FROM lines WHERE {where}", params)
+
+    def _probe_write(self) -> None:
+        """Prove at start that the file takes writes (a write in a transaction, rolled back),
+        rather than welcoming everybody and then refusing every message."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT INTO logs (log) VALUES (?)", ("\0write probe",))
+        finally:
+            self._db.execute("ROLLBACK")
+
+    def _check_file_locked(self) -> None:
+        """Refuse to acknowledge a line into a file that is no longer the one at `path`."""
+        if self._lost is None:
+            try:
+                same = _identity(self.path) == self._identity
+                why = "was replaced by another file"
+            except FileNotFoundError:
+                same, why = False, "was deleted"
+            except OSError as exc:
+                same, why = False, f"cannot be checked ({exc})"
+            if not same:
+                self._lost = why
+                _logger.error(
+                    "the history file %s %s while the server ran: no message is accepted until it restarts",
+                    self.path,
+                    why,
+                )
+                self._save_marks_locked()
+        if self._lost is not None:
+            raise StoreError(f"the history file {self.path} {self._lost}; nothing more can be kept")
+
+    def _save_marks_locked(self) -> None:
+        """Keep each log's last id beside the file, where deleting the file does not take it,
+        so that ids go on from there even if the history starts over."""
+        marks = {**self._marks, **self._last_ids}
+        if not marks:
+            return
+        path = _marks_path(self.path)
+        try:
+            temporary = f"{path}.tmp"
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                json.dump(marks, out)
+            os.replace(temporary, path)
+        except OSError as exc:
+            _logger.error("cannot keep the last ids in %s: %s", path, exc)
 
     def _count_bytes_locked(self, base: int) -> int:
         row = self._db.execute(
@@ -508,6 +566,49 @@ def _move_single_room_history(db: sqlite3.Connection) -> int:
     )
     db.execute("DROP TABLE messages")
     return moved
+
+
+def _private_file(path: str) -> None:
+    """Create the history file 0600 (its directory 0700 if new), or make an existing one 0600:
+    it holds private messages."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(name, 0o600)
+            _logger.warning("%s was readable by others (mode %o); it is now 0600", name, mode)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def _marks_path(path: str) -> str:
+    return f"{path}.last-ids"
+
+
+def _read_marks(path: str) -> dict[str, int]:
+    """The last ids a previous run kept beside the file (none if it kept none)."""
+    try:
+        with open(path, encoding="utf-8") as source:
+            marks = json.load(source)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}  # none kept (or no directory yet: opening the file will say what is wrong)
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read the last ids in {path}: {exc}") from exc
+    if not isinstance(marks, dict) or not all(isinstance(v, int) and 0 <= v < ID_LIMIT for v in marks.values()):
+        raise StoreError(f"{path} does not hold last ids; move it away to start the ids over")
+    return {str(log): int(last) for log, last in marks.items()}
 
 
 def open_store(
