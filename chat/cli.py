@@ -59,6 +59,15 @@ def _add_option(parser: argparse.ArgumentParser, dest: str, option: Option, defa
             raise SystemExit(f"{option.env}={raw!r} is not valid for {option.flag}") from None
         if option.choices and default not in option.choices:
             raise SystemExit(f"{option.env}={raw!r} is not one of {', '.join(option.choices)}")
+    if isinstance(default, bool):  # a switch: --require-account, or --no-require-account to undo the env
+        parser.add_argument(
+            option.flag,
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=default,
+            help=f"{option.help} (env {option.env}=1; default %(default)s)",
+        )
+        return
     parser.add_argument(
         option.flag,
         dest=dest,

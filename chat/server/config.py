@@ -33,6 +33,14 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("", "none") else float(text)
 
 
+def _parse_switch(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
 @dataclass(frozen=True)
 class Option:
     """One row of the table: how a user sets a ServerConfig field."""
@@ -178,6 +186,13 @@ class ServerConfig:
         "CHAT_JOIN_TIMEOUT",
         "seconds a connection has to send its first join (0: forever)",
         float,
+    )
+    require_account: bool = _option(
+        False,
+        "--require-account",
+        "CHAT_REQUIRE_ACCOUNT",
+        "refuse guests: every name must be a registered account's",
+        _parse_switch,
     )
     shutdown_grace: float = _option(
         2.0,

@@ -17,13 +17,15 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
+from chat.server.accounts import Accounts, Identity
 from chat.server.log import LocalLog
 from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Room, stream_chunks
 from chat.server.session import Session
 from chat.server.store import PRIVATE_LOG, RoomRecord, Store, StoreError
-from chat.wire.codec import encode
+from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     LOBBY,
+    ChangePassword,
     ClassicMessage,
     ClientMessage,
     HistoryRequest,
@@ -36,12 +38,14 @@ from chat.wire.protocol import (
     Ping,
     Pong,
     PrivateMessage,
+    Register,
     Renamed,
     RoomList,
     SendAction,
     SendMessage,
     SendPrivate,
     ServerPong,
+    SessionToken,
     SetTopic,
     Who,
     room_key,
@@ -59,9 +63,16 @@ _PONG = encode(ServerPong())
 class Hub(Generic[P]):
     """Every session and every room of one server."""
 
-    def __init__(self, delivery: Delivery[P], store: Store, settings: HistorySettings | None = None) -> None:
+    def __init__(
+        self,
+        delivery: Delivery[P],
+        store: Store,
+        settings: HistorySettings | None = None,
+        accounts: Accounts | None = None,
+    ) -> None:
         self._delivery = delivery
         self._store = store
+        self._accounts = accounts or Accounts(store)
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
@@ -86,9 +97,9 @@ class Hub(Generic[P]):
 
     # --- connections ---------------------------------------------------------------------
 
-    def connect(self, peer: P, label: str) -> Session[P]:
+    def connect(self, peer: P, label: str, address: str = "") -> Session[P]:
         # "\0" starts no room name (those have no control characters): inbox keys never meet rooms.
-        session = Session(peer, label, f"\0inbox {next(self._inboxes)}")
+        session = Session(peer, label, f"\0inbox {next(self._inboxes)}", address)
         with self._lock:
             self._sessions.add(session)
         return session
@@ -119,6 +130,10 @@ class Hub(Generic[P]):
         match message:
             case Join():
                 self.join(session, message)
+            case Register(password=password):
+                self.register(session, password)
+            case ChangePassword(old=old, new=new):
+                self.change_password(session, old, new)
             case ClassicMessage(name=name, msg=text):
                 if session.name is None:
                     if name is None:
@@ -163,13 +178,36 @@ class Hub(Generic[P]):
             return
         if request.name is None:
             raise Refused("not_joined", "your first join must carry a name")
+        # The password hash is checked here, in the joining client's thread, under no lock.
+        identity = self._accounts.prove(request.name, request.password, request.token, session.address)
+        self._take_back(request.name, identity)
         replay = request.private_since
         snapshot = self._claim(session, request.name, held=replay is not None)
+        session.identity = identity
         try:
-            self._enter(session, request)
+            self._enter(session, request, identity)
         finally:  # a held inbox is released whatever became of the room
             if replay is not None:
                 self._replay_private(session, replay, snapshot)
+
+    def register(self, session: Session[P], password: str) -> None:
+        """Make the session's name an account; it gets a new token for it."""
+        name = self._name_of(session)
+        identity = session.identity
+        if identity is None or identity.account is not None:
+            raise Refused("name_registered", f"{name} is already registered")
+        session.identity = identity = self._accounts.register(name, password, identity, session.address)
+        log.info("%s registered %s", session.label, quoted(name))
+        detail = f"{name} is now registered: come back with this token, or log in with your password"
+        self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
+
+    def change_password(self, session: Session[P], old: str, new: str) -> None:
+        name = self._name_of(session)
+        if session.identity is None:
+            raise Refused("not_registered", "register first: guests have no password to change")
+        session.identity = identity = self._accounts.change_password(session.identity, old, new, session.address)
+        detail = "password changed; every other token of this account is revoked"
+        self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
 
     def part(self, session: Session[P], room_name: str) -> None:
         room = self._room_of(session, room_name)
@@ -199,6 +237,10 @@ class Hub(Generic[P]):
         old = self._name_of(session)
         if new == old:
             return
+        identity = session.identity
+        if self._accounts.is_registered(new) and (identity is None or identity.account is None or
+                                                  name_key(identity.account) != name_key(new)):
+            raise Refused("name_registered", f"{new} is a registered name; only its account may use it")
         with self._lock:
             self._check_free_locked(session, new)
             self._free_name_locked(session, old)
@@ -217,7 +259,8 @@ class Hub(Generic[P]):
 
     # --- inside --------------------------------------------------------------------------
 
-    def _enter(self, session: Session[P], request: Join) -> None:
+    def _enter(self, session: Session[P], request: Join, identity: Identity | None = None) -> None:
+        """Join a room; a first join's `identity` puts its token in the welcome."""
         name = self._name_of(session)
         key = room_key(request.room)
         room = self._room_for_join(request.room)
@@ -225,7 +268,7 @@ class Hub(Generic[P]):
             raise Refused("already_joined", f"you are already in {room.name}", room.name)
         session.rooms[key] = None
         try:
-            room.join(session, name, request.since)
+            room.join(session, name, request.since, identity)
         except BaseException:
             session.rooms.pop(key, None)
             raise
@@ -241,6 +284,18 @@ class Hub(Generic[P]):
                 snapshot = self._private.last_id
             self._take_name_locked(session, name)
         return snapshot
+
+    def _take_back(self, name: str, identity: Identity) -> None:
+        """A connection of the same identity that still holds `name` (a dead one, not yet
+        timed out) is closed at once, so that its owner has the name back."""
+        with self._lock:
+            holders = {self._by_name.get(key) for key in name_keys(name)} - {None}
+        for holder in holders:
+            if holder is not None and holder.identity is not None and holder.identity.id == identity.id:
+                replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
+                self._delivery.close(holder.peer, encode_error(replaced), "disconnected")
+                self.disconnect(holder, "disconnected")
+                log.info("%s: replaced by a new connection of the same identity", holder.label)
 
     def _check_free_locked(self, session: Session[P], name: str) -> None:
         for key in name_keys(name):

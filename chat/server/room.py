@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from chat.errors import Refused, StorageFailed
+from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
 from chat.server.store import RoomRecord, Store, StoreError
@@ -61,6 +62,7 @@ class Delivery(Protocol[P_contra]):
     def unsubscribe(self, peer: P_contra, room: str) -> None: ...
     def send_to(self, peer: P_contra, line: bytes, room: str | None = None) -> None: ...
     def wait_drained(self, peer: P_contra, below: int) -> bool: ...
+    def close(self, peer: P_contra, final: bytes | None = None, reason: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Room(Generic[P]):
         with self._lock:
             return self._sorted_users()
 
-    def join(self, session: Session[P], name: str, since: int | None = None) -> None:
+    def join(self, session: Session[P], name: str, since: int | None = None, identity: Identity | None = None) -> None:
         """Welcome `session` as `name`, then history, then every later line of the room.
 
         With `since`, the history is what it missed after that id (preceded
@@ -141,6 +143,8 @@ class Room(Generic[P]):
                 more=span.more,
                 last_id=snapshot,
                 topic=topic,
+                token=identity.token if identity else None,
+                account=identity.account is not None if identity else None,
             )
             lead = encode(welcome)
             if span.gap is not None:

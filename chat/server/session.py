@@ -9,7 +9,10 @@ delivery handle (`peer`) is opaque here.
 from __future__ import annotations
 
 import time
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from chat.server.accounts import Identity
 
 P = TypeVar("P")
 
@@ -17,13 +20,17 @@ P = TypeVar("P")
 class Session(Generic[P]):
     """A connected client, from its first byte to its disconnect."""
 
-    def __init__(self, peer: P, label: str, inbox: str) -> None:
+    def __init__(self, peer: P, label: str, inbox: str, address: str = "") -> None:
         #: The handle the delivery layer knows this connection by.
         self.peer = peer
         #: The delivery log of its private messages (a key no room can have).
         self.inbox = inbox
         #: Where it connected from, for the log.
         self.label = label
+        #: Its network address, which login throttles count by.
+        self.address = address or label
+        #: Who it proved to be at its first join (an account, or a guest with a token).
+        self.identity: Identity | None = None
         #: The name it joined under; None until its first join.
         self.name: str | None = None
         #: Keys of the rooms it is in, in the order it joined them.

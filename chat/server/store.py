@@ -59,6 +59,16 @@ class RoomRecord:
     topic: str = ""
 
 
+@dataclass(frozen=True)
+class AccountRecord:
+    """A registered name: its key (wire.text.name_key), its spelling, its password's Argon2 hash."""
+
+    key: str
+    name: str
+    password_hash: str
+    created_at: float = 0.0
+
+
 class Store(Protocol):
     """What room logs need of a store. `viewer` (a casefolded name) limits an
     answer to the lines that name may see; None means every line."""
@@ -93,6 +103,26 @@ class Store(Protocol):
 
     def save_room(self, room: RoomRecord) -> None:
         """Create or update a room; raises StoreError if it could not be kept."""
+        ...
+
+    def account(self, key: str) -> AccountRecord | None:
+        """The account registered under `key`, if any."""
+        ...
+
+    def save_account(self, account: AccountRecord) -> None:
+        """Register an account, or change its password hash."""
+        ...
+
+    def session(self, token_hash: str) -> tuple[str, float] | None:
+        """The identity a session token stands for, and when it expires."""
+        ...
+
+    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
+        """Keep a session token's hash (or move its expiry)."""
+        ...
+
+    def drop_sessions(self, identity: str) -> None:
+        """Revoke every session token of `identity`."""
         ...
 
     def close(self) -> None: ...
@@ -138,6 +168,8 @@ class MemoryStore:
         self.retention_bytes = retention_bytes
         self._logs: dict[str, _MemoryLog] = {}
         self._rooms: dict[str, RoomRecord] = {}
+        self._accounts: dict[str, AccountRecord] = {}
+        self._sessions: dict[str, tuple[str, float]] = {}
         # Room threads append to different logs at once; one short lock keeps the dicts whole.
         self._lock = threading.Lock()
 
@@ -200,6 +232,25 @@ class MemoryStore:
         with self._lock:
             self._rooms[room.key] = room
 
+    def account(self, key: str) -> AccountRecord | None:
+        return self._accounts.get(key)
+
+    def save_account(self, account: AccountRecord) -> None:
+        with self._lock:
+            self._accounts[account.key] = account
+
+    def session(self, token_hash: str) -> tuple[str, float] | None:
+        return self._sessions.get(token_hash)
+
+    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
+        with self._lock:
+            self._sessions[token_hash] = (identity, expires_at)
+
+    def drop_sessions(self, identity: str) -> None:
+        with self._lock:
+            for token_hash in [key for key, (owner, _) in self._sessions.items() if owner == identity]:
+                del self._sessions[token_hash]
+
     def close(self) -> None:
         pass
 
@@ -211,8 +262,20 @@ class MemoryStore:
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_identity ON sessions (identity);
 CREATE TABLE IF NOT EXISTS logs (
     number INTEGER PRIMARY KEY,
     log TEXT NOT NULL UNIQUE
@@ -367,6 +430,44 @@ class SqliteStore:
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot save room {room.name}: {exc}") from exc
+
+    def account(self, key: str) -> AccountRecord | None:
+        rows = self._query(
+            "SELECT account, name, password_hash, created_at FROM accounts WHERE account = :key", {"key": key}
+        )
+        return AccountRecord(*rows[0]) if rows else None
+
+    def save_account(self, account: AccountRecord) -> None:
+        self._write(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?) ON CONFLICT (account) DO UPDATE SET "
+            "password_hash = excluded.password_hash",
+            (account.key, account.name, account.password_hash, account.created_at or time.time()),
+            f"cannot keep the account {account.name}",
+        )
+
+    def session(self, token_hash: str) -> tuple[str, float] | None:
+        rows = self._query("SELECT identity, expires_at FROM sessions WHERE token_hash = :hash", {"hash": token_hash})
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
+        self._write(
+            "INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT (token_hash) DO UPDATE SET expires_at = "
+            "excluded.expires_at",
+            (token_hash, identity, expires_at),
+            "cannot keep a session",
+        )
+
+    def drop_sessions(self, identity: str) -> None:
+        self._write("DELETE FROM sessions WHERE identity = ? OR expires_at < ?", (identity, time.time()),
+                    "cannot revoke sessions")
+
+    def _write(self, sql: str, params: tuple[object, ...], what: str) -> None:
+        with self._write_lock:
+            self._check_file_locked()
+            try:
+                self._db.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{what}: {exc}") from exc
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:

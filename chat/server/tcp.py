@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chat.errors import ProtocolError, Refused, RequestFailed
+from chat.server.accounts import Accounts
 from chat.server.config import ServerConfig
 from chat.server.fanout import PeerState
 from chat.server.hub import Hub
@@ -70,7 +71,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = server.outbox.register(TcpTransport(self.request), label)
-        session = server.hub.connect(peer, label)
+        session = server.hub.connect(peer, label, str(self.client_address[0]))
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
         try:
@@ -202,7 +203,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.store = open_store(config.db, config.retention, config.max_age, config.retention_bytes)
         self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
         try:
-            self.hub: Hub[Peer] = Hub(self.outbox, self.store, HistorySettings(config.history, config.replay_limit))
+            settings = HistorySettings(config.history, config.replay_limit)
+            accounts = Accounts(self.store, require_account=config.require_account)
+            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts)
         except BaseException:
             self.store.close()
             raise

@@ -31,6 +31,9 @@ LOBBY = "lobby"
 DEFAULT_MAX_LINE = 128 * 1024
 #: Largest id, limit or count a line may carry: JSON numbers stay exact up to 2^53.
 MAX_NUMBER = 2**53
+#: Shortest and longest password, in characters.
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
 
 
 def utc_now() -> datetime:
@@ -125,6 +128,25 @@ class Join(_ClientWire):
     room: RoomName = LOBBY
     since: int | None = Field(default=None, ge=0, le=MAX_NUMBER)
     private_since: int | None = Field(default=None, ge=0, le=MAX_NUMBER)
+    #: For a registered name (first join only): its password...
+    password: str | None = Field(default=None, min_length=1, max_length=MAX_PASSWORD, repr=False)
+    #: ...or a session token a welcome gave this identity.
+    token: str | None = Field(default=None, min_length=1, max_length=256, repr=False)
+
+
+class Register(_ClientWire):
+    """Make the name you are joined under an account: from then on it needs this password (or a token)."""
+
+    type: Literal["register"] = "register"
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, repr=False)
+
+
+class ChangePassword(_ClientWire):
+    """Change your account's password; every token of it is revoked for a new one."""
+
+    type: Literal["password"] = "password"
+    old: str = Field(min_length=1, max_length=MAX_PASSWORD, repr=False)
+    new: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, repr=False)
 
 
 class Part(_ClientWire):
@@ -229,6 +251,8 @@ class Leave(_ClientWire):
 
 ClientMessage = Annotated[
     Join
+    | Register
+    | ChangePassword
     | Part
     | SendMessage
     | SendAction
@@ -248,6 +272,8 @@ ClientMessage = Annotated[
 CLIENT_TYPES = frozenset(
     {
         "join",
+        "register",
+        "password",
         "part",
         "message",
         "action",
@@ -281,6 +307,19 @@ class Welcome(_ServerWire):
     more: int = Field(default=0, ge=0)
     last_id: int = Field(default=0, ge=0)
     topic: str = ""
+    #: On the first join only: the session token to come back with (join with `name` and `token`).
+    token: str | None = None
+    #: On the first join only: whether the name is a registered account's.
+    account: bool | None = None
+
+
+class SessionToken(_ServerWire):
+    """A new session token after `register` or `password`: keep it in place of the old one."""
+
+    type: Literal["token"] = "token"
+    name: str
+    token: str
+    detail: str
 
 
 class Gap(_ServerWire):
@@ -447,6 +486,11 @@ ErrorCode = Literal[
     "name_too_long",
     "name_invalid",
     "name_taken",
+    "name_registered",
+    "auth_failed",
+    "account_required",
+    "not_registered",
+    "session_replaced",
     "room_invalid",
     "topic_too_long",
     "topic_invalid",
@@ -486,11 +530,13 @@ CLOSING_ERRORS = frozenset(
         "join_timeout",
         "server_full",
         "too_many_connections",
+        "session_replaced",
     }
 )
 
 ServerMessage = Annotated[
     Welcome
+    | SessionToken
     | Gap
     | HistoryPage
     | ChatMessage

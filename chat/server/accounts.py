@@ -1,0 +1,186 @@
+"""Who may use a name: registered accounts, their passwords, and session tokens.
+
+Accounts proves identities: a registered name only to its password or a
+session token of its account, an unregistered one to anybody (a guest, who
+gets a token of its own). Passwords are hashed with Argon2id (OWASP's
+parameters), at most two at a time, and never under a lock that anybody
+else's messages need; only a token's SHA-256 is stored. Failed attempts are
+paced per address and per account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from chat.errors import Refused, StorageFailed
+from chat.server.limits import TokenBucket
+from chat.server.store import AccountRecord, Store, StoreError
+from chat.wire.text import name_key
+
+#: How long a session token stays good after its last use.
+TOKEN_LIFETIME = 30 * 24 * 3600.0
+#: Password hashes computed at once, at most (each takes about 19 MiB and a core for ~25 ms).
+CONCURRENT_HASHES = 2
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a connection has proved to be: an account (`account:` + its key) or a guest."""
+
+    id: str
+    #: The token the connection may come back with.
+    token: str
+    #: The account's name as registered; None for a guest.
+    account: str | None = None
+
+
+class Accounts:
+    """Registration, login, tokens and their throttles, over a Store."""
+
+    def __init__(self, store: Store, require_account: bool = False) -> None:
+        self._store = store
+        self.require_account = require_account
+        self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        self._hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)
+        # A valid hash to verify against when there is no account, so that a
+        # wrong name costs as long as a wrong password.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._lock = threading.Lock()
+        self._attempts: dict[str, TokenBucket] = {}
+
+    def is_registered(self, name: str) -> bool:
+        return self._account(name) is not None
+
+    def prove(self, name: str, password: str | None, token: str | None, address: str) -> Identity:
+        """The identity `name` may be used under, or Refused: `auth_failed`, `name_registered`, `account_required`."""
+        account = self._account(name)
+        if token is not None:
+            found = self._session(token)
+            if found is not None:
+                identity, _ = found
+                if account is None and identity.startswith("guest:"):
+                    return self._refresh(identity, token, None)
+                if account is not None and identity == _account_id(account.key):
+                    return self._refresh(identity, token, account.name)
+            if account is not None and password is None:
+                raise Refused("auth_failed", "that token is not good for this name (expired or revoked); log in")
+        if password is not None:
+            if account is None:
+                self._verify_nothing(password, address)
+                raise Refused("auth_failed", f"wrong name or password for {name}")
+            self._verify(account, password, address)
+            return self._issue(_account_id(account.key), account.name)
+        if account is not None:
+            raise Refused("name_registered", f"{name} is a registered name: log in with its password")
+        if self.require_account:
+            raise Refused("account_required", "this server takes accounts only: register, then log in")
+        return self._issue(f"guest:{secrets.token_urlsafe(12)}", None)
+
+    def register(self, name: str, password: str, guest: Identity, address: str) -> Identity:
+        """Make `name` an account with `password`; the guest's token is revoked for a new one."""
+        if not self._take(f"register {address}", burst=3, per_second=1 / 60):
+            raise Refused("auth_failed", "too many registrations from your address; try again later")
+        if self._account(name) is not None:
+            raise Refused("name_registered", f"{name} is already registered")
+        with self._hashing:
+            password_hash = self._hasher.hash(password)
+        self._save(lambda: self._store.save_account(AccountRecord(name_key(name), name, password_hash, time.time())))
+        self._save(lambda: self._store.drop_sessions(guest.id))
+        return self._issue(_account_id(name_key(name)), name)
+
+    def change_password(self, identity: Identity, old: str, new: str, address: str) -> Identity:
+        """A new password for the identity's account; every token of it is revoked for one new one."""
+        account = self._account(identity.account) if identity.account else None
+        if account is None:
+            raise Refused("not_registered", "register first: guests have no password to change")
+        self._verify(account, old, address)
+        with self._hashing:
+            password_hash = self._hasher.hash(new)
+        self._save(lambda: self._store.save_account(AccountRecord(account.key, account.name, password_hash)))
+        self._save(lambda: self._store.drop_sessions(identity.id))
+        return self._issue(identity.id, account.name)
+
+    # --- inside --------------------------------------------------------------------------
+
+    def _account(self, name: str) -> AccountRecord | None:
+        try:
+            return self._store.account(name_key(name))
+        except StoreError as exc:
+            raise StorageFailed("storage_failed", "the server could not read its accounts; try again") from exc
+
+    def _session(self, token: str) -> tuple[str, float] | None:
+        try:
+            found = self._store.session(_token_hash(token))
+        except StoreError as exc:
+            raise StorageFailed("storage_failed", "the server could not read its sessions; try again") from exc
+        if found is None or found[1] < time.time():
+            return None
+        return found
+
+    def _verify(self, account: AccountRecord, password: str, address: str) -> None:
+        if not (self._take(f"login {address}", burst=5, per_second=1 / 12) and
+                self._take(f"account {account.key}", burst=5, per_second=1 / 60)):
+            raise Refused("auth_failed", "too many failed logins; wait a minute and try again")
+        try:
+            with self._hashing:
+                self._hasher.verify(account.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            raise Refused("auth_failed", f"wrong name or password for {account.name}") from None
+        self._forgive(f"login {address}")
+        self._forgive(f"account {account.key}")
+
+    def _verify_nothing(self, password: str, address: str) -> None:
+        """As long as a wrong password takes, for a name with no account."""
+        if not self._take(f"login {address}", burst=5, per_second=1 / 12):
+            raise Refused("auth_failed", "too many failed logins; wait a minute and try again")
+        try:
+            with self._hashing:
+                self._hasher.verify(self._dummy_hash, password)
+        except VerificationError:
+            pass  # the expected outcome: there is no account to match
+
+    def _issue(self, identity: str, account: str | None) -> Identity:
+        return self._refresh(identity, secrets.token_urlsafe(32), account)
+
+    def _refresh(self, identity: str, token: str, account: str | None) -> Identity:
+        expires_at = time.time() + TOKEN_LIFETIME
+        self._save(lambda: self._store.save_session(_token_hash(token), identity, expires_at))
+        return Identity(identity, token, account)
+
+    def _take(self, key: str, burst: float, per_second: float) -> bool:
+        with self._lock:
+            bucket = self._attempts.get(key)
+            if bucket is None:
+                if len(self._attempts) > 10_000:
+                    for stale in [k for k, b in self._attempts.items() if b.full()]:
+                        del self._attempts[stale]
+                bucket = self._attempts[key] = TokenBucket(per_second, burst)
+            return bucket.try_take()
+
+    def _forgive(self, key: str) -> None:
+        """A success: the failures before it no longer count."""
+        with self._lock:
+            self._attempts.pop(key, None)
+
+    @staticmethod
+    def _save(write: Callable[[], None]) -> None:
+        try:
+            write()
+        except StoreError as exc:
+            raise StorageFailed("storage_failed", "the server could not keep your account; try again") from exc
+
+
+def _account_id(key: str) -> str:
+    return f"account:{key}"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
