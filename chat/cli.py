@@ -180,6 +180,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             rooms=rooms,
             cursors=None if args.fresh else place.rooms,
             private_since=None if args.fresh else place.private,
+            token=place.token,
         )
         try:
             await client.connect()
@@ -193,7 +194,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             await run_ui(client)
         finally:
             # The rooms it is in now, each with its cursor: the next start rejoins and resumes them.
-            left_as = cursors.Place(client.cursors(), client.private.last_id)
+            left_as = cursors.Place(client.cursors(), client.private.last_id, client.token)
             cursors.save(cursor_file, args.host, args.port, client.name, left_as)
         return 0
 

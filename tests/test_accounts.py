@@ -7,8 +7,19 @@ import logging
 import pytest
 
 from chat.server.config import ServerConfig
+from chat.server.store import PRIVATE_LOG, Record, SqliteStore
 from chat.testing import LineClient
-from chat.wire.protocol import ErrorReply, Left, SessionToken, Users, Welcome
+from chat.wire.codec import encode
+from chat.wire.protocol import (
+    ChatMessage,
+    ErrorReply,
+    Left,
+    PrivateMessage,
+    SessionToken,
+    Users,
+    Welcome,
+    utc_now,
+)
 
 PASSWORD = "correct horse battery"
 
@@ -118,3 +129,40 @@ def test_a_password_must_be_8_to_1024_characters(connect, password):
     alice.join("alice")
     alice.send({"type": "register", "password": password})
     assert alice.expect(ErrorReply).code == "invalid_field"
+
+
+def test_private_lines_of_an_older_release_wait_for_the_account_of_that_name(start_chat_server, connect, tmp_path):
+    path = str(tmp_path / "chat.db")
+    store = SqliteStore(path)
+    old = PrivateMessage(id=1, name="bob", to="alice", msg="from before accounts", time=utc_now())
+    store.append(PRIVATE_LOG, Record(1, encode(old), "bob", "alice"))
+    store.close()
+    server = start_chat_server(ServerConfig(db=path))
+    guest = connect(server)
+    guest.send({"type": "join", "name": "alice", "private_since": 0})
+    guest.expect(Welcome)
+    guest.send({"type": "register", "password": PASSWORD})
+    guest.expect(SessionToken)
+    guest.say("nothing private came before this")
+    guest.expect(ChatMessage)
+    assert not [m for m in guest.seen if isinstance(m, PrivateMessage)]  # not to a guest, nor on registering
+    guest.send({"type": "leave"})
+    guest.expect_closed()
+    account = connect(server)
+    account.send({"type": "join", "name": "alice", "password": PASSWORD, "private_since": 0})
+    assert account.expect(PrivateMessage).msg == "from before accounts"
+
+
+def test_an_account_gets_its_private_messages_on_any_connection_and_nobody_else_does(connect):
+    alice, _ = registered(connect)
+    bob = connect()
+    bob.join("bob")
+    bob.send({"type": "private", "to": "alice", "msg": "only for alice"})
+    alice.expect(PrivateMessage)
+    alice.send({"type": "nick", "name": "alicia"})
+    squatter = connect()
+    squatter.send({"type": "join", "name": "alice", "private_since": 0})
+    assert squatter.expect(ErrorReply).code == "name_registered"
+    elsewhere = connect()
+    elsewhere.send({"type": "join", "name": "alice", "password": PASSWORD, "private_since": 0})
+    assert elsewhere.expect(PrivateMessage).msg == "only for alice"

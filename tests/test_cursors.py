@@ -31,3 +31,10 @@ def test_missing_or_garbled_file_means_no_place(tmp_path):
     assert cursors.load(path, "h", 1, "a") is None
     cursors.save(path, "h", 1, "a", Place({"lobby": 3}))  # and saving over it works
     assert cursors.load(path, "h", 1, "a") == Place({"lobby": 3})
+
+
+def test_the_token_is_remembered_in_a_file_only_its_owner_can_read(tmp_path):
+    path = tmp_path / "state" / "client-cursors.json"
+    cursors.save(path, "h", 1, "alice", cursors.Place({"lobby": 3}, 2, "tok"))
+    assert cursors.load(path, "h", 1, "alice") == cursors.Place({"lobby": 3}, 2, "tok")
+    assert path.stat().st_mode & 0o777 == 0o600

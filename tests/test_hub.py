@@ -486,11 +486,30 @@ def test_private_messages_are_replayed_to_their_parties_only():
     h.send("alice", SendPrivate(to="bob", msg="psst"))
     h.send("alice", SendPrivate(to="bob", msg="again"))
     [first, _] = h.take("bob")
+    token = h.sessions["bob"].identity.token
     h.disconnect("bob")
-    h.send("bob2", Join(name="bob", private_since=first.id))
+    h.send("bob2", Join(name="bob", token=token, private_since=first.id))
     assert [type(m).__name__ for m in h.take("bob2")] == ["Welcome", "PrivateMessage"]
     h.send("carol", Join(name="carol", private_since=0))
     assert [type(m).__name__ for m in h.take("carol")] == ["Welcome"]
+
+
+def test_private_messages_follow_the_identity_not_the_name():
+    h = Harness()
+    h.join("alice", "bob")
+    h.send("bob", SendPrivate(to="alice", msg="for alice only"))
+    alice_token = h.sessions["alice"].identity.token
+    h.send("alice", Nick(name="alicia"))
+    h.disconnect("alice")
+    h.take("bob")
+    # A stranger takes the old name and asks for every private line there is.
+    h.send("mallory", Join(name="alice", private_since=0))
+    assert [type(m).__name__ for m in h.take("mallory")] == ["Welcome"]
+    h.send("mallory", SendPrivate(to="bob", msg="hi, it's me"))
+    # The person comes back with her token, under her new name, and gets hers alone.
+    h.send("alicia", Join(name="alicia", token=alice_token, private_since=0))
+    [_, mine] = h.take("alicia")
+    assert isinstance(mine, PrivateMessage) and mine.msg == "for alice only"
 
 
 def test_a_plain_join_under_a_departed_name_does_not_see_its_private_messages():

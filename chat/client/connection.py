@@ -38,6 +38,7 @@ from chat.wire.protocol import (
     Renamed,
     ServerMessage,
     ServerPing,
+    SessionToken,
     Shutdown,
     Topic,
     Users,
@@ -131,8 +132,10 @@ class ChatClient:
         first_retry: float = 0.25,
         max_retry: float = 8.0,
         since: int | None = None,
+        token: str | None = None,
     ) -> None:
-        """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's."""
+        """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
+        `token`, a session token from an earlier welcome, proves this is the same person again."""
         self.host = host
         self.port = port
         self.name = name
@@ -148,6 +151,8 @@ class ChatClient:
         self.private = _Seen(private_since or 0)
         self._renames: dict[str, str] = {}  # old name -> new name, for renames passed on
         self._private_resume = private_since is not None
+        #: The session token the server gave: every reconnect proves who we are with it.
+        self.token = token
         self._events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -227,7 +232,15 @@ class ChatClient:
         try:
             private_since = self.private.last_id if self._private_resume else None
             writer.write(
-                encode(Join(name=self.name, room=first.name, since=self._since(first), private_since=private_since))
+                encode(
+                    Join(
+                        name=self.name,
+                        room=first.name,
+                        since=self._since(first),
+                        private_since=private_since,
+                        token=self.token,
+                    )
+                )
             )
             await writer.drain()
             while True:
@@ -247,6 +260,7 @@ class ChatClient:
             raise
         self._writer = writer
         self.name = message.name
+        self.token = message.token or self.token
         self._private_resume = True
         self._welcomed(message)
         return reader, message
@@ -345,6 +359,8 @@ class ChatClient:
 
     def _track(self, message: ServerMessage) -> None:
         match message:
+            case SessionToken(token=token):
+                self.token = token
             case Welcome():
                 self._welcomed(message)
             case Joined(room=room, name=name):

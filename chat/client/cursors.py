@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class Place:
 
     rooms: dict[str, int] = field(default_factory=dict)
     private: int | None = None
+    #: The session token that proves who we were (never the password).
+    token: str | None = None
 
 
 def _key(host: str, port: int, name: str) -> str:
@@ -46,7 +49,10 @@ def load(path: Path, host: str, port: int, name: str) -> Place | None:
         for pair in (pairs if isinstance(pairs, list) else [])
         if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], int)
     }
-    return Place(rooms, private if isinstance(private, int) and private >= 0 else None)
+    token = value.get("token")
+    return Place(
+        rooms, private if isinstance(private, int) and private >= 0 else None, token if isinstance(token, str) else None
+    )
 
 
 def save(path: Path, host: str, port: int, name: str, place: Place) -> None:
@@ -61,11 +67,15 @@ def save(path: Path, host: str, port: int, name: str, place: Place) -> None:
     saved[_key(host, port, name)] = {
         "rooms": [[room, id] for room, id in place.rooms.items()],
         "private": place.private,
+        "token": place.token,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds session tokens: readable by its owner only.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(saved, indent=1, sort_keys=True))
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(saved, indent=1, sort_keys=True))
         temporary.replace(path)
     except OSError as exc:
         log.warning("could not remember where you were: %s", exc)

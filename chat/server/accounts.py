@@ -77,7 +77,10 @@ class Accounts:
                 self._verify_nothing(password, address)
                 raise Refused("auth_failed", f"wrong name or password for {name}")
             self._verify(account, password, address)
-            return self._issue(_account_id(account.key), account.name)
+            identity = _account_id(account.key)
+            # Private lines an older release kept under the bare name wait for the account's first login.
+            self._save(lambda: self._adopt(account.name.casefold(), identity))
+            return self._issue(identity, account.name)
         if account is not None:
             raise Refused("name_registered", f"{name} is a registered name: log in with its password")
         if self.require_account:
@@ -146,6 +149,9 @@ class Accounts:
                 self._hasher.verify(self._dummy_hash, password)
         except VerificationError:
             pass  # the expected outcome: there is no account to match
+
+    def _adopt(self, legacy: str, identity: str) -> None:
+        self._store.adopt_private(legacy, identity)
 
     def _issue(self, identity: str, account: str | None) -> Identity:
         return self._refresh(identity, secrets.token_urlsafe(32), account)

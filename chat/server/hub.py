@@ -222,11 +222,14 @@ class Hub(Generic[P]):
         if target is None or target.name is None:
             raise Refused("no_such_user", f"nobody called {to} is connected")
         recipient = target.name
+        # Kept under the parties' identities, not their names: only they ever see it
+        # again, whoever holds either name later.
+        sender_id, recipient_id = _identity_of(session), _identity_of(target)
         with self._private_lock:  # so that each party gets private lines in id order
             line = self._private.append(
                 lambda id: encode(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now())),
-                sender=name.casefold(),
-                recipient=recipient.casefold(),
+                sender=sender_id,
+                recipient=recipient_id,
             )
             self._delivery.publish(target.inbox, line)
             if target is not session:
@@ -356,9 +359,16 @@ class Hub(Generic[P]):
         """Queue the private lines `session` missed after `since` in its held inbox, then let live ones through."""
         peer, inbox = session.peer, session.inbox
         try:
-            viewer = self._name_of(session).casefold()
+            viewer = _identity_of(session)
             span = self._private.missed(since, snapshot, self._settings.replay_limit, viewer)
             chunks = self._private.lines(span, CHUNK_LINES, viewer)
             stream_chunks(self._delivery, peer, chunks, lambda data: self._delivery.send_held(peer, inbox, data))
         finally:
             self._delivery.release_held(peer, inbox)
+
+
+def _identity_of(session: Session[P]) -> str:
+    """Who a joined session proved to be (its private messages are kept under this)."""
+    if session.identity is None:
+        raise Refused("not_joined", "join first")
+    return session.identity.id

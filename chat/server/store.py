@@ -70,7 +70,7 @@ class AccountRecord:
 
 
 class Store(Protocol):
-    """What room logs need of a store. `viewer` (a casefolded name) limits an
+    """What room logs need of a store. `viewer` (an identity: `account:...` or `guest:...`) limits an
     answer to the lines that name may see; None means every line."""
 
     def last_id(self, log: str) -> int:
@@ -123,6 +123,11 @@ class Store(Protocol):
 
     def drop_sessions(self, identity: str) -> None:
         """Revoke every session token of `identity`."""
+        ...
+
+    def adopt_private(self, legacy: str, identity: str) -> int:
+        """Give `identity` the private lines an older release kept under the casefolded
+        name `legacy`; how many it gets."""
         ...
 
     def close(self) -> None: ...
@@ -245,6 +250,9 @@ class MemoryStore:
     def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
         with self._lock:
             self._sessions[token_hash] = (identity, expires_at)
+
+    def adopt_private(self, legacy: str, identity: str) -> int:
+        return 0  # nothing outlives a memory store, so no older release left lines in it
 
     def drop_sessions(self, identity: str) -> None:
         with self._lock:
@@ -460,6 +468,21 @@ class SqliteStore:
     def drop_sessions(self, identity: str) -> None:
         self._write("DELETE FROM sessions WHERE identity = ? OR expires_at < ?", (identity, time.time()),
                     "cannot revoke sessions")
+
+    def adopt_private(self, legacy: str, identity: str) -> int:
+        base = self._base(PRIVATE_LOG)
+        adopted = 0
+        with self._write_lock:
+            self._check_file_locked()
+            try:
+                for column in ("sender", "recipient"):
+                    adopted += self._db.execute(
+                        f"UPDATE lines SET {column} = ? WHERE key BETWEEN ? AND ? AND {column} = ?",
+                        (identity, base, base + ID_LIMIT - 1, legacy),
+                    ).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot hand older private messages to {identity}: {exc}") from exc
+        return adopted
 
     def _write(self, sql: str, params: tuple[object, ...], what: str) -> None:
         with self._write_lock:

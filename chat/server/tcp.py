@@ -98,12 +98,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
             timeout_ms = None if not waiting else max(0, math.ceil((waiting[0].due - time.monotonic()) * 1000))
             if not readable.poll(timeout_ms):
                 continue  # the first waiting line is due
+            # Heard before the bytes leave the socket: the keepalive, which counts unread
+            # input as life, never sees the input gone and the client not yet heard.
+            session.heard()
             data = self.request.recv(_READ_SIZE)
             if not data:
                 if framer.unfinished:
                     log.debug("%s: dropped an unterminated last line", session.label)
                 return self._serve_rest(session, waiting)
-            session.heard()
             try:
                 lines = framer.feed(data)
             except ProtocolError as exc:
