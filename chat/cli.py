@@ -144,6 +144,11 @@ def client_parser() -> argparse.ArgumentParser:
         help="a room to join at start (repeatable; default: the rooms you were in last time, or lobby)",
     )
     parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="log in with the password in this environment variable (for bots; people are asked)",
+    )
+    parser.add_argument(
         "--fresh",
         action="store_true",
         help="show the recent history, not everything said since you last left",
@@ -170,26 +175,38 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     cursor_file = Path(state_dir()) / "client-cursors.json"
 
+    # A bot's password comes from the environment; a person's is asked for if the name needs it.
+    password = os.environ.get(args.password_env) if args.password_env else None
+
     async def chat() -> int:
+        nonlocal password
         place = cursors.load(cursor_file, args.host, args.port, name) or cursors.Place()
         rooms = args.room or list(place.rooms) or ["lobby"]
-        client = ChatClient(
-            args.host,
-            args.port,
-            name,
-            rooms=rooms,
-            cursors=None if args.fresh else place.rooms,
-            private_since=None if args.fresh else place.private,
-            token=place.token,
-        )
-        try:
-            await client.connect()
-        except OSError as exc:
-            print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        except JoinRefused as exc:
-            print(f"cannot join: {exc.detail}", file=sys.stderr)
-            return 1
+        while True:
+            client = ChatClient(
+                args.host,
+                args.port,
+                name,
+                rooms=rooms,
+                cursors=None if args.fresh else place.rooms,
+                private_since=None if args.fresh else place.private,
+                token=place.token,
+                password=password,
+            )
+            try:
+                await client.connect()
+                break
+            except OSError as exc:
+                print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            except JoinRefused as exc:
+                print(f"cannot join: {exc.detail}", file=sys.stderr)
+                if exc.code not in ("name_registered", "auth_failed") or not sys.stdin.isatty():
+                    return 1
+                try:
+                    password = await _ask_password(name)
+                except (EOFError, KeyboardInterrupt):
+                    return 1
         try:
             await run_ui(client)
         finally:
@@ -202,6 +219,15 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(chat())
     except KeyboardInterrupt:
         return 130
+
+
+async def _ask_password(name: str) -> str:
+    from prompt_toolkit import PromptSession
+
+    session: PromptSession[str] = PromptSession()
+    while not (password := await session.prompt_async(f"password for {name}: ", is_password=True)):
+        pass
+    return password
 
 
 def _ask_name() -> str:

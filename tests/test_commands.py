@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from chat.client.commands import JoinRoom, Mistake, PartRoom, Quit, Send, ShowHelp, ShowTopic, SwitchRoom, parse
+from chat.client.commands import (
+    JoinRoom,
+    Mistake,
+    PartRoom,
+    Quit,
+    RegisterName,
+    Send,
+    ShowHelp,
+    ShowTopic,
+    SwitchRoom,
+    parse,
+)
 from chat.wire.protocol import ListRooms, Nick, SendAction, SendMessage, SendPrivate, SetTopic, Who
 
 
@@ -69,3 +80,8 @@ def test_room_commands():
 def test_incomplete_room_command_explains_itself(line):
     command = parse(line)
     assert isinstance(command, Mistake) and command.detail
+
+
+def test_register_takes_no_password_on_the_line():
+    assert parse("/register") == RegisterName()
+    assert isinstance(parse("/register hunter2"), Mistake)

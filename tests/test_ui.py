@@ -17,7 +17,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from chat.client.connection import ChatClient
 from chat.client.ui import make_session, run_ui
 from chat.testing import TIMEOUT, LineClient
-from chat.wire.protocol import ChatMessage, Left, Welcome
+from chat.wire.protocol import ChatMessage, ErrorReply, Left, Welcome
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
 
@@ -215,3 +215,21 @@ def test_topic_is_set_and_shown(chat_server):
             await alice.sees(lambda s: "topic of lobby: release friday" in s, "the topic shown")
 
     run(scenario())
+
+
+def test_register_asks_for_the_password_twice_without_showing_it(chat_server, connect):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            await alice.sees(lambda s: "a guest: /register to own the name" in s, "the guest's welcome")
+            alice.type("/register\r")
+            await alice.sees(lambda s: "new password:" in s, "the password prompt")
+            alice.type("hunter2hunter2\r")
+            await alice.sees(lambda s: "the same again:" in s, "the second prompt")
+            alice.type("hunter2hunter2\r")
+            await alice.sees(lambda s: "alice is now registered" in s, "the confirmation")
+            assert "hunter2" not in alice.raw
+
+    run(scenario())
+    guest = connect()
+    guest.send({"type": "join", "name": "alice"})
+    assert guest.expect(ErrorReply).code == "name_registered"

@@ -31,6 +31,7 @@ Commands:
   /rooms            list every room, with who is there and its topic
   /topic [TEXT]     show this room's topic, or set it
   /nick NEW         change your name
+  /register         make your name an account (asks for a password, twice)
   /who              list who is in this room
   /msg NAME TEXT    private message to NAME
   /me TEXT          an action ("/me waves")
@@ -89,6 +90,11 @@ class ShowTopic:
 
 
 @dataclass(frozen=True)
+class RegisterName:
+    """Make the name an account: the UI asks for the password without echoing it."""
+
+
+@dataclass(frozen=True)
 class ShowHelp:
     """Show HELP."""
 
@@ -100,7 +106,9 @@ class Mistake:
     detail: str
 
 
-Command = Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | Mistake
+Command = (
+    Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
+)
 
 
 def parse(line: str, room: str = LOBBY) -> Command | None:
@@ -116,6 +124,10 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             return Quit()
         case "/help":
             return ShowHelp()
+        case "/register":
+            if rest:
+                return Mistake("usage: /register (the password is asked for, not typed here)")
+            return RegisterName()
         case "/history":
             if not rest:
                 return PageBack(20)

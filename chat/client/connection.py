@@ -133,6 +133,7 @@ class ChatClient:
         max_retry: float = 8.0,
         since: int | None = None,
         token: str | None = None,
+        password: str | None = None,
     ) -> None:
         """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
         `token`, a session token from an earlier welcome, proves this is the same person again."""
@@ -153,6 +154,7 @@ class ChatClient:
         self._private_resume = private_since is not None
         #: The session token the server gave: every reconnect proves who we are with it.
         self.token = token
+        self._password = password  # for the first join only; a token does from then on
         self._events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -239,6 +241,7 @@ class ChatClient:
                         since=self._since(first),
                         private_since=private_since,
                         token=self.token,
+                        password=self._password,
                     )
                 )
             )
@@ -261,6 +264,7 @@ class ChatClient:
         self._writer = writer
         self.name = message.name
         self.token = message.token or self.token
+        self._password = None  # never kept once a token stands for it
         self._private_resume = True
         self._welcomed(message)
         return reader, message

@@ -27,6 +27,7 @@ from chat.wire.protocol import (
     PrivateMessage,
     Renamed,
     RoomList,
+    SessionToken,
     Shutdown,
     Topic,
     Users,
@@ -143,8 +144,10 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return _notice(time, f"{neutralise(name)} left {neutralise(where)}{why}")
         case Renamed(old=old, new=new, time=time):
             return _notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
-        case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic):
-            text = f"you are {neutralise(name)} in {neutralise(where)}; here: {_names(users)}"
+        case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic, account=account):
+            who = neutralise(name) + (" (your account)" if account else " (a guest: /register to own the name)"
+                                      if account is False else "")
+            text = f"you are {who} in {neutralise(where)}; here: {_names(users)}"
             if topic:
                 text += f"; topic: {neutralise(topic)}"
             if history == 1:
@@ -172,6 +175,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return error(neutralise(detail), now)
         case Shutdown(detail=detail):
             return error(f"server: {neutralise(detail)}", now)
+        case SessionToken(detail=detail):
+            return _notice(now, neutralise(detail))
         case Notice(delay_ms=delay_ms):
             return _notice(now, f"slow down: the server is holding your lines back about {delay_ms / 1000:.1f} s")
         case ConnectionLost(detail=detail, retry_in=retry_in):

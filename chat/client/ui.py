@@ -19,6 +19,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
+from pydantic import ValidationError
 
 from chat.client import render
 from chat.client.commands import (
@@ -29,6 +30,7 @@ from chat.client.commands import (
     PageBack,
     PartRoom,
     Quit,
+    RegisterName,
     Send,
     ShowHelp,
     ShowTopic,
@@ -37,7 +39,7 @@ from chat.client.commands import (
 )
 from chat.client.connection import ChatClient, ClientEvent
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import LOBBY, Left, Welcome, room_key
+from chat.wire.protocol import LOBBY, MAX_PASSWORD, MIN_PASSWORD, Left, Register, Welcome, room_key
 
 STYLE = Style.from_dict(render.STYLE)
 
@@ -138,6 +140,8 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
             case ShowHelp():
                 for help_line in HELP.splitlines():
                     show(render.notice(help_line))
+            case RegisterName():
+                await _register(client, session)
             case Mistake(detail=detail):
                 show(render.error(detail))
             case Send(message=message):
@@ -164,6 +168,25 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
                         else f"{typing.room} has no topic"
                     )
                 )
+
+
+async def _register(client: ChatClient, session: PromptSession[str]) -> None:
+    """Ask for the new password twice, never echoed, and register the name with it."""
+    try:
+        password = await session.prompt_async("new password: ", is_password=True)
+        again = await session.prompt_async("the same again: ", is_password=True)
+    except (EOFError, KeyboardInterrupt):
+        show(render.notice("not registered"))
+        return
+    if password != again:
+        show(render.error("the two passwords differ; not registered"))
+        return
+    try:
+        request = Register(password=password)
+    except ValidationError:
+        show(render.error(f"a password is {MIN_PASSWORD} to {MAX_PASSWORD} characters; not registered"))
+        return
+    await _send(client.send(request))
 
 
 async def _send(sending: Awaitable[None]) -> None:
