@@ -12,6 +12,8 @@ import logging
 import os
 import resource
 import signal
+import ssl
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,11 +117,13 @@ def server_main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    # A renewed certificate is read again without dropping anybody.
+    signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_tls())
     serving = threading.Thread(target=server.serve_forever, name="chat-serve")
     serving.start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%s", host, port)
-    if not ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback:
+    if server.tls_context is None and not ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback:
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     try:
         while not stop_requested.wait(1.0):
@@ -142,6 +146,15 @@ def client_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ROOM",
         help="a room to join at start (repeatable; default: the rooms you were in last time, or lobby)",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS, checking the server's certificate")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="with TLS: trust the authority in FILE (PEM), not the system's; implies --tls"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with TLS: do not check the certificate (anyone between you and the server can read along)",
     )
     parser.add_argument(
         "--password-env",
@@ -175,6 +188,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     cursor_file = Path(state_dir()) / "client-cursors.json"
 
+    tls = _client_tls(args.tls, args.tls_ca, args.insecure)
     # A bot's password comes from the environment; a person's is asked for if the name needs it.
     password = os.environ.get(args.password_env) if args.password_env else None
 
@@ -192,10 +206,21 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 private_since=None if args.fresh else place.private,
                 token=place.token,
                 password=password,
+                tls=tls,
             )
             try:
                 await client.connect()
                 break
+            except ssl.SSLCertVerificationError as exc:
+                print(
+                    f"cannot connect: the server's certificate is not trusted ({exc.verify_message}); "
+                    "--tls-ca FILE trusts another authority",
+                    file=sys.stderr,
+                )
+                return 1
+            except ssl.SSLError as exc:
+                print(f"cannot connect: TLS failed ({exc.reason or exc}); is that port speaking TLS?", file=sys.stderr)
+                return 1
             except OSError as exc:
                 print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
@@ -219,6 +244,18 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(chat())
     except KeyboardInterrupt:
         return 130
+
+
+def _client_tls(wanted: bool, ca_file: str | None, insecure: bool) -> ssl.SSLContext | None:
+    """The TLS settings the flags ask for: the system's authorities, another one, or none checked."""
+    if not (wanted or ca_file or insecure):
+        return None
+    context = ssl.create_default_context(cafile=ca_file)
+    if insecure:
+        print("warning: --insecure: the server's certificate is not checked", file=sys.stderr)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def _ask_password(name: str) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -56,8 +57,11 @@ class RecordingChatServer(ChatServer):
 class LineClient:
     """A raw protocol client over a real socket, with a timeout on every read."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = TIMEOUT, tls: ssl.SSLContext | None = None
+    ) -> None:
+        sock = socket.create_connection(address, timeout=timeout)
+        self.sock = tls.wrap_socket(sock, server_hostname=address[0]) if tls is not None else sock
         self._buffer = bytearray()
         self.seen: list[ServerMessage] = []
 

@@ -303,6 +303,12 @@ class _StalledTransport:
     def has_input(self) -> bool:
         return self.waiting
 
+    def wants_write(self) -> bool:
+        return False
+
+    def receive(self, data: bytes) -> bytes:
+        return data
+
 
 @pytest.mark.parametrize("waiting", [True, False])
 def test_the_keepalive_counts_unread_input_as_life(start_chat_server, waiting):

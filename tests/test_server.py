@@ -127,14 +127,14 @@ def test_overlong_line_is_refused_and_the_connection_closed(start_chat_server, c
 
 def test_endless_bytes_without_newline_are_cut_off(start_chat_server, connect):
     server = start_chat_server(ServerConfig(max_line=4096))
-    tls_hello = connect(server)
+    endless = connect(server)  # (a TLS ClientHello gets plaintext_only instead: see test_tls)
     no_newline = bytes(byte for byte in range(256) if byte != ord("\n"))
     try:
         for _ in range(64):
-            tls_hello.send_raw(b"\x16\x03\x01" + no_newline * 4)
+            endless.send_raw(b"\x17\x03\x01" + no_newline * 4)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server already hung up, as it should
-    messages = tls_hello.expect_closed()
+    messages = endless.expect_closed()
     assert [m.code for m in messages if isinstance(m, ErrorReply)] == ["line_too_long"]
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class ChatClient:
         since: int | None = None,
         token: str | None = None,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
         `token`, a session token from an earlier welcome, proves this is the same person again."""
@@ -154,6 +156,8 @@ class ChatClient:
         self._private_resume = private_since is not None
         #: The session token the server gave: every reconnect proves who we are with it.
         self.token = token
+        #: TLS settings (certificate checks included) to connect with; None: plaintext.
+        self.tls = tls
         self._password = password  # for the first join only; a token does from then on
         self._events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
@@ -228,7 +232,14 @@ class ChatClient:
     # --- inside ---------------------------------------------------------------------
 
     async def _open(self) -> tuple[asyncio.StreamReader, Welcome]:
-        reader, writer = await asyncio.open_connection(self.host, self.port, limit=DEFAULT_MAX_LINE * 4)
+        reader, writer = await asyncio.open_connection(
+            self.host,
+            self.port,
+            limit=DEFAULT_MAX_LINE * 4,
+            ssl=self.tls,
+            server_hostname=self.host if self.tls is not None else None,
+            ssl_handshake_timeout=10.0 if self.tls is not None else None,
+        )
         views = list(self.rooms.values()) or [RoomView(LOBBY)]
         first, *others = views
         try:

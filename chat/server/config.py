@@ -187,6 +187,21 @@ class ServerConfig:
         "seconds a connection has to send its first join (0: forever)",
         float,
     )
+    tls_cert: str = _option(
+        "",
+        "--tls-cert",
+        "CHAT_TLS_CERT",
+        "certificate chain (PEM) to speak TLS 1.2+ with; reloaded on SIGHUP",
+        str,
+    )
+    tls_key: str = _option("", "--tls-key", "CHAT_TLS_KEY", "private key (PEM) of --tls-cert", str)
+    tls_handshake_timeout: float = _option(
+        10.0,
+        "--tls-handshake-timeout",
+        "CHAT_TLS_HANDSHAKE_TIMEOUT",
+        "seconds a new connection has to finish its TLS handshake",
+        float,
+    )
     require_account: bool = _option(
         False,
         "--require-account",

@@ -241,7 +241,10 @@ class Outbox:
                 work = self._collect(batch, writable)
             # The sends, and only the sends, happen outside the lock; then one
             # acquisition settles every peer, instead of one per peer.
-            sent = [(peer, data, peer.transport.try_send(data) if data else 0) for peer, data in work]
+            sent = [
+                (peer, data, peer.transport.try_send(data) if data or peer.transport.wants_write() else 0)
+                for peer, data in work
+            ]
             with self._lock:
                 for peer, data, count in sent:
                     self._settle_locked(peer, data, count)
@@ -283,7 +286,7 @@ class Outbox:
                     work.append((peer, peer.pending))
             else:
                 data = self._fanout.take(peer)
-                if data or peer.state is PeerState.CLOSING:
+                if data or peer.state is PeerState.CLOSING or peer.transport.wants_write():
                     work.append((peer, data))
         return work
 
@@ -296,13 +299,17 @@ class Outbox:
             self._drop_locked(peer, None)
             return
         more = self._fanout.accepted(peer, data, sent)
-        if bool(peer.pending) != peer._watching:
-            self._watch_writable(peer, bool(peer.pending))
+        # Watch for room in the socket while bytes wait: ours, or ones the transport took (TLS records).
+        waiting = bool(peer.pending) or peer.transport.wants_write()
+        if waiting != peer._watching:
+            self._watch_writable(peer, waiting)
         if more:
             # Lines arrived while this peer was catching up: go round again for them.
             self._fanout.mark_due(peer)
             self._wake_locked()
-        if peer.give_up or (peer.state is PeerState.CLOSING and not peer.pending and not peer.queue):
+        if peer.give_up or (
+            peer.state is PeerState.CLOSING and not peer.pending and not peer.queue and not waiting
+        ):
             self._drop_locked(peer, None)
 
     # --- helpers, all called with the lock held ------------------------------------------

@@ -12,6 +12,7 @@ import math
 import select
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections import deque
@@ -28,7 +29,7 @@ from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import open_store
-from chat.server.transport import TcpTransport
+from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import LineFramer, decode_client, encode, encode_error
 from chat.wire.protocol import (
     ClassicMessage,
@@ -47,6 +48,8 @@ _PING = encode(ServerPing())
 _TOO_IDLE = encode(ErrorReply(code="idle_timeout", detail="no line from you for too long; closing"))
 _NO_JOIN = encode(ErrorReply(code="join_timeout", detail="no join from you in time; closing"))
 _READ_SIZE = 64 * 1024
+# A TLS record of type handshake, version 3.x: what a ClientHello starts with.
+_TLS_HANDSHAKE = b"\x16\x03"
 
 __all__ = ["ChatHandler", "ChatServer", "ServerConfig"]
 
@@ -70,7 +73,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
         label = peer_label(self.client_address)
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = server.outbox.register(TcpTransport(self.request), label)
+        transport = self._secure(label) if server.tls_context is not None else TcpTransport(self.request)
+        if transport is None:
+            return
+        self.transport: Transport = transport
+        peer = server.outbox.register(transport, label)
         session = server.hub.connect(peer, label, str(self.client_address[0]))
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
@@ -83,15 +90,38 @@ class ChatHandler(socketserver.BaseRequestHandler):
             server.outbox.release(peer, server.config.shutdown_grace)
             log.info("%s disconnected", label)
 
+    def _secure(self, label: str) -> TlsTransport | None:
+        """The TLS handshake, here in this connection's thread with a deadline, never on the
+        accepting thread: a client that connects and says nothing delays nobody else."""
+        server = self.server
+        assert server.tls_context is not None
+        transport = TlsTransport(self.request, server.tls_context)
+        try:
+            transport.handshake(time.monotonic() + server.config.tls_handshake_timeout)
+        except ssl.SSLError as exc:
+            log.info("%s: no TLS (%s); closing", label, exc.reason or exc)
+            # Most likely a plaintext client: tell it in plaintext.
+            _refuse(self.request, encode_error(Refused("tls_required", "this port speaks TLS only; closing")))
+            return None
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.info("%s: TLS handshake failed (%s); closing", label, exc)
+            return None
+        return transport
+
     def _serve(self, session: Session[Peer]) -> LeaveReason:
         """Read and serve lines until the client leaves or is cut off; why it went."""
         config = self.server.config
         framer = LineFramer(config.max_line)
-        bucket = TokenBucket(config.flood_rate, config.flood_burst)
+        self._bucket = TokenBucket(config.flood_rate, config.flood_burst)
+        self._slowed = False
         waiting: deque[_Request] = deque()
         readable = select.poll()
         readable.register(self.request, select.POLLIN)
-        slowed = False
+        first_read = True
+        # Lines that came with the end of a TLS handshake already wait in the transport.
+        early = self.transport.receive(b"")
+        if early and (cut := self._take_lines(session, framer, waiting, early)):
+            return cut
         while True:
             if not self._serve_due(session, waiting):
                 return "quit"
@@ -101,36 +131,52 @@ class ChatHandler(socketserver.BaseRequestHandler):
             # Heard before the bytes leave the socket: the keepalive, which counts unread
             # input as life, never sees the input gone and the client not yet heard.
             session.heard()
-            data = self.request.recv(_READ_SIZE)
-            if not data:
+            received = self.request.recv(_READ_SIZE)
+            if first_read and received.startswith(_TLS_HANDSHAKE) and self.server.tls_context is None:
+                plain = Refused("plaintext_only", "this port speaks plain JSON lines, not TLS; closing")
+                self.server.outbox.close(session.peer, encode_error(plain))
+                log.info("%s: a TLS handshake on the plaintext port; closing", session.label)
+                return "disconnected"
+            first_read = False
+            data = self.transport.receive(received) if received else None
+            if data is None:
                 if framer.unfinished:
                     log.debug("%s: dropped an unterminated last line", session.label)
                 return self._serve_rest(session, waiting)
-            try:
-                lines = framer.feed(data)
-            except ProtocolError as exc:
-                self.server.outbox.close(session.peer, encode_error(exc))
-                log.warning("%s: line over %d bytes; closing", session.label, config.max_line)
-                return "disconnected"
-            for line in lines:
-                if not line.strip():
-                    continue  # blank lines (an extra Enter in nc) are not an error
-                request = _Request.decode(line)
-                delay = bucket.charge(request_cost(request.message, len(line)))
-                if delay > config.flood_max_delay:
-                    behind = f"you are more than {config.flood_max_delay:g} s ahead of the rate limit; closing"
-                    excess = Refused("excess_flood", behind)
-                    self.server.outbox.close(session.peer, encode_error(excess), reason="excess_flood")
-                    log.warning("%s: excess flood; closing", session.label)
-                    return "excess_flood"
-                if delay and not slowed:
-                    detail = f"you send faster than {config.flood_rate:g} lines a second; your lines wait their turn"
-                    self.server.outbox.send_to(
-                        session.peer, encode(Notice(code="rate_limited", detail=detail, delay_ms=round(delay * 1000)))
-                    )
-                slowed = delay > 0
-                request.due = time.monotonic() + delay
-                waiting.append(request)
+            if cut := self._take_lines(session, framer, waiting, data):
+                return cut
+
+    def _take_lines(
+        self, session: Session[Peer], framer: LineFramer, waiting: deque[_Request], data: bytes
+    ) -> LeaveReason | None:
+        """Frame, decode and charge what arrived; each line waits its turn. A reason if the client is cut off."""
+        config = self.server.config
+        try:
+            lines = framer.feed(data)
+        except ProtocolError as exc:
+            self.server.outbox.close(session.peer, encode_error(exc))
+            log.warning("%s: line over %d bytes; closing", session.label, config.max_line)
+            return "disconnected"
+        for line in lines:
+            if not line.strip():
+                continue  # blank lines (an extra Enter in nc) are not an error
+            request = _Request.decode(line)
+            delay = self._bucket.charge(request_cost(request.message, len(line)))
+            if delay > config.flood_max_delay:
+                behind = f"you are more than {config.flood_max_delay:g} s ahead of the rate limit; closing"
+                self.server.outbox.close(
+                    session.peer, encode_error(Refused("excess_flood", behind)), reason="excess_flood"
+                )
+                log.warning("%s: excess flood; closing", session.label)
+                return "excess_flood"
+            if delay and not self._slowed:
+                detail = f"you send faster than {config.flood_rate:g} lines a second; your lines wait their turn"
+                notice = Notice(code="rate_limited", detail=detail, delay_ms=round(delay * 1000))
+                self.server.outbox.send_to(session.peer, encode(notice))
+            self._slowed = delay > 0
+            request.due = time.monotonic() + delay
+            waiting.append(request)
+        return None
 
     def _serve_due(self, session: Session[Peer], waiting: deque[_Request]) -> bool:
         """Serve every waiting line that is due; False when the client said goodbye."""
@@ -219,6 +265,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 exempt=parse_networks(config.limit_exempt),
             )
         )
+        #: The TLS settings new connections get (None: plaintext); reload_tls() swaps it.
+        self.tls_context = self._load_tls() if config.tls_cert or config.tls_key else None
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
         self._serving = threading.Event()
@@ -260,6 +308,27 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.outbox.stop(timeout)
         self.store.close()
         log.info("stopped")
+
+    def reload_tls(self) -> bool:
+        """Read the certificate and key again (after a renewal): new connections get them,
+        open ones keep theirs. On failure the old ones stay and the log says why."""
+        if self.tls_context is None:
+            return False
+        try:
+            self.tls_context = self._load_tls()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("kept the old TLS certificate: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", self.config.tls_cert)
+        return True
+
+    def _load_tls(self) -> ssl.SSLContext:
+        if not (self.config.tls_cert and self.config.tls_key):
+            raise ssl.SSLError("--tls-cert and --tls-key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
 
     def handler_count(self) -> int:
         return len(self._handlers)

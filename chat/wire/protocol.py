@@ -491,6 +491,8 @@ ErrorCode = Literal[
     "account_required",
     "not_registered",
     "session_replaced",
+    "tls_required",
+    "plaintext_only",
     "room_invalid",
     "topic_too_long",
     "topic_invalid",
@@ -531,6 +533,8 @@ CLOSING_ERRORS = frozenset(
         "server_full",
         "too_many_connections",
         "session_replaced",
+        "tls_required",
+        "plaintext_only",
     }
 )
 
