@@ -123,7 +123,11 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     serving.start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%s", host, port)
-    if server.tls_context is None and not ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback:
+    plain = [str(host)] if server.tls_context is None else []
+    if server.plain_address is not None:
+        log.info("plain lines (no TLS) on %s:%s", *server.plain_address)
+        plain.append(server.plain_address[0])
+    if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     try:
         while not stop_requested.wait(1.0):

@@ -158,3 +158,29 @@ def test_the_client_command_says_why_it_will_not_connect_in_one_sentence(tls_ser
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert "certificate is not trusted" in line and "--tls-ca" in line
+
+
+def test_a_plain_port_beside_tls_serves_plain_lines_on_loopback_only(tls_server, ca):
+    server = tls_server(plain_port=0)
+    host, port = server.plain_address
+    assert host == "127.0.0.1"
+    local = LineClient((host, port))
+    remote = LineClient(server.address, tls=trusting(ca))
+    local.join("local")
+    remote.join("remote")
+    local.say("plain on loopback")
+    assert remote.expect(ChatMessage).msg == "plain on loopback"
+
+
+def test_a_plain_port_without_tls_is_refused_at_start(start_chat_server):
+    with pytest.raises(OSError, match="plain-port"):
+        start_chat_server(ServerConfig(plain_port=0))
+
+
+def test_a_certificate_for_another_host_is_refused(start_chat_server, ca, tmp_path):
+    cert = ca.issue_cert("chat.example.org")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "chain.pem").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    server = start_chat_server(ServerConfig(tls_cert=str(tmp_path / "chain.pem"), tls_key=str(tmp_path / "key.pem")))
+    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+        LineClient(server.address, tls=trusting(ca))

@@ -195,6 +195,20 @@ class ServerConfig:
         str,
     )
     tls_key: str = _option("", "--tls-key", "CHAT_TLS_KEY", "private key (PEM) of --tls-cert", str)
+    plain_port: int | None = _option(
+        None,
+        "--plain-port",
+        "CHAT_PLAIN_PORT",
+        "with TLS: also serve plain lines on this port, on loopback only (0 picks one)",
+        lambda text: None if text.lower() in ("", "none") else int(text),
+    )
+    allow_plaintext: bool = _option(
+        False,
+        "--allow-plaintext",
+        "CHAT_ALLOW_PLAINTEXT",
+        "let --plain-port listen on --host too, beyond loopback",
+        _parse_switch,
+    )
     tls_handshake_timeout: float = _option(
         10.0,
         "--tls-handshake-timeout",

@@ -73,7 +73,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
         label = peer_label(self.client_address)
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = self._secure(label) if server.tls_context is not None else TcpTransport(self.request)
+        secure = server.tls_context is not None and self.request.getsockname()[1] != server.plain_port
+        transport = self._secure(label) if secure else TcpTransport(self.request)
         if transport is None:
             return
         self.transport: Transport = transport
@@ -132,7 +133,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             # input as life, never sees the input gone and the client not yet heard.
             session.heard()
             received = self.request.recv(_READ_SIZE)
-            if first_read and received.startswith(_TLS_HANDSHAKE) and self.server.tls_context is None:
+            if first_read and received.startswith(_TLS_HANDSHAKE) and isinstance(self.transport, TcpTransport):
                 plain = Refused("plaintext_only", "this port speaks plain JSON lines, not TLS; closing")
                 self.server.outbox.close(session.peer, encode_error(plain))
                 log.info("%s: a TLS handshake on the plaintext port; closing", session.label)
@@ -279,6 +280,20 @@ class ChatServer(socketserver.ThreadingTCPServer):
         except OSError:
             self.store.close()
             raise
+        #: The extra plaintext listener beside a TLS one (--plain-port), if any.
+        self._plain: _PlainListener | None = None
+        if config.plain_port is not None:
+            if self.tls_context is None:
+                self.server_close()
+                self.store.close()
+                raise OSError("--plain-port is for a server that speaks TLS (--tls-cert, --tls-key)")
+            plain_host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
+            try:
+                self._plain = _PlainListener(self, (plain_host, config.plain_port))
+            except OSError:
+                self.server_close()
+                self.store.close()
+                raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
         self.outbox.start()
         self._keepalive.start()
@@ -287,10 +302,29 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
+    @property
+    def plain_port(self) -> int | None:
+        """The port of the plaintext listener beside the TLS one, if there is one."""
+        return int(self._plain.server_address[1]) if self._plain is not None else None
+
+    @property
+    def plain_address(self) -> tuple[str, int] | None:
+        return (str(self._plain.server_address[0]), int(self._plain.server_address[1])) if self._plain else None
+
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._serving.set()
-        if not self.stopping.is_set():
+        if self.stopping.is_set():
+            return
+        plain = None
+        if self._plain is not None:
+            plain = threading.Thread(target=self._plain.serve_forever, args=(poll_interval,), name="chat-plain")
+            plain.start()
+        try:
             super().serve_forever(poll_interval)
+        finally:
+            if plain is not None and self._plain is not None:
+                self._plain.shutdown()
+                plain.join()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every client, close every connection, and join every thread. Idempotent."""
@@ -303,6 +337,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(encode(Shutdown(detail="the server is shutting down")))
         self.server_close()
+        if self._plain is not None:
+            self._plain.server_close()
         self._join_handlers(timeout)
         self._keepalive.join(timeout)
         self.outbox.stop(timeout)
@@ -431,6 +467,30 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return
             log.info("%s: silent for %.0f s; closing", session.label, silent)
             self.outbox.close(peer, _TOO_IDLE, reason="timeout")
+
+
+class _PlainListener(socketserver.TCPServer):
+    """A second listening socket for plain lines beside a TLS one; its connections are the
+    main server's in every way but TLS (the handler tells them apart by their local port)."""
+
+    allow_reuse_address = True
+    request_queue_size = 4096
+
+    def __init__(self, main: ChatServer, address: tuple[str, int]) -> None:
+        self.main = main
+        self.address_family = _family(*address)
+        super().__init__(address, ChatHandler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.main.verify_request(request, client_address)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.main.process_request(request, client_address)
 
 
 def _family(host: str, port: int) -> socket.AddressFamily:
