@@ -117,8 +117,10 @@ def server_main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    # A renewed certificate is read again without dropping anybody.
-    signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_tls())
+    if server.tls_context is not None:
+        # A renewed certificate is read again without dropping anybody. (Without TLS,
+        # SIGHUP keeps its usual meaning: the terminal went away, so stop.)
+        signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_tls())
     serving = threading.Thread(target=server.serve_forever, name="chat-serve")
     serving.start()
     host, port = server.server_address[:2]

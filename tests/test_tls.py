@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -184,3 +185,14 @@ def test_a_certificate_for_another_host_is_refused(start_chat_server, ca, tmp_pa
     server = start_chat_server(ServerConfig(tls_cert=str(tmp_path / "chain.pem"), tls_key=str(tmp_path / "key.pem")))
     with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
         LineClient(server.address, tls=trusting(ca))
+
+
+def test_sighup_reloads_the_certificate_of_a_running_server(chat_server_process, ca, tmp_path):
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "chain.pem").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    server = chat_server_process("--tls-cert", str(tmp_path / "chain.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_log("TLS certificate reloaded")
+    alice = LineClient(server.address, tls=trusting(ca))
+    assert alice.join("alice").name == "alice"
