@@ -133,7 +133,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             # input as life, never sees the input gone and the client not yet heard.
             session.heard()
             received = self.request.recv(_READ_SIZE)
-            if first_read and received.startswith(_TLS_HANDSHAKE) and isinstance(self.transport, TcpTransport):
+            if first_read and received.startswith(_TLS_HANDSHAKE) and not isinstance(self.transport, TlsTransport):
                 plain = Refused("plaintext_only", "this port speaks plain JSON lines, not TLS; closing")
                 self.server.outbox.close(session.peer, encode_error(plain))
                 log.info("%s: a TLS handshake on the plaintext port; closing", session.label)

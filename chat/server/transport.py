@@ -80,7 +80,7 @@ class TcpTransport:
             return False  # closed already: nothing more will be read
 
 
-class TlsTransport:
+class TlsTransport(TcpTransport):
     """TLS over a plain socket through ssl.MemoryBIO, so that two threads may share it.
 
     The handler thread receives raw bytes and has them decrypted (`receive`);
@@ -95,7 +95,7 @@ class TlsTransport:
     MAX_ENCRYPT = 256 * 1024
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
-        self.sock = sock
+        super().__init__(sock)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -172,17 +172,8 @@ class TlsTransport:
     def wants_write(self) -> bool:
         return bool(self._cipher) and not self._broken
 
-    def shutdown(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already reset by the peer: nothing left to shut down
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def has_input(self) -> bool:
-        return self._incoming.pending > 0 or TcpTransport(self.sock).has_input()
+        return self._incoming.pending > 0 or super().has_input()
 
     def _flush_locked(self) -> bool:
         if not self._cipher:
