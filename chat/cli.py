@@ -61,6 +61,16 @@ def _add_option(parser: argparse.ArgumentParser, dest: str, option: Option, defa
             raise SystemExit(f"{option.env}={raw!r} is not valid for {option.flag}") from None
         if option.choices and default not in option.choices:
             raise SystemExit(f"{option.env}={raw!r} is not one of {', '.join(option.choices)}")
+    if isinstance(default, tuple):  # repeatable: --admin alice --admin bob (the environment: alice,bob)
+        parser.add_argument(
+            option.flag,
+            dest=dest,
+            action="append",
+            default=None,
+            help=f"{option.help} (env {option.env}; default {','.join(default) or 'none'})",
+        )
+        parser.set_defaults(**{f"{dest}_default": default})
+        return
     if isinstance(default, bool):  # a switch: --require-account, or --no-require-account to undo the env
         parser.add_argument(
             option.flag,
@@ -93,7 +103,12 @@ def server_parser() -> argparse.ArgumentParser:
 
 def server_main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit status."""
-    config = ServerConfig(**vars(server_parser().parse_args(argv)))
+    values = vars(server_parser().parse_args(argv))
+    for name in [key for key in values if key.endswith("_default")]:  # repeatable options: flags, else the default
+        default = values.pop(name)
+        given = values[name.removesuffix("_default")]
+        values[name.removesuffix("_default")] = tuple(given) if given is not None else default
+    config = ServerConfig(**values)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Thousands of connections: one file each, and one thread each with a small stack.
     open_files = raise_open_file_limit()

@@ -33,6 +33,7 @@ from chat.wire.protocol import (
     Joined,
     Leave,
     Left,
+    Moderation,
     Part,
     Pong,
     PrivateMessage,
@@ -359,7 +360,7 @@ class ChatClient:
         """Note a numbered message; False if it was received before (or is for a room this client left)."""
         if isinstance(message, PrivateMessage):
             return self.private.first_sight(message.id)
-        if isinstance(message, ChatMessage | Action | Topic):
+        if isinstance(message, ChatMessage | Action | Topic | Moderation):
             view = self.rooms.get(room_key(message.room))
             return view is None or view.seen.first_sight(message.id)
         return True

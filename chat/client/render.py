@@ -23,6 +23,7 @@ from chat.wire.protocol import (
     HistoryPage,
     Joined,
     Left,
+    Moderation,
     Notice,
     PrivateMessage,
     Renamed,
@@ -46,6 +47,7 @@ STYLE = {
     "private": "ansimagenta",
     "action": "italic",
     "notice": "#888888 italic",
+    "moderation": "ansiyellow bold",
     "error": "ansired bold",
     "room": "ansicyan",
 }
@@ -137,6 +139,13 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             if not topic:
                 return _notice(time, f"{neutralise(name)} cleared the topic of {neutralise(where)}")
             return _notice(time, f"{neutralise(name)} set the topic of {neutralise(where)}: {neutralise(topic)}")
+        case Moderation(room=where, action=action, name=name, by=by, reason=reason, until=until, time=time):
+            done = {"kick": "kicked from", "ban": "banned from", "unban": "unbanned in", "mute": "muted in",
+                    "unmute": "unmuted in", "op": "made an operator of", "deop": "no longer an operator of"}[action]
+            text = f"{neutralise(name)} was {done} {neutralise(where)} by {neutralise(by)}"
+            if until is not None:
+                text += f" until {until.astimezone().strftime('%Y-%m-%d %H:%M')}"
+            return [*_clock(time), ("class:moderation", "!! " + text + (f": {neutralise(reason)}" if reason else ""))]
         case Joined(room=where, name=name, time=time):
             return _notice(time, f"{neutralise(name)} joined {neutralise(where)}")
         case Left(room=where, name=name, reason=reason, time=time):

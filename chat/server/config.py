@@ -216,6 +216,13 @@ class ServerConfig:
         "seconds a new connection has to finish its TLS handshake",
         float,
     )
+    admin: tuple[str, ...] = _option(
+        (),
+        "--admin",
+        "CHAT_ADMIN",
+        "an account that is a server operator (repeatable; the environment takes a comma-separated list)",
+        lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+    )
     require_account: bool = _option(
         False,
         "--require-account",

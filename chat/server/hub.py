@@ -13,27 +13,32 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.log import LocalLog
-from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Room, stream_chunks
+from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Moderate, Room, Target, stream_chunks
 from chat.server.session import Session
 from chat.server.store import PRIVATE_LOG, RoomRecord, Store, StoreError
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     LOBBY,
+    Ban,
     ChangePassword,
     ClassicMessage,
     ClientMessage,
+    Deop,
     HistoryRequest,
     Join,
+    Kick,
     Leave,
     LeaveReason,
     ListRooms,
+    Mute,
     Nick,
+    Op,
     Part,
     Ping,
     Pong,
@@ -47,6 +52,8 @@ from chat.wire.protocol import (
     ServerPong,
     SessionToken,
     SetTopic,
+    Unban,
+    Unmute,
     Who,
     room_key,
     utc_now,
@@ -69,10 +76,13 @@ class Hub(Generic[P]):
         store: Store,
         settings: HistorySettings | None = None,
         accounts: Accounts | None = None,
+        admins: Iterable[str] = (),
     ) -> None:
         self._delivery = delivery
         self._store = store
         self._accounts = accounts or Accounts(store)
+        #: The server operators' identities (`--admin`): they may do anything in any room.
+        self._admins = frozenset(f"account:{name_key(name)}" for name in admins)
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
@@ -130,6 +140,8 @@ class Hub(Generic[P]):
         match message:
             case Join():
                 self.join(session, message)
+            case Kick() | Ban() | Unban() | Mute() | Unmute() | Op() | Deop():
+                self.moderate(session, message)
             case Register(password=password):
                 self.register(session, password)
             case ChangePassword(old=old, new=new):
@@ -209,6 +221,16 @@ class Hub(Generic[P]):
         detail = "password changed; every other token of this account is revoked"
         self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
 
+    def moderate(self, session: Session[P], request: Moderate) -> None:
+        """A moderation action in a room, by one of its operators (the room checks who may)."""
+        self._name_of(session)
+        room = self._rooms.get(room_key(request.room))
+        if room is None:
+            raise Refused("no_such_room", f"there is no room called {request.room}", request.room)
+        removed = room.moderate(session, request, self._target(request.name))
+        if removed is not None:
+            removed.rooms.pop(room_key(room.name), None)
+
     def part(self, session: Session[P], room_name: str) -> None:
         room = self._room_of(session, room_name)
         session.rooms.pop(room_key(room_name), None)
@@ -266,7 +288,7 @@ class Hub(Generic[P]):
         """Join a room; a first join's `identity` puts its token in the welcome."""
         name = self._name_of(session)
         key = room_key(request.room)
-        room = self._room_for_join(request.room)
+        room = self._room_for_join(request.room, session.identity)
         if key in session.rooms:
             raise Refused("already_joined", f"you are already in {room.name}", room.name)
         session.rooms[key] = None
@@ -287,6 +309,23 @@ class Hub(Generic[P]):
                 snapshot = self._private.last_id
             self._take_name_locked(session, name)
         return snapshot
+
+    def _target(self, name: str) -> Target[P]:
+        """What moderation can hold against `name`: the connection holding it now, and its
+        identity (or a guest's address); else the account registered under it."""
+        with self._lock:
+            holder = self._by_name.get(name_key(name))
+        if holder is not None and holder.identity is not None:
+            guest = holder.identity.account is None
+            return Target(
+                holder.name or name,
+                holder.identity.id,
+                f"address:{holder.address}" if guest else None,
+                holder,
+            )
+        if self._accounts.is_registered(name):
+            return Target(name, f"account:{name_key(name)}")
+        return Target(name)
 
     def _take_back(self, name: str, identity: Identity) -> None:
         """A connection of the same identity that still holds `name` (a dead one, not yet
@@ -333,13 +372,15 @@ class Hub(Generic[P]):
     def _rooms_of(self, session: Session[P]) -> list[Room[P]]:
         return [self._rooms[key] for key in session.rooms]
 
-    def _room_for_join(self, name: str) -> Room[P]:
-        """The room `name`, created (and kept) if this is its first join."""
+    def _room_for_join(self, name: str, creator: Identity | None = None) -> Room[P]:
+        """The room `name`, created (and kept) if this is its first join: owned by its creator if an account."""
         key = room_key(name)
         with self._lock:
             room = self._rooms.get(key)
             if room is None:
                 room = self._rooms[key] = self._create_room(name)
+                if creator is not None and creator.account is not None:
+                    room.make_owner(creator.id)
                 log.info("room %s created", quoted(name))
             return room
 
@@ -353,7 +394,9 @@ class Hub(Generic[P]):
         return self._open_room(record)
 
     def _open_room(self, record: RoomRecord) -> Room[P]:
-        return Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store, self._settings)
+        room = Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store, self._settings)
+        room.admins = self._admins
+        return room
 
     def _replay_private(self, session: Session[P], since: int, snapshot: int) -> None:
         """Queue the private lines `session` missed after `since` in its held inbox, then let live ones through."""

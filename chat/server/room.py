@@ -9,29 +9,40 @@ bounded chunks. No sockets and no threads of its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
-from chat.server.store import RoomRecord, Store, StoreError
+from chat.server.store import RoomRecord, Sanction, Store, StoreError
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     Action,
+    Ban,
     ChatMessage,
+    Deop,
     Gap,
     HistoryPage,
     Joined,
+    Kick,
     LeaveReason,
     Left,
+    Moderation,
+    Mute,
+    Op,
     Renamed,
     RoomInfo,
     Topic,
+    Unban,
+    Unmute,
     Users,
     Welcome,
     utc_now,
@@ -98,6 +109,12 @@ class Room(Generic[P]):
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._members: dict[Session[P], str] = {}  # session -> the name it has here
+        #: Identity -> `owner` or `op`, as kept in the store.
+        self._roles = store.roles(record.key)
+        #: (target, kind) -> the ban or mute on it; expired ones are dropped when met.
+        self._sanctions = {(s.target, s.kind): s for s in store.sanctions(record.key)}
+        #: Identities of the server's operators (set by the hub).
+        self.admins: frozenset[str] = frozenset()
 
     @property
     def topic(self) -> str:
@@ -121,11 +138,15 @@ class Room(Generic[P]):
         with self._lock:
             if session in self._members:
                 raise Refused("already_joined", f"you are already in {self.name}", self.name)
+            ban = self._sanction_on(session, "ban")
+            if ban is not None:
+                raise Refused("banned", f"you are banned from {self.name}{_ending(ban)}", self.name)
             snapshot = self._log.last_id
             self._members[session] = name
             self._delivery.publish(self.key, encode(Joined(room=self.name, name=name, time=utc_now())))
             self._delivery.subscribe(session.peer, self.key, held=True)
             users = self._sorted_users()
+            roles = self._roles_by_name()
             topic = self.topic
         log.info("%s joined %s as %s", session.label, quoted(self.name), quoted(name))
         peer = session.peer
@@ -145,6 +166,7 @@ class Room(Generic[P]):
                 topic=topic,
                 token=identity.token if identity else None,
                 account=identity.account is not None if identity else None,
+                roles=roles,
             )
             lead = encode(welcome)
             if span.gap is not None:
@@ -178,7 +200,7 @@ class Room(Generic[P]):
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
         with self._lock:
-            name = self._member(session)
+            name = self._speaker(session)
             record = RoomRecord(self.key, self.name, topic)
             try:
                 self._store.save_room(record)
@@ -194,7 +216,7 @@ class Room(Generic[P]):
     def _publish_numbered(self, session: Session[P], kind: type[ChatMessage | Action], text: str) -> None:
         """Number, keep and publish what a member says, in the room's order."""
         with self._lock:
-            name = self._member(session)
+            name = self._speaker(session)
             line = self._log.append(lambda id: encode(kind(room=self.name, id=id, name=name, msg=text, time=utc_now())))
             self._delivery.publish(self.key, line)
 
@@ -206,7 +228,86 @@ class Room(Generic[P]):
             self._delivery.publish(self.key, encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
 
     def who(self, session: Session[P]) -> None:
-        self._delivery.send_to(session.peer, encode(Users(room=self.name, users=self.users())), self.key)
+        with self._lock:
+            users = Users(room=self.name, users=self._sorted_users(), roles=self._roles_by_name())
+        self._delivery.send_to(session.peer, encode(users), self.key)
+
+    def role_of(self, session: Session[P]) -> str | None:
+        """`admin` (a server operator), `owner`, `op`, or None."""
+        identity = session.identity.id if session.identity else None
+        if identity in self.admins:
+            return "admin"
+        return self._roles.get(identity) if identity else None
+
+    def make_owner(self, identity: str) -> None:
+        """The account that created the room owns it."""
+        with self._lock:
+            self._save_role(identity, "owner")
+
+    def moderate(self, actor: Session[P], request: Moderate, target: Target[P]) -> Session[P] | None:
+        """Do one moderation action; the member it removed from the room, if any.
+
+        Refused with `not_operator`, `cannot_moderate` or `no_such_user`;
+        nothing has happened then. The action is a numbered line of the room.
+        """
+        action = request.type
+        with self._lock:
+            by = self._members.get(actor) or actor.name or "?"
+            role = self.role_of(actor)
+            needed = ("owner", "admin") if action in ("op", "deop") else ("op", "owner", "admin")
+            if role not in needed:
+                who = "its owner" if action in ("op", "deop") else "its operators"
+                raise Refused("not_operator", f"only {who} may {action} in {self.name}", self.name)
+            target_role = self._roles.get(target.identity) if target.identity else None
+            if target.identity in self.admins or (target_role == "owner" and role != "admin"):
+                raise Refused("cannot_moderate", f"{target.name} cannot be moderated in {self.name}", self.name)
+            until = None
+            duration = getattr(request, "duration", None)
+            if duration is not None:
+                until = time.time() + duration
+            removed: Session[P] | None = None
+            match action:
+                case "kick" | "ban":
+                    if action == "ban":
+                        self._sanction(target, "ban", until, getattr(request, "reason", ""), by)
+                    member = target.session if target.session in self._members else None
+                    if member is None and action == "kick":
+                        raise Refused("no_such_user", f"{target.name} is not in {self.name}", self.name)
+                    removed = member
+                case "mute":
+                    self._sanction(target, "mute", until, getattr(request, "reason", ""), by)
+                case "unban" | "unmute":
+                    kind = "ban" if action == "unban" else "mute"
+                    found = [key for key, s in self._sanctions.items() if key[1] == kind and s.name == target.name]
+                    found += [(t, kind) for t in target.targets() if (t, kind) in self._sanctions]
+                    if not found:
+                        raise Refused("no_such_user", f"{target.name} is not {kind}ned in {self.name}", self.name)
+                    for key in set(found):
+                        self._sanctions.pop(key, None)
+                        self._store_call(functools.partial(self._store.drop_sanction, self.key, *key))
+                case "op" | "deop":
+                    if target.identity is None or not target.identity.startswith("account:"):
+                        raise Refused("cannot_moderate", f"{target.name} has no account; only accounts are operators")
+                    self._save_role(target.identity, "op" if action == "op" else None)
+            event = Moderation(
+                room=self.name,
+                id=1,
+                action=action,
+                name=target.name,
+                by=by,
+                reason=getattr(request, "reason", ""),
+                until=datetime.fromtimestamp(until, UTC) if until else None,
+                time=utc_now(),
+            )
+            line = self._log.append(lambda id: encode(event.model_copy(update={"id": id})))
+            self._delivery.publish(self.key, line)
+            if removed is not None:
+                name = self._members.pop(removed)
+                reason: LeaveReason = "kicked" if action == "kick" else "banned"
+                self._delivery.unsubscribe(removed.peer, self.key)
+                self._delivery.publish(self.key, encode(Left(room=self.name, name=name, reason=reason, time=utc_now())))
+        log.info("%s: %s %s %s in %s", actor.label, quoted(by), action, quoted(target.name), quoted(self.name))
+        return removed
 
     def leave(self, session: Session[P], reason: LeaveReason) -> bool:
         """Forget `session` and tell the others (and, for a part, the one leaving); False if it was not here."""
@@ -237,6 +338,57 @@ class Room(Generic[P]):
         """Send the span's lines in pieces of about CHUNK_BYTES, each once the peer has taken most of the last."""
         stream_chunks(self._delivery, peer, self._log.lines(span, CHUNK_LINES), send)
 
+    def _speaker(self, session: Session[P]) -> str:
+        """The member's name, if it may speak here (not muted)."""
+        name = self._member(session)
+        mute = self._sanction_on(session, "mute")
+        if mute is not None:
+            raise Refused("muted", f"you are muted in {self.name}{_ending(mute)}", self.name)
+        return name
+
+    def _sanction_on(self, session: Session[P], kind: str) -> Sanction | None:
+        """The active ban or mute on the session's identity or, for a guest, its address."""
+        now = time.time()
+        for target in _targets_of(session):
+            found = self._sanctions.get((target, kind))
+            if found is None:
+                continue
+            if found.active(now):
+                return found
+            del self._sanctions[target, kind]  # expired: it goes by itself
+            self._store_call(functools.partial(self._store.drop_sanction, self.key, found.target, found.kind))
+        return None
+
+    def _sanction(self, target: Target[P], kind: str, until: float | None, reason: str, by: str) -> None:
+        on = target.identity if target.identity and target.identity.startswith("account:") else target.address
+        if on is None:
+            raise Refused("no_such_user", f"nobody called {target.name} can be {kind}ned here", self.name)
+        sanction = Sanction(self.key, on, kind, target.name, until, reason, by)
+        self._store_call(lambda: self._store.save_sanction(sanction))
+        self._sanctions[on, kind] = sanction
+
+    def _save_role(self, identity: str, role: str | None) -> None:
+        self._store_call(lambda: self._store.save_role(self.key, identity, role))
+        if role is None:
+            self._roles.pop(identity, None)
+        else:
+            self._roles[identity] = role
+
+    def _store_call(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise StorageFailed("storage_failed", "the server could not keep that", self.name) from exc
+
+    def _roles_by_name(self) -> dict[str, str]:
+        roles: dict[str, str] = {}
+        for member, name in self._members.items():
+            role = self.role_of(member)
+            if role is not None:
+                roles[name] = role
+        return roles
+
     def _member(self, session: Session[P]) -> str:
         name = self._members.get(session)
         if name is None:
@@ -245,6 +397,39 @@ class Room(Generic[P]):
 
     def _sorted_users(self) -> list[str]:
         return sorted(self._members.values(), key=str.casefold)
+
+
+@dataclass(frozen=True)
+class Target(Generic[P]):
+    """Whom a moderation action is about: a name, and what the hub found for it."""
+
+    name: str
+    #: The identity to hold it against (`account:...` or a guest's), if known.
+    identity: str | None = None
+    #: A guest's address (`address:...`): bans and mutes of guests hold on it.
+    address: str | None = None
+    #: The connection holding the name now, if any.
+    session: Session[P] | None = None
+
+    def targets(self) -> list[str]:
+        return [t for t in (self.identity, self.address) if t]
+
+
+Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop
+
+
+def _targets_of(session: Session[Any]) -> list[str]:
+    targets = [session.identity.id] if session.identity else []
+    if session.identity is None or session.identity.account is None:
+        targets.append(f"address:{session.address}")
+    return targets
+
+
+def _ending(sanction: Sanction) -> str:
+    reason = f": {sanction.reason}" if sanction.reason else ""
+    if sanction.until is None:
+        return reason
+    return f" until {datetime.fromtimestamp(sanction.until, UTC).strftime('%Y-%m-%d %H:%M UTC')}{reason}"
 
 
 def stream_chunks(delivery: Delivery[P], peer: P, chunks: Iterable[list[bytes]], send: Callable[[bytes], None]) -> None:

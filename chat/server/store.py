@@ -10,6 +10,7 @@ numbers and chooses what to keep; no sockets and no protocol models here.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 import os
@@ -69,6 +70,23 @@ class AccountRecord:
     created_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class Sanction:
+    """A ban or a mute in a room: on an identity (`account:...`) or, for a guest, an address
+    (`address:...`); `name` is who it was given to, `until` when it ends (None: never)."""
+
+    room: str
+    target: str
+    kind: str
+    name: str
+    until: float | None
+    reason: str
+    by: str
+
+    def active(self, now: float) -> bool:
+        return self.until is None or self.until > now
+
+
 class Store(Protocol):
     """What room logs need of a store. `viewer` (an identity: `account:...` or `guest:...`) limits an
     answer to the lines that name may see; None means every line."""
@@ -125,6 +143,22 @@ class Store(Protocol):
         """Revoke every session token of `identity`."""
         ...
 
+    def roles(self, room: str) -> dict[str, str]:
+        """The room's roles: identity -> `owner` or `op`."""
+        ...
+
+    def save_role(self, room: str, identity: str, role: str | None) -> None:
+        """Give `identity` a role in the room (None takes it away)."""
+        ...
+
+    def sanctions(self, room: str) -> list[Sanction]:
+        """The room's bans and mutes, expired ones included."""
+        ...
+
+    def save_sanction(self, sanction: Sanction) -> None: ...
+
+    def drop_sanction(self, room: str, target: str, kind: str) -> None: ...
+
     def adopt_private(self, legacy: str, identity: str) -> int:
         """Give `identity` the private lines an older release kept under the casefolded
         name `legacy`; how many it gets."""
@@ -175,6 +209,8 @@ class MemoryStore:
         self._rooms: dict[str, RoomRecord] = {}
         self._accounts: dict[str, AccountRecord] = {}
         self._sessions: dict[str, tuple[str, float]] = {}
+        self._roles: dict[str, dict[str, str]] = {}
+        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
         # Room threads append to different logs at once; one short lock keeps the dicts whole.
         self._lock = threading.Lock()
 
@@ -251,6 +287,30 @@ class MemoryStore:
         with self._lock:
             self._sessions[token_hash] = (identity, expires_at)
 
+    def roles(self, room: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._roles.get(room, {}))
+
+    def save_role(self, room: str, identity: str, role: str | None) -> None:
+        with self._lock:
+            roles = self._roles.setdefault(room, {})
+            if role is None:
+                roles.pop(identity, None)
+            else:
+                roles[identity] = role
+
+    def sanctions(self, room: str) -> list[Sanction]:
+        with self._lock:
+            return [s for (where, _, _), s in self._sanctions.items() if where == room]
+
+    def save_sanction(self, sanction: Sanction) -> None:
+        with self._lock:
+            self._sanctions[sanction.room, sanction.target, sanction.kind] = sanction
+
+    def drop_sanction(self, room: str, target: str, kind: str) -> None:
+        with self._lock:
+            self._sanctions.pop((room, target, kind), None)
+
     def adopt_private(self, legacy: str, identity: str) -> int:
         return 0  # nothing outlives a memory store, so no older release left lines in it
 
@@ -270,8 +330,24 @@ class MemoryStore:
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS room_roles (
+    room TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    role TEXT NOT NULL,
+    PRIMARY KEY (room, identity)
+);
+CREATE TABLE IF NOT EXISTS sanctions (
+    room TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    until REAL,
+    reason TEXT NOT NULL,
+    by TEXT NOT NULL,
+    PRIMARY KEY (room, target, kind)
+);
 CREATE TABLE IF NOT EXISTS accounts (
     account TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -483,6 +559,37 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot hand older private messages to {identity}: {exc}") from exc
         return adopted
+
+    def roles(self, room: str) -> dict[str, str]:
+        rows = self._query("SELECT identity, role FROM room_roles WHERE room = :room", {"room": room})
+        return {str(identity): str(role) for identity, role in rows}
+
+    def save_role(self, room: str, identity: str, role: str | None) -> None:
+        params: tuple[str, ...]
+        if role is None:
+            sql, params = "DELETE FROM room_roles WHERE room = ? AND identity = ?", (room, identity)
+        else:
+            sql, params = "INSERT OR REPLACE INTO room_roles VALUES (?, ?, ?)", (room, identity, role)
+        self._write(sql, params, "cannot save a role")
+
+    def sanctions(self, room: str) -> list[Sanction]:
+        rows = self._query(
+            "SELECT room, target, kind, name, until, reason, by FROM sanctions WHERE room = :room", {"room": room}
+        )
+        return [Sanction(*row) for row in rows]
+
+    def save_sanction(self, sanction: Sanction) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO sanctions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            dataclasses.astuple(sanction),
+            "cannot save a ban or mute",
+        )
+
+    def drop_sanction(self, room: str, target: str, kind: str) -> None:
+        self._write(
+            "DELETE FROM sanctions WHERE room = ? AND target = ? AND kind = ?", (room, target, kind),
+            "cannot lift a ban or mute",
+        )
 
     def _write(self, sql: str, params: tuple[object, ...], what: str) -> None:
         with self._write_lock:

@@ -254,7 +254,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         try:
             settings = HistorySettings(config.history, config.replay_limit)
             accounts = Accounts(self.store, require_account=config.require_account)
-            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts)
+            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin)
         except BaseException:
             self.store.close()
             raise

@@ -149,6 +149,68 @@ class ChangePassword(_ClientWire):
     new: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, repr=False)
 
 
+#: Longest moderation reason, in characters; longest ban or mute, in seconds (ten years).
+MAX_REASON = 390
+MAX_SANCTION_SECONDS = 10 * 365 * 24 * 3600
+Reason = Annotated[str, Field(max_length=MAX_REASON)]
+
+
+class Kick(_ClientWire):
+    """An operator removes `name` from the room; they may join again."""
+
+    type: Literal["kick"] = "kick"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    reason: Reason = ""
+
+
+class Ban(_ClientWire):
+    """An operator bans `name` (the account; for a guest, its address) from the room, for
+    `duration` seconds or (null) until unbanned; a member is removed at once."""
+
+    type: Literal["ban"] = "ban"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    duration: int | None = Field(default=None, ge=1, le=MAX_SANCTION_SECONDS)
+    reason: Reason = ""
+
+
+class Unban(_ClientWire):
+    type: Literal["unban"] = "unban"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
+class Mute(_ClientWire):
+    """Like `ban`, but `name` stays and reads; only speaking in the room is refused."""
+
+    type: Literal["mute"] = "mute"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    duration: int | None = Field(default=None, ge=1, le=MAX_SANCTION_SECONDS)
+    reason: Reason = ""
+
+
+class Unmute(_ClientWire):
+    type: Literal["unmute"] = "unmute"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
+class Op(_ClientWire):
+    """The room's owner (or a server operator) makes the account `name` an operator of the room."""
+
+    type: Literal["op"] = "op"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
+class Deop(_ClientWire):
+    type: Literal["deop"] = "deop"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
 class Part(_ClientWire):
     """Leave one room; the connection stays (in its other rooms, or in none)."""
 
@@ -251,6 +313,13 @@ class Leave(_ClientWire):
 
 ClientMessage = Annotated[
     Join
+    | Kick
+    | Ban
+    | Unban
+    | Mute
+    | Unmute
+    | Op
+    | Deop
     | Register
     | ChangePassword
     | Part
@@ -272,6 +341,13 @@ ClientMessage = Annotated[
 CLIENT_TYPES = frozenset(
     {
         "join",
+        "kick",
+        "ban",
+        "unban",
+        "mute",
+        "unmute",
+        "op",
+        "deop",
         "register",
         "password",
         "part",
@@ -311,6 +387,8 @@ class Welcome(_ServerWire):
     token: str | None = None
     #: On the first join only: whether the name is a registered account's.
     account: bool | None = None
+    #: Members with a role in the room: name -> `owner`, `op` or `admin`.
+    roles: dict[str, str] = Field(default_factory=dict)
 
 
 class SessionToken(_ServerWire):
@@ -366,6 +444,24 @@ class Action(_ServerWire):
     time: Timestamp
 
 
+ModerationAction = Literal["kick", "ban", "unban", "mute", "unmute", "op", "deop"]
+
+
+class Moderation(_ServerWire):
+    """`by` did `action` to `name` in the room: numbered and kept like messages, so the
+    room's record is complete. `until`: when a ban or mute ends (absent: never)."""
+
+    type: Literal["moderation"] = "moderation"
+    room: str = LOBBY
+    id: int = Field(ge=1)
+    action: ModerationAction
+    name: str
+    by: str
+    reason: str = ""
+    until: Timestamp | None = None
+    time: Timestamp
+
+
 class Topic(_ServerWire):
     """A room's topic was set by `name`; numbered and kept in the room's history."""
 
@@ -400,7 +496,9 @@ class Joined(_ServerWire):
     time: Timestamp
 
 
-LeaveReason = Literal["quit", "part", "disconnected", "timeout", "slow_consumer", "excess_flood", "shutdown"]
+LeaveReason = Literal[
+    "quit", "part", "disconnected", "timeout", "slow_consumer", "excess_flood", "kicked", "banned", "shutdown"
+]
 
 
 class Left(_ServerWire):
@@ -430,6 +528,8 @@ class Users(_ServerWire):
     type: Literal["users"] = "users"
     room: str = LOBBY
     users: list[str]
+    #: Members with a role in the room: name -> `owner`, `op` or `admin` (a server operator).
+    roles: dict[str, str] = Field(default_factory=dict)
 
 
 class RoomInfo(_ServerWire):
@@ -493,6 +593,10 @@ ErrorCode = Literal[
     "session_replaced",
     "tls_required",
     "plaintext_only",
+    "not_operator",
+    "cannot_moderate",
+    "banned",
+    "muted",
     "room_invalid",
     "topic_too_long",
     "topic_invalid",
@@ -547,6 +651,7 @@ ServerMessage = Annotated[
     | Action
     | Topic
     | PrivateMessage
+    | Moderation
     | Joined
     | Left
     | Renamed
@@ -561,4 +666,4 @@ ServerMessage = Annotated[
 ]
 
 #: Lines numbered in a room's sequence and kept in its history.
-RoomEvent = ChatMessage | Action | Topic
+RoomEvent = ChatMessage | Action | Topic | Moderation

@@ -1,0 +1,171 @@
+"""Room owners and operators: kick, ban, mute, op, over the wire, and what holds after."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chat.server.config import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+from chat.wire.protocol import ChatMessage, ErrorReply, Left, Moderation, SessionToken, Users, Welcome
+
+PASSWORD = "long enough password"
+
+
+def account(connect, name: str, server=None) -> LineClient:
+    """A connection joined (to the lobby) as `name`, registered."""
+    client = connect(server) if server is not None else connect()
+    client.join(name)
+    client.send({"type": "register", "password": PASSWORD})
+    client.expect(SessionToken)
+    return client
+
+
+def enter(client: LineClient, room: str = "den") -> Welcome | ErrorReply:
+    client.send({"type": "join", "room": room})
+    while True:
+        reply = client.next()
+        if isinstance(reply, ErrorReply) or (isinstance(reply, Welcome) and reply.room == room):
+            return reply
+
+
+@pytest.fixture
+def den(connect):
+    """alice owns the room `den` (she created it); bob is in it too."""
+    alice, bob = account(connect, "alice"), account(connect, "bob")
+    assert enter(alice).roles == {"alice": "owner"}
+    enter(bob)
+    return alice, bob
+
+
+def test_the_owner_kicks_a_member_who_is_told_why_and_may_come_back(den):
+    alice, bob = den
+    alice.send({"type": "kick", "room": "den", "name": "bob", "reason": "cool off"})
+    event = bob.expect(Moderation)
+    assert (event.action, event.name, event.by, event.reason) == ("kick", "bob", "alice", "cool off")
+    assert alice.expect(Left, name="bob").reason == "kicked"
+    assert isinstance(enter(bob), Welcome)
+
+
+def test_a_member_without_a_role_cannot_moderate(den):
+    _, bob = den
+    bob.send({"type": "kick", "room": "den", "name": "alice"})
+    assert bob.expect(ErrorReply).code == "not_operator"
+
+
+def test_a_banned_account_stays_out_through_rejoin_token_and_rename(den, connect):
+    alice, bob = den
+    alice.send({"type": "ban", "room": "den", "name": "bob", "reason": "spam"})
+    assert alice.expect(Left, name="bob").reason == "banned"
+    refusal = enter(bob)
+    assert isinstance(refusal, ErrorReply) and refusal.code == "banned" and "spam" in refusal.detail
+    bob.send({"type": "nick", "name": "robert"})
+    assert enter(bob).code == "banned"
+    again = connect()
+    again.send({"type": "join", "name": "bob", "password": PASSWORD})
+    again.expect(Welcome)
+    assert enter(again).code == "banned"
+
+
+def test_a_guest_is_banned_by_address_under_any_name(den, connect):
+    alice, _ = den
+    troll = connect()
+    troll.join("troll")
+    enter(troll)
+    alice.send({"type": "ban", "room": "den", "name": "troll", "reason": "trolling"})
+    troll.expect(Moderation)
+    troll.send({"type": "leave"})
+    troll.expect_closed()
+    back = connect()
+    back.join("not_a_troll")
+    assert enter(back).code == "banned"
+
+
+def test_a_timed_ban_ends_by_itself(den):
+    alice, bob = den
+    alice.send({"type": "ban", "room": "den", "name": "bob", "duration": 1})
+    assert bob.expect(Moderation).until is not None
+    assert enter(bob).code == "banned"
+    deadline = time.monotonic() + TIMEOUT
+    while isinstance(reply := enter(bob), ErrorReply) and time.monotonic() < deadline:
+        assert reply.code == "banned"
+    assert isinstance(reply, Welcome)
+
+
+def test_a_muted_member_reads_but_cannot_speak_until_unmuted(den):
+    alice, bob = den
+    alice.send({"type": "mute", "room": "den", "name": "bob", "reason": "shouting"})
+    bob.expect(Moderation)
+    bob.send({"type": "message", "room": "den", "msg": "can you hear me"})
+    assert bob.expect(ErrorReply).code == "muted"
+    alice.send({"type": "message", "room": "den", "msg": "bob still reads"})
+    assert bob.expect(ChatMessage).msg == "bob still reads"
+    alice.send({"type": "unmute", "room": "den", "name": "bob"})
+    bob.expect(Moderation, action="unmute")
+    bob.send({"type": "message", "room": "den", "msg": "thanks"})
+    assert alice.expect(ChatMessage, msg="thanks")
+
+
+def test_the_owner_makes_and_unmakes_operators_who_cannot_touch_the_owner(den, connect):
+    alice, _ = den
+    carol = account(connect, "carol")
+    enter(carol)
+    alice.send({"type": "op", "room": "den", "name": "carol"})
+    carol.expect(Moderation, action="op")
+    carol.send({"type": "who", "room": "den"})
+    assert carol.expect(Users).roles == {"alice": "owner", "carol": "op"}
+    carol.send({"type": "kick", "room": "den", "name": "alice"})
+    assert carol.expect(ErrorReply).code == "cannot_moderate"
+    carol.send({"type": "kick", "room": "den", "name": "bob"})
+    assert carol.expect(Left, name="bob").reason == "kicked"
+    alice.send({"type": "deop", "room": "den", "name": "carol"})
+    carol.expect(Moderation, action="deop")
+    carol.send({"type": "mute", "room": "den", "name": "alice"})
+    assert carol.expect(ErrorReply).code == "not_operator"
+
+
+def test_only_accounts_can_be_operators(den, connect):
+    alice, _ = den
+    guest = connect()
+    guest.join("guesty")
+    enter(guest)
+    alice.send({"type": "op", "room": "den", "name": "guesty"})
+    assert alice.expect(ErrorReply).code == "cannot_moderate"
+
+
+def test_a_server_operator_moderates_any_room(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(admin=("root",)))
+    alice, bob, root = (account(connect, name, server) for name in ("alice", "bob", "root"))
+    enter(alice)
+    enter(bob)
+    root.send({"type": "kick", "room": "den", "name": "bob", "reason": "server rules"})
+    assert alice.expect(Left, name="bob").reason == "kicked"
+    root.send({"type": "kick", "room": "den", "name": "alice"})  # even the owner
+    assert alice.expect(Moderation, action="kick").by == "root"
+
+
+def test_roles_bans_and_the_record_survive_a_restart(start_chat_server, connect, tmp_path):
+    config = ServerConfig(db=str(tmp_path / "chat.db"))
+    server = start_chat_server(config)
+    alice, bob = account(connect, "alice", server), account(connect, "bob", server)
+    enter(alice)
+    enter(bob)
+    alice.send({"type": "ban", "room": "den", "name": "bob", "reason": "spam"})
+    alice.expect(Left, name="bob")
+    for client in (alice, bob):
+        client.close()
+    server.stop()
+    again = start_chat_server(config)
+    bob = connect(again)
+    bob.send({"type": "join", "name": "bob", "password": PASSWORD})
+    bob.expect(Welcome)
+    assert enter(bob).code == "banned"
+    alice = connect(again)
+    alice.send({"type": "join", "name": "alice", "password": PASSWORD})
+    alice.expect(Welcome)
+    alice.send({"type": "join", "room": "den", "since": 0})
+    welcome = alice.expect(Welcome)
+    assert welcome.roles == {"alice": "owner"}
+    event = alice.expect(Moderation)  # the room's record, replayed with its history
+    assert (event.action, event.name, event.reason) == ("ban", "bob", "spam")
