@@ -16,7 +16,21 @@ from chat.client.commands import (
     SwitchRoom,
     parse,
 )
-from chat.wire.protocol import ListRooms, Nick, SendAction, SendMessage, SendPrivate, SetTopic, Who
+from chat.wire.protocol import (
+    Ban,
+    Deop,
+    Kick,
+    ListRooms,
+    Mute,
+    Nick,
+    Op,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    SetTopic,
+    Unban,
+    Who,
+)
 
 
 def sent(line: str):
@@ -85,3 +99,16 @@ def test_incomplete_room_command_explains_itself(line):
 def test_register_takes_no_password_on_the_line():
     assert parse("/register") == RegisterName()
     assert isinstance(parse("/register hunter2"), Mistake)
+
+
+def test_moderation_commands_act_on_the_room_typed_into():
+    assert parse("/kick bob calm down", "den") == Send(Kick(room="den", name="bob", reason="calm down"))
+    assert parse("/ban troll 2h spam", "den") == Send(Ban(room="den", name="troll", duration=7200, reason="spam"))
+    assert parse("/ban troll spamming again", "den") == Send(Ban(room="den", name="troll", reason="spamming again"))
+    assert parse("/mute loud 90", "den") == Send(Mute(room="den", name="loud", duration=90))
+    assert parse("/unban troll", "den") == Send(Unban(room="den", name="troll"))
+    assert parse("/op carol", "den") == Send(Op(room="den", name="carol"))
+    assert parse("/deop carol", "den") == Send(Deop(room="den", name="carol"))
+    assert isinstance(parse("/kick"), Mistake)
+    assert isinstance(parse("/ban troll 0m"), Mistake)
+    assert "usage: /op NAME" in parse("/op").detail

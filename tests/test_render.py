@@ -14,6 +14,7 @@ from chat.wire.protocol import (
     ErrorReply,
     Joined,
     Left,
+    Moderation,
     Notice,
     PrivateMessage,
     Renamed,
@@ -21,6 +22,7 @@ from chat.wire.protocol import (
     RoomList,
     ServerPong,
     Topic,
+    Users,
     Welcome,
 )
 
@@ -159,3 +161,12 @@ def test_a_notice_that_names_its_room_is_not_prefixed_again():
     left = Left(room="dev", name="bob", reason="quit", time=WHEN)
     text = text_of(render(left, "me", room="lobby"))
     assert "bob left dev" in text and "[dev]" not in text
+
+
+def test_roles_and_moderation_are_shown():
+    users = Users(room="den", users=["alice", "bob", "carol"], roles={"alice": "owner", "carol": "op"})
+    assert "in den: alice (owner), bob, carol (op)" in text_of(render(users, "me"))
+    ban = Moderation(room="den", id=3, action="ban", name="troll", by="alice", reason="spam", time=WHEN)
+    shown = render(ban, "me", room="den")
+    assert "troll was banned from den by alice: spam" in text_of(shown)
+    assert any("moderation" in style for style, _ in shown)

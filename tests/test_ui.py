@@ -233,3 +233,14 @@ def test_register_asks_for_the_password_twice_without_showing_it(chat_server, co
     guest = connect()
     guest.send({"type": "join", "name": "alice"})
     assert guest.expect(ErrorReply).code == "name_registered"
+
+
+def test_moderation_commands_reach_the_server_and_its_answer_is_shown(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice, terminal(chat_server.address, "bob"):
+            alice.type("/kick bo\t\r")  # the name completes
+            await alice.sees(lambda s: "only its operators may kick in lobby" in s, "the refusal")
+            alice.type("/ban\r")
+            await alice.sees(lambda s: "usage: /ban NAME [FOR] [WHY]" in s, "the usage line")
+
+    run(scenario())

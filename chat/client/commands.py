@@ -14,12 +14,19 @@ from pydantic import BaseModel
 from chat.wire.protocol import (
     LOBBY,
     MAX_HISTORY_PAGE,
+    Ban,
+    Deop,
+    Kick,
     ListRooms,
+    Mute,
     Nick,
+    Op,
     SendAction,
     SendMessage,
     SendPrivate,
     SetTopic,
+    Unban,
+    Unmute,
     Who,
 )
 
@@ -32,6 +39,13 @@ Commands:
   /topic [TEXT]     show this room's topic, or set it
   /nick NEW         change your name
   /register         make your name an account (asks for a password, twice)
+  /kick NAME [WHY]  remove NAME from this room (operators)
+  /ban NAME [FOR] [WHY]   keep NAME out of this room; FOR is like 30m, 2h, 7d (default: until /unban)
+  /unban NAME       lift a ban
+  /mute NAME [FOR] [WHY]  NAME reads but cannot speak here
+  /unmute NAME      lift a mute
+  /op NAME          make NAME an operator of this room (its owner)
+  /deop NAME        take that back
   /who              list who is in this room
   /msg NAME TEXT    private message to NAME
   /me TEXT          an action ("/me waves")
@@ -111,6 +125,27 @@ Command = (
 )
 
 
+#: Units a duration may end in, as in `/ban troll 2h spam`.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _sanction_args(rest: str) -> tuple[str, int | None, str]:
+    """NAME [DURATION] [REASON]; the duration is -1 if it looks like one but is not valid."""
+    name, _, more = rest.partition(" ")
+    first, _, reason = more.strip().partition(" ")
+    if first and first[-1:].lower() in _UNITS and first[:-1].isdigit():
+        seconds = int(first[:-1]) * _UNITS[first[-1].lower()]
+        return name, seconds if seconds > 0 else -1, reason.strip()
+    if first.isdigit():
+        return name, int(first) if int(first) > 0 else -1, reason.strip()
+    return name, None, more.strip()
+
+
+def _usage(word: str) -> Mistake:
+    line = next((line.strip() for line in HELP.splitlines() if line.strip().startswith(word.lower() + " ")), word)
+    return Mistake(f"usage: {line.split('  ')[0]}")
+
+
 def parse(line: str, room: str = LOBBY) -> Command | None:
     """The command a line typed into `room` means; None for a blank line (sends nothing)."""
     if not line.strip():
@@ -154,6 +189,21 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
                 if rest and " " not in rest
                 else Mistake("usage: /nick NEW (no spaces)")
             )
+        case "/kick":
+            name, _, reason = rest.partition(" ")
+            return Send(Kick.model_construct(room=room, name=name, reason=reason.strip())) if name else _usage(word)
+        case "/ban" | "/mute":
+            name, duration, reason = _sanction_args(rest)
+            if not name or duration == -1:
+                return _usage(word)
+            kind = Ban if word.lower() == "/ban" else Mute
+            return Send(kind.model_construct(room=room, name=name, duration=duration, reason=reason))
+        case "/unban" | "/unmute" | "/op" | "/deop":
+            kinds: dict[str, type[Unban | Unmute | Op | Deop]] = {
+                "/unban": Unban, "/unmute": Unmute, "/op": Op, "/deop": Deop
+            }
+            return Send(kinds[word.lower()].model_construct(room=room, name=rest)) if rest and " " not in rest \
+                else _usage(word)
         case "/msg":
             to, _, text = rest.partition(" ")
             return (

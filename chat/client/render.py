@@ -156,7 +156,7 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
         case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic, account=account):
             who = neutralise(name) + (" (your account)" if account else " (a guest: /register to own the name)"
                                       if account is False else "")
-            text = f"you are {who} in {neutralise(where)}; here: {_names(users)}"
+            text = f"you are {who} in {neutralise(where)}; here: {_names(users, event.roles)}"
             if topic:
                 text += f"; topic: {neutralise(topic)}"
             if history == 1:
@@ -172,8 +172,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             if not count:
                 return _notice(now, "no earlier messages")
             return _notice(now, f"{count} earlier messages" + (f" ({more} more: /history)" if more else ""))
-        case Users(room=where, users=users):
-            return _notice(now, f"in {neutralise(where)}: {_names(users)}")
+        case Users(room=where, users=users, roles=roles):
+            return _notice(now, f"in {neutralise(where)}: {_names(users, roles)}")
         case RoomList(rooms=rooms):
             listing = "; ".join(
                 f"{neutralise(info.room)} ({info.users})" + (f" {neutralise(info.topic)}" if info.topic else "")
@@ -232,5 +232,7 @@ def _clock(when: datetime | None) -> Fragments:
     return [("class:time", local.strftime("%H:%M "))]
 
 
-def _names(users: list[str]) -> str:
-    return ", ".join(neutralise(user) for user in users) or "nobody"
+def _names(users: list[str], roles: dict[str, str] | None = None) -> str:
+    """Names as a list, each with its role in the room if it has one: `alice (owner)`."""
+    roles = roles or {}
+    return ", ".join(neutralise(user) + (f" ({roles[user]})" if user in roles else "") for user in users) or "nobody"
