@@ -27,8 +27,10 @@ from chat.wire.protocol import (
     SendAction,
     SendMessage,
     SendPrivate,
+    SetModes,
     SetTopic,
     Unban,
+    Voice,
     Who,
 )
 
@@ -112,3 +114,10 @@ def test_moderation_commands_act_on_the_room_typed_into():
     assert isinstance(parse("/kick"), Mistake)
     assert isinstance(parse("/ban troll 0m"), Mistake)
     assert "usage: /op NAME" in parse("/op").detail
+
+
+def test_modes_and_voice_commands():
+    assert parse("/mode +moderated -topic", "den") == Send(SetModes(room="den", on=["moderated"], off=["topic"]))
+    assert isinstance(parse("/mode +loud", "den"), Mistake)
+    assert parse("/voice bob", "den") == Send(Voice(type="voice", room="den", name="bob"))
+    assert parse("/devoice bob", "den") == Send(Voice(type="devoice", room="den", name="bob"))

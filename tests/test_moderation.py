@@ -169,3 +169,36 @@ def test_roles_bans_and_the_record_survive_a_restart(start_chat_server, connect,
     assert welcome.roles == {"alice": "owner"}
     event = alice.expect(Moderation)  # the room's record, replayed with its history
     assert (event.action, event.name, event.reason) == ("ban", "bob", "spam")
+
+
+def test_a_moderated_room_lets_only_operators_and_voiced_members_speak(den):
+    alice, bob = den
+    alice.send({"type": "mode", "room": "den", "on": ["moderated"]})
+    assert bob.expect(Moderation, action="mode").name == "+moderated"
+    bob.send({"type": "message", "room": "den", "msg": "may I?"})
+    assert bob.expect(ErrorReply).code == "muted"
+    alice.send({"type": "voice", "room": "den", "name": "bob"})
+    bob.expect(Moderation, action="voice")
+    bob.send({"type": "message", "room": "den", "msg": "thank you"})
+    assert alice.expect(ChatMessage, msg="thank you")
+    bob.send({"type": "mode", "room": "den", "off": ["moderated"]})
+    assert bob.expect(ErrorReply).code == "not_operator"
+
+
+def test_topic_mode_keeps_the_topic_to_operators(den):
+    alice, bob = den
+    alice.send({"type": "mode", "room": "den", "on": ["topic"]})
+    bob.expect(Moderation, action="mode")
+    bob.send({"type": "topic", "room": "den", "topic": "mine now"})
+    assert bob.expect(ErrorReply).code == "not_operator"
+
+
+def test_an_accounts_only_room_refuses_guests(den, connect):
+    alice, _ = den
+    alice.send({"type": "mode", "room": "den", "on": ["accounts"]})
+    alice.expect(Moderation, action="mode")
+    guest = connect()
+    guest.join("guesty")
+    assert enter(guest).code == "account_required"
+    welcome = enter(account(connect, "dora"))
+    assert welcome.modes == ["accounts"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from chat.wire.protocol import (
     LOBBY,
@@ -24,9 +24,11 @@ from chat.wire.protocol import (
     SendAction,
     SendMessage,
     SendPrivate,
+    SetModes,
     SetTopic,
     Unban,
     Unmute,
+    Voice,
     Who,
 )
 
@@ -46,6 +48,9 @@ Commands:
   /unmute NAME      lift a mute
   /op NAME          make NAME an operator of this room (its owner)
   /deop NAME        take that back
+  /voice NAME       let NAME speak in a moderated room (/devoice takes it back)
+  /mode [+|-]MODE ...  room modes: topic (only operators set it), accounts (only accounts join),
+                    moderated (only operators and voiced members speak); /mode +moderated -topic
   /who              list who is in this room
   /msg NAME TEXT    private message to NAME
   /me TEXT          an action ("/me waves")
@@ -141,6 +146,13 @@ def _sanction_args(rest: str) -> tuple[str, int | None, str]:
     return name, None, more.strip()
 
 
+def _validated(kind: type[Voice | SetModes], fields: dict[str, object]) -> Send | Mistake:
+    try:
+        return Send(kind.model_validate(fields))
+    except ValidationError as exc:
+        return Mistake(str(exc.errors(include_url=False)[0]["msg"]))
+
+
 def _usage(word: str) -> Mistake:
     line = next((line.strip() for line in HELP.splitlines() if line.strip().startswith(word.lower() + " ")), word)
     return Mistake(f"usage: {line.split('  ')[0]}")
@@ -204,6 +216,18 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             }
             return Send(kinds[word.lower()].model_construct(room=room, name=rest)) if rest and " " not in rest \
                 else _usage(word)
+        case "/voice" | "/devoice":
+            if not rest or " " in rest:
+                return _usage("/voice")
+            return _validated(Voice, {"type": word.lower()[1:], "room": room, "name": rest})
+        case "/mode":
+            changes = rest.split()
+            modes = ("topic", "accounts", "moderated")
+            if not changes or any(change[:1] not in "+-" or change[1:] not in modes for change in changes):
+                return Mistake("usage: /mode +moderated -topic (modes: topic, accounts, moderated)")
+            on = [change[1:] for change in changes if change.startswith("+")]
+            off = [change[1:] for change in changes if change.startswith("-")]
+            return _validated(SetModes, {"room": room, "on": on, "off": off})
         case "/msg":
             to, _, text = rest.partition(" ")
             return (

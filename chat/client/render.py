@@ -122,6 +122,19 @@ def render(event: ClientEvent, me: str, now: datetime | None = None, *, room: st
     return [clock, ("class:room", f"[{neutralise(where)}] "), *rest]
 
 
+#: How a moderation line reads: "troll was banned from den by alice".
+_MODERATED = {
+    "kick": "kicked from",
+    "ban": "banned from",
+    "unban": "unbanned in",
+    "mute": "muted in",
+    "unmute": "unmuted in",
+    "op": "made an operator of",
+    "deop": "no longer an operator of",
+    "voice": "given a voice in",
+    "devoice": "no longer voiced in",
+}
+
 #: Notices whose text already says which room they are about (or that are about a person, not a room).
 _NAMES_ITS_ROOM = (Welcome, Joined, Left, Topic, Users, Renamed)
 
@@ -139,9 +152,11 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             if not topic:
                 return _notice(time, f"{neutralise(name)} cleared the topic of {neutralise(where)}")
             return _notice(time, f"{neutralise(name)} set the topic of {neutralise(where)}: {neutralise(topic)}")
+        case Moderation(room=where, action="mode", name=changes, by=by, time=time):
+            text = f"{neutralise(by)} set the modes of {neutralise(where)}: {neutralise(changes)}"
+            return [*_clock(time), ("class:moderation", "!! " + text)]
         case Moderation(room=where, action=action, name=name, by=by, reason=reason, until=until, time=time):
-            done = {"kick": "kicked from", "ban": "banned from", "unban": "unbanned in", "mute": "muted in",
-                    "unmute": "unmuted in", "op": "made an operator of", "deop": "no longer an operator of"}[action]
+            done = _MODERATED.get(action, f"{action}ed in")
             text = f"{neutralise(name)} was {done} {neutralise(where)} by {neutralise(by)}"
             if until is not None:
                 text += f" until {until.astimezone().strftime('%Y-%m-%d %H:%M')}"

@@ -51,9 +51,11 @@ from chat.wire.protocol import (
     SendPrivate,
     ServerPong,
     SessionToken,
+    SetModes,
     SetTopic,
     Unban,
     Unmute,
+    Voice,
     Who,
     room_key,
     utc_now,
@@ -140,8 +142,10 @@ class Hub(Generic[P]):
         match message:
             case Join():
                 self.join(session, message)
-            case Kick() | Ban() | Unban() | Mute() | Unmute() | Op() | Deop():
+            case Kick() | Ban() | Unban() | Mute() | Unmute() | Op() | Deop() | Voice():
                 self.moderate(session, message)
+            case SetModes(room=room, on=on, off=off):
+                self._room_of(session, room).set_modes(session, list(on), list(off))
             case Register(password=password):
                 self.register(session, password)
             case ChangePassword(old=old, new=new):

@@ -44,6 +44,7 @@ from chat.wire.protocol import (
     Unban,
     Unmute,
     Users,
+    Voice,
     Welcome,
     utc_now,
 )
@@ -111,6 +112,8 @@ class Room(Generic[P]):
         self._members: dict[Session[P], str] = {}  # session -> the name it has here
         #: Identity -> `owner` or `op`, as kept in the store.
         self._roles = store.roles(record.key)
+        #: The modes that are on: `topic`, `accounts`, `moderated`.
+        self._modes = store.modes(record.key)
         #: (target, kind) -> the ban or mute on it; expired ones are dropped when met.
         self._sanctions = {(s.target, s.kind): s for s in store.sanctions(record.key)}
         #: Identities of the server's operators (set by the hub).
@@ -141,6 +144,9 @@ class Room(Generic[P]):
             ban = self._sanction_on(session, "ban")
             if ban is not None:
                 raise Refused("banned", f"you are banned from {self.name}{_ending(ban)}", self.name)
+            guest = session.identity is None or session.identity.account is None
+            if "accounts" in self._modes and guest and self.role_of(session) != "admin":
+                raise Refused("account_required", f"{self.name} is for accounts only: register first", self.name)
             snapshot = self._log.last_id
             self._members[session] = name
             self._delivery.publish(self.key, encode(Joined(room=self.name, name=name, time=utc_now())))
@@ -167,6 +173,7 @@ class Room(Generic[P]):
                 token=identity.token if identity else None,
                 account=identity.account is not None if identity else None,
                 roles=roles,
+                modes=sorted(self._modes),
             )
             lead = encode(welcome)
             if span.gap is not None:
@@ -201,6 +208,8 @@ class Room(Generic[P]):
         """A numbered, kept topic line for every member; the room list shows the new topic."""
         with self._lock:
             name = self._speaker(session)
+            if "topic" in self._modes and self.role_of(session) not in _OPERATORS:
+                raise Refused("not_operator", f"only operators set the topic of {self.name}", self.name)
             record = RoomRecord(self.key, self.name, topic)
             try:
                 self._store.save_room(record)
@@ -254,12 +263,13 @@ class Room(Generic[P]):
         with self._lock:
             by = self._members.get(actor) or actor.name or "?"
             role = self.role_of(actor)
-            needed = ("owner", "admin") if action in ("op", "deop") else ("op", "owner", "admin")
+            needed = ("owner", "admin") if action in ("op", "deop") else _OPERATORS
             if role not in needed:
                 who = "its owner" if action in ("op", "deop") else "its operators"
                 raise Refused("not_operator", f"only {who} may {action} in {self.name}", self.name)
             target_role = self._roles.get(target.identity) if target.identity else None
-            if target.identity in self.admins or (target_role == "owner" and role != "admin"):
+            protected = target.identity in self.admins or (target_role == "owner" and role != "admin")
+            if protected and action not in ("voice", "devoice"):
                 raise Refused("cannot_moderate", f"{target.name} cannot be moderated in {self.name}", self.name)
             until = None
             duration = getattr(request, "duration", None)
@@ -289,6 +299,11 @@ class Room(Generic[P]):
                     if target.identity is None or not target.identity.startswith("account:"):
                         raise Refused("cannot_moderate", f"{target.name} has no account; only accounts are operators")
                     self._save_role(target.identity, "op" if action == "op" else None)
+                case "voice" | "devoice":
+                    if target.identity is None:
+                        raise Refused("no_such_user", f"nobody called {target.name} is here", self.name)
+                    if target_role not in ("owner", "op"):  # an operator speaks anyway
+                        self._save_role(target.identity, "voice" if action == "voice" else None)
             event = Moderation(
                 room=self.name,
                 id=1,
@@ -338,12 +353,30 @@ class Room(Generic[P]):
         """Send the span's lines in pieces of about CHUNK_BYTES, each once the peer has taken most of the last."""
         stream_chunks(self._delivery, peer, self._log.lines(span, CHUNK_LINES), send)
 
+    def set_modes(self, actor: Session[P], on: list[str], off: list[str]) -> None:
+        """An operator turns modes on and off; a numbered line says which."""
+        with self._lock:
+            if self.role_of(actor) not in _OPERATORS:
+                raise Refused("not_operator", f"only operators set the modes of {self.name}", self.name)
+            changes = [(mode, True) for mode in on if mode not in self._modes]
+            changes += [(mode, False) for mode in off if mode in self._modes and mode not in on]
+            for mode, turned_on in changes:
+                self._store_call(functools.partial(self._store.save_mode, self.key, mode, turned_on))
+                (self._modes.add if turned_on else self._modes.discard)(mode)
+            summary = " ".join(f"{'+' if turned_on else '-'}{mode}" for mode, turned_on in changes) or "no change"
+            by = self._members.get(actor) or actor.name or "?"
+            event = Moderation(room=self.name, id=1, action="mode", name=summary, by=by, time=utc_now())
+            line = self._log.append(lambda id: encode(event.model_copy(update={"id": id})))
+            self._delivery.publish(self.key, line)
+
     def _speaker(self, session: Session[P]) -> str:
-        """The member's name, if it may speak here (not muted)."""
+        """The member's name, if it may speak here (not muted; voiced if the room is moderated)."""
         name = self._member(session)
         mute = self._sanction_on(session, "mute")
         if mute is not None:
             raise Refused("muted", f"you are muted in {self.name}{_ending(mute)}", self.name)
+        if "moderated" in self._modes and self.role_of(session) not in (*_OPERATORS, "voice"):
+            raise Refused("muted", f"{self.name} is moderated: only operators and voiced members speak", self.name)
         return name
 
     def _sanction_on(self, session: Session[P], kind: str) -> Sanction | None:
@@ -415,7 +448,9 @@ class Target(Generic[P]):
         return [t for t in (self.identity, self.address) if t]
 
 
-Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop
+Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop | Voice
+#: The roles that may moderate a room.
+_OPERATORS = ("op", "owner", "admin")
 
 
 def _targets_of(session: Session[Any]) -> list[str]:

@@ -155,6 +155,12 @@ class Store(Protocol):
         """The room's bans and mutes, expired ones included."""
         ...
 
+    def modes(self, room: str) -> set[str]:
+        """The room's modes that are on."""
+        ...
+
+    def save_mode(self, room: str, mode: str, on: bool) -> None: ...
+
     def save_sanction(self, sanction: Sanction) -> None: ...
 
     def drop_sanction(self, room: str, target: str, kind: str) -> None: ...
@@ -210,6 +216,7 @@ class MemoryStore:
         self._accounts: dict[str, AccountRecord] = {}
         self._sessions: dict[str, tuple[str, float]] = {}
         self._roles: dict[str, dict[str, str]] = {}
+        self._modes: dict[str, set[str]] = {}
         self._sanctions: dict[tuple[str, str, str], Sanction] = {}
         # Room threads append to different logs at once; one short lock keeps the dicts whole.
         self._lock = threading.Lock()
@@ -299,6 +306,18 @@ class MemoryStore:
             else:
                 roles[identity] = role
 
+    def modes(self, room: str) -> set[str]:
+        with self._lock:
+            return set(self._modes.get(room, set()))
+
+    def save_mode(self, room: str, mode: str, on: bool) -> None:
+        with self._lock:
+            modes = self._modes.setdefault(room, set())
+            if on:
+                modes.add(mode)
+            else:
+                modes.discard(mode)
+
     def sanctions(self, room: str) -> list[Sanction]:
         with self._lock:
             return [s for (where, _, _), s in self._sanctions.items() if where == room]
@@ -330,8 +349,13 @@ class MemoryStore:
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
-_SCHEMA_VERSION = 4
+_SCHEMA_VERSION = 5
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS room_modes (
+    room TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    PRIMARY KEY (room, mode)
+);
 CREATE TABLE IF NOT EXISTS room_roles (
     room TEXT NOT NULL,
     identity TEXT NOT NULL,
@@ -571,6 +595,15 @@ class SqliteStore:
         else:
             sql, params = "INSERT OR REPLACE INTO room_roles VALUES (?, ?, ?)", (room, identity, role)
         self._write(sql, params, "cannot save a role")
+
+    def modes(self, room: str) -> set[str]:
+        return {str(row[0]) for row in self._query("SELECT mode FROM room_modes WHERE room = :room", {"room": room})}
+
+    def save_mode(self, room: str, mode: str, on: bool) -> None:
+        if on:
+            self._write("INSERT OR IGNORE INTO room_modes VALUES (?, ?)", (room, mode), "cannot save a room mode")
+        else:
+            self._write("DELETE FROM room_modes WHERE room = ? AND mode = ?", (room, mode), "cannot save a room mode")
 
     def sanctions(self, room: str) -> list[Sanction]:
         rows = self._query(

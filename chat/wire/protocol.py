@@ -211,6 +211,28 @@ class Deop(_ClientWire):
     name: str = Field(min_length=1, max_length=MAX_NAME)
 
 
+#: Room modes: `topic` (only operators set the topic), `accounts` (only accounts join),
+#: `moderated` (only operators and voiced members speak).
+RoomMode = Literal["topic", "accounts", "moderated"]
+
+
+class SetModes(_ClientWire):
+    """An operator turns room modes on (`on`) or off (`off`)."""
+
+    type: Literal["mode"] = "mode"
+    room: RoomName = LOBBY
+    on: list[RoomMode] = Field(default_factory=list, max_length=3)
+    off: list[RoomMode] = Field(default_factory=list, max_length=3)
+
+
+class Voice(_ClientWire):
+    """An operator lets `name` speak in a moderated room (`devoice` takes it back)."""
+
+    type: Literal["voice", "devoice"] = "voice"
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
 class Part(_ClientWire):
     """Leave one room; the connection stays (in its other rooms, or in none)."""
 
@@ -320,6 +342,8 @@ ClientMessage = Annotated[
     | Unmute
     | Op
     | Deop
+    | SetModes
+    | Voice
     | Register
     | ChangePassword
     | Part
@@ -348,6 +372,9 @@ CLIENT_TYPES = frozenset(
         "unmute",
         "op",
         "deop",
+        "mode",
+        "voice",
+        "devoice",
         "register",
         "password",
         "part",
@@ -387,8 +414,10 @@ class Welcome(_ServerWire):
     token: str | None = None
     #: On the first join only: whether the name is a registered account's.
     account: bool | None = None
-    #: Members with a role in the room: name -> `owner`, `op` or `admin`.
+    #: Members with a role in the room: name -> `owner`, `op`, `voice` or `admin`.
     roles: dict[str, str] = Field(default_factory=dict)
+    #: The room's modes that are on (`topic`, `accounts`, `moderated`).
+    modes: list[str] = Field(default_factory=list)
 
 
 class SessionToken(_ServerWire):
@@ -444,7 +473,7 @@ class Action(_ServerWire):
     time: Timestamp
 
 
-ModerationAction = Literal["kick", "ban", "unban", "mute", "unmute", "op", "deop"]
+ModerationAction = Literal["kick", "ban", "unban", "mute", "unmute", "op", "deop", "voice", "devoice", "mode"]
 
 
 class Moderation(_ServerWire):
