@@ -8,7 +8,7 @@ import pytest
 
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
-from chat.wire.protocol import ChatMessage, ErrorReply, Left, Moderation, SessionToken, Users, Welcome
+from chat.wire.protocol import ChatMessage, ErrorReply, Left, Moderation, ServerNotice, SessionToken, Users, Welcome
 
 PASSWORD = "long enough password"
 
@@ -202,3 +202,53 @@ def test_an_accounts_only_room_refuses_guests(den, connect):
     assert enter(guest).code == "account_required"
     welcome = enter(account(connect, "dora"))
     assert welcome.modes == ["accounts"]
+
+
+@pytest.fixture
+def admin_server(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(admin=("root",)))
+    return server, account(connect, "root", server)
+
+
+def test_a_server_operator_disconnects_a_connection_which_is_told_why(admin_server, connect):
+    server, root = admin_server
+    troll = connect(server)
+    troll.join("troll")
+    root.send({"type": "disconnect", "name": "troll", "reason": "enough"})
+    root.expect(ServerNotice)
+    [refusal] = [m for m in troll.expect_closed() if isinstance(m, ErrorReply)]
+    assert refusal.code == "removed" and "enough" in refusal.detail
+
+
+def test_a_server_wide_ban_holds_for_a_guest_under_any_name_until_lifted(admin_server, connect):
+    server, root = admin_server
+    troll = connect(server)
+    troll.join("troll")
+    root.send({"type": "server_ban", "name": "troll", "reason": "spam"})
+    root.expect(ServerNotice)
+    troll.expect_closed()
+    back = connect(server)
+    back.send({"type": "join", "name": "innocent"})
+    assert back.expect(ErrorReply).code == "banned"
+    root.send({"type": "server_unban", "name": "troll"})
+    root.expect(ServerNotice)
+    assert back.join("innocent").name == "innocent"
+
+
+def test_lockdown_refuses_new_guests_but_not_accounts(admin_server, connect):
+    server, root = admin_server
+    account(connect, "member", server).close()
+    root.send({"type": "lockdown", "on": True})
+    root.expect(ServerNotice)
+    guest = connect(server)
+    guest.send({"type": "join", "name": "newbie"})
+    assert guest.expect(ErrorReply).code == "account_required"
+    member = connect(server)
+    member.send({"type": "join", "name": "member", "password": PASSWORD})
+    assert member.expect(Welcome).account is True
+
+
+def test_only_server_operators_act_server_wide(den):
+    alice, _ = den
+    alice.send({"type": "lockdown", "on": True})
+    assert alice.expect(ErrorReply).code == "not_operator"

@@ -28,6 +28,7 @@ from chat.wire.protocol import (
     PrivateMessage,
     Renamed,
     RoomList,
+    ServerNotice,
     SessionToken,
     Shutdown,
     Topic,
@@ -199,6 +200,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return error(neutralise(detail), now)
         case Shutdown(detail=detail):
             return error(f"server: {neutralise(detail)}", now)
+        case ServerNotice(detail=detail):
+            return _notice(now, f"done: {neutralise(detail)}")
         case SessionToken(detail=detail):
             return _notice(now, neutralise(detail))
         case Notice(delay_ms=delay_ms):

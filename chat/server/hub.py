@@ -10,10 +10,12 @@ subscriber. No sockets and no threads.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
-from collections.abc import Hashable, Iterable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
@@ -21,7 +23,7 @@ from chat.server.accounts import Accounts, Identity
 from chat.server.log import LocalLog
 from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Moderate, Room, Target, stream_chunks
 from chat.server.session import Session
-from chat.server.store import PRIVATE_LOG, RoomRecord, Store, StoreError
+from chat.server.store import PRIVATE_LOG, RoomRecord, Sanction, Store, StoreError
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     LOBBY,
@@ -30,12 +32,14 @@ from chat.wire.protocol import (
     ClassicMessage,
     ClientMessage,
     Deop,
+    Disconnect,
     HistoryRequest,
     Join,
     Kick,
     Leave,
     LeaveReason,
     ListRooms,
+    Lockdown,
     Mute,
     Nick,
     Op,
@@ -49,7 +53,10 @@ from chat.wire.protocol import (
     SendAction,
     SendMessage,
     SendPrivate,
+    ServerBan,
+    ServerNotice,
     ServerPong,
+    ServerUnban,
     SessionToken,
     SetModes,
     SetTopic,
@@ -65,6 +72,9 @@ from chat.wire.text import name_key, name_keys, quoted
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Hashable)
+
+#: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
+SERVER_SCOPE = "\0server"
 
 _PONG = encode(ServerPong())
 
@@ -144,6 +154,8 @@ class Hub(Generic[P]):
                 self.join(session, message)
             case Kick() | Ban() | Unban() | Mute() | Unmute() | Op() | Deop() | Voice():
                 self.moderate(session, message)
+            case Disconnect() | ServerBan() | ServerUnban() | Lockdown():
+                self.administer(session, message)
             case SetModes(room=room, on=on, off=off):
                 self._room_of(session, room).set_modes(session, list(on), list(off))
             case Register(password=password):
@@ -196,6 +208,7 @@ class Hub(Generic[P]):
             raise Refused("not_joined", "your first join must carry a name")
         # The password hash is checked here, in the joining client's thread, under no lock.
         identity = self._accounts.prove(request.name, request.password, request.token, session.address)
+        self._check_server_bans(session, identity)
         self._take_back(request.name, identity)
         replay = request.private_since
         snapshot = self._claim(session, request.name, held=replay is not None)
@@ -234,6 +247,72 @@ class Hub(Generic[P]):
         removed = room.moderate(session, request, self._target(request.name))
         if removed is not None:
             removed.rooms.pop(room_key(room.name), None)
+
+    def administer(self, session: Session[P], request: Disconnect | ServerBan | ServerUnban | Lockdown) -> None:
+        """What only server operators (`--admin`) do: disconnect, server-wide bans, lockdown."""
+        name = self._name_of(session)
+        if session.identity is None or session.identity.id not in self._admins:
+            raise Refused("not_operator", "only server operators may do that")
+        match request:
+            case Lockdown(on=on):
+                self._store_mode(SERVER_SCOPE, "lockdown", on)
+                done = "the server refuses new guests" if on else "the server welcomes guests again"
+            case ServerUnban(name=target_name):
+                found = [s for s in self._store.sanctions(SERVER_SCOPE) if name_key(s.name) == name_key(target_name)]
+                if not found:
+                    raise Refused("no_such_user", f"{target_name} is not banned from the server")
+                for sanction in found:
+                    self._store_call(functools.partial(self._store.drop_sanction, SERVER_SCOPE, sanction.target, "ban"))
+                done = f"{target_name} may come back"
+            case Disconnect(name=target_name, reason=reason) | ServerBan(name=target_name, reason=reason):
+                target = self._target(target_name)
+                if isinstance(request, ServerBan):
+                    account = target.identity if target.identity and target.identity.startswith("account:") else None
+                    held_on = account or target.address
+                    if held_on is None:
+                        raise Refused("no_such_user", f"nobody called {target_name} is connected or registered")
+                    until = time.time() + request.duration if request.duration else None
+                    self._store_call(
+                        functools.partial(
+                            self._store.save_sanction,
+                            Sanction(SERVER_SCOPE, held_on, "ban", target_name, until, reason, name),
+                        )
+                    )
+                elif target.session is None:
+                    raise Refused("no_such_user", f"nobody called {target_name} is connected")
+                if target.session is not None:
+                    why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
+                    self._delivery.close(target.session.peer, encode_error(Refused("removed", why)), "disconnected")
+                    self.disconnect(target.session, "kicked")
+                banned = isinstance(request, ServerBan)
+                done = f"{target_name} {'is banned from the server' if banned else 'is gone'}"
+        log.info("%s: server operator %s: %s", session.label, quoted(name), done)
+        self._delivery.send_to(session.peer, encode(ServerNotice(detail=done)))
+
+    def _check_server_bans(self, session: Session[P], identity: Identity) -> None:
+        now = time.time()
+        targets = {identity.id, f"address:{session.address}"}
+        try:
+            sanctions = self._store.sanctions(SERVER_SCOPE)
+            lockdown = "lockdown" in self._store.modes(SERVER_SCOPE)
+        except StoreError as exc:
+            raise StorageFailed("storage_failed", "the server could not check its bans; try again") from exc
+        for sanction in sanctions:
+            if sanction.target in targets and sanction.active(now):
+                reason = f": {sanction.reason}" if sanction.reason else ""
+                raise Refused("banned", f"you are banned from this server{reason}")
+        if lockdown and identity.account is None:
+            raise Refused("account_required", "the server takes no new guests right now; log in with an account")
+
+    def _store_mode(self, scope: str, mode: str, on: bool) -> None:
+        self._store_call(functools.partial(self._store.save_mode, scope, mode, on))
+
+    def _store_call(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise StorageFailed("storage_failed", "the server could not keep that") from exc
 
     def part(self, session: Session[P], room_name: str) -> None:
         room = self._room_of(session, room_name)

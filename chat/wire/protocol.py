@@ -233,6 +233,35 @@ class Voice(_ClientWire):
     name: str = Field(min_length=1, max_length=MAX_NAME)
 
 
+class Disconnect(_ClientWire):
+    """A server operator closes `name`'s connection."""
+
+    type: Literal["disconnect"] = "disconnect"
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    reason: Reason = ""
+
+
+class ServerBan(_ClientWire):
+    """A server operator bans `name` (account, or a guest's address) from the whole server."""
+
+    type: Literal["server_ban"] = "server_ban"
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    duration: int | None = Field(default=None, ge=1, le=MAX_SANCTION_SECONDS)
+    reason: Reason = ""
+
+
+class ServerUnban(_ClientWire):
+    type: Literal["server_unban"] = "server_unban"
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
+class Lockdown(_ClientWire):
+    """A server operator refuses (`on`) or welcomes again new guests."""
+
+    type: Literal["lockdown"] = "lockdown"
+    on: bool
+
+
 class Part(_ClientWire):
     """Leave one room; the connection stays (in its other rooms, or in none)."""
 
@@ -344,6 +373,10 @@ ClientMessage = Annotated[
     | Deop
     | SetModes
     | Voice
+    | Disconnect
+    | ServerBan
+    | ServerUnban
+    | Lockdown
     | Register
     | ChangePassword
     | Part
@@ -375,6 +408,10 @@ CLIENT_TYPES = frozenset(
         "mode",
         "voice",
         "devoice",
+        "disconnect",
+        "server_ban",
+        "server_unban",
+        "lockdown",
         "register",
         "password",
         "part",
@@ -595,6 +632,13 @@ class Notice(_ServerWire):
     delay_ms: int = Field(ge=0)
 
 
+class ServerNotice(_ServerWire):
+    """The answer to a server operator's action: what was done."""
+
+    type: Literal["done"] = "done"
+    detail: str
+
+
 class Shutdown(_ServerWire):
     """The server is going away; the connection closes after this line."""
 
@@ -626,6 +670,7 @@ ErrorCode = Literal[
     "cannot_moderate",
     "banned",
     "muted",
+    "removed",
     "room_invalid",
     "topic_too_long",
     "topic_invalid",
@@ -668,6 +713,7 @@ CLOSING_ERRORS = frozenset(
         "session_replaced",
         "tls_required",
         "plaintext_only",
+        "removed",
     }
 )
 
@@ -689,6 +735,7 @@ ServerMessage = Annotated[
     | ServerPing
     | ServerPong
     | Notice
+    | ServerNotice
     | Shutdown
     | ErrorReply,
     Field(discriminator="type"),
