@@ -16,6 +16,7 @@ from chat.wire.protocol import (
     ChatMessage,
     Joined,
     Left,
+    Moderation,
     Nick,
     PrivateMessage,
     Renamed,
@@ -199,3 +200,24 @@ def test_a_rename_seen_in_two_shared_rooms_is_passed_on_once(chat_server):
         await bob.close()
 
     run(scenario())
+
+
+def test_a_kicked_client_is_out_of_the_room_and_does_not_rejoin_it(chat_server):
+    owner = LineClient(chat_server.address)
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.send({"type": "join", "room": "den"})
+    owner.expect(Welcome, room="den")
+
+    async def scenario() -> list[str]:
+        bob = ChatClient(*chat_server.address, "bob", rooms=["lobby", "den"])
+        await bob.connect()
+        await next_of(bob, Welcome)
+        owner.expect(Joined, room="den", name="bob")
+        owner.send({"type": "kick", "room": "den", "name": "bob", "reason": "out"})
+        await next_of(bob, Moderation)
+        rooms = [view.name for view in bob.rooms.values()]
+        await bob.close()
+        return rooms
+
+    assert run(scenario()) == ["lobby"]

@@ -382,6 +382,8 @@ class ChatClient:
             case Joined(room=room, name=name):
                 if view := self.rooms.get(room_key(room)):
                     view.users = sorted({*view.users, name}, key=str.casefold)
+            case Moderation(room=room, action="kick" | "ban", name=name) if name == self.name:
+                self.rooms.pop(room_key(room), None)  # put out of the room: not rejoined on a reconnect
             case Left(room=room, name=name, reason=reason):
                 if reason == "part" and name == self.name:
                     self.rooms.pop(room_key(room), None)

@@ -39,7 +39,7 @@ from chat.client.commands import (
 )
 from chat.client.connection import ChatClient, ClientEvent
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import LOBBY, MAX_PASSWORD, MIN_PASSWORD, Left, Register, Welcome, room_key
+from chat.wire.protocol import LOBBY, MAX_PASSWORD, MIN_PASSWORD, Left, Moderation, Register, Welcome, room_key
 
 STYLE = Style.from_dict(render.STYLE)
 
@@ -78,7 +78,9 @@ class Typing:
                 self.room, self.joining = room, None
             case Welcome(room=room) if room_key(room) == room_key(self.room):
                 self.room = room  # the server's spelling
-            case Left(room=room, name=name, reason="part") if name == self.client.name:
+            case Left(room=room, name=name, reason="part") | Moderation(
+                room=room, action="kick" | "ban", name=name
+            ) if name == self.client.name:
                 if room_key(room) == room_key(self.room) and self.client.rooms:
                     self.room = next(iter(self.client.rooms.values())).name
 
