@@ -18,7 +18,7 @@ def account(connect, name: str, server=None) -> LineClient:
     client = connect(server) if server is not None else connect()
     client.join(name)
     client.send({"type": "register", "password": PASSWORD})
-    client.expect(SessionToken)
+    client.token = client.expect(SessionToken).token  # type: ignore[attr-defined]
     return client
 
 
@@ -56,6 +56,7 @@ def test_a_member_without_a_role_cannot_moderate(den):
 
 def test_a_banned_account_stays_out_through_rejoin_token_and_rename(den, connect):
     alice, bob = den
+    token = bob.token
     alice.send({"type": "ban", "room": "den", "name": "bob", "reason": "spam"})
     assert alice.expect(Left, name="bob").reason == "banned"
     refusal = enter(bob)
@@ -66,6 +67,10 @@ def test_a_banned_account_stays_out_through_rejoin_token_and_rename(den, connect
     again.send({"type": "join", "name": "bob", "password": PASSWORD})
     again.expect(Welcome)
     assert enter(again).code == "banned"
+    resumed = connect()
+    resumed.send({"type": "join", "name": "bob", "token": token})
+    resumed.expect(Welcome)
+    assert enter(resumed).code == "banned"
 
 
 def test_a_guest_is_banned_by_address_under_any_name(den, connect):

@@ -244,3 +244,18 @@ def test_moderation_commands_reach_the_server_and_its_answer_is_shown(chat_serve
             await alice.sees(lambda s: "usage: /ban NAME [FOR] [WHY]" in s, "the usage line")
 
     run(scenario())
+
+
+def test_the_prompt_shows_the_users_role_in_the_room(chat_server):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("/register\r")
+            await alice.sees(lambda s: "new password:" in s, "the password prompt")
+            alice.type("owner password\r")
+            await alice.sees(lambda s: "the same again:" in s, "the second prompt")
+            alice.type("owner password\r")
+            await alice.sees(lambda s: "alice is now registered" in s, "the confirmation")
+            alice.type("/join den\r")
+            await alice.sees(lambda s: "[den] alice (owner)>" in s, "the owner's prompt")
+
+    run(scenario())

@@ -111,6 +111,8 @@ class RoomView:
     seen: _Seen = field(default_factory=_Seen)
     #: Whether `seen.last_id` came from the server (or a saved cursor): then a rejoin resumes.
     resume: bool = False
+    #: Members with a role here: name -> `owner`, `op`, `voice` or `admin`.
+    roles: dict[str, str] = field(default_factory=dict)
 
 
 class ChatClient:
@@ -288,6 +290,7 @@ class ChatClient:
     def _welcomed(self, welcome: Welcome) -> None:
         view = self.rooms.setdefault(room_key(welcome.room), RoomView(welcome.room))
         view.name, view.users, view.topic = welcome.room, list(welcome.users), welcome.topic
+        view.roles = dict(welcome.roles)
         if welcome.last_id < view.seen.last_id:  # the server started this room over: its ids begin again
             view.seen.reset()
         view.resume = True
@@ -384,6 +387,17 @@ class ChatClient:
                     view.users = sorted({*view.users, name}, key=str.casefold)
             case Moderation(room=room, action="kick" | "ban", name=name) if name == self.name:
                 self.rooms.pop(room_key(room), None)  # put out of the room: not rejoined on a reconnect
+            case Moderation(room=room, action="op" | "voice" as action, name=name):
+                if view := self.rooms.get(room_key(room)):
+                    view.roles.setdefault(name, action)
+                    if view.roles[name] == "voice" and action == "op":
+                        view.roles[name] = "op"
+            case Moderation(room=room, action="deop" | "devoice", name=name):
+                if view := self.rooms.get(room_key(room)):
+                    view.roles.pop(name, None)
+            case Users(room=room, roles=roles):
+                if view := self.rooms.get(room_key(room)):
+                    view.roles = dict(roles)
             case Left(room=room, name=name, reason=reason):
                 if reason == "part" and name == self.name:
                     self.rooms.pop(room_key(room), None)

@@ -129,9 +129,7 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
 async def _send_typed(client: ChatClient, session: PromptSession[str], typing: Typing) -> None:
     while True:
         try:
-            line = await session.prompt_async(
-                lambda: [("class:room", f"[{typing.room}] "), ("bold", f"{client.name}> ")], style=STYLE
-            )
+            line = await session.prompt_async(lambda: _prompt(client, typing), style=STYLE)
         except (EOFError, KeyboardInterrupt):
             return  # Ctrl-D or Ctrl-C: leave quietly
         match parse(line, typing.room):
@@ -170,6 +168,15 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
                         else f"{typing.room} has no topic"
                     )
                 )
+
+
+def _prompt(client: ChatClient, typing: Typing) -> FormattedText:
+    """`[room] name> `, with the user's role in that room if it has one: `[den] alice (op)> `."""
+    view = client.rooms.get(room_key(typing.room))
+    role = view.roles.get(client.name) if view else None
+    return FormattedText(
+        [("class:room", f"[{typing.room}] "), ("bold", client.name + (f" ({role})" if role else "") + "> ")]
+    )
 
 
 async def _register(client: ChatClient, session: PromptSession[str]) -> None:
