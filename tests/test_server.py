@@ -339,6 +339,8 @@ def test_stop_tells_every_client_then_closes(start_chat_server, connect):
     server = start_chat_server()
     alice, lurker = connect(server), connect(server)
     alice.join("alice")
+    lurker.send({"type": "ping"})
+    lurker.expect(ServerPong)  # the server has taken the lurker's connection (not just the kernel)
     server.stop()
     assert isinstance(alice.expect_closed()[-1], Shutdown)
     assert isinstance(lurker.expect_closed()[-1], Shutdown)
