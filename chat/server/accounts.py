@@ -14,19 +14,19 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from chat.errors import Refused, StorageFailed
+from chat.errors import Refused
 from chat.server.limits import TokenBucket
-from chat.server.store import AccountRecord, Store, StoreError
+from chat.server.store import AccountRecord, Store, kept
 from chat.wire.text import name_key
 
 #: How long a session token stays good after its last use.
 TOKEN_LIFETIME = 30 * 24 * 3600.0
+_NOT_KEPT = "the server could not keep your account; try again"
 #: Password hashes computed at once, at most (each takes about 19 MiB and a core for ~25 ms).
 CONCURRENT_HASHES = 2
 
@@ -40,6 +40,11 @@ class Identity:
     token: str
     #: The account's name as registered; None for a guest.
     account: str | None = None
+
+    def answerable(self, address: str) -> list[str]:
+        """What bans and mutes hold against: the identity, and for a guest its address
+        too (a guest can take a new identity at will, not a new address)."""
+        return [self.id] if self.account is not None else [self.id, f"address:{address}"]
 
 
 class Accounts:
@@ -79,7 +84,7 @@ class Accounts:
             self._verify(account, password, address)
             identity = _account_id(account.key)
             # Private lines an older release kept under the bare name wait for the account's first login.
-            self._save(lambda: self._adopt(account.name.casefold(), identity))
+            kept(self._store.adopt_private, account.name.casefold(), identity, failure=_NOT_KEPT)
             return self._issue(identity, account.name)
         if account is not None:
             raise Refused("name_registered", f"{name} is a registered name: log in with its password")
@@ -95,8 +100,9 @@ class Accounts:
             raise Refused("name_registered", f"{name} is already registered")
         with self._hashing:
             password_hash = self._hasher.hash(password)
-        self._save(lambda: self._store.save_account(AccountRecord(name_key(name), name, password_hash, time.time())))
-        self._save(lambda: self._store.drop_sessions(guest.id))
+        account = AccountRecord(name_key(name), name, password_hash, time.time())
+        kept(self._store.save_account, account, failure=_NOT_KEPT)
+        kept(self._store.drop_sessions, guest.id, failure=_NOT_KEPT)
         return self._issue(_account_id(name_key(name)), name)
 
     def change_password(self, identity: Identity, old: str, new: str, address: str) -> Identity:
@@ -107,23 +113,17 @@ class Accounts:
         self._verify(account, old, address)
         with self._hashing:
             password_hash = self._hasher.hash(new)
-        self._save(lambda: self._store.save_account(AccountRecord(account.key, account.name, password_hash)))
-        self._save(lambda: self._store.drop_sessions(identity.id))
+        kept(self._store.save_account, AccountRecord(account.key, account.name, password_hash), failure=_NOT_KEPT)
+        kept(self._store.drop_sessions, identity.id, failure=_NOT_KEPT)
         return self._issue(identity.id, account.name)
 
     # --- inside --------------------------------------------------------------------------
 
     def _account(self, name: str) -> AccountRecord | None:
-        try:
-            return self._store.account(name_key(name))
-        except StoreError as exc:
-            raise StorageFailed("storage_failed", "the server could not read its accounts; try again") from exc
+        return kept(self._store.account, name_key(name), failure="the server could not read its accounts; try again")
 
     def _session(self, token: str) -> tuple[str, float] | None:
-        try:
-            found = self._store.session(_token_hash(token))
-        except StoreError as exc:
-            raise StorageFailed("storage_failed", "the server could not read its sessions; try again") from exc
+        found = kept(self._store.session, _token_hash(token), failure="the server could not read its sessions")
         if found is None or found[1] < time.time():
             return None
         return found
@@ -150,15 +150,12 @@ class Accounts:
         except VerificationError:
             pass  # the expected outcome: there is no account to match
 
-    def _adopt(self, legacy: str, identity: str) -> None:
-        self._store.adopt_private(legacy, identity)
-
     def _issue(self, identity: str, account: str | None) -> Identity:
         return self._refresh(identity, secrets.token_urlsafe(32), account)
 
     def _refresh(self, identity: str, token: str, account: str | None) -> Identity:
         expires_at = time.time() + TOKEN_LIFETIME
-        self._save(lambda: self._store.save_session(_token_hash(token), identity, expires_at))
+        kept(self._store.save_session, _token_hash(token), identity, expires_at, failure=_NOT_KEPT)
         return Identity(identity, token, account)
 
     def _take(self, key: str, burst: float, per_second: float) -> bool:
@@ -176,12 +173,6 @@ class Accounts:
         with self._lock:
             self._attempts.pop(key, None)
 
-    @staticmethod
-    def _save(write: Callable[[], None]) -> None:
-        try:
-            write()
-        except StoreError as exc:
-            raise StorageFailed("storage_failed", "the server could not keep your account; try again") from exc
 
 
 def _account_id(key: str) -> str:

@@ -10,20 +10,19 @@ subscriber. No sockets and no threads.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
-from chat.errors import Refused, StorageFailed
+from chat.errors import Refused
 from chat.server.accounts import Accounts, Identity
 from chat.server.log import LocalLog
 from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Moderate, Room, Target, stream_chunks
 from chat.server.session import Session
-from chat.server.store import PRIVATE_LOG, RoomRecord, Sanction, Store, StoreError
+from chat.server.store import PRIVATE_LOG, RoomRecord, Sanction, Store, kept
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     LOBBY,
@@ -255,14 +254,15 @@ class Hub(Generic[P]):
             raise Refused("not_operator", "only server operators may do that")
         match request:
             case Lockdown(on=on):
-                self._store_mode(SERVER_SCOPE, "lockdown", on)
+                kept(self._store.save_mode, SERVER_SCOPE, "lockdown", on)
                 done = "the server refuses new guests" if on else "the server welcomes guests again"
             case ServerUnban(name=target_name):
-                found = [s for s in self._store.sanctions(SERVER_SCOPE) if name_key(s.name) == name_key(target_name)]
+                bans = kept(self._store.sanctions, SERVER_SCOPE, failure="the server could not read its bans")
+                found = [ban for ban in bans if name_key(ban.name) == name_key(target_name)]
                 if not found:
                     raise Refused("no_such_user", f"{target_name} is not banned from the server")
-                for sanction in found:
-                    self._store_call(functools.partial(self._store.drop_sanction, SERVER_SCOPE, sanction.target, "ban"))
+                for ban in found:
+                    kept(self._store.drop_sanction, SERVER_SCOPE, ban.target, "ban")
                 done = f"{target_name} may come back"
             case Disconnect(name=target_name, reason=reason) | ServerBan(name=target_name, reason=reason):
                 target = self._target(target_name)
@@ -272,12 +272,8 @@ class Hub(Generic[P]):
                     if held_on is None:
                         raise Refused("no_such_user", f"nobody called {target_name} is connected or registered")
                     until = time.time() + request.duration if request.duration else None
-                    self._store_call(
-                        functools.partial(
-                            self._store.save_sanction,
-                            Sanction(SERVER_SCOPE, held_on, "ban", target_name, until, reason, name),
-                        )
-                    )
+                    sanction = Sanction(SERVER_SCOPE, held_on, "ban", target_name, until, reason, name)
+                    kept(self._store.save_sanction, sanction)
                 elif target.session is None:
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
                 if target.session is not None:
@@ -291,28 +287,16 @@ class Hub(Generic[P]):
 
     def _check_server_bans(self, session: Session[P], identity: Identity) -> None:
         now = time.time()
-        targets = {identity.id, f"address:{session.address}"}
-        try:
-            sanctions = self._store.sanctions(SERVER_SCOPE)
-            lockdown = "lockdown" in self._store.modes(SERVER_SCOPE)
-        except StoreError as exc:
-            raise StorageFailed("storage_failed", "the server could not check its bans; try again") from exc
+        targets = identity.answerable(session.address)
+        failure = "the server could not check its bans; try again"
+        sanctions = kept(self._store.sanctions, SERVER_SCOPE, failure=failure)
+        lockdown = "lockdown" in kept(self._store.modes, SERVER_SCOPE, failure=failure)
         for sanction in sanctions:
             if sanction.target in targets and sanction.active(now):
                 reason = f": {sanction.reason}" if sanction.reason else ""
                 raise Refused("banned", f"you are banned from this server{reason}")
         if lockdown and identity.account is None:
             raise Refused("account_required", "the server takes no new guests right now; log in with an account")
-
-    def _store_mode(self, scope: str, mode: str, on: bool) -> None:
-        self._store_call(functools.partial(self._store.save_mode, scope, mode, on))
-
-    def _store_call(self, write: Callable[[], None]) -> None:
-        try:
-            write()
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise StorageFailed("storage_failed", "the server could not keep that") from exc
 
     def part(self, session: Session[P], room_name: str) -> None:
         room = self._room_of(session, room_name)
@@ -469,11 +453,7 @@ class Hub(Generic[P]):
 
     def _create_room(self, name: str) -> Room[P]:
         record = RoomRecord(room_key(name), name)
-        try:
-            self._store.save_room(record)
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise StorageFailed("storage_failed", f"the server could not create the room {name}", name) from exc
+        kept(self._store.save_room, record, failure=f"the server could not create the room {name}", room=name)
         return self._open_room(record)
 
     def _open_room(self, record: RoomRecord) -> Room[P]:

@@ -169,11 +169,6 @@ class AddressBook:
                 bucket = self._log[key] = TokenBucket(1 / 60, self.policy.logged_errors, self._clock)
             return bucket.try_take()
 
-    def open_connections(self, host: str) -> int:
-        key, _ = self._key(host)
-        with self._lock:
-            return self._open.get(key, 0)
-
     def _key(self, host: str) -> tuple[str, bool]:
         """The address a limit counts (an IPv6 /64), and whether it is exempt."""
         try:

@@ -92,9 +92,6 @@ class Outbox:
                 self._close_locked(peer, self._closing_all, "shutdown")
         return peer
 
-    def peer_count(self) -> int:
-        return len(self._peers)
-
     def publish(self, room: str, line: bytes) -> None:
         """Queue a line for every subscriber of `room`. Call with the room's order held."""
         with self._lock:

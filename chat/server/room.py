@@ -9,7 +9,6 @@ bounded chunks. No sockets and no threads of its own.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
-from chat.server.store import RoomRecord, Sanction, Store, StoreError
+from chat.server.store import RoomRecord, Sanction, Store, kept
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     Action,
@@ -36,6 +35,7 @@ from chat.wire.protocol import (
     LeaveReason,
     Left,
     Moderation,
+    ModerationAction,
     Mute,
     Op,
     Renamed,
@@ -126,10 +126,6 @@ class Room(Generic[P]):
     def info(self) -> RoomInfo:
         return RoomInfo(room=self.name, users=len(self._members), topic=self.topic)
 
-    def users(self) -> list[str]:
-        with self._lock:
-            return self._sorted_users()
-
     def join(self, session: Session[P], name: str, since: int | None = None, identity: Identity | None = None) -> None:
         """Welcome `session` as `name`, then history, then every later line of the room.
 
@@ -211,11 +207,7 @@ class Room(Generic[P]):
             if "topic" in self._modes and self.role_of(session) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the topic of {self.name}", self.name)
             record = RoomRecord(self.key, self.name, topic)
-            try:
-                self._store.save_room(record)
-            except StoreError as exc:
-                log.error("%s", exc)
-                raise StorageFailed("storage_failed", "the server could not keep the topic", self.name) from exc
+            kept(self._store.save_room, record, failure="the server could not keep the topic", room=self.name)
             line = self._log.append(
                 lambda id: encode(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
             )
@@ -271,21 +263,20 @@ class Room(Generic[P]):
             protected = target.identity in self.admins or (target_role == "owner" and role != "admin")
             if protected and action not in ("voice", "devoice"):
                 raise Refused("cannot_moderate", f"{target.name} cannot be moderated in {self.name}", self.name)
-            until = None
-            duration = getattr(request, "duration", None)
-            if duration is not None:
-                until = time.time() + duration
+            reason = request.reason if isinstance(request, Kick | Ban | Mute) else ""
+            duration = request.duration if isinstance(request, Ban | Mute) else None
+            until = time.time() + duration if duration is not None else None
             removed: Session[P] | None = None
             match action:
                 case "kick" | "ban":
                     if action == "ban":
-                        self._sanction(target, "ban", until, getattr(request, "reason", ""), by)
+                        self._sanction(target, "ban", until, reason, by)
                     member = target.session if target.session in self._members else None
                     if member is None and action == "kick":
                         raise Refused("no_such_user", f"{target.name} is not in {self.name}", self.name)
                     removed = member
                 case "mute":
-                    self._sanction(target, "mute", until, getattr(request, "reason", ""), by)
+                    self._sanction(target, "mute", until, reason, by)
                 case "unban" | "unmute":
                     kind = "ban" if action == "unban" else "mute"
                     found = [key for key, s in self._sanctions.items() if key[1] == kind and s.name == target.name]
@@ -294,7 +285,7 @@ class Room(Generic[P]):
                         raise Refused("no_such_user", f"{target.name} is not {kind}ned in {self.name}", self.name)
                     for key in set(found):
                         self._sanctions.pop(key, None)
-                        self._store_call(functools.partial(self._store.drop_sanction, self.key, *key))
+                        kept(self._store.drop_sanction, self.key, *key, room=self.name)
                 case "op" | "deop":
                     if target.identity is None or not target.identity.startswith("account:"):
                         raise Refused("cannot_moderate", f"{target.name} has no account; only accounts are operators")
@@ -304,39 +295,18 @@ class Room(Generic[P]):
                         raise Refused("no_such_user", f"nobody called {target.name} is here", self.name)
                     if target_role not in ("owner", "op"):  # an operator speaks anyway
                         self._save_role(target.identity, "voice" if action == "voice" else None)
-            event = Moderation(
-                room=self.name,
-                id=1,
-                action=action,
-                name=target.name,
-                by=by,
-                reason=getattr(request, "reason", ""),
-                until=datetime.fromtimestamp(until, UTC) if until else None,
-                time=utc_now(),
-            )
-            line = self._log.append(lambda id: encode(event.model_copy(update={"id": id})))
-            self._delivery.publish(self.key, line)
+            self._record_locked(action, target.name, by, reason, until)
             if removed is not None:
-                name = self._members.pop(removed)
-                reason: LeaveReason = "kicked" if action == "kick" else "banned"
-                self._delivery.unsubscribe(removed.peer, self.key)
-                self._delivery.publish(self.key, encode(Left(room=self.name, name=name, reason=reason, time=utc_now())))
+                self._remove_locked(removed, "kicked" if action == "kick" else "banned")
         log.info("%s: %s %s %s in %s", actor.label, quoted(by), action, quoted(target.name), quoted(self.name))
         return removed
 
     def leave(self, session: Session[P], reason: LeaveReason) -> bool:
         """Forget `session` and tell the others (and, for a part, the one leaving); False if it was not here."""
         with self._lock:
-            name = self._members.pop(session, None)
+            name = self._remove_locked(session, reason)
             if name is None:
                 return False
-            left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
-            if reason == "part":  # the one who parts sees it too: that is its confirmation
-                self._delivery.publish(self.key, left)
-                self._delivery.unsubscribe(session.peer, self.key)
-            else:
-                self._delivery.unsubscribe(session.peer, self.key)
-                self._delivery.publish(self.key, left)
         log.info("%s left %s as %s (%s)", session.label, quoted(self.name), quoted(name), reason)
         return True
 
@@ -361,13 +331,38 @@ class Room(Generic[P]):
             changes = [(mode, True) for mode in on if mode not in self._modes]
             changes += [(mode, False) for mode in off if mode in self._modes and mode not in on]
             for mode, turned_on in changes:
-                self._store_call(functools.partial(self._store.save_mode, self.key, mode, turned_on))
+                kept(self._store.save_mode, self.key, mode, turned_on, room=self.name)
                 (self._modes.add if turned_on else self._modes.discard)(mode)
             summary = " ".join(f"{'+' if turned_on else '-'}{mode}" for mode, turned_on in changes) or "no change"
-            by = self._members.get(actor) or actor.name or "?"
-            event = Moderation(room=self.name, id=1, action="mode", name=summary, by=by, time=utc_now())
-            line = self._log.append(lambda id: encode(event.model_copy(update={"id": id})))
-            self._delivery.publish(self.key, line)
+            self._record_locked("mode", summary, self._members.get(actor) or actor.name or "?")
+
+    def _remove_locked(self, session: Session[P], reason: LeaveReason) -> str | None:
+        """Take `session` out and tell the others (a part is shown to the one leaving too); its name here."""
+        name = self._members.pop(session, None)
+        if name is None:
+            return None
+        left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
+        if reason == "part":  # the one who parts sees it too: that is its confirmation
+            self._delivery.publish(self.key, left)
+            self._delivery.unsubscribe(session.peer, self.key)
+        else:
+            self._delivery.unsubscribe(session.peer, self.key)
+            self._delivery.publish(self.key, left)
+        return name
+
+    def _record_locked(
+        self, action: ModerationAction, name: str, by: str, reason: str = "", until: float | None = None
+    ) -> None:
+        """A moderation line, numbered and kept like a message, for every member."""
+        when = datetime.fromtimestamp(until, UTC) if until is not None else None
+        line = self._log.append(
+            lambda id: encode(
+                Moderation(
+                    room=self.name, id=id, action=action, name=name, by=by, reason=reason, until=when, time=utc_now()
+                )
+            )
+        )
+        self._delivery.publish(self.key, line)
 
     def _speaker(self, session: Session[P]) -> str:
         """The member's name, if it may speak here (not muted; voiced if the room is moderated)."""
@@ -389,7 +384,7 @@ class Room(Generic[P]):
             if found.active(now):
                 return found
             del self._sanctions[target, kind]  # expired: it goes by itself
-            self._store_call(functools.partial(self._store.drop_sanction, self.key, found.target, found.kind))
+            kept(self._store.drop_sanction, self.key, found.target, found.kind, room=self.name)
         return None
 
     def _sanction(self, target: Target[P], kind: str, until: float | None, reason: str, by: str) -> None:
@@ -397,22 +392,15 @@ class Room(Generic[P]):
         if on is None:
             raise Refused("no_such_user", f"nobody called {target.name} can be {kind}ned here", self.name)
         sanction = Sanction(self.key, on, kind, target.name, until, reason, by)
-        self._store_call(lambda: self._store.save_sanction(sanction))
+        kept(self._store.save_sanction, sanction, room=self.name)
         self._sanctions[on, kind] = sanction
 
     def _save_role(self, identity: str, role: str | None) -> None:
-        self._store_call(lambda: self._store.save_role(self.key, identity, role))
+        kept(self._store.save_role, self.key, identity, role, room=self.name)
         if role is None:
             self._roles.pop(identity, None)
         else:
             self._roles[identity] = role
-
-    def _store_call(self, write: Callable[[], None]) -> None:
-        try:
-            write()
-        except StoreError as exc:
-            log.error("%s", exc)
-            raise StorageFailed("storage_failed", "the server could not keep that", self.name) from exc
 
     def _roles_by_name(self) -> dict[str, str]:
         roles: dict[str, str] = {}
@@ -454,10 +442,9 @@ _OPERATORS = ("op", "owner", "admin")
 
 
 def _targets_of(session: Session[Any]) -> list[str]:
-    targets = [session.identity.id] if session.identity else []
-    if session.identity is None or session.identity.account is None:
-        targets.append(f"address:{session.address}")
-    return targets
+    if session.identity is None:  # not joined yet: only its address says who it is
+        return [f"address:{session.address}"]
+    return session.identity.answerable(session.address)
 
 
 def _ending(sanction: Sanction) -> str:

@@ -17,11 +17,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from chat.errors import ChatError
+from chat.errors import ChatError, StorageFailed
 
+T = TypeVar("T")
 _logger = logging.getLogger(__name__)
 
 #: Messages each log keeps by default; older ones are deleted as new ones arrive.
@@ -830,6 +832,18 @@ def _move_single_room_history(db: sqlite3.Connection) -> int:
     )
     db.execute("DROP TABLE messages")
     return moved
+
+
+def kept(
+    call: Callable[..., T], *args: Any, failure: str = "the server could not keep that", room: str | None = None
+) -> T:
+    """Call the store for a client's request; if the store fails, log why and refuse the
+    request with `storage_failed` and `failure` (nothing was done then)."""
+    try:
+        return call(*args)
+    except StoreError as exc:
+        _logger.error("%s", exc)
+        raise StorageFailed("storage_failed", failure, room) from exc
 
 
 def _private_file(path: str) -> None:

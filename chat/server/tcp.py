@@ -366,15 +366,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
         context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         return context
 
-    def handler_count(self) -> int:
-        return len(self._handlers)
-
     # --- socketserver's hooks --------------------------------------------------------------
 
     def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # `--host ::` serves IPv4 too (as ::ffff:a.b.c.d), whatever the system's default.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        _serve_both_families(self.socket)
         super().server_bind()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -482,8 +477,7 @@ class _PlainListener(socketserver.TCPServer):
         super().__init__(address, ChatHandler)
 
     def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        _serve_both_families(self.socket)
         super().server_bind()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -491,6 +485,12 @@ class _PlainListener(socketserver.TCPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.main.process_request(request, client_address)
+
+
+def _serve_both_families(sock: socket.socket) -> None:
+    """An IPv6 listener on `::` serves IPv4 too (as ::ffff:a.b.c.d), whatever the system's default."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
 def _family(host: str, port: int) -> socket.AddressFamily:

@@ -155,60 +155,55 @@ MAX_SANCTION_SECONDS = 10 * 365 * 24 * 3600
 Reason = Annotated[str, Field(max_length=MAX_REASON)]
 
 
-class Kick(_ClientWire):
+class _AboutMember(_ClientWire):
+    """A moderation request about one name in one room."""
+
+    room: RoomName = LOBBY
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+
+class Kick(_AboutMember):
     """An operator removes `name` from the room; they may join again."""
 
     type: Literal["kick"] = "kick"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
     reason: Reason = ""
 
 
-class Ban(_ClientWire):
-    """An operator bans `name` (the account; for a guest, its address) from the room, for
-    `duration` seconds or (null) until unbanned; a member is removed at once."""
+class _Sanction(_AboutMember):
+    """A ban or mute: for `duration` seconds, or (null) until lifted."""
 
-    type: Literal["ban"] = "ban"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
     duration: int | None = Field(default=None, ge=1, le=MAX_SANCTION_SECONDS)
     reason: Reason = ""
 
 
-class Unban(_ClientWire):
-    type: Literal["unban"] = "unban"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+class Ban(_Sanction):
+    """An operator bans `name` (the account; for a guest, its address) from the room; a member is removed at once."""
+
+    type: Literal["ban"] = "ban"
 
 
-class Mute(_ClientWire):
+class Mute(_Sanction):
     """Like `ban`, but `name` stays and reads; only speaking in the room is refused."""
 
     type: Literal["mute"] = "mute"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
-    duration: int | None = Field(default=None, ge=1, le=MAX_SANCTION_SECONDS)
-    reason: Reason = ""
 
 
-class Unmute(_ClientWire):
+class Unban(_AboutMember):
+    type: Literal["unban"] = "unban"
+
+
+class Unmute(_AboutMember):
     type: Literal["unmute"] = "unmute"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
 
 
-class Op(_ClientWire):
+class Op(_AboutMember):
     """The room's owner (or a server operator) makes the account `name` an operator of the room."""
 
     type: Literal["op"] = "op"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
 
 
-class Deop(_ClientWire):
+class Deop(_AboutMember):
     type: Literal["deop"] = "deop"
-    room: RoomName = LOBBY
-    name: str = Field(min_length=1, max_length=MAX_NAME)
 
 
 #: Room modes: `topic` (only operators set the topic), `accounts` (only accounts join),
@@ -225,29 +220,30 @@ class SetModes(_ClientWire):
     off: list[RoomMode] = Field(default_factory=list, max_length=3)
 
 
-class Voice(_ClientWire):
+class Voice(_AboutMember):
     """An operator lets `name` speak in a moderated room (`devoice` takes it back)."""
 
     type: Literal["voice", "devoice"] = "voice"
-    room: RoomName = LOBBY
+
+
+class _AboutUser(_ClientWire):
+    """A server operator's request about one name, wherever it is."""
+
     name: str = Field(min_length=1, max_length=MAX_NAME)
+    reason: Reason = ""
 
 
-class Disconnect(_ClientWire):
+class Disconnect(_AboutUser):
     """A server operator closes `name`'s connection."""
 
     type: Literal["disconnect"] = "disconnect"
-    name: str = Field(min_length=1, max_length=MAX_NAME)
-    reason: Reason = ""
 
 
-class ServerBan(_ClientWire):
+class ServerBan(_AboutUser):
     """A server operator bans `name` (account, or a guest's address) from the whole server."""
 
     type: Literal["server_ban"] = "server_ban"
-    name: str = Field(min_length=1, max_length=MAX_NAME)
     duration: int | None = Field(default=None, ge=1, le=MAX_SANCTION_SECONDS)
-    reason: Reason = ""
 
 
 class ServerUnban(_ClientWire):
