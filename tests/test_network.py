@@ -74,4 +74,5 @@ def test_the_server_warns_when_it_listens_beyond_loopback_in_clear(chat_server_p
     loopback = chat_server_process("--port", "0")
     everywhere = chat_server_process("--host", "0.0.0.0", "--port", "0")
     assert "without TLS" in everywhere.wait_for_log("without TLS")
+    loopback.stop()  # its whole log is in once it has ended
     assert not any("without TLS" in line for line in loopback.log)

@@ -217,16 +217,21 @@ def test_topic_is_set_and_shown(chat_server):
     run(scenario())
 
 
+async def register(screen: Terminal, name: str, password: str) -> None:
+    """/register, answering both password prompts, until the server confirms."""
+    screen.type("/register\r")
+    await screen.sees(lambda s: "new password:" in s, "the password prompt")
+    screen.type(password + "\r")
+    await screen.sees(lambda s: "the same again:" in s, "the second prompt")
+    screen.type(password + "\r")
+    await screen.sees(lambda s: f"{name} is now registered" in s, "the confirmation")
+
+
 def test_register_asks_for_the_password_twice_without_showing_it(chat_server, connect):
     async def scenario():
         async with terminal(chat_server.address, "alice") as alice:
             await alice.sees(lambda s: "a guest: /register to own the name" in s, "the guest's welcome")
-            alice.type("/register\r")
-            await alice.sees(lambda s: "new password:" in s, "the password prompt")
-            alice.type("hunter2hunter2\r")
-            await alice.sees(lambda s: "the same again:" in s, "the second prompt")
-            alice.type("hunter2hunter2\r")
-            await alice.sees(lambda s: "alice is now registered" in s, "the confirmation")
+            await register(alice, "alice", "hunter2hunter2")
             assert "hunter2" not in alice.raw
 
     run(scenario())
@@ -249,12 +254,7 @@ def test_moderation_commands_reach_the_server_and_its_answer_is_shown(chat_serve
 def test_the_prompt_shows_the_users_role_in_the_room(chat_server):
     async def scenario():
         async with terminal(chat_server.address, "alice") as alice:
-            alice.type("/register\r")
-            await alice.sees(lambda s: "new password:" in s, "the password prompt")
-            alice.type("owner password\r")
-            await alice.sees(lambda s: "the same again:" in s, "the second prompt")
-            alice.type("owner password\r")
-            await alice.sees(lambda s: "alice is now registered" in s, "the confirmation")
+            await register(alice, "alice", "owner password")
             alice.type("/join den\r")
             await alice.sees(lambda s: "[den] alice (owner)>" in s, "the owner's prompt")
 
