@@ -8,7 +8,7 @@ or logging, and no parsing of raw bytes (that is codec.py's job).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic_core import PydanticCustomError
@@ -390,39 +390,11 @@ ClientMessage = Annotated[
     Field(discriminator="type"),
 ]
 
-#: The `type` values a client may send.
+#: The `type` values a client may send, read off the models above.
 CLIENT_TYPES = frozenset(
-    {
-        "join",
-        "kick",
-        "ban",
-        "unban",
-        "mute",
-        "unmute",
-        "op",
-        "deop",
-        "mode",
-        "voice",
-        "devoice",
-        "disconnect",
-        "server_ban",
-        "server_unban",
-        "lockdown",
-        "register",
-        "password",
-        "part",
-        "message",
-        "action",
-        "private",
-        "topic",
-        "nick",
-        "who",
-        "rooms",
-        "ping",
-        "pong",
-        "history",
-        "leave",
-    }
+    kind
+    for model in get_args(get_args(ClientMessage)[0])
+    for kind in get_args(model.model_fields["type"].annotation)
 )
 
 
