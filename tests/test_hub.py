@@ -539,7 +539,7 @@ def test_history_of_a_room_one_is_not_in_is_refused():
 
 
 class BrokenStore(MemoryStore):
-    def append(self, log, record):
+    def append_all(self, log, records):
         raise StoreError("database or disk is full")
 
 

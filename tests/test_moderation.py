@@ -257,3 +257,14 @@ def test_only_server_operators_act_server_wide(den):
     alice, _ = den
     alice.send({"type": "lockdown", "on": True})
     assert alice.expect(ErrorReply).code == "not_operator"
+
+
+def test_each_line_of_a_muted_members_burst_is_refused_and_none_is_heard(den):
+    alice, bob = den
+    alice.send({"type": "mute", "room": "den", "name": "bob"})
+    bob.expect(Moderation)
+    bob.send_raw(b"".join(b'{"type": "message", "room": "den", "msg": "%d"}\n' % i for i in range(3)))
+    assert [bob.expect(ErrorReply).code for _ in range(3)] == ["muted"] * 3
+    alice.send({"type": "message", "room": "den", "msg": "after"})
+    assert alice.expect(ChatMessage).msg == "after"
+    assert bob.expect(ChatMessage).msg == "after"

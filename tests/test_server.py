@@ -164,6 +164,34 @@ def test_many_lines_in_one_packet_all_arrive_in_order(start_chat_server, connect
     assert [bob.expect(ChatMessage).msg for _ in range(100)] == [str(i) for i in range(100)]
 
 
+def test_lines_said_together_keep_their_order_ids_and_answers(start_chat_server, connect):
+    """Lines said to one room in one packet are kept and published together; a refused
+    or different line between them is answered once, and nothing is reordered."""
+    server = start_chat_server(ServerConfig().without_limits())
+    alice, bob = connect(server), connect(server)
+    alice.join("alice")
+    bob.join("bob")
+    for client in (alice, bob):
+        client.send({"type": "join", "room": "den"})
+        client.expect(Welcome, room="den")
+    said = [
+        *({"type": "message", "msg": f"a{i}"} for i in range(40)),
+        {"type": "action", "msg": "waves"},
+        {"type": "message", "room": "den", "msg": "to den"},
+        {"type": "message", "msg": ""},
+        {"type": "message", "room": "nowhere", "msg": "lost"},
+        *({"type": "message", "msg": f"b{i}"} for i in range(40)),
+    ]
+    alice.send_raw(b"".join(json.dumps(line).encode() + b"\n" for line in said))
+    seen = [bob.expect(ChatMessage | Action) for _ in range(82)]
+    lobby = [line for line in seen if line.room == "lobby"]
+    assert [line.msg for line in lobby] == [f"a{i}" for i in range(40)] + ["waves"] + [f"b{i}" for i in range(40)]
+    assert [line.id for line in lobby] == list(range(lobby[0].id, lobby[0].id + 81))
+    assert [(line.room, line.msg) for line in seen if line.room == "den"] == [("den", "to den")]
+    alice.expect(ChatMessage, msg="b39")
+    assert [m.code for m in alice.seen if isinstance(m, ErrorReply)] == ["empty_message", "not_in_room"]
+
+
 def test_blank_lines_are_ignored(alice_and_bob):
     alice, bob = alice_and_bob
     alice.send_raw(b"\n\r\n  \n")

@@ -233,3 +233,21 @@ def test_byte_retention_counts_what_a_reopened_file_already_holds(tmp_path):
     kept = store.read("lobby", 0, 120, 200)
     assert sum(len(record.line) for record in kept) <= 64 * 1024 and kept[-1].id == 120
     store.close()
+
+
+def test_lines_kept_together_are_read_like_lines_kept_one_by_one(store):
+    store.append_all("lobby", [Record(i, f"lobby {i}\n".encode()) for i in range(1, 6)])
+    store.append("lobby", Record(6, b"lobby 6\n"))
+    assert lines(store.read("lobby", 1, 6, 10)) == [f"lobby {i}\n".encode() for i in range(1, 7)]
+    assert (store.last_id("lobby"), store.count("lobby", 1, 6)) == (6, 6)
+
+
+def test_a_batch_that_cannot_all_be_kept_leaves_none_of_itself(tmp_path):
+    store = SqliteStore(str(tmp_path / "chat.db"))
+    fill(store, 3)
+    with pytest.raises(StoreError, match="lines 4 to 3"):
+        store.append_all("lobby", [Record(4, b"four\n"), Record(5, b"five\n"), Record(3, b"three again\n")])
+    assert lines(store.read("lobby", 1, 10, 10)) == [b"lobby 1\n", b"lobby 2\n", b"lobby 3\n"]
+    store.append_all("lobby", [Record(4, b"four\n"), Record(5, b"five\n")])
+    assert store.count("lobby", 1, 10) == 5
+    store.close()

@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from chat.errors import Refused
@@ -195,6 +195,10 @@ class Hub(Generic[P]):
             case Leave():
                 return False
         return True
+
+    def speak(self, session: Session[P], room_name: str, said: Sequence[SendMessage | SendAction]) -> None:
+        """Lines `session` said to one room, one after the other: kept and published together."""
+        self._room_of(session, room_name).speak(session, [(line.type, line.msg) for line in said])
 
     def join(self, session: Session[P], request: Join) -> None:
         """Enter a room; the first join also claims the session's name (and may resume its private lines)."""

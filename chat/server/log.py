@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -56,6 +56,11 @@ class RoomLog(Protocol):
         """
         ...
 
+    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+        """append() for lines that arrived together: numbered in order and kept in one
+        write, all of them or (raising StorageFailed) none."""
+        ...
+
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         """The newest `limit` lines with id <= upto."""
         ...
@@ -90,15 +95,26 @@ class LocalLog:
     def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
         next_id = self._last_id + 1
         line = build(next_id)
+        self._keep([Record(next_id, line, sender, recipient)])
+        return line
+
+    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+        if not builds:
+            return []
+        first = self._last_id + 1
+        records = [Record(id, build(id)) for id, build in enumerate(builds, first)]
+        self._keep(records)
+        return [record.line for record in records]
+
+    def _keep(self, records: list[Record]) -> None:
         try:
-            self._store.append(self._key, Record(next_id, line, sender, recipient))
+            self._store.append_all(self._key, records)
         except StoreError as exc:
             log.error("%s", exc)
             raise StorageFailed(
                 "storage_failed", "the server could not store your message, so nobody got it", self._room
             ) from exc
-        self._last_id = next_id
-        return line
+        self._last_id = records[-1].id
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         first = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))

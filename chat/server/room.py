@@ -9,24 +9,23 @@ bounded chunks. No sockets and no threads of its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
 from chat.server.store import RoomRecord, Sanction, Store, kept
-from chat.wire.codec import encode, encode_error
+from chat.wire.codec import encode, encode_error, encode_said
 from chat.wire.protocol import (
-    Action,
     Ban,
-    ChatMessage,
     Deop,
     Gap,
     HistoryPage,
@@ -40,6 +39,7 @@ from chat.wire.protocol import (
     Op,
     Renamed,
     RoomInfo,
+    Stamper,
     Topic,
     Unban,
     Unmute,
@@ -118,6 +118,7 @@ class Room(Generic[P]):
         self._sanctions = {(s.target, s.kind): s for s in store.sanctions(record.key)}
         #: Identities of the server's operators (set by the hub).
         self.admins: frozenset[str] = frozenset()
+        self._stamper = Stamper()
 
     @property
     def topic(self) -> str:
@@ -195,10 +196,23 @@ class Room(Generic[P]):
         self._stream(peer, span, lambda data: self._delivery.send_to(peer, data, self.key))
 
     def say(self, session: Session[P], text: str) -> None:
-        self._publish_numbered(session, ChatMessage, text)
+        self.speak(session, [("message", text)])
 
     def act(self, session: Session[P], text: str) -> None:
-        self._publish_numbered(session, Action, text)
+        self.speak(session, [("action", text)])
+
+    def speak(self, session: Session[P], said: Sequence[tuple[Said, str]]) -> None:
+        """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
+
+        Lines that arrived together are kept in one write and published as
+        one piece, all of them or none: the cost of a message is mostly per
+        write and per wake-up of the writer, not per byte.
+        """
+        with self._lock:
+            name = self._speaker(session)
+            stamp = self._stamper.now()
+            builds = [functools.partial(_said_line, kind, self.name, name, text, stamp) for kind, text in said]
+            self._delivery.publish(self.key, b"".join(self._log.append_all(builds)))
 
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
@@ -212,13 +226,6 @@ class Room(Generic[P]):
                 lambda id: encode(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
             )
             self._record = record
-            self._delivery.publish(self.key, line)
-
-    def _publish_numbered(self, session: Session[P], kind: type[ChatMessage | Action], text: str) -> None:
-        """Number, keep and publish what a member says, in the room's order."""
-        with self._lock:
-            name = self._speaker(session)
-            line = self._log.append(lambda id: encode(kind(room=self.name, id=id, name=name, msg=text, time=utc_now())))
             self._delivery.publish(self.key, line)
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
@@ -439,6 +446,12 @@ class Target(Generic[P]):
 Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop | Voice
 #: The roles that may moderate a room.
 _OPERATORS = ("op", "owner", "admin")
+#: The kinds of line a member says: a chat message, or a /me action.
+Said = Literal["message", "action"]
+
+
+def _said_line(kind: Said, room: str, name: str, text: str, stamp: str, id: int) -> bytes:
+    return encode_said(kind, room, id, name, text, stamp)
 
 
 def _targets_of(session: Session[Any]) -> list[str]:

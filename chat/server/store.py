@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -103,6 +103,10 @@ class Store(Protocol):
 
     def append(self, log: str, record: Record) -> None:
         """Keep `record`; raises StoreError if it could not be kept."""
+        ...
+
+    def append_all(self, log: str, records: Sequence[Record]) -> None:
+        """Keep every one of `records` (in id order) or, raising StoreError, none of them."""
         ...
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
@@ -233,8 +237,13 @@ class MemoryStore:
             return kept.ids[kept.start] if kept.start < len(kept.ids) else None
 
     def append(self, log: str, record: Record) -> None:
+        self.append_all(log, (record,))
+
+    def append_all(self, log: str, records: Sequence[Record]) -> None:
         with self._lock:
-            self._log(log).append(record, self.retention, self.retention_bytes)
+            kept = self._log(log)
+            for record in records:
+                kept.append(record, self.retention, self.retention_bytes)
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         with self._lock:
@@ -475,25 +484,45 @@ class SqliteStore:
         return int(row[0]) - base if row[0] is not None else None
 
     def append(self, log: str, record: Record) -> None:
-        if not 0 < record.id < ID_LIMIT:
-            raise StoreError(f"cannot store line {record.id} of {log or 'private messages'}: ids end at {ID_LIMIT - 1}")
+        self.append_all(log, (record,))
+
+    def append_all(self, log: str, records: Sequence[Record]) -> None:
+        """One transaction for all of `records`: lines that arrive together share a commit."""
+        if not records:
+            return
+        what = f"line {records[0].id}" if len(records) == 1 else f"lines {records[0].id} to {records[-1].id}"
+        where = log or "private messages"
+        if not (0 < records[0].id and records[-1].id < ID_LIMIT):
+            raise StoreError(f"cannot store {what} of {where}: ids end at {ID_LIMIT - 1}")
         base = self._base(log)
-        params = (base + record.id, time.time(), record.sender, record.recipient, record.line)
+        now = time.time()
+        rows = [(base + record.id, now, record.sender, record.recipient, record.line) for record in records]
         with self._write_lock:
             self._check_file_locked()
             try:
-                self._db.execute("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", params)
+                if len(rows) == 1:
+                    self._db.execute("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", rows[0])
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", rows)
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                        raise
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot store line {record.id} of {log or 'private messages'}: {exc}") from exc
-            self._last_ids[log] = record.id
-            self._appends[log] = appends = self._appends.get(log, 0) + 1
-            if appends % self.TRIM_EVERY == 0:
+                raise StoreError(f"cannot store {what} of {where}: {exc}") from exc
+            self._last_ids[log] = records[-1].id
+            appends = self._appends.get(log, 0)
+            self._appends[log] = appends + len(records)
+            if (appends + len(records)) // self.TRIM_EVERY != appends // self.TRIM_EVERY:
                 self._trim(log, base)
             kept = self._kept_bytes.get(log)
             if kept is None:
                 kept = self._count_bytes_locked(base)
             else:
-                kept += len(record.line)
+                kept += sum(len(record.line) for record in records)
             self._kept_bytes[log] = kept
             if kept > self.retention_bytes:
                 self._trim_bytes(log, base)

@@ -37,6 +37,8 @@ from chat.wire.protocol import (
     ErrorReply,
     LeaveReason,
     Notice,
+    SendAction,
+    SendMessage,
     ServerPing,
     Shutdown,
 )
@@ -48,6 +50,8 @@ _PING = encode(ServerPing())
 _TOO_IDLE = encode(ErrorReply(code="idle_timeout", detail="no line from you for too long; closing"))
 _NO_JOIN = encode(ErrorReply(code="join_timeout", detail="no join from you in time; closing"))
 _READ_SIZE = 64 * 1024
+#: Most lines one client said to one room that are kept and published together.
+MAX_BATCH = 64
 # A TLS record of type handshake, version 3.x: what a ClientHello starts with.
 _TLS_HANDSHAKE = b"\x16\x03"
 
@@ -188,9 +192,33 @@ class ChatHandler(socketserver.BaseRequestHandler):
             ):
                 waiting.clear()  # closing: nobody to answer
                 return True
-            if not self._serve_line(session, waiting.popleft()):
+            request = waiting.popleft()
+            if isinstance(request.message, SendMessage | SendAction):
+                self._serve_said(session, request.message, waiting)
+            elif not self._serve_line(session, request):
                 return False
         return True
+
+    def _serve_said(
+        self, session: Session[Peer], first: SendMessage | SendAction, waiting: deque[_Request]
+    ) -> None:
+        """Serve `first` and the due lines after it said to the same room, as one batch:
+        one lock, one write to the store and one publish for all of them. Each line
+        refused is answered with its own error, as if served alone."""
+        said = [first]
+        now = time.monotonic()
+        while waiting and len(said) < MAX_BATCH and waiting[0].due <= now:
+            message = waiting[0].message
+            if not isinstance(message, SendMessage | SendAction) or message.room != first.room:
+                break
+            said.append(message)
+            waiting.popleft()
+        server = self.server
+        try:
+            server.hub.speak(session, first.room, said)
+        except RequestFailed as exc:
+            self._answer_failure(session, exc, len(said))
+        server.outbox.wait_for_writer(timeout=1.0)
 
     def _serve_rest(self, session: Session[Peer], waiting: deque[_Request]) -> LeaveReason:
         """The client closed its side: what it sent before still counts, at its pace."""
@@ -210,12 +238,16 @@ class ChatHandler(socketserver.BaseRequestHandler):
             if not server.hub.receive(session, request.message):
                 return False
         except RequestFailed as exc:
-            host = str(self.client_address[0])
-            if server.addresses.may_log(host):
-                log.info("%s: %s", session.label, quoted(str(exc), 200))
-            server.outbox.send_to(session.peer, encode_error(exc))
+            self._answer_failure(session, exc)
         server.outbox.wait_for_writer(timeout=1.0)
         return True
+
+    def _answer_failure(self, session: Session[Peer], failure: RequestFailed, lines: int = 1) -> None:
+        """Tell the client why its request (or each of `lines` requests) was not done."""
+        server = self.server
+        if server.addresses.may_log(str(self.client_address[0])):
+            log.info("%s: %s", session.label, quoted(str(failure), 200))
+        server.outbox.send_to(session.peer, encode_error(failure) * lines)
 
 
 @dataclass

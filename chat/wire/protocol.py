@@ -7,6 +7,7 @@ or logging, and no parsing of raw bytes (that is codec.py's job).
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal, get_args
 
@@ -44,6 +45,32 @@ def utc_now() -> datetime:
 def _format_time(value: datetime) -> str:
     # "2026-11-20T12:00:00.123Z": millisecond precision, always UTC.
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_millis(millis: int) -> str:
+    """The wire's timestamp for a time in milliseconds since the epoch: what a Timestamp field encodes to."""
+    seconds, rest = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:03d}Z"
+
+
+class Stamper:
+    """Stamps lines with the current time as the wire spells it, formatting it once per millisecond.
+
+    A busy room says many lines within one millisecond; they share one string.
+    Safe to share between threads: the millisecond and its text are replaced together.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] = (-1, "")
+
+    def now(self) -> str:
+        millis = time.time_ns() // 1_000_000
+        last = self._last
+        if last[0] == millis:
+            return last[1]
+        text = format_millis(millis)
+        self._last = (millis, text)
+        return text
 
 
 def _check_name(name: str) -> str:

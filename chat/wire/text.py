@@ -40,14 +40,22 @@ BLANK = frozenset("\u2800\u3164\uffa0\u115f\u1160")
 _UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
 
 
+#: The same, as a set: one lookup per character instead of a walk over the ranges.
+_IGNORABLE = frozenset(chr(point) for low, high in DEFAULT_IGNORABLE for point in range(low, high + 1))
+#: The ASCII characters that draw nothing: controls, space and DEL.
+_ASCII_UNSEEN = "".join(chr(point) for point in (*range(0x21), 0x7F))
+
+
 def is_ignorable(char: str) -> bool:
     """Whether `char` is a default-ignorable code point (zero width, joiners, bidi controls, selectors...)."""
-    point = ord(char)
-    return any(low <= point <= high for low, high in DEFAULT_IGNORABLE)
+    return char in _IGNORABLE
 
 
 def is_visible(text: str) -> bool:
     """Whether `text` has at least one character that draws something."""
+    if text.isascii():
+        # Every line a client says is checked: plain ASCII, the common case, is decided at C speed.
+        return bool(text.strip(_ASCII_UNSEEN))
     return any(
         not char.isspace()
         and char not in BLANK
@@ -60,6 +68,8 @@ def is_visible(text: str) -> bool:
 def has_invisible(text: str) -> bool:
     """Whether `text` holds a character a reader could not see or tell apart: spaces,
     controls, ignorables, blanks, or a mark with nothing before it to sit on."""
+    if text.isascii():
+        return " " in text or not text.isprintable()
     if text and unicodedata.category(text[0]) in ("Mn", "Me"):
         return True
     return any(
