@@ -288,6 +288,8 @@ def test_a_client_that_kept_talking_through_a_server_stall_is_not_called_idle(ch
 class _StalledTransport:
     """A connection whose bytes wait unread, as after a stall of the whole server."""
 
+    buffers = False
+
     def __init__(self, waiting: bool) -> None:
         self.waiting = waiting
         self.shut = False

@@ -27,6 +27,7 @@ DEFAULT_WINDOW = 4096
 #: A client's own unsent replies past which the server serves none of its
 #: requests (InspIRCd's softsendq): what it asked for leaves before it may ask for more.
 SOFT_BACKLOG = 256 * 1024
+_OPEN = PeerState.OPEN
 #: How often, at most, the writer adds up what every client is owed.
 BUDGET_CHECK_INTERVAL = 0.25
 
@@ -39,13 +40,15 @@ class Peer(Subscriber):
     handler may close it.
     """
 
-    __slots__ = ("_watching", "released", "transport")
+    __slots__ = ("_watching", "plain", "released", "transport")
 
     def __init__(self, transport: Transport, label: str) -> None:
         super().__init__(label)
         self.transport = transport
         self.released = threading.Event()
         self._watching = False  # registered with the selector for EVENT_WRITE
+        #: The transport keeps no bytes of its own (plain TCP): a complete send leaves nothing to watch.
+        self.plain = not transport.buffers
 
 
 class Outbox:
@@ -244,6 +247,15 @@ class Outbox:
             ]
             with self._lock:
                 for peer, data, count in sent:
+                    # The common case, decided in one line: all of a fresh take went, nothing waits.
+                    # (Lines published meanwhile made their log due again, so nothing is missed.)
+                    if (
+                        count == len(data)
+                        and peer.plain
+                        and peer.state is _OPEN
+                        and not (peer.pending or peer._watching or peer.give_up)
+                    ):
+                        continue
                     self._settle_locked(peer, data, count)
                 self._written = published
                 self._fanout.trim()

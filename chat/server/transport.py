@@ -19,6 +19,9 @@ from typing import Protocol
 class Transport(Protocol):
     """What the writer needs of a connection."""
 
+    #: Whether it may keep bytes of its own after a send took them (TLS records): wants_write() is worth asking.
+    buffers: bool
+
     def try_send(self, data: memoryview | bytes) -> int | None:
         """Send without blocking: how many bytes were taken (0 if none fit now), None if the connection is broken."""
         ...
@@ -44,6 +47,8 @@ class Transport(Protocol):
 
 class TcpTransport:
     """A plain TCP socket that a handler thread reads in blocking mode."""
+
+    buffers = False
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -91,6 +96,7 @@ class TlsTransport(TcpTransport):
     the socket would not take waits here; `wants_write` tells the writer.
     """
 
+    buffers = True
     #: Plaintext encrypted per call at most, so that a slow reader's ciphertext stays small.
     MAX_ENCRYPT = 256 * 1024
 
