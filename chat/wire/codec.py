@@ -156,13 +156,7 @@ def _parse_object(line: bytes) -> dict[str, Any]:
         raise ProtocolError("invalid_utf8", f"the line is not valid UTF-8 (byte {exc.start})") from exc
     try:
         _check_depth(line)
-        value = json.loads(
-            text,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_no_constant,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-        )
+        value = _STRICT_JSON.decode(text)
         if _SURROGATE_ESCAPE.search(line):
             _check_surrogates(value)
     except json.JSONDecodeError as exc:
@@ -210,6 +204,12 @@ def _finite_float(text: str) -> float:
     if number in (float("inf"), float("-inf")):
         raise _Refused(f"{text[:20]} is too large a number")
     return number
+
+
+#: One decoder for every line (json.loads with hooks would build a new one each call).
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float
+)
 
 
 def _check_surrogates(value: Any) -> None:
