@@ -29,11 +29,90 @@ START = b"bench:START"
 END = b"bench:END"
 
 
+class Dialect:
+    """How a bench client speaks to one kind of server: our JSON lines (this class) or IRC."""
+
+    name = "chat"
+    #: Whether the server sends a sender its own messages back (ours does; IRC does not).
+    echoes = True
+
+    def room(self, index: int | None) -> bytes:
+        return b"lobby" if index is None else b"r%d" % index
+
+    def hello(self, name: str, room: bytes) -> bytes:
+        """What a client writes right after connecting."""
+        join = {"type": "join", "name": name, **({"room": room.decode()} if room != b"lobby" else {})}
+        return json.dumps(join).encode() + b"\n"
+
+    def setup(self, line: bytes, room: bytes) -> tuple[bool, bytes]:
+        """A line read before the client is in its room: whether it now is, and what to answer."""
+        return b'"welcome"' in line, b""
+
+    def say(self, room: bytes, text: bytes) -> bytes:
+        where = b"" if room == b"lobby" else b'"room":"%s",' % room
+        return b'{"type":"message",%s"msg":"%s"}\n' % (where, text)
+
+    def said(self, line: bytes) -> tuple[int | None, str] | None:
+        """The id (if the protocol numbers lines) and text of a chat line; None for any other line."""
+        message = json.loads(line)
+        if message.get("type") != "message":
+            return None
+        return message["id"], message["msg"]
+
+
+class IrcDialect(Dialect):
+    """IRC (RFC 2812) as ngIRCd speaks it: NICK and USER, JOIN after the 001 welcome, in once 366 ends the names."""
+
+    name = "irc"
+    echoes = False
+
+    def room(self, index: int | None) -> bytes:
+        return b"#bench" if index is None else b"#r%d" % index
+
+    def hello(self, name: str, room: bytes) -> bytes:
+        nick = name.encode()
+        return b"NICK %s\r\nUSER %s 0 * :%s\r\n" % (nick, nick, nick)
+
+    def setup(self, line: bytes, room: bytes) -> tuple[bool, bytes]:
+        words = line.split(b" ", 3)
+        if words[0] == b"PING":
+            return False, b"PONG " + line[5:] + b"\r\n"
+        if len(words) > 1 and words[1] == b"001":
+            return False, b"JOIN " + room + b"\r\n"
+        return len(words) > 1 and words[1] == b"366", b""
+
+    def say(self, room: bytes, text: bytes) -> bytes:
+        return b"PRIVMSG %s :%s\r\n" % (room, text)
+
+    def said(self, line: bytes) -> tuple[int | None, str] | None:
+        at = line.find(b" PRIVMSG ")
+        if at < 0:
+            return None
+        text = line.find(b" :", at + 9)
+        return None, line[text + 2 :].rstrip(b"\r").decode() if text >= 0 else ""
+
+
+DIALECTS: dict[str, Dialect] = {"chat": Dialect(), "irc": IrcDialect()}
+
+
 class Receiver(asyncio.Protocol):
     """Counts the lines between the START and END markers; sampled ones parse them."""
 
-    def __init__(self, sampled: bool) -> None:
+    def __init__(self, sampled: bool, dialect: Dialect | None = None, room: bytes = b"lobby") -> None:
         self.sampled = sampled
+        #: A sampled receiver parses at most one read per this many ns, and only counts the others
+        #: (0: parses every read). At full speed parsing every line would make the generator the limit.
+        self.parse_every_ns = 0
+        self._parsed_at = -(1 << 62)  # long ago: the first read after START is parsed
+        self._fragment = False  # the last read was counted, not parsed, and ended inside a line
+        self.dialect = dialect or DIALECTS["chat"]
+        self.room = room
+        #: Messages this client sent itself: what it never sees back from a server that does not echo.
+        self.own = 0
+        #: Its number as a sender (it starts the text of what it says).
+        self.index = 0
+        #: The max-mode flow this client is the probe of: every read it makes tops the flow up.
+        self.flow: Flow | None = None
         self.transport: asyncio.Transport | None = None
         self.welcomed = asyncio.Event()
         self.ended = asyncio.Event()
@@ -49,9 +128,29 @@ class Receiver(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
-        if self.sampled or not self.started.is_set() or not self.welcomed.is_set():
+        self._take(data)
+        if self.flow is not None:
+            self.flow.top_up()
+
+    def _take(self, data: bytes) -> None:
+        if not self.started.is_set() or not self.welcomed.is_set():
             self._parse(data)
             return
+        if self.sampled:
+            now = time.monotonic_ns()
+            if now - self._parsed_at >= self.parse_every_ns:
+                if b"\n" in data:  # a read that ends no line is no sample
+                    self._parsed_at = now
+                if not self.parse_every_ns:
+                    self._parse(data)
+                    return
+                cut = _after_lines(data, SAMPLE_LINES)  # parse a few lines of this read, count the rest
+                self._parse(data[:cut])
+                data = data[cut:]
+                if not data or self.ended.is_set():
+                    return
+            self._tail = b""  # its line ends in this read, and is counted here
+            self._fragment = not data.endswith(b"\n")
         if self.ended.is_set():
             return
         window = self._previous + data
@@ -67,9 +166,13 @@ class Receiver(asyncio.Protocol):
         lines = (self._tail + data).split(b"\n")
         self._tail = lines.pop()
         now = time.time_ns()
+        fragment, self._fragment = self._fragment, False
         for line in lines:
             if not self.welcomed.is_set():
-                if b'"welcome"' in line:
+                joined, answer = self.dialect.setup(line.rstrip(b"\r"), self.room)
+                if answer and self.transport is not None:
+                    self.transport.write(answer)
+                if joined:
                     self.welcomed.set()
                 continue
             if not self.started.is_set():
@@ -82,12 +185,16 @@ class Receiver(asyncio.Protocol):
                 self.ended.set()
                 continue
             self.count += 1
-            if self.sampled:
-                message = json.loads(line)
-                if message.get("type") != "message":
+            if fragment:
+                fragment = False  # the end of a line whose start was only counted
+            elif self.sampled:
+                said = self.dialect.said(line)
+                if said is None:
                     continue
-                self.ids.append(message["id"])
-                sent_ns = int(message["msg"].split(" ", 2)[1])
+                id, text = said
+                if id is not None:
+                    self.ids.append(id)
+                sent_ns = int(text.split(" ", 2)[1])
                 self.latencies.append((now - sent_ns) / 1e6)
         if not self.sampled and self.started.is_set() and self._tail:
             # From now on this receiver only counts: account for the partial line.
@@ -96,6 +203,21 @@ class Receiver(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
         self.ended.set()
+
+    def expects(self, messages: int) -> int:
+        """How many of `messages` said in its room this client should receive."""
+        return messages if self.dialect.echoes else messages - self.own
+
+    def message(self) -> bytes:
+        """A message to say now: who sends it and when, for the receivers to time it."""
+        return self.dialect.say(self.room, b"%d %d %s" % (self.index, time.time_ns(), FILLER))
+
+    def mark(self, marker: bytes) -> None:
+        """Say a START or END marker; a client that never hears itself marks its own copy seen."""
+        assert self.transport is not None
+        self.transport.write(self.dialect.say(self.room, marker + b" 0"))
+        if not self.dialect.echoes:
+            (self.started if marker == START else self.ended).set()
 
 
 @dataclass
@@ -141,60 +263,100 @@ def _proc_status_kb(pid: int, key: str) -> float:
     return float("nan")
 
 
-async def _join(host: str, port: int, name: str, sampled: bool, room: str | None = None) -> Receiver:
+async def _join(
+    host: str, port: int, name: str, sampled: bool, room: int | None = None, dialect: Dialect | None = None
+) -> Receiver:
+    dialect = dialect or DIALECTS["chat"]
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(lambda: Receiver(sampled), host, port)
+    channel = dialect.room(room)
+    _, protocol = await loop.create_connection(lambda: Receiver(sampled, dialect, channel), host, port)
     assert protocol.transport is not None
-    join = {"type": "join", "name": name, **({"room": room} if room else {})}
-    protocol.transport.write(json.dumps(join).encode() + b"\n")
+    protocol.transport.write(dialect.hello(name, channel))
     await protocol.welcomed.wait()
     return protocol
 
 
+#: In max mode a sampled receiver parses one read per this many ns (latency is sampled, not exact).
+SAMPLE_EVERY_NS = 5_000_000
+#: ...and parses at most this many lines of that read.
+SAMPLE_LINES = 32
+#: What pads a message's text (sender, send time in ns, this) to about 64 bytes, as the neutral generator's are.
+FILLER = b"x" * 38
 #: In max mode, how many messages may be sent but not yet seen by the probe receiver.
 MAX_IN_FLIGHT = 4000
 
 
+def _after_lines(data: bytes, count: int) -> int:
+    """The offset just after the `count`th newline of `data` (or its length, if it has fewer)."""
+    end = -1
+    for _ in range(count):
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            return len(data)
+    return end + 1
+
+
+def in_flight_for(clients: int) -> int:
+    """Max mode's window: messages sent but not yet seen by the probe. Wide for small rooms, narrow for
+    big ones, so the server's queues (and the latency measured) stay bounded however big the room."""
+    return max(50, min(1000, 100_000 // max(1, clients)))
+
+
 @dataclass
 class Flow:
-    """Messages sent so far by all senders, and the receiver that shows how many came out."""
+    """Max mode: the senders keep `in_flight` messages between them and what the probe has seen.
+
+    Sending is driven by the probe's reads (each read tops the window up, in
+    steps of a tenth of it, the senders taking turns), not by a polling loop,
+    so the generator spends its time on the server's output.
+    """
 
     probe: Receiver
-    sent: int = 0
-    #: How many may be sent but not yet seen by the probe.
+    senders: list[Receiver]
     in_flight: int = MAX_IN_FLIGHT
+    sent: int = 0
+    sending: bool = False
+    _turn: int = 0
+
+    def top_up(self) -> None:
+        step = max(1, self.in_flight // 10)
+        probe = self.probe
+        while self.sending and not probe.closed.is_set():
+            if self.in_flight - (probe.expects(self.sent) - probe.count) < step:
+                return
+            sender = self.senders[self._turn % len(self.senders)]
+            self._turn += 1
+            if sender.transport is None or sender.transport.is_closing():
+                return
+            sender.transport.write(sender.message() * step)
+            sender.own += step
+            self.sent += step
+
+    async def run(self, seconds: float) -> int:
+        """Send for `seconds`; how many messages went."""
+        self.probe.flow = self
+        self.sending = True
+        self.top_up()
+        await asyncio.sleep(seconds)
+        self.sending = False
+        return self.sent
 
 
-async def _send_loop(
-    transport: asyncio.Transport, index: int, rate: float | None, deadline: float, flow: Flow, room: str | None = None
-) -> int:
-    """Send until `deadline`; `rate` messages/s, or as fast as the server takes them
-    (at most `flow.in_flight` messages ahead of what comes out)."""
+async def _send_at_rate(senders: list[Receiver], rate: float, deadline: float) -> int:
+    """Send `rate` messages/s in all until `deadline`, the senders taking turns, so that messages
+    are spread evenly in time (not one from each sender at the same instant); how many went."""
     sent = 0
     loop = asyncio.get_running_loop()
     started = loop.time()
-    while loop.time() < deadline and not transport.is_closing():
-        if rate is None:
-            batch = 64
-        else:
-            due = int((loop.time() - started) * rate) + 1
-            batch = due - sent
-            if batch <= 0:
-                await asyncio.sleep(0.002)
-                continue
-        now = time.time_ns()
-        line = b'{"type":"message",%s"msg":"%d %d x"}\n' % (
-            b'"room":"%s",' % room.encode() if room else b"",
-            index,
-            now,
-        )
-        transport.write(line * batch)
-        sent += batch
-        flow.sent += batch
-        if rate is None:
-            while flow.sent - flow.probe.count > flow.in_flight and not flow.probe.closed.is_set():
-                await asyncio.sleep(0.0005)
-            await asyncio.sleep(0)
+    while (now := loop.time()) < deadline:
+        for _ in range(int((now - started) * rate) + 1 - sent):
+            sender = senders[sent % len(senders)]
+            if sender.transport is None or sender.transport.is_closing():
+                return sent
+            sender.transport.write(sender.message())
+            sender.own += 1
+            sent += 1
+        await asyncio.sleep(0.001)
     return sent
 
 
@@ -209,40 +371,48 @@ async def run_bench(
     server_pid: int | None = None,
     server_label: str = "",
     progress: bool = True,
+    dialect: Dialect | None = None,
 ) -> Result:
+    dialect = dialect or DIALECTS["chat"]
     result = Result(clients, senders, "max" if rate is None else f"{rate:g}/s", seconds, server_label)
     cpu0 = time.process_time()
     rss_before_kb = _proc_status_kb(server_pid, "VmRSS") if server_pid else None
     t0 = time.perf_counter()
     receivers: list[Receiver] = []
     for start in range(0, clients, 200):  # connect in waves: a storm, but a bounded one
-        wave = [_join(host, port, f"bench{i}", sampled=i < sampled) for i in range(start, min(clients, start + 200))]
+        wave = [
+            _join(host, port, f"bench{i}", i < sampled, dialect=dialect)
+            for i in range(start, min(clients, start + 200))
+        ]
         receivers += await asyncio.gather(*wave)
     result.connect_seconds = time.perf_counter() - t0
     idle_rss_kb = _proc_status_kb(server_pid, "VmRSS") if server_pid else None
 
+    if rate is None:
+        for receiver in receivers:
+            receiver.parse_every_ns = SAMPLE_EVERY_NS
     marker = receivers[-1]
-    assert marker.transport is not None
-    marker.transport.write(b'{"type":"message","msg":"bench:START 0"}\n')
+    marker.mark(START)
     await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in receivers)), 60)
     server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
     loop = asyncio.get_running_loop()
     t_start = loop.time()
     deadline = t_start + seconds
-    per_sender = None if rate is None else rate / senders
     reporter = asyncio.create_task(_report(receivers, t_start, deadline)) if progress else None
-    flow = Flow(probe=receivers[0])
-    counts = await asyncio.gather(
-        *(_send_loop(r.transport, i, per_sender, deadline, flow) for i, r in enumerate(receivers[:senders]))  # type: ignore[arg-type]
-    )
-    expected = sum(counts)
+    for index, sender in enumerate(receivers[:senders]):
+        sender.index = index
+    if rate is None:
+        probe = receivers[-1] if dialect.echoes or clients > senders else receivers[0]
+        expected = await Flow(probe, receivers[:senders], in_flight_for(clients)).run(seconds)
+    else:
+        expected = await _send_at_rate(receivers[:senders], rate, deadline)
     sampled_receivers = [r for r in receivers if r.sampled] or receivers[:1]
-    drained = asyncio.gather(*(_delivered(r, expected) for r in sampled_receivers))
+    drained = asyncio.gather(*(_delivered(r, r.expects(expected)) for r in sampled_receivers))
     try:
         await asyncio.wait_for(drained, 60)  # everything sent has come back out
     except TimeoutError:
         pass  # counted below as lost messages
-    marker.transport.write(b'{"type":"message","msg":"bench:END 0"}\n')
+    marker.mark(END)
     try:
         await asyncio.wait_for(asyncio.gather(*(r.ended.wait() for r in receivers)), 60)
     except TimeoutError:
@@ -264,8 +434,8 @@ async def run_bench(
         "max": max(latencies, default=float("nan")),
     }
     result.dropped_clients = sum(r.closed.is_set() for r in receivers)
-    result.lost = sum(max(0, expected - r.count) for r in receivers)
-    result.duplicated = sum(max(0, r.count - expected) for r in receivers)
+    result.lost = sum(max(0, r.expects(expected) - r.count) for r in receivers)
+    result.duplicated = sum(max(0, r.count - r.expects(expected)) for r in receivers)
     for r in receivers:
         result.duplicated += len(r.ids) - len(set(r.ids))
         result.out_of_order += sum(1 for a, b in zip(r.ids, r.ids[1:], strict=False) if b <= a)
@@ -305,26 +475,22 @@ async def run_rooms_bench(
     clients = [(f"bench{i}", i % rooms) for i in range(rooms * per_room)]
     for start in range(0, len(clients), 200):
         wave = clients[start : start + 200]
-        joined = await asyncio.gather(*(_join(host, port, name, False, f"r{room}") for name, room in wave))
+        joined = await asyncio.gather(*(_join(host, port, name, False, room) for name, room in wave))
         for (_, room), receiver in zip(wave, joined, strict=True):
             members[room].append(receiver)
     result.connect_seconds = time.perf_counter() - t0
-    for room, receivers in enumerate(members):
-        assert receivers[0].transport is not None
-        receivers[0].transport.write(b'{"type":"message","room":"r%d","msg":"bench:START 0"}\n' % room)
+    for receivers in members:
+        receivers[0].mark(START)
     everybody = [r for receivers in members for r in receivers]
     await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in everybody)), 60)
     server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
     loop = asyncio.get_running_loop()
     t_start = loop.time()
     # The rooms share one in-flight budget, so that max mode queues as much in all as in one room.
-    flows = [Flow(probe=receivers[-1], in_flight=max(64, MAX_IN_FLIGHT // rooms)) for receivers in members]
-    counts = await asyncio.gather(
-        *(
-            _send_loop(receivers[0].transport, room, None, t_start + seconds, flows[room], f"r{room}")  # type: ignore[arg-type]
-            for room, receivers in enumerate(members)
-        )
-    )
+    for room, receivers in enumerate(members):
+        receivers[0].index = room
+    flows = [Flow(receivers[-1], receivers[:1], max(10, MAX_IN_FLIGHT // rooms)) for receivers in members]
+    counts = await asyncio.gather(*(flow.run(seconds) for flow in flows))
     for room, receivers in enumerate(members):
         await asyncio.wait_for(asyncio.gather(*(_delivered(r, counts[room]) for r in receivers)), 60)
     elapsed = loop.time() - t_start
@@ -423,9 +589,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="split the clients into this many rooms, one sender in each (default: one room, -s senders)",
     )
+    parser.add_argument(
+        "--proto", choices=sorted(DIALECTS), default="chat", help="the server's protocol (default %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
+    if args.rooms and args.proto != "chat":
+        parser.error("--rooms speaks our own protocol only")
     rate = None if args.rate == "max" else float(args.rate)
     raise_open_file_limit()  # thousands of client sockets
     try:
@@ -466,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_pid=server_pid,
                 server_label=label,
                 progress=not args.quiet,
+                dialect=DIALECTS[args.proto],
             )
         result = asyncio.run(measured)
     finally:

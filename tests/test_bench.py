@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from chat.bench import format_table, run_bench, run_rooms_bench
+from chat.bench import DIALECTS, END, START, Receiver, format_table, run_bench, run_rooms_bench
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT
 
@@ -53,3 +53,52 @@ def test_rooms_run_delivers_each_rooms_lines_to_its_members_only(unlimited_serve
     assert result.messages_in > 0
     assert result.deliveries == 3 * result.messages_in  # each line reaches its room's three members, no one else
     assert (result.lost, result.duplicated, result.dropped_clients) == (0, 0, 0)
+
+
+def test_max_mode_run_loses_nothing(unlimited_server):
+    host, port = unlimited_server.address
+    result = asyncio.run(
+        asyncio.wait_for(run_bench(host, port, clients=4, senders=2, rate=None, seconds=0.3, progress=False), TIMEOUT)
+    )
+    assert result.messages_in > 0
+    assert result.deliveries == 4 * result.messages_in
+    assert (result.lost, result.duplicated, result.out_of_order) == (0, 0, 0)
+
+
+def feed(receiver: Receiver, data: bytes, cuts: list[int]) -> None:
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        receiver.data_received(data[start:cut])
+        start = cut
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+@pytest.mark.parametrize("cuts", [[], [7], [5, 90, 91, 400, 1003], list(range(1, 2000, 37))])
+def test_a_sampled_receiver_counts_every_line_however_reads_split_them(dialect, cuts):
+    """A sampled receiver parses a few lines of some reads and only counts the rest: no line is missed or
+    counted twice, whether a read ends inside a line, a marker, or between lines."""
+    speaker = Receiver(False, DIALECTS[dialect], DIALECTS[dialect].room(None))
+    receiver = Receiver(True, DIALECTS[dialect], DIALECTS[dialect].room(None))
+    receiver.welcomed.set()
+    receiver.parse_every_ns = 10**15  # parse the first read only, count every other one
+    said = [speaker.dialect.say(speaker.room, START + b" 0")]
+    said += [speaker.message() for _ in range(40)]
+    said += [speaker.dialect.say(speaker.room, END + b" 0")]
+    if dialect == "irc":  # what the server relays carries the sender's prefix
+        said = [b":bench0!~bench0@localhost " + line for line in said]
+    else:  # and our server numbers lines
+        said = [line.replace(b'"message",', b'"message","id":%d,' % i) for i, line in enumerate(said, 1)]
+    feed(receiver, b"".join(said), [cut for cut in cuts if cut < len(b"".join(said))])
+    assert receiver.ended.is_set()
+    assert receiver.count == 40
+    assert receiver.latencies  # the first read was parsed
+
+
+def test_irc_dialect_joins_after_the_welcome_and_reads_privmsgs():
+    irc = DIALECTS["irc"]
+    assert irc.hello("bench1", b"#bench") == b"NICK bench1\r\nUSER bench1 0 * :bench1\r\n"
+    assert irc.setup(b":server 001 bench1 :Welcome", b"#bench") == (False, b"JOIN #bench\r\n")
+    assert irc.setup(b"PING :server", b"#bench") == (False, b"PONG :server\r\n")
+    assert irc.setup(b":server 366 bench1 #bench :End of NAMES list", b"#bench") == (True, b"")
+    assert irc.said(b":bench0!~bench0@localhost PRIVMSG #bench :3 1700 xx\r") == (None, "3 1700 xx")
+    assert irc.said(b":server NOTICE bench1 :hi") is None
