@@ -381,7 +381,7 @@ async def run_bench(
     receivers: list[Receiver] = []
     for start in range(0, clients, 200):  # connect in waves: a storm, but a bounded one
         wave = [
-            _join(host, port, f"bench{i}", i < sampled, dialect=dialect)
+            _join(host, port, f"bench{i}", i >= clients - sampled, dialect=dialect)
             for i in range(start, min(clients, start + 200))
         ]
         receivers += await asyncio.gather(*wave)
@@ -582,7 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-s", "--senders", type=int, default=10)
     parser.add_argument("-r", "--rate", default="max", help="aggregate messages/s, or max (default %(default)s)")
     parser.add_argument("-t", "--seconds", type=float, default=5.0)
-    parser.add_argument("--sampled", type=int, default=8, help="clients that parse every line (default %(default)s)")
+    parser.add_argument(
+        "--sampled", type=int, default=8, help="clients that time lines, the last to join (default %(default)s)"
+    )
     parser.add_argument(
         "--rooms",
         type=int,
