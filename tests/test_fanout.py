@@ -129,3 +129,26 @@ def test_forget_releases_the_peer_and_its_cursors():
     fanout.forget(peer)
     assert peer.state is PeerState.RELEASED and peer.cursors == {}
     assert list(fanout.subscribers("r")) == []
+
+
+def test_own_bytes_count_a_peers_replies_not_the_rooms_lines():
+    """A client that says much and reads little is behind on the room, not on answers it asked for:
+    only its own lines count against the limit that stops serving its requests."""
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = peer_in(fanout, "r")
+    fanout.publish("r", b"x" * 1000 + b"\n")
+    data = fanout.take(peer)
+    fanout.accepted(peer, data, 10)
+    assert fanout.queued_bytes(peer) == 0 and fanout.backlog(peer) == len(data) - 10
+    fanout.accepted(peer, peer.pending, 0)
+    assert fanout.queued_bytes(peer) == 0
+    fanout.accepted(peer, peer.pending, len(peer.pending))
+    fanout.send_to(peer, b"reply\n")
+    fanout.publish("r", b"y" * 1000 + b"\n")
+    data = fanout.take(peer)
+    fanout.accepted(peer, data, 3)
+    assert fanout.queued_bytes(peer) == len(b"reply\n")  # at most what it had of its own
+    fanout.accepted(peer, peer.pending, len(peer.pending) - 2)
+    assert fanout.queued_bytes(peer) == 2
+    fanout.accepted(peer, peer.pending, 2)
+    assert fanout.queued_bytes(peer) == 0

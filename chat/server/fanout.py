@@ -135,7 +135,18 @@ class Queued:
 class Subscriber:
     """One connection as the fan-out sees it."""
 
-    __slots__ = ("cursors", "drop_reason", "give_up", "label", "pending", "queue", "queued_bytes", "state")
+    __slots__ = (
+        "cursors",
+        "drop_reason",
+        "give_up",
+        "label",
+        "pending",
+        "pending_own",
+        "queue",
+        "queued_bytes",
+        "state",
+        "taken_own",
+    )
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -147,6 +158,10 @@ class Subscriber:
         self.queued_bytes = 0
         #: Bytes taken for this subscriber that its connection has not accepted yet.
         self.pending: memoryview | bytes = b""
+        #: How many of the pending bytes are its own lines (not a log's), at most.
+        self.pending_own = 0
+        #: How many bytes of its own lines the last take held.
+        self.taken_own = 0
         #: Why the server cut this subscriber off (slow_consumer, timeout, shutdown), if it did.
         self.drop_reason: str | None = None
         #: Closing, and no longer waiting for the peer to read what is queued.
@@ -253,6 +268,7 @@ class Fanout(Generic[S]):
         peer.queue.clear()
         peer.queued_bytes = 0
         peer.pending = b""
+        peer.pending_own = 0
         peer.state = PeerState.RELEASED
         self._dirty.discard(peer)
 
@@ -280,6 +296,7 @@ class Fanout(Generic[S]):
         """
         if peer.queue:
             return self._take_with_queue(peer)
+        peer.taken_own = 0
         data = b""
         for cursor in peer.cursors.values():
             log = cursor.log
@@ -297,9 +314,13 @@ class Fanout(Generic[S]):
         while it was catching up): it should be looked at again.
         """
         if count < len(data):
+            # Own bytes are counted as if they came last: never fewer than remain.
+            own = peer.pending_own if data is peer.pending else peer.taken_own
             peer.pending = memoryview(data)[count:]
+            peer.pending_own = min(own, len(peer.pending))
             return False
         peer.pending = b""
+        peer.pending_own = 0
         if peer.queue:
             return True
         for cursor in peer.cursors.values():
@@ -315,8 +336,13 @@ class Fanout(Generic[S]):
         return owed
 
     def queued_bytes(self, peer: S) -> int:
-        """Bytes of lines queued for `peer` alone (history pages, replies) not yet accepted."""
-        return len(peer.pending) + peer.queued_bytes
+        """Bytes of lines queued for `peer` alone (history pages, replies) not yet accepted.
+
+        A room's lines are not counted: a client that says much and reads
+        little is behind on the room, which the backlog limit judges, not on
+        answers it asked for.
+        """
+        return peer.pending_own + peer.queued_bytes
 
     def held_bytes(self, peers: Iterable[S]) -> int:
         """Bytes held for delivery: every log's unforgotten lines and `peers`' own queues."""
@@ -346,6 +372,7 @@ class Fanout(Generic[S]):
 
     def _take_with_queue(self, peer: S) -> bytes:
         out: list[bytes] = []
+        peer.taken_own = peer.queued_bytes
         for queued in peer.queue:
             cursor = peer.cursors.get(queued.room) if queued.room is not None else None
             if cursor is not None and not cursor.held and cursor.position < queued.position:
