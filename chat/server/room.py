@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from chat.errors import Refused, StorageFailed
+from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
@@ -119,6 +119,9 @@ class Room(Generic[P]):
         #: Identities of the server's operators (set by the hub).
         self.admins: frozenset[str] = frozenset()
         self._stamper = Stamper()
+        #: What members said that waits for the room's next write (see speak); its own short lock.
+        self._said: list[_Said[P]] = []
+        self._said_lock = threading.Lock()
 
     @property
     def topic(self) -> str:
@@ -204,15 +207,50 @@ class Room(Generic[P]):
     def speak(self, session: Session[P], said: Sequence[tuple[Said, str]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
 
-        Lines that arrived together are kept in one write and published as
-        one piece, all of them or none: the cost of a message is mostly per
-        write and per wake-up of the writer, not per byte.
+        Group commit: what members say while the room writes waits in a
+        queue, and whoever takes the room's lock next writes the whole queue
+        in one store write and publishes it as one piece (its own lines among
+        them, or already written by the one before). The cost of a message is
+        mostly per write and per wake-up of the writer, not per byte. A line
+        is kept before anyone sees it; if the write fails, every line in it is
+        refused with storage_failed and nobody sees any of them.
         """
+        turn = _Said(session, said)
+        with self._said_lock:
+            self._said.append(turn)
         with self._lock:
-            name = self._speaker(session)
-            stamp = self._stamper.now()
-            builds = [functools.partial(_said_line, kind, self.name, name, text, stamp) for kind, text in said]
-            self._delivery.publish(self.key, b"".join(self._log.append_all(builds)))
+            if not turn.taken:
+                with self._said_lock:
+                    queue, self._said = self._said, []
+                self._write_said_locked(queue)
+        if turn.failure is not None:
+            raise turn.failure
+
+    def _write_said_locked(self, queue: list[_Said[P]]) -> None:
+        for turn in queue:
+            # Until its lines are out, a turn counts as not kept: whatever happens, nobody is told otherwise.
+            turn.taken, turn.failure = True, StorageFailed("storage_failed", _NOT_KEPT, self.name)
+        stamp = self._stamper.now()
+        builds: list[Callable[[int], bytes]] = []
+        speaking: list[_Said[P]] = []
+        for turn in queue:
+            try:
+                name = self._speaker(turn.session)
+            except RequestFailed as exc:
+                turn.failure = exc
+                continue
+            builds += [functools.partial(_said_line, kind, self.name, name, text, stamp) for kind, text in turn.said]
+            speaking.append(turn)
+        try:
+            lines = self._log.append_all(builds)
+        except StorageFailed as exc:
+            for turn in speaking:
+                turn.failure = exc
+            return
+        if lines:
+            self._delivery.publish(self.key, b"".join(lines))
+        for turn in speaking:
+            turn.failure = None
 
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
@@ -448,6 +486,20 @@ Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop | Voice
 _OPERATORS = ("op", "owner", "admin")
 #: The kinds of line a member says: a chat message, or a /me action.
 Said = Literal["message", "action"]
+
+
+@dataclass
+class _Said(Generic[P]):
+    """Lines one member said together, waiting for the room's next write; then whether they were refused."""
+
+    session: Session[P]
+    said: Sequence[tuple[Said, str]]
+    #: A member holding the room's lock has taken these lines to write.
+    taken: bool = False
+    failure: RequestFailed | None = None
+
+
+_NOT_KEPT = "the server could not store your message, so nobody got it"
 
 
 def _said_line(kind: Said, room: str, name: str, text: str, stamp: str, id: int) -> bytes:
