@@ -179,6 +179,30 @@ def test_the_framer_cuts_lines_however_the_bytes_arrive():
     assert framer.feed(b"\n") == [b'{"c']
 
 
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=8), st.integers(1, 40))
+def test_the_framer_gives_the_same_lines_however_a_stream_is_split(data, cuts, limit):
+    """Whole or in pieces, a stream gives the lines it holds, or line_too_long as soon as one is too long."""
+    expected: list[bytes] | str = []
+    for line in data.split(b"\n")[:-1]:
+        if len(line) + 1 > limit:
+            expected = "line_too_long"
+            break
+        expected.append(line)
+    if expected != "line_too_long" and len(data.rsplit(b"\n", 1)[-1]) + 1 > limit and not data.endswith(b"\n"):
+        expected = "line_too_long"
+    framer = LineFramer(max_line=limit)
+    got: list[bytes] = []
+    start = 0
+    try:
+        for cut in [*sorted(cut for cut in cuts if cut <= len(data)), len(data)]:
+            got += framer.feed(data[start:cut])
+            start = cut
+    except ProtocolError as exc:
+        assert exc.code == "line_too_long" and expected == "line_too_long"
+    else:
+        assert got == expected
+
+
 def test_the_framer_refuses_a_line_too_long_before_it_ends():
     framer = LineFramer(max_line=20)
     framer.feed(b"x" * 19)
