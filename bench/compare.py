@@ -225,7 +225,7 @@ def run_all(
                             if result.server_cpu_s is not None:
                                 row["server_cpu_percent"] = 100 * result.server_cpu_s / seconds
                         except (RuntimeError, OSError, TimeoutError) as exc:
-                            row = {"error": str(exc)}
+                            row = {"error": f"{type(exc).__name__}: {exc}"}
                         row |= {"server": server, "clients": clients, "mode": mode, "rep": rep}
                         rows.append(row)
                         if out:

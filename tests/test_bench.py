@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,24 @@ def test_irc_dialect_joins_after_the_welcome_and_reads_privmsgs():
     assert irc.setup(b":server 366 bench1 #bench :End of NAMES list", b"#bench") == (True, b"")
     assert irc.said(b":bench0!~bench0@localhost PRIVMSG #bench :3 1700 xx\r") == (None, "3 1700 xx")
     assert irc.said(b":server NOTICE bench1 :hi") is None
+
+
+def test_the_comparison_prints_medians_and_ratios_of_a_recorded_run(tmp_path):
+    """bench/compare.py's table, from a run recorded earlier (no servers are started)."""
+    rows = [
+        {"server": server, "clients": 10, "mode": "max", "rep": rep, "error": None, "deliveries_per_s": rate,
+         "p99_ms": p99, "server_cpu_us_per_delivery": 1.0}
+        for server, rate, p99 in (("ours", 2e6, 10.0), ("ngircd", 4e6, 5.0))
+        for rep in range(3)
+    ]
+    recorded = tmp_path / "runs.jsonl"
+    recorded.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    completed = subprocess.run(
+        [sys.executable, "bench/compare.py", "--from-file", str(recorded), "--servers", "ours,ngircd",
+         "-n", "10", "--modes", "max"],
+        capture_output=True, text=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "| 10 | M deliveries/s | 2 | 4 | 0.50x |" in completed.stdout
+    assert "| 10 | p99 ms @max | 10 | 5 | 0.50x |" in completed.stdout
