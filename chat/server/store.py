@@ -430,9 +430,10 @@ _VISIBLE = "(:viewer IS NULL OR recipient IS NULL OR sender = :viewer OR recipie
 class SqliteStore:
     """Lines in an SQLite file in WAL mode: they survive restarts and `kill -9`.
 
-    Each append is its own transaction with synchronous=NORMAL: once append
-    returns, the line is in the write-ahead log and survives the server
-    process dying; a power cut may lose the last moments. Reads go through a
+    Each append (one line, or the lines a room writes together: append_all)
+    is one transaction with synchronous=NORMAL: once it returns, the lines are
+    in the write-ahead log and survive the server process dying; a power cut
+    may lose the last moments. Reads go through a
     second connection, so a long read in one room never waits for another
     room's write, nor makes it wait (WAL readers do not block the writer).
     Retention deletes each log's old rows in small steps as new ones arrive.
