@@ -284,6 +284,8 @@ async def _join(
 SAMPLE_EVERY_NS = 5_000_000
 #: ...and parses at most this many lines of that read.
 SAMPLE_LINES = 32
+#: Bytes a counting receiver lets gather before it is woken, while messages are sent.
+RCVLOWAT = 8192
 #: What pads a message's text (sender, send time in ns, this) to about 64 bytes, as the neutral generator's are.
 FILLER = b"x" * 38
 #: In max mode, how many messages may be sent but not yet seen by the probe receiver.
@@ -298,6 +300,23 @@ def _after_lines(data: bytes, count: int) -> int:
         if end < 0:
             return len(data)
     return end + 1
+
+
+def _wake_after(receivers: list[Receiver], count: int) -> None:
+    """SO_RCVLOWAT: the kernel wakes these receivers only once `count` bytes wait.
+
+    Clients that only count lines need not wake for every message; one
+    wake-up per few KB keeps the generator cheap, and spares the server the
+    work of waking a reader for every line it sends (on loopback the sender
+    pays for the receiver's wake-up).
+    """
+    for receiver in receivers:
+        sock = receiver.transport.get_extra_info("socket") if receiver.transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+            except OSError:
+                pass  # closed already: it counts nothing more anyway
 
 
 def in_flight_for(clients: int) -> int:
@@ -406,11 +425,14 @@ async def run_bench(
     reporter = asyncio.create_task(_report(receivers, t_start, deadline)) if progress else None
     for index, sender in enumerate(receivers[:senders]):
         sender.index = index
+    probe = receivers[-1] if dialect.echoes or clients > senders else receivers[0]
+    counting = [r for r in receivers if not r.sampled and r is not probe]
+    _wake_after(counting, RCVLOWAT)
     if rate is None:
-        probe = receivers[-1] if dialect.echoes or clients > senders else receivers[0]
         expected = await Flow(probe, receivers[:senders], in_flight_for(clients)).run(seconds)
     else:
         expected = await _send_at_rate(receivers[:senders], rate, deadline)
+    _wake_after(counting, 1)  # what is left below the mark becomes readable, and is counted
     sampled_receivers = [r for r in receivers if r.sampled] or receivers[:1]
     drained = asyncio.gather(*(_delivered(r, r.expects(expected)) for r in sampled_receivers))
     try:
