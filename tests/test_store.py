@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 
 import pytest
 
 from chat.server.store import ID_LIMIT, PRIVATE_LOG, MemoryStore, Record, RoomRecord, SqliteStore, StoreError
+from chat.testing import TIMEOUT
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -251,3 +253,26 @@ def test_a_batch_that_cannot_all_be_kept_leaves_none_of_itself(tmp_path):
     store.append_all("lobby", [Record(4, b"four\n"), Record(5, b"five\n")])
     assert store.count("lobby", 1, 10) == 5
     store.close()
+
+
+def test_rooms_writing_at_once_each_keep_all_their_lines_in_order(tmp_path):
+    """Appends from many threads share transactions (group commit); each log still gets all its lines."""
+    store = SqliteStore(str(tmp_path / "chat.db"))
+    logs = [f"room{n}" for n in range(8)]
+
+    def write(log: str) -> None:
+        for first in range(1, 400, 4):
+            store.append_all(log, [Record(i, f"{log} {i}\n".encode()) for i in range(first, first + 4)])
+
+    threads = [threading.Thread(target=write, args=(log,)) for log in logs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    for log in logs:
+        assert lines(store.read(log, 1, 400, 500)) == [f"{log} {i}\n".encode() for i in range(1, 401)]
+        assert store.last_id(log) == 400
+    store.close()
+    reopened = SqliteStore(str(tmp_path / "chat.db"))
+    assert [reopened.last_id(log) for log in logs] == [400] * 8
+    reopened.close()
