@@ -145,6 +145,7 @@ def chart(rows: list[dict[str, object]], servers: list[str], sizes: list[int], m
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
     except ImportError:
         raise SystemExit("--chart needs matplotlib: pip install -e '.[bench]'") from None
     panels = [(mode, "deliveries_per_s" if mode == "max" else "p99_ms") for mode in modes]
@@ -164,6 +165,9 @@ def chart(rows: list[dict[str, object]], servers: list[str], sizes: list[int], m
         else:
             axis.set_ylabel("p99 latency, ms (lower is better)")
             axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(ScalarFormatter())
+            axis.yaxis.set_minor_formatter(NullFormatter())
+            axis.set_yticks([1, 2, 5, 10, 20, 50, 100, 200])
             axis.set_title(f"{mode} messages/s in all, 10 senders")
         axis.grid(True, alpha=0.3)
         axis.legend()
