@@ -7,15 +7,17 @@ the work happens in chat.server.tcp and chat.client.connection.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -202,10 +204,8 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     from chat.errors import JoinRefused
 
     args = client_parser().parse_args(argv)
-    try:
-        name = args.name or _ask_name()
-    except (EOFError, KeyboardInterrupt):
-        return 1
+    # A person at a terminal is asked again; a script or a pipe gets one sentence and a status.
+    interactive = sys.stdin.isatty()
 
     cursor_file = Path(state_dir()) / "client-cursors.json"
 
@@ -215,6 +215,13 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     async def chat() -> int:
         nonlocal password
+        try:
+            name = await _usable_name(args.name, interactive)
+        except (EOFError, KeyboardInterrupt):
+            return 1
+        if name is None:
+            return 2
+        waits = _retry_delays()
         place = cursors.load(cursor_file, args.host, args.port, name) or cursors.Place()
         rooms = args.room or list(place.rooms) or ["lobby"]
         while True:
@@ -243,11 +250,22 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 print(f"cannot connect: TLS failed ({exc.reason or exc}); is that port speaking TLS?", file=sys.stderr)
                 return 1
             except OSError as exc:
-                print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-                return 1
+                where = f"{args.host}:{args.port}"
+                if not interactive:
+                    print(f"cannot connect to {where}: {connect_failure(exc)}", file=sys.stderr)
+                    return 1
+                await _count_down(f"cannot connect to {where}: {connect_failure(exc)}", next(waits))
+                continue
             except JoinRefused as exc:
                 print(f"cannot join: {exc.detail}", file=sys.stderr)
-                if exc.code not in ("name_registered", "auth_failed") or not sys.stdin.isatty():
+                if exc.code == "name_taken" and interactive:
+                    try:
+                        another = await _usable_name(None, True, "try another name: ")
+                    except (EOFError, KeyboardInterrupt):
+                        return 1
+                    name = another or name
+                    continue
+                if exc.code not in ("name_registered", "auth_failed") or not interactive:
                     return 1
                 try:
                     password = await _ask_password(name)
@@ -288,9 +306,70 @@ async def _ask_password(name: str) -> str:
     return password
 
 
-def _ask_name() -> str:
-    from prompt_toolkit import prompt
+async def _usable_name(name: str | None, interactive: bool, question: str = "your name: ") -> str | None:
+    """`name`, or one asked for, that the server's rules allow; None (after saying why) if it is
+    not allowed and nobody can be asked."""
+    from prompt_toolkit import PromptSession
 
-    while not (name := prompt("your name: ").strip()):
-        pass
-    return name
+    session: PromptSession[str] | None = None  # made only to ask: it warns when there is no terminal
+    while True:
+        if name is None:
+            session = session or PromptSession()
+            while not (name := (await session.prompt_async(question)).strip()):
+                pass
+        problem = name_problem(name)
+        if problem is None:
+            return name
+        print(f"{problem}: {name!r}", file=sys.stderr)
+        if not interactive:
+            return None
+        name = None
+
+
+def name_problem(name: str) -> str | None:
+    """Why the server would refuse `name`, in one sentence (the protocol's own rules), or None."""
+    from pydantic import ValidationError
+
+    from chat.wire.protocol import Join
+
+    try:
+        Join(name=name)
+    except ValidationError as exc:
+        return str(exc.errors(include_url=False)[0]["msg"])
+    return None
+
+
+def connect_failure(exc: OSError) -> str:
+    """Why a connection could not be made, in words rather than errno text."""
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return "nothing is listening there"
+    if isinstance(exc, socket.gaierror):
+        return "that host name is unknown"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "there is no route to that host"
+    if isinstance(exc, ConnectionResetError):
+        return "the server closed the connection at once"
+    return str(exc.strerror or exc)
+
+
+def _retry_delays() -> Iterator[int]:
+    """Seconds to wait between attempts to reach a server that is down: 1, 2, 4 ... then every 30."""
+    delay = 1
+    while True:
+        yield delay
+        delay = min(30, delay * 2)
+
+
+async def _count_down(why: str, seconds: int) -> None:
+    """Say why, then count down to the next attempt on one line; Ctrl-C gives up."""
+    import asyncio
+    import shutil
+
+    width = shutil.get_terminal_size().columns - 1  # one line, rewritten in place: never wrapped
+    for left in range(seconds, 0, -1):
+        line = f"{why}; again in {left} s (Ctrl-C gives up)"
+        print(f"\r{line[:width]:<{width}}", end="", file=sys.stderr, flush=True)
+        await asyncio.sleep(1)
+    print("\r" + " " * width + "\r", end="", file=sys.stderr, flush=True)

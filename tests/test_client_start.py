@@ -1,0 +1,77 @@
+"""Starting the client: a bad name, a taken name and a server that is down are sentences, never tracebacks."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from chat.cli import _usable_name, connect_failure, name_problem
+from chat.testing import TIMEOUT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_client(*args: str) -> subprocess.CompletedProcess[str]:
+    """client.py as a script runs it: no terminal on its input."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "client.py"), *args],
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "because"),
+    [("frank jones", "cannot contain spaces"), ("x" * 40, "at most 32 characters"), ("bob\u200b", "invisible")],
+)
+def test_a_name_the_server_would_refuse_is_one_sentence_and_status_2(chat_server, name, because):
+    result = start_client("--port", str(chat_server.port), "--name", name)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert because in line and "Traceback" not in result.stderr
+
+
+def test_a_server_that_is_down_is_one_sentence_for_a_script():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    result = start_client("--port", str(port), "--name", "frank")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"cannot connect to 127.0.0.1:{port}: nothing is listening there"
+
+
+def test_a_person_is_asked_again_until_the_name_is_usable(capsys):
+    async def ask() -> str | None:
+        with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+            keys.send_text("frank jones\r\rfrank\r")
+            return await asyncio.wait_for(_usable_name(None, True), TIMEOUT)
+
+    assert asyncio.run(ask()) == "frank"
+    assert "cannot contain spaces" in capsys.readouterr().err
+
+
+def test_names_are_judged_by_the_protocols_rules():
+    assert name_problem("frank") is None
+    assert name_problem("frank jones") == "a name cannot contain spaces, control or invisible characters"
+
+
+@pytest.mark.parametrize(
+    ("failure", "words"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "nothing is listening there"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "that host name is unknown"),
+        (TimeoutError(), "no answer in time"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "there is no route to that host"),
+    ],
+)
+def test_connection_failures_are_said_in_words(failure, words):
+    assert connect_failure(failure) == words
