@@ -200,7 +200,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     from chat.client import cursors
     from chat.client.connection import ChatClient
-    from chat.client.ui import run_ui
+    from chat.client.ui import make_session, run_ui
     from chat.errors import JoinRefused
 
     args = client_parser().parse_args(argv)
@@ -272,7 +272,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 except (EOFError, KeyboardInterrupt):
                     return 1
         try:
-            await run_ui(client)
+            await run_ui(client, make_session(client, Path(state_dir()) / "client-history"))
         finally:
             # The rooms it is in now, each with its cursor: the next start rejoins and resumes them.
             left_as = cursors.Place(client.cursors(), client.private.last_id, client.token)

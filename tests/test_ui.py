@@ -259,3 +259,77 @@ def test_the_prompt_shows_the_users_role_in_the_room(chat_server):
             await alice.sees(lambda s: "[den] alice (owner)>" in s, "the owner's prompt")
 
     run(scenario())
+
+
+def test_ctrl_c_clears_the_line_and_on_an_empty_line_asks_before_leaving(chat_server, connect):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("half a thou")
+            alice.type("\x03")  # Ctrl-C: the half line goes, nothing is sent, the client stays
+            alice.type("\x03")  # on the empty line now: asks
+            await alice.sees(lambda s: "Ctrl-C again" in s, "the question")
+            assert not alice.task.done()
+            alice.type("still here\r")
+            message = await asyncio.to_thread(other.expect, ChatMessage, name="alice")
+            assert message.msg == "still here"  # the half line never left
+            alice.type("\x03")
+            alice.type("\x03")  # twice on an empty line: leaves
+            await asyncio.wait_for(alice.task, TIMEOUT)
+
+    other = connect()
+    other.join("bob")
+    run(scenario())
+    other.expect(Left, name="alice")
+
+
+def test_a_message_too_long_is_refused_before_sending_and_stays_in_the_input(chat_server, connect):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type("y" * 8001 + "\r")
+            await alice.sees(lambda s: "8,001 characters" in s and "at most 8,000" in s, "the refusal")
+            alice.type("\x7f" * 2 + "\r")  # two backspaces: the same text, 7,999 characters
+            message = await asyncio.to_thread(other.expect, ChatMessage, name="alice")
+            assert message.msg == "y" * 7999
+
+    other = connect()
+    other.join("bob")
+    run(scenario())
+
+
+def test_a_name_completed_at_the_start_of_a_line_is_addressed(chat_server, connect):
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            await alice.sees(lambda s: "bobby" in s, "bobby in the room")
+            alice.type("bob\t")
+            # The screen is drawn as differences: what completion adds is the rest of the name.
+            await alice.sees(lambda s: s.rstrip(" ").endswith("by:"), "the name completed, addressed")
+            alice.type("hi and bob\t")
+            await alice.sees(lambda s: s.endswith("by"), "the name completed in the line")
+            alice.type("\r")
+            message = await asyncio.to_thread(other.expect, ChatMessage, name="alice")
+            assert message.msg == "bobby: hi and bobby"
+
+    other = connect()
+    other.join("bobby")
+    run(scenario())
+
+
+def test_typed_lines_are_remembered_between_runs_but_never_a_password(chat_server, tmp_path):
+    history = tmp_path / "state" / "client-history"
+
+    async def session(name: str, typed: str) -> None:
+        with create_pipe_input() as keys:
+            output = Screen(asyncio.get_running_loop())
+            screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
+            with create_app_session(input=keys, output=screen):
+                client = ChatClient(*chat_server.address, name)
+                await client.connect()
+                task = asyncio.create_task(run_ui(client, make_session(client, history)))
+                keys.send_text(typed)
+                await asyncio.wait_for(task, TIMEOUT)
+
+    run(session("alice", "first line\r/register\rsecret-password-1\rsecret-password-1\r/quit\r"))
+    assert history.stat().st_mode & 0o777 == 0o600
+    assert "first line" in history.read_text() and "secret-password" not in history.read_text()
+    run(session("carol", "\x1b[A\x1b[A\x1b[A\r/quit\r"))  # up-arrow three times: the oldest line, sent again
+    assert history.read_text().count("+first line") == 2

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Iterable
+from pathlib import Path
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from chat.client import render
 from chat.client.commands import (
@@ -39,7 +42,20 @@ from chat.client.commands import (
 )
 from chat.client.connection import ChatClient, ClientEvent
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import LOBBY, MAX_PASSWORD, MIN_PASSWORD, Left, Moderation, Register, Welcome, room_key
+from chat.wire.protocol import (
+    LOBBY,
+    MAX_MSG,
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    Left,
+    Moderation,
+    Register,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    Welcome,
+    room_key,
+)
 
 STYLE = Style.from_dict(render.STYLE)
 
@@ -54,12 +70,15 @@ class ChatCompleter(Completer):
         word = document.get_word_before_cursor(WORD=True)
         before = document.text_before_cursor
         if word.startswith("/") and before == word:
-            candidates: Iterable[str] = COMMANDS
-        else:
-            candidates = self.client.users
-        for candidate in candidates:
-            if candidate.casefold().startswith(word.casefold()) and candidate != word:
-                yield Completion(candidate, start_position=-len(word))
+            for command in COMMANDS:
+                if command.startswith(word.casefold()) and command != word:
+                    yield Completion(command, start_position=-len(word))
+            return
+        # A name that starts the line is who the line is for: `alice: `, as IRC clients write it.
+        ending = ": " if before == word else ""
+        for name in self.client.users:
+            if name.casefold().startswith(word.casefold()) and name + ending != word:
+                yield Completion(name + ending, start_position=-len(word), display=name)
 
 
 class Typing:
@@ -99,8 +118,17 @@ def show(fragments: render.Fragments | None) -> None:
         print_formatted_text(FormattedText(fragments), style=STYLE)
 
 
-def make_session(client: ChatClient) -> PromptSession[str]:
-    return PromptSession(completer=ChatCompleter(client), complete_while_typing=False, erase_when_done=True)
+def make_session(client: ChatClient, history_file: Path | None = None) -> PromptSession[str]:
+    """The input line; with `history_file`, what was typed is remembered there between runs (0600:
+    it holds private messages). Passwords are asked for by sessions of their own and kept nowhere."""
+    history: History = InMemoryHistory()
+    if history_file is not None:
+        history_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(history_file, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))
+        history = FileHistory(str(history_file))
+    return PromptSession(
+        completer=ChatCompleter(client), complete_while_typing=False, erase_when_done=True, history=history
+    )
 
 
 async def run_ui(client: ChatClient, session: PromptSession[str] | None = None) -> None:
@@ -127,11 +155,23 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
 
 
 async def _send_typed(client: ChatClient, session: PromptSession[str], typing: Typing) -> None:
+    draft = ""  # a line handed back to the user to edit (a message too long to send)
+    quitting = False  # Ctrl-C on an empty line once: a second one leaves
     while True:
         try:
-            line = await session.prompt_async(lambda: _prompt(client, typing), style=STYLE)
-        except (EOFError, KeyboardInterrupt):
-            return  # Ctrl-D or Ctrl-C: leave quietly
+            line = await session.prompt_async(lambda: _prompt(client, typing), style=STYLE, default=draft)
+        except EOFError:
+            return  # Ctrl-D on an empty line: leave quietly
+        except KeyboardInterrupt:
+            # Ctrl-C throws away what is typed; on an empty line it asks first, then leaves.
+            if session.default_buffer.text or not quitting:
+                quitting = not session.default_buffer.text
+                if quitting:
+                    show(render.notice("Ctrl-C again (or Ctrl-D, /quit) leaves"))
+                draft = ""
+                continue
+            return
+        draft, quitting = "", False
         match parse(line, typing.room):
             case None:
                 continue
@@ -141,10 +181,14 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
                 for help_line in HELP.splitlines():
                     show(render.notice(help_line))
             case RegisterName():
-                await _register(client, session)
+                await _register(client)
             case Mistake(detail=detail):
                 show(render.error(detail))
             case Send(message=message):
+                if (too_long := _too_long(message)) is not None:
+                    show(render.error(too_long))
+                    draft = line  # back in the input line, to shorten
+                    continue
                 await _send(client.send(message))
             case PageBack(limit=limit):
                 await _send(client.page_back(typing.room, limit))
@@ -179,8 +223,16 @@ def _prompt(client: ChatClient, typing: Typing) -> FormattedText:
     )
 
 
-async def _register(client: ChatClient, session: PromptSession[str]) -> None:
-    """Ask for the new password twice, never echoed, and register the name with it."""
+def _too_long(message: BaseModel) -> str | None:
+    """Why the server would refuse `message` for its size, before it is sent; None if it fits."""
+    if isinstance(message, SendMessage | SendAction | SendPrivate) and len(message.msg) > MAX_MSG:
+        return f"that message is {len(message.msg):,} characters; the server takes at most {MAX_MSG:,}: not sent"
+    return None
+
+
+async def _register(client: ChatClient) -> None:
+    """Ask for the new password twice, never echoed nor remembered, and register the name with it."""
+    session: PromptSession[str] = PromptSession()  # its own history: a password never comes back on up-arrow
     try:
         password = await session.prompt_async("new password: ", is_password=True)
         again = await session.prompt_async("the same again: ", is_password=True)
