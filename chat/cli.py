@@ -17,15 +17,20 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat.paths import state_dir
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
+
+if TYPE_CHECKING:  # the client's modules, loaded only by the client (the server never needs prompt_toolkit)
+    from prompt_toolkit import PromptSession
+
+    from chat.client.connection import ChatClient
 
 log = logging.getLogger("chat")
 
@@ -200,7 +205,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     from chat.client import cursors
     from chat.client.connection import ChatClient
-    from chat.client.ui import make_session, run_ui
+    from chat.client.ui import make_session
     from chat.errors import JoinRefused
 
     args = client_parser().parse_args(argv)
@@ -271,18 +276,64 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                     password = await _ask_password(name)
                 except (EOFError, KeyboardInterrupt):
                     return 1
-        try:
-            await run_ui(client, make_session(client, Path(state_dir()) / "client-history"))
-        finally:
+        started_as = name
+
+        def remember() -> None:
             # The rooms it is in now, each with its cursor: the next start rejoins and resumes them.
-            left_as = cursors.Place(client.cursors(), client.private.last_id, client.token)
-            cursors.save(cursor_file, args.host, args.port, client.name, left_as)
-        return 0
+            place = cursors.Place(client.cursors(), client.private.last_id, client.token)
+            cursors.save(cursor_file, args.host, args.port, client.name, place, aliases=[started_as])
+
+        return await _chat_until_done(client, make_session(client, Path(state_dir()) / "client-history"), remember)
 
     try:
         return asyncio.run(chat())
     except KeyboardInterrupt:
         return 130
+
+
+#: How often, at most, the client writes down where it is while messages arrive.
+SAVE_EVERY = 2.0
+
+
+async def _chat_until_done(client: ChatClient, session: PromptSession[str], remember: Callable[[], None]) -> int:
+    """Run the chat; where it is is saved as messages arrive, and when it ends however it ends:
+    quitting, or the terminal closed (SIGHUP) or the process told to stop (SIGTERM)."""
+    import asyncio
+
+    from chat.client.ui import run_ui
+
+    loop = asyncio.get_running_loop()
+    chatting = asyncio.create_task(run_ui(client, session))
+    stopped_by: list[int] = []
+
+    def stop(signum: int) -> None:
+        stopped_by.append(signum)
+        chatting.cancel()
+
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+
+    async def keep_saving() -> None:
+        saved = None
+        while True:
+            await asyncio.sleep(SAVE_EVERY)
+            now = (client.cursors(), client.private.last_id, client.token, client.name)
+            if now != saved:
+                remember()
+                saved = now
+
+    saving = asyncio.create_task(keep_saving())
+    try:
+        await chatting
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+    finally:
+        saving.cancel()
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        remember()
+    return 128 + stopped_by[0] if stopped_by else 0
 
 
 def _client_tls(wanted: bool, ca_file: str | None, insecure: bool) -> ssl.SSLContext | None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from prompt_toolkit.application import create_app_session
@@ -15,7 +19,10 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from chat.cli import _usable_name, connect_failure, name_problem
+from chat.client import cursors
+from chat.client.cursors import Place
 from chat.testing import TIMEOUT
+from chat.wire.protocol import ChatMessage, Joined, Left
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +82,32 @@ def test_names_are_judged_by_the_protocols_rules():
 )
 def test_connection_failures_are_said_in_words(failure, words):
     assert connect_failure(failure) == words
+
+
+def test_closing_the_terminal_saves_where_the_client_was(chat_server, connect, tmp_path):
+    """SIGHUP (the terminal closed) ends the client as quitting does: where it was is written down."""
+    observer = connect()
+    observer.join("obs")
+    observer.say("before frank")
+    said = observer.expect(ChatMessage, msg="before frank")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+    client = subprocess.Popen(
+        [sys.executable, str(ROOT / "client.py"), "--port", str(chat_server.port), "--name", "frank"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        observer.expect(Joined, name="frank")
+        saved = tmp_path / "state" / "chat" / "client-cursors.json"
+        deadline = time.monotonic() + TIMEOUT
+        while cursors.load(saved, "127.0.0.1", chat_server.port, "frank") != Place({"lobby": said.id}, 0, ANY):
+            assert time.monotonic() < deadline, "the client never wrote down where it is"
+            time.sleep(0.05)  # polling the file for the save that comes as messages arrive
+        saved.unlink()  # so that what is found next was written on the way out
+        client.send_signal(signal.SIGHUP)
+        assert client.wait(TIMEOUT) == 128 + signal.SIGHUP
+        assert cursors.load(saved, "127.0.0.1", chat_server.port, "frank").rooms == {"lobby": said.id}
+        observer.expect(Left, name="frank")
+        assert "Traceback" not in client.stderr.read().decode()
+    finally:
+        client.kill()
+        client.wait()

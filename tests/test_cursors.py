@@ -38,3 +38,9 @@ def test_the_token_is_remembered_in_a_file_only_its_owner_can_read(tmp_path):
     cursors.save(path, "h", 1, "alice", cursors.Place({"lobby": 3}, 2, "tok"))
     assert cursors.load(path, "h", 1, "alice") == cursors.Place({"lobby": 3}, 2, "tok")
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_place_is_found_under_every_name_used_in_the_run(tmp_path):
+    path = tmp_path / "state" / "client-cursors.json"
+    cursors.save(path, "h", 1, "alicia", Place({"lobby": 9}, 4, "tok"), aliases=["alice"])
+    assert cursors.load(path, "h", 1, "alice") == cursors.load(path, "h", 1, "alicia") == Place({"lobby": 9}, 4, "tok")

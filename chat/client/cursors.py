@@ -1,6 +1,6 @@
 """Where the terminal client remembers, between runs, its rooms and where it was in each.
 
-One small JSON file maps "host:port/name" to the rooms the client was in (in
+One small JSON file maps "host:port/name" (every name the identity used) to the rooms the client was in (in
 the order it joined them), the last id it saw in each, and the last private
 id, so that starting the client again rejoins those rooms and shows what was
 said while it was closed. Losing or garbling the file only loses that
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def load(path: Path, host: str, port: int, name: str) -> Place | None:
     )
 
 
-def save(path: Path, host: str, port: int, name: str, place: Place) -> None:
-    """Remember `place`; a failure is logged, not raised."""
+def save(path: Path, host: str, port: int, name: str, place: Place, aliases: Iterable[str] = ()) -> None:
+    """Remember `place` for `name` and each of `aliases` (the other names this identity used in the
+    run: starting as alice after a /nick to alicia finds it too); a failure is logged, not raised."""
     try:
         saved = json.loads(path.read_text()) if path.exists() else {}
         if not isinstance(saved, dict):
@@ -64,11 +66,12 @@ def save(path: Path, host: str, port: int, name: str, place: Place) -> None:
     except (OSError, ValueError):
         saved = {}
     # Rooms as [room, id] pairs: a list keeps the order they were joined in.
-    saved[_key(host, port, name)] = {
-        "rooms": [[room, id] for room, id in place.rooms.items()],
-        "private": place.private,
-        "token": place.token,
-    }
+    for each in {name, *aliases}:
+        saved[_key(host, port, each)] = {
+            "rooms": [[room, id] for room, id in place.rooms.items()],
+            "private": place.private,
+            "token": place.token,
+        }
     try:
         # It holds session tokens: readable by its owner only.
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
