@@ -7,13 +7,11 @@ the work happens in chat.server.tcp and chat.client.connection.
 from __future__ import annotations
 
 import argparse
-import errno
 import ipaddress
 import logging
 import os
 import resource
 import signal
-import socket
 import ssl
 import sys
 import threading
@@ -204,7 +202,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     from chat.client import cursors
-    from chat.client.connection import ChatClient
+    from chat.client.connection import ChatClient, failure_in_words
     from chat.client.ui import make_session
     from chat.errors import JoinRefused
 
@@ -257,9 +255,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             except OSError as exc:
                 where = f"{args.host}:{args.port}"
                 if not interactive:
-                    print(f"cannot connect to {where}: {connect_failure(exc)}", file=sys.stderr)
+                    print(f"cannot connect to {where}: {failure_in_words(exc)}", file=sys.stderr)
                     return 1
-                await _count_down(f"cannot connect to {where}: {connect_failure(exc)}", next(waits))
+                await _count_down(f"cannot connect to {where}: {failure_in_words(exc)}", next(waits))
                 continue
             except JoinRefused as exc:
                 print(f"cannot join: {exc.detail}", file=sys.stderr)
@@ -388,21 +386,6 @@ def name_problem(name: str) -> str | None:
     except ValidationError as exc:
         return str(exc.errors(include_url=False)[0]["msg"])
     return None
-
-
-def connect_failure(exc: OSError) -> str:
-    """Why a connection could not be made, in words rather than errno text."""
-    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
-        return "nothing is listening there"
-    if isinstance(exc, socket.gaierror):
-        return "that host name is unknown"
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return "there is no route to that host"
-    if isinstance(exc, ConnectionResetError):
-        return "the server closed the connection at once"
-    return str(exc.strerror or exc)
 
 
 def _retry_delays() -> Iterator[int]:

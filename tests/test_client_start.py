@@ -18,8 +18,9 @@ from prompt_toolkit.application import create_app_session
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from chat.cli import _usable_name, connect_failure, name_problem
+from chat.cli import _usable_name, name_problem
 from chat.client import cursors
+from chat.client.connection import failure_in_words
 from chat.client.cursors import Place
 from chat.testing import TIMEOUT
 from chat.wire.protocol import ChatMessage, Joined, Left
@@ -81,7 +82,7 @@ def test_names_are_judged_by_the_protocols_rules():
     ],
 )
 def test_connection_failures_are_said_in_words(failure, words):
-    assert connect_failure(failure) == words
+    assert failure_in_words(failure) == words
 
 
 def test_closing_the_terminal_saves_where_the_client_was(chat_server, connect, tmp_path):

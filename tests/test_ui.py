@@ -16,6 +16,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 
 from chat.client.connection import ChatClient
 from chat.client.ui import make_session, run_ui
+from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import ChatMessage, ErrorReply, Left, Welcome
 
@@ -333,3 +334,29 @@ def test_typed_lines_are_remembered_between_runs_but_never_a_password(chat_serve
     assert "first line" in history.read_text() and "secret-password" not in history.read_text()
     run(session("carol", "\x1b[A\x1b[A\x1b[A\r/quit\r"))  # up-arrow three times: the oldest line, sent again
     assert history.read_text().count("+first line") == 2
+
+
+def test_lines_typed_while_the_server_is_away_wait_and_go_when_it_is_back(start_chat_server, tmp_path):
+    config = ServerConfig(db=str(tmp_path / "chat.db"))
+    first = start_chat_server(config)
+    address = first.address
+
+    async def scenario():
+        async with terminal(address, "alice") as alice:
+            await asyncio.to_thread(first.stop)
+            await alice.sees(lambda s: "connection lost" in s, "the drop")
+            alice.type("said while away\r")
+            await alice.sees(lambda s: "1 waiting to be sent" in s, "the line kept")
+            await alice.sees(lambda s: "(offline, 1 waiting)" in s, "the prompt saying so")
+            alice.type("and another\r")
+            await alice.sees(lambda s: "2 waiting to be sent" in s, "the second line kept")
+            second = await asyncio.to_thread(start_chat_server, config, address[1])
+            await alice.sees(lambda s: "sent the 2 lines typed while disconnected" in s, "the lines sent")
+            observer = await asyncio.to_thread(LineClient, second.address)
+            welcome = await asyncio.to_thread(observer.join, "obs")
+            assert welcome.history >= 2
+            said = [await asyncio.to_thread(observer.expect, ChatMessage, name="alice") for _ in range(2)]
+            assert [line.msg for line in said] == ["said while away", "and another"]
+            observer.close()
+
+    run(scenario())

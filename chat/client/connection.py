@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -49,6 +51,22 @@ from chat.wire.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def failure_in_words(exc: OSError) -> str:
+    """Why a connection could not be made or was lost, in words rather than errno text."""
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return "nothing is listening there"
+    if isinstance(exc, socket.gaierror):
+        return "that host name is unknown"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "there is no route to that host"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError) or exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "the server cut the connection"
+    return str(exc.strerror or exc)
+
 
 
 @dataclass(frozen=True)
@@ -188,6 +206,11 @@ class ChatClient:
         self._reader_task = asyncio.create_task(self._keep_reading(reader), name="chat-client-reader")
         return welcome
 
+    @property
+    def connected(self) -> bool:
+        """Whether lines can be sent now (not between a drop and the reconnect)."""
+        return self._writer is not None
+
     async def events(self) -> AsyncIterator[ClientEvent]:
         """Every event until the client is closed (or the server goes for good)."""
         while (event := await self._events.get()) is not None:
@@ -202,7 +225,7 @@ class ChatClient:
             writer.write(encode(message))
             await writer.drain()
         except (ConnectionError, OSError) as exc:
-            raise ConnectionClosed(str(exc) or "connection lost") from exc
+            raise ConnectionClosed(failure_in_words(exc)) from exc
 
     async def join(self, room: str) -> None:
         """Enter `room` (resuming it if this client was there before); a welcome answers."""
@@ -299,7 +322,7 @@ class ChatClient:
         try:
             line = await reader.readline()
         except (ConnectionError, OSError) as exc:
-            raise ConnectionClosed(str(exc) or "connection lost") from exc
+            raise ConnectionClosed(failure_in_words(exc)) from exc
         except ValueError as exc:  # a line over the reader's limit
             raise ConnectionClosed("the server sent an overlong line") from exc
         if not line.endswith(b"\n"):
@@ -326,7 +349,7 @@ class ChatClient:
                     reader, welcome = await self._open()
                 except (OSError, ChatError) as exc:
                     delay = min(delay * 2, self.max_retry)
-                    reason = str(exc) or type(exc).__name__
+                    reason = failure_in_words(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
                     if reason != detail:  # say why, once per new reason (a taken name, say)
                         detail = reason
                         await self._events.put(ConnectionLost(detail, retry_in=delay))

@@ -40,7 +40,7 @@ from chat.client.commands import (
     SwitchRoom,
     parse,
 )
-from chat.client.connection import ChatClient, ClientEvent
+from chat.client.connection import ChatClient, ClientEvent, Reconnected
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
     LOBBY,
@@ -82,10 +82,12 @@ class ChatCompleter(Completer):
 
 
 class Typing:
-    """Which room what the user types goes to."""
+    """Which room what the user types goes to, and what was typed while the connection was down."""
 
     def __init__(self, client: ChatClient) -> None:
         self.client = client
+        #: Messages typed while disconnected, sent in order once the connection is back.
+        self.pending: list[BaseModel] = []
         self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
         #: A room the user asked to join: typing switches to it once it is welcomed.
         self.joining: str | None = None
@@ -152,6 +154,21 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
     async for event in client.events():
         typing.follow(event)
         show(render.render(event, client.name, room=typing.room))
+        if isinstance(event, Reconnected) and typing.pending:
+            await _send_pending(client, typing)
+
+
+async def _send_pending(client: ChatClient, typing: Typing) -> None:
+    """What was typed while the connection was down, in order, now that it is back (after the rejoins:
+    the server serves lines in order, so each goes to its room as a member's)."""
+    count = len(typing.pending)
+    while typing.pending:
+        try:
+            await client.send(typing.pending[0])
+        except ConnectionClosed:
+            return  # down again: they wait for the next reconnect
+        typing.pending.pop(0)
+    show(render.notice(f"sent the {count} line{'s' if count != 1 else ''} typed while disconnected"))
 
 
 async def _send_typed(client: ChatClient, session: PromptSession[str], typing: Typing) -> None:
@@ -189,7 +206,12 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
                     show(render.error(too_long))
                     draft = line  # back in the input line, to shorten
                     continue
-                await _send(client.send(message))
+                if not typing.pending and client.connected:
+                    with contextlib.suppress(ConnectionClosed):
+                        await client.send(message)
+                        continue
+                typing.pending.append(message)  # after the ones already waiting: order is kept
+                show(render.notice(f"not connected: {len(typing.pending)} waiting to be sent when it is back"))
             case PageBack(limit=limit):
                 await _send(client.page_back(typing.room, limit))
             case JoinRoom(room=room):
@@ -218,8 +240,9 @@ def _prompt(client: ChatClient, typing: Typing) -> FormattedText:
     """`[room] name> `, with the user's role in that room if it has one: `[den] alice (op)> `."""
     view = client.rooms.get(room_key(typing.room))
     role = view.roles.get(client.name) if view else None
+    offline = [] if client.connected else [("class:error", f"(offline, {len(typing.pending)} waiting) ")]
     return FormattedText(
-        [("class:room", f"[{typing.room}] "), ("bold", client.name + (f" ({role})" if role else "") + "> ")]
+        [*offline, ("class:room", f"[{typing.room}] "), ("bold", client.name + (f" ({role})" if role else "") + "> ")]
     )
 
 
