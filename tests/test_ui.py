@@ -360,3 +360,21 @@ def test_lines_typed_while_the_server_is_away_wait_and_go_when_it_is_back(start_
             observer.close()
 
     run(scenario())
+
+
+def test_a_burst_is_drawn_in_few_redraws_not_one_per_line(start_chat_server, connect):
+    """Lines that arrive together are printed together: the prompt is redrawn per batch, not per line."""
+    server = start_chat_server(ServerConfig().without_limits())  # 300 lines at once is a flood
+    flood = connect(server)
+    flood.join("flood")
+
+    async def scenario():
+        async with terminal(server.address, "alice") as alice:
+            drawn_before = alice.screen.count("alice>")
+            burst = b"".join(b'{"type": "message", "msg": "burst %d"}\n' % i for i in range(300))
+            await asyncio.to_thread(flood.send_raw, burst)
+            await alice.sees(lambda s: "burst 299" in s, "the end of the burst")
+            assert all(f"burst {i}" in alice.screen for i in range(300))
+            assert alice.screen.count("alice>") - drawn_before < 30
+
+    run(scenario())

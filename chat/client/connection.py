@@ -213,8 +213,21 @@ class ChatClient:
 
     async def events(self) -> AsyncIterator[ClientEvent]:
         """Every event until the client is closed (or the server goes for good)."""
+        async for batch in self.event_batches(1):
+            yield batch[0]
+
+    async def event_batches(self, most: int = 1000) -> AsyncIterator[list[ClientEvent]]:
+        """Every event, in lists of those already waiting (at most `most`): a screen draws each list
+        at once, so a burst costs one redraw per list instead of one per line."""
         while (event := await self._events.get()) is not None:
-            yield event
+            batch = [event]
+            while len(batch) < most and not self._events.empty():
+                following = self._events.get_nowait()
+                if following is None:
+                    yield batch
+                    return
+                batch.append(following)
+            yield batch
 
     async def send(self, message: BaseModel) -> None:
         """Send one protocol message; ConnectionClosed if there is no connection now."""

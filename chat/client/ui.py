@@ -151,11 +151,26 @@ async def run_ui(client: ChatClient, session: PromptSession[str] | None = None) 
 
 
 async def _show_incoming(client: ChatClient, typing: Typing) -> None:
-    async for event in client.events():
-        typing.follow(event)
-        show(render.render(event, client.name, room=typing.room))
-        if isinstance(event, Reconnected) and typing.pending:
-            await _send_pending(client, typing)
+    """Draw what arrives, all that is waiting in one print: a burst is one redraw, not one per line."""
+    async for batch in client.event_batches():
+        lines: list[render.Fragments] = []
+        for event in batch:
+            typing.follow(event)
+            if fragments := render.render(event, client.name, room=typing.room):
+                lines.append(fragments)
+            if isinstance(event, Reconnected) and typing.pending:
+                show(_one_print(lines))
+                lines = []
+                await _send_pending(client, typing)
+        show(_one_print(lines))
+
+
+def _one_print(lines: list[render.Fragments]) -> render.Fragments:
+    """Several rendered lines as the fragments of one print."""
+    joined: render.Fragments = []
+    for line in lines:
+        joined += [("", "\n"), *line] if joined else line
+    return joined
 
 
 async def _send_pending(client: ChatClient, typing: Typing) -> None:
