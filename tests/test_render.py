@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from chat.client.connection import ConnectionLost, Reconnected
-from chat.client.render import mentions, name_colour, neutralise, render
+from chat.client.render import day_change, day_of, mentions, name_colour, neutralise, render
 from chat.wire.protocol import (
     Action,
     ChatMessage,
@@ -26,7 +26,7 @@ from chat.wire.protocol import (
     Welcome,
 )
 
-WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+WHEN = datetime.now(UTC).replace(microsecond=0)  # today: lines of today show the time alone
 
 
 def text_of(fragments) -> str:
@@ -170,3 +170,12 @@ def test_roles_and_moderation_are_shown():
     shown = render(ban, "me", room="den")
     assert "troll was banned from den by alice: spam" in text_of(shown)
     assert any("moderation" in style for style, _ in shown)
+
+
+def test_a_line_from_another_day_shows_its_date_and_a_new_day_gets_a_line():
+    old = datetime.now(UTC) - timedelta(days=3)
+    fragments = render(ChatMessage(id=1, name="bob", msg="hi", time=old), me="alice")
+    assert text_of(fragments) == f"{old.astimezone():%Y-%m-%d %H:%M} bob: hi"
+    assert day_of(ChatMessage(id=1, name="bob", msg="hi", time=old)) == old.astimezone().date()
+    assert day_of(ConnectionLost("gone", 1.0)) is None
+    assert text_of(day_change(date(2026, 11, 19))) == "-- Thursday 19 November 2026 --"

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
@@ -17,7 +18,9 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 from chat.client.connection import ChatClient
 from chat.client.ui import make_session, run_ui
 from chat.server.config import ServerConfig
+from chat.server.store import Record, SqliteStore
 from chat.testing import TIMEOUT, LineClient
+from chat.wire.codec import encode
 from chat.wire.protocol import ChatMessage, ErrorReply, Left, Welcome
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
@@ -376,5 +379,30 @@ def test_a_burst_is_drawn_in_few_redraws_not_one_per_line(start_chat_server, con
             await alice.sees(lambda s: "burst 299" in s, "the end of the burst")
             assert all(f"burst {i}" in alice.screen for i in range(300))
             assert alice.screen.count("alice>") - drawn_before < 30
+
+    run(scenario())
+
+
+def test_history_from_another_day_is_dated_and_today_starts_with_a_day_line(start_chat_server, tmp_path):
+    path = tmp_path / "chat.db"
+    store = SqliteStore(str(path))
+    thursday = datetime(2026, 11, 19, 12, 0, tzinfo=UTC)
+    old = ChatMessage(room="lobby", id=1, name="old", msg="from another day", time=thursday)
+    store.append("lobby", Record(1, encode(old)))
+    store.close()
+    server = start_chat_server(ServerConfig(db=str(path)))
+    today = datetime.now().astimezone().date()
+
+    async def scenario():
+        said = await asyncio.to_thread(LineClient, server.address)
+        await asyncio.to_thread(said.join, "bob")
+        await asyncio.to_thread(said.say_all, ["from today"])
+        async with terminal(server.address, "alice") as alice:
+            await alice.sees(lambda s: "from today" in s, "today's line")
+            screen = alice.screen
+            assert f"{thursday.astimezone():%Y-%m-%d %H:%M} old: from another day" in screen
+            day_line = f"-- {today:%A} {today.day} {today:%B %Y} --"
+            assert screen.index("from another day") < screen.index(day_line) < screen.index("from today")
+        said.close()
 
     run(scenario())

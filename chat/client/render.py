@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from datetime import datetime
+from datetime import date, datetime
 
 from prompt_toolkit.utils import get_cwidth
 
@@ -246,8 +246,22 @@ def _notice(when: datetime | None, text: str) -> Fragments:
 
 
 def _clock(when: datetime | None) -> Fragments:
+    """`14:05 `, or with the date for a line from another day than today: `2026-11-19 14:05 `."""
     local = (when or datetime.now()).astimezone()
+    if local.date() != datetime.now().astimezone().date():
+        return [("class:time", local.strftime("%Y-%m-%d %H:%M "))]
     return [("class:time", local.strftime("%H:%M "))]
+
+
+def day_of(event: ClientEvent) -> date | None:
+    """The local date a line is stamped with; None for events without a time."""
+    when = getattr(event, "time", None)
+    return when.astimezone().date() if isinstance(when, datetime) else None
+
+
+def day_change(day: date) -> Fragments:
+    """The line drawn before the first line of a new day: `-- Thursday 19 November 2026 --`."""
+    return [("class:notice", f"-- {day:%A} {day.day} {day:%B %Y} --")]
 
 
 def _names(users: list[str], roles: dict[str, str] | None = None) -> str:

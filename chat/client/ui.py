@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Iterable
+from datetime import date
 from pathlib import Path
 
 from prompt_toolkit import PromptSession, print_formatted_text
@@ -88,6 +89,8 @@ class Typing:
         self.client = client
         #: Messages typed while disconnected, sent in order once the connection is back.
         self.pending: list[BaseModel] = []
+        #: The date of the last dated line drawn: a line of another day is preceded by a day-change line.
+        self.last_day: date | None = None
         self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
         #: A room the user asked to join: typing switches to it once it is welcomed.
         self.joining: str | None = None
@@ -157,6 +160,11 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
         for event in batch:
             typing.follow(event)
             if fragments := render.render(event, client.name, room=typing.room):
+                day = render.day_of(event)
+                if day is not None and day != typing.last_day:
+                    if typing.last_day is not None:  # the first line of a run has its own date if not today's
+                        lines.append(render.day_change(day))
+                    typing.last_day = day
                 lines.append(fragments)
             if isinstance(event, Reconnected) and typing.pending:
                 show(_one_print(lines))
