@@ -406,3 +406,30 @@ def test_history_from_another_day_is_dated_and_today_starts_with_a_day_line(star
         said.close()
 
     run(scenario())
+
+
+def test_coming_back_shows_what_is_new_since_you_left_or_a_few_lines_for_context(chat_server):
+    bob = LineClient(chat_server.address)
+    bob.join("bob")
+    last = bob.say_all([f"old {i}" for i in range(8)])
+
+    async def come_back(since: int) -> str:
+        with create_pipe_input() as keys:
+            output = Screen(asyncio.get_running_loop())
+            screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
+            with create_app_session(input=keys, output=screen):
+                client = ChatClient(*chat_server.address, "alice", cursors={"lobby": since})
+                await client.connect()
+                person = Terminal(keys, output, asyncio.create_task(run_ui(client, make_session(client))))
+                await person.sees(lambda s: "old 7" in s and "since you left" in s, "the way back in")
+                keys.send_text("/quit\r")
+                await asyncio.wait_for(person.task, TIMEOUT)
+                return person.screen
+
+    missed = asyncio.run(come_back(last.id - 2))
+    assert missed.index("-- 2 new messages in lobby since you left --") < missed.index("old 6") < missed.index("old 7")
+    assert "old 5" not in missed
+    nothing = asyncio.run(come_back(last.id))
+    assert "-- nothing new in lobby since you left; the last few lines: --" in nothing
+    assert all(f"old {i}" in nothing for i in range(3, 8)) and "old 2" not in nothing
+    bob.close()

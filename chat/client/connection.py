@@ -84,7 +84,15 @@ class Reconnected:
     attempts: int
 
 
-ClientEvent = ServerMessage | ConnectionLost | Reconnected
+@dataclass(frozen=True)
+class Resumed:
+    """A room was joined again from where this client had been: `missed` lines follow (0: none)."""
+
+    room: str
+    missed: int
+
+
+ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed
 
 #: How many recent ids the client remembers per room, to drop duplicates.
 _REMEMBERED_IDS = 10_000
@@ -175,6 +183,8 @@ class ChatClient:
         self.private = _Seen(private_since or 0)
         self._renames: dict[str, str] = {}  # old name -> new name, for renames passed on
         self._private_resume = private_since is not None
+        #: Rooms whose join asked to resume and whose welcome has not come yet.
+        self._resuming: set[str] = set()
         #: The session token the server gave: every reconnect proves who we are with it.
         self.token = token
         #: TLS settings (certificate checks included) to connect with; None: plaintext.
@@ -202,7 +212,7 @@ class ChatClient:
     async def connect(self) -> Welcome:
         """Connect and join; raises OSError if unreachable, JoinRefused if refused."""
         reader, welcome = await self._open()
-        await self._events.put(welcome)
+        await self._announce(welcome)
         self._reader_task = asyncio.create_task(self._keep_reading(reader), name="chat-client-reader")
         return welcome
 
@@ -319,9 +329,20 @@ class ChatClient:
         self._welcomed(message)
         return reader, message
 
-    @staticmethod
-    def _since(view: RoomView) -> int | None:
-        return view.seen.last_id if view.resume else None
+    def _since(self, view: RoomView) -> int | None:
+        """Where a join of `view`'s room resumes from (None: no resume); its welcome then says so."""
+        if not view.resume:
+            return None
+        self._resuming.add(room_key(view.name))
+        return view.seen.last_id
+
+    async def _announce(self, welcome: Welcome) -> None:
+        """A welcome as an event; after it, for a room joined again, how much was missed."""
+        await self._events.put(welcome)
+        key = room_key(welcome.room)
+        if key in self._resuming:
+            self._resuming.discard(key)
+            await self._events.put(Resumed(welcome.room, welcome.history))
 
     def _welcomed(self, welcome: Welcome) -> None:
         view = self.rooms.setdefault(room_key(welcome.room), RoomView(welcome.room))
@@ -369,7 +390,7 @@ class ChatClient:
                     continue
                 break
             await self._events.put(Reconnected(attempts))
-            await self._events.put(welcome)
+            await self._announce(welcome)
             attempts = 0
 
     async def _pump(self, reader: asyncio.StreamReader) -> str:
@@ -391,7 +412,10 @@ class ChatClient:
             self._track(message)
             if isinstance(message, Renamed) and not self._first_copy(message):
                 continue  # the server sends a rename once per shared room; a person needs it once
-            await self._events.put(message)
+            if isinstance(message, Welcome):
+                await self._announce(message)
+            else:
+                await self._events.put(message)
             if isinstance(message, Shutdown):
                 return message.detail
 

@@ -14,7 +14,7 @@ from datetime import date, datetime
 
 from prompt_toolkit.utils import get_cwidth
 
-from chat.client.connection import ClientEvent, ConnectionLost, Reconnected
+from chat.client.connection import ClientEvent, ConnectionLost, Reconnected, Resumed
 from chat.wire.protocol import (
     Action,
     ChatMessage,
@@ -211,6 +211,11 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return error(f"connection lost ({neutralise(detail)}){then}", now)
         case Reconnected():
             return _notice(now, "reconnected")
+        case Resumed(room=where, missed=missed) if missed:
+            new = "1 new message" if missed == 1 else f"{missed} new messages"
+            return [("class:notice", f"-- {new} in {neutralise(where)} since you left --")]
+        case Resumed(room=where):
+            return [("class:notice", f"-- nothing new in {neutralise(where)} since you left; the last few lines: --")]
     return None
 
 

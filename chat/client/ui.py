@@ -41,7 +41,7 @@ from chat.client.commands import (
     SwitchRoom,
     parse,
 )
-from chat.client.connection import ChatClient, ClientEvent, Reconnected
+from chat.client.connection import ChatClient, ClientEvent, Reconnected, Resumed
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
     LOBBY,
@@ -59,6 +59,8 @@ from chat.wire.protocol import (
 )
 
 STYLE = Style.from_dict(render.STYLE)
+#: Earlier lines shown for context in a room rejoined with nothing new in it.
+CONTEXT_LINES = 5
 
 
 class ChatCompleter(Completer):
@@ -89,6 +91,8 @@ class Typing:
         self.client = client
         #: Messages typed while disconnected, sent in order once the connection is back.
         self.pending: list[BaseModel] = []
+        #: Rooms given a few lines of context already this run (a reconnect needs none).
+        self.in_context: set[str] = set()
         #: The date of the last dated line drawn: a line of another day is preceded by a day-change line.
         self.last_day: date | None = None
         self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
@@ -170,6 +174,11 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
                 show(_one_print(lines))
                 lines = []
                 await _send_pending(client, typing)
+            if isinstance(event, Resumed) and not event.missed and room_key(event.room) not in typing.in_context:
+                # Nothing missed at start: a few earlier lines, so that the screen is not empty of context.
+                typing.in_context.add(room_key(event.room))
+                with contextlib.suppress(ConnectionClosed):
+                    await client.page_back(event.room, CONTEXT_LINES)
         show(_one_print(lines))
 
 
