@@ -192,6 +192,12 @@ def client_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the recent history, not everything said since you last left",
     )
+    parser.add_argument(
+        "--no-bell",
+        dest="bell",
+        action="store_false",
+        help="do not ring the terminal's bell when you are mentioned or sent a private message",
+    )
     return parser
 
 
@@ -281,7 +287,8 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             place = cursors.Place(client.cursors(), client.private.last_id, client.token)
             cursors.save(cursor_file, args.host, args.port, client.name, place, aliases=[started_as])
 
-        return await _chat_until_done(client, make_session(client, Path(state_dir()) / "client-history"), remember)
+        session = make_session(client, Path(state_dir()) / "client-history")
+        return await _chat_until_done(client, session, remember, bell=args.bell)
 
     try:
         return asyncio.run(chat())
@@ -293,7 +300,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 SAVE_EVERY = 2.0
 
 
-async def _chat_until_done(client: ChatClient, session: PromptSession[str], remember: Callable[[], None]) -> int:
+async def _chat_until_done(
+    client: ChatClient, session: PromptSession[str], remember: Callable[[], None], bell: bool = True
+) -> int:
     """Run the chat; where it is is saved as messages arrive, and when it ends however it ends:
     quitting, or the terminal closed (SIGHUP) or the process told to stop (SIGTERM)."""
     import asyncio
@@ -301,7 +310,7 @@ async def _chat_until_done(client: ChatClient, session: PromptSession[str], reme
     from chat.client.ui import run_ui
 
     loop = asyncio.get_running_loop()
-    chatting = asyncio.create_task(run_ui(client, session))
+    chatting = asyncio.create_task(run_ui(client, session, bell=bell))
     stopped_by: list[int] = []
 
     def stop(signum: int) -> None:

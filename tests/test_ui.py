@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pytest
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import PipeInput, create_pipe_input
@@ -71,14 +72,14 @@ class Terminal:
 
 
 @asynccontextmanager
-async def terminal(address: tuple[str, int], name: str) -> AsyncIterator[Terminal]:
+async def terminal(address: tuple[str, int], name: str, bell: bool = True) -> AsyncIterator[Terminal]:
     with create_pipe_input() as keys:
         output = Screen(asyncio.get_running_loop())
         screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
         with create_app_session(input=keys, output=screen):
             client = ChatClient(*address, name)
             await client.connect()
-            task = asyncio.create_task(run_ui(client, make_session(client)))
+            task = asyncio.create_task(run_ui(client, make_session(client), bell=bell))
             person = Terminal(keys, output, task)
             await person.sees(lambda s: f"{name}>" in s, "the prompt")
             try:
@@ -433,3 +434,24 @@ def test_coming_back_shows_what_is_new_since_you_left_or_a_few_lines_for_context
     assert "-- nothing new in lobby since you left; the last few lines: --" in nothing
     assert all(f"old {i}" in nothing for i in range(3, 8)) and "old 2" not in nothing
     bob.close()
+
+
+@pytest.mark.parametrize("bell", [True, False])
+def test_a_mention_or_a_private_message_rings_and_counts_in_the_title_until_you_type(chat_server, bell):
+    async def scenario():
+        address = chat_server.address
+        async with terminal(address, "alice", bell=bell) as alice, terminal(address, "bob") as bob:
+            bob.type("nothing for anyone\r")
+            await alice.sees(lambda s: "nothing for anyone" in s, "a plain line")
+            assert "\x1b]2;chat:" not in alice.raw
+            bob.type("alice, look\r")
+            await alice.sees(lambda s: "alice, look" in s, "the mention")
+            bob.type("/msg alice psst\r")
+            await alice.sees(lambda s: "psst" in s, "the private message")
+            assert "\x1b]2;chat: 2 for you\x07" in alice.raw
+            rings = alice.raw.count("\x07") - alice.raw.count("\x1b]2;")  # a title ends in BEL too
+            assert rings == (2 if bell else 0)
+            alice.type("seen\r")
+            await alice.sees(lambda s: "\x1b]2;chat\x07" in alice.raw, "the title back to plain")
+
+    run(scenario())

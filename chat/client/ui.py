@@ -17,6 +17,7 @@ from datetime import date
 from pathlib import Path
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application import get_app_session
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
@@ -48,8 +49,11 @@ from chat.wire.protocol import (
     MAX_MSG,
     MAX_PASSWORD,
     MIN_PASSWORD,
+    Action,
+    ChatMessage,
     Left,
     Moderation,
+    PrivateMessage,
     Register,
     SendAction,
     SendMessage,
@@ -91,6 +95,9 @@ class Typing:
         self.client = client
         #: Messages typed while disconnected, sent in order once the connection is back.
         self.pending: list[BaseModel] = []
+        #: Ring the bell for lines that call for the user; how many came since they last typed.
+        self.bell = True
+        self.calls = 0
         #: Rooms given a few lines of context already this run (a reconnect needs none).
         self.in_context: set[str] = set()
         #: The date of the last dated line drawn: a line of another day is preceded by a day-change line.
@@ -140,10 +147,15 @@ def make_session(client: ChatClient, history_file: Path | None = None) -> Prompt
     )
 
 
-async def run_ui(client: ChatClient, session: PromptSession[str] | None = None) -> None:
-    """Chat until the user quits or the connection ends for good; then leave cleanly."""
+async def run_ui(client: ChatClient, session: PromptSession[str] | None = None, bell: bool = True) -> None:
+    """Chat until the user quits or the connection ends for good; then leave cleanly.
+
+    A mention of the user's name or a private message to them rings the bell
+    (unless `bell` is off) and counts in the terminal's title until they next type.
+    """
     session = session or make_session(client)
     typing = Typing(client)
+    typing.bell = bell
     with patch_stdout(raw=True):
         incoming = asyncio.create_task(_show_incoming(client, typing), name="chat-show-incoming")
         typed = asyncio.create_task(_send_typed(client, session, typing), name="chat-send-typed")
@@ -163,6 +175,8 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
         lines: list[render.Fragments] = []
         for event in batch:
             typing.follow(event)
+            if _calls_for(event, client.name):
+                _called(typing)
             if fragments := render.render(event, client.name, room=typing.room):
                 day = render.day_of(event)
                 if day is not None and day != typing.last_day:
@@ -180,6 +194,26 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
                 with contextlib.suppress(ConnectionClosed):
                     await client.page_back(event.room, CONTEXT_LINES)
         show(_one_print(lines))
+
+
+def _calls_for(event: ClientEvent, me: str) -> bool:
+    """Whether a line calls for `me`: somebody else names them, or writes to them privately."""
+    match event:
+        case ChatMessage(name=name, msg=msg) | Action(name=name, msg=msg) if name != me:
+            return render.mentions(msg, me)
+        case PrivateMessage(name=name) if name != me:
+            return True
+    return False
+
+
+def _called(typing: Typing) -> None:
+    """Ring the bell (if wanted) and show in the terminal's title how many lines called since the user typed."""
+    typing.calls += 1
+    output = get_app_session().output
+    if typing.bell:
+        output.bell()
+    output.set_title(f"chat: {typing.calls} for you")
+    output.flush()
 
 
 def _one_print(lines: list[render.Fragments]) -> render.Fragments:
@@ -221,6 +255,9 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
                 continue
             return
         draft, quitting = "", False
+        if typing.calls:  # the user is here again: what called for them has been seen
+            typing.calls = 0
+            get_app_session().output.set_title("chat")
         match parse(line, typing.room):
             case None:
                 continue
