@@ -307,10 +307,12 @@ async def _chat_until_done(
     quitting, or the terminal closed (SIGHUP) or the process told to stop (SIGTERM)."""
     import asyncio
 
+    from chat.client.ignored import Ignored
     from chat.client.ui import run_ui
 
     loop = asyncio.get_running_loop()
-    chatting = asyncio.create_task(run_ui(client, session, bell=bell))
+    ignored = Ignored(Path(state_dir()) / "client-ignored.json")
+    chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored))
     stopped_by: list[int] = []
 
     def stop(signum: int) -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import pytest
 
 from chat.client.commands import (
+    COMMANDS,
+    ClearScreen,
+    Ignore,
     JoinRoom,
     Mistake,
     PartRoom,
+    Query,
     Quit,
     RegisterName,
+    Reply,
     Send,
     ShowHelp,
     ShowTopic,
@@ -121,3 +126,16 @@ def test_modes_and_voice_commands():
     assert isinstance(parse("/mode +loud", "den"), Mistake)
     assert parse("/voice bob", "den") == Send(Voice(type="voice", room="den", name="bob"))
     assert parse("/devoice bob", "den") == Send(Voice(type="devoice", room="den", name="bob"))
+
+
+def test_query_reply_ignore_names_and_clear_parse():
+    assert parse("/query bob") == Query("bob")
+    assert parse("/query") == Query(None)
+    assert parse("/r see you") == Reply("see you")
+    assert parse("/r") == Mistake("usage: /r TEXT")
+    assert parse("/ignore troll") == Ignore("troll")
+    assert parse("/ignore") == Ignore(None)
+    assert parse("/unignore troll") == Ignore("troll", undo=True)
+    assert parse("/clear") == ClearScreen()
+    assert parse("/names", "dev") == parse("/who", "dev")
+    assert {"/query", "/r", "/ignore", "/unignore", "/clear", "/names"} <= set(COMMANDS) | {"/names"}

@@ -17,12 +17,13 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
 from chat.client.connection import ChatClient
+from chat.client.ignored import Ignored
 from chat.client.ui import make_session, run_ui
 from chat.server.config import ServerConfig
 from chat.server.store import Record, SqliteStore
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.codec import encode
-from chat.wire.protocol import ChatMessage, ErrorReply, Left, Welcome
+from chat.wire.protocol import ChatMessage, ErrorReply, Left, PrivateMessage, Welcome
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
 
@@ -455,3 +456,42 @@ def test_a_mention_or_a_private_message_rings_and_counts_in_the_title_until_you_
             await alice.sees(lambda s: "\x1b]2;chat\x07" in alice.raw, "the title back to plain")
 
     run(scenario())
+
+
+def test_query_sends_plain_lines_privately_r_replies_and_ignore_hides_and_is_kept(chat_server, connect, tmp_path):
+    bob = connect()
+    bob.join("bob")
+    troll = connect()
+    troll.join("troll")
+    ignored_file = tmp_path / "state" / "client-ignored.json"
+
+    async def scenario():
+        with create_pipe_input() as keys:
+            output = Screen(asyncio.get_running_loop())
+            screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
+            with create_app_session(input=keys, output=screen):
+                client = ChatClient(*chat_server.address, "alice")
+                await client.connect()
+                task = asyncio.create_task(run_ui(client, make_session(client), ignored=Ignored(ignored_file)))
+                alice = Terminal(keys, output, task)
+                alice.type("/query bob\r")
+                await alice.sees(lambda s: "[→ bob] alice>" in s, "the private prompt")
+                alice.type("just for you\r")
+                private = await asyncio.to_thread(bob.expect, PrivateMessage, name="alice")
+                assert (private.to, private.msg) == ("bob", "just for you")
+                await asyncio.to_thread(bob.send, {"type": "private", "to": "alice", "msg": "thanks"})
+                await alice.sees(lambda s: "thanks" in s, "bob's answer")
+                alice.type("/query\r/r welcome\r")
+                reply = await asyncio.to_thread(bob.expect, PrivateMessage, msg="welcome")
+                assert reply.to == "bob"
+                alice.type("/ignore troll\r")
+                await alice.sees(lambda s: "lines are hidden" in s, "the ignore confirmed")
+                await asyncio.to_thread(troll.say, "noise")
+                await asyncio.to_thread(bob.say, "signal")
+                await alice.sees(lambda s: "signal" in s, "bob's line")
+                assert "noise" not in alice.screen
+                keys.send_text("/quit\r")
+                await asyncio.wait_for(task, TIMEOUT)
+
+    run(scenario())
+    assert Ignored(ignored_file).hides("TROLL")  # kept, and compared as the server compares names

@@ -51,8 +51,13 @@ Commands:
   /voice NAME       let NAME speak in a moderated room (/devoice takes it back)
   /mode [+|-]MODE ...  room modes: topic (only operators set it), accounts (only accounts join),
                     moderated (only operators and voiced members speak); /mode +moderated -topic
-  /who              list who is in this room
+  /who              list who is in this room (/names too)
   /msg NAME TEXT    private message to NAME
+  /query [NAME]     type to NAME privately from now on; alone: back to the room
+  /r TEXT           reply privately to whoever wrote to you privately last
+  /ignore [NAME]    hide NAME's lines, kept between runs; alone: list who is hidden
+  /unignore NAME    show NAME's lines again
+  /clear            clear the screen
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
   /quit             leave (Ctrl-D too)
@@ -125,8 +130,36 @@ class Mistake:
     detail: str
 
 
+@dataclass(frozen=True)
+class Query:
+    """Type to `name` privately from now on (None: back to the room)."""
+
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Say `text` privately to whoever last wrote privately."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Hide `name`'s lines (None: say who is hidden); `undo` shows them again."""
+
+    name: str | None
+    undo: bool = False
+
+
+@dataclass(frozen=True)
+class ClearScreen:
+    """Clear the terminal."""
+
+
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
+    | Query | Reply | Ignore | ClearScreen
 )
 
 
@@ -181,8 +214,18 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             if rest.isdigit() and 1 <= int(rest) <= MAX_HISTORY_PAGE:
                 return PageBack(int(rest))
             return Mistake(f"usage: /history [N], N from 1 to {MAX_HISTORY_PAGE}")
-        case "/who":
+        case "/who" | "/names":
             return Send(Who.model_construct(room=room))
+        case "/query":
+            return Query(rest or None) if " " not in rest else Mistake("usage: /query [NAME]")
+        case "/r":
+            return Reply(rest) if rest else Mistake("usage: /r TEXT")
+        case "/ignore":
+            return Ignore(rest or None) if " " not in rest else Mistake("usage: /ignore [NAME]")
+        case "/unignore":
+            return Ignore(rest, undo=True) if rest and " " not in rest else Mistake("usage: /unignore NAME")
+        case "/clear":
+            return ClearScreen()
         case "/rooms" | "/list":
             return Send(ListRooms())
         case "/join":

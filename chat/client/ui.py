@@ -30,12 +30,16 @@ from chat.client import render
 from chat.client.commands import (
     COMMANDS,
     HELP,
+    ClearScreen,
+    Ignore,
     JoinRoom,
     Mistake,
     PageBack,
     PartRoom,
+    Query,
     Quit,
     RegisterName,
+    Reply,
     Send,
     ShowHelp,
     ShowTopic,
@@ -43,6 +47,7 @@ from chat.client.commands import (
     parse,
 )
 from chat.client.connection import ChatClient, ClientEvent, Reconnected, Resumed
+from chat.client.ignored import Ignored
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
     LOBBY,
@@ -95,6 +100,11 @@ class Typing:
         self.client = client
         #: Messages typed while disconnected, sent in order once the connection is back.
         self.pending: list[BaseModel] = []
+        #: Whom plain lines go to privately (/query), if not the room; who last wrote privately (/r).
+        self.private_to: str | None = None
+        self.last_private_from: str | None = None
+        #: Names whose lines are not shown (/ignore).
+        self.ignored = Ignored()
         #: Ring the bell for lines that call for the user; how many came since they last typed.
         self.bell = True
         self.calls = 0
@@ -110,7 +120,7 @@ class Typing:
         """Keep the room typed into one the client is in, as joins and parts arrive."""
         match event:
             case Welcome(room=room) if self.joining is not None and room_key(room) == room_key(self.joining):
-                self.room, self.joining = room, None
+                self.room, self.joining, self.private_to = room, None, None
             case Welcome(room=room) if room_key(room) == room_key(self.room):
                 self.room = room  # the server's spelling
             case Left(room=room, name=name, reason="part") | Moderation(
@@ -124,7 +134,7 @@ class Typing:
         view = self.client.rooms.get(room_key(room))
         if view is None:
             return f"you are not in {room}; /join it first"
-        self.room = view.name
+        self.room, self.private_to = view.name, None
         return None
 
 
@@ -147,7 +157,9 @@ def make_session(client: ChatClient, history_file: Path | None = None) -> Prompt
     )
 
 
-async def run_ui(client: ChatClient, session: PromptSession[str] | None = None, bell: bool = True) -> None:
+async def run_ui(
+    client: ChatClient, session: PromptSession[str] | None = None, bell: bool = True, ignored: Ignored | None = None
+) -> None:
     """Chat until the user quits or the connection ends for good; then leave cleanly.
 
     A mention of the user's name or a private message to them rings the bell
@@ -156,6 +168,7 @@ async def run_ui(client: ChatClient, session: PromptSession[str] | None = None, 
     session = session or make_session(client)
     typing = Typing(client)
     typing.bell = bell
+    typing.ignored = ignored or Ignored()
     with patch_stdout(raw=True):
         incoming = asyncio.create_task(_show_incoming(client, typing), name="chat-show-incoming")
         typed = asyncio.create_task(_send_typed(client, session, typing), name="chat-send-typed")
@@ -175,6 +188,10 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
         lines: list[render.Fragments] = []
         for event in batch:
             typing.follow(event)
+            if _from_ignored(event, typing.ignored):
+                continue
+            if isinstance(event, PrivateMessage) and event.name != client.name:
+                typing.last_private_from = event.name
             if _calls_for(event, client.name):
                 _called(typing)
             if fragments := render.render(event, client.name, room=typing.room):
@@ -194,6 +211,14 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
                 with contextlib.suppress(ConnectionClosed):
                     await client.page_back(event.room, CONTEXT_LINES)
         show(_one_print(lines))
+
+
+def _from_ignored(event: ClientEvent, ignored: Ignored) -> bool:
+    """Whether `event` is something said by a name the user hides."""
+    match event:
+        case ChatMessage(name=name) | Action(name=name) | PrivateMessage(name=name):
+            return ignored.hides(name)
+    return False
 
 
 def _calls_for(event: ClientEvent, me: str) -> bool:
@@ -270,17 +295,35 @@ async def _send_typed(client: ChatClient, session: PromptSession[str], typing: T
                 await _register(client)
             case Mistake(detail=detail):
                 show(render.error(detail))
-            case Send(message=message):
-                if (too_long := _too_long(message)) is not None:
-                    show(render.error(too_long))
-                    draft = line  # back in the input line, to shorten
+            case Send(message=SendMessage(msg=text)) if typing.private_to is not None:
+                draft = await _say(client, typing, SendPrivate.model_construct(to=typing.private_to, msg=text), line)
+            case Reply(text=text):
+                if typing.last_private_from is None:
+                    show(render.error("nobody has written to you privately yet"))
                     continue
-                if not typing.pending and client.connected:
-                    with contextlib.suppress(ConnectionClosed):
-                        await client.send(message)
-                        continue
-                typing.pending.append(message)  # after the ones already waiting: order is kept
-                show(render.notice(f"not connected: {len(typing.pending)} waiting to be sent when it is back"))
+                reply = SendPrivate.model_construct(to=typing.last_private_from, msg=text)
+                draft = await _say(client, typing, reply, line)
+            case Query(name=name):
+                typing.private_to = name
+                show(render.notice(f"typing to {name} privately; /query alone goes back" if name else
+                                   f"typing into {typing.room}"))
+            case Ignore(name=None):
+                hidden = typing.ignored.names
+                show(render.notice(f"hidden: {', '.join(hidden)}" if hidden else "you hide nobody's lines"))
+            case Ignore(name=str(name), undo=False):
+                typing.ignored.hide(name)
+                show(render.notice(f"{name}'s lines are hidden from now on (/unignore {name} shows them)"))
+            case Ignore(name=str(name), undo=True):
+                shown = typing.ignored.show(name)
+                show(render.notice(f"{name}'s lines are shown again" if shown else f"you were not hiding {name}"))
+            case ClearScreen():
+                get_app_session().output.erase_screen()
+                get_app_session().output.cursor_goto(0, 0)
+                get_app_session().output.flush()
+            case Send(message=SendMessage() | SendAction() | SendPrivate() as message):
+                draft = await _say(client, typing, message, line)
+            case Send(message=message):
+                await _send(client.send(message))
             case PageBack(limit=limit):
                 await _send(client.page_back(typing.room, limit))
             case JoinRoom(room=room):
@@ -310,9 +353,25 @@ def _prompt(client: ChatClient, typing: Typing) -> FormattedText:
     view = client.rooms.get(room_key(typing.room))
     role = view.roles.get(client.name) if view else None
     offline = [] if client.connected else [("class:error", f"(offline, {len(typing.pending)} waiting) ")]
+    where = f"[→ {typing.private_to}] " if typing.private_to else f"[{typing.room}] "
     return FormattedText(
-        [*offline, ("class:room", f"[{typing.room}] "), ("bold", client.name + (f" ({role})" if role else "") + "> ")]
+        [*offline, ("class:room", where), ("bold", client.name + (f" ({role})" if role else "") + "> ")]
     )
+
+
+async def _say(client: ChatClient, typing: Typing, message: BaseModel, line: str) -> str:
+    """Send what the user said, or keep it while the connection is down; what to hand back to the
+    input line (the line itself if it is too long to send, else nothing)."""
+    if (too_long := _too_long(message)) is not None:
+        show(render.error(too_long))
+        return line  # back in the input line, to shorten
+    if not typing.pending and client.connected:
+        with contextlib.suppress(ConnectionClosed):
+            await client.send(message)
+            return ""
+    typing.pending.append(message)  # after the ones already waiting: order is kept
+    show(render.notice(f"not connected: {len(typing.pending)} waiting to be sent when it is back"))
+    return ""
 
 
 def _too_long(message: BaseModel) -> str | None:
