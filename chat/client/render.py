@@ -187,7 +187,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
         case HistoryPage(count=count, more=more):
             if not count:
                 return _notice(now, "no earlier messages")
-            return _notice(now, f"{count} earlier messages" + (f" ({more} more: /history)" if more else ""))
+            earlier = "1 earlier message" if count == 1 else f"{count} earlier messages"
+            return _notice(now, earlier + (f" ({more} more: /history)" if more else ""))
         case Users(room=where, users=users, roles=roles):
             return _notice(now, f"in {neutralise(where)}: {_names(users, roles)}")
         case RoomList(rooms=rooms):
@@ -215,7 +216,7 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             new = "1 new message" if missed == 1 else f"{missed} new messages"
             return [("class:notice", f"-- {new} in {neutralise(where)} since you left --")]
         case Resumed(room=where):
-            return [("class:notice", f"-- nothing new in {neutralise(where)} since you left; the last few lines: --")]
+            return [("class:notice", f"-- nothing new in {neutralise(where)} since you left --")]
     return None
 
 

@@ -108,8 +108,8 @@ class Typing:
         #: Ring the bell for lines that call for the user; how many came since they last typed.
         self.bell = True
         self.calls = 0
-        #: Rooms given a few lines of context already this run (a reconnect needs none).
-        self.in_context: set[str] = set()
+        #: Rooms welcomed this run: a room rejoined after a reconnect needs no lines of context.
+        self.welcomed: set[str] = set()
         #: The date of the last dated line drawn: a line of another day is preceded by a day-change line.
         self.last_day: date | None = None
         self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
@@ -184,6 +184,7 @@ async def run_ui(
 
 async def _show_incoming(client: ChatClient, typing: Typing) -> None:
     """Draw what arrives, all that is waiting in one print: a burst is one redraw, not one per line."""
+    first = False  # the last welcome was the first of its room this run
     async for batch in client.event_batches():
         lines: list[render.Fragments] = []
         for event in batch:
@@ -205,9 +206,11 @@ async def _show_incoming(client: ChatClient, typing: Typing) -> None:
                 show(_one_print(lines))
                 lines = []
                 await _send_pending(client, typing)
-            if isinstance(event, Resumed) and not event.missed and room_key(event.room) not in typing.in_context:
-                # Nothing missed at start: a few earlier lines, so that the screen is not empty of context.
-                typing.in_context.add(room_key(event.room))
+            if isinstance(event, Welcome):
+                first = room_key(event.room) not in typing.welcomed
+                typing.welcomed.add(room_key(event.room))
+            if isinstance(event, Resumed) and not event.missed and first:
+                # Back after a restart with nothing missed: a few earlier lines, so the screen is not empty.
                 with contextlib.suppress(ConnectionClosed):
                     await client.page_back(event.room, CONTEXT_LINES)
         show(_one_print(lines))
