@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from prompt_toolkit.application import create_app_session
@@ -73,14 +74,24 @@ class Terminal:
 
 
 @asynccontextmanager
-async def terminal(address: tuple[str, int], name: str, bell: bool = True) -> AsyncIterator[Terminal]:
+async def terminal(
+    address: tuple[str, int],
+    name: str,
+    bell: bool = True,
+    *,
+    cursors: dict[str, int] | None = None,
+    history: Path | None = None,
+    ignored: Ignored | None = None,
+) -> AsyncIterator[Terminal]:
+    """One person's client UI on a captured 100x40 screen, once its prompt is up; Ctrl-D at the end."""
     with create_pipe_input() as keys:
         output = Screen(asyncio.get_running_loop())
         screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
         with create_app_session(input=keys, output=screen):
-            client = ChatClient(*address, name)
+            client = ChatClient(*address, name, cursors=cursors)
             await client.connect()
-            task = asyncio.create_task(run_ui(client, make_session(client), bell=bell))
+            session = make_session(client, history)
+            task = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored))
             person = Terminal(keys, output, task)
             await person.sees(lambda s: f"{name}>" in s, "the prompt")
             try:
@@ -324,15 +335,9 @@ def test_typed_lines_are_remembered_between_runs_but_never_a_password(chat_serve
     history = tmp_path / "state" / "client-history"
 
     async def session(name: str, typed: str) -> None:
-        with create_pipe_input() as keys:
-            output = Screen(asyncio.get_running_loop())
-            screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
-            with create_app_session(input=keys, output=screen):
-                client = ChatClient(*chat_server.address, name)
-                await client.connect()
-                task = asyncio.create_task(run_ui(client, make_session(client, history)))
-                keys.send_text(typed)
-                await asyncio.wait_for(task, TIMEOUT)
+        async with terminal(chat_server.address, name, history=history) as person:
+            person.type(typed)
+            await asyncio.wait_for(person.task, TIMEOUT)
 
     run(session("alice", "first line\r/register\rsecret-password-1\rsecret-password-1\r/quit\r"))
     assert history.stat().st_mode & 0o777 == 0o600
@@ -416,17 +421,9 @@ def test_coming_back_shows_what_is_new_since_you_left_or_a_few_lines_for_context
     last = bob.say_all([f"old {i}" for i in range(8)])
 
     async def come_back(since: int) -> str:
-        with create_pipe_input() as keys:
-            output = Screen(asyncio.get_running_loop())
-            screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
-            with create_app_session(input=keys, output=screen):
-                client = ChatClient(*chat_server.address, "alice", cursors={"lobby": since})
-                await client.connect()
-                person = Terminal(keys, output, asyncio.create_task(run_ui(client, make_session(client))))
-                await person.sees(lambda s: "old 7" in s and "since you left" in s, "the way back in")
-                keys.send_text("/quit\r")
-                await asyncio.wait_for(person.task, TIMEOUT)
-                return person.screen
+        async with terminal(chat_server.address, "alice", cursors={"lobby": since}) as person:
+            await person.sees(lambda s: "old 7" in s and "since you left" in s, "the way back in")
+            return person.screen
 
     missed = asyncio.run(come_back(last.id - 2))
     assert missed.index("-- 2 new messages in lobby since you left --") < missed.index("old 6") < missed.index("old 7")
@@ -466,32 +463,23 @@ def test_query_sends_plain_lines_privately_r_replies_and_ignore_hides_and_is_kep
     ignored_file = tmp_path / "state" / "client-ignored.json"
 
     async def scenario():
-        with create_pipe_input() as keys:
-            output = Screen(asyncio.get_running_loop())
-            screen = Vt100_Output(output, lambda: Size(rows=40, columns=100), term="xterm-256color")
-            with create_app_session(input=keys, output=screen):
-                client = ChatClient(*chat_server.address, "alice")
-                await client.connect()
-                task = asyncio.create_task(run_ui(client, make_session(client), ignored=Ignored(ignored_file)))
-                alice = Terminal(keys, output, task)
-                alice.type("/query bob\r")
-                await alice.sees(lambda s: "[→ bob] alice>" in s, "the private prompt")
-                alice.type("just for you\r")
-                private = await asyncio.to_thread(bob.expect, PrivateMessage, name="alice")
-                assert (private.to, private.msg) == ("bob", "just for you")
-                await asyncio.to_thread(bob.send, {"type": "private", "to": "alice", "msg": "thanks"})
-                await alice.sees(lambda s: "thanks" in s, "bob's answer")
-                alice.type("/query\r/r welcome\r")
-                reply = await asyncio.to_thread(bob.expect, PrivateMessage, msg="welcome")
-                assert reply.to == "bob"
-                alice.type("/ignore troll\r")
-                await alice.sees(lambda s: "lines are hidden" in s, "the ignore confirmed")
-                await asyncio.to_thread(troll.say, "noise")
-                await asyncio.to_thread(bob.say, "signal")
-                await alice.sees(lambda s: "signal" in s, "bob's line")
-                assert "noise" not in alice.screen
-                keys.send_text("/quit\r")
-                await asyncio.wait_for(task, TIMEOUT)
+        async with terminal(chat_server.address, "alice", ignored=Ignored(ignored_file)) as alice:
+            alice.type("/query bob\r")
+            await alice.sees(lambda s: "[→ bob] alice>" in s, "the private prompt")
+            alice.type("just for you\r")
+            private = await asyncio.to_thread(bob.expect, PrivateMessage, name="alice")
+            assert (private.to, private.msg) == ("bob", "just for you")
+            await asyncio.to_thread(bob.send, {"type": "private", "to": "alice", "msg": "thanks"})
+            await alice.sees(lambda s: "thanks" in s, "bob's answer")
+            alice.type("/query\r/r welcome\r")
+            reply = await asyncio.to_thread(bob.expect, PrivateMessage, msg="welcome")
+            assert reply.to == "bob"
+            alice.type("/ignore troll\r")
+            await alice.sees(lambda s: "lines are hidden" in s, "the ignore confirmed")
+            await asyncio.to_thread(troll.say, "noise")
+            await asyncio.to_thread(bob.say, "signal")
+            await alice.sees(lambda s: "signal" in s, "bob's line")
+            assert "noise" not in alice.screen
 
     run(scenario())
     assert Ignored(ignored_file).hides("TROLL")  # kept, and compared as the server compares names
