@@ -32,6 +32,7 @@ from chat.wire.protocol import (
     SendAction,
     SendMessage,
     SendPrivate,
+    SetAway,
     SetModes,
     SetTopic,
     Unban,
@@ -139,3 +140,8 @@ def test_query_reply_ignore_names_and_clear_parse():
     assert parse("/clear") == ClearScreen()
     assert parse("/names", "dev") == parse("/who", "dev")
     assert {"/query", "/r", "/ignore", "/unignore", "/clear", "/names"} <= set(COMMANDS) | {"/names"}
+
+
+def test_away_with_and_without_a_reason():
+    assert parse("/away lunch, back at 2") == Send(SetAway.model_construct(msg="lunch, back at 2"))
+    assert parse("/away") == Send(SetAway.model_construct(msg=""))

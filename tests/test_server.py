@@ -13,6 +13,7 @@ from chat.server.tcp import ServerConfig
 from chat.testing import TIMEOUT, LineClient, admitted_client
 from chat.wire.protocol import (
     Action,
+    Away,
     ChatMessage,
     ErrorReply,
     Gap,
@@ -20,6 +21,7 @@ from chat.wire.protocol import (
     Left,
     PrivateMessage,
     Renamed,
+    ServerNotice,
     ServerPing,
     ServerPong,
     Shutdown,
@@ -493,3 +495,22 @@ def test_client_that_pauses_reading_catches_up_on_everything(start_chat_server, 
     # Nothing more is said: whatever is still queued must go out on its own.
     numbers = [int(sleepy.expect(ChatMessage).msg.split()[0]) for _ in range(count)]
     assert numbers == list(range(count))
+
+
+def test_away_answers_private_messages_shows_in_who_and_ends_when_back(alice_and_bob):
+    alice, bob = alice_and_bob
+    bob.send({"type": "away", "msg": "lunch"})
+    assert "away: lunch" in bob.expect(ServerNotice).detail
+    alice.send({"type": "private", "to": "bob", "msg": "are you there?"})
+    assert alice.expect(PrivateMessage).msg == "are you there?"
+    assert alice.expect(Away) == Away(name="bob", msg="lunch")
+    assert bob.expect(PrivateMessage).msg == "are you there?"  # delivered all the same
+    alice.send({"type": "who", "room": "lobby"})
+    assert alice.expect(Users).away == {"bob": "lunch"}
+    bob.send({"type": "away"})
+    assert bob.expect(ServerNotice).detail == "you are back"
+    alice.send({"type": "private", "to": "bob", "msg": "now?"})
+    alice.expect(PrivateMessage, msg="now?")
+    alice.send({"type": "who", "room": "lobby"})
+    assert alice.expect(Users).away == {}
+    assert not any(isinstance(m, Away) for m in alice.seen[-3:])

@@ -24,6 +24,7 @@ from chat.wire.protocol import (
     SendAction,
     SendMessage,
     SendPrivate,
+    SetAway,
     SetModes,
     SetTopic,
     Unban,
@@ -58,6 +59,7 @@ Commands:
   /ignore [NAME]    hide NAME's lines, kept between runs; alone: list who is hidden
   /unignore NAME    show NAME's lines again
   /clear            clear the screen
+  /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
   /quit             leave (Ctrl-D too)
@@ -226,6 +228,8 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             return Ignore(rest, undo=True) if rest and " " not in rest else Mistake("usage: /unignore NAME")
         case "/clear":
             return ClearScreen()
+        case "/away":
+            return Send(SetAway.model_construct(msg=rest))
         case "/rooms" | "/list":
             return Send(ListRooms())
         case "/join":

@@ -17,6 +17,7 @@ from prompt_toolkit.utils import get_cwidth
 from chat.client.connection import ClientEvent, ConnectionLost, Reconnected, Resumed
 from chat.wire.protocol import (
     Action,
+    Away,
     ChatMessage,
     ErrorReply,
     Gap,
@@ -189,8 +190,11 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
                 return _notice(now, "no earlier messages")
             earlier = "1 earlier message" if count == 1 else f"{count} earlier messages"
             return _notice(now, earlier + (f" ({more} more: /history)" if more else ""))
-        case Users(room=where, users=users, roles=roles):
-            return _notice(now, f"in {neutralise(where)}: {_names(users, roles)}")
+        case Users(room=where, users=users, roles=roles, away=away):
+            gone = "; away: " + ", ".join(f"{neutralise(n)} ({neutralise(w)})" for n, w in away.items()) if away else ""
+            return _notice(now, f"in {neutralise(where)}: {_names(users, roles)}{gone}")
+        case Away(name=name, msg=why):
+            return _notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case RoomList(rooms=rooms):
             listing = "; ".join(
                 f"{neutralise(info.room)} ({info.users})" + (f" {neutralise(info.topic)}" if info.topic else "")
@@ -202,7 +206,7 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
         case Shutdown(detail=detail):
             return error(f"server: {neutralise(detail)}", now)
         case ServerNotice(detail=detail):
-            return _notice(now, f"done: {neutralise(detail)}")
+            return _notice(now, neutralise(detail))
         case SessionToken(detail=detail):
             return _notice(now, neutralise(detail))
         case Notice(delay_ms=delay_ms):

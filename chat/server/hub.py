@@ -26,6 +26,7 @@ from chat.server.store import PRIVATE_LOG, RoomRecord, Sanction, Store, kept
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     LOBBY,
+    Away,
     Ban,
     ChangePassword,
     ClassicMessage,
@@ -57,6 +58,7 @@ from chat.wire.protocol import (
     ServerPong,
     ServerUnban,
     SessionToken,
+    SetAway,
     SetModes,
     SetTopic,
     Unban,
@@ -179,6 +181,8 @@ class Hub(Generic[P]):
                 self.part(session, room)
             case SendPrivate(to=to, msg=text):
                 self.whisper(session, to, text)
+            case SetAway(msg=why):
+                self.set_away(session, why)
             case Nick(name=name):
                 self.rename(session, name)
             case Who(room=room):
@@ -327,6 +331,15 @@ class Hub(Generic[P]):
             self._delivery.publish(target.inbox, line)
             if target is not session:
                 self._delivery.publish(session.inbox, line)
+                if (away := target.away) is not None:  # after the echo, so it reads as the answer
+                    self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
+
+    def set_away(self, session: Session[P], why: str) -> None:
+        """Away (and why), or back with an empty `why`; said to the session alone."""
+        self._name_of(session)
+        session.away = why or None
+        said = f"you are away: {why}; private messages get that answer" if why else "you are back"
+        self._delivery.send_to(session.peer, encode(ServerNotice(detail=said)))
 
     def rename(self, session: Session[P], new: str) -> None:
         """Change the session's name; each of its rooms shows the change once."""

@@ -275,7 +275,8 @@ class Room(Generic[P]):
 
     def who(self, session: Session[P]) -> None:
         with self._lock:
-            users = Users(room=self.name, users=self._sorted_users(), roles=self._roles_by_name())
+            away = {name: member.away for member, name in self._members.items() if member.away is not None}
+            users = Users(room=self.name, users=self._sorted_users(), roles=self._roles_by_name(), away=away)
         self._delivery.send_to(session.peer, encode(users), self.key)
 
     def role_of(self, session: Session[P]) -> str | None:

@@ -35,6 +35,8 @@ class Session(Generic[P]):
         self.name: str | None = None
         #: Keys of the rooms it is in, in the order it joined them.
         self.rooms: dict[str, None] = {}
+        #: Why it said it is away, if it is (`away`); private messages to it get an `away` line back.
+        self.away: str | None = None
         #: time.monotonic() of the connect: a first join is due within the join timeout.
         self.connected_at = time.monotonic()
         #: time.monotonic() of the last bytes received; the reader keeps it fresh.

@@ -326,6 +326,17 @@ class SendPrivate(_ClientWire):
     msg: Text
 
 
+class SetAway(_ClientWire):
+    """Say you are away, and why (`msg`); without a `msg` (or an empty one), that you are back.
+
+    Whoever sends you a private message meanwhile is told, once per message,
+    and `who` shows it; nothing is said to the rooms (as IRC's AWAY).
+    """
+
+    type: Literal["away"] = "away"
+    msg: TopicText = ""
+
+
 class SetTopic(_ClientWire):
     """Set a room's topic; an empty one clears it."""
 
@@ -406,6 +417,7 @@ ClientMessage = Annotated[
     | SendMessage
     | SendAction
     | SendPrivate
+    | SetAway
     | SetTopic
     | Nick
     | Who
@@ -591,6 +603,16 @@ class Users(_ServerWire):
     users: list[str]
     #: Members with a role in the room: name -> `owner`, `op` or `admin` (a server operator).
     roles: dict[str, str] = Field(default_factory=dict)
+    #: Members who said they are away: name -> why.
+    away: dict[str, str] = Field(default_factory=dict)
+
+
+class Away(_ServerWire):
+    """To the sender of a private message: its recipient said they are away, and why."""
+
+    type: Literal["away"] = "away"
+    name: str
+    msg: str
 
 
 class RoomInfo(_ServerWire):
@@ -628,7 +650,7 @@ class Notice(_ServerWire):
 
 
 class ServerNotice(_ServerWire):
-    """The answer to a server operator's action: what was done."""
+    """What was done: the answer to a server operator's action, or to `away`."""
 
     type: Literal["done"] = "done"
     detail: str
@@ -726,6 +748,7 @@ ServerMessage = Annotated[
     | Left
     | Renamed
     | Users
+    | Away
     | RoomList
     | ServerPing
     | ServerPong
