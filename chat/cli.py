@@ -91,7 +91,7 @@ def _add_option(parser: argparse.ArgumentParser, dest: str, option: Option, defa
         type=option.parse,
         default=default,
         choices=option.choices,
-        help=f"{option.help} (env {option.env}; default %(default)s)",
+        help=f"{option.help} (env {option.env}" + ("; default %(default)s)" if default is not None else ")"),
     )
 
 
