@@ -179,3 +179,8 @@ def test_a_line_from_another_day_shows_its_date_and_a_new_day_gets_a_line():
     assert day_of(ChatMessage(id=1, name="bob", msg="hi", time=old)) == old.astimezone().date()
     assert day_of(ConnectionLost("gone", 1.0)) is None
     assert text_of(day_change(date(2026, 11, 19))) == "-- Thursday 19 November 2026 --"
+
+
+def test_the_welcome_has_no_clock_so_the_older_history_under_it_reads_in_order():
+    welcome = render(Welcome(room="lobby", name="alice", users=["alice"], history=2, last_id=9), me="alice")
+    assert text_of(welcome).startswith("-- you are alice in lobby")
