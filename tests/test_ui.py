@@ -19,7 +19,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 
 from chat.client.connection import ChatClient
 from chat.client.ignored import Ignored
-from chat.client.ui import make_session, run_ui
+from chat.client.ui import make_session, run_ui, split_text
 from chat.server.config import ServerConfig
 from chat.server.store import Record, SqliteStore
 from chat.testing import TIMEOUT, LineClient
@@ -483,3 +483,27 @@ def test_query_sends_plain_lines_privately_r_replies_and_ignore_hides_and_is_kep
 
     run(scenario())
     assert Ignored(ignored_file).hides("TROLL")  # kept, and compared as the server compares names
+
+
+def test_a_message_too_long_goes_in_parts_when_enter_is_pressed_again(chat_server, connect):
+    words = " ".join(f"w{i:04d}" for i in range(2000))  # 11,999 characters
+
+    async def scenario():
+        async with terminal(chat_server.address, "alice") as alice:
+            alice.type(words + "\r")
+            await alice.sees(lambda s: "Enter again sends it as 2 messages" in s, "the offer")
+            alice.type("\r")
+            parts = [await asyncio.to_thread(other.expect, ChatMessage, name="alice") for _ in range(2)]
+            assert "".join(part.msg for part in parts) == words
+            assert all(len(part.msg) <= 8000 for part in parts) and parts[0].msg.endswith(" ")
+
+    other = connect()
+    other.join("bob")
+    run(scenario())
+
+
+def test_split_text_cuts_at_line_ends_or_spaces_and_mid_word_only_when_it_must():
+    assert split_text("aaa bbb ccc", 8) == ["aaa bbb ", "ccc"]
+    assert split_text("one\\ntwo three", 9) == ["one\\ntwo ", "three"]
+    assert split_text("x" * 10, 4) == ["xxxx", "xxxx", "xx"]
+    assert split_text("short", 8) == ["short"]

@@ -108,6 +108,8 @@ class Typing:
         #: Ring the bell for lines that call for the user; how many came since they last typed.
         self.bell = True
         self.calls = 0
+        #: A line refused as too long, which Enter again (unchanged) sends in parts.
+        self.split_offer: str | None = None
         #: Rooms welcomed this run: a room rejoined after a reconnect needs no lines of context.
         self.welcomed: set[str] = set()
         #: The date of the last dated line drawn: a line of another day is preceded by a day-change line.
@@ -364,10 +366,23 @@ def _prompt(client: ChatClient, typing: Typing) -> FormattedText:
 
 async def _say(client: ChatClient, typing: Typing, message: BaseModel, line: str) -> str:
     """Send what the user said, or keep it while the connection is down; what to hand back to the
-    input line (the line itself if it is too long to send, else nothing)."""
-    if (too_long := _too_long(message)) is not None:
-        show(render.error(too_long))
-        return line  # back in the input line, to shorten
+    input line (the line itself if it is too long to send, else nothing).
+
+    A line too long to send comes back to the input once, with the offer to send it in parts: Enter
+    again, unchanged, sends it as several messages (cut at line ends or spaces where it can be).
+    """
+    if isinstance(message, SendMessage | SendAction | SendPrivate) and len(message.msg) > MAX_MSG:
+        if typing.split_offer != line:
+            parts = len(split_text(message.msg, MAX_MSG))
+            show(render.error(f"that message is {len(message.msg):,} characters; the server takes at most "
+                              f"{MAX_MSG:,}: not sent. Enter again sends it as {parts} messages"))
+            typing.split_offer = line
+            return line  # back in the input line, to shorten or to send in parts
+        typing.split_offer = None
+        for part in split_text(message.msg, MAX_MSG):
+            await _say(client, typing, message.model_copy(update={"msg": part}), part)
+        return ""
+    typing.split_offer = None
     if not typing.pending and client.connected:
         with contextlib.suppress(ConnectionClosed):
             await client.send(message)
@@ -377,11 +392,16 @@ async def _say(client: ChatClient, typing: Typing, message: BaseModel, line: str
     return ""
 
 
-def _too_long(message: BaseModel) -> str | None:
-    """Why the server would refuse `message` for its size, before it is sent; None if it fits."""
-    if isinstance(message, SendMessage | SendAction | SendPrivate) and len(message.msg) > MAX_MSG:
-        return f"that message is {len(message.msg):,} characters; the server takes at most {MAX_MSG:,}: not sent"
-    return None
+def split_text(text: str, most: int) -> list[str]:
+    """`text` in parts of at most `most` characters, each cut after the last line end or space that
+    fits (mid-word only where a part has neither)."""
+    parts: list[str] = []
+    while len(text) > most:
+        cut = max(text.rfind("\n", 0, most), text.rfind(" ", 0, most))
+        cut = cut + 1 if cut > 0 else most
+        parts.append(text[:cut])
+        text = text[cut:]
+    return [*parts, text] if text else parts
 
 
 async def _register(client: ChatClient) -> None:
