@@ -168,11 +168,9 @@ class Hub(Generic[P]):
                     if name is None:
                         raise Refused("not_joined", "join first: send a join line, or a name with your message")
                     self.join(session, Join(name=name))
-                self._room_of(session, LOBBY).say(session, text)
-            case SendMessage(room=room, msg=text):
-                self._room_of(session, room).say(session, text)
-            case SendAction(room=room, msg=text):
-                self._room_of(session, room).act(session, text)
+                self._room_of(session, LOBBY).speak(session, [("message", text)])
+            case SendMessage(room=room) | SendAction(room=room):
+                self.speak(session, room, [message])
             case SetTopic(room=room, topic=topic):
                 self._room_of(session, room).set_topic(session, topic)
             case HistoryRequest(room=room, before=before, limit=limit):

@@ -198,12 +198,6 @@ class Room(Generic[P]):
         self._delivery.send_to(peer, encode(header), self.key)
         self._stream(peer, span, lambda data: self._delivery.send_to(peer, data, self.key))
 
-    def say(self, session: Session[P], text: str) -> None:
-        self.speak(session, [("message", text)])
-
-    def act(self, session: Session[P], text: str) -> None:
-        self.speak(session, [("action", text)])
-
     def speak(self, session: Session[P], said: Sequence[tuple[Said, str]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
 
@@ -225,11 +219,12 @@ class Room(Generic[P]):
                 self._write_said_locked(queue)
         if turn.failure is not None:
             raise turn.failure
+        if not turn.written:  # taken by a write that failed before it said why: never told it was kept
+            raise StorageFailed("storage_failed", _NOT_KEPT, self.name)
 
     def _write_said_locked(self, queue: list[_Said[P]]) -> None:
         for turn in queue:
-            # Until its lines are out, a turn counts as not kept: whatever happens, nobody is told otherwise.
-            turn.taken, turn.failure = True, StorageFailed("storage_failed", _NOT_KEPT, self.name)
+            turn.taken = True
         stamp = self._stamper.now()
         builds: list[Callable[[int], bytes]] = []
         speaking: list[_Said[P]] = []
@@ -250,7 +245,7 @@ class Room(Generic[P]):
         if lines:
             self._delivery.publish(self.key, b"".join(lines))
         for turn in speaking:
-            turn.failure = None
+            turn.written = True
 
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
@@ -495,8 +490,10 @@ class _Said(Generic[P]):
 
     session: Session[P]
     said: Sequence[tuple[Said, str]]
-    #: A member holding the room's lock has taken these lines to write.
+    #: A member holding the room's lock has taken these lines to write...
     taken: bool = False
+    #: ...and they were kept and published; or why not.
+    written: bool = False
     failure: RequestFailed | None = None
 
 

@@ -192,19 +192,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
             ):
                 waiting.clear()  # closing: nobody to answer
                 return True
-            request = waiting.popleft()
-            if isinstance(request.message, SendMessage | SendAction):
-                self._serve_said(session, request.message, waiting)
-            elif not self._serve_line(session, request):
+            if not self._serve_line(session, waiting.popleft(), waiting):
                 return False
         return True
 
-    def _serve_said(
-        self, session: Session[Peer], first: SendMessage | SendAction, waiting: deque[_Request]
-    ) -> None:
-        """Serve `first` and the due lines after it said to the same room, as one batch:
-        one lock, one write to the store and one publish for all of them. Each line
-        refused is answered with its own error, as if served alone."""
+    @staticmethod
+    def _said_with(first: SendMessage | SendAction, waiting: deque[_Request]) -> list[SendMessage | SendAction]:
+        """`first` and the due lines after it said to the same room (taken from `waiting`): served as
+        one batch, with one lock, one write to the store and one publish for all of them."""
         said = [first]
         now = time.monotonic()
         while waiting and len(said) < MAX_BATCH and waiting[0].due <= now:
@@ -213,12 +208,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 break
             said.append(message)
             waiting.popleft()
-        server = self.server
-        try:
-            server.hub.speak(session, first.room, said)
-        except RequestFailed as exc:
-            self._answer_failure(session, exc, len(said))
-        server.outbox.wait_for_writer(timeout=1.0)
+        return said
 
     def _serve_rest(self, session: Session[Peer], waiting: deque[_Request]) -> LeaveReason:
         """The client closed its side: what it sent before still counts, at its pace."""
@@ -230,15 +220,23 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 return "quit"
         return "disconnected"
 
-    def _serve_line(self, session: Session[Peer], request: _Request) -> bool:
+    def _serve_line(self, session: Session[Peer], request: _Request, waiting: deque[_Request]) -> bool:
+        """Serve one line (a line said to a room with the due ones said there after it); False when the
+        client said goodbye. Each line refused is answered with its own error, as if served alone."""
         server = self.server
+        lines = 1
         try:
-            if isinstance(request.message, RequestFailed):
-                raise request.message
-            if not server.hub.receive(session, request.message):
+            message = request.message
+            if isinstance(message, RequestFailed):
+                raise message
+            if isinstance(message, SendMessage | SendAction):
+                said = self._said_with(message, waiting)
+                lines = len(said)
+                server.hub.speak(session, message.room, said)
+            elif not server.hub.receive(session, message):
                 return False
         except RequestFailed as exc:
-            self._answer_failure(session, exc)
+            self._answer_failure(session, exc, lines)
         server.outbox.wait_for_writer(timeout=1.0)
         return True
 
