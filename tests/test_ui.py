@@ -17,9 +17,10 @@ from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
+from chat.client.actions import split_text
 from chat.client.connection import ChatClient
 from chat.client.ignored import Ignored
-from chat.client.ui import make_session, run_ui, split_text
+from chat.client.ui import make_session, run_ui
 from chat.server.config import ServerConfig
 from chat.server.store import Record, SqliteStore
 from chat.testing import TIMEOUT, LineClient

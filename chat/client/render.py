@@ -40,6 +40,9 @@ from chat.wire.protocol import (
 
 Fragments = list[tuple[str, str]]
 
+#: An empty fragment marking where a line's text begins: rows it wraps onto start under it.
+INDENT = "class:indent"
+
 #: Styles by class name; the UI hands this to prompt_toolkit.
 STYLE = {
     "time": "#888888",
@@ -156,13 +159,14 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return _notice(time, f"{neutralise(name)} set the topic of {neutralise(where)}: {neutralise(topic)}")
         case Moderation(room=where, action="mode", name=changes, by=by, time=time):
             text = f"{neutralise(by)} set the modes of {neutralise(where)}: {neutralise(changes)}"
-            return [*_clock(time), ("class:moderation", "!! " + text)]
+            return [*_clock(time), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
         case Moderation(room=where, action=action, name=name, by=by, reason=reason, until=until, time=time):
             done = _MODERATED.get(action, f"{action}ed in")
             text = f"{neutralise(name)} was {done} {neutralise(where)} by {neutralise(by)}"
             if until is not None:
                 text += f" until {until.astimezone().strftime('%Y-%m-%d %H:%M')}"
-            return [*_clock(time), ("class:moderation", "!! " + text + (f": {neutralise(reason)}" if reason else ""))]
+            text += f": {neutralise(reason)}" if reason else ""
+            return [*_clock(time), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
         case Joined(room=where, name=name, time=time):
             return _notice(time, f"{neutralise(name)} joined {neutralise(where)}")
         case Left(room=where, name=name, reason=reason, time=time):
@@ -233,7 +237,7 @@ def notice(text: str, now: datetime | None = None) -> Fragments:
 
 def error(text: str, now: datetime | None = None) -> Fragments:
     """Something went wrong, in one line."""
-    return [*_clock(now), ("class:error", "! " + text)]
+    return [*_clock(now), ("class:error", "! "), (INDENT, ""), ("class:error", text)]
 
 
 def _said(when: datetime, prefix: str, speaker: str, gap: str, msg: str, me: str, style: str) -> Fragments:
@@ -246,7 +250,7 @@ def _said(when: datetime, prefix: str, speaker: str, gap: str, msg: str, me: str
 def _lines(clock: Fragments, header: Fragments, gap: str, msg: str, style: str) -> Fragments:
     """Header and first line of `msg`; any further lines indented beneath the text."""
     first, *rest = neutralise(msg, keep_newlines=True).split("\n")
-    fragments = [*clock, *header, ("", gap), (style, first)]
+    fragments = [*clock, *header, ("", gap), (INDENT, ""), (style, first)]
     indent = " " * sum(get_cwidth(text) for _, text in [*clock, *header, ("", gap)])
     for line in rest:
         fragments += [("", "\n" + indent), (style, line)]
@@ -254,7 +258,7 @@ def _lines(clock: Fragments, header: Fragments, gap: str, msg: str, style: str) 
 
 
 def _notice(when: datetime | None, text: str) -> Fragments:
-    return [*_clock(when), ("class:notice", "-- " + text)]
+    return [*_clock(when), ("class:notice", "-- "), (INDENT, ""), ("class:notice", text)]
 
 
 def _clock(when: datetime | None) -> Fragments:

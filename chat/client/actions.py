@@ -1,0 +1,333 @@
+"""What the client does with what arrives and with what the user types, whichever screen shows it.
+
+The plain line mode (ui.py) and the full-screen mode (screen.py) both hand incoming batches to
+`take_in` and typed lines to `carry_out`; they differ only in their View: where a line is drawn,
+how a password is asked for. The meaning of a typed line is in commands.py, the looks in render.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable
+from typing import Protocol
+
+from prompt_toolkit.application import get_app_session
+from prompt_toolkit.formatted_text import FormattedText
+from pydantic import BaseModel, ValidationError
+
+from chat.client import render
+from chat.client.commands import (
+    HELP,
+    ClearScreen,
+    Ignore,
+    JoinRoom,
+    Mistake,
+    PageBack,
+    PartRoom,
+    Query,
+    Quit,
+    RegisterName,
+    Reply,
+    Send,
+    ShowHelp,
+    ShowTopic,
+    SwitchRoom,
+    parse,
+)
+from chat.client.connection import ChatClient, ClientEvent, Reconnected, Resumed
+from chat.client.ignored import Ignored
+from chat.errors import ConnectionClosed
+from chat.wire.protocol import (
+    LOBBY,
+    MAX_MSG,
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    Action,
+    ChatMessage,
+    Left,
+    Moderation,
+    PrivateMessage,
+    Register,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    Welcome,
+    room_key,
+)
+
+#: Earlier lines shown for context in a room rejoined with nothing new in it.
+CONTEXT_LINES = 5
+
+
+class View(Protocol):
+    """Where the client's lines appear: above a prompt, or in a full screen's buffers."""
+
+    def show(self, fragments: render.Fragments) -> None:
+        """A line from the client itself (an answer to what the user typed), where the user is looking."""
+
+    def draw(self, events: list[ClientEvent]) -> None:
+        """Lines that arrived, each where it belongs, all in one redraw."""
+
+    def clear(self) -> None:
+        """Empty what the user is looking at (/clear)."""
+
+    async def ask_secret(self, question: str) -> str:
+        """Ask for a password, not echoed and not remembered; EOFError or KeyboardInterrupt if refused."""
+
+
+class ChatState:
+    """Where what the user types goes, what waits to be sent, and what the client keeps for them."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        #: Messages typed while disconnected, sent in order once the connection is back.
+        self.pending: list[BaseModel] = []
+        #: Whom plain lines go to privately (/query), if not the room; who last wrote privately (/r).
+        self.private_to: str | None = None
+        self.last_private_from: str | None = None
+        #: Names whose lines are not shown (/ignore).
+        self.ignored = Ignored()
+        #: Ring the bell for lines that call for the user; how many came since they last typed.
+        self.bell = True
+        self.calls = 0
+        #: A line refused as too long, which Enter again (unchanged) sends in parts.
+        self.split_offer: str | None = None
+        #: Rooms welcomed this run (a room rejoined after a reconnect needs no lines of context), and
+        #: whether the last welcome was its room's first.
+        self.welcomed: set[str] = set()
+        self.first_welcome = False
+        self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
+        #: A room the user asked to join: typing switches to it once it is welcomed.
+        self.joining: str | None = None
+
+    def follow(self, event: ClientEvent) -> None:
+        """Keep the room typed into one the client is in, as joins and parts arrive."""
+        match event:
+            case Welcome(room=room) if self.joining is not None and room_key(room) == room_key(self.joining):
+                self.room, self.joining, self.private_to = room, None, None
+            case Welcome(room=room) if room_key(room) == room_key(self.room):
+                self.room = room  # the server's spelling
+            case Left(room=room, name=name, reason="part") | Moderation(
+                room=room, action="kick" | "ban", name=name
+            ) if name == self.client.name:
+                if room_key(room) == room_key(self.room) and self.client.rooms:
+                    self.room = next(iter(self.client.rooms.values())).name
+
+    def switch(self, room: str) -> str | None:
+        """Type into `room`; a sentence saying why not if the client is not in it."""
+        view = self.client.rooms.get(room_key(room))
+        if view is None:
+            return f"you are not in {room}; /join it first"
+        self.room, self.private_to = view.name, None
+        return None
+
+
+def from_ignored(event: ClientEvent, ignored: Ignored) -> bool:
+    """Whether `event` is something said by a name the user hides."""
+    match event:
+        case ChatMessage(name=name) | Action(name=name) | PrivateMessage(name=name):
+            return ignored.hides(name)
+    return False
+
+
+def calls_for(event: ClientEvent, me: str) -> bool:
+    """Whether a line calls for `me`: somebody else names them, or writes to them privately."""
+    match event:
+        case ChatMessage(name=name, msg=msg) | Action(name=name, msg=msg) if name != me:
+            return render.mentions(msg, me)
+        case PrivateMessage(name=name) if name != me:
+            return True
+    return False
+
+
+def prompt(client: ChatClient, state: ChatState) -> FormattedText:
+    """`[room] name> `, with the user's role in that room if it has one: `[den] alice (op)> `."""
+    view = client.rooms.get(room_key(state.room))
+    role = view.roles.get(client.name) if view else None
+    offline = [] if client.connected else [("class:error", f"(offline, {len(state.pending)} waiting) ")]
+    where = f"[→ {state.private_to}] " if state.private_to else f"[{state.room}] "
+    return FormattedText(
+        [*offline, ("class:room", where), ("bold", client.name + (f" ({role})" if role else "") + "> ")]
+    )
+
+
+async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState, view: View) -> None:
+    """Draw what arrived (less what the user hides), ring for what calls for them, and once the
+    connection is back send what was typed while it was down."""
+    shown: list[ClientEvent] = []
+    for event in batch:
+        state.follow(event)
+        if from_ignored(event, state.ignored):
+            continue
+        if isinstance(event, PrivateMessage) and event.name != client.name:
+            state.last_private_from = event.name
+        if calls_for(event, client.name):
+            _called(state)
+        shown.append(event)
+        if isinstance(event, Reconnected) and state.pending:
+            view.draw(shown)
+            shown = []
+            await _send_pending(client, state, view)
+        if isinstance(event, Welcome):
+            state.first_welcome = room_key(event.room) not in state.welcomed
+            state.welcomed.add(room_key(event.room))
+        if isinstance(event, Resumed) and not event.missed and state.first_welcome:
+            # Back after a restart with nothing missed: a few earlier lines, so the screen is not empty.
+            with contextlib.suppress(ConnectionClosed):
+                await client.page_back(event.room, CONTEXT_LINES)
+    view.draw(shown)
+
+
+def _called(state: ChatState) -> None:
+    """Ring the bell (if wanted) and show in the terminal's title how many lines called since the user typed."""
+    state.calls += 1
+    output = get_app_session().output
+    if state.bell:
+        output.bell()
+    output.set_title(f"chat: {state.calls} for you")
+    output.flush()
+
+
+async def _send_pending(client: ChatClient, state: ChatState, view: View) -> None:
+    """What was typed while the connection was down, in order, now that it is back (after the rejoins:
+    the server serves lines in order, so each goes to its room as a member's)."""
+    count = len(state.pending)
+    while state.pending:
+        try:
+            await client.send(state.pending[0])
+        except ConnectionClosed:
+            return  # down again: they wait for the next reconnect
+        state.pending.pop(0)
+    view.show(render.notice(f"sent the {count} line{'s' if count != 1 else ''} typed while disconnected"))
+
+
+async def carry_out(line: str, client: ChatClient, state: ChatState, view: View) -> str | None:
+    """Do what a typed line asks; what to hand back to the input line to edit ("" for nothing),
+    or None when the user leaves."""
+    if state.calls:  # the user is here again: what called for them has been seen
+        state.calls = 0
+        get_app_session().output.set_title("chat")
+    match parse(line, state.room):
+        case None:
+            pass
+        case Quit():
+            return None
+        case ShowHelp():
+            for help_line in HELP.splitlines():
+                view.show(render.notice(help_line))
+        case RegisterName():
+            await _register(client, view)
+        case Mistake(detail=detail):
+            view.show(render.error(detail))
+        case Send(message=SendMessage(msg=text)) if state.private_to is not None:
+            return await _say(client, state, view, SendPrivate.model_construct(to=state.private_to, msg=text), line)
+        case Reply(text=text):
+            if state.last_private_from is None:
+                view.show(render.error("nobody has written to you privately yet"))
+                return ""
+            reply = SendPrivate.model_construct(to=state.last_private_from, msg=text)
+            return await _say(client, state, view, reply, line)
+        case Query(name=name):
+            state.private_to = name
+            view.show(render.notice(f"typing to {name} privately; /query alone goes back" if name else
+                                    f"typing into {state.room}"))
+        case Ignore(name=None):
+            hidden = state.ignored.names
+            view.show(render.notice(f"hidden: {', '.join(hidden)}" if hidden else "you hide nobody's lines"))
+        case Ignore(name=str(name), undo=False):
+            state.ignored.hide(name)
+            view.show(render.notice(f"{name}'s lines are hidden from now on (/unignore {name} shows them)"))
+        case Ignore(name=str(name), undo=True):
+            shown = state.ignored.show(name)
+            view.show(render.notice(f"{name}'s lines are shown again" if shown else f"you were not hiding {name}"))
+        case ClearScreen():
+            view.clear()
+        case Send(message=SendMessage() | SendAction() | SendPrivate() as message):
+            return await _say(client, state, view, message, line)
+        case Send(message=message):
+            await _send(client.send(message), view)
+        case PageBack(limit=limit):
+            await _send(client.page_back(state.room, limit), view)
+        case JoinRoom(room=room):
+            if room_key(room) in client.rooms:
+                view.show(render.error(state.switch(room) or f"you are in {room}; typing there now"))
+            else:
+                state.joining = room
+                await _send(client.join(room), view)
+        case PartRoom(room=room):
+            await _send(client.part(room), view)
+        case SwitchRoom(room=room):
+            why = state.switch(room)
+            view.show(render.error(why) if why else render.notice(f"typing into {state.room}"))
+        case ShowTopic():
+            room_view = client.rooms.get(room_key(state.room))
+            topic = room_view.topic if room_view else ""
+            view.show(render.notice(f"topic of {state.room}: {render.neutralise(topic)}" if topic
+                                    else f"{state.room} has no topic"))
+    return ""
+
+
+async def _say(client: ChatClient, state: ChatState, view: View, message: BaseModel, line: str) -> str:
+    """Send what the user said, or keep it while the connection is down; what to hand back to the
+    input line (the line itself if it is too long to send, else nothing).
+
+    A line too long to send comes back to the input once, with the offer to send it in parts: Enter
+    again, unchanged, sends it as several messages (cut at line ends or spaces where it can be).
+    """
+    if isinstance(message, SendMessage | SendAction | SendPrivate) and len(message.msg) > MAX_MSG:
+        if state.split_offer != line:
+            parts = len(split_text(message.msg, MAX_MSG))
+            view.show(render.error(f"that message is {len(message.msg):,} characters; the server takes at most "
+                                   f"{MAX_MSG:,}: not sent. Enter again sends it as {parts} messages"))
+            state.split_offer = line
+            return line  # back in the input line, to shorten or to send in parts
+        state.split_offer = None
+        for part in split_text(message.msg, MAX_MSG):
+            await _say(client, state, view, message.model_copy(update={"msg": part}), part)
+        return ""
+    state.split_offer = None
+    if not state.pending and client.connected:
+        with contextlib.suppress(ConnectionClosed):
+            await client.send(message)
+            return ""
+    state.pending.append(message)  # after the ones already waiting: order is kept
+    view.show(render.notice(f"not connected: {len(state.pending)} waiting to be sent when it is back"))
+    return ""
+
+
+def split_text(text: str, most: int) -> list[str]:
+    """`text` in parts of at most `most` characters, each cut after the last line end or space that
+    fits (mid-word only where a part has neither)."""
+    parts: list[str] = []
+    while len(text) > most:
+        cut = max(text.rfind("\n", 0, most), text.rfind(" ", 0, most))
+        cut = cut + 1 if cut > 0 else most
+        parts.append(text[:cut])
+        text = text[cut:]
+    return [*parts, text] if text else parts
+
+
+async def _register(client: ChatClient, view: View) -> None:
+    """Ask for the new password twice, never echoed nor remembered, and register the name with it."""
+    try:
+        password = await view.ask_secret("new password: ")
+        again = await view.ask_secret("the same again: ")
+    except (EOFError, KeyboardInterrupt):
+        view.show(render.notice("not registered"))
+        return
+    if password != again:
+        view.show(render.error("the two passwords differ; not registered"))
+        return
+    try:
+        request = Register(password=password)
+    except ValidationError:
+        view.show(render.error(f"a password is {MIN_PASSWORD} to {MAX_PASSWORD} characters; not registered"))
+        return
+    await _send(client.send(request), view)
+
+
+async def _send(sending: Awaitable[None], view: View) -> None:
+    try:
+        await sending
+    except ConnectionClosed:
+        view.show(render.error("not connected right now; that was not sent"))
