@@ -12,6 +12,7 @@ from chat.client.connection import ChatClient, ConnectionLost, Reconnected
 from chat.errors import ConnectionClosed, JoinRefused
 from chat.server.tcp import ServerConfig
 from chat.testing import TIMEOUT, LineClient
+from chat.wire.codec import encode
 from chat.wire.protocol import (
     ChatMessage,
     Joined,
@@ -221,3 +222,40 @@ def test_a_kicked_client_is_out_of_the_room_and_does_not_rejoin_it(chat_server):
         return rooms
 
     assert run(scenario()) == ["lobby"]
+
+
+def test_pings_measure_the_lag(chat_server):
+    async def scenario():
+        client = ChatClient(*chat_server.address, "alice", keepalive=0.01)
+        await client.connect()
+        try:
+            await asyncio.wait_for(client.lag_measured.wait(), TIMEOUT)
+            assert client.lag is not None and 0 <= client.lag < TIMEOUT
+        finally:
+            await client.close()
+
+    run(scenario())
+
+
+def test_a_server_that_stops_answering_is_taken_for_dead_and_the_reason_said():
+    async def scenario():
+        async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()  # the join
+            writer.write(encode(Welcome(room="lobby", name="alice", users=["alice"], history=0, last_id=0)))
+            while await reader.readline():  # pings read, never answered
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = ChatClient("127.0.0.1", port, "alice", keepalive=0.02, first_retry=60)
+        await client.connect()
+        try:
+            lost = await next_of(client, ConnectionLost)
+            assert lost.detail.startswith("no answer from the server for")
+            assert not client.connected
+        finally:
+            await client.close()
+            server.close()
+
+    run(scenario())

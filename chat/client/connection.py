@@ -37,11 +37,13 @@ from chat.wire.protocol import (
     Left,
     Moderation,
     Part,
+    Ping,
     Pong,
     PrivateMessage,
     Renamed,
     ServerMessage,
     ServerPing,
+    ServerPong,
     SessionToken,
     Shutdown,
     Topic,
@@ -93,6 +95,11 @@ class Resumed:
 
 
 ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed
+
+#: Seconds between the client's pings, which measure the lag and find a connection that died silently.
+KEEPALIVE = 15.0
+#: Pings in a row left unanswered before the connection is taken for dead.
+DEAD_AFTER_PINGS = 3
 
 #: How many recent ids the client remembers per room, to drop duplicates.
 _REMEMBERED_IDS = 10_000
@@ -165,9 +172,12 @@ class ChatClient:
         token: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
-        `token`, a session token from an earlier welcome, proves this is the same person again."""
+        `token`, a session token from an earlier welcome, proves this is the same person again;
+        every `keepalive` seconds a `ping` measures the lag, and a connection that answers none of
+        DEAD_AFTER_PINGS in a row is taken for dead and made again."""
         self.host = host
         self.port = port
         self.name = name
@@ -194,6 +204,14 @@ class ChatClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.keepalive = keepalive
+        #: The last round trip of a ping, in seconds (None before the first answer).
+        self.lag: float | None = None
+        #: Set whenever a ping's answer arrives.
+        self.lag_measured = asyncio.Event()
+        self._ping_sent: float | None = None
+        self._silent: str | None = None  # why the keepalive cut the connection
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     @property
     def users(self) -> list[str]:
@@ -214,7 +232,14 @@ class ChatClient:
         reader, welcome = await self._open()
         await self._announce(welcome)
         self._reader_task = asyncio.create_task(self._keep_reading(reader), name="chat-client-reader")
+        self._keepalive_task = asyncio.create_task(self._keep_alive(), name="chat-client-keepalive")
         return welcome
+
+    def lag_now(self) -> float | None:
+        """The lag as it stands: the last round trip, or longer if a ping is waiting longer for its answer."""
+        if self._ping_sent is None or not self.connected:
+            return self.lag
+        return max(self.lag or 0.0, asyncio.get_running_loop().time() - self._ping_sent)
 
     @property
     def connected(self) -> bool:
@@ -267,6 +292,8 @@ class ChatClient:
     async def close(self) -> None:
         """Leave cleanly (if connected) and stop reconnecting."""
         self._closing = True
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         if self._writer is not None:
             with contextlib.suppress(ConnectionClosed):
                 await self.send(Leave())
@@ -322,6 +349,7 @@ class ChatClient:
             writer.close()
             raise
         self._writer = writer
+        self._ping_sent = None
         self.name = message.name
         self.token = message.token or self.token
         self._password = None  # never kept once a token stands for it
@@ -399,9 +427,16 @@ class ChatClient:
             try:
                 message = await self._read(reader)
             except ConnectionClosed as exc:
-                return str(exc)
+                silent, self._silent = self._silent, None
+                return silent or str(exc)
             except ProtocolError as exc:
                 log.warning("ignoring a line the client does not understand: %s", exc)
+                continue
+            if isinstance(message, ServerPong):
+                if self._ping_sent is not None:
+                    self.lag = asyncio.get_running_loop().time() - self._ping_sent
+                    self._ping_sent = None
+                    self.lag_measured.set()
                 continue
             if isinstance(message, ServerPing):
                 with contextlib.suppress(ConnectionClosed):
@@ -418,6 +453,25 @@ class ChatClient:
                 await self._events.put(message)
             if isinstance(message, Shutdown):
                 return message.detail
+
+    async def _keep_alive(self) -> None:
+        """Ping every `keepalive` seconds; a connection that leaves several in a row unanswered is
+        dead however quiet its socket is (a server that froze, a cable pulled): close it, and the
+        reader reconnects."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.keepalive)
+            writer = self._writer
+            if writer is None:
+                continue
+            if self._ping_sent is not None and loop.time() - self._ping_sent > self.keepalive * DEAD_AFTER_PINGS:
+                self._silent = f"no answer from the server for {loop.time() - self._ping_sent:.0f} s"
+                writer.transport.abort()
+                continue
+            if self._ping_sent is None:
+                self._ping_sent = loop.time()
+                with contextlib.suppress(ConnectionClosed):
+                    await self.send(Ping())
 
     def _first_sight(self, message: ServerMessage) -> bool:
         """Note a numbered message; False if it was received before (or is for a room this client left)."""
