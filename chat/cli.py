@@ -193,6 +193,18 @@ def client_parser() -> argparse.ArgumentParser:
         help="show the recent history, not everything said since you last left",
     )
     parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="one line per event above a prompt, not the full screen (for screen readers, pipes and "
+        "scripts; also what you get when input or output is not a terminal)",
+    )
+    parser.add_argument(
+        "--no-mouse",
+        dest="mouse",
+        action="store_false",
+        help="full screen: leave the mouse to the terminal (select text without Shift); the wheel no longer scrolls",
+    )
+    parser.add_argument(
         "--no-bell",
         dest="bell",
         action="store_false",
@@ -209,7 +221,6 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     from chat.client import cursors
     from chat.client.connection import ChatClient, failure_in_words
-    from chat.client.ui import make_session
     from chat.errors import JoinRefused
 
     args = client_parser().parse_args(argv)
@@ -287,8 +298,10 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             place = cursors.Place(client.cursors(), client.private.last_id, client.token)
             cursors.save(cursor_file, args.host, args.port, client.name, place, aliases=[started_as])
 
-        session = make_session(client, Path(state_dir()) / "client-history")
-        return await _chat_until_done(client, session, remember, bell=args.bell)
+        history = Path(state_dir()) / "client-history"
+        full_screen = not args.plain and interactive and sys.stdout.isatty()
+        return await _chat_until_done(client, history, remember, bell=args.bell, full_screen=full_screen,
+                                      mouse=args.mouse)
 
     try:
         return asyncio.run(chat())
@@ -301,18 +314,31 @@ SAVE_EVERY = 2.0
 
 
 async def _chat_until_done(
-    client: ChatClient, session: PromptSession[str], remember: Callable[[], None], bell: bool = True
+    client: ChatClient,
+    history_file: Path,
+    remember: Callable[[], None],
+    bell: bool = True,
+    full_screen: bool = False,
+    mouse: bool = True,
 ) -> int:
-    """Run the chat; where it is is saved as messages arrive, and when it ends however it ends:
-    quitting, or the terminal closed (SIGHUP) or the process told to stop (SIGTERM)."""
+    """Run the chat, full-screen or in plain lines; where it is is saved as messages arrive, and when
+    it ends however it ends: quitting, or the terminal closed (SIGHUP) or the process told to stop
+    (SIGTERM)."""
     import asyncio
 
     from chat.client.ignored import Ignored
-    from chat.client.ui import run_ui
+    from chat.client.inputline import remembered_history
+    from chat.client.screen import run_screen
+    from chat.client.ui import make_session, run_ui
 
     loop = asyncio.get_running_loop()
     ignored = Ignored(Path(state_dir()) / "client-ignored.json")
-    chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored))
+    if full_screen:
+        history = remembered_history(history_file)
+        chatting = asyncio.create_task(run_screen(client, history, bell=bell, ignored=ignored, mouse=mouse))
+    else:
+        session = make_session(client, history_file)
+        chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored))
     stopped_by: list[int] = []
 
     def stop(signum: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
+from terminals import ANSI, Screen
 
 from chat.client.actions import split_text
 from chat.client.connection import ChatClient
@@ -26,22 +26,6 @@ from chat.server.store import Record, SqliteStore
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.codec import encode
 from chat.wire.protocol import ChatMessage, ErrorReply, Left, PrivateMessage, Welcome
-
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
-
-
-class Screen(io.StringIO):
-    """Captured terminal output that tells a waiting test whenever it changes."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._loop = loop
-        self.changed = asyncio.Event()
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        self._loop.call_soon_threadsafe(self.changed.set)
-        return written
 
 
 @dataclass
@@ -65,13 +49,7 @@ class Terminal:
 
     async def sees(self, predicate: Callable[[str], bool], what: str) -> None:
         """Wait until the captured screen satisfies `predicate`, waking on each write."""
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while not predicate(self.screen):
-                    self.output.changed.clear()
-                    await self.output.changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"never saw {what}; screen:\n{self.screen}") from None
+        await self.output.until(lambda: predicate(self.screen), what, lambda: self.screen)
 
 
 @asynccontextmanager

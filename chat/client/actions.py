@@ -59,6 +59,10 @@ from chat.wire.protocol import (
 CONTEXT_LINES = 5
 
 
+class PasswordRefused(Exception):
+    """The user would not give the password asked for (Ctrl-C or Ctrl-D at the question)."""
+
+
 class View(Protocol):
     """Where the client's lines appear: above a prompt, or in a full screen's buffers."""
 
@@ -72,7 +76,7 @@ class View(Protocol):
         """Empty what the user is looking at (/clear)."""
 
     async def ask_secret(self, question: str) -> str:
-        """Ask for a password, not echoed and not remembered; EOFError or KeyboardInterrupt if refused."""
+        """Ask for a password, not echoed and not remembered; PasswordRefused if the user declines."""
 
 
 class ChatState:
@@ -312,7 +316,7 @@ async def _register(client: ChatClient, view: View) -> None:
     try:
         password = await view.ask_secret("new password: ")
         again = await view.ask_secret("the same again: ")
-    except (EOFError, KeyboardInterrupt):
+    except PasswordRefused:
         view.show(render.notice("not registered"))
         return
     if password != again:

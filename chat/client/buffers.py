@@ -77,8 +77,11 @@ class Buffer:
     mentioned: bool = False
     #: How many rows the view is scrolled up from the newest (0: following what arrives).
     scrolled: int = 0
-    #: Whether the top of the buffer has been reached, and older lines were asked for.
+    #: Whether the top of the buffer is in view (as last drawn); whether older lines were asked
+    #: for and not come yet; whether the server has none older.
+    at_top: bool = True
     fetching: bool = False
+    complete: bool = False
     #: The date of the last line appended, for the day-change line.
     last_day: date | None = None
     _orders: list[int] = field(default_factory=list)
@@ -112,6 +115,18 @@ class Buffer:
         if len(self.lines) > MAX_LINES:
             del self.lines[: len(self.lines) - MAX_LINES]
             del self._orders[: len(self._orders) - MAX_LINES]
+
+    @property
+    def last_order(self) -> int:
+        """The order of the newest line (0 for an empty buffer)."""
+        return self._orders[-1] if self._orders else 0
+
+    def restart_ids(self) -> None:
+        """The server numbers this room from the start again: every line here is older than anything new."""
+        for line in self.lines:
+            line.order = -1
+        self._orders = [-1] * len(self.lines)
+        self.complete = False
 
     def clear(self) -> None:
         self.lines.clear()

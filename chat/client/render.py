@@ -55,6 +55,14 @@ STYLE = {
     "moderation": "ansiyellow bold",
     "error": "ansired bold",
     "room": "ansicyan",
+    # The full screen's bars.
+    "bar": "bg:#303030 #d0d0d0",
+    "bar.title": "bg:#303030 #ffffff bold",
+    "bar.active": "bg:#303030 #ffffff bold underline",
+    "bar.unread": "bg:#303030 ansibrightyellow",
+    "bar.mention": "bg:#303030 ansibrightmagenta bold",
+    "bar.good": "bg:#303030 ansibrightgreen",
+    "bar.bad": "bg:#303030 ansibrightred bold",
 }
 
 #: Name colours; a name always gets the same one.

@@ -19,7 +19,7 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from chat.client import render
-from chat.client.actions import ChatState, carry_out, prompt, take_in
+from chat.client.actions import ChatState, PasswordRefused, carry_out, prompt, take_in
 from chat.client.connection import ChatClient, ClientEvent
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter, remembered_history
@@ -103,7 +103,10 @@ class PlainView:
 
     async def ask_secret(self, question: str) -> str:
         session: PromptSession[str] = PromptSession()  # its own history: a password never comes back on up-arrow
-        return await session.prompt_async(question, is_password=True)
+        try:
+            return await session.prompt_async(question, is_password=True)
+        except (EOFError, KeyboardInterrupt) as exc:
+            raise PasswordRefused from exc
 
 
 async def _show_incoming(client: ChatClient, state: ChatState, view: PlainView) -> None:

@@ -1,0 +1,495 @@
+"""The full-screen client: a buffer per room and per private conversation, a title bar with the
+topic, a status bar with the connection and the other buffers' unread counts, an optional member
+list, and the input line, as one prompt_toolkit Application.
+
+It shows what actions.py decides: incoming batches reach `take_in`, typed lines `carry_out`, the
+same as in the plain mode. buffers.py keeps and wraps each buffer's lines; this module only lays
+them out, binds the keys and routes each line to its buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer as InputBuffer
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import History
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout import (
+    ConditionalContainer,
+    Float,
+    FloatContainer,
+    FormattedTextControl,
+    HSplit,
+    Layout,
+    UIContent,
+    UIControl,
+    VSplit,
+    Window,
+)
+from prompt_toolkit.layout.controls import BufferControl
+from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.menus import CompletionsMenu
+from prompt_toolkit.layout.processors import BeforeInput, ConditionalProcessor, PasswordProcessor
+from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
+
+from chat.client import render
+from chat.client.actions import ChatState, PasswordRefused, calls_for, carry_out, prompt, take_in
+from chat.client.buffers import Buffer, Buffers, buffer_of, is_talk, private_buffer, room_buffer
+from chat.client.connection import ChatClient, ClientEvent, ConnectionLost, Reconnected
+from chat.client.ignored import Ignored
+from chat.client.inputline import STYLE, ChatCompleter
+from chat.errors import ConnectionClosed
+from chat.wire.protocol import HistoryPage, Left, Moderation, Renamed, Welcome, room_key
+
+if TYPE_CHECKING:  # a name prompt_toolkit defines for type checkers only
+    from prompt_toolkit.key_binding.key_bindings import NotImplementedOrNone
+
+#: Older messages fetched when scrolling reaches the top of a room's buffer.
+PAGE = 50
+#: Columns of the member list, and the narrowest screen that still shows it.
+MEMBERS_WIDTH = 20
+MEMBERS_MIN_SCREEN = 60
+#: Rows the mouse wheel scrolls per notch.
+WHEEL_ROWS = 3
+#: Redraws at most this often: a burst of lines between two frames costs one frame.
+FRAME = 0.04
+
+#: Marks before a member's name for their role in the room, as IRC clients show them.
+ROLE_MARKS = {"owner": "~", "admin": "&", "op": "@", "voice": "+"}
+
+
+class MessagesControl(UIControl):
+    """The active buffer's rows, bottom-aligned; the wheel scrolls it."""
+
+    def __init__(self, screen: ChatScreen) -> None:
+        self.screen = screen
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        buffer = self.screen.active()
+        rows, buffer.at_top = buffer.view(width, height)
+        if buffer.at_top and buffer.scrolled:
+            self.screen.fetch_older(buffer)
+        def row(number: int) -> StyleAndTextTuples:
+            return list(rows[number])
+
+        return UIContent(get_line=row, line_count=len(rows), show_cursor=False)
+
+    def mouse_handler(self, mouse_event: MouseEvent) -> NotImplementedOrNone:
+        if mouse_event.event_type == MouseEventType.SCROLL_UP:
+            self.screen.scroll(WHEEL_ROWS)
+        elif mouse_event.event_type == MouseEventType.SCROLL_DOWN:
+            self.screen.scroll(-WHEEL_ROWS)
+        else:
+            return NotImplemented  # not ours: prompt_toolkit passes it on
+        return None
+
+    def is_focusable(self) -> bool:
+        return False
+
+
+class ChatScreen:
+    """The Application, its layout and keys, and the View that take_in and carry_out draw through."""
+
+    def __init__(
+        self,
+        client: ChatClient,
+        state: ChatState,
+        history: History | None = None,
+        mouse: bool = True,
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.buffers = Buffers()
+        for view in client.rooms.values():
+            self.buffers.open(room_buffer(view.name), view.name)
+        self.show_members = True
+        #: Lines typed and accepted, for the loop that carries them out.
+        self.typed: asyncio.Queue[str] = asyncio.Queue()
+        #: While a password is asked for: the question, and where the answer goes.
+        self.secret: tuple[str, asyncio.Future[str]] | None = None
+        #: Ctrl-C pressed once on an empty line: a second one leaves.
+        self.quitting = False
+        #: The last ConnectionLost while the connection is down, and when it came.
+        self.lost: tuple[ConnectionLost, float] | None = None
+        self.input = InputBuffer(
+            completer=ChatCompleter(client),
+            complete_while_typing=False,
+            history=history,
+            multiline=True,  # a pasted text keeps its line ends; Enter is bound to send
+        )
+        self.messages = Window(MessagesControl(self), wrap_lines=False)
+        self.app: Application[None] = Application(
+            layout=Layout(self._layout(), focused_element=self.input),
+            key_bindings=self._keys(),
+            style=STYLE,
+            full_screen=True,
+            mouse_support=mouse,
+            min_redraw_interval=FRAME,
+            refresh_interval=1.0,  # the status bar's countdown and lag
+        )
+
+    # --- the View -------------------------------------------------------------------
+
+    def show(self, fragments: render.Fragments) -> None:
+        self.active().add(fragments)
+        self.app.invalidate()
+
+    def draw(self, events: list[ClientEvent]) -> None:
+        me = self.client.name
+        for event in events:
+            self._note(event)
+            key = buffer_of(event, me)
+            leaving = _leaves(event, me)
+            if leaving:  # out of the room: its buffer goes, and the line shows where the user is now
+                self.buffers.close(key or "")
+                key = None
+            target = self._buffer_for(key)
+            if target is None:
+                target = self.active()
+            if isinstance(event, Welcome) and event.last_id < target.last_order:
+                target.restart_ids()  # the server's ids began again (its history was reset)
+            if isinstance(event, HistoryPage) and target.fetching:
+                target.fetching = False  # asked for by scrolling: the lines go in above, no header
+                target.complete = event.more == 0
+                continue
+            where = target.title if not target.private else ""
+            fragments = render.render(event, me, room=where)
+            if fragments is None:
+                continue
+            target.add(fragments, _numbered(event), render.day_of(event))
+            if target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
+                target.unread += 1
+                target.mentioned = target.mentioned or calls_for(event, me)
+        self.app.invalidate()
+
+    def clear(self) -> None:
+        self.active().clear()
+        self.app.invalidate()
+
+    async def ask_secret(self, question: str) -> str:
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.secret = (question, answer)
+        self.app.invalidate()
+        try:
+            return await answer
+        finally:
+            self.secret = None
+            self.app.invalidate()
+
+    # --- buffers ------------------------------------------------------------------
+
+    def active_key(self) -> str:
+        """The buffer typed into: the private conversation, else the room (state says which)."""
+        if self.state.private_to:
+            return private_buffer(self.state.private_to)
+        return room_buffer(self.state.room)
+
+    def active(self) -> Buffer:
+        if self.state.private_to:
+            return self.buffers.open(self.active_key(), self.state.private_to)
+        view = self.client.rooms.get(room_key(self.state.room))
+        return self.buffers.open(self.active_key(), view.name if view else self.state.room)
+
+    def _buffer_for(self, key: str | None) -> Buffer | None:
+        """The buffer for a line: its room's (if the client is in it), its conversation's, or None."""
+        if key is None:
+            return None
+        if key.startswith("@"):
+            existing = self.buffers.get(key)
+            return existing or self.buffers.open(key, key[1:])
+        view = self.client.rooms.get(key[1:])
+        if view is None:
+            return self.buffers.get(key)
+        return self.buffers.open(key, view.name)
+
+    def switch_to(self, buffer: Buffer | None) -> None:
+        """Show and type into `buffer`."""
+        if buffer is None:
+            return
+        if buffer.private:
+            self.state.private_to = buffer.title
+        else:
+            self.state.room, self.state.private_to = buffer.title, None
+        buffer.read()
+        self.app.invalidate()
+
+    def scroll(self, rows: int) -> None:
+        buffer = self.active()
+        if rows > 0 and buffer.at_top:
+            self.fetch_older(buffer)
+        buffer.scroll(rows)
+        self.app.invalidate()
+
+    def fetch_older(self, buffer: Buffer) -> None:
+        """Ask for the messages above the top of a room's buffer, once at a time."""
+        if buffer.private or buffer.fetching or buffer.complete or not self.client.connected:
+            return
+        buffer.fetching = True
+        self.app.invalidate()
+
+        async def fetch() -> None:
+            try:
+                await self.client.page_back(buffer.title, PAGE)
+            except ConnectionClosed:
+                buffer.fetching = False  # tried again on the next scroll once the connection is back
+
+        self.app.create_background_task(fetch())
+
+    def _note(self, event: ClientEvent) -> None:
+        """What the status bar keeps of an event: the connection's state, renamed conversations."""
+        match event:
+            case ConnectionLost():
+                self.lost = (event, asyncio.get_running_loop().time())
+                for buffer in self.buffers:
+                    buffer.fetching = False  # its answer will not come: asked again on the next scroll
+            case Reconnected():
+                self.lost = None
+            case Renamed(old=old, new=new):
+                self.buffers.rename(private_buffer(old), private_buffer(new), new)
+                if self.state.private_to == old:
+                    self.state.private_to = new
+
+    # --- layout -------------------------------------------------------------------
+
+    def _layout(self) -> FloatContainer:
+        members = ConditionalContainer(
+            VSplit([Window(width=1, char="│", style="class:bar"), Window(
+                FormattedTextControl(self._members), width=MEMBERS_WIDTH, wrap_lines=False
+            )]),
+            filter=Condition(lambda: self.show_members and self._width() >= MEMBERS_MIN_SCREEN),
+        )
+        body = HSplit(
+            [
+                Window(FormattedTextControl(self._title), height=1, style="class:bar"),
+                VSplit([self.messages, members]),
+                Window(FormattedTextControl(self._status), height=1, style="class:bar"),
+                Window(
+                    BufferControl(
+                        self.input,
+                        input_processors=[
+                            # A password shows as stars; the question before it does not.
+                            ConditionalProcessor(PasswordProcessor(), Condition(lambda: self.secret is not None)),
+                            BeforeInput(self._prompt),
+                        ],
+                    ),
+                    height=Dimension(min=1, max=6),
+                    wrap_lines=True,
+                    dont_extend_height=True,
+                ),
+            ]
+        )
+        return FloatContainer(
+            body, floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8))]
+        )
+
+    def _width(self) -> int:
+        return self.app.output.get_size().columns
+
+    def _prompt(self) -> StyleAndTextTuples:
+        if self.secret is not None:
+            return [("class:notice", self.secret[0])]
+        return list(prompt(self.client, self.state))
+
+    def _title(self) -> StyleAndTextTuples:
+        buffer = self.active()
+        if buffer.private:
+            return [("class:bar.title", f" private conversation with {render.neutralise(buffer.title)}")]
+        view = self.client.rooms.get(room_key(buffer.title))
+        topic = render.neutralise(view.topic) if view and view.topic else "no topic"
+        return [("class:bar.title", f" {render.neutralise(buffer.title)}: "), ("class:bar", topic)]
+
+    def _status(self) -> StyleAndTextTuples:
+        active = self.active()
+        active.read()
+        parts: StyleAndTextTuples = [("class:bar", " "), *self._connection(), ("class:bar", " │ ")]
+        for number, buffer in enumerate(self.buffers, 1):
+            label = f"{number}:{'@' if buffer.private else ''}{render.neutralise(buffer.title)}"
+            if buffer is active:
+                parts.append(("class:bar.active", label))
+            elif buffer.unread:
+                style = "class:bar.mention" if buffer.mentioned else "class:bar.unread"
+                parts.append((style, f"{label}({buffer.unread}{'!' if buffer.mentioned else ''})"))
+            else:
+                parts.append(("class:bar", label))
+            parts.append(("class:bar", " "))
+        if active.fetching:
+            parts.append(("class:bar", " fetching older messages…"))
+        elif active.scrolled:
+            parts.append(("class:bar.mention", " -- more below: PageDown -- "))
+        return parts
+
+    def _connection(self) -> StyleAndTextTuples:
+        """connected (lag 12 ms) · reconnecting in 3 s: nothing is listening there · gone: why."""
+        waiting = f", {len(self.state.pending)} waiting to send" if self.state.pending else ""
+        if self.client.connected:
+            lag = self.client.lag_now()
+            shown = "" if lag is None else f", lag {lag * 1000:.0f} ms" if lag < 1 else f", lag {lag:.0f} s"
+            return [("class:bar.good", f"{render.neutralise(self.client.name)}: connected{shown}")]
+        if self.lost is None:
+            return [("class:bar.bad", f"connecting{waiting}")]
+        lost, when = self.lost
+        if not lost.retry_in:
+            return [("class:bar.bad", f"disconnected: {render.neutralise(lost.detail)}{waiting}")]
+        left = lost.retry_in - (asyncio.get_running_loop().time() - when)
+        again = f"reconnecting in {left:.0f} s" if left >= 1 else "reconnecting"
+        return [("class:bar.bad", f"{again}: {render.neutralise(lost.detail)}{waiting}")]
+
+    def _members(self) -> StyleAndTextTuples:
+        buffer = self.active()
+        if buffer.private:
+            names = [self.client.name, buffer.title]
+            roles: dict[str, str] = {}
+        else:
+            view = self.client.rooms.get(room_key(buffer.title))
+            names, roles = (view.users, view.roles) if view else ([], {})
+        lines: StyleAndTextTuples = [("class:notice", f"{len(names)} here\n")]
+        for name in names:
+            mark = ROLE_MARKS.get(roles.get(name, ""), " ")
+            shown = render.neutralise(name)[: MEMBERS_WIDTH - 1]
+            lines += [("class:bar", mark), (render.name_colour(name), shown), ("", "\n")]
+        return lines
+
+    # --- keys ---------------------------------------------------------------------
+
+    def _keys(self) -> KeyBindings:
+        keys = KeyBindings()
+        typing = Condition(lambda: not self.input.complete_state)
+
+        @keys.add("enter", filter=typing)
+        def _send(event: KeyPressEvent) -> None:
+            text = self.input.text
+            if self.secret is not None:
+                self.input.reset()
+                if not self.secret[1].done():
+                    self.secret[1].set_result(text)
+                return
+            self.quitting = False
+            self.input.reset(append_to_history=bool(text.strip()))
+            self.typed.put_nowait(text)
+
+        @keys.add("c-c")
+        def _interrupt(event: KeyPressEvent) -> None:
+            if self.secret is not None:
+                self.input.reset()
+                if not self.secret[1].done():
+                    self.secret[1].set_exception(PasswordRefused())
+                return
+            if self.input.text:  # Ctrl-C throws away what is typed
+                self.input.reset()
+                self.quitting = False
+                return
+            if self.quitting:
+                event.app.exit()
+                return
+            self.quitting = True
+            self.show(render.notice("Ctrl-C again (or Ctrl-D, /quit) leaves"))
+
+        @keys.add("c-d", filter=Condition(lambda: not self.input.text))
+        def _leave(event: KeyPressEvent) -> None:
+            if self.secret is not None:
+                if not self.secret[1].done():
+                    self.secret[1].set_exception(PasswordRefused())
+                return
+            event.app.exit()
+
+        @keys.add("pageup")
+        def _page_up(event: KeyPressEvent) -> None:
+            self.scroll(self._page())
+
+        @keys.add("pagedown")
+        def _page_down(event: KeyPressEvent) -> None:
+            self.scroll(-self._page())
+
+        @keys.add("escape", "end")
+        def _newest(event: KeyPressEvent) -> None:
+            self.active().scrolled = 0
+
+        for number in range(1, 10):
+            keys.add("escape", str(number))(self._switcher(number=number))
+        for key, step in (("c-n", 1), ("c-p", -1)):
+            keys.add(key, filter=typing)(self._switcher(step=step))
+        for key, step in (("right", 1), ("left", -1)):
+            keys.add("escape", key)(self._switcher(step=step))
+
+        @keys.add("f2")
+        def _toggle_members(event: KeyPressEvent) -> None:
+            self.show_members = not self.show_members
+
+        return keys
+
+    def _switcher(self, number: int = 0, step: int = 0) -> Callable[[KeyPressEvent], None]:
+        """A key's action: show buffer `number`, or the one `step` places along."""
+
+        def switch(event: KeyPressEvent) -> None:
+            self.switch_to(self.buffers.nth(number) if number else self.buffers.beside(self.active_key(), step))
+
+        return switch
+
+    def _page(self) -> int:
+        info = self.messages.render_info
+        return max(1, (info.window_height if info else 20) - 2)
+
+
+def _numbered(event: ClientEvent) -> int | None:
+    """The id a line is ordered by in its buffer, if it has one."""
+    message_id = getattr(event, "id", None)
+    return message_id if isinstance(message_id, int) else None
+
+
+def _leaves(event: ClientEvent, me: str) -> bool:
+    """Whether an event takes the user out of a room (they parted, or were kicked or banned)."""
+    match event:
+        case Left(name=name, reason="part") | Moderation(action="kick" | "ban", name=name):
+            return name == me
+    return False
+
+
+async def run_screen(
+    client: ChatClient,
+    history: History | None = None,
+    bell: bool = True,
+    ignored: Ignored | None = None,
+    mouse: bool = True,
+) -> None:
+    """Chat full-screen until the user quits or the connection ends for good; then leave cleanly."""
+    state = ChatState(client)
+    state.bell = bell
+    state.ignored = ignored or Ignored()
+    screen = ChatScreen(client, state, history, mouse=mouse)
+
+    async def show_incoming() -> None:
+        async for batch in client.event_batches():
+            await take_in(batch, client, state, screen)
+
+    async def carry_out_typed() -> None:
+        while True:
+            line = await screen.typed.get()
+            draft = await carry_out(line, client, state, screen)
+            if draft is None:
+                return
+            if draft:
+                screen.input.text = draft
+                screen.input.cursor_position = len(draft)
+            screen.app.invalidate()
+
+    tasks = [
+        asyncio.create_task(screen.app.run_async(), name="chat-screen"),
+        asyncio.create_task(show_incoming(), name="chat-show-incoming"),
+        asyncio.create_task(carry_out_typed(), name="chat-carry-out-typed"),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if screen.app.is_running:
+            screen.app.exit()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await client.close()

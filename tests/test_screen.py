@@ -1,0 +1,278 @@
+"""The full-screen client, typed into through a pipe and read through a terminal emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output.vt100 import Vt100_Output
+from terminals import Emulator, Screen
+
+from chat.client.connection import ChatClient
+from chat.client.inputline import remembered_history
+from chat.client.screen import run_screen
+from chat.server.config import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+from chat.wire.protocol import (
+    MAX_MSG,
+    ChatMessage,
+    Joined,
+    Left,
+    Nick,
+    PrivateMessage,
+    SendMessage,
+    SendPrivate,
+    SessionToken,
+    Welcome,
+)
+
+ALT = "\x1b"
+PAGE_UP, PAGE_DOWN, F2, CTRL_N, CTRL_C, CTRL_D = "\x1b[5~", "\x1b[6~", "\x1bOQ", "\x0e", "\x03", "\x04"
+
+
+@dataclass
+class FullScreen:
+    """One person's full-screen client: keys in, the emulated screen's rows out."""
+
+    keys: PipeInput
+    output: Screen
+    emulator: Emulator
+    task: asyncio.Task[None]
+    client: ChatClient
+
+    @property
+    def text(self) -> str:
+        return self.emulator.text
+
+    @property
+    def rows(self) -> list[str]:
+        return self.emulator.rows
+
+    @property
+    def status(self) -> str:
+        """The status bar: the row above the input line."""
+        rows = self.rows
+        prompt_row = max(at for at, row in enumerate(rows) if "> " in row or row.endswith(">"))
+        return rows[prompt_row - 1]
+
+    def type(self, text: str) -> None:
+        self.keys.send_text(text)
+
+    async def sees(self, predicate: Callable[[str], bool], what: str) -> None:
+        await self.output.until(lambda: predicate(self.text), what, lambda: self.text)
+
+
+@asynccontextmanager
+async def full_screen(
+    address: tuple[str, int],
+    name: str,
+    *,
+    rooms: tuple[str, ...] = ("lobby",),
+    size: tuple[int, int] = (100, 30),
+    history: Path | None = None,
+) -> AsyncIterator[FullScreen]:
+    """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
+    its prompt; Ctrl-D at the end."""
+    columns, lines = size
+    with create_pipe_input() as keys:
+        output = Screen(asyncio.get_running_loop())
+        terminal = Vt100_Output(output, lambda: Size(rows=lines, columns=columns), term="xterm-256color")
+        with create_app_session(input=keys, output=terminal):
+            client = ChatClient(*address, name, rooms=rooms)
+            await client.connect()
+            task = asyncio.create_task(run_screen(client, remembered_history(history), mouse=False))
+            person = FullScreen(keys, output, Emulator(output, columns, lines), task, client)
+            await person.sees(lambda s: f"{name}>" in s, "the prompt")
+            try:
+                yield person
+            finally:
+                if not task.done():
+                    keys.send_text(CTRL_C * 3 + CTRL_D)
+                await asyncio.wait_for(task, TIMEOUT)
+
+
+def run(coroutine) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, TIMEOUT * 2))
+
+
+def test_each_room_has_its_buffer_and_the_status_bar_counts_what_is_unread(chat_server, connect):
+    bob = connect()
+    bob.send({"type": "join", "name": "bob", "room": "dev"})
+    bob.expect(Welcome)
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev")) as alice:
+            await alice.sees(lambda s: "2:dev" in alice.status, "dev on the status bar")
+            for text in ("nobody reads this yet", "alice: are you there?"):
+                await asyncio.to_thread(bob.send, SendMessage(room="dev", msg=text))
+            await alice.sees(lambda s: "2:dev(2!)" in alice.status, "two unread, one calling for alice")
+            assert "are you there" not in alice.text  # it is in dev's buffer, not on screen
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "bob: alice: are you there?" in s, "dev's buffer")
+            assert "dev:" in alice.rows[0]  # the title bar names the room shown
+            assert "(2" not in alice.status
+            alice.type("yes, here\r")
+            said = await asyncio.to_thread(bob.expect, ChatMessage, name="alice")
+            assert (said.room, said.msg) == ("dev", "yes, here")
+            alice.type(CTRL_N)  # round to the first buffer again
+            await alice.sees(lambda s: "[lobby] alice>" in s, "lobby typed into")
+
+    run(scenario())
+
+
+def test_a_private_message_opens_its_own_buffer_and_typing_there_answers_privately(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice") as alice:
+            await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="psst"))
+            await alice.sees(lambda s: "2:@bob(1!)" in alice.status, "the private buffer, calling")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "[bob → alice] psst" in s, "the private line")
+            assert "private conversation with bob" in alice.rows[0]
+            alice.type("what is it?\r")
+            answer = await asyncio.to_thread(bob.expect, PrivateMessage, name="alice")
+            assert (answer.to, answer.msg) == ("bob", "what is it?")
+            await asyncio.to_thread(bob.send, Nick(name="robert"))
+            await alice.sees(lambda s: "2:@robert" in alice.status, "the conversation following the new name")
+
+    run(scenario())
+
+
+def test_scrolling_to_the_top_fetches_older_messages_and_puts_them_in_order(start_chat_server, connect):
+    server = start_chat_server(ServerConfig().without_limits())
+    bob = connect(server)
+    bob.join("bob")
+    bob.say_all([f"message {number:03}" for number in range(120)])
+
+    async def scenario():
+        async with full_screen(server.address, "alice", size=(80, 24)) as alice:
+            await alice.sees(lambda s: "message 119" in s, "the newest messages")
+            assert "message 000" not in alice.text
+            for _ in range(40):  # up past the welcome's history: older pages are fetched on the way
+                if "message 000" in alice.text:
+                    break
+                await alice.sees(lambda s: "fetching" not in alice.status, "the last page arrived")
+                before = alice.text
+                alice.type(PAGE_UP)
+                await alice.sees(lambda s, before=before: s != before, "the page up")
+            assert "message 000" in alice.text
+            numbers = [int(found) for row in alice.rows for found in re.findall(r"bob: message (\d+)", row)]
+            assert numbers == sorted(numbers) and numbers[0] == 0
+            assert "more below" in alice.status
+            alice.type(ALT + "\x1b[F")  # Alt-End: back to the newest
+            await alice.sees(lambda s: "message 119" in s and "more below" not in alice.status, "the newest again")
+
+    run(scenario())
+
+
+def test_long_lines_wrap_under_the_text_and_the_member_list_shows_roles(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+    bob.send({"type": "register", "password": "bob's password"})
+    bob.expect(SessionToken)
+    bob.send({"type": "join", "room": "den"})  # an account's new room is its own
+    bob.expect(Welcome, room="den")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("den",), size=(80, 24)) as alice:
+            await alice.sees(lambda s: "~bob" in s, "bob in the member list, as the room's owner")
+            long_line = "a long line " + "that keeps going " * 8 + "until the end"
+            await asyncio.to_thread(bob.send, SendMessage(room="den", msg=long_line))
+            await alice.sees(lambda s: "until the end" in s, "the long line")
+            rows = alice.rows
+            first = next(at for at, row in enumerate(rows) if "bob: a long line" in row)
+            indent = rows[first].index("a long line")
+            assert rows[first + 1][:indent].strip() == "" and rows[first + 1][indent] != " "
+            assert all(len(row) <= 80 for row in rows)
+            alice.type(F2)
+            await alice.sees(lambda s: "~bob" not in s, "the member list hidden")
+            assert "keeps going that keeps going that keeps going that keeps going" in alice.text  # wider now
+            alice.type(F2)
+            await alice.sees(lambda s: "~bob" in s, "the member list back")
+
+    run(scenario())
+
+
+def test_the_status_bar_shows_the_outage_and_the_lines_waiting_to_be_sent(start_chat_server, tmp_path):
+    config = ServerConfig(db=str(tmp_path / "chat.db"))
+    first = start_chat_server(config)
+    address = first.address
+
+    async def scenario():
+        async with full_screen(address, "alice") as alice:
+            await alice.sees(lambda s: "alice: connected" in alice.status, "connected")
+            await asyncio.to_thread(first.stop)
+            await alice.sees(lambda s: "reconnecting" in alice.status, "the outage on the status bar")
+            alice.type("typed during the outage\r")
+            await alice.sees(lambda s: "1 waiting to send" in alice.status, "the line waiting")
+            second = await asyncio.to_thread(start_chat_server, config, address[1])
+            await alice.sees(lambda s: "alice: connected" in alice.status, "connected again")
+            await alice.sees(lambda s: "sent the 1 line typed while disconnected" in s, "the line sent")
+            observer = await asyncio.to_thread(LineClient, second.address)
+            await asyncio.to_thread(observer.join, "obs")
+            said = await asyncio.to_thread(observer.expect, ChatMessage, name="alice")
+            assert said.msg == "typed during the outage"
+            observer.close()
+
+    run(scenario())
+
+
+def test_ctrl_c_clears_the_input_and_twice_on_an_empty_line_leaves(chat_server, connect):
+    watcher = connect()
+    watcher.join("watcher")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice") as alice:
+            await asyncio.to_thread(watcher.expect, Joined, name="alice")
+            alice.type("half a thought")
+            await alice.sees(lambda s: "half a thought" in s, "the draft")
+            alice.type(CTRL_C)
+            await alice.sees(lambda s: "half a thought" not in s, "the draft gone")
+            alice.type(CTRL_C)
+            await alice.sees(lambda s: "Ctrl-C again" in s, "the question")
+            assert not alice.task.done()
+            alice.type(CTRL_C)
+            await asyncio.wait_for(alice.task, TIMEOUT)
+        left = await asyncio.to_thread(watcher.expect, Left, name="alice")  # nothing said before leaving
+        assert left.reason == "quit"
+
+    run(scenario())
+
+
+def test_a_password_typed_in_the_screen_is_hidden_and_not_remembered(chat_server, tmp_path):
+    history = tmp_path / "history"
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", history=history) as alice:
+            alice.type("/register\r")
+            await alice.sees(lambda s: "new password:" in s, "the question")
+            alice.type("hunter2-hunter2")
+            await alice.sees(lambda s: "*" * 15 in s, "stars for the password")
+            assert "hunter2" not in alice.text
+            alice.type("\r")
+            await alice.sees(lambda s: "the same again:" in s, "the second question")
+            alice.type("hunter2-hunter2\r")
+            await alice.sees(lambda s: "registered" in s, "the server's answer")
+        assert "hunter2" not in history.read_text()
+
+    run(scenario())
+
+
+def test_a_message_too_long_is_refused_and_stays_in_the_input_line(chat_server):
+    async def scenario():
+        async with full_screen(chat_server.address, "alice") as alice:
+            alice.type("x" * (MAX_MSG + 1) + "\r")
+            await alice.sees(lambda s: f"{MAX_MSG + 1:,} characters" in s, "the refusal with the size")
+            assert alice.client.connected
+            await alice.sees(lambda s: "xxxxxxxx" in s.splitlines()[-1], "the text back in the input line")
+
+    run(scenario())
