@@ -211,6 +211,8 @@ class ChatClient:
         self.lag_measured = asyncio.Event()
         self._ping_sent: float | None = None
         self._silent: str | None = None  # why the keepalive cut the connection
+        #: While the connection is down: when (loop time) the next attempt to make it again starts.
+        self.retry_at: float | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
 
     @property
@@ -405,7 +407,10 @@ class ChatClient:
             delay = self.first_retry
             await self._events.put(ConnectionLost(detail, retry_in=delay))
             while True:
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                wait = delay * random.uniform(0.8, 1.2)
+                self.retry_at = asyncio.get_running_loop().time() + wait
+                await asyncio.sleep(wait)
+                self.retry_at = None
                 attempts += 1
                 try:
                     reader, welcome = await self._open()

@@ -196,7 +196,7 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
                 text += f" ({more} older ones: /history)"
             # No clock: the history lines that follow carry their own, older, times; a welcome
             # stamped now above them made the times read out of order.
-            return [("class:notice", "-- " + text)]
+            return [("class:notice", "-- "), (INDENT, ""), ("class:notice", text)]
         case Gap(detail=detail):
             return error(f"missed messages are lost: {neutralise(detail)}", now)
         case HistoryPage(count=count, more=more):

@@ -115,8 +115,8 @@ class ChatScreen:
         self.secret: tuple[str, asyncio.Future[str]] | None = None
         #: Ctrl-C pressed once on an empty line: a second one leaves.
         self.quitting = False
-        #: The last ConnectionLost while the connection is down, and when it came.
-        self.lost: tuple[ConnectionLost, float] | None = None
+        #: The last ConnectionLost while the connection is down.
+        self.lost: ConnectionLost | None = None
         self.input = InputBuffer(
             completer=ChatCompleter(client),
             complete_while_typing=False,
@@ -145,6 +145,8 @@ class ChatScreen:
         for event in events:
             self._note(event)
             key = buffer_of(event, me)
+            if isinstance(event, Renamed) and self._near(event.new):
+                key = self.active_key()  # the client passes a rename on once: shown where the user is
             leaving = _leaves(event, me)
             if leaving:  # out of the room: its buffer goes, and the line shows where the user is now
                 self.buffers.close(key or "")
@@ -208,6 +210,13 @@ class ChatScreen:
             return self.buffers.get(key)
         return self.buffers.open(key, view.name)
 
+    def _near(self, name: str) -> bool:
+        """Whether `name` is somebody in the buffer the user looks at (its room, or its conversation)."""
+        if self.state.private_to:
+            return self.state.private_to.casefold() == name.casefold() or self.client.name == name
+        view = self.client.rooms.get(room_key(self.state.room))
+        return view is not None and name in view.users
+
     def switch_to(self, buffer: Buffer | None) -> None:
         """Show and type into `buffer`."""
         if buffer is None:
@@ -245,7 +254,7 @@ class ChatScreen:
         """What the status bar keeps of an event: the connection's state, renamed conversations."""
         match event:
             case ConnectionLost():
-                self.lost = (event, asyncio.get_running_loop().time())
+                self.lost = event
                 for buffer in self.buffers:
                     buffer.fetching = False  # its answer will not come: asked again on the next scroll
             case Reconnected():
@@ -305,9 +314,11 @@ class ChatScreen:
         return [("class:bar.title", f" {render.neutralise(buffer.title)}: "), ("class:bar", topic)]
 
     def _status(self) -> StyleAndTextTuples:
+        """` 1:lobby 2:dev(3) 3:@bob(1!) │ alice: connected, lag 12 ms`: the buffers first, as the
+        state of the connection can be long and a narrow screen cuts what does not fit."""
         active = self.active()
         active.read()
-        parts: StyleAndTextTuples = [("class:bar", " "), *self._connection(), ("class:bar", " │ ")]
+        parts: StyleAndTextTuples = [("class:bar", " ")]
         for number, buffer in enumerate(self.buffers, 1):
             label = f"{number}:{'@' if buffer.private else ''}{render.neutralise(buffer.title)}"
             if buffer is active:
@@ -318,27 +329,28 @@ class ChatScreen:
             else:
                 parts.append(("class:bar", label))
             parts.append(("class:bar", " "))
+        parts += [("class:bar", "│ "), *self._connection()]
         if active.fetching:
-            parts.append(("class:bar", " fetching older messages…"))
+            parts.append(("class:bar", " │ fetching older messages…"))
         elif active.scrolled:
-            parts.append(("class:bar.mention", " -- more below: PageDown -- "))
+            parts.append(("class:bar.mention", " │ more below: PageDown"))
         return parts
 
     def _connection(self) -> StyleAndTextTuples:
-        """connected (lag 12 ms) · reconnecting in 3 s: nothing is listening there · gone: why."""
+        """alice: connected, lag 12 ms · reconnecting in 3 s: nothing is listening there · disconnected: why."""
         waiting = f", {len(self.state.pending)} waiting to send" if self.state.pending else ""
+        me = render.neutralise(self.client.name)
         if self.client.connected:
             lag = self.client.lag_now()
             shown = "" if lag is None else f", lag {lag * 1000:.0f} ms" if lag < 1 else f", lag {lag:.0f} s"
-            return [("class:bar.good", f"{render.neutralise(self.client.name)}: connected{shown}")]
-        if self.lost is None:
-            return [("class:bar.bad", f"connecting{waiting}")]
-        lost, when = self.lost
-        if not lost.retry_in:
-            return [("class:bar.bad", f"disconnected: {render.neutralise(lost.detail)}{waiting}")]
-        left = lost.retry_in - (asyncio.get_running_loop().time() - when)
+            return [("class:bar.good", f"{me}: connected{shown}")]
+        reason = f": {render.neutralise(self.lost.detail)}" if self.lost else ""
+        if self.lost is not None and not self.lost.retry_in:
+            return [("class:bar.bad", f"{me}: disconnected{waiting}{reason}")]
+        retry_at = self.client.retry_at
+        left = retry_at - asyncio.get_running_loop().time() if retry_at is not None else 0
         again = f"reconnecting in {left:.0f} s" if left >= 1 else "reconnecting"
-        return [("class:bar.bad", f"{again}: {render.neutralise(lost.detail)}{waiting}")]
+        return [("class:bar.bad", f"{me}: {again}{waiting}{reason}")]
 
     def _members(self) -> StyleAndTextTuples:
         buffer = self.active()
