@@ -44,3 +44,31 @@ def test_a_place_is_found_under_every_name_used_in_the_run(tmp_path):
     path = tmp_path / "state" / "client-cursors.json"
     cursors.save(path, "h", 1, "alicia", Place({"lobby": 9}, 4, "tok"), aliases=["alice"])
     assert cursors.load(path, "h", 1, "alice") == cursors.load(path, "h", 1, "alicia") == Place({"lobby": 9}, 4, "tok")
+
+
+def test_every_name_an_identity_used_leads_to_its_newest_place(tmp_path):
+    path = tmp_path / "cursors.json"
+    # Run 1: started as alice, renamed to alicia.
+    cursors.save(path, "h", 1, "alicia", Place({"lobby": 10}, token="t1"), aliases=["alice"])
+    # Run 2: started as alicia, renamed to ali; alice is not among this run's names.
+    cursors.save(path, "h", 1, "ali", Place({"lobby": 20}, token="t1"), aliases=["alicia"])
+    for name in ("alice", "alicia", "ali"):
+        assert cursors.load(path, "h", 1, name) == Place({"lobby": 20}, token="t1")
+    assert "t1" not in json.dumps(json.loads(path.read_text())["names"])  # keyed by a digest, not the token
+
+
+def test_a_name_taken_over_by_another_identity_leads_to_that_one(tmp_path):
+    path = tmp_path / "cursors.json"
+    cursors.save(path, "h", 1, "alice", Place({"lobby": 5}, token="old"))
+    cursors.save(path, "h", 1, "alice", Place({"lobby": 9}, token="registered"))  # a new token after /register
+    assert cursors.load(path, "h", 1, "alice") == Place({"lobby": 9}, token="registered")
+    assert len(json.loads(path.read_text())["places"]) == 1  # the old token's place is forgotten
+
+
+def test_a_place_saved_by_the_release_before_identities_is_still_found(tmp_path):
+    path = tmp_path / "cursors.json"
+    path.write_text(json.dumps({"h:1/alice": {"rooms": [["dev", 3]], "private": 1, "token": "t"}}))
+    assert cursors.load(path, "h", 1, "alice") == Place({"dev": 3}, private=1, token="t")
+    cursors.save(path, "h", 1, "alice", Place({"dev": 4}, token="t"))
+    assert cursors.load(path, "h", 1, "alice") == Place({"dev": 4}, token="t")
+    assert "h:1/alice" not in json.loads(path.read_text())

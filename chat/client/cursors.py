@@ -1,20 +1,23 @@
 """Where the terminal client remembers, between runs, its rooms and where it was in each.
 
-One small JSON file maps "host:port/name" (every name the identity used) to the rooms the client was in (in
-the order it joined them), the last id it saw in each, and the last private
-id, so that starting the client again rejoins those rooms and shows what was
-said while it was closed. Losing or garbling the file only loses that
-convenience: it is never an error.
+One small JSON file keeps, per server and identity (the session token the server gave, which
+stands for an account or a guest), the rooms the client was in (in the order it joined them),
+the last id it saw in each and the last private id; and, per server and name, which identity
+last used that name. Starting the client under any name the identity used (before or after a
+/nick) finds the same, newest place. Losing or garbling the file only loses that convenience:
+it is never an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +36,32 @@ def _key(host: str, port: int, name: str) -> str:
     return f"{host}:{port}/{name.casefold()}"
 
 
-def load(path: Path, host: str, port: int, name: str) -> Place | None:
-    """Where `name` was on that server, or None if it was never saved (or cannot be read)."""
+def _identity(host: str, port: int, name: str, token: str | None) -> str:
+    """The key of an identity's place: its token's digest (never the token), else the name."""
+    who = "token:" + hashlib.sha256(token.encode()).hexdigest()[:32] if token else "name:" + name.casefold()
+    return f"{host}:{port}/{who}"
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text()).get(_key(host, port, name))
-    except (OSError, ValueError, AttributeError):
-        return None
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def load(path: Path, host: str, port: int, name: str) -> Place | None:
+    """Where the identity that last used `name` on that server was, or None if it was never saved
+    (or cannot be read)."""
+    saved = _read(path)
+    names, places = saved.get("names"), saved.get("places")
+    identity = names.get(_key(host, port, name)) if isinstance(names, dict) else None
+    if isinstance(identity, str) and isinstance(places, dict) and identity in places:
+        return _place(places[identity])
+    return _place(saved.get(_key(host, port, name)))  # as the releases before identities kept it
+
+
+def _place(value: object) -> Place | None:
     if isinstance(value, int) and value >= 0:  # the first release kept one id: the lobby's
         return Place({"lobby": value})
     if not isinstance(value, dict):
@@ -57,21 +80,25 @@ def load(path: Path, host: str, port: int, name: str) -> Place | None:
 
 
 def save(path: Path, host: str, port: int, name: str, place: Place, aliases: Iterable[str] = ()) -> None:
-    """Remember `place` for `name` and each of `aliases` (the other names this identity used in the
-    run: starting as alice after a /nick to alicia finds it too); a failure is logged, not raised."""
-    try:
-        saved = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(saved, dict):
-            saved = {}
-    except (OSError, ValueError):
-        saved = {}
+    """Remember `place` for its identity, and that `name` and each of `aliases` (the other names it
+    used in the run) lead to it; a failure is logged, not raised."""
+    saved = _read(path)
+    names: dict[str, Any] = saved["names"] if isinstance(saved.get("names"), dict) else {}
+    places: dict[str, Any] = saved["places"] if isinstance(saved.get("places"), dict) else {}
+    identity = _identity(host, port, name, place.token)
     # Rooms as [room, id] pairs: a list keeps the order they were joined in.
+    places[identity] = {
+        "rooms": [[room, id] for room, id in place.rooms.items()],
+        "private": place.private,
+        "token": place.token,
+    }
     for each in {name, *aliases}:
-        saved[_key(host, port, each)] = {
-            "rooms": [[room, id] for room, id in place.rooms.items()],
-            "private": place.private,
-            "token": place.token,
-        }
+        names[_key(host, port, each)] = identity
+        saved.pop(_key(host, port, each), None)  # the older layout's entry, now superseded
+    # A place no name leads to any more (its token was replaced) is forgotten.
+    used = set(names.values())
+    saved["places"] = {key: value for key, value in places.items() if key in used}
+    saved["names"] = names
     try:
         # It holds session tokens: readable by its owner only.
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
