@@ -277,7 +277,11 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 await _count_down(f"cannot connect to {where}: {failure_in_words(exc)}", next(waits))
                 continue
             except JoinRefused as exc:
-                print(f"cannot join: {exc.detail}", file=sys.stderr)
+                why = exc.detail
+                if exc.code == "name_taken":  # a connection of ours would have been replaced: say so
+                    why += (" (somebody else holds it: this machine has no session of that name that proves"
+                            " it is you; a dead connection of yours frees it at the server's idle timeout)")
+                print(f"cannot join: {why}", file=sys.stderr)
                 if exc.code == "name_taken" and interactive:
                     try:
                         another = await _usable_name(None, True, "try another name: ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from chat.client import cursors
 from chat.client.connection import failure_in_words
 from chat.client.cursors import Place
 from chat.testing import TIMEOUT
-from chat.wire.protocol import ChatMessage, Joined, Left
+from chat.wire.protocol import ChatMessage, ErrorReply, Joined, Left, Welcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,3 +113,61 @@ def test_closing_the_terminal_saves_where_the_client_was(chat_server, connect, t
     finally:
         client.kill()
         client.wait()
+
+
+def shows(process: subprocess.Popen[bytes], text: bytes) -> None:
+    """Read the process's output until `text` appears (the screen a person would be looking at)."""
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    assert process.stdout is not None
+    while text not in seen:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([process.stdout], [], [], max(0, left))
+        assert ready, f"never saw {text!r}; got {seen[-500:]!r}"
+        chunk = os.read(process.stdout.fileno(), 65536)
+        assert chunk, f"the output ended before {text!r}; got {seen[-500:]!r}"
+        seen += chunk
+
+
+def test_coming_back_takes_the_name_back_from_a_dead_connection_and_a_stranger_is_told_why_not(
+    chat_server, connect, tmp_path
+):
+    """The session the client remembers proves it is the same person: the server closes the ghost.
+    Without it, the name is somebody else's and the client says so in words."""
+    observer = connect()
+    observer.join("obs")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+    command = [sys.executable, str(ROOT / "client.py"), "--port", str(chat_server.port), "--name", "frank"]
+    first = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        shows(first, b"you are frank")
+        first.send_signal(signal.SIGTERM)  # its place and session are written down on the way out
+        assert first.wait(TIMEOUT) == 128 + signal.SIGTERM
+    finally:
+        first.kill()
+        first.wait()
+    token = cursors.load(tmp_path / "state" / "chat" / "client-cursors.json", "127.0.0.1", chat_server.port, "frank")
+    assert token is not None and token.token
+    ghost = connect()  # frank's connection that died without closing: it still holds the name
+    ghost.send({"type": "join", "name": "frank", "token": token.token})
+    ghost.expect(Welcome)
+    observer.expect(Joined, name="frank")
+
+    stranger = subprocess.run(
+        command, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+        env={**env, "HOME": str(tmp_path / "elsewhere"), "XDG_STATE_HOME": str(tmp_path / "elsewhere")},
+    )  # fmt: skip
+    assert stranger.returncode == 1 and "Traceback" not in stranger.stderr
+    assert "the name frank is taken" in stranger.stderr and "no session" in stranger.stderr
+
+    again = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert ghost.expect(ErrorReply).code == "session_replaced"
+        observer.expect(Joined, name="frank")
+        shows(again, b"you are frank")
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(TIMEOUT) == 128 + signal.SIGTERM
+        assert "Traceback" not in again.stderr.read().decode()
+    finally:
+        again.kill()
+        again.wait()
