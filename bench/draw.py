@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
 """How fast the terminal client draws: a burst of N lines into a room, drawn by the real UI.
 
-Starts `server.py --db :memory:`, runs the client's prompt_toolkit UI in this
-process on a captured 200x50 xterm screen (everything it writes is kept, as
-a terminal would receive it), has another connection say N lines at once,
-and reports how long until the last one was drawn, with the UI's CPU time.
-Then it times one line typed during a second burst: how long until the
-server echoes it back to another client.
+Starts `server.py --db :memory:`, runs the client's prompt_toolkit UI (the full screen, then
+the plain line mode) in this process on a captured 200x50 xterm screen (everything it writes
+is kept, as a terminal would receive it), has another connection say N lines at once, and
+reports how long until the last one was drawn, with the UI's CPU time. During a second burst
+it types a line and times how long until another connection receives it.
 
     .venv/bin/python bench/draw.py 2000
 """
@@ -28,6 +27,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 
 from chat.bench import _free_port, spawn_server
 from chat.client.connection import ChatClient
+from chat.client.screen import run_screen
 from chat.client.ui import make_session, run_ui
 from chat.server.config import NO_LIMIT_FLAGS
 
@@ -61,25 +61,53 @@ def burst(port: int, count: int, last: str) -> None:
             seen = seen[-200:] + sock.recv(1 << 16)
 
 
-async def measure(port: int, count: int) -> None:
+def first_line_of(text: str, joined: socket.socket) -> float:
+    """Wait on `joined` (already in the room) for the line `text`; when it came (perf_counter)."""
+    joined.settimeout(60)
+    seen = b""
+    wanted = json.dumps(text).encode()
+    while wanted not in seen:
+        seen = seen[-4096:] + joined.recv(1 << 16)
+    return time.perf_counter()
+
+
+async def measure(port: int, count: int, full_screen: bool) -> str:
     marker = "END-OF-BURST"
     screen = Terminal(marker)
     output = Vt100_Output(screen, lambda: Size(rows=50, columns=200), term="xterm-256color")
     with create_pipe_input() as keys, create_app_session(input=keys, output=output):
         client = ChatClient("127.0.0.1", port, "reader")
         await client.connect()
-        ui = asyncio.create_task(run_ui(client, make_session(client)))
+        chatting = run_screen(client, mouse=False) if full_screen else run_ui(client, make_session(client))
+        ui = asyncio.create_task(chatting)
         await asyncio.sleep(0.5)  # the prompt is up
         started, cpu = time.perf_counter(), time.process_time()
         sender = asyncio.create_task(asyncio.to_thread(burst, port, count, marker))
         await asyncio.wait_for(screen.seen.wait(), 600)
         took, used = time.perf_counter() - started, time.process_time() - cpu
         await sender
-        report = (f"{count} lines drawn in {took:.2f} s: {count / took:,.0f} lines/s, UI CPU {used:.2f} s "
-                  f"({used / count * 1e6:.0f} µs per line); {len(screen.getvalue()) / 1e6:.1f} MB written")
-        keys.send_text("\x04")
+
+        # A line typed while a second burst arrives: how long until somebody else has it.
+        with socket.create_connection(("127.0.0.1", port)) as watcher:
+            watcher.sendall(json.dumps({"type": "join", "name": "watcher"}).encode() + b"\n")
+            watcher.recv(1 << 16)
+            screen.marker, screen.seen = "SECOND-BURST-END", asyncio.Event()
+            sender = asyncio.create_task(asyncio.to_thread(burst, port, count, "SECOND-BURST-END"))
+            await asyncio.sleep(0.05)  # the burst is under way
+            typed = "typed during the burst"
+            arrived = asyncio.create_task(asyncio.to_thread(first_line_of, typed, watcher))
+            typed_at = time.perf_counter()
+            keys.send_text(typed + "\r")
+            reached = await asyncio.wait_for(arrived, 60) - typed_at
+            await sender
+            await asyncio.wait_for(screen.seen.wait(), 600)
+        mode = "full screen" if full_screen else "plain lines"
+        report = (f"{mode}: {count} lines drawn in {took:.2f} s: {count / took:,.0f} lines/s, UI CPU {used:.2f} s "
+                  f"({used / count * 1e6:.0f} µs per line); {len(screen.getvalue()) / 1e3:,.0f} kB written; "
+                  f"a line typed during a burst reached another client in {reached * 1000:.0f} ms")
+        keys.send_text("\x03\x03\x03\x04")
         await asyncio.wait_for(ui, 30)
-    print(report)  # after the UI: while it runs, stdout is drawn above its prompt
+    return report
 
 
 def main() -> int:
@@ -89,7 +117,9 @@ def main() -> int:
     server = spawn_server([sys.executable, str(root / "server.py"), "--db", ":memory:", "--log-level", "WARNING",
                            *NO_LIMIT_FLAGS], port)  # fmt: skip
     try:
-        asyncio.run(measure(port, count))
+        for full_screen in (True, False):
+            # Printed after each UI has ended: while one runs, stdout is its screen.
+            print(asyncio.run(measure(port, count, full_screen)), flush=True)
     finally:
         server.terminate()
         server.wait(10)

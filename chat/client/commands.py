@@ -58,7 +58,7 @@ Commands:
   /r TEXT           reply privately to whoever wrote to you privately last
   /ignore [NAME]    hide NAME's lines, kept between runs; alone: list who is hidden
   /unignore NAME    show NAME's lines again
-  /clear            clear the screen
+  /clear            clear the screen (full screen: empty the buffer shown)
   /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
