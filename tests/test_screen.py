@@ -77,6 +77,7 @@ async def full_screen(
     rooms: tuple[str, ...] = ("lobby",),
     size: tuple[int, int] = (100, 30),
     history: Path | None = None,
+    cursors: dict[str, int] | None = None,
 ) -> AsyncIterator[FullScreen]:
     """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
     its prompt; Ctrl-D at the end."""
@@ -85,7 +86,7 @@ async def full_screen(
         output = Screen(asyncio.get_running_loop())
         terminal = Vt100_Output(output, lambda: Size(rows=lines, columns=columns), term="xterm-256color")
         with create_app_session(input=keys, output=terminal):
-            client = ChatClient(*address, name, rooms=rooms)
+            client = ChatClient(*address, name, rooms=rooms, cursors=cursors)
             await client.connect()
             task = asyncio.create_task(run_screen(client, remembered_history(history), mouse=False))
             person = FullScreen(keys, output, Emulator(output, columns, lines), task, client)
@@ -106,12 +107,15 @@ def test_each_room_has_its_buffer_and_the_status_bar_counts_what_is_unread(chat_
     bob = connect()
     bob.send({"type": "join", "name": "bob", "room": "dev"})
     bob.expect(Welcome)
+    bob.send(SendMessage(room="dev", msg="said before alice came"))
+    bob.expect(ChatMessage, msg="said before alice came")
 
     async def scenario():
         async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev")) as alice:
             await alice.sees(lambda s: "2:dev" in alice.status, "dev on the status bar")
             for text in ("nobody reads this yet", "alice: are you there?"):
                 await asyncio.to_thread(bob.send, SendMessage(room="dev", msg=text))
+            # Two: the line said before alice joined is history, context rather than news.
             await alice.sees(lambda s: "2:dev(2!)" in alice.status, "two unread, one calling for alice")
             assert "are you there" not in alice.text  # it is in dev's buffer, not on screen
             alice.type(ALT + "2")
@@ -274,5 +278,29 @@ def test_a_message_too_long_is_refused_and_stays_in_the_input_line(chat_server):
             await alice.sees(lambda s: f"{MAX_MSG + 1:,} characters" in s, "the refusal with the size")
             assert alice.client.connected
             await alice.sees(lambda s: "xxxxxxxx" in s.splitlines()[-1], "the text back in the input line")
+
+    run(scenario())
+
+
+def test_coming_back_marks_what_is_new_in_each_room_and_counts_it_as_unread(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+    bob.send({"type": "join", "room": "dev"})
+    bob.expect(Welcome, room="dev")
+    seen_lobby = bob.say_all(["read before leaving"]).id
+    seen_dev = 0
+    bob.send(SendMessage(room="dev", msg="said while alice was away"))
+    bob.send(SendMessage(room="dev", msg="alice: you will want this"))
+    bob.expect(ChatMessage, msg="alice: you will want this")
+
+    async def scenario():
+        cursors = {"lobby": seen_lobby, "dev": seen_dev}
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev"), cursors=cursors) as alice:
+            await alice.sees(lambda s: "nothing new in lobby since you left" in s, "lobby's marker")
+            await alice.sees(lambda s: "2:dev(2!)" in alice.status, "dev's missed lines counted")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "2 new messages in dev since you left" in s, "dev's marker")
+            text = alice.text
+            assert text.index("since you left") < text.index("said while alice was away") < text.index("want this")
 
     run(scenario())

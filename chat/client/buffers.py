@@ -75,6 +75,8 @@ class Buffer:
     #: Talk lines that arrived while this buffer was not shown; whether one of them called for the user.
     unread: int = 0
     mentioned: bool = False
+    #: Numbered lines still to come of a fresh join's history: context, so not counted as unread.
+    context: int = 0
     #: How many rows the view is scrolled up from the newest (0: following what arrives).
     scrolled: int = 0
     #: Whether the top of the buffer is in view (as last drawn); whether older lines were asked

@@ -41,11 +41,11 @@ from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from chat.client import render
 from chat.client.actions import ChatState, PasswordRefused, calls_for, carry_out, prompt, take_in
 from chat.client.buffers import Buffer, Buffers, buffer_of, is_talk, private_buffer, room_buffer
-from chat.client.connection import ChatClient, ClientEvent, ConnectionLost, Reconnected
+from chat.client.connection import ChatClient, ClientEvent, ConnectionLost, Reconnected, Resumed
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import HistoryPage, Left, Moderation, Renamed, Welcome, room_key
+from chat.wire.protocol import HistoryPage, Left, Moderation, PrivateMessage, Renamed, Welcome, room_key
 
 if TYPE_CHECKING:  # a name prompt_toolkit defines for type checkers only
     from prompt_toolkit.key_binding.key_bindings import NotImplementedOrNone
@@ -151,7 +151,7 @@ class ChatScreen:
             if leaving:  # out of the room: its buffer goes, and the line shows where the user is now
                 self.buffers.close(key or "")
                 key = None
-            target = self._buffer_for(key)
+            target = self._buffer_for(key, _other(event, me))
             if target is None:
                 target = self.active()
             if isinstance(event, Welcome) and event.last_id < target.last_order:
@@ -160,12 +160,22 @@ class ChatScreen:
                 target.fetching = False  # asked for by scrolling: the lines go in above, no header
                 target.complete = event.more == 0
                 continue
+            # A fresh join's history is context, not news; a resumed one's is what was missed.
+            if isinstance(event, Welcome):
+                target.context = event.history
+            elif isinstance(event, Resumed):
+                target.context = 0
             where = target.title if not target.private else ""
             fragments = render.render(event, me, room=where)
             if fragments is None:
                 continue
-            target.add(fragments, _numbered(event), render.day_of(event))
-            if target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
+            numbered = _numbered(event)
+            news = numbered is None or numbered >= target.last_order  # not an older line fetched late
+            if numbered is not None and news and target.context:
+                target.context -= 1
+                news = False
+            target.add(fragments, numbered, render.day_of(event))
+            if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me)
         self.app.invalidate()
@@ -198,13 +208,13 @@ class ChatScreen:
         view = self.client.rooms.get(room_key(self.state.room))
         return self.buffers.open(self.active_key(), view.name if view else self.state.room)
 
-    def _buffer_for(self, key: str | None) -> Buffer | None:
-        """The buffer for a line: its room's (if the client is in it), its conversation's, or None."""
+    def _buffer_for(self, key: str | None, other: str | None = None) -> Buffer | None:
+        """The buffer for a line: its room's (if the client is in it), its conversation's (with
+        `other`, as spelled), or None."""
         if key is None:
             return None
         if key.startswith("@"):
-            existing = self.buffers.get(key)
-            return existing or self.buffers.open(key, key[1:])
+            return self.buffers.get(key) or self.buffers.open(key, other or key[1:])
         view = self.client.rooms.get(key[1:])
         if view is None:
             return self.buffers.get(key)
@@ -446,6 +456,13 @@ class ChatScreen:
     def _page(self) -> int:
         info = self.messages.render_info
         return max(1, (info.window_height if info else 20) - 2)
+
+
+def _other(event: ClientEvent, me: str) -> str | None:
+    """The other person of a private line."""
+    if isinstance(event, PrivateMessage):
+        return event.to if event.name == me else event.name
+    return None
 
 
 def _numbered(event: ClientEvent) -> int | None:
