@@ -7,7 +7,12 @@ package installs; here are only those that need this checkout.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,3 +59,64 @@ def files_under(directory: Path) -> dict[str, tuple[int, int]]:
             status = path.stat()
             found[str(path.relative_to(directory))] = (status.st_size, status.st_mtime_ns)
     return found
+
+
+class RedisServer:
+    """A real redis-server on a unix socket in a temporary directory (no TCP port to race for)."""
+
+    def __init__(self, directory: Path, appendonly: bool = False) -> None:
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        """Start it and wait for its own word that it accepts connections."""
+        command = [
+            REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.directory),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # ends if the process does
+            if "ready to accept connections" in line.lower():
+                # Its later log lines are read and dropped, so that a full pipe never stalls it.
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                return
+        raise AssertionError(f"redis-server did not start: {self.process.wait()}")
+
+    def kill(self) -> None:
+        """kill -9: whatever was not yet on disk is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server for one test, stopped at its end.
+
+    Without redis-server on the machine the test is skipped, saying so; `.ci/run` installs it
+    and sets CHAT_REQUIRE_REDIS=1, so there a missing redis-server fails instead.
+    """
+    if not Path(REDIS_SERVER).exists():
+        if os.environ.get("CHAT_REQUIRE_REDIS"):
+            pytest.fail("redis-server is not installed, and CHAT_REQUIRE_REDIS says the Redis tests must run")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server): the Redis tests need it")
+    directory = Path(tempfile.mkdtemp(prefix="redis-", dir="/tmp"))  # a unix socket path must be short
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -41,6 +41,7 @@ from chat.wire.protocol import (
     Pong,
     PrivateMessage,
     Renamed,
+    Reset,
     ServerMessage,
     ServerPing,
     ServerPong,
@@ -146,6 +147,8 @@ class RoomView:
     resume: bool = False
     #: Members with a role here: name -> `owner`, `op`, `voice` or `admin`.
     roles: dict[str, str] = field(default_factory=dict)
+    #: The epoch of the room's log (rooms shared through Redis): another one means new ids.
+    epoch: str | None = None
 
 
 class ChatClient:
@@ -378,8 +381,10 @@ class ChatClient:
         view = self.rooms.setdefault(room_key(welcome.room), RoomView(welcome.room))
         view.name, view.users, view.topic = welcome.room, list(welcome.users), welcome.topic
         view.roles = dict(welcome.roles)
-        if welcome.last_id < view.seen.last_id:  # the server started this room over: its ids begin again
+        restarted = view.epoch is not None and welcome.epoch is not None and welcome.epoch != view.epoch
+        if restarted or welcome.last_id < view.seen.last_id:  # the room's ids begin again
             view.seen.reset()
+        view.epoch = welcome.epoch or view.epoch
         view.resume = True
 
     async def _read(self, reader: asyncio.StreamReader) -> ServerMessage:
@@ -533,6 +538,10 @@ class ChatClient:
             case Topic(room=room, topic=topic):
                 if view := self.rooms.get(room_key(room)):
                     view.topic = topic
+            case Reset(room=room, epoch=epoch):
+                if view := self.rooms.get(room_key(room)):
+                    view.seen.reset()
+                    view.epoch = epoch
 
     def _drop_writer(self) -> None:
         if self._writer is not None:

@@ -28,6 +28,7 @@ from chat.wire.protocol import (
     Notice,
     PrivateMessage,
     Renamed,
+    Reset,
     RoomList,
     ServerNotice,
     SessionToken,
@@ -197,6 +198,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             # No clock: the history lines that follow carry their own, older, times; a welcome
             # stamped now above them made the times read out of order.
             return [("class:notice", "-- "), (INDENT, ""), ("class:notice", text)]
+        case Reset(detail=detail):
+            return error(neutralise(detail), now)
         case Gap(detail=detail):
             return error(f"missed messages are lost: {neutralise(detail)}", now)
         case HistoryPage(count=count, more=more):

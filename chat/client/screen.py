@@ -45,7 +45,7 @@ from chat.client.connection import ChatClient, ClientEvent, ConnectionLost, Reco
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import HistoryPage, Left, Moderation, PrivateMessage, Renamed, Welcome, room_key
+from chat.wire.protocol import HistoryPage, Left, Moderation, PrivateMessage, Renamed, Reset, Welcome, room_key
 
 if TYPE_CHECKING:  # a name prompt_toolkit defines for type checkers only
     from prompt_toolkit.key_binding.key_bindings import NotImplementedOrNone
@@ -154,8 +154,8 @@ class ChatScreen:
             target = self._buffer_for(key, _other(event, me))
             if target is None:
                 target = self.active()
-            if isinstance(event, Welcome) and event.last_id < target.last_order:
-                target.restart_ids()  # the server's ids began again (its history was reset)
+            if isinstance(event, Reset) or (isinstance(event, Welcome) and event.last_id < target.last_order):
+                target.restart_ids()  # the room's ids began again (its history was lost)
             if isinstance(event, HistoryPage) and target.fetching:
                 target.fetching = False  # asked for by scrolling: the lines go in above, no header
                 target.complete = event.more == 0

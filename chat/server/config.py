@@ -105,6 +105,14 @@ class ServerConfig:
         str,
         command_default=default_db,
     )
+    redis: str | None = _option(
+        None,
+        "--redis",
+        "CHAT_REDIS",
+        "share rooms with other servers through this Redis (redis://host:6379/0 or unix:///path); "
+        "needs the redis extra",
+        str,
+    )
     retention: int = _option(
         DEFAULT_RETENTION, "--retention", "CHAT_RETENTION", "messages each room's history keeps", int
     )

@@ -14,13 +14,22 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from chat.errors import Refused
 from chat.server.accounts import Accounts, Identity
-from chat.server.log import LocalLog
-from chat.server.room import CHUNK_LINES, Delivery, HistorySettings, Moderate, Room, Target, stream_chunks
+from chat.server.log import LocalLog, RoomLog
+from chat.server.room import (
+    CHUNK_LINES,
+    Delivery,
+    HistorySettings,
+    Moderate,
+    Room,
+    RoomFeed,
+    Target,
+    stream_chunks,
+)
 from chat.server.session import Session
 from chat.server.store import PRIVATE_LOG, RoomRecord, Sanction, Store, kept
 from chat.wire.codec import encode, encode_error
@@ -90,8 +99,11 @@ class Hub(Generic[P]):
         settings: HistorySettings | None = None,
         accounts: Accounts | None = None,
         admins: Iterable[str] = (),
+        shared_rooms: Callable[[RoomRecord], tuple[RoomLog, RoomFeed[P]]] | None = None,
     ) -> None:
+        """`shared_rooms`, given a room, its log and feed when rooms are shared with other servers."""
         self._delivery = delivery
+        self._shared_rooms = shared_rooms
         self._store = store
         self._accounts = accounts or Accounts(store)
         #: The server operators' identities (`--admin`): they may do anything in any room.
@@ -472,7 +484,12 @@ class Hub(Generic[P]):
         return self._open_room(record)
 
     def _open_room(self, record: RoomRecord) -> Room[P]:
-        room = Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store, self._settings)
+        if self._shared_rooms is not None:
+            room_log, feed = self._shared_rooms(record)
+            room = Room(record, room_log, self._delivery, self._store, self._settings, feed)
+        else:
+            room = Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store,
+                        self._settings)
         room.admins = self._admins
         return room
 

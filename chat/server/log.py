@@ -48,6 +48,12 @@ class RoomLog(Protocol):
         """The newest id given out."""
         ...
 
+    @property
+    def epoch(self) -> str | None:
+        """What tells this log from an earlier one under the same name whose ids meant other lines
+        (None where a log cannot be lost without the server knowing it)."""
+        ...
+
     def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
         """Number the next line, build it with that id, keep it, and return it.
 
@@ -91,6 +97,10 @@ class LocalLog:
     @property
     def last_id(self) -> int:
         return self._last_id
+
+    @property
+    def epoch(self) -> str | None:
+        return None  # a lost history file is caught at start (its ids begin again below a client's)
 
     def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
         next_id = self._last_id + 1

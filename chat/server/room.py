@@ -77,6 +77,58 @@ class Delivery(Protocol[P_contra]):
     def close(self, peer: P_contra, final: bytes | None = None, reason: str | None = None) -> None: ...
 
 
+class RoomFeed(Protocol[P_contra]):
+    """How one room's lines reach its members, in the room's order: straight to this server's
+    Delivery (LocalFeed), or through a log shared by several servers whose reader delivers them.
+    The room calls it with its lock held."""
+
+    def enter(self, peer: P_contra, joined: bytes) -> int:
+        """Tell the members `joined`, then take `peer` in, holding its live lines back until its
+        history is sent; the last numbered id before it (what that history runs up to)."""
+        ...
+
+    def publish(self, lines: bytes) -> None:
+        """Numbered lines just kept in the room's log."""
+        ...
+
+    def announce(self, line: bytes) -> None:
+        """An unnumbered line (joined, left, renamed) for every member."""
+        ...
+
+    def leave(self, peer: P_contra, left: bytes, sees_it: bool) -> None:
+        """Take `peer` out and tell the members `left`; `peer` sees it too if `sees_it` (a part)."""
+        ...
+
+
+class LocalFeed(Generic[P]):
+    """A room whose members are all on this server: its lines go straight to the Delivery."""
+
+    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog) -> None:
+        self._delivery = delivery
+        self._key = key
+        self._log = room_log
+
+    def enter(self, peer: P, joined: bytes) -> int:
+        snapshot = self._log.last_id
+        self._delivery.publish(self._key, joined)
+        self._delivery.subscribe(peer, self._key, held=True)
+        return snapshot
+
+    def publish(self, lines: bytes) -> None:
+        self._delivery.publish(self._key, lines)
+
+    def announce(self, line: bytes) -> None:
+        self._delivery.publish(self._key, line)
+
+    def leave(self, peer: P, left: bytes, sees_it: bool) -> None:
+        if sees_it:
+            self._delivery.publish(self._key, left)
+            self._delivery.unsubscribe(peer, self._key)
+        else:
+            self._delivery.unsubscribe(peer, self._key)
+            self._delivery.publish(self._key, left)
+
+
 @dataclass(frozen=True)
 class HistorySettings:
     """How much history a room sends: to a newcomer, and at most to a resuming member."""
@@ -99,13 +151,16 @@ class Room(Generic[P]):
         delivery: Delivery[P],
         store: Store,
         settings: HistorySettings | None = None,
+        feed: RoomFeed[P] | None = None,
     ) -> None:
+        """`feed`: how lines reach the members (default: straight to `delivery`)."""
         self.key = record.key
         #: The room's name as first spelled; every line about the room carries it.
         self.name = record.name
         self._record = record
         self._log = room_log
         self._delivery = delivery
+        self._feed: RoomFeed[P] = feed or LocalFeed(delivery, record.key, room_log)
         self._store = store
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
@@ -147,10 +202,9 @@ class Room(Generic[P]):
             guest = session.identity is None or session.identity.account is None
             if "accounts" in self._modes and guest and self.role_of(session) != "admin":
                 raise Refused("account_required", f"{self.name} is for accounts only: register first", self.name)
-            snapshot = self._log.last_id
+            joined = encode(Joined(room=self.name, name=name, time=utc_now()))
+            snapshot = self._feed.enter(session.peer, joined)
             self._members[session] = name
-            self._delivery.publish(self.key, encode(Joined(room=self.name, name=name, time=utc_now())))
-            self._delivery.subscribe(session.peer, self.key, held=True)
             users = self._sorted_users()
             roles = self._roles_by_name()
             topic = self.topic
@@ -174,6 +228,7 @@ class Room(Generic[P]):
                 account=identity.account is not None if identity else None,
                 roles=roles,
                 modes=sorted(self._modes),
+                epoch=self._log.epoch,
             )
             lead = encode(welcome)
             if span.gap is not None:
@@ -243,7 +298,7 @@ class Room(Generic[P]):
                 turn.failure = exc
             return
         if lines:
-            self._delivery.publish(self.key, b"".join(lines))
+            self._feed.publish(b"".join(lines))
         for turn in speaking:
             turn.written = True
 
@@ -259,14 +314,14 @@ class Room(Generic[P]):
                 lambda id: encode(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
             )
             self._record = record
-            self._delivery.publish(self.key, line)
+            self._feed.publish(line)
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._lock:
             if session not in self._members:
                 return
             self._members[session] = new
-            self._delivery.publish(self.key, encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
+            self._feed.announce(encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
 
     def who(self, session: Session[P]) -> None:
         with self._lock:
@@ -383,12 +438,8 @@ class Room(Generic[P]):
         if name is None:
             return None
         left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
-        if reason == "part":  # the one who parts sees it too: that is its confirmation
-            self._delivery.publish(self.key, left)
-            self._delivery.unsubscribe(session.peer, self.key)
-        else:
-            self._delivery.unsubscribe(session.peer, self.key)
-            self._delivery.publish(self.key, left)
+        # The one who parts sees it too: that is its confirmation.
+        self._feed.leave(session.peer, left, sees_it=reason == "part")
         return name
 
     def _record_locked(
@@ -403,7 +454,7 @@ class Room(Generic[P]):
                 )
             )
         )
-        self._delivery.publish(self.key, line)
+        self._feed.publish(line)
 
     def _speaker(self, session: Session[P]) -> str:
         """The member's name, if it may speak here (not muted; voiced if the room is moderated)."""

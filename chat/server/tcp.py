@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from chat.errors import ProtocolError, Refused, RequestFailed
 from chat.server.accounts import Accounts
@@ -28,7 +28,7 @@ from chat.server.limits import AddressBook, AddressPolicy, TokenBucket, parse_ne
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
-from chat.server.store import open_store
+from chat.server.store import StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import LineFramer, decode_client, encode, encode_error
 from chat.wire.protocol import (
@@ -43,6 +43,9 @@ from chat.wire.protocol import (
     Shutdown,
 )
 from chat.wire.text import quoted
+
+if TYPE_CHECKING:  # loaded only with --redis: the redis package is an optional extra
+    from chat.server.shared import SharedRooms
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +287,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
         try:
             settings = HistorySettings(config.history, config.replay_limit)
             accounts = Accounts(self.store, require_account=config.require_account)
-            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin)
+            #: The Redis through which rooms are shared with other servers (--redis), if any.
+            self.shared = _shared_rooms(config.redis, self.outbox, config.retention) if config.redis else None
+            backend = self.shared.room if self.shared is not None else None
+            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, backend)
         except BaseException:
             self.store.close()
             raise
@@ -308,25 +314,30 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.address_family = _family(config.host, config.port)
             super().__init__(config.address, ChatHandler)
         except OSError:
-            self.store.close()
+            self._close_storage()
             raise
         #: The extra plaintext listener beside a TLS one (--plain-port), if any.
         self._plain: _PlainListener | None = None
         if config.plain_port is not None:
             if self.tls_context is None:
                 self.server_close()
-                self.store.close()
+                self._close_storage()
                 raise OSError("--plain-port is for a server that speaks TLS (--tls-cert, --tls-key)")
             plain_host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
             try:
                 self._plain = _PlainListener(self, (plain_host, config.plain_port))
             except OSError:
                 self.server_close()
-                self.store.close()
+                self._close_storage()
                 raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
         self.outbox.start()
         self._keepalive.start()
+
+    def _close_storage(self) -> None:
+        if self.shared is not None:
+            self.shared.stop()
+        self.store.close()
 
     @property
     def port(self) -> int:
@@ -371,6 +382,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self._plain.server_close()
         self._join_handlers(timeout)
         self._keepalive.join(timeout)
+        if self.shared is not None:
+            self.shared.stop(timeout)
         self.outbox.stop(timeout)
         self.store.close()
         log.info("stopped")
@@ -515,6 +528,22 @@ class _PlainListener(socketserver.TCPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.main.process_request(request, client_address)
+
+
+def _shared_rooms(url: str, outbox: Outbox, retention: int) -> SharedRooms[Peer]:
+    """The Redis connection and reader for --redis; StoreError (one line for the log) if unusable."""
+    try:
+        from chat.server.shared import SharedRooms
+    except ImportError as exc:
+        raise StoreError(f"--redis needs the redis package: pip install 'chat[redis]' ({exc})") from exc
+    import redis
+
+    shared: SharedRooms[Peer] = SharedRooms(url, outbox, retention)
+    try:
+        shared.start()
+    except (redis.RedisError, ValueError) as exc:
+        raise StoreError(f"cannot use Redis at {url}: {exc}") from exc
+    return shared
 
 
 def _serve_both_families(sock: socket.socket) -> None:

@@ -462,6 +462,9 @@ class Welcome(_ServerWire):
     roles: dict[str, str] = Field(default_factory=dict)
     #: The room's modes that are on (`topic`, `accounts`, `moderated`).
     modes: list[str] = Field(default_factory=list)
+    #: With rooms shared through Redis: the room log's epoch. Another epoch than a client saw
+    #: before means the log was lost and numbered again: its old ids mean nothing any more.
+    epoch: str | None = None
 
 
 class SessionToken(_ServerWire):
@@ -481,6 +484,16 @@ class Gap(_ServerWire):
     room: str = LOBBY
     first: int = Field(ge=1)
     last: int = Field(ge=1)
+    detail: str
+
+
+class Reset(_ServerWire):
+    """The room's log was lost (the Redis holding it restarted without its data) and its ids
+    start again from 1 in a new `epoch`: forget the room's old ids."""
+
+    type: Literal["reset"] = "reset"
+    room: str = LOBBY
+    epoch: str | None = None
     detail: str
 
 
@@ -738,6 +751,7 @@ ServerMessage = Annotated[
     Welcome
     | SessionToken
     | Gap
+    | Reset
     | HistoryPage
     | ChatMessage
     | Action

@@ -1,0 +1,394 @@
+"""Rooms shared by several servers through Redis: each room's log is a Redis Stream, numbered by
+Redis, and each server runs one reader that delivers the streams of its rooms in stream order.
+
+No server numbers a message itself: one atomic script takes a room's next id and appends the
+line under it, so every member on every server sees one order, the sender's own server
+included (it delivers its own lines from the stream like anybody else's, never first).
+Notices (joined, left, renamed) go into the same stream between the messages, under
+`<last id>-<n>`, so they stay in place. What a room's members need of it is RedisLog (history,
+resume, numbering) and RedisFeed (delivery); this module knows Redis, the rooms do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import redis
+
+from chat.errors import StorageFailed
+from chat.server.log import Span
+from chat.server.room import Delivery
+from chat.server.store import RoomRecord
+from chat.wire.codec import encode
+from chat.wire.protocol import Reset
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=Hashable)
+
+#: The id a line is built with before Redis numbers it; the script puts the real one in its place.
+#: It appears in an encoded line only as the `id` field: inside a string a quote is escaped.
+PLACEHOLDER_ID = 9_007_199_254_740_881
+_PLACEHOLDER = f'"id":{PLACEHOLDER_ID}'.encode()
+#: How long (ms) the reader waits for new entries before it looks again at what it follows.
+READ_BLOCK_MS = 1000
+#: Entries one read takes at most per stream.
+READ_COUNT = 512
+#: How long a join waits for the reader to deliver up to its own `joined` line.
+SETTLE_TIMEOUT = 5.0
+
+# Number each template's line, in order, and append it under its id: atomically, so that
+# ids are gap-free and ordered however many servers append. KEYS: meta, log.
+# ARGV: max length, epoch if new, templates...
+_APPEND = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+local ids = {}
+for i = 3, #ARGV do
+  local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
+  local template = ARGV[i]
+  local at, stop = string.find(template, '"id":PLACEHOLDER', 1, true)
+  local line = string.sub(template, 1, at - 1) .. '"id":' .. id .. string.sub(template, stop + 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line)
+  ids[#ids + 1] = id
+end
+return ids
+""".replace("PLACEHOLDER", str(PLACEHOLDER_ID))
+
+# An unnumbered line after the room's last numbered one. KEYS: meta, log.
+# ARGV: max length, line, epoch if new.
+_NOTICE = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
+local last = redis.call('HGET', KEYS[1], 'last') or '0'
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], last .. '-*', 'l', ARGV[2])
+"""
+
+
+#: What XRANGE gives: (entry id, fields), oldest first; what XREAD gives: those per stream.
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _range(client: redis.Redis, stream: str, start: str, end: str, count: int) -> Entries:
+    return cast(Entries, client.xrange(stream, start, end, count=count))
+
+
+def _entry(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry's id as a pair: (the last numbered id at or before it, its place after that)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    first, _, second = text.partition("-")
+    return int(first), int(second or 0)
+
+
+@dataclass
+class _Followed:
+    """One room whose stream this server's reader follows: how far it has delivered."""
+
+    key: str
+    name: str
+    stream: bytes
+    position: tuple[int, int]
+    epoch: bytes | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    delivered: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delivered = threading.Condition(self.lock)
+
+
+class SharedRooms(Generic[P]):
+    """This server's connection to the Redis that holds the shared rooms, and its one reader."""
+
+    def __init__(self, url: str, delivery: Delivery[P], retention: int) -> None:
+        self._delivery = delivery
+        self._retention = retention
+        # Commands give up quickly (the sender gets storage_failed); the reader blocks longer.
+        self.redis: redis.Redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        self._reader: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=READ_BLOCK_MS / 1000 + 5, socket_connect_timeout=2
+        )
+        self._append = self.redis.register_script(_APPEND)
+        self._notice = self.redis.register_script(_NOTICE)
+        self._followed: dict[bytes, _Followed] = {}
+        self._followed_lock = threading.Lock()
+        #: A stream of this server's own: an entry in it wakes the reader to follow a new room.
+        self._wake = f"chat:node:{secrets.token_hex(8)}:wake".encode()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._read_forever, name="chat-shared-reader", daemon=True)
+
+    def start(self) -> None:
+        self.redis.ping()  # unreachable at start: the server says so and does not start
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        try:
+            self.redis.xadd(self._wake, {"stop": "1"}, maxlen=10)
+        except redis.RedisError:
+            pass  # the reader's own read fails and it sees the stop
+        self._thread.join(timeout)
+        try:
+            self.redis.delete(self._wake)
+        except redis.RedisError as exc:
+            log.info("could not remove this server's wake stream: %s", exc)
+        self.redis.close()
+        self._reader.close()
+
+    def room(self, record: RoomRecord) -> tuple[RedisLog, RedisFeed[P]]:
+        """A room's log and feed on this Redis."""
+        return RedisLog(self, record.key, record.name), RedisFeed(self, self._delivery, record.key, record.name)
+
+    # --- for RedisLog and RedisFeed -------------------------------------------------
+
+    @staticmethod
+    def keys(room: str) -> tuple[str, str]:
+        """A room's meta hash and stream; `{room}` keeps both in one Redis Cluster slot."""
+        return f"chat:{{{room}}}:meta", f"chat:{{{room}}}:log"
+
+    def append(self, room: str, templates: Sequence[bytes]) -> list[int]:
+        meta, stream = self.keys(room)
+        ids = self._append(keys=[meta, stream], args=[self._retention, secrets.token_hex(8), *templates])
+        return [int(number) for number in cast(list[int], ids)]
+
+    def notice(self, room: str, line: bytes) -> tuple[int, int]:
+        """Append an unnumbered line; where it went in the stream."""
+        meta, stream = self.keys(room)
+        reply = self._notice(keys=[meta, stream], args=[self._retention, line, secrets.token_hex(8)])
+        return _entry(cast(bytes, reply))
+
+    def epoch(self, room: str) -> bytes | None:
+        """The room's epoch: made with its first line, so a Redis that lost its data has a new one."""
+        return cast(bytes | None, self.redis.hget(self.keys(room)[0], "epoch"))
+
+    def follow(self, room: str, name: str, after: tuple[int, int]) -> _Followed:
+        """Deliver `room`'s stream (the room called `name`) on this server from after `after` on
+        (if not already)."""
+        stream = self.keys(room)[1].encode()
+        with self._followed_lock:
+            followed = self._followed.get(stream)
+            if followed is not None:
+                return followed
+            followed = self._followed[stream] = _Followed(room, name, stream, after, self.epoch(room))
+        try:
+            self.redis.xadd(self._wake, {"follow": room}, maxlen=10)
+        except redis.RedisError as exc:  # the reader looks again within READ_BLOCK_MS anyway
+            log.info("could not wake the reader: %s", exc)
+        return followed
+
+    def settle(self, followed: _Followed, upto: tuple[int, int]) -> None:
+        """Wait (briefly) until the reader has delivered the stream up to `upto`."""
+        with followed.delivered:
+            if not followed.delivered.wait_for(lambda: followed.position >= upto, SETTLE_TIMEOUT):
+                log.warning("the reader is behind in %s; going on", followed.key)
+
+    # --- the reader --------------------------------------------------------------------
+
+    def _read_forever(self) -> None:
+        wake_position = b"$"
+        backoff = 0.1
+        recovering = False
+        while not self._stopping.is_set():
+            if recovering:
+                try:
+                    self._start_over_where_lost()
+                except redis.RedisError:
+                    pass  # still down: the read below fails and waits
+                else:
+                    recovering = False
+            with self._followed_lock:
+                streams: dict[Any, Any] = {
+                    stream: "{}-{}".format(*followed.position) for stream, followed in self._followed.items()
+                }
+            streams[self._wake] = wake_position
+            try:
+                reply = cast(
+                    list[tuple[bytes, Entries]], self._reader.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+                )
+            except redis.RedisError as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("reading the shared rooms failed (%s); again in %.1f s", exc, backoff)
+                recovering = True
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for stream, entries in reply or []:
+                if stream == self._wake:
+                    wake_position = entries[-1][0]
+                    continue
+                followed = self._followed.get(stream)
+                if followed is None or not entries:
+                    continue
+                lines = b"".join(fields[b"l"] for _, fields in entries)
+                with followed.delivered:
+                    self._delivery.publish(followed.key, lines)
+                    followed.position = _entry(entries[-1][0])
+                    followed.delivered.notify_all()
+
+
+    def _start_over_where_lost(self) -> None:
+        """After Redis was away: a room whose epoch changed lost its stream (Redis restarted
+        without its data), so its new lines are read from the start, and its members told."""
+        for followed in list(self._followed.values()):
+            epoch = self.epoch(followed.key)
+            if epoch == followed.epoch:
+                continue
+            log.warning("Redis lost the history of %s: its numbering starts again", followed.key)
+            with followed.delivered:
+                followed.epoch = epoch
+                followed.position = (0, 0)
+                detail = f"the history of {followed.name} was lost; its ids start again"
+                reset = Reset(room=followed.name, epoch=epoch.decode() if epoch else None, detail=detail)
+                self._delivery.publish(followed.key, encode(reset))
+
+
+def _failed(room: str | None, reading: bool = False) -> StorageFailed:
+    detail = "the server could not read its history; try again" if reading else (
+        "the server could not store your message, so nobody got it"
+    )
+    return StorageFailed("storage_failed", detail, room)
+
+
+class RedisLog:
+    """A room's log in its Redis Stream: numbered there, read from there (see RoomLog)."""
+
+    def __init__(self, shared: SharedRooms[Any], key: str, room: str) -> None:
+        self._shared = shared
+        self._key = key
+        self._room = room
+        self._meta, self._stream = shared.keys(key)
+
+    @property
+    def epoch(self) -> str | None:
+        try:
+            epoch = self._shared.epoch(self._key)
+        except redis.RedisError as exc:
+            raise _failed(self._room, reading=True) from exc
+        return epoch.decode() if epoch else None
+
+    @property
+    def last_id(self) -> int:
+        try:
+            last = cast(bytes | None, self._shared.redis.hget(self._meta, "last"))
+        except redis.RedisError as exc:
+            raise _failed(self._room, reading=True) from exc
+        return int(last or 0)
+
+    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+        return self.append_all([build])[0]
+
+    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+        if not builds:
+            return []
+        templates = [build(PLACEHOLDER_ID) for build in builds]
+        try:
+            ids = self._shared.append(self._key, templates)
+        except redis.RedisError as exc:
+            log.error("storing in %s failed: %s", self._room, exc)
+            raise _failed(self._room) from exc
+        return [t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1) for t, n in zip(templates, ids, strict=True)]
+
+    def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
+        oldest = self._oldest()
+        if oldest is None or upto < oldest or limit < 1:
+            return Span.empty()
+        first = max(oldest, upto - limit + 1)
+        return Span(first, upto, upto - first + 1)
+
+    def missed(self, since: int, upto: int, limit: int, viewer: str | None = None) -> Span:
+        if since >= upto:
+            return Span.empty()
+        oldest = self._oldest()
+        first_kept = oldest if oldest is not None else upto + 1
+        gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
+        first = max(since + 1, first_kept, upto - limit + 1)
+        if first > upto:
+            return Span(1, 0, 0, 0, gap)
+        return Span(first, upto, upto - first + 1, first - max(since + 1, first_kept), gap)
+
+    def before(self, edge: int, limit: int, viewer: str | None = None) -> Span:
+        upto = min(edge - 1, self.last_id)
+        oldest = self._oldest()
+        if oldest is None or upto < oldest or limit < 1:
+            return Span.empty()
+        first = max(oldest, upto - limit + 1)
+        return Span(first, upto, upto - first + 1, first - oldest)
+
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+        start = f"{span.first}-0"
+        while True:
+            try:
+                entries = _range(self._shared.redis, self._stream, start, f"{span.last}-0", chunk * 2)
+            except redis.RedisError as exc:
+                raise _failed(self._room, reading=True) from exc
+            if not entries:
+                return
+            numbered = [fields[b"l"] for entry, fields in entries if _entry(entry)[1] == 0]
+            if numbered:
+                yield numbered
+            last = _entry(entries[-1][0])
+            start = f"{last[0]}-{last[1] + 1}"
+
+    def _oldest(self) -> int | None:
+        """The oldest numbered id the stream still keeps."""
+        start = "-"
+        try:
+            while True:
+                entries = _range(self._shared.redis, self._stream, start, "+", 64)
+                if not entries:
+                    return None
+                for entry, _ in entries:
+                    number, place = _entry(entry)
+                    if place == 0:
+                        return number
+                number, place = _entry(entries[-1][0])
+                start = f"{number}-{place + 1}"
+        except redis.RedisError as exc:
+            raise _failed(self._room, reading=True) from exc
+
+
+class RedisFeed(Generic[P]):
+    """A room's lines reach its members on this server through the shared reader (see RoomFeed)."""
+
+    def __init__(self, shared: SharedRooms[P], delivery: Delivery[P], key: str, room: str) -> None:
+        self._shared = shared
+        self._delivery = delivery
+        self._key = key
+        self._room = room
+
+    def enter(self, peer: P, joined: bytes) -> int:
+        try:
+            at = self._shared.notice(self._key, joined)
+        except redis.RedisError as exc:
+            raise _failed(self._room) from exc
+        followed = self._shared.follow(self._key, self._room, at)
+        self._shared.settle(followed, at)
+        with followed.lock:  # the reader delivers under this lock: nothing slips between
+            self._delivery.subscribe(peer, self._key, held=True)
+            return followed.position[0]
+
+    def publish(self, lines: bytes) -> None:
+        """Nothing to do: the lines are in the stream, and the reader delivers them in its order."""
+
+    def announce(self, line: bytes) -> None:
+        try:
+            self._shared.notice(self._key, line)
+        except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
+            log.warning("a notice in %s was lost: %s", self._room, exc)
+
+    def leave(self, peer: P, left: bytes, sees_it: bool) -> None:
+        if not sees_it:
+            self._delivery.unsubscribe(peer, self._key)
+        try:
+            at = self._shared.notice(self._key, left)
+        except redis.RedisError as exc:
+            log.warning("the leave in %s was not told: %s", self._room, exc)
+            at = None
+        if sees_it:
+            if at is not None:
+                self._shared.settle(self._shared.follow(self._key, self._room, at), at)
+            self._delivery.unsubscribe(peer, self._key)
