@@ -53,6 +53,16 @@ CLIENT_OPTIONS = (
     ("host", Option("--host", "CHAT_HOST", "server address", str), DEFAULT_HOST),
     ("port", Option("--port", "CHAT_PORT", "server TCP port", int), DEFAULT_PORT),
     ("name", Option("--name", "CHAT_NAME", "your name on the server; asked for when not given", str), None),
+    (
+        "also",
+        Option(
+            "--also",
+            "CHAT_ALSO",
+            "another server HOST:PORT sharing the same rooms, tried in turn when one cannot be reached; repeatable",
+            lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+        ),
+        (),
+    ),
 )
 
 
@@ -213,6 +223,14 @@ def client_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6 address]:port`, as --also takes it."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        raise SystemExit(f"--also {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 def client_main(argv: Sequence[str] | None = None) -> int:
     """Run the terminal client; returns the exit status."""
     # Imported here so that the server never loads prompt_toolkit.
@@ -230,6 +248,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     cursor_file = Path(state_dir()) / "client-cursors.json"
 
     tls = _client_tls(args.tls, args.tls_ca, args.insecure)
+    also = [_host_port(part) for text in (args.also or args.also_default) for part in text.split(",") if part]
     # A bot's password comes from the environment; a person's is asked for if the name needs it.
     password = os.environ.get(args.password_env) if args.password_env else None
 
@@ -249,6 +268,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 args.host,
                 args.port,
                 name,
+                also=also,
                 rooms=rooms,
                 cursors=None if args.fresh else place.rooms,
                 private_since=None if args.fresh else place.private,

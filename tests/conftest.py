@@ -102,18 +102,29 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A fresh redis-server for one test, stopped at its end.
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server for one test, stopped at its end; it keeps nothing on disk.
 
     Without redis-server on the machine the test is skipped, saying so; `.ci/run` installs it
     and sets CHAT_REQUIRE_REDIS=1, so there a missing redis-server fails instead.
     """
+    yield from _redis_server(appendonly=False)
+
+
+@pytest.fixture
+def durable_redis_server() -> Iterator[RedisServer]:
+    """A redis-server that writes every command to its append-only file before it answers
+    (`appendfsync always`): killed and started again, it has all it ever acknowledged."""
+    yield from _redis_server(appendonly=True)
+
+
+def _redis_server(appendonly: bool) -> Iterator[RedisServer]:
     if not Path(REDIS_SERVER).exists():
         if os.environ.get("CHAT_REQUIRE_REDIS"):
             pytest.fail("redis-server is not installed, and CHAT_REQUIRE_REDIS says the Redis tests must run")
         pytest.skip("redis-server is not installed (apt-get install -y redis-server): the Redis tests need it")
     directory = Path(tempfile.mkdtemp(prefix="redis-", dir="/tmp"))  # a unix socket path must be short
-    server = RedisServer(directory)
+    server = RedisServer(directory, appendonly)
     server.start()
     try:
         yield server

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 
+from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.testing import LineClient
-from chat.wire.protocol import ChatMessage, ErrorReply, Joined, Left, Reset, Welcome
+from chat.server.directory import LEASE, RENEW_EVERY
+from chat.testing import TIMEOUT, LineClient
+from chat.wire.protocol import (
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    PrivateMessage,
+    Renamed,
+    Reset,
+    RoomList,
+    Topic,
+    Users,
+    Welcome,
+)
 
 
 @pytest.fixture
-def nodes(start_chat_server, redis_server):
+def nodes(redis_server, start_chat_server):  # servers stop before their Redis does
     """`nodes(n)`: n servers on one Redis, each with its own (in-memory) local store."""
 
     def start(count: int = 2, **settings):
@@ -117,3 +132,223 @@ def test_when_redis_is_down_a_message_is_refused_as_not_stored_and_nobody_gets_i
     assert (again.msg, again.id) == ("back again", 1)  # numbered from the start: Redis forgot the rest
     newcomer = connect(b)
     assert newcomer.join("carol").epoch not in (None, first_epoch)
+
+
+def _enter(client: LineClient, room: str) -> Welcome:
+    client.send({"type": "join", "room": room})
+    return client.expect(Welcome)
+
+
+def test_a_name_is_taken_on_every_server_and_freed_on_all_when_its_holder_leaves(nodes, connect):
+    a, b = nodes(2)
+    alice = connect(a)
+    alice.join("alice")
+    stranger = connect(b)
+    stranger.send({"type": "join", "name": "ALICE"})  # a look-alike is the same name
+    refusal = stranger.expect(ErrorReply)
+    assert refusal.code == "name_taken" and "alice" in refusal.detail
+    alice.send({"type": "nick", "name": "alicia"})
+    alice.expect(Renamed, new="alicia")
+    stranger.join("alice")  # the old name is free on every server now
+    taker = connect(a)
+    taker.send({"type": "join", "name": "alicia"})
+    assert taker.expect(ErrorReply).code == "name_taken"
+    alice.send({"type": "leave"})
+    alice.expect_closed()
+    connect(b).join("alicia")
+
+
+def test_who_and_rooms_show_the_members_and_rooms_of_every_server(nodes, connect):
+    a, b, c = nodes(3)
+    alice, bob, carol = connect(a), connect(b), connect(c)
+    alice.join("alice")
+    bob.join("bob")
+    carol.join("carol")
+    _enter(alice, "dev")
+    assert _enter(bob, "Dev").users == ["alice", "bob"]  # one room, spelled as its creator did
+    bob.send({"type": "who", "room": "dev"})
+    assert bob.expect(Users, room="dev").users == ["alice", "bob"]
+    carol.send({"type": "rooms"})  # carol's server has nobody in dev: it lists it anyway
+    rooms = {info.room: info.users for info in carol.expect(RoomList).rooms}
+    assert rooms == {"dev": 2, "lobby": 3}
+    carol.send({"type": "who", "room": "dev"})
+    assert carol.expect(Users, room="dev").users == ["alice", "bob"]
+    bob.send({"type": "part", "room": "dev"})
+    bob.expect(Left, room="dev")
+    carol.send({"type": "who", "room": "dev"})
+    assert carol.expect(Users, room="dev").users == ["alice"]
+
+
+def test_a_topic_set_on_one_server_is_the_topic_on_the_others(nodes, connect):
+    a, b = nodes(2)
+    alice = connect(a)
+    alice.join("alice")
+    alice.send({"type": "topic", "room": "lobby", "topic": "release friday"})
+    alice.expect(Topic, topic="release friday")
+    bob = connect(b)
+    assert bob.join("bob").topic == "release friday"
+    bob.send({"type": "rooms"})
+    assert [info.topic for info in bob.expect(RoomList).rooms] == ["release friday"]
+
+
+def test_a_private_message_reaches_its_person_on_another_server_and_comes_back_on_a_resume(nodes, connect):
+    a, b = nodes(2)
+    alice, bob, carol = connect(a), connect(b), connect(b)
+    alice.join("alice")
+    welcome = bob.join("bob")
+    carol.join("carol")
+    alice.send({"type": "private", "to": "BOB", "msg": "psst"})
+    sent = alice.expect(PrivateMessage)  # the echo
+    got = bob.expect(PrivateMessage)
+    assert (got.id, got.name, got.to, got.msg) == (sent.id, "alice", "bob", "psst")
+    bob.send({"type": "private", "to": "alice", "msg": "yes?"})
+    assert alice.expect(PrivateMessage, msg="yes?").id == sent.id + 1
+    carol.send({"type": "private", "to": "nobody", "msg": "hello?"})
+    assert carol.expect(ErrorReply).code == "no_such_user"
+    bob.send({"type": "leave"})
+    bob.expect_closed()
+    alice.send({"type": "private", "to": "carol", "msg": "not for bob"})
+    again = connect(a)  # bob, back with his token on the other server, from where he was
+    again.send({"type": "join", "name": "bob", "token": welcome.token, "private_since": sent.id - 1})
+    again.expect(Welcome)
+    replayed = [again.expect(PrivateMessage) for _ in range(2)]
+    assert [line.msg for line in replayed] == ["psst", "yes?"]
+    carol.expect(PrivateMessage, msg="not for bob")  # seen only by its parties
+
+
+def test_coming_back_with_a_token_on_another_server_closes_the_old_connection(nodes, connect):
+    a, b = nodes(2)
+    old = connect(a)
+    welcome = old.join("alice")
+    observer = connect(b)
+    observer.join("observer")
+    new = connect(b)
+    new.send({"type": "join", "name": "alice", "token": welcome.token})
+    assert new.expect(Welcome).name == "alice"
+    closing = old.expect_closed()
+    assert any(isinstance(line, ErrorReply) and line.code == "session_replaced" for line in closing)
+    observer.send({"type": "who", "room": "lobby"})
+    assert observer.expect(Users).users == ["alice", "observer"]
+
+
+def test_clients_of_a_server_killed_during_traffic_carry_on_with_another_and_miss_nothing(
+    redis_server, chat_server_process
+):
+    """Two server processes on one Redis; the one three clients use is killed (SIGKILL) while
+    a fourth client on the other one talks. They reconnect to the other one, with their
+    token (the dead server still holds their names until its lease runs out), and each ends
+    with every message once, in order."""
+    a = chat_server_process("--redis", redis_server.url)
+    b = chat_server_process("--redis", redis_server.url, "--flood-rate", "0")
+    total = 300
+
+    async def scenario() -> list[list[int]]:
+        clients = [ChatClient(*a.address, f"user{n}", also=[b.address], first_retry=0.05) for n in range(3)]
+        for client in clients:
+            await client.connect()
+        talker = LineClient(b.address)
+        talker.join("talker")
+
+        killed = threading.Event()
+
+        def talk() -> None:  # a third before the kill, the rest after it (some may be on their way still)
+            for number in range(total):
+                if number == total // 3:
+                    killed.wait(TIMEOUT)
+                talker.say(f"line {number}")
+
+        async def watch(client: ChatClient, seen: list[int], started: asyncio.Event) -> None:
+            async for event in client.events():
+                if isinstance(event, ChatMessage) and event.name == "talker":
+                    seen.append(event.id)
+                    if len(seen) == total // 6:
+                        started.set()
+                    if event.msg == f"line {total - 1}":
+                        return
+
+        seen: list[list[int]] = [[] for _ in clients]
+        started = [asyncio.Event() for _ in clients]
+        watchers = [
+            asyncio.create_task(watch(client, ids, event))
+            for client, ids, event in zip(clients, seen, started, strict=True)
+        ]
+        sender = threading.Thread(target=talk)
+        sender.start()
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), TIMEOUT)
+        a.process.kill()
+        killed.set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*watchers), TIMEOUT * 2)
+        except TimeoutError:
+            raise AssertionError(f"seen so far: {[len(ids) for ids in seen]}; log of b: {b.log[-20:]}") from None
+        await asyncio.to_thread(sender.join)
+        assert all(client.host == b.host and client.port == b.port for client in clients)
+        for client in clients:
+            await client.close()
+        talker.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    for ids in seen:
+        assert ids == list(range(ids[0], ids[0] + total))  # every line once, in order
+
+
+def test_a_name_held_by_a_dead_server_is_free_for_anybody_once_its_lease_runs_out(
+    redis_server, chat_server_process, nodes, connect
+):
+    a = chat_server_process("--redis", redis_server.url)
+    (b,) = nodes(1)
+    held = LineClient(a.address)
+    held.join("alice")
+    # It waits for the dead server's lease to run out and the next renewal to notice.
+    watcher = LineClient(b.address, timeout=LEASE + 2 * RENEW_EVERY + TIMEOUT)
+    watcher.join("watcher")
+    a.process.kill()
+    stranger = connect(b)  # another identity: refused while the dead server's lease lasts
+    stranger.send({"type": "join", "name": "alice"})
+    assert stranger.expect(ErrorReply).code == "name_taken"
+    left = watcher.expect(Left)  # the lease ran out
+    assert (left.name, left.reason) == ("alice", "disconnected")
+    watcher.send({"type": "who", "room": "lobby"})
+    assert watcher.expect(Users).users == ["watcher"]
+    connect(b).join("alice")
+    watcher.close()
+    held.close()
+
+
+def test_a_durable_redis_killed_and_restarted_during_traffic_loses_no_message_anybody_saw(
+    durable_redis_server, start_chat_server, connect
+):
+    a, b = (start_chat_server(ServerConfig(redis=durable_redis_server.url, flood_rate=0)) for _ in range(2))
+    talker, watcher = connect(a), connect(b)
+    talker.join("talker")
+    epoch = watcher.join("watcher").epoch
+    total = 200
+    watching = threading.Event()
+
+    def talk() -> None:  # refused lines (storage_failed) are never seen by anybody: that is allowed
+        for number in range(total):
+            if number == total // 2:
+                watching.wait(TIMEOUT)
+            talker.say(f"line {number}")
+        talker.say_all(["the end"])  # after the outage: stored, and its echo waited for
+
+    sender = threading.Thread(target=talk)
+    sender.start()
+    seen: list[ChatMessage] = []
+    while len(seen) < total // 4:
+        seen.append(watcher.expect(ChatMessage))
+    durable_redis_server.kill()
+    durable_redis_server.start()  # from its append-only file
+    watching.set()
+    while not seen or seen[-1].msg != "the end":
+        seen.append(watcher.expect(ChatMessage))
+    sender.join(TIMEOUT)
+    ids = [message.id for message in seen]
+    assert ids == list(range(1, len(ids) + 1))  # no hole, no repeat, and no restart of the numbering
+    newcomer = connect(b)
+    newcomer.send({"type": "join", "name": "newcomer", "since": 0})
+    welcome = newcomer.expect(Welcome)
+    assert welcome.epoch == epoch  # the same history, not a new one
+    replayed = [newcomer.expect(ChatMessage) for _ in range(welcome.history)]
+    assert [(m.id, m.msg) for m in replayed if m.id <= ids[-1]] == [(m.id, m.msg) for m in seen]

@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -176,13 +176,19 @@ class ChatClient:
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
         keepalive: float = KEEPALIVE,
+        also: Sequence[tuple[str, int]] = (),
     ) -> None:
         """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
         `token`, a session token from an earlier welcome, proves this is the same person again;
         every `keepalive` seconds a `ping` measures the lag, and a connection that answers none of
-        DEAD_AFTER_PINGS in a row is taken for dead and made again."""
+        DEAD_AFTER_PINGS in a row is taken for dead and made again; `also` are more servers
+        sharing the same rooms (several servers on one Redis), tried in turn when one cannot be
+        reached, so that a client of a server that died carries on with another."""
         self.host = host
         self.port = port
+        #: Every server this client may use, and which one it tries first.
+        self.servers = [(host, port), *also]
+        self._server = 0
         self.name = name
         self.reconnect = reconnect
         self.first_retry = first_retry
@@ -313,14 +319,7 @@ class ChatClient:
     # --- inside ---------------------------------------------------------------------
 
     async def _open(self) -> tuple[asyncio.StreamReader, Welcome]:
-        reader, writer = await asyncio.open_connection(
-            self.host,
-            self.port,
-            limit=DEFAULT_MAX_LINE * 4,
-            ssl=self.tls,
-            server_hostname=self.host if self.tls is not None else None,
-            ssl_handshake_timeout=10.0 if self.tls is not None else None,
-        )
+        reader, writer = await self._reach()
         views = list(self.rooms.values()) or [RoomView(LOBBY)]
         first, *others = views
         try:
@@ -361,6 +360,31 @@ class ChatClient:
         self._private_resume = True
         self._welcomed(message)
         return reader, message
+
+    async def _reach(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server used last, or else to the next one that answers."""
+        failure: OSError | None = None
+        for _ in self.servers:
+            host, port = self.servers[self._server]
+            try:
+                connection = await asyncio.open_connection(
+                    host,
+                    port,
+                    limit=DEFAULT_MAX_LINE * 4,
+                    ssl=self.tls,
+                    server_hostname=host if self.tls is not None else None,
+                    ssl_handshake_timeout=10.0 if self.tls is not None else None,
+                )
+            except ssl.SSLError:
+                raise  # a certificate problem is no reason to try elsewhere: it is the user's to fix
+            except OSError as exc:
+                failure = exc
+                self._server = (self._server + 1) % len(self.servers)
+                continue
+            self.host, self.port = host, port
+            return connection
+        assert failure is not None
+        raise failure
 
     def _since(self, view: RoomView) -> int | None:
         """Where a join of `view`'s room resumes from (None: no resume); its welcome then says so."""

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -47,11 +48,23 @@ class Identity:
         return [self.id] if self.account is not None else [self.id, f"address:{address}"]
 
 
+class AccountRecords(Protocol):
+    """Where accounts and session tokens are kept: the Store, or a place several servers share."""
+
+    def account(self, key: str) -> AccountRecord | None: ...
+    def save_account(self, account: AccountRecord) -> None: ...
+    def session(self, token_hash: str) -> tuple[str, float] | None: ...
+    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None: ...
+    def drop_sessions(self, identity: str) -> None: ...
+
+
 class Accounts:
     """Registration, login, tokens and their throttles, over a Store."""
 
-    def __init__(self, store: Store, require_account: bool = False) -> None:
+    def __init__(self, store: Store, require_account: bool = False, records: AccountRecords | None = None) -> None:
+        """`records`: where accounts and tokens are kept, if not in `store`."""
         self._store = store
+        self._records: AccountRecords = records or store
         self.require_account = require_account
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
         self._hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)
@@ -101,8 +114,8 @@ class Accounts:
         with self._hashing:
             password_hash = self._hasher.hash(password)
         account = AccountRecord(name_key(name), name, password_hash, time.time())
-        kept(self._store.save_account, account, failure=_NOT_KEPT)
-        kept(self._store.drop_sessions, guest.id, failure=_NOT_KEPT)
+        kept(self._records.save_account, account, failure=_NOT_KEPT)
+        kept(self._records.drop_sessions, guest.id, failure=_NOT_KEPT)
         return self._issue(_account_id(name_key(name)), name)
 
     def change_password(self, identity: Identity, old: str, new: str, address: str) -> Identity:
@@ -113,17 +126,17 @@ class Accounts:
         self._verify(account, old, address)
         with self._hashing:
             password_hash = self._hasher.hash(new)
-        kept(self._store.save_account, AccountRecord(account.key, account.name, password_hash), failure=_NOT_KEPT)
-        kept(self._store.drop_sessions, identity.id, failure=_NOT_KEPT)
+        kept(self._records.save_account, AccountRecord(account.key, account.name, password_hash), failure=_NOT_KEPT)
+        kept(self._records.drop_sessions, identity.id, failure=_NOT_KEPT)
         return self._issue(identity.id, account.name)
 
     # --- inside --------------------------------------------------------------------------
 
     def _account(self, name: str) -> AccountRecord | None:
-        return kept(self._store.account, name_key(name), failure="the server could not read its accounts; try again")
+        return kept(self._records.account, name_key(name), failure="the server could not read its accounts; try again")
 
     def _session(self, token: str) -> tuple[str, float] | None:
-        found = kept(self._store.session, _token_hash(token), failure="the server could not read its sessions")
+        found = kept(self._records.session, _token_hash(token), failure="the server could not read its sessions")
         if found is None or found[1] < time.time():
             return None
         return found
@@ -155,7 +168,7 @@ class Accounts:
 
     def _refresh(self, identity: str, token: str, account: str | None) -> Identity:
         expires_at = time.time() + TOKEN_LIFETIME
-        kept(self._store.save_session, _token_hash(token), identity, expires_at, failure=_NOT_KEPT)
+        kept(self._records.save_session, _token_hash(token), identity, expires_at, failure=_NOT_KEPT)
         return Identity(identity, token, account)
 
     def _take(self, key: str, burst: float, per_second: float) -> bool:

@@ -11,13 +11,14 @@ subscriber. No sockets and no threads.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Collection, Hashable, Iterable, Sequence
+from typing import Generic, Protocol, TypeVar
 
-from chat.errors import Refused
+from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.log import LocalLog, RoomLog
 from chat.server.room import (
@@ -82,11 +83,29 @@ from chat.wire.text import name_key, name_keys, quoted
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Hashable)
+P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 
 #: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
 SERVER_SCOPE = "\0server"
 
 _PONG = encode(ServerPong())
+
+
+class SharedServers(Protocol[P_contra]):
+    """What the hub needs when other servers share its rooms, names and private messages
+    (chat.server.shared.SharedRooms). Each call may raise StorageFailed or Refused."""
+
+    def room(self, record: RoomRecord) -> tuple[RoomLog, RoomFeed[P_contra]]: ...
+    def private_log(self) -> RoomLog: ...
+    @property
+    def private_lock(self) -> threading.Lock: ...
+    def private_position(self) -> int: ...
+    def settle_private(self, upto: int) -> None: ...
+    def claim_name(self, keys: Collection[str], name: str, identity: str) -> None: ...
+    def release_name(self, keys: Collection[str], identity: str) -> None: ...
+    def holder_of(self, key: str) -> tuple[str, str] | None: ...
+    def rooms(self) -> dict[str, str]: ...
+    def add_room(self, key: str, name: str) -> None: ...
 
 
 class Hub(Generic[P]):
@@ -99,11 +118,11 @@ class Hub(Generic[P]):
         settings: HistorySettings | None = None,
         accounts: Accounts | None = None,
         admins: Iterable[str] = (),
-        shared_rooms: Callable[[RoomRecord], tuple[RoomLog, RoomFeed[P]]] | None = None,
+        shared: SharedServers[P] | None = None,
     ) -> None:
-        """`shared_rooms`, given a room, its log and feed when rooms are shared with other servers."""
+        """`shared`: the other servers this one shares rooms, names and private messages with."""
         self._delivery = delivery
-        self._shared_rooms = shared_rooms
+        self._shared = shared
         self._store = store
         self._accounts = accounts or Accounts(store)
         #: The server operators' identities (`--admin`): they may do anything in any room.
@@ -116,8 +135,9 @@ class Hub(Generic[P]):
         # Rooms are only ever added, so a reader may look one up without the lock.
         self._rooms: dict[str, Room[P]] = {}
         self._inboxes = itertools.count(1)
-        self._private_lock = threading.Lock()
-        self._private = LocalLog(store, PRIVATE_LOG, None)
+        # Held while private lines reach inboxes, so that a replay's snapshot misses none.
+        self._private_lock = shared.private_lock if shared is not None else threading.Lock()
+        self._private: RoomLog = shared.private_log() if shared is not None else LocalLog(store, PRIVATE_LOG, None)
         # Rooms are found by room_key(name); a room kept by an older release stays
         # under the store key it was saved with (room.key), which may differ.
         for record in store.rooms():  # StoreError here stops the server at start: that is the right time
@@ -149,6 +169,8 @@ class Hub(Generic[P]):
             self._sessions.discard(session)
             if session.name is not None:
                 self._free_name_locked(session, session.name)
+        if self._shared is not None and session.name is not None and session.identity is not None:
+            self._shared.release_name(name_keys(session.name), session.identity.id)
         for room in self._rooms_of(session):
             room.leave(session, reason)
         session.rooms.clear()
@@ -196,7 +218,7 @@ class Hub(Generic[P]):
             case Nick(name=name):
                 self.rename(session, name)
             case Who(room=room):
-                found = self._rooms.get(room_key(room))
+                found = self._rooms.get(room_key(room)) or self._shared_room(room)
                 if found is None:
                     raise Refused("no_such_room", f"there is no room called {room}", room)
                 found.who(session)
@@ -228,7 +250,14 @@ class Hub(Generic[P]):
         self._check_server_bans(session, identity)
         self._take_back(request.name, identity)
         replay = request.private_since
-        snapshot = self._claim(session, request.name, held=replay is not None)
+        if self._shared is not None:
+            self._shared.claim_name(name_keys(request.name), request.name, identity.id)
+        try:
+            snapshot = self._claim(session, request.name, held=replay is not None)
+        except Refused:
+            if self._shared is not None:
+                self._shared.release_name(name_keys(request.name), identity.id)
+            raise
         session.identity = identity
         try:
             self._enter(session, request, identity)
@@ -326,23 +355,63 @@ class Hub(Generic[P]):
         name = self._name_of(session)
         with self._lock:
             target = self._by_name.get(name_key(to))
-        if target is None or target.name is None:
+        if target is not None and target.name is not None:
+            recipient, recipient_id = target.name, _identity_of(target)
+        elif self._shared is not None and (elsewhere := self._shared.holder_of(name_key(to))) is not None:
+            recipient_id, recipient = elsewhere
+        else:
             raise Refused("no_such_user", f"nobody called {to} is connected")
-        recipient = target.name
         # Kept under the parties' identities, not their names: only they ever see it
         # again, whoever holds either name later.
-        sender_id, recipient_id = _identity_of(session), _identity_of(target)
+        sender_id = _identity_of(session)
+
+        def build(id: int) -> bytes:
+            return encode(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+
+        if self._shared is not None:  # the shared reader gives it to both parties, on any server
+            line = self._private.append(build, sender=sender_id, recipient=recipient_id)
+            if target is not None and target is not session and (away := target.away) is not None:
+                self._shared.settle_private(_id_of(line))  # after the echo, so it reads as the answer
+                self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
+            return
+        assert target is not None
         with self._private_lock:  # so that each party gets private lines in id order
-            line = self._private.append(
-                lambda id: encode(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now())),
-                sender=sender_id,
-                recipient=recipient_id,
-            )
+            line = self._private.append(build, sender=sender_id, recipient=recipient_id)
             self._delivery.publish(target.inbox, line)
             if target is not session:
                 self._delivery.publish(session.inbox, line)
                 if (away := target.away) is not None:  # after the echo, so it reads as the answer
                     self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
+
+    # --- what the other servers tell this one (see chat.server.shared.Listener) -----------------
+
+    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+        """A private line kept by any server, in id order: to its parties' inboxes here."""
+        with self._lock:
+            parties = [s for s in self._sessions if s.identity is not None and s.identity.id in (sender, recipient)]
+        for party in parties:
+            self._delivery.publish(party.inbox, line)
+
+    def taken_elsewhere(self, key: str, identity: str) -> None:
+        """The owner of a name connected to another server: its connection here is closed."""
+        with self._lock:
+            holder = self._by_name.get(key)
+        if holder is not None and holder.identity is not None and holder.identity.id == identity:
+            self._replace(holder)
+
+    def lease_lost(self) -> None:
+        """The other servers took this one for dead: its names and members are recorded again."""
+        if self._shared is None:
+            return
+        for session in self.sessions():
+            if session.name is None or session.identity is None:
+                continue
+            try:
+                self._shared.claim_name(name_keys(session.name), session.name, session.identity.id)
+            except (Refused, StorageFailed) as exc:
+                log.warning("%s: could not claim %s again: %s", session.label, quoted(session.name), exc.detail)
+        for room in list(self._rooms.values()):
+            room.enter_again()
 
     def set_away(self, session: Session[P], why: str) -> None:
         """Away (and why), or back with an empty `why`; said to the session alone."""
@@ -360,10 +429,19 @@ class Hub(Generic[P]):
         if self._accounts.is_registered(new) and (identity is None or identity.account is None or
                                                   name_key(identity.account) != name_key(new)):
             raise Refused("name_registered", f"{new} is a registered name; only its account may use it")
-        with self._lock:
-            self._check_free_locked(session, new)
-            self._free_name_locked(session, old)
-            self._take_name_locked(session, new)
+        if self._shared is not None and identity is not None:
+            self._shared.claim_name(name_keys(new), new, identity.id)
+        try:
+            with self._lock:
+                self._check_free_locked(session, new)
+                self._free_name_locked(session, old)
+                self._take_name_locked(session, new)
+        except Refused:
+            if self._shared is not None and identity is not None:
+                self._shared.release_name(name_keys(new), identity.id)
+            raise
+        if self._shared is not None and identity is not None:
+            self._shared.release_name([key for key in name_keys(old) if key not in name_keys(new)], identity.id)
         rooms = self._rooms_of(session)
         for room in rooms:
             room.rename(session, old, new)
@@ -372,6 +450,9 @@ class Hub(Generic[P]):
         log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
     def room_list(self) -> RoomList:
+        if self._shared is not None:
+            for name in self._shared.rooms().values():
+                self._shared_room(name)
         with self._lock:
             rooms = list(self._rooms.values())
         return RoomList(rooms=sorted((room.info() for room in rooms), key=lambda info: info.room.casefold()))
@@ -400,7 +481,8 @@ class Hub(Generic[P]):
             # after the snapshot and miss the inbox.
             with self._private_lock:
                 self._delivery.subscribe(session.peer, session.inbox, held=held)
-                snapshot = self._private.last_id
+                shared = self._shared
+                snapshot = shared.private_position() if shared is not None else self._private.last_id
             self._take_name_locked(session, name)
         return snapshot
 
@@ -428,10 +510,13 @@ class Hub(Generic[P]):
             holders = {self._by_name.get(key) for key in name_keys(name)} - {None}
         for holder in holders:
             if holder is not None and holder.identity is not None and holder.identity.id == identity.id:
-                replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
-                self._delivery.close(holder.peer, encode_error(replaced), "disconnected")
-                self.disconnect(holder, "disconnected")
-                log.info("%s: replaced by a new connection of the same identity", holder.label)
+                self._replace(holder)
+
+    def _replace(self, holder: Session[P]) -> None:
+        replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
+        self._delivery.close(holder.peer, encode_error(replaced), "disconnected")
+        self.disconnect(holder, "disconnected")
+        log.info("%s: replaced by a new connection of the same identity", holder.label)
 
     def _check_free_locked(self, session: Session[P], name: str) -> None:
         for key in name_keys(name):
@@ -469,23 +554,40 @@ class Hub(Generic[P]):
     def _room_for_join(self, name: str, creator: Identity | None = None) -> Room[P]:
         """The room `name`, created (and kept) if this is its first join: owned by its creator if an account."""
         key = room_key(name)
+        elsewhere = None
+        if key not in self._rooms and self._shared is not None:
+            elsewhere = self._shared.rooms().get(key)  # another server's room: its spelling, its owner
         with self._lock:
             room = self._rooms.get(key)
             if room is None:
-                room = self._rooms[key] = self._create_room(name)
-                if creator is not None and creator.account is not None:
+                room = self._rooms[key] = self._create_room(elsewhere or name)
+                if creator is not None and creator.account is not None and elsewhere is None:
                     room.make_owner(creator.id)
                 log.info("room %s created", quoted(name))
             return room
 
     def _create_room(self, name: str) -> Room[P]:
         record = RoomRecord(room_key(name), name)
+        if self._shared is not None:
+            self._shared.add_room(record.key, name)
         kept(self._store.save_room, record, failure=f"the server could not create the room {name}", room=name)
         return self._open_room(record)
 
+    def _shared_room(self, name: str) -> Room[P] | None:
+        """A room another server created, known here from now on (None if no server has it)."""
+        if self._shared is None:
+            return None
+        key = room_key(name)
+        if key not in self._rooms:
+            spelled = self._shared.rooms().get(key)
+            if spelled is None:
+                return None
+            name = spelled
+        return self._room_for_join(name)
+
     def _open_room(self, record: RoomRecord) -> Room[P]:
-        if self._shared_rooms is not None:
-            room_log, feed = self._shared_rooms(record)
+        if self._shared is not None:
+            room_log, feed = self._shared.room(record)
             room = Room(record, room_log, self._delivery, self._store, self._settings, feed)
         else:
             room = Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store,
@@ -503,6 +605,11 @@ class Hub(Generic[P]):
             stream_chunks(self._delivery, peer, chunks, lambda data: self._delivery.send_held(peer, inbox, data))
         finally:
             self._delivery.release_held(peer, inbox)
+
+
+def _id_of(line: bytes) -> int:
+    """The id of a numbered line just built (a private message)."""
+    return int(json.loads(line)["id"])
 
 
 def _identity_of(session: Session[P]) -> str:

@@ -82,21 +82,37 @@ class RoomFeed(Protocol[P_contra]):
     Delivery (LocalFeed), or through a log shared by several servers whose reader delivers them.
     The room calls it with its lock held."""
 
-    def enter(self, peer: P_contra, joined: bytes) -> int:
-        """Tell the members `joined`, then take `peer` in, holding its live lines back until its
-        history is sent; the last numbered id before it (what that history runs up to)."""
+    def enter(self, peer: P_contra, name: str, joined: bytes) -> int:
+        """Tell the members `joined`, then take `peer` in as `name`, holding its live lines back
+        until its history is sent; the last numbered id before it (what that history runs up to)."""
         ...
 
     def publish(self, lines: bytes) -> None:
         """Numbered lines just kept in the room's log."""
         ...
 
-    def announce(self, line: bytes) -> None:
-        """An unnumbered line (joined, left, renamed) for every member."""
+    def rename(self, old: str, new: str, line: bytes) -> None:
+        """A member is called `new` now; `line` tells every member."""
         ...
 
-    def leave(self, peer: P_contra, left: bytes, sees_it: bool) -> None:
-        """Take `peer` out and tell the members `left`; `peer` sees it too if `sees_it` (a part)."""
+    def leave(self, peer: P_contra, name: str, left: bytes, sees_it: bool) -> None:
+        """Take `peer` (`name`) out and tell the members `left`; `peer` sees it too if `sees_it` (a part)."""
+        ...
+
+    def present(self, names: list[str]) -> None:
+        """Record again that these members are here (after the others took this server for dead)."""
+        ...
+
+    def users(self, here: list[str]) -> list[str]:
+        """The members' names, sorted; `here` are those on this server."""
+        ...
+
+    def topic(self, kept_here: str) -> str:
+        """The room's topic; `kept_here` is what this server's store has."""
+        ...
+
+    def keep_topic(self, topic: str) -> None:
+        """Keep a new topic where every server reads it (StorageFailed if it cannot)."""
         ...
 
 
@@ -108,7 +124,7 @@ class LocalFeed(Generic[P]):
         self._key = key
         self._log = room_log
 
-    def enter(self, peer: P, joined: bytes) -> int:
+    def enter(self, peer: P, name: str, joined: bytes) -> int:
         snapshot = self._log.last_id
         self._delivery.publish(self._key, joined)
         self._delivery.subscribe(peer, self._key, held=True)
@@ -117,10 +133,22 @@ class LocalFeed(Generic[P]):
     def publish(self, lines: bytes) -> None:
         self._delivery.publish(self._key, lines)
 
-    def announce(self, line: bytes) -> None:
+    def rename(self, old: str, new: str, line: bytes) -> None:
         self._delivery.publish(self._key, line)
 
-    def leave(self, peer: P, left: bytes, sees_it: bool) -> None:
+    def present(self, names: list[str]) -> None:
+        """Nothing to record: the members are all here."""
+
+    def users(self, here: list[str]) -> list[str]:
+        return here
+
+    def topic(self, kept_here: str) -> str:
+        return kept_here
+
+    def keep_topic(self, topic: str) -> None:
+        """Nothing more to do: the store keeps it."""
+
+    def leave(self, peer: P, name: str, left: bytes, sees_it: bool) -> None:
         if sees_it:
             self._delivery.publish(self._key, left)
             self._delivery.unsubscribe(peer, self._key)
@@ -180,10 +208,10 @@ class Room(Generic[P]):
 
     @property
     def topic(self) -> str:
-        return self._record.topic
+        return self._feed.topic(self._record.topic)
 
     def info(self) -> RoomInfo:
-        return RoomInfo(room=self.name, users=len(self._members), topic=self.topic)
+        return RoomInfo(room=self.name, users=len(self._sorted_users()), topic=self.topic)
 
     def join(self, session: Session[P], name: str, since: int | None = None, identity: Identity | None = None) -> None:
         """Welcome `session` as `name`, then history, then every later line of the room.
@@ -203,7 +231,7 @@ class Room(Generic[P]):
             if "accounts" in self._modes and guest and self.role_of(session) != "admin":
                 raise Refused("account_required", f"{self.name} is for accounts only: register first", self.name)
             joined = encode(Joined(room=self.name, name=name, time=utc_now()))
-            snapshot = self._feed.enter(session.peer, joined)
+            snapshot = self._feed.enter(session.peer, name, joined)
             self._members[session] = name
             users = self._sorted_users()
             roles = self._roles_by_name()
@@ -309,6 +337,7 @@ class Room(Generic[P]):
             if "topic" in self._modes and self.role_of(session) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the topic of {self.name}", self.name)
             record = RoomRecord(self.key, self.name, topic)
+            self._feed.keep_topic(topic)
             kept(self._store.save_room, record, failure="the server could not keep the topic", room=self.name)
             line = self._log.append(
                 lambda id: encode(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
@@ -321,7 +350,12 @@ class Room(Generic[P]):
             if session not in self._members:
                 return
             self._members[session] = new
-            self._feed.announce(encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
+            self._feed.rename(old, new, encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
+
+    def enter_again(self) -> None:
+        """Record this server's members again where other servers see them."""
+        with self._lock:
+            self._feed.present(list(self._members.values()))
 
     def who(self, session: Session[P]) -> None:
         with self._lock:
@@ -439,7 +473,7 @@ class Room(Generic[P]):
             return None
         left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
         # The one who parts sees it too: that is its confirmation.
-        self._feed.leave(session.peer, left, sees_it=reason == "part")
+        self._feed.leave(session.peer, name, left, sees_it=reason == "part")
         return name
 
     def _record_locked(
@@ -509,7 +543,8 @@ class Room(Generic[P]):
         return name
 
     def _sorted_users(self) -> list[str]:
-        return sorted(self._members.values(), key=str.casefold)
+        """Every member's name, on this server or (shared rooms) any other."""
+        return self._feed.users(sorted(self._members.values(), key=str.casefold))
 
 
 @dataclass(frozen=True)

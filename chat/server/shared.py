@@ -14,18 +14,19 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import redis
 
-from chat.errors import StorageFailed
+from chat.errors import Refused, StorageFailed
+from chat.server.directory import RENEW_EVERY, Directory, SharedAccounts
 from chat.server.log import Span
 from chat.server.room import Delivery
-from chat.server.store import RoomRecord
+from chat.server.store import PRIVATE_LOG, RoomRecord
 from chat.wire.codec import encode
-from chat.wire.protocol import Reset
+from chat.wire.protocol import Left, Reset, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,20 @@ SETTLE_TIMEOUT = 5.0
 
 # Number each template's line, in order, and append it under its id: atomically, so that
 # ids are gap-free and ordered however many servers append. KEYS: meta, log.
-# ARGV: max length, epoch if new, templates...
+# ARGV: max length, epoch if new, sender, recipient (both '' but in the private log), templates...
 _APPEND = """
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
 local ids = {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
   local template = ARGV[i]
   local at, stop = string.find(template, '"id":PLACEHOLDER', 1, true)
   local line = string.sub(template, 1, at - 1) .. '"id":' .. id .. string.sub(template, stop + 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line)
+  if ARGV[3] == '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line)
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line, 's', ARGV[3], 'r', ARGV[4])
+  end
   ids[#ids + 1] = id
 end
 return ids
@@ -66,6 +71,30 @@ redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
 local last = redis.call('HGET', KEYS[1], 'last') or '0'
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], last .. '-*', 'l', ARGV[2])
 """
+
+
+#: The private messages' stream (the same key as the local private log's: no room has it).
+PRIVATE_KEY = PRIVATE_LOG
+
+
+class Listener(Protocol):
+    """What this server's hub hears from the others."""
+
+    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+        """A private line between two identities, in id order: to their inboxes here, if any."""
+        ...
+
+    def taken_elsewhere(self, key: str, identity: str) -> None:
+        """The identity took its name (key) on another server: close its connection here."""
+        ...
+
+    def lease_lost(self) -> None:
+        """This server was taken for dead: record its names and members again."""
+        ...
+
+
+def wake_stream(node: str) -> str:
+    return f"chat:node:{node}:wake"
 
 
 #: What XRANGE gives: (entry id, fields), oldest first; what XREAD gives: those per stream.
@@ -114,14 +143,31 @@ class SharedRooms(Generic[P]):
         self._notice = self.redis.register_script(_NOTICE)
         self._followed: dict[bytes, _Followed] = {}
         self._followed_lock = threading.Lock()
-        #: A stream of this server's own: an entry in it wakes the reader to follow a new room.
-        self._wake = f"chat:node:{secrets.token_hex(8)}:wake".encode()
+        #: This server among the others: its names and members are recorded under it.
+        self.node = secrets.token_hex(8)
+        self.directory = Directory(self.redis, self.node)
+        #: Accounts and tokens, kept where every server finds them.
+        self.accounts = SharedAccounts(self.redis)
+        #: Who hears of private lines and of names taken back elsewhere (the hub), once attached.
+        self._listener: Listener | None = None
+        #: A stream of this server's own: an entry in it wakes the reader (to follow a new room,
+        #: or to close a connection whose name its owner took back on another server).
+        self._wake = wake_stream(self.node).encode()
         self._stopping = threading.Event()
+        private_stream = self.keys(PRIVATE_KEY)[1].encode()
+        self._private = self._followed[private_stream] = _Followed(PRIVATE_KEY, "", private_stream, (0, 0))
         self._thread = threading.Thread(target=self._read_forever, name="chat-shared-reader", daemon=True)
+        self._renewer = threading.Thread(target=self._renew_forever, name="chat-shared-lease", daemon=True)
 
-    def start(self) -> None:
-        self.redis.ping()  # unreachable at start: the server says so and does not start
+    def start(self, listener: Listener) -> None:
+        """Join the other servers (unreachable Redis: RedisError, and the server does not start)."""
+        self._listener = listener
+        self.directory.renew()
+        last = cast(Entries, self.redis.xrevrange(self._private.stream, count=1))
+        self._private.position = _entry(last[0][0]) if last else (0, 0)
+        self._private.epoch = self.epoch(PRIVATE_KEY)
         self._thread.start()
+        self._renewer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -130,16 +176,95 @@ class SharedRooms(Generic[P]):
         except redis.RedisError:
             pass  # the reader's own read fails and it sees the stop
         self._thread.join(timeout)
+        self._renewer.join(timeout)
         try:
             self.redis.delete(self._wake)
+            self.directory.leave_all()
         except redis.RedisError as exc:
-            log.info("could not remove this server's wake stream: %s", exc)
+            log.info("could not tell Redis this server stops (its lease runs out instead): %s", exc)
         self.redis.close()
         self._reader.close()
+
+    # --- for the hub ------------------------------------------------------------------
+
+    def private_log(self) -> RedisLog:
+        """The private messages of every server's users: one numbering, one stream."""
+        return RedisLog(self, PRIVATE_KEY, None)
+
+    @property
+    def private_lock(self) -> threading.Lock:
+        """Held while the reader gives private lines to inboxes."""
+        return self._private.lock
+
+    def private_position(self) -> int:
+        """The last private id given to inboxes here (hold private_lock)."""
+        return self._private.position[0]
+
+    def settle_private(self, upto: int) -> None:
+        self.settle(self._private, (upto, 0))
+
+    def claim_name(self, keys: Collection[str], name: str, identity: str) -> None:
+        """Take a name on every server, or Refused `name_taken` (StorageFailed if Redis is away).
+        A server that held it for the same identity closes that connection."""
+        try:
+            holder, told = self.directory.claim(keys, name, identity)
+            for node in told:
+                self.redis.xadd(wake_stream(node), {"taken": min(keys), "identity": identity}, maxlen=100)
+        except redis.RedisError as exc:
+            log.error("claiming a name failed: %s", exc)
+            raise StorageFailed("storage_failed", "the server could not check your name; try again") from exc
+        if holder is not None:
+            shown = "" if holder.name == name else f" (it looks like {holder.name})"
+            raise Refused("name_taken", f"the name {name} is taken{shown}; choose another")
+
+    def release_name(self, keys: Collection[str], identity: str) -> None:
+        try:
+            self.directory.release(keys, identity)
+        except redis.RedisError as exc:
+            log.warning("releasing a name failed (it is free once this server's lease runs out): %s", exc)
+
+    def holder_of(self, key: str) -> tuple[str, str] | None:
+        """Who holds a name on any server, (identity, name) (StorageFailed if Redis is away)."""
+        try:
+            holder = self.directory.holder(key)
+        except redis.RedisError as exc:
+            raise StorageFailed("storage_failed", "the server could not look that name up; try again") from exc
+        return None if holder is None else (holder.identity, holder.name)
+
+    def rooms(self) -> dict[str, str]:
+        """Every room any server has: key -> name (none while Redis is away)."""
+        try:
+            return self.directory.rooms()
+        except redis.RedisError as exc:
+            log.warning("could not list the shared rooms: %s", exc)
+            return {}
+
+    def add_room(self, key: str, name: str) -> None:
+        try:
+            self.directory.add_room(key, name)
+        except redis.RedisError as exc:
+            raise StorageFailed("storage_failed", f"the server could not create the room {name}", name) from exc
 
     def room(self, record: RoomRecord) -> tuple[RedisLog, RedisFeed[P]]:
         """A room's log and feed on this Redis."""
         return RedisLog(self, record.key, record.name), RedisFeed(self, self._delivery, record.key, record.name)
+
+    # --- the lease -----------------------------------------------------------------------
+
+    def _renew_forever(self) -> None:
+        """Renew this server's lease, and see to the servers whose lease ran out: their members
+        are told gone in each room (by whichever live server sees it first)."""
+        while not self._stopping.wait(RENEW_EVERY):
+            try:
+                if self.directory.renew():
+                    log.warning("this server's lease ran out (Redis was away): claiming its names again")
+                    if self._listener is not None:
+                        self._listener.lease_lost()
+                for room, room_name, name in self.directory.reap():
+                    left = Left(room=room_name, name=name, reason="disconnected", time=utc_now())
+                    self.notice(room, encode(left))
+            except (redis.RedisError, StorageFailed) as exc:
+                log.warning("renewing this server's lease failed: %s", exc)
 
     # --- for RedisLog and RedisFeed -------------------------------------------------
 
@@ -148,9 +273,10 @@ class SharedRooms(Generic[P]):
         """A room's meta hash and stream; `{room}` keeps both in one Redis Cluster slot."""
         return f"chat:{{{room}}}:meta", f"chat:{{{room}}}:log"
 
-    def append(self, room: str, templates: Sequence[bytes]) -> list[int]:
+    def append(self, room: str, templates: Sequence[bytes], parties: tuple[str, str] = ("", "")) -> list[int]:
         meta, stream = self.keys(room)
-        ids = self._append(keys=[meta, stream], args=[self._retention, secrets.token_hex(8), *templates])
+        args: list[bytes | str | int] = [self._retention, secrets.token_hex(8), *parties, *templates]
+        ids = self._append(keys=[meta, stream], args=args)
         return [int(number) for number in cast(list[int], ids)]
 
     def notice(self, room: str, line: bytes) -> tuple[int, int]:
@@ -219,15 +345,29 @@ class SharedRooms(Generic[P]):
             for stream, entries in reply or []:
                 if stream == self._wake:
                     wake_position = entries[-1][0]
+                    self._obey(entries)
                     continue
                 followed = self._followed.get(stream)
                 if followed is None or not entries:
                     continue
-                lines = b"".join(fields[b"l"] for _, fields in entries)
                 with followed.delivered:
-                    self._delivery.publish(followed.key, lines)
+                    self._deliver(followed, entries)
                     followed.position = _entry(entries[-1][0])
                     followed.delivered.notify_all()
+
+    def _deliver(self, followed: _Followed, entries: Entries) -> None:
+        if followed.key != PRIVATE_KEY:
+            self._delivery.publish(followed.key, b"".join(fields[b"l"] for _, fields in entries))
+        elif self._listener is not None:
+            for _, fields in entries:
+                if b"s" in fields:
+                    self._listener.private_line(fields[b"l"], fields[b"s"].decode(), fields[b"r"].decode())
+
+    def _obey(self, entries: Entries) -> None:
+        """What other servers asked of this one through its wake stream."""
+        for _, fields in entries:
+            if b"taken" in fields and self._listener is not None:
+                self._listener.taken_elsewhere(fields[b"taken"].decode(), fields[b"identity"].decode())
 
 
     def _start_over_where_lost(self) -> None:
@@ -237,6 +377,10 @@ class SharedRooms(Generic[P]):
             epoch = self.epoch(followed.key)
             if epoch == followed.epoch:
                 continue
+            if followed.key == PRIVATE_KEY:  # nobody to tell in a room: inboxes just start again
+                with followed.delivered:
+                    followed.epoch, followed.position = epoch, (0, 0)
+                continue
             log.warning("Redis lost the history of %s: its numbering starts again", followed.key)
             with followed.delivered:
                 followed.epoch = epoch
@@ -244,6 +388,12 @@ class SharedRooms(Generic[P]):
                 detail = f"the history of {followed.name} was lost; its ids start again"
                 reset = Reset(room=followed.name, epoch=epoch.decode() if epoch else None, detail=detail)
                 self._delivery.publish(followed.key, encode(reset))
+
+
+def _sees(viewer: str, fields: dict[bytes, bytes]) -> bool:
+    """A private line is seen by its two parties only."""
+    party = viewer.encode()
+    return fields.get(b"s") == party or fields.get(b"r") == party
 
 
 def _failed(room: str | None, reading: bool = False) -> StorageFailed:
@@ -256,7 +406,8 @@ def _failed(room: str | None, reading: bool = False) -> StorageFailed:
 class RedisLog:
     """A room's log in its Redis Stream: numbered there, read from there (see RoomLog)."""
 
-    def __init__(self, shared: SharedRooms[Any], key: str, room: str) -> None:
+    def __init__(self, shared: SharedRooms[Any], key: str, room: str | None) -> None:
+        """The log `key`; `room` (None for private messages) is named in its errors."""
         self._shared = shared
         self._key = key
         self._room = room
@@ -279,14 +430,17 @@ class RedisLog:
         return int(last or 0)
 
     def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
-        return self.append_all([build])[0]
+        return self._append_all([build], (sender or "", recipient or ""))[0]
 
     def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+        return self._append_all(builds, ("", ""))
+
+    def _append_all(self, builds: Sequence[Callable[[int], bytes]], parties: tuple[str, str]) -> list[bytes]:
         if not builds:
             return []
         templates = [build(PLACEHOLDER_ID) for build in builds]
         try:
-            ids = self._shared.append(self._key, templates)
+            ids = self._shared.append(self._key, templates, parties)
         except redis.RedisError as exc:
             log.error("storing in %s failed: %s", self._room, exc)
             raise _failed(self._room) from exc
@@ -302,6 +456,8 @@ class RedisLog:
     def missed(self, since: int, upto: int, limit: int, viewer: str | None = None) -> Span:
         if since >= upto:
             return Span.empty()
+        if viewer is not None:
+            return self._missed_by(viewer, since, upto, limit)
         oldest = self._oldest()
         first_kept = oldest if oldest is not None else upto + 1
         gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
@@ -327,11 +483,33 @@ class RedisLog:
                 raise _failed(self._room, reading=True) from exc
             if not entries:
                 return
-            numbered = [fields[b"l"] for entry, fields in entries if _entry(entry)[1] == 0]
+            numbered = [
+                fields[b"l"] for entry, fields in entries
+                if _entry(entry)[1] == 0 and (viewer is None or _sees(viewer, fields))
+            ]
             if numbered:
                 yield numbered
             last = _entry(entries[-1][0])
             start = f"{last[0]}-{last[1] + 1}"
+
+    def _missed_by(self, viewer: str, since: int, upto: int, limit: int) -> Span:
+        """The newest `limit` of the viewer's own lines after `since` (read newest first, so a
+        resume costs what it sends and what lies between)."""
+        found: list[int] = []
+        end = f"{upto}-0"
+        try:
+            while len(found) < limit:
+                entries = cast(Entries, self._shared.redis.xrevrange(self._stream, end, f"{since + 1}-0", count=256))
+                found += [_entry(entry)[0] for entry, fields in entries if _sees(viewer, fields)][: limit - len(found)]
+                if len(entries) < 256:
+                    break
+                number, place = _entry(entries[-1][0])
+                end = f"({number}-{place}"
+        except redis.RedisError as exc:
+            raise _failed(self._room, reading=True) from exc
+        if not found:
+            return Span.empty()
+        return Span(found[-1], found[0], len(found))
 
     def _oldest(self) -> int | None:
         """The oldest numbered id the stream still keeps."""
@@ -360,8 +538,9 @@ class RedisFeed(Generic[P]):
         self._key = key
         self._room = room
 
-    def enter(self, peer: P, joined: bytes) -> int:
+    def enter(self, peer: P, name: str, joined: bytes) -> int:
         try:
+            self._shared.directory.enter(self._key, name)
             at = self._shared.notice(self._key, joined)
         except redis.RedisError as exc:
             raise _failed(self._room) from exc
@@ -374,17 +553,20 @@ class RedisFeed(Generic[P]):
     def publish(self, lines: bytes) -> None:
         """Nothing to do: the lines are in the stream, and the reader delivers them in its order."""
 
-    def announce(self, line: bytes) -> None:
+    def rename(self, old: str, new: str, line: bytes) -> None:
         try:
+            self._shared.directory.leave(self._key, old)
+            self._shared.directory.enter(self._key, new)
             self._shared.notice(self._key, line)
         except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
-            log.warning("a notice in %s was lost: %s", self._room, exc)
+            log.warning("a rename in %s was not told: %s", self._room, exc)
 
-    def leave(self, peer: P, left: bytes, sees_it: bool) -> None:
+    def leave(self, peer: P, name: str, left: bytes, sees_it: bool) -> None:
         if not sees_it:
             self._delivery.unsubscribe(peer, self._key)
         try:
-            at = self._shared.notice(self._key, left)
+            self._shared.directory.leave(self._key, name)
+            at: tuple[int, int] | None = self._shared.notice(self._key, left)
         except redis.RedisError as exc:
             log.warning("the leave in %s was not told: %s", self._room, exc)
             at = None
@@ -392,3 +574,31 @@ class RedisFeed(Generic[P]):
             if at is not None:
                 self._shared.settle(self._shared.follow(self._key, self._room, at), at)
             self._delivery.unsubscribe(peer, self._key)
+
+    def present(self, names: list[str]) -> None:
+        try:
+            for name in names:
+                self._shared.directory.enter(self._key, name)
+        except redis.RedisError as exc:
+            log.warning("could not record the members of %s again: %s", self._room, exc)
+
+    def users(self, here: list[str]) -> list[str]:
+        try:
+            return sorted(self._shared.directory.members(self._key), key=str.casefold)
+        except redis.RedisError as exc:
+            log.warning("could not list the members of %s (showing this server's): %s", self._room, exc)
+            return here
+
+    def topic(self, kept_here: str) -> str:
+        try:
+            topic = cast(bytes | None, self._shared.redis.hget(self._shared.keys(self._key)[0], "topic"))
+        except redis.RedisError as exc:
+            log.warning("could not read the topic of %s: %s", self._room, exc)
+            return kept_here
+        return kept_here if topic is None else topic.decode()
+
+    def keep_topic(self, topic: str) -> None:
+        try:
+            self._shared.redis.hset(self._shared.keys(self._key)[0], "topic", topic)
+        except redis.RedisError as exc:
+            raise StorageFailed("storage_failed", "the server could not keep the topic", self._room) from exc

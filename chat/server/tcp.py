@@ -286,11 +286,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
         try:
             settings = HistorySettings(config.history, config.replay_limit)
-            accounts = Accounts(self.store, require_account=config.require_account)
             #: The Redis through which rooms are shared with other servers (--redis), if any.
             self.shared = _shared_rooms(config.redis, self.outbox, config.retention) if config.redis else None
-            backend = self.shared.room if self.shared is not None else None
-            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, backend)
+            records = self.shared.accounts if self.shared is not None else None
+            accounts = Accounts(self.store, require_account=config.require_account, records=records)
+            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, self.shared)
+            if self.shared is not None:
+                _start_sharing(self.shared, self.hub, config.redis or "")
         except BaseException:
             self.store.close()
             raise
@@ -538,12 +540,19 @@ def _shared_rooms(url: str, outbox: Outbox, retention: int) -> SharedRooms[Peer]
         raise StoreError(f"--redis needs the redis package: pip install 'chat[redis]' ({exc})") from exc
     import redis
 
-    shared: SharedRooms[Peer] = SharedRooms(url, outbox, retention)
     try:
-        shared.start()
+        return SharedRooms(url, outbox, retention)
     except (redis.RedisError, ValueError) as exc:
         raise StoreError(f"cannot use Redis at {url}: {exc}") from exc
-    return shared
+
+
+def _start_sharing(shared: SharedRooms[Peer], hub: Hub[Peer], url: str) -> None:
+    import redis
+
+    try:
+        shared.start(hub)
+    except redis.RedisError as exc:
+        raise StoreError(f"cannot use Redis at {url}: {exc}") from exc
 
 
 def _serve_both_families(sock: socket.socket) -> None:
