@@ -18,18 +18,16 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
-from chat.bench import _free_port, spawn_server
+from chat.bench import server_command, serving
 from chat.client.connection import ChatClient
 from chat.client.screen import run_screen
 from chat.client.ui import make_session, run_ui
-from chat.server.config import NO_LIMIT_FLAGS
 
 
 class Terminal(io.StringIO):
@@ -112,17 +110,10 @@ async def measure(port: int, count: int, full_screen: bool) -> str:
 
 def main() -> int:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    port = _free_port()
-    root = Path(__file__).resolve().parent.parent
-    server = spawn_server([sys.executable, str(root / "server.py"), "--db", ":memory:", "--log-level", "WARNING",
-                           *NO_LIMIT_FLAGS], port)  # fmt: skip
-    try:
+    with serving(server_command()) as (server,):
         for full_screen in (True, False):
             # Printed after each UI has ended: while one runs, stdout is its screen.
-            print(asyncio.run(measure(port, count, full_screen)), flush=True)
-    finally:
-        server.terminate()
-        server.wait(10)
+            print(asyncio.run(measure(server.port, count, full_screen)), flush=True)
     return 0
 
 

@@ -14,8 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from chat.bench import _free_port, _proc_cpu_seconds, spawn_server
-from chat.server.config import NO_LIMIT_FLAGS
+from chat.bench import _proc_cpu_seconds, server_command, serving
 from chat.server.store import Record, RoomRecord, SqliteStore
 
 HISTORY = 100_000
@@ -89,21 +88,14 @@ def main() -> int:
         for first in range(1, HISTORY + 1, 10_000):
             store.append_all("big", [Record(i, LINE % i) for i in range(first, min(HISTORY, first + 9_999) + 1)])
         store.close()
-        port = _free_port()
-        root = Path(__file__).resolve().parent.parent
-        command = [sys.executable, str(root / "server.py"), "--db", path, "--log-level", "WARNING", *NO_LIMIT_FLAGS]
-        server = spawn_server(command, port)
-        try:
+        with serving(server_command(path)) as (server,):
             try:
                 import uvloop  # type: ignore[import-not-found,unused-ignore]
 
                 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             except ImportError:
                 pass
-            asyncio.run(storm(port, clients, server.pid))
-        finally:
-            server.terminate()
-            server.wait(10)
+            asyncio.run(storm(server.port, clients, server.process.pid))
     return 0
 
 

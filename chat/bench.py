@@ -18,7 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -246,6 +247,9 @@ class Result:
     server_cpu_us_per_delivery: float | None = None
     server_peak_rss_mb: float | None = None
     server_idle_rss_kb_per_client: float | None = None
+    #: With several servers on one Redis: commands Redis ran, and its CPU, per message sent.
+    redis_calls_per_message: float | None = None
+    redis_cpu_us_per_message: float | None = None
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -395,8 +399,15 @@ async def run_bench(
     server_label: str = "",
     progress: bool = True,
     dialect: Dialect | None = None,
+    also: Sequence[tuple[str, int]] = (),
+    also_pids: Sequence[int] = (),
+    redis_url: str | None = None,
 ) -> Result:
+    """`also`: more servers sharing the room (several servers on one Redis, `redis_url`): the
+    clients are dealt round the servers, senders and sampled ones included."""
     dialect = dialect or DIALECTS["chat"]
+    addresses = [(host, port), *also]
+    pids = [pid for pid in (server_pid, *also_pids) if pid]
     result = Result(clients, senders, "max" if rate is None else f"{rate:g}/s", seconds, server_label)
     cpu0 = time.process_time()
     rss_before_kb = _proc_status_kb(server_pid, "VmRSS") if server_pid else None
@@ -406,7 +417,8 @@ async def run_bench(
 
     async def join(index: int) -> Receiver:
         async with slots:
-            return await _join(host, port, f"bench{index}", index >= clients - sampled, dialect=dialect)
+            where = addresses[index % len(addresses)]
+            return await _join(*where, f"bench{index}", index >= clients - sampled, dialect=dialect)
 
     receivers += await asyncio.gather(*(join(i) for i in range(clients)))
     result.connect_seconds = time.perf_counter() - t0
@@ -418,7 +430,8 @@ async def run_bench(
     marker = receivers[-1]
     marker.mark(START)
     await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in receivers)), 60)
-    server_cpu0 = _proc_cpu_seconds(server_pid) if server_pid else 0.0
+    server_cpu0 = sum(_proc_cpu_seconds(pid) for pid in pids)
+    redis0 = _redis_counters(redis_url) if redis_url else None
     loop = asyncio.get_running_loop()
     t_start = loop.time()
     deadline = t_start + seconds
@@ -466,19 +479,24 @@ async def run_bench(
     for r in receivers:
         result.duplicated += len(r.ids) - len(set(r.ids))
         result.out_of_order += sum(1 for a, b in zip(r.ids, r.ids[1:], strict=False) if b <= a)
-    _finish(result, receivers, cpu0, server_pid, server_cpu0)
+    if redis_url and redis0 is not None:
+        calls, cpu = (after - before for after, before in zip(_redis_counters(redis_url), redis0, strict=True))
+        result.redis_calls_per_message = calls / max(1, expected)
+        result.redis_cpu_us_per_message = cpu / max(1, expected) * 1e6
+    _finish(result, receivers, cpu0, pids, server_cpu0)
     if server_pid and idle_rss_kb is not None and rss_before_kb is not None:
         result.server_idle_rss_kb_per_client = (idle_rss_kb - rss_before_kb) / clients
     return result
 
 
-def _finish(result: Result, receivers: list[Receiver], cpu0: float, server_pid: int | None, server_cpu0: float) -> None:
-    """The CPU both sides spent and the server's peak memory; then hang up every client."""
+def _finish(result: Result, receivers: list[Receiver], cpu0: float, pids: Sequence[int], server_cpu0: float) -> None:
+    """The CPU both sides spent and the servers' peak memory (all of them together); then hang
+    up every client."""
     result.bench_cpu_s = time.process_time() - cpu0
-    if server_pid:
-        result.server_cpu_s = _proc_cpu_seconds(server_pid) - server_cpu0
+    if pids:
+        result.server_cpu_s = sum(_proc_cpu_seconds(pid) for pid in pids) - server_cpu0
         result.server_cpu_us_per_delivery = result.server_cpu_s / max(1, result.deliveries) * 1e6
-        result.server_peak_rss_mb = _proc_status_kb(server_pid, "VmHWM") / 1024
+        result.server_peak_rss_mb = sum(_proc_status_kb(pid, "VmHWM") for pid in pids) / 1024
     for r in receivers:
         if r.transport is not None:
             r.transport.close()
@@ -529,8 +547,22 @@ async def run_rooms_bench(
     result.duplicated = sum(max(0, r.count - counts[room]) for room, receivers in enumerate(members) for r in receivers)
     result.dropped_clients = sum(r.closed.is_set() for r in everybody)
     result.latency_ms = dict.fromkeys(("p50", "p95", "p99", "max"), float("nan"))  # not sampled here
-    _finish(result, everybody, cpu0, server_pid, server_cpu0)
+    _finish(result, everybody, cpu0, [server_pid] if server_pid else [], server_cpu0)
     return result
+
+
+def _redis_counters(url: str) -> tuple[float, float]:
+    """Commands Redis has run and the CPU seconds it has spent, so far."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+        cpu = client.info("cpu")
+    finally:
+        client.close()
+    calls = sum(int(entry["calls"]) for entry in stats.values())
+    return float(calls), float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
 
 async def _delivered(receiver: Receiver, expected: int) -> None:
@@ -559,6 +591,41 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def server_command(db: str = ":memory:", *extra: str) -> list[str]:
+    """server.py as the benchmarks run it: quiet, and without the limits that would refuse a load
+    generator (one client far over any sane limit)."""
+    root = Path(__file__).resolve().parent.parent
+    return [sys.executable, str(root / "server.py"), "--db", db, "--log-level", "WARNING", *NO_LIMIT_FLAGS, *extra]
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """A server the benchmark started, and the port it listens on."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+
+@contextmanager
+def serving(command: list[str], count: int = 1) -> Iterator[list[Spawned]]:
+    """`count` servers of `command`, each on a free port, listening until the block ends."""
+    started: list[Spawned] = []
+    try:
+        for _ in range(count):
+            port = _free_port()
+            started.append(Spawned(spawn_server(command, port), port))
+        yield started
+    finally:
+        for server in started:
+            server.process.terminate()
+        for server in started:
+            try:
+                server.process.wait(10)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
 
 
 def spawn_server(command: list[str], port: int) -> subprocess.Popen[bytes]:
@@ -621,6 +688,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--proto", choices=sorted(DIALECTS), default="chat", help="the server's protocol (default %(default)s)"
     )
+    parser.add_argument("--redis", default=None, help="with --spawn: the servers share rooms through this Redis URL")
+    parser.add_argument("--nodes", type=int, default=1, help="with --spawn --redis: how many servers to start")
+    parser.add_argument(
+        "--also", action="append", default=[], help="another server HOST:PORT sharing the room (repeatable)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
@@ -635,22 +707,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         pass
 
-    process = None
+    if args.nodes > 1 and not (args.spawn and args.redis):
+        parser.error("--nodes needs --spawn and --redis")
+    if args.rooms and (args.nodes > 1 or args.also):
+        parser.error("--rooms measures one server")
     host, port, label = args.host, args.port, f"{args.host}:{args.port}"
+    also = [(address.rpartition(":")[0], int(address.rpartition(":")[2])) for address in args.also]
+    command: list[str] = []
     if args.spawn:
-        port = _free_port()
         if args.server_command:
             command = args.server_command.split()
             label = Path(command[-1]).stem
         else:
-            root = Path(__file__).resolve().parent.parent
-            command = [sys.executable, str(root / "server.py"), "--db", args.db, "--log-level", "WARNING"]
-            command += NO_LIMIT_FLAGS  # the load generator is one client far over any sane limit
+            command = server_command(args.db)
             label = f"chat ({'memory' if args.db == ':memory:' else 'sqlite'})"
-        process = spawn_server(command, port)
-        host = "127.0.0.1"
-    try:
-        server_pid = process.pid if process else None
+        if args.redis:
+            command += ["--redis", args.redis]
+            label = f"chat, {args.nodes} server{'s' if args.nodes > 1 else ''} on Redis"
+    with serving(command, args.nodes if args.spawn else 0) as servers:
+        if servers:
+            host, port = "127.0.0.1", servers[0].port
+            also = [("127.0.0.1", server.port) for server in servers[1:]]
+        server_pid = servers[0].process.pid if servers else None
         if args.rooms:
             per_room = max(2, args.clients // args.rooms)
             measured = run_rooms_bench(host, port, args.rooms, per_room, args.seconds, server_pid, label)
@@ -667,20 +745,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_label=label,
                 progress=not args.quiet,
                 dialect=DIALECTS[args.proto],
+                also=also,
+                also_pids=[server.process.pid for server in servers[1:]],
+                redis_url=args.redis,
             )
         result = asyncio.run(measured)
-    finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
     if args.json:
         print(json.dumps(asdict(result)))
     else:
         print(format_table([result]))
+        if result.redis_calls_per_message is not None:
+            print(
+                f"Redis per message sent: {result.redis_calls_per_message:.1f} commands, "
+                f"{result.redis_cpu_us_per_message:.0f} µs of its CPU"
+            )
     return 0
 
 

@@ -20,6 +20,7 @@ from chat.wire.protocol import (
     Renamed,
     Reset,
     RoomList,
+    SessionToken,
     Topic,
     Users,
     Welcome,
@@ -352,3 +353,19 @@ def test_a_durable_redis_killed_and_restarted_during_traffic_loses_no_message_an
     assert welcome.epoch == epoch  # the same history, not a new one
     replayed = [newcomer.expect(ChatMessage) for _ in range(welcome.history)]
     assert [(m.id, m.msg) for m in replayed if m.id <= ids[-1]] == [(m.id, m.msg) for m in seen]
+
+
+def test_an_account_registered_on_one_server_logs_in_on_another(nodes, connect):
+    a, b = nodes(2)
+    alice = connect(a)
+    alice.join("alice")
+    alice.send({"type": "register", "password": "correct horse battery"})
+    alice.expect(SessionToken)
+    alice.send({"type": "leave"})
+    alice.expect_closed()
+    stranger = connect(b)
+    stranger.send({"type": "join", "name": "alice"})
+    assert stranger.expect(ErrorReply).code == "name_registered"
+    again = connect(b)
+    again.send({"type": "join", "name": "alice", "password": "correct horse battery"})
+    assert again.expect(Welcome).account is True

@@ -149,6 +149,9 @@ class Hub(Generic[P]):
             self._rooms[key] = self._open_room(record)
         if room_key(LOBBY) not in self._rooms:
             self._rooms[room_key(LOBBY)] = self._create_room(LOBBY)
+        if shared is not None:  # the rooms this server knows, every server lists
+            for room in self._rooms.values():
+                shared.add_room(room.key, room.name)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -271,7 +274,11 @@ class Hub(Generic[P]):
         identity = session.identity
         if identity is None or identity.account is not None:
             raise Refused("name_registered", f"{name} is already registered")
+        guest = identity
         session.identity = identity = self._accounts.register(name, password, identity, session.address)
+        if self._shared is not None:  # the name is held by the account now, on every server
+            self._shared.release_name(name_keys(name), guest.id)
+            self._shared.claim_name(name_keys(name), name, identity.id)
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
         self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
@@ -450,9 +457,10 @@ class Hub(Generic[P]):
         log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
     def room_list(self) -> RoomList:
-        if self._shared is not None:
-            for name in self._shared.rooms().values():
-                self._shared_room(name)
+        if self._shared is not None:  # rooms other servers created are known here from now on
+            for key, name in self._shared.rooms().items():
+                if key not in self._rooms:
+                    self._room_for_join(name)
         with self._lock:
             rooms = list(self._rooms.values())
         return RoomList(rooms=sorted((room.info() for room in rooms), key=lambda info: info.room.casefold()))

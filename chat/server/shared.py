@@ -160,7 +160,7 @@ class SharedRooms(Generic[P]):
         self._renewer = threading.Thread(target=self._renew_forever, name="chat-shared-lease", daemon=True)
 
     def start(self, listener: Listener) -> None:
-        """Join the other servers (unreachable Redis: RedisError, and the server does not start)."""
+        """Join the other servers and start following the rooms (RedisError if Redis is away)."""
         self._listener = listener
         self.directory.renew()
         last = cast(Entries, self.redis.xrevrange(self._private.stream, count=1))

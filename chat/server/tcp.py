@@ -541,7 +541,9 @@ def _shared_rooms(url: str, outbox: Outbox, retention: int) -> SharedRooms[Peer]
     import redis
 
     try:
-        return SharedRooms(url, outbox, retention)
+        shared: SharedRooms[Peer] = SharedRooms(url, outbox, retention)
+        shared.redis.ping()  # unreachable at start: the server says so and does not start
+        return shared
     except (redis.RedisError, ValueError) as exc:
         raise StoreError(f"cannot use Redis at {url}: {exc}") from exc
 
