@@ -137,7 +137,12 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
         return 1
-    log.info("history in %s (keeping %d messages per room)", config.db, config.retention)
+    if config.redis:
+        where = config.redis.split("@")[-1]  # no password in the log
+        log.info("rooms shared through Redis at %s (keeping %d messages per room); the rest in %s",
+                 where, config.retention, config.db)
+    else:
+        log.info("history in %s (keeping %d messages per room)", config.db, config.retention)
 
     stop_requested = threading.Event()
 
