@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,6 +135,20 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def talk_at_once(senders: Sequence[LineClient], per_sender: int) -> list[threading.Thread]:
+    """Each sender says `per_sender` lines (`"<its number>:<line number>"`), all of them at
+    once, each in a thread of its own; the threads, started (join them)."""
+
+    def talk(sender: LineClient, number: int) -> None:
+        for line in range(per_sender):
+            sender.say(f"{number}:{line}")
+
+    threads = [threading.Thread(target=talk, args=(sender, n)) for n, sender in enumerate(senders)]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def admitted_client(server: RecordingChatServer, timeout: float = TIMEOUT) -> LineClient:

@@ -121,3 +121,10 @@ def test_rendered_lines_carry_the_indent_mark_before_their_text():
     fragments = render(said(1, "hello"), "alice")
     assert fragments is not None and (INDENT, "") in fragments
     assert text(wrap(fragments, 80)[0]).endswith("bob: hello")
+
+
+def test_a_word_of_wide_characters_carried_to_the_next_row_still_fits_it():
+    # Found by the property above: the carried word fitted, but not with the next character.
+    rows = wrap([("class:time", "09:30 "), (INDENT, ""), ("", "  字字")], 3)
+    assert all(get_cwidth(text(row)) <= 3 for row in rows)
+    assert "".join(text(row) for row in rows).replace(" ", "") == "09:30字字"

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from chat.server.tcp import ServerConfig
-from chat.testing import TIMEOUT, LineClient, admitted_client
+from chat.testing import TIMEOUT, LineClient, admitted_client, talk_at_once
 from chat.wire.protocol import (
     Action,
     Away,
@@ -391,14 +391,7 @@ def test_two_hundred_clients_each_get_every_message_once_in_id_order(chat_server
         client.expect(Welcome)
     senders = clients[:10]
     per_sender = 20
-
-    def talk(client: LineClient, n: int) -> None:
-        for k in range(per_sender):
-            client.say(f"{n}:{k}")
-
-    threads = [threading.Thread(target=talk, args=(c, n)) for n, c in enumerate(senders)]
-    for thread in threads:
-        thread.start()
+    threads = talk_at_once(senders, per_sender)
     total = len(senders) * per_sender
     first_ids: list[int] | None = None
     for client in clients:

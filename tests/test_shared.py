@@ -10,7 +10,7 @@ import pytest
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
 from chat.server.directory import LEASE, RENEW_EVERY
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, talk_at_once
 from chat.wire.protocol import (
     ChatMessage,
     ErrorReply,
@@ -38,12 +38,16 @@ def nodes(redis_server, start_chat_server):  # servers stop before their Redis d
     return start
 
 
+def _people(connect, servers) -> list[LineClient]:
+    """alice, bob and carol, one on each server, joined in that order."""
+    people = [connect(server) for server in servers]
+    for person, name in zip(people, ("alice", "bob", "carol"), strict=False):
+        person.join(name)
+    return people
+
+
 def test_a_message_said_on_one_server_reaches_members_on_the_others(nodes, connect):
-    a, b, c = nodes(3)
-    alice, bob, carol = connect(a), connect(b), connect(c)
-    alice.join("alice")
-    bob.join("bob")
-    carol.join("carol")
+    alice, bob, carol = _people(connect, nodes(3))
     alice.expect(Joined, name="bob")  # notices cross servers too
     alice.say("hello from a")
     got = [client.expect(ChatMessage, msg="hello from a") for client in (alice, bob, carol)]
@@ -79,14 +83,7 @@ def test_concurrent_senders_on_two_servers_are_seen_in_one_order_everywhere(node
     for number, sender in enumerate(senders):
         sender.join(f"sender{number}")
     per_sender = 20
-
-    def talk(sender: LineClient, number: int) -> None:
-        for line in range(per_sender):
-            sender.say(f"{number}:{line}")
-
-    threads = [threading.Thread(target=talk, args=(s, n)) for n, s in enumerate(senders)]
-    for thread in threads:
-        thread.start()
+    threads = talk_at_once(senders, per_sender)
     for thread in threads:
         thread.join()
     total = per_sender * len(senders)
@@ -160,11 +157,7 @@ def test_a_name_is_taken_on_every_server_and_freed_on_all_when_its_holder_leaves
 
 
 def test_who_and_rooms_show_the_members_and_rooms_of_every_server(nodes, connect):
-    a, b, c = nodes(3)
-    alice, bob, carol = connect(a), connect(b), connect(c)
-    alice.join("alice")
-    bob.join("bob")
-    carol.join("carol")
+    alice, bob, carol = _people(connect, nodes(3))
     _enter(alice, "dev")
     assert _enter(bob, "Dev").users == ["alice", "bob"]  # one room, spelled as its creator did
     bob.send({"type": "who", "room": "dev"})

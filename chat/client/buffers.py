@@ -246,10 +246,11 @@ def wrap(fragments: Fragments, width: int) -> list[Fragments]:
             row, used, start = [("", " ", 1)] * indent, indent, indent
             continue
         if used + cell[2] > width and row:
-            # At the last space, if what follows it fits on the next row beside the indent.
+            # At the last space, if what follows it, and this character, fit on the next row
+            # beside the indent (a wide character takes two columns, not one).
             cut = len(row)
             spaces = [at for at in range(start, len(row)) if row[at][1] == " "]
-            if spaces and indent + sum(c[2] for c in row[spaces[-1] + 1 :]) < width:
+            if spaces and indent + sum(c[2] for c in row[spaces[-1] + 1 :]) + cell[2] <= width:
                 cut = spaces[-1] + 1
             rows.append(row[:cut])
             carried = row[cut:]
