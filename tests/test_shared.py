@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -362,3 +363,42 @@ def test_an_account_registered_on_one_server_logs_in_on_another(nodes, connect):
     again = connect(b)
     again.send({"type": "join", "name": "alice", "password": "correct horse battery"})
     assert again.expect(Welcome).account is True
+
+
+class _Heard(logging.Handler):
+    """Log records as they come, for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.changed:
+            self.messages.append(record.getMessage())
+            self.changed.notify_all()
+
+    def wait_for(self, text: str, times: int, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: sum(text in m for m in self.messages) >= times, timeout)
+
+
+def test_after_redis_lost_everything_the_servers_hold_their_names_and_members_again(nodes, connect, redis_server):
+    a, b = nodes(2)
+    alice, watcher = connect(a), connect(b)
+    alice.join("alice")
+    watcher.join("watcher")
+    heard = _Heard()
+    logger = logging.getLogger("chat.server.shared")
+    logger.addHandler(heard)
+    try:
+        redis_server.kill()
+        redis_server.start()  # empty: no server's lease, no name, no member is recorded any more
+        assert heard.wait_for("claiming its names again", times=2, timeout=LEASE + TIMEOUT)
+    finally:
+        logger.removeHandler(heard)
+    stranger = connect(b)
+    stranger.send({"type": "join", "name": "alice"})
+    assert stranger.expect(ErrorReply).code == "name_taken"
+    watcher.send({"type": "who", "room": "lobby"})
+    assert watcher.expect(Users).users == ["alice", "watcher"]
