@@ -18,7 +18,18 @@ from chat.server.config import ServerConfig
 from chat.server.fanout import PeerState
 from chat.server.session import Session
 from chat.testing import TIMEOUT, LineClient, admitted_client
-from chat.wire.protocol import ChatMessage, ErrorReply, Gap, Joined, Left, Notice, ServerPing, ServerPong, Welcome
+from chat.wire.protocol import (
+    ChatMessage,
+    ErrorReply,
+    Gap,
+    HistoryPage,
+    Joined,
+    Left,
+    Notice,
+    ServerPing,
+    ServerPong,
+    Welcome,
+)
 
 
 def lines(count: int, prefix: str = "n") -> bytes:
@@ -77,7 +88,8 @@ def test_heavy_requests_cost_more_than_messages(start_chat_server, connect):
     alice.join("alice")
     for _ in range(4):
         alice.send({"type": "history", "limit": 10})
-    alice.expect(Notice)  # four pages cost more than a burst of ten lines
+    alice.say("after four pages")
+    alice.expect(Notice)  # four pages cost more than a burst of ten lines: the line said after them waits
 
 
 def test_the_limits_are_per_address_and_say_so(start_chat_server, connect):
@@ -345,3 +357,16 @@ def test_a_room_keeps_its_history_within_its_byte_limit(start_chat_server, conne
     assert welcome.last_id == 100 and 0 < welcome.history < 40
     gap = newcomer.expect(Gap)
     assert gap.first == 1 and gap.last == 100 - welcome.history
+
+
+def test_joins_and_history_a_client_asks_for_by_itself_are_paced_without_a_word(alice_and_bob_under):
+    """A client that comes back to several rooms joins each and asks each for a page of context:
+    over the burst, but nothing its person said waits, so nothing is said about it."""
+    alice, _ = alice_and_bob_under(ServerConfig(flood_burst=10, flood_rate=50, flood_max_delay=10))
+    for room in ("r0", "r1", "r2", "r3"):
+        alice.send({"type": "join", "room": room})
+        alice.send({"type": "history", "room": room, "limit": 5})
+    alice.expect(HistoryPage, room="r3")  # served, paced
+    assert not [line for line in alice.seen if isinstance(line, Notice)]
+    alice.send_raw(lines(30))  # now what alice says waits: she is told
+    assert alice.expect(Notice).code == "rate_limited"

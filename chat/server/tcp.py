@@ -39,6 +39,7 @@ from chat.wire.protocol import (
     Notice,
     SendAction,
     SendMessage,
+    SendPrivate,
     ServerPing,
     Shutdown,
 )
@@ -53,6 +54,8 @@ _PING = encode(ServerPing())
 _TOO_IDLE = encode(ErrorReply(code="idle_timeout", detail="no line from you for too long; closing"))
 _NO_JOIN = encode(ErrorReply(code="join_timeout", detail="no join from you in time; closing"))
 _READ_SIZE = 64 * 1024
+#: Lines a person says: when one of them waits for the rate limit, its sender is told.
+_SAID = (SendMessage, SendAction, SendPrivate, ClassicMessage)
 #: Most lines one client said to one room that are kept and published together.
 MAX_BATCH = 64
 # A TLS record of type handshake, version 3.x: what a ClientHello starts with.
@@ -177,11 +180,15 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 )
                 log.warning("%s: excess flood; closing", session.label)
                 return "excess_flood"
-            if delay and not self._slowed:
+            # Told when a line a person said starts waiting: joins and history pages a client
+            # asks for by itself (a restart in several rooms) are paced without a word.
+            if delay and not self._slowed and isinstance(request.message, _SAID):
                 detail = f"you send faster than {config.flood_rate:g} lines a second; your lines wait their turn"
                 notice = Notice(code="rate_limited", detail=detail, delay_ms=round(delay * 1000))
                 self.server.outbox.send_to(session.peer, encode(notice))
-            self._slowed = delay > 0
+                self._slowed = True
+            if not delay:
+                self._slowed = False
             request.due = time.monotonic() + delay
             waiting.append(request)
         return None
