@@ -13,6 +13,7 @@ from chat.server.config import ServerConfig
 from chat.server.directory import LEASE, RENEW_EVERY
 from chat.testing import TIMEOUT, LineClient, talk_at_once
 from chat.wire.protocol import (
+    Away,
     ChatMessage,
     ErrorReply,
     Joined,
@@ -21,6 +22,7 @@ from chat.wire.protocol import (
     Renamed,
     Reset,
     RoomList,
+    ServerNotice,
     SessionToken,
     Topic,
     Users,
@@ -402,3 +404,19 @@ def test_after_redis_lost_everything_the_servers_hold_their_names_and_members_ag
     assert stranger.expect(ErrorReply).code == "name_taken"
     watcher.send({"type": "who", "room": "lobby"})
     assert watcher.expect(Users).users == ["alice", "watcher"]
+
+
+def test_away_on_one_server_answers_private_messages_and_shows_in_who_on_the_others(nodes, connect):
+    a, b = nodes(2)
+    alice, bob, carol = _people(connect, [a, b, a])  # alice and carol on one server, bob on the other
+    bob.send({"type": "away", "msg": "lunch"})
+    bob.expect(ServerNotice)
+    alice.send({"type": "private", "to": "bob", "msg": "are you there?"})
+    alice.expect(PrivateMessage, msg="are you there?")  # the echo first, then the answer
+    assert alice.next() == Away(name="bob", msg="lunch")
+    carol.send({"type": "who", "room": "lobby"})
+    assert carol.expect(Users).away == {"bob": "lunch"}
+    bob.send({"type": "away"})
+    bob.expect(ServerNotice)
+    carol.send({"type": "who", "room": "lobby"})
+    assert carol.expect(Users).away == {}

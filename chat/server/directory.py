@@ -101,6 +101,20 @@ for i = 3, #ARGV do
 end
 """
 
+# Say why the holder of a name is away (no `why`: back). KEYS: names. ARGV: node, identity, why, keys...
+_AWAY = """
+for i = 4, #ARGV do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if held then
+    local holder = cjson.decode(held)
+    if holder.node == ARGV[1] and holder.identity == ARGV[2] then
+      if ARGV[3] == '' then holder.away = nil else holder.away = ARGV[3] end
+      redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(holder))
+    end
+  end
+end
+"""
+
 # Who holds a name key, if a live server does. KEYS: names, nodes. ARGV: key.
 _HOLDER = _NOW + """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
@@ -132,6 +146,8 @@ class Holder:
     node: str
     identity: str
     name: str
+    #: Why they are away, if they said so.
+    away: str | None = None
 
 
 def members_key(room: str) -> str:
@@ -157,6 +173,7 @@ class Directory:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._holder = client.register_script(_HOLDER)
+        self._away = client.register_script(_AWAY)
         self._members = client.register_script(_MEMBERS)
         self._drop_member = client.register_script(_DROP_MEMBER)
 
@@ -195,10 +212,12 @@ class Directory:
 
     # --- names -----------------------------------------------------------------------
 
-    def claim(self, keys: Collection[str], name: str, identity: str) -> tuple[Holder | None, list[str]]:
+    def claim(
+        self, keys: Collection[str], name: str, identity: str, away: str | None = None
+    ) -> tuple[Holder | None, list[str]]:
         """Take a name for `identity` here: (None, the servers to tell that it moved) when taken,
         else (who holds it, [])."""
-        record = json.dumps({"node": self.node, "identity": identity, "name": name})
+        record = json.dumps({"node": self.node, "identity": identity, "name": name, "away": away})
         args = [self.node, identity, record, *sorted(keys)]
         reply = cast(list[int | bytes], self._claim(keys=[NAMES, NODES], args=args))
         if reply[0] == 0:
@@ -215,7 +234,21 @@ class Directory:
         if not held:
             return None
         record = json.loads(cast(bytes, held))
-        return Holder(record["node"], record["identity"], record["name"])
+        return Holder(record["node"], record["identity"], record["name"], record.get("away"))
+
+    def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None:
+        self._away(keys=[NAMES], args=[self.node, identity, why or "", *sorted(keys)])
+
+    def away(self, keys: Collection[str]) -> dict[str, str]:
+        """Why the holders of these name keys are away: name -> why, for those who said."""
+        if not keys:
+            return {}
+        found: dict[str, str] = {}
+        for held in cast(list[bytes | None], self._redis.hmget(NAMES, sorted(keys))):
+            record = json.loads(held) if held else None
+            if record is not None and record.get("away"):
+                found[record["name"]] = record["away"]
+        return found
 
     # --- rooms and their members -----------------------------------------------------------
 

@@ -101,9 +101,10 @@ class SharedServers(Protocol[P_contra]):
     def private_lock(self) -> threading.Lock: ...
     def private_position(self) -> int: ...
     def settle_private(self, upto: int) -> None: ...
-    def claim_name(self, keys: Collection[str], name: str, identity: str) -> None: ...
+    def claim_name(self, keys: Collection[str], name: str, identity: str, away: str | None = None) -> None: ...
     def release_name(self, keys: Collection[str], identity: str) -> None: ...
-    def holder_of(self, key: str) -> tuple[str, str] | None: ...
+    def holder_of(self, key: str) -> tuple[str, str, str | None] | None: ...
+    def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None: ...
     def rooms(self) -> dict[str, str]: ...
     def add_room(self, key: str, name: str) -> None: ...
 
@@ -278,7 +279,7 @@ class Hub(Generic[P]):
         session.identity = identity = self._accounts.register(name, password, identity, session.address)
         if self._shared is not None:  # the name is held by the account now, on every server
             self._shared.release_name(name_keys(name), guest.id)
-            self._shared.claim_name(name_keys(name), name, identity.id)
+            self._shared.claim_name(name_keys(name), name, identity.id, session.away)
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
         self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
@@ -363,9 +364,9 @@ class Hub(Generic[P]):
         with self._lock:
             target = self._by_name.get(name_key(to))
         if target is not None and target.name is not None:
-            recipient, recipient_id = target.name, _identity_of(target)
+            recipient, recipient_id, away = target.name, _identity_of(target), target.away
         elif self._shared is not None and (elsewhere := self._shared.holder_of(name_key(to))) is not None:
-            recipient_id, recipient = elsewhere
+            recipient_id, recipient, away = elsewhere
         else:
             raise Refused("no_such_user", f"nobody called {to} is connected")
         # Kept under the parties' identities, not their names: only they ever see it
@@ -377,7 +378,7 @@ class Hub(Generic[P]):
 
         if self._shared is not None:  # the shared reader gives it to both parties, on any server
             line = self._private.append(build, sender=sender_id, recipient=recipient_id)
-            if target is not None and target is not session and (away := target.away) is not None:
+            if target is not session and away is not None:
                 self._shared.settle_private(_id_of(line))  # after the echo, so it reads as the answer
                 self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
             return
@@ -414,7 +415,7 @@ class Hub(Generic[P]):
             if session.name is None or session.identity is None:
                 continue
             try:
-                self._shared.claim_name(name_keys(session.name), session.name, session.identity.id)
+                self._shared.claim_name(name_keys(session.name), session.name, session.identity.id, session.away)
             except (Refused, StorageFailed) as exc:
                 log.warning("%s: could not claim %s again: %s", session.label, quoted(session.name), exc.detail)
         for room in list(self._rooms.values()):
@@ -422,7 +423,9 @@ class Hub(Generic[P]):
 
     def set_away(self, session: Session[P], why: str) -> None:
         """Away (and why), or back with an empty `why`; said to the session alone."""
-        self._name_of(session)
+        name = self._name_of(session)
+        if self._shared is not None and session.identity is not None:  # answered on every server
+            self._shared.set_away(name_keys(name), session.identity.id, why or None)
         session.away = why or None
         said = f"you are away: {why}; private messages get that answer" if why else "you are back"
         self._delivery.send_to(session.peer, encode(ServerNotice(detail=said)))
@@ -437,7 +440,7 @@ class Hub(Generic[P]):
                                                   name_key(identity.account) != name_key(new)):
             raise Refused("name_registered", f"{new} is a registered name; only its account may use it")
         if self._shared is not None and identity is not None:
-            self._shared.claim_name(name_keys(new), new, identity.id)
+            self._shared.claim_name(name_keys(new), new, identity.id, session.away)
         try:
             with self._lock:
                 self._check_free_locked(session, new)

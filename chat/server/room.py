@@ -107,6 +107,10 @@ class RoomFeed(Protocol[P_contra]):
         """The members' names, sorted; `here` are those on this server."""
         ...
 
+    def away(self, names: list[str], here: dict[str, str]) -> dict[str, str]:
+        """Which of the members `names` are away and why; `here`: those on this server."""
+        ...
+
     def topic(self, kept_here: str) -> str:
         """The room's topic; `kept_here` is what this server's store has."""
         ...
@@ -140,6 +144,9 @@ class LocalFeed(Generic[P]):
         """Nothing to record: the members are all here."""
 
     def users(self, here: list[str]) -> list[str]:
+        return here
+
+    def away(self, names: list[str], here: dict[str, str]) -> dict[str, str]:
         return here
 
     def topic(self, kept_here: str) -> str:
@@ -360,7 +367,9 @@ class Room(Generic[P]):
     def who(self, session: Session[P]) -> None:
         with self._lock:
             away = {name: member.away for member, name in self._members.items() if member.away is not None}
-            users = Users(room=self.name, users=self._sorted_users(), roles=self._roles_by_name(), away=away)
+            names = self._sorted_users()
+            away = self._feed.away(names, away)
+            users = Users(room=self.name, users=names, roles=self._roles_by_name(), away=away)
         self._delivery.send_to(session.peer, encode(users), self.key)
 
     def role_of(self, session: Session[P]) -> str | None:

@@ -27,6 +27,7 @@ from chat.server.room import Delivery
 from chat.server.store import PRIVATE_LOG, RoomRecord
 from chat.wire.codec import encode
 from chat.wire.protocol import Left, Reset, utc_now
+from chat.wire.text import name_key
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +204,11 @@ class SharedRooms(Generic[P]):
     def settle_private(self, upto: int) -> None:
         self.settle(self._private, (upto, 0))
 
-    def claim_name(self, keys: Collection[str], name: str, identity: str) -> None:
+    def claim_name(self, keys: Collection[str], name: str, identity: str, away: str | None = None) -> None:
         """Take a name on every server, or Refused `name_taken` (StorageFailed if Redis is away).
         A server that held it for the same identity closes that connection."""
         try:
-            holder, told = self.directory.claim(keys, name, identity)
+            holder, told = self.directory.claim(keys, name, identity, away)
             for node in told:
                 self.redis.xadd(wake_stream(node), {"taken": min(keys), "identity": identity}, maxlen=100)
         except redis.RedisError as exc:
@@ -223,13 +224,19 @@ class SharedRooms(Generic[P]):
         except redis.RedisError as exc:
             log.warning("releasing a name failed (it is free once this server's lease runs out): %s", exc)
 
-    def holder_of(self, key: str) -> tuple[str, str] | None:
-        """Who holds a name on any server, (identity, name) (StorageFailed if Redis is away)."""
+    def holder_of(self, key: str) -> tuple[str, str, str | None] | None:
+        """Who holds a name on any server: (identity, name, why away) (StorageFailed if Redis is away)."""
         try:
             holder = self.directory.holder(key)
         except redis.RedisError as exc:
             raise StorageFailed("storage_failed", "the server could not look that name up; try again") from exc
-        return None if holder is None else (holder.identity, holder.name)
+        return None if holder is None else (holder.identity, holder.name, holder.away)
+
+    def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None:
+        try:
+            self.directory.set_away(keys, identity, why)
+        except redis.RedisError as exc:
+            raise StorageFailed("storage_failed", "the server could not tell the others; try again") from exc
 
     def rooms(self) -> dict[str, str]:
         """Every room any server has: key -> name (none while Redis is away)."""
@@ -255,16 +262,19 @@ class SharedRooms(Generic[P]):
         """Renew this server's lease, and see to the servers whose lease ran out: their members
         are told gone in each room (by whichever live server sees it first)."""
         while not self._stopping.wait(RENEW_EVERY):
-            try:
-                if self.directory.renew():
-                    log.warning("this server's lease ran out (Redis was away): claiming its names again")
-                    if self._listener is not None:
-                        self._listener.lease_lost()
-                for room, room_name, name in self.directory.reap():
-                    left = Left(room=room_name, name=name, reason="disconnected", time=utc_now())
-                    self.notice(room, encode(left))
-            except (redis.RedisError, StorageFailed) as exc:
-                log.warning("renewing this server's lease failed: %s", exc)
+            self._guarded(self._renew)
+
+    def _renew(self) -> None:
+        try:
+            if self.directory.renew():
+                log.warning("this server's lease ran out (Redis was away): claiming its names again")
+                if self._listener is not None:
+                    self._listener.lease_lost()
+            for room, room_name, name in self.directory.reap():
+                left = Left(room=room_name, name=name, reason="disconnected", time=utc_now())
+                self.notice(room, encode(left))
+        except (redis.RedisError, StorageFailed) as exc:
+            log.warning("renewing this server's lease failed: %s", exc)
 
     # --- for RedisLog and RedisFeed -------------------------------------------------
 
@@ -320,8 +330,8 @@ class SharedRooms(Generic[P]):
             if recovering:
                 try:
                     self._start_over_where_lost()
-                except redis.RedisError:
-                    pass  # still down: the read below fails and waits
+                except redis.RedisError as exc:  # still down: the read below fails and waits
+                    log.debug("Redis is still away: %s", exc)
                 else:
                     recovering = False
             with self._followed_lock:
@@ -345,15 +355,25 @@ class SharedRooms(Generic[P]):
             for stream, entries in reply or []:
                 if stream == self._wake:
                     wake_position = entries[-1][0]
-                    self._obey(entries)
+                    self._guarded(self._obey, entries)
                     continue
                 followed = self._followed.get(stream)
                 if followed is None or not entries:
                     continue
                 with followed.delivered:
-                    self._deliver(followed, entries)
+                    self._guarded(self._deliver, followed, entries)
                     followed.position = _entry(entries[-1][0])
                     followed.delivered.notify_all()
+
+    @staticmethod
+    def _guarded(step: Callable[..., None], *args: Any) -> None:
+        """One step of a loop this server cannot do without (reading, renewing): a bug in it is
+        logged with its traceback and the loop goes on, rather than the server silently
+        delivering nothing more, or losing its lease while its users are still here."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("a shared-rooms step failed; carrying on")
 
     def _deliver(self, followed: _Followed, entries: Entries) -> None:
         if followed.key != PRIVATE_KEY:
@@ -587,6 +607,13 @@ class RedisFeed(Generic[P]):
             return sorted(self._shared.directory.members(self._key), key=str.casefold)
         except redis.RedisError as exc:
             log.warning("could not list the members of %s (showing this server's): %s", self._room, exc)
+            return here
+
+    def away(self, names: list[str], here: dict[str, str]) -> dict[str, str]:
+        try:
+            return {**self._shared.directory.away({name_key(name) for name in names}), **here}
+        except redis.RedisError as exc:
+            log.warning("could not read who is away in %s (showing this server's): %s", self._room, exc)
             return here
 
     def topic(self, kept_here: str) -> str:
