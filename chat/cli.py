@@ -295,7 +295,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 print(f"cannot connect: TLS failed ({exc.reason or exc}); is that port speaking TLS?", file=sys.stderr)
                 return 1
             except OSError as exc:
-                where = f"{args.host}:{args.port}"
+                where = " or ".join(f"{host}:{port}" for host, port in [(args.host, args.port), *also])
                 if not interactive:
                     print(f"cannot connect to {where}: {failure_in_words(exc)}", file=sys.stderr)
                     return 1

@@ -58,6 +58,29 @@ def test_a_server_that_is_down_is_one_sentence_for_a_script():
     assert line == f"cannot connect to 127.0.0.1:{port}: nothing is listening there"
 
 
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again: nothing listens there
+
+
+def test_a_server_that_is_down_is_passed_over_for_the_next_one_given(chat_server, connect):
+    watcher = connect()
+    watcher.join("watcher")
+    down = _closed_port()
+    result = start_client("--port", str(down), "--also", f"127.0.0.1:{chat_server.port}", "--name", "frank", "--plain")
+    assert "Traceback" not in result.stderr
+    assert watcher.expect(Joined).name == "frank"  # it reached the second one
+
+
+def test_every_server_down_is_one_sentence_naming_them_all():
+    first, second = _closed_port(), _closed_port()
+    result = start_client("--port", str(first), "--also", f"127.0.0.1:{second}", "--name", "frank")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"cannot connect to 127.0.0.1:{first} or 127.0.0.1:{second}: nothing is listening there"
+
+
 def test_a_person_is_asked_again_until_the_name_is_usable(capsys):
     async def ask() -> str | None:
         with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
