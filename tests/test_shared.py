@@ -16,6 +16,7 @@ from chat.wire.protocol import (
     Away,
     ChatMessage,
     ErrorReply,
+    Gap,
     Joined,
     Left,
     PrivateMessage,
@@ -420,3 +421,17 @@ def test_away_on_one_server_answers_private_messages_and_shows_in_who_on_the_oth
     bob.expect(ServerNotice)
     carol.send({"type": "who", "room": "lobby"})
     assert carol.expect(Users).away == {}
+
+
+def test_retention_trims_the_shared_log_and_a_resume_from_before_it_is_told_of_the_gap(nodes, connect):
+    a, b = nodes(2, retention=10, flood_rate=0)
+    alice = connect(a)
+    alice.join("alice")
+    last = alice.say_all([f"line {n}" for n in range(400)])  # Redis trims whole blocks of ~100 entries
+    again = connect(b)
+    again.send({"type": "join", "name": "bob", "since": 1})
+    welcome = again.expect(Welcome)
+    gap = again.expect(Gap)
+    assert gap.first == 2 and gap.last < last.id - 10  # the oldest lines are gone: said so, with which
+    replayed = [again.expect(ChatMessage) for _ in range(welcome.history)]
+    assert [m.id for m in replayed] == list(range(gap.last + 1, last.id + 1))  # and all the rest, in order
