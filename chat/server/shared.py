@@ -7,6 +7,8 @@ included (it delivers its own lines from the stream like anybody else's, never f
 Notices (joined, left, renamed) go into the same stream between the messages, under
 `<last id>-<n>`, so they stay in place. What a room's members need of it is RedisLog (history,
 resume, numbering) and RedisFeed (delivery); this module knows Redis, the rooms do not.
+Private messages are one more stream, whose lines the reader gives to the hub (the Listener)
+for the inboxes of their two parties; names, members and leases are chat.server.directory's.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ class SharedRooms(Generic[P]):
         self._stopping.set()
         try:
             self.redis.xadd(self._wake, {"stop": "1"}, maxlen=10)
-        except redis.RedisError:
-            pass  # the reader's own read fails and it sees the stop
+        except redis.RedisError as exc:  # the reader's own read fails and it sees the stop
+            log.debug("could not wake the reader to stop: %s", exc)
         self._thread.join(timeout)
         self._renewer.join(timeout)
         try:
