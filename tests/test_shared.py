@@ -435,3 +435,25 @@ def test_retention_trims_the_shared_log_and_a_resume_from_before_it_is_told_of_t
     assert gap.first == 2 and gap.last < last.id - 10  # the oldest lines are gone: said so, with which
     replayed = [again.expect(ChatMessage) for _ in range(welcome.history)]
     assert [m.id for m in replayed] == list(range(gap.last + 1, last.id + 1))  # and all the rest, in order
+
+
+def test_a_room_left_by_its_last_member_on_a_server_is_followed_again_on_the_next_join(nodes, connect):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    alice.join("alice")
+    bob.join("bob")
+    _enter(alice, "dev")
+    _enter(bob, "dev")
+    bob.send({"type": "part", "room": "dev"})  # nobody is in dev on b now: b stops reading it
+    bob.expect(Left, room="dev")
+    alice.send({"type": "message", "room": "dev", "msg": "while bob was out"})
+    said = alice.expect(ChatMessage, msg="while bob was out")
+    welcome = _enter(bob, "dev")
+    assert welcome.last_id == said.id
+    assert bob.expect(ChatMessage, room="dev").msg == "while bob was out"  # as history
+    alice.send({"type": "message", "room": "dev", "msg": "live again"})
+    assert bob.expect(ChatMessage, room="dev").msg == "live again"  # once, live
+    alice.send({"type": "message", "room": "dev", "msg": "and again"})
+    bob.expect(ChatMessage, msg="and again")  # a second copy of "live again" would have come before it
+    said_twice = [line for line in bob.seen if isinstance(line, ChatMessage) and line.msg == "live again"]
+    assert len(said_twice) == 1

@@ -103,6 +103,10 @@ class RoomFeed(Protocol[P_contra]):
         """Record again that these members are here (after the others took this server for dead)."""
         ...
 
+    def empty(self) -> None:
+        """The room's last member on this server left: nothing of it need reach this server now."""
+        ...
+
     def users(self, here: list[str]) -> list[str]:
         """The members' names, sorted; `here` are those on this server."""
         ...
@@ -142,6 +146,9 @@ class LocalFeed(Generic[P]):
 
     def present(self, names: list[str]) -> None:
         """Nothing to record: the members are all here."""
+
+    def empty(self) -> None:
+        """Nothing to stop: the lines go nowhere when nobody subscribes."""
 
     def users(self, here: list[str]) -> list[str]:
         return here
@@ -483,6 +490,8 @@ class Room(Generic[P]):
         left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
         # The one who parts sees it too: that is its confirmation.
         self._feed.leave(session.peer, name, left, sees_it=reason == "part")
+        if not self._members:
+            self._feed.empty()
         return name
 
     def _record_locked(

@@ -117,7 +117,8 @@ def _entry(entry_id: bytes | str) -> tuple[int, int]:
 
 @dataclass
 class _Followed:
-    """One room whose stream this server's reader follows: how far it has delivered."""
+    """One room whose stream this server's reader follows (while it has members here): how far
+    it has delivered."""
 
     key: str
     name: str
@@ -315,6 +316,11 @@ class SharedRooms(Generic[P]):
         except redis.RedisError as exc:  # the reader looks again within READ_BLOCK_MS anyway
             log.info("could not wake the reader: %s", exc)
         return followed
+
+    def unfollow(self, room: str) -> None:
+        """Stop reading `room`'s stream here (its last member here left); the next join follows it again."""
+        with self._followed_lock:
+            self._followed.pop(self.keys(room)[1].encode(), None)
 
     def settle(self, followed: _Followed, upto: tuple[int, int]) -> None:
         """Wait (briefly) until the reader has delivered the stream up to `upto`."""
@@ -596,6 +602,9 @@ class RedisFeed(Generic[P]):
             if at is not None:
                 self._shared.settle(self._shared.follow(self._key, self._room, at), at)
             self._delivery.unsubscribe(peer, self._key)
+
+    def empty(self) -> None:
+        self._shared.unfollow(self._key)
 
     def present(self, names: list[str]) -> None:
         try:
