@@ -11,6 +11,7 @@ import pytest
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
 from chat.server.directory import LEASE, RENEW_EVERY
+from chat.server.shared import PLACEHOLDER_ID
 from chat.testing import TIMEOUT, LineClient, talk_at_once
 from chat.wire.protocol import (
     Away,
@@ -457,3 +458,14 @@ def test_a_room_left_by_its_last_member_on_a_server_is_followed_again_on_the_nex
     bob.expect(ChatMessage, msg="and again")  # a second copy of "live again" would have come before it
     said_twice = [line for line in bob.seen if isinstance(line, ChatMessage) and line.msg == "live again"]
     assert len(said_twice) == 1
+
+
+def test_a_message_that_spells_the_placeholder_id_is_stored_as_said(nodes, connect):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    alice.join("alice")
+    bob.join("bob")
+    text = f'"id":{PLACEHOLDER_ID} {{"id":{PLACEHOLDER_ID}}}'
+    alice.say(text)
+    got = bob.expect(ChatMessage)
+    assert (got.msg, got.id) == (text, 1)
