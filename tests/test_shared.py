@@ -20,6 +20,7 @@ from chat.wire.protocol import (
     Gap,
     Joined,
     Left,
+    Moderation,
     PrivateMessage,
     Renamed,
     Reset,
@@ -469,3 +470,74 @@ def test_a_message_that_spells_the_placeholder_id_is_stored_as_said(nodes, conne
     alice.say(text)
     got = bob.expect(ChatMessage)
     assert (got.msg, got.id) == (text, 1)
+
+
+def _owner_of_dev(client: LineClient) -> None:
+    """alice, registered, creates dev: she owns it."""
+    client.join("alice")
+    client.send({"type": "register", "password": "correct horse battery"})
+    client.expect(SessionToken)
+    _enter(client, "dev")
+
+
+def test_a_ban_on_one_server_removes_the_member_on_another_and_holds_on_every_server(nodes, connect):
+    a, b = nodes(2)
+    alice, troll = connect(a), connect(b)
+    _owner_of_dev(alice)
+    troll.join("troll")
+    _enter(troll, "dev")
+    alice.send({"type": "ban", "room": "dev", "name": "troll", "reason": "spam"})
+    assert troll.expect(Moderation, room="dev").action == "ban"  # told why, on its own server
+    left = alice.expect(Left, room="dev", name="troll")
+    assert left.reason == "banned"
+    troll.send({"type": "join", "room": "dev"})
+    assert troll.expect(ErrorReply).code == "banned"
+    elsewhere = connect(a)  # the other server: the same guest's address is banned there too
+    elsewhere.join("troll2")
+    elsewhere.send({"type": "join", "room": "dev"})
+    assert elsewhere.expect(ErrorReply).code == "banned"
+
+
+def test_a_kick_reaches_a_member_on_another_server_and_a_mute_there_holds(nodes, connect):
+    a, b = nodes(2)
+    alice, loud = connect(a), connect(b)
+    _owner_of_dev(alice)
+    loud.join("loud")
+    _enter(loud, "dev")
+    alice.send({"type": "mute", "room": "dev", "name": "loud"})
+    alice.expect(Moderation, action="mute")
+    loud.expect(Moderation, action="mute")
+    loud.send({"type": "message", "room": "dev", "msg": "LOUD"})
+    assert loud.expect(ErrorReply).code == "muted"  # refused on its own server
+    alice.send({"type": "kick", "room": "dev", "name": "loud", "reason": "cool off"})
+    assert alice.expect(Left, room="dev", name="loud").reason == "kicked"
+    loud.expect(Moderation, action="kick")
+    loud.send({"type": "message", "room": "dev", "msg": "still here?"})
+    assert loud.expect(ErrorReply).code == "not_in_room"
+
+
+def test_a_mode_set_on_one_server_holds_on_the_others(nodes, connect):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    _owner_of_dev(alice)
+    bob.join("bob")
+    _enter(bob, "dev")
+    alice.send({"type": "mode", "room": "dev", "on": ["moderated"]})
+    bob.expect(Moderation, action="mode")
+    bob.send({"type": "message", "room": "dev", "msg": "may I?"})
+    assert bob.expect(ErrorReply).code == "muted"
+
+
+def test_a_server_ban_given_on_one_server_keeps_the_person_off_every_server(nodes, connect):
+    a, b = nodes(2, admin=("alice",))
+    alice = connect(a)
+    _owner_of_dev(alice)
+    troll = connect(b)
+    troll.join("troll")
+    alice.send({"type": "server_ban", "name": "troll", "reason": "spam"})
+    alice.expect(ServerNotice)
+    closing = troll.expect_closed()  # its own server puts it out, saying why
+    assert any(isinstance(line, ErrorReply) and line.code == "removed" for line in closing)
+    again = connect(a)
+    again.send({"type": "join", "name": "troll2"})
+    assert again.expect(ErrorReply).code == "banned"  # same address, the other server

@@ -11,17 +11,18 @@ if wanted), not a Redis Cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import cast
 
 import redis
 
-from chat.server.store import AccountRecord, StoreError
+from chat.server.session import Holder
+from chat.server.store import AccountRecord, Sanction, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,8 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a name: the identity and as what spelling, on which server."""
-
-    node: str
-    identity: str
-    name: str
-    #: Why they are away, if they said so.
-    away: str | None = None
+def _holder(record: dict[str, str]) -> Holder:
+    return Holder(record["identity"], record["name"], record.get("away"), record.get("address"))
 
 
 def members_key(room: str) -> str:
@@ -205,6 +199,12 @@ class Directory:
                 self._release(keys=[NAMES], args=[node, json.loads(names[key])["identity"], key])
         return gone
 
+    def alive(self) -> list[str]:
+        """The servers whose lease runs."""
+        seconds, micro = self._redis.time()
+        now = seconds + micro / 1e6
+        return [node.decode() for node in cast(list[bytes], self._redis.zrangebyscore(NODES, now, "+inf"))]
+
     def leave_all(self) -> None:
         """This server stops: its lease ends now (its connections are closed and said so)."""
         self._redis.zrem(NODES, self.node)
@@ -212,17 +212,15 @@ class Directory:
 
     # --- names -----------------------------------------------------------------------
 
-    def claim(
-        self, keys: Collection[str], name: str, identity: str, away: str | None = None
-    ) -> tuple[Holder | None, list[str]]:
-        """Take a name for `identity` here: (None, the servers to tell that it moved) when taken,
+    def claim(self, keys: Collection[str], holder: Holder) -> tuple[Holder | None, list[str]]:
+        """Take a name for `holder` here: (None, the servers to tell that it moved) when taken,
         else (who holds it, [])."""
-        record = json.dumps({"node": self.node, "identity": identity, "name": name, "away": away})
+        identity = holder.identity
+        record = json.dumps({"node": self.node, **dataclasses.asdict(holder)})
         args = [self.node, identity, record, *sorted(keys)]
         reply = cast(list[int | bytes], self._claim(keys=[NAMES, NODES], args=args))
         if reply[0] == 0:
-            held = json.loads(cast(bytes, reply[1]))
-            return Holder(held["node"], held["identity"], held["name"]), []
+            return _holder(json.loads(cast(bytes, reply[1]))), []
         return None, sorted({cast(bytes, node).decode() for node in reply[1:]})
 
     def release(self, keys: Collection[str], identity: str) -> None:
@@ -233,8 +231,7 @@ class Directory:
         held = self._holder(keys=[NAMES, NODES], args=[key])
         if not held:
             return None
-        record = json.loads(cast(bytes, held))
-        return Holder(record["node"], record["identity"], record["name"], record.get("away"))
+        return _holder(json.loads(cast(bytes, held)))
 
     def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None:
         self._away(keys=[NAMES], args=[self.node, identity, why or "", *sorted(keys)])
@@ -322,6 +319,52 @@ class SharedAccounts:
                     pipe.delete(f"chat:token:{token_hash.decode()}")
                 pipe.delete(f"chat:tokens:{identity}")
                 pipe.execute()
+
+
+class SharedRules:
+    """Roles, modes, bans and mutes in Redis, so that every server enforces the same ones (the
+    part of a Store that rooms and the server's own scope use). Each server keeps a copy per
+    room and reads it again when the rules stream says a room's rules changed."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def roles(self, room: str) -> dict[str, str]:
+        with _stored():
+            found = cast(dict[bytes, bytes], self._redis.hgetall(f"chat:{{{room}}}:roles"))
+            return {identity.decode(): role.decode() for identity, role in found.items()}
+
+    def save_role(self, room: str, identity: str, role: str | None) -> None:
+        with _stored():
+            if role is None:
+                self._redis.hdel(f"chat:{{{room}}}:roles", identity)
+            else:
+                self._redis.hset(f"chat:{{{room}}}:roles", identity, role)
+
+    def modes(self, room: str) -> set[str]:
+        with _stored():
+            return {mode.decode() for mode in cast(set[bytes], self._redis.smembers(f"chat:{{{room}}}:modes"))}
+
+    def save_mode(self, room: str, mode: str, on: bool) -> None:
+        with _stored():
+            if on:
+                self._redis.sadd(f"chat:{{{room}}}:modes", mode)
+            else:
+                self._redis.srem(f"chat:{{{room}}}:modes", mode)
+
+    def sanctions(self, room: str) -> list[Sanction]:
+        with _stored():
+            found = cast(dict[bytes, bytes], self._redis.hgetall(f"chat:{{{room}}}:sanctions"))
+            return [Sanction(**json.loads(record)) for record in found.values()]
+
+    def save_sanction(self, sanction: Sanction) -> None:
+        with _stored():
+            field = f"{sanction.target}\0{sanction.kind}"
+            self._redis.hset(f"chat:{{{sanction.room}}}:sanctions", field, json.dumps(dataclasses.asdict(sanction)))
+
+    def drop_sanction(self, room: str, target: str, kind: str) -> None:
+        with _stored():
+            self._redis.hdel(f"chat:{{{room}}}:sanctions", f"{target}\0{kind}")
 
 
 @contextmanager

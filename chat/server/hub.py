@@ -31,8 +31,8 @@ from chat.server.room import (
     Target,
     stream_chunks,
 )
-from chat.server.session import Session
-from chat.server.store import PRIVATE_LOG, RoomRecord, Sanction, Store, kept
+from chat.server.session import Holder, Session
+from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Sanction, Store, kept
 from chat.wire.codec import encode, encode_error
 from chat.wire.protocol import (
     LOBBY,
@@ -101,9 +101,13 @@ class SharedServers(Protocol[P_contra]):
     def private_lock(self) -> threading.Lock: ...
     def private_position(self) -> int: ...
     def settle_private(self, upto: int) -> None: ...
-    def claim_name(self, keys: Collection[str], name: str, identity: str, away: str | None = None) -> None: ...
+    def claim_name(self, keys: Collection[str], claimant: Holder) -> None: ...
     def release_name(self, keys: Collection[str], identity: str) -> None: ...
-    def holder_of(self, key: str) -> tuple[str, str, str | None] | None: ...
+    def holder_of(self, key: str) -> Holder | None: ...
+    @property
+    def rules(self) -> Rules: ...
+    def settle_room(self, room: str, upto: int) -> None: ...
+    def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None: ...
     def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None: ...
     def rooms(self) -> dict[str, str]: ...
     def add_room(self, key: str, name: str) -> None: ...
@@ -125,6 +129,8 @@ class Hub(Generic[P]):
         self._delivery = delivery
         self._shared = shared
         self._store = store
+        #: Roles, modes, bans and mutes: the store's, or every server's when rooms are shared.
+        self._rules: Rules = shared.rules if shared is not None else store
         self._accounts = accounts or Accounts(store)
         #: The server operators' identities (`--admin`): they may do anything in any room.
         self._admins = frozenset(f"account:{name_key(name)}" for name in admins)
@@ -255,7 +261,7 @@ class Hub(Generic[P]):
         self._take_back(request.name, identity)
         replay = request.private_since
         if self._shared is not None:
-            self._shared.claim_name(name_keys(request.name), request.name, identity.id)
+            self._shared.claim_name(name_keys(request.name), self._holder(session, request.name, identity.id))
         try:
             snapshot = self._claim(session, request.name, held=replay is not None)
         except Refused:
@@ -279,7 +285,7 @@ class Hub(Generic[P]):
         session.identity = identity = self._accounts.register(name, password, identity, session.address)
         if self._shared is not None:  # the name is held by the account now, on every server
             self._shared.release_name(name_keys(name), guest.id)
-            self._shared.claim_name(name_keys(name), name, identity.id, session.away)
+            self._shared.claim_name(name_keys(name), self._holder(session, name, identity.id))
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
         self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
@@ -309,15 +315,15 @@ class Hub(Generic[P]):
             raise Refused("not_operator", "only server operators may do that")
         match request:
             case Lockdown(on=on):
-                kept(self._store.save_mode, SERVER_SCOPE, "lockdown", on)
+                kept(self._rules.save_mode, SERVER_SCOPE, "lockdown", on)
                 done = "the server refuses new guests" if on else "the server welcomes guests again"
             case ServerUnban(name=target_name):
-                bans = kept(self._store.sanctions, SERVER_SCOPE, failure="the server could not read its bans")
+                bans = kept(self._rules.sanctions, SERVER_SCOPE, failure="the server could not read its bans")
                 found = [ban for ban in bans if name_key(ban.name) == name_key(target_name)]
                 if not found:
                     raise Refused("no_such_user", f"{target_name} is not banned from the server")
                 for ban in found:
-                    kept(self._store.drop_sanction, SERVER_SCOPE, ban.target, "ban")
+                    kept(self._rules.drop_sanction, SERVER_SCOPE, ban.target, "ban")
                 done = f"{target_name} may come back"
             case Disconnect(name=target_name, reason=reason) | ServerBan(name=target_name, reason=reason):
                 target = self._target(target_name)
@@ -328,13 +334,15 @@ class Hub(Generic[P]):
                         raise Refused("no_such_user", f"nobody called {target_name} is connected or registered")
                     until = time.time() + request.duration if request.duration else None
                     sanction = Sanction(SERVER_SCOPE, held_on, "ban", target_name, until, reason, name)
-                    kept(self._store.save_sanction, sanction)
-                elif target.session is None:
+                    kept(self._rules.save_sanction, sanction)
+                elif target.session is None and (self._shared is None or target.identity is None):
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
+                why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
                 if target.session is not None:
-                    why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
                     self._delivery.close(target.session.peer, encode_error(Refused("removed", why)), "disconnected")
                     self.disconnect(target.session, "kicked")
+                elif self._shared is not None and target.identity is not None:  # on another server
+                    self._shared.disconnect_elsewhere(name_key(target.name), target.identity, why)
                 banned = isinstance(request, ServerBan)
                 done = f"{target_name} {'is banned from the server' if banned else 'is gone'}"
         log.info("%s: server operator %s: %s", session.label, quoted(name), done)
@@ -344,8 +352,8 @@ class Hub(Generic[P]):
         now = time.time()
         targets = identity.answerable(session.address)
         failure = "the server could not check its bans; try again"
-        sanctions = kept(self._store.sanctions, SERVER_SCOPE, failure=failure)
-        lockdown = "lockdown" in kept(self._store.modes, SERVER_SCOPE, failure=failure)
+        sanctions = kept(self._rules.sanctions, SERVER_SCOPE, failure=failure)
+        lockdown = "lockdown" in kept(self._rules.modes, SERVER_SCOPE, failure=failure)
         for sanction in sanctions:
             if sanction.target in targets and sanction.active(now):
                 reason = f": {sanction.reason}" if sanction.reason else ""
@@ -366,7 +374,7 @@ class Hub(Generic[P]):
         if target is not None and target.name is not None:
             recipient, recipient_id, away = target.name, _identity_of(target), target.away
         elif self._shared is not None and (elsewhere := self._shared.holder_of(name_key(to))) is not None:
-            recipient_id, recipient, away = elsewhere
+            recipient_id, recipient, away = elsewhere.identity, elsewhere.name, elsewhere.away
         else:
             raise Refused("no_such_user", f"nobody called {to} is connected")
         # Kept under the parties' identities, not their names: only they ever see it
@@ -407,6 +415,38 @@ class Hub(Generic[P]):
         if holder is not None and holder.identity is not None and holder.identity.id == identity:
             self._replace(holder)
 
+    def disconnected_elsewhere(self, key: str, identity: str, why: str) -> None:
+        """A server operator on another server removed this one's holder of a name."""
+        with self._lock:
+            holder = self._by_name.get(key)
+        if holder is not None and holder.identity is not None and holder.identity.id == identity:
+            self._delivery.close(holder.peer, encode_error(Refused("removed", why)), "disconnected")
+            self.disconnect(holder, "kicked")
+            log.info("%s: removed from the server by an operator on another server", holder.label)
+
+    def rules_changed(self, room: str, removed: str | None, reason: str, upto: int) -> None:
+        """Another server changed a room's rules; if it removed a member who is here, they go
+        (in a thread of their own: the shared reader that calls this must not wait for a room)."""
+        found = self._rooms.get(room)
+        if found is None:
+            return
+        found.rules_changed()
+        if removed is None:
+            return
+        with self._lock:
+            member = self._by_name.get(name_key(removed))
+        if member is not None and room in member.rooms:
+            why: LeaveReason = "kicked" if reason == "kicked" else "banned"
+            threading.Thread(
+                target=self._removed_elsewhere, args=(found, member, why, upto), name="chat-removal", daemon=True
+            ).start()
+
+    def _removed_elsewhere(self, room: Room[P], member: Session[P], reason: LeaveReason, upto: int) -> None:
+        if self._shared is not None:
+            self._shared.settle_room(room.key, upto)  # the member sees the line that removes them
+        if room.leave(member, reason):
+            member.rooms.pop(room.key, None)
+
     def lease_lost(self) -> None:
         """The other servers took this one for dead: its names and members are recorded again."""
         if self._shared is None:
@@ -415,7 +455,9 @@ class Hub(Generic[P]):
             if session.name is None or session.identity is None:
                 continue
             try:
-                self._shared.claim_name(name_keys(session.name), session.name, session.identity.id, session.away)
+                self._shared.claim_name(
+                    name_keys(session.name), self._holder(session, session.name, session.identity.id)
+                )
             except (Refused, StorageFailed) as exc:
                 log.warning("%s: could not claim %s again: %s", session.label, quoted(session.name), exc.detail)
         for room in list(self._rooms.values()):
@@ -440,7 +482,7 @@ class Hub(Generic[P]):
                                                   name_key(identity.account) != name_key(new)):
             raise Refused("name_registered", f"{new} is a registered name; only its account may use it")
         if self._shared is not None and identity is not None:
-            self._shared.claim_name(name_keys(new), new, identity.id, session.away)
+            self._shared.claim_name(name_keys(new), self._holder(session, new, identity.id))
         try:
             with self._lock:
                 self._check_free_locked(session, new)
@@ -510,6 +552,11 @@ class Hub(Generic[P]):
                 f"address:{holder.address}" if guest else None,
                 holder,
             )
+        elsewhere = self._shared.holder_of(name_key(name)) if self._shared is not None else None
+        if elsewhere is not None:  # connected to another server
+            guest = not elsewhere.identity.startswith("account:")
+            address = f"address:{elsewhere.address}" if guest and elsewhere.address else None
+            return Target(elsewhere.name, elsewhere.identity, address)
         if self._accounts.is_registered(name):
             return Target(name, f"account:{name_key(name)}")
         return Target(name)
@@ -522,6 +569,11 @@ class Hub(Generic[P]):
         for holder in holders:
             if holder is not None and holder.identity is not None and holder.identity.id == identity.id:
                 self._replace(holder)
+
+    @staticmethod
+    def _holder(session: Session[P], name: str, identity: str) -> Holder:
+        """What other servers know of who holds `name` here (a guest's address: bans hold on it)."""
+        return Holder(identity, name, session.away, session.address if identity.startswith("guest:") else None)
 
     def _replace(self, holder: Session[P]) -> None:
         replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
@@ -599,7 +651,7 @@ class Hub(Generic[P]):
     def _open_room(self, record: RoomRecord) -> Room[P]:
         if self._shared is not None:
             room_log, feed = self._shared.room(record)
-            room = Room(record, room_log, self._delivery, self._store, self._settings, feed)
+            room = Room(record, room_log, self._delivery, self._store, self._settings, feed, self._rules)
         else:
             room = Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store,
                         self._settings)

@@ -10,6 +10,7 @@ bounded chunks. No sockets and no threads of its own.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
-from chat.server.store import RoomRecord, Sanction, Store, kept
+from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
 from chat.wire.codec import encode, encode_error, encode_said
 from chat.wire.protocol import (
     Ban,
@@ -48,7 +49,7 @@ from chat.wire.protocol import (
     Welcome,
     utc_now,
 )
-from chat.wire.text import quoted
+from chat.wire.text import name_key, quoted
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,11 @@ class RoomFeed(Protocol[P_contra]):
         """The room's last member on this server left: nothing of it need reach this server now."""
         ...
 
+    def rules_changed(self, removed: str | None = None, reason: str = "", upto: int = 0) -> None:
+        """The room's roles, modes, bans or mutes changed: other servers read them again, and
+        remove `removed` (kicked or banned, `reason`) once line `upto` reached them."""
+        ...
+
     def users(self, here: list[str]) -> list[str]:
         """The members' names, sorted; `here` are those on this server."""
         ...
@@ -149,6 +155,9 @@ class LocalFeed(Generic[P]):
 
     def empty(self) -> None:
         """Nothing to stop: the lines go nowhere when nobody subscribes."""
+
+    def rules_changed(self, removed: str | None = None, reason: str = "", upto: int = 0) -> None:
+        """Nobody else to tell: this room is this server's alone."""
 
     def users(self, here: list[str]) -> list[str]:
         return here
@@ -194,8 +203,10 @@ class Room(Generic[P]):
         store: Store,
         settings: HistorySettings | None = None,
         feed: RoomFeed[P] | None = None,
+        rules: Rules | None = None,
     ) -> None:
-        """`feed`: how lines reach the members (default: straight to `delivery`)."""
+        """`feed`: how lines reach the members (default: straight to `delivery`); `rules`: where
+        its roles, modes, bans and mutes are kept (default: `store`)."""
         self.key = record.key
         #: The room's name as first spelled; every line about the room carries it.
         self.name = record.name
@@ -207,12 +218,15 @@ class Room(Generic[P]):
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._members: dict[Session[P], str] = {}  # session -> the name it has here
+        self._rules: Rules = rules or store
         #: Identity -> `owner` or `op`, as kept in the store.
-        self._roles = store.roles(record.key)
+        self._roles = self._rules.roles(record.key)
         #: The modes that are on: `topic`, `accounts`, `moderated`.
-        self._modes = store.modes(record.key)
+        self._modes = self._rules.modes(record.key)
         #: (target, kind) -> the ban or mute on it; expired ones are dropped when met.
-        self._sanctions = {(s.target, s.kind): s for s in store.sanctions(record.key)}
+        self._sanctions = {(s.target, s.kind): s for s in self._rules.sanctions(record.key)}
+        #: Another server changed the rules: they are read again before they are next used.
+        self._rules_stale = False
         #: Identities of the server's operators (set by the hub).
         self.admins: frozenset[str] = frozenset()
         self._stamper = Stamper()
@@ -236,6 +250,7 @@ class Room(Generic[P]):
         and sent afterwards, while the member's live lines wait behind it.
         """
         with self._lock:
+            self._fresh_locked()
             if session in self._members:
                 raise Refused("already_joined", f"you are already in {self.name}", self.name)
             ban = self._sanction_on(session, "ban")
@@ -320,6 +335,7 @@ class Room(Generic[P]):
             raise StorageFailed("storage_failed", _NOT_KEPT, self.name)
 
     def _write_said_locked(self, queue: list[_Said[P]]) -> None:
+        self._fresh_locked()  # a mute or moderated mode set on another server holds here too
         for turn in queue:
             turn.taken = True
         stamp = self._stamper.now()
@@ -347,6 +363,7 @@ class Room(Generic[P]):
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
         with self._lock:
+            self._fresh_locked()
             name = self._speaker(session)
             if "topic" in self._modes and self.role_of(session) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the topic of {self.name}", self.name)
@@ -366,6 +383,25 @@ class Room(Generic[P]):
             self._members[session] = new
             self._feed.rename(old, new, encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
 
+    def rules_changed(self) -> None:
+        """Another server changed this room's rules: read them again before they are next used."""
+        self._rules_stale = True
+
+    def _fresh_locked(self) -> None:
+        """The rules as every server has them, if another server changed them (room lock held)."""
+        if not self._rules_stale:
+            return
+        self._rules_stale = False  # before reading: a change told meanwhile is read next time
+        try:
+            roles, modes = self._rules.roles(self.key), self._rules.modes(self.key)
+            sanctions = self._rules.sanctions(self.key)
+        except StoreError as exc:  # the rules as they were, until they can be read
+            log.warning("could not read the rules of %s again: %s", quoted(self.name), exc)
+            self._rules_stale = True
+            return
+        self._roles, self._modes = roles, modes
+        self._sanctions = {(s.target, s.kind): s for s in sanctions}
+
     def enter_again(self) -> None:
         """Record this server's members again where other servers see them."""
         with self._lock:
@@ -373,6 +409,7 @@ class Room(Generic[P]):
 
     def who(self, session: Session[P]) -> None:
         with self._lock:
+            self._fresh_locked()
             away = {name: member.away for member, name in self._members.items() if member.away is not None}
             names = self._sorted_users()
             away = self._feed.away(names, away)
@@ -389,7 +426,9 @@ class Room(Generic[P]):
     def make_owner(self, identity: str) -> None:
         """The account that created the room owns it."""
         with self._lock:
+            self._fresh_locked()
             self._save_role(identity, "owner")
+            self._feed.rules_changed()
 
     def moderate(self, actor: Session[P], request: Moderate, target: Target[P]) -> Session[P] | None:
         """Do one moderation action; the member it removed from the room, if any.
@@ -399,6 +438,7 @@ class Room(Generic[P]):
         """
         action = request.type
         with self._lock:
+            self._fresh_locked()
             by = self._members.get(actor) or actor.name or "?"
             role = self.role_of(actor)
             needed = ("owner", "admin") if action in ("op", "deop") else _OPERATORS
@@ -409,6 +449,7 @@ class Room(Generic[P]):
             protected = target.identity in self.admins or (target_role == "owner" and role != "admin")
             if protected and action not in ("voice", "devoice"):
                 raise Refused("cannot_moderate", f"{target.name} cannot be moderated in {self.name}", self.name)
+            elsewhere: str | None = None
             reason = request.reason if isinstance(request, Kick | Ban | Mute) else ""
             duration = request.duration if isinstance(request, Ban | Mute) else None
             until = time.time() + duration if duration is not None else None
@@ -418,7 +459,11 @@ class Room(Generic[P]):
                     if action == "ban":
                         self._sanction(target, "ban", until, reason, by)
                     member = target.session if target.session in self._members else None
-                    if member is None and action == "kick":
+                    if member is None:  # a member on another server (rooms shared through Redis)?
+                        elsewhere = next(
+                            (name for name in self._feed.users([]) if name_key(name) == name_key(target.name)), None
+                        )
+                    if member is None and elsewhere is None and action == "kick":
                         raise Refused("no_such_user", f"{target.name} is not in {self.name}", self.name)
                     removed = member
                 case "mute":
@@ -431,7 +476,7 @@ class Room(Generic[P]):
                         raise Refused("no_such_user", f"{target.name} is not {kind}ned in {self.name}", self.name)
                     for key in set(found):
                         self._sanctions.pop(key, None)
-                        kept(self._store.drop_sanction, self.key, *key, room=self.name)
+                        kept(self._rules.drop_sanction, self.key, *key, room=self.name)
                 case "op" | "deop":
                     if target.identity is None or not target.identity.startswith("account:"):
                         raise Refused("cannot_moderate", f"{target.name} has no account; only accounts are operators")
@@ -441,7 +486,11 @@ class Room(Generic[P]):
                         raise Refused("no_such_user", f"nobody called {target.name} is here", self.name)
                     if target_role not in ("owner", "op"):  # an operator speaks anyway
                         self._save_role(target.identity, "voice" if action == "voice" else None)
-            self._record_locked(action, target.name, by, reason, until)
+            if action != "kick":  # every other action changes a rule: told before its line, so that
+                self._feed.rules_changed()  # a server that shows the line already enforces it
+            upto = self._record_locked(action, target.name, by, reason, until)
+            if elsewhere is not None:
+                self._feed.rules_changed(elsewhere, "kicked" if action == "kick" else "banned", upto)
             if removed is not None:
                 self._remove_locked(removed, "kicked" if action == "kick" else "banned")
         log.info("%s: %s %s %s in %s", actor.label, quoted(by), action, quoted(target.name), quoted(self.name))
@@ -472,14 +521,17 @@ class Room(Generic[P]):
     def set_modes(self, actor: Session[P], on: list[str], off: list[str]) -> None:
         """An operator turns modes on and off; a numbered line says which."""
         with self._lock:
+            self._fresh_locked()
             if self.role_of(actor) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the modes of {self.name}", self.name)
             changes = [(mode, True) for mode in on if mode not in self._modes]
             changes += [(mode, False) for mode in off if mode in self._modes and mode not in on]
             for mode, turned_on in changes:
-                kept(self._store.save_mode, self.key, mode, turned_on, room=self.name)
+                kept(self._rules.save_mode, self.key, mode, turned_on, room=self.name)
                 (self._modes.add if turned_on else self._modes.discard)(mode)
             summary = " ".join(f"{'+' if turned_on else '-'}{mode}" for mode, turned_on in changes) or "no change"
+            if changes:  # before the line, as in moderate
+                self._feed.rules_changed()
             self._record_locked("mode", summary, self._members.get(actor) or actor.name or "?")
 
     def _remove_locked(self, session: Session[P], reason: LeaveReason) -> str | None:
@@ -496,8 +548,8 @@ class Room(Generic[P]):
 
     def _record_locked(
         self, action: ModerationAction, name: str, by: str, reason: str = "", until: float | None = None
-    ) -> None:
-        """A moderation line, numbered and kept like a message, for every member."""
+    ) -> int:
+        """A moderation line, numbered and kept like a message, for every member; its id."""
         when = datetime.fromtimestamp(until, UTC) if until is not None else None
         line = self._log.append(
             lambda id: encode(
@@ -507,6 +559,7 @@ class Room(Generic[P]):
             )
         )
         self._feed.publish(line)
+        return int(json.loads(line)["id"])
 
     def _speaker(self, session: Session[P]) -> str:
         """The member's name, if it may speak here (not muted; voiced if the room is moderated)."""
@@ -528,7 +581,7 @@ class Room(Generic[P]):
             if found.active(now):
                 return found
             del self._sanctions[target, kind]  # expired: it goes by itself
-            kept(self._store.drop_sanction, self.key, found.target, found.kind, room=self.name)
+            kept(self._rules.drop_sanction, self.key, found.target, found.kind, room=self.name)
         return None
 
     def _sanction(self, target: Target[P], kind: str, until: float | None, reason: str, by: str) -> None:
@@ -536,11 +589,11 @@ class Room(Generic[P]):
         if on is None:
             raise Refused("no_such_user", f"nobody called {target.name} can be {kind}ned here", self.name)
         sanction = Sanction(self.key, on, kind, target.name, until, reason, by)
-        kept(self._store.save_sanction, sanction, room=self.name)
+        kept(self._rules.save_sanction, sanction, room=self.name)
         self._sanctions[on, kind] = sanction
 
     def _save_role(self, identity: str, role: str | None) -> None:
-        kept(self._store.save_role, self.key, identity, role, room=self.name)
+        kept(self._rules.save_role, self.key, identity, role, room=self.name)
         if role is None:
             self._roles.pop(identity, None)
         else:

@@ -9,6 +9,7 @@ delivery handle (`peer`) is opaque here.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -51,3 +52,14 @@ class Session(Generic[P]):
 
     def __repr__(self) -> str:
         return f"<Session {self.label} {self.name or '(not joined)'}>"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a name on another server (several servers on one Redis): the identity, the
+    name as spelled, why they are away if they said so, and the address a guest's bans hold on."""
+
+    identity: str
+    name: str
+    away: str | None = None
+    address: str | None = None

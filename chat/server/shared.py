@@ -23,9 +23,10 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import redis
 
 from chat.errors import Refused, StorageFailed
-from chat.server.directory import RENEW_EVERY, Directory, SharedAccounts
+from chat.server.directory import RENEW_EVERY, Directory, SharedAccounts, SharedRules
 from chat.server.log import Span
 from chat.server.room import Delivery
+from chat.server.session import Holder
 from chat.server.store import PRIVATE_LOG, RoomRecord
 from chat.wire.codec import encode
 from chat.wire.protocol import Left, Reset, utc_now
@@ -78,6 +79,8 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], last .. '-*', 'l', AR
 
 #: The private messages' stream (the same key as the local private log's: no room has it).
 PRIVATE_KEY = PRIVATE_LOG
+#: Where servers tell each other that a room's rules changed.
+RULES_STREAM = "chat:rules"
 
 
 class Listener(Protocol):
@@ -93,6 +96,15 @@ class Listener(Protocol):
 
     def lease_lost(self) -> None:
         """This server was taken for dead: record its names and members again."""
+        ...
+
+    def disconnected_elsewhere(self, key: str, identity: str, why: str) -> None:
+        """A server operator on another server removed whoever holds the name `key` as `identity`."""
+        ...
+
+    def rules_changed(self, room: str, removed: str | None, reason: str, upto: int) -> None:
+        """A room's rules changed on some server (read them again), and `removed` is out of it
+        (kicked or banned) once line `upto` reached them."""
         ...
 
 
@@ -160,6 +172,13 @@ class SharedRooms(Generic[P]):
         self._stopping = threading.Event()
         private_stream = self.keys(PRIVATE_KEY)[1].encode()
         self._private = self._followed[private_stream] = _Followed(PRIVATE_KEY, "", private_stream, (0, 0))
+        # Read before every room (XREAD answers streams in the order asked): a change of rules,
+        # told before its moderation line, is taken in before that line is delivered here.
+        self._rules_followed = self._followed[RULES_STREAM.encode()] = _Followed(
+            RULES_STREAM, "", RULES_STREAM.encode(), (0, 0)
+        )
+        #: Roles, modes, bans and mutes, the same on every server.
+        self.rules = SharedRules(self.redis)
         self._thread = threading.Thread(target=self._read_forever, name="chat-shared-reader", daemon=True)
         self._renewer = threading.Thread(target=self._renew_forever, name="chat-shared-lease", daemon=True)
 
@@ -170,6 +189,10 @@ class SharedRooms(Generic[P]):
         last = cast(Entries, self.redis.xrevrange(self._private.stream, count=1))
         self._private.position = _entry(last[0][0]) if last else (0, 0)
         self._private.epoch = self.epoch(PRIVATE_KEY)
+        # Its entries have Redis' own ids (time-based): after a Redis that lost its data they still
+        # come after this position, so there is no epoch to watch.
+        last = cast(Entries, self.redis.xrevrange(RULES_STREAM, count=1))
+        self._rules_followed.position = _entry(last[0][0]) if last else (0, 0)
         self._thread.start()
         self._renewer.start()
 
@@ -207,11 +230,12 @@ class SharedRooms(Generic[P]):
     def settle_private(self, upto: int) -> None:
         self.settle(self._private, (upto, 0))
 
-    def claim_name(self, keys: Collection[str], name: str, identity: str, away: str | None = None) -> None:
+    def claim_name(self, keys: Collection[str], claimant: Holder) -> None:
         """Take a name on every server, or Refused `name_taken` (StorageFailed if Redis is away).
         A server that held it for the same identity closes that connection."""
+        name, identity = claimant.name, claimant.identity
         try:
-            holder, told = self.directory.claim(keys, name, identity, away)
+            holder, told = self.directory.claim(keys, claimant)
             for node in told:
                 self.redis.xadd(wake_stream(node), {"taken": min(keys), "identity": identity}, maxlen=100)
         except redis.RedisError as exc:
@@ -227,13 +251,36 @@ class SharedRooms(Generic[P]):
         except redis.RedisError as exc:
             log.warning("releasing a name failed (it is free once this server's lease runs out): %s", exc)
 
-    def holder_of(self, key: str) -> tuple[str, str, str | None] | None:
-        """Who holds a name on any server: (identity, name, why away) (StorageFailed if Redis is away)."""
+    def holder_of(self, key: str) -> Holder | None:
+        """Who holds a name on any server (StorageFailed if Redis is away)."""
         try:
-            holder = self.directory.holder(key)
+            return self.directory.holder(key)
         except redis.RedisError as exc:
             raise StorageFailed("storage_failed", "the server could not look that name up; try again") from exc
-        return None if holder is None else (holder.identity, holder.name, holder.away)
+
+    def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None:
+        """Ask every other server to close the connection of `identity` holding the name `key`."""
+        try:
+            for node in self.directory.alive():
+                if node != self.node:
+                    self.redis.xadd(wake_stream(node), {"close": key, "identity": identity, "why": why}, maxlen=100)
+        except redis.RedisError as exc:
+            raise StorageFailed("storage_failed", "the server could not reach the other servers; try again") from exc
+
+    def rules_changed(self, room: str, removed: str | None = None, reason: str = "", upto: int = 0) -> None:
+        """Tell every server that `room`'s rules changed (and that its member `removed`, wherever
+        they are, is out of it once line `upto` reached them)."""
+        entry: dict[Any, Any] = {"room": room, "removed": removed or "", "reason": reason, "upto": upto}
+        try:
+            self.redis.xadd(RULES_STREAM, entry, maxlen=1000, approximate=True)
+        except redis.RedisError as exc:
+            log.warning("could not tell the other servers that the rules of %s changed: %s", room, exc)
+
+    def settle_room(self, room: str, upto: int) -> None:
+        """Wait (briefly) until this server has delivered `room` up to line `upto`, if it follows it."""
+        followed = self._followed.get(self.keys(room)[1].encode())
+        if followed is not None:
+            self.settle(followed, (upto, 0))
 
     def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None:
         try:
@@ -384,7 +431,14 @@ class SharedRooms(Generic[P]):
             log.exception("a shared-rooms step failed; carrying on")
 
     def _deliver(self, followed: _Followed, entries: Entries) -> None:
-        if followed.key != PRIVATE_KEY:
+        if followed is self._rules_followed:
+            for _, fields in entries:
+                if self._listener is not None:
+                    removed = fields[b"removed"].decode() or None
+                    self._listener.rules_changed(
+                        fields[b"room"].decode(), removed, fields[b"reason"].decode(), int(fields[b"upto"])
+                    )
+        elif followed.key != PRIVATE_KEY:
             self._delivery.publish(followed.key, b"".join(fields[b"l"] for _, fields in entries))
         elif self._listener is not None:
             for _, fields in entries:
@@ -392,10 +446,22 @@ class SharedRooms(Generic[P]):
                     self._listener.private_line(fields[b"l"], fields[b"s"].decode(), fields[b"r"].decode())
 
     def _obey(self, entries: Entries) -> None:
-        """What other servers asked of this one through its wake stream."""
+        """What other servers asked of this one through its wake stream. Each is done in a thread
+        of its own: closing a connection takes room locks, and a room may be waiting for this
+        reader (a join settling)."""
+        listener = self._listener
+        if listener is None:
+            return
         for _, fields in entries:
-            if b"taken" in fields and self._listener is not None:
-                self._listener.taken_elsewhere(fields[b"taken"].decode(), fields[b"identity"].decode())
+            if b"taken" in fields:
+                args = (fields[b"taken"].decode(), fields[b"identity"].decode())
+                self._in_turn(listener.taken_elsewhere, *args)
+            if b"close" in fields:
+                key, identity, why = (fields[field].decode() for field in (b"close", b"identity", b"why"))
+                self._in_turn(listener.disconnected_elsewhere, key, identity, why)
+
+    def _in_turn(self, step: Callable[..., None], *args: Any) -> None:
+        threading.Thread(target=self._guarded, args=(step, *args), name="chat-shared-request", daemon=True).start()
 
 
     def _start_over_where_lost(self) -> None:
@@ -605,6 +671,9 @@ class RedisFeed(Generic[P]):
 
     def empty(self) -> None:
         self._shared.unfollow(self._key)
+
+    def rules_changed(self, removed: str | None = None, reason: str = "", upto: int = 0) -> None:
+        self._shared.rules_changed(self._key, removed, reason, upto)
 
     def present(self, names: list[str]) -> None:
         try:
