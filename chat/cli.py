@@ -59,7 +59,7 @@ CLIENT_OPTIONS = (
             "--also",
             "CHAT_ALSO",
             "another server HOST:PORT sharing the same rooms, tried in turn when one cannot be reached; repeatable",
-            lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+            lambda text: (text,),  # split at commas below, with the flags
         ),
         (),
     ),
@@ -230,7 +230,7 @@ def client_parser() -> argparse.ArgumentParser:
 
 def _host_port(text: str) -> tuple[str, int]:
     """`host:port` or `[v6 address]:port`, as --also takes it."""
-    host, colon, port = text.rpartition(":")
+    host, colon, port = text.strip().rpartition(":")
     if not colon or not port.isdigit() or not host:
         raise SystemExit(f"--also {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)

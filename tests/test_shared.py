@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -480,12 +481,18 @@ def _owner_of_dev(client: LineClient) -> None:
     _enter(client, "dev")
 
 
-def test_a_ban_on_one_server_removes_the_member_on_another_and_holds_on_every_server(nodes, connect):
+def _dev_across(nodes, connect, name: str) -> tuple[Any, LineClient, LineClient]:
+    """alice owns dev on one server (returned first); `name` is in dev on the other."""
     a, b = nodes(2)
-    alice, troll = connect(a), connect(b)
+    alice, member = connect(a), connect(b)
     _owner_of_dev(alice)
-    troll.join("troll")
-    _enter(troll, "dev")
+    member.join(name)
+    _enter(member, "dev")
+    return a, alice, member
+
+
+def test_a_ban_on_one_server_removes_the_member_on_another_and_holds_on_every_server(nodes, connect):
+    a, alice, troll = _dev_across(nodes, connect, "troll")
     alice.send({"type": "ban", "room": "dev", "name": "troll", "reason": "spam"})
     assert troll.expect(Moderation, room="dev").action == "ban"  # told why, on its own server
     left = alice.expect(Left, room="dev", name="troll")
@@ -499,11 +506,7 @@ def test_a_ban_on_one_server_removes_the_member_on_another_and_holds_on_every_se
 
 
 def test_a_kick_reaches_a_member_on_another_server_and_a_mute_there_holds(nodes, connect):
-    a, b = nodes(2)
-    alice, loud = connect(a), connect(b)
-    _owner_of_dev(alice)
-    loud.join("loud")
-    _enter(loud, "dev")
+    _, alice, loud = _dev_across(nodes, connect, "loud")
     alice.send({"type": "mute", "room": "dev", "name": "loud"})
     alice.expect(Moderation, action="mute")
     loud.expect(Moderation, action="mute")
@@ -517,11 +520,7 @@ def test_a_kick_reaches_a_member_on_another_server_and_a_mute_there_holds(nodes,
 
 
 def test_a_mode_set_on_one_server_holds_on_the_others(nodes, connect):
-    a, b = nodes(2)
-    alice, bob = connect(a), connect(b)
-    _owner_of_dev(alice)
-    bob.join("bob")
-    _enter(bob, "dev")
+    _, alice, bob = _dev_across(nodes, connect, "bob")
     alice.send({"type": "mode", "room": "dev", "on": ["moderated"]})
     bob.expect(Moderation, action="mode")
     bob.send({"type": "message", "room": "dev", "msg": "may I?"})

@@ -35,9 +35,14 @@ NODES = "chat:nodes"
 NAMES = "chat:names"
 ROOMS = "chat:rooms"
 
-_NOW = """
+# Redis' own clock, in seconds: every server reads the same one.
+_CLOCK = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+"""
+
+# ... and whether a server's lease (in KEYS[2]) runs.
+_NOW = _CLOCK + """
 local function alive(node)
   local lease = redis.call('ZSCORE', KEYS[2], node)
   return lease and tonumber(lease) > now
@@ -46,9 +51,7 @@ end
 
 # Renew this server's lease; 1 if it had run out (others may have dropped what it held).
 # KEYS: nodes. ARGV: node, lease.
-_RENEW = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+_RENEW = _CLOCK + """
 local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 if lease and tonumber(lease) > now then return 0 end
@@ -57,9 +60,7 @@ return 1
 
 # The servers whose lease ran out, each taken off the list by exactly one caller.
 # KEYS: nodes. ARGV: node asking.
-_REAP = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+_REAP = _CLOCK + """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 local mine = {}
 for _, node in ipairs(dead) do
@@ -188,15 +189,15 @@ class Directory:
             for room_bytes in rooms:
                 room = room_bytes.decode()
                 members = cast(dict[bytes, bytes], self._redis.hgetall(members_key(room)))
-                name = self._redis.hget(ROOMS, room)
+                name = self.room_name(room) or room
                 for member, where in members.items():
                     if where.decode() == node and self._drop_member(keys=[members_key(room)], args=[member, node]):
-                        gone.append((room, cast(bytes, name or room_bytes).decode(), member.decode()))
+                        gone.append((room, name, member.decode()))
             self._redis.delete(_node_rooms(node))
-            names = cast(dict[bytes, bytes], self._redis.hgetall(NAMES))
-            stale = [key for key, held in names.items() if json.loads(held)["node"] == node]
-            for key in stale:
-                self._release(keys=[NAMES], args=[node, json.loads(names[key])["identity"], key])
+            for key, held in cast(dict[bytes, bytes], self._redis.hgetall(NAMES)).items():
+                record = json.loads(held)
+                if record["node"] == node:
+                    self._release(keys=[NAMES], args=[node, record["identity"], key])
         return gone
 
     def alive(self) -> list[str]:
@@ -256,6 +257,10 @@ class Directory:
         """Every shared room: key -> name."""
         found = cast(dict[bytes, bytes], self._redis.hgetall(ROOMS))
         return {key.decode(): name.decode() for key, name in found.items()}
+
+    def room_name(self, key: str) -> str | None:
+        name = cast(bytes | None, self._redis.hget(ROOMS, key))
+        return name.decode() if name is not None else None
 
     def enter(self, room: str, name: str) -> None:
         with self._redis.pipeline() as pipe:

@@ -11,7 +11,6 @@ subscriber. No sockets and no threads.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
@@ -33,7 +32,7 @@ from chat.server.room import (
 )
 from chat.server.session import Holder, Session
 from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Sanction, Store, kept
-from chat.wire.codec import encode, encode_error
+from chat.wire.codec import encode, encode_error, numbered_id
 from chat.wire.protocol import (
     LOBBY,
     Away,
@@ -110,6 +109,7 @@ class SharedServers(Protocol[P_contra]):
     def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None: ...
     def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None: ...
     def rooms(self) -> dict[str, str]: ...
+    def room_name(self, key: str) -> str | None: ...
     def add_room(self, key: str, name: str) -> None: ...
 
 
@@ -137,6 +137,8 @@ class Hub(Generic[P]):
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
+        # Each proven identity -> its sessions: where a private line kept by any server goes.
+        self._by_identity: dict[str, set[Session[P]]] = {}
         # Each of a name's keys (wire.text.name_keys) -> its session: look-alikes clash.
         self._by_name: dict[str, Session[P]] = {}
         # Rooms are only ever added, so a reader may look one up without the lock.
@@ -179,6 +181,7 @@ class Hub(Generic[P]):
             self._sessions.discard(session)
             if session.name is not None:
                 self._free_name_locked(session, session.name)
+            self._prove_locked(session, None)
         if self._shared is not None and session.name is not None and session.identity is not None:
             self._shared.release_name(name_keys(session.name), session.identity.id)
         for room in self._rooms_of(session):
@@ -268,7 +271,7 @@ class Hub(Generic[P]):
             if self._shared is not None:
                 self._shared.release_name(name_keys(request.name), identity.id)
             raise
-        session.identity = identity
+        self._prove(session, identity)
         try:
             self._enter(session, request, identity)
         finally:  # a held inbox is released whatever became of the room
@@ -278,11 +281,11 @@ class Hub(Generic[P]):
     def register(self, session: Session[P], password: str) -> None:
         """Make the session's name an account; it gets a new token for it."""
         name = self._name_of(session)
-        identity = session.identity
-        if identity is None or identity.account is not None:
+        guest = session.identity
+        if guest is None or guest.account is not None:
             raise Refused("name_registered", f"{name} is already registered")
-        guest = identity
-        session.identity = identity = self._accounts.register(name, password, identity, session.address)
+        identity = self._accounts.register(name, password, guest, session.address)
+        self._prove(session, identity)
         if self._shared is not None:  # the name is held by the account now, on every server
             self._shared.release_name(name_keys(name), guest.id)
             self._shared.claim_name(name_keys(name), self._holder(session, name, identity.id))
@@ -294,7 +297,8 @@ class Hub(Generic[P]):
         name = self._name_of(session)
         if session.identity is None:
             raise Refused("not_registered", "register first: guests have no password to change")
-        session.identity = identity = self._accounts.change_password(session.identity, old, new, session.address)
+        identity = self._accounts.change_password(session.identity, old, new, session.address)
+        self._prove(session, identity)
         detail = "password changed; every other token of this account is revoked"
         self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
 
@@ -387,7 +391,7 @@ class Hub(Generic[P]):
         if self._shared is not None:  # the shared reader gives it to both parties, on any server
             line = self._private.append(build, sender=sender_id, recipient=recipient_id)
             if target is not session and away is not None:
-                self._shared.settle_private(_id_of(line))  # after the echo, so it reads as the answer
+                self._shared.settle_private(numbered_id(line))  # after the echo, so it reads as the answer
                 self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
             return
         assert target is not None
@@ -404,7 +408,7 @@ class Hub(Generic[P]):
     def private_line(self, line: bytes, sender: str, recipient: str) -> None:
         """A private line kept by any server, in id order: to its parties' inboxes here."""
         with self._lock:
-            parties = [s for s in self._sessions if s.identity is not None and s.identity.id in (sender, recipient)]
+            parties = self._by_identity.get(sender, set()) | self._by_identity.get(recipient, set())
         for party in parties:
             self._delivery.publish(party.inbox, line)
 
@@ -505,7 +509,7 @@ class Hub(Generic[P]):
         if self._shared is not None:  # rooms other servers created are known here from now on
             for key, name in self._shared.rooms().items():
                 if key not in self._rooms:
-                    self._room_for_join(name)
+                    self._known_room(name)
         with self._lock:
             rooms = list(self._rooms.values())
         return RoomList(rooms=sorted((room.info() for room in rooms), key=lambda info: info.room.casefold()))
@@ -581,6 +585,21 @@ class Hub(Generic[P]):
         self.disconnect(holder, "disconnected")
         log.info("%s: replaced by a new connection of the same identity", holder.label)
 
+    def _prove(self, session: Session[P], identity: Identity) -> None:
+        with self._lock:
+            self._prove_locked(session, identity)
+
+    def _prove_locked(self, session: Session[P], identity: Identity | None) -> None:
+        """`session` is `identity` now (None: it is gone), in `_by_identity` too."""
+        if session.identity is not None:
+            others = self._by_identity.get(session.identity.id, set())
+            others.discard(session)
+            if not others:
+                self._by_identity.pop(session.identity.id, None)
+        if identity is not None:
+            self._by_identity.setdefault(identity.id, set()).add(session)
+            session.identity = identity
+
     def _check_free_locked(self, session: Session[P], name: str) -> None:
         for key in name_keys(name):
             holder = self._by_name.get(key)
@@ -617,14 +636,21 @@ class Hub(Generic[P]):
     def _room_for_join(self, name: str, creator: Identity | None = None) -> Room[P]:
         """The room `name`, created (and kept) if this is its first join: owned by its creator if an account."""
         key = room_key(name)
-        elsewhere = None
-        if key not in self._rooms and self._shared is not None:
-            elsewhere = self._shared.rooms().get(key)  # another server's room: its spelling, its owner
+        if key in self._rooms:
+            return self._rooms[key]
+        elsewhere = self._shared.room_name(key) if self._shared is not None else None
+        if elsewhere is not None:  # another server's room: its spelling, its owner
+            return self._known_room(elsewhere)
+        return self._known_room(name, creator)
+
+    def _known_room(self, name: str, creator: Identity | None = None) -> Room[P]:
+        """The room `name` on this server, opened here now if it is new here."""
+        key = room_key(name)
         with self._lock:
             room = self._rooms.get(key)
             if room is None:
-                room = self._rooms[key] = self._create_room(elsewhere or name)
-                if creator is not None and creator.account is not None and elsewhere is None:
+                room = self._rooms[key] = self._create_room(name)
+                if creator is not None and creator.account is not None:
                     room.make_owner(creator.id)
                 log.info("room %s created", quoted(name))
             return room
@@ -638,15 +664,8 @@ class Hub(Generic[P]):
 
     def _shared_room(self, name: str) -> Room[P] | None:
         """A room another server created, known here from now on (None if no server has it)."""
-        if self._shared is None:
-            return None
-        key = room_key(name)
-        if key not in self._rooms:
-            spelled = self._shared.rooms().get(key)
-            if spelled is None:
-                return None
-            name = spelled
-        return self._room_for_join(name)
+        spelled = self._shared.room_name(room_key(name)) if self._shared is not None else None
+        return self._known_room(spelled) if spelled is not None else None
 
     def _open_room(self, record: RoomRecord) -> Room[P]:
         if self._shared is not None:
@@ -668,11 +687,6 @@ class Hub(Generic[P]):
             stream_chunks(self._delivery, peer, chunks, lambda data: self._delivery.send_held(peer, inbox, data))
         finally:
             self._delivery.release_held(peer, inbox)
-
-
-def _id_of(line: bytes) -> int:
-    """The id of a numbered line just built (a private message)."""
-    return int(json.loads(line)["id"])
 
 
 def _identity_of(session: Session[P]) -> str:

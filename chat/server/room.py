@@ -10,11 +10,11 @@ bounded chunks. No sockets and no threads of its own.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -24,7 +24,7 @@ from chat.server.accounts import Identity
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
 from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
-from chat.wire.codec import encode, encode_error, encode_said
+from chat.wire.codec import encode, encode_error, encode_said, numbered_id
 from chat.wire.protocol import (
     Ban,
     Deop,
@@ -239,7 +239,9 @@ class Room(Generic[P]):
         return self._feed.topic(self._record.topic)
 
     def info(self) -> RoomInfo:
-        return RoomInfo(room=self.name, users=len(self._sorted_users()), topic=self.topic)
+        with self._lock:
+            here = list(self._members.values())
+        return RoomInfo(room=self.name, users=len(self._feed.users(here)), topic=self.topic)
 
     def join(self, session: Session[P], name: str, since: int | None = None, identity: Identity | None = None) -> None:
         """Welcome `session` as `name`, then history, then every later line of the room.
@@ -249,8 +251,7 @@ class Room(Generic[P]):
         Only the membership change happens under the lock: the history is read
         and sent afterwards, while the member's live lines wait behind it.
         """
-        with self._lock:
-            self._fresh_locked()
+        with self._locked():
             if session in self._members:
                 raise Refused("already_joined", f"you are already in {self.name}", self.name)
             ban = self._sanction_on(session, "ban")
@@ -324,7 +325,7 @@ class Room(Generic[P]):
         turn = _Said(session, said)
         with self._said_lock:
             self._said.append(turn)
-        with self._lock:
+        with self._locked():
             if not turn.taken:
                 with self._said_lock:
                     queue, self._said = self._said, []
@@ -335,7 +336,6 @@ class Room(Generic[P]):
             raise StorageFailed("storage_failed", _NOT_KEPT, self.name)
 
     def _write_said_locked(self, queue: list[_Said[P]]) -> None:
-        self._fresh_locked()  # a mute or moderated mode set on another server holds here too
         for turn in queue:
             turn.taken = True
         stamp = self._stamper.now()
@@ -362,8 +362,7 @@ class Room(Generic[P]):
 
     def set_topic(self, session: Session[P], topic: str) -> None:
         """A numbered, kept topic line for every member; the room list shows the new topic."""
-        with self._lock:
-            self._fresh_locked()
+        with self._locked():
             name = self._speaker(session)
             if "topic" in self._modes and self.role_of(session) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the topic of {self.name}", self.name)
@@ -377,7 +376,7 @@ class Room(Generic[P]):
             self._feed.publish(line)
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
-        with self._lock:
+        with self._locked():
             if session not in self._members:
                 return
             self._members[session] = new
@@ -387,10 +386,16 @@ class Room(Generic[P]):
         """Another server changed this room's rules: read them again before they are next used."""
         self._rules_stale = True
 
-    def _fresh_locked(self) -> None:
-        """The rules as every server has them, if another server changed them (room lock held)."""
-        if not self._rules_stale:
-            return
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The room's lock, with the rules as every server has them: whatever is done under it
+        sees a mute, a ban or a mode another server set."""
+        with self._lock:
+            if self._rules_stale:
+                self._read_rules_locked()
+            yield
+
+    def _read_rules_locked(self) -> None:
         self._rules_stale = False  # before reading: a change told meanwhile is read next time
         try:
             roles, modes = self._rules.roles(self.key), self._rules.modes(self.key)
@@ -404,12 +409,11 @@ class Room(Generic[P]):
 
     def enter_again(self) -> None:
         """Record this server's members again where other servers see them."""
-        with self._lock:
+        with self._locked():
             self._feed.present(list(self._members.values()))
 
     def who(self, session: Session[P]) -> None:
-        with self._lock:
-            self._fresh_locked()
+        with self._locked():
             away = {name: member.away for member, name in self._members.items() if member.away is not None}
             names = self._sorted_users()
             away = self._feed.away(names, away)
@@ -425,8 +429,7 @@ class Room(Generic[P]):
 
     def make_owner(self, identity: str) -> None:
         """The account that created the room owns it."""
-        with self._lock:
-            self._fresh_locked()
+        with self._locked():
             self._save_role(identity, "owner")
             self._feed.rules_changed()
 
@@ -437,8 +440,7 @@ class Room(Generic[P]):
         nothing has happened then. The action is a numbered line of the room.
         """
         action = request.type
-        with self._lock:
-            self._fresh_locked()
+        with self._locked():
             by = self._members.get(actor) or actor.name or "?"
             role = self.role_of(actor)
             needed = ("owner", "admin") if action in ("op", "deop") else _OPERATORS
@@ -498,7 +500,7 @@ class Room(Generic[P]):
 
     def leave(self, session: Session[P], reason: LeaveReason) -> bool:
         """Forget `session` and tell the others (and, for a part, the one leaving); False if it was not here."""
-        with self._lock:
+        with self._locked():
             name = self._remove_locked(session, reason)
             if name is None:
                 return False
@@ -520,8 +522,7 @@ class Room(Generic[P]):
 
     def set_modes(self, actor: Session[P], on: list[str], off: list[str]) -> None:
         """An operator turns modes on and off; a numbered line says which."""
-        with self._lock:
-            self._fresh_locked()
+        with self._locked():
             if self.role_of(actor) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the modes of {self.name}", self.name)
             changes = [(mode, True) for mode in on if mode not in self._modes]
@@ -559,7 +560,7 @@ class Room(Generic[P]):
             )
         )
         self._feed.publish(line)
-        return int(json.loads(line)["id"])
+        return numbered_id(line)
 
     def _speaker(self, session: Session[P]) -> str:
         """The member's name, if it may speak here (not muted; voiced if the room is moderated)."""

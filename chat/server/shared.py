@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -186,13 +187,13 @@ class SharedRooms(Generic[P]):
         """Join the other servers and start following the rooms (RedisError if Redis is away)."""
         self._listener = listener
         self.directory.renew()
-        last = cast(Entries, self.redis.xrevrange(self._private.stream, count=1))
-        self._private.position = _entry(last[0][0]) if last else (0, 0)
+        # From now on: what was said before reached nobody here, and is for a resume to replay.
+        # The rules stream's entries have Redis' own (time-based) ids: after a Redis that lost
+        # its data they still come after this position, so it has no epoch to watch.
+        for followed in (self._private, self._rules_followed):
+            last = cast(Entries, self.redis.xrevrange(followed.stream, count=1))
+            followed.position = _entry(last[0][0]) if last else (0, 0)
         self._private.epoch = self.epoch(PRIVATE_KEY)
-        # Its entries have Redis' own ids (time-based): after a Redis that lost its data they still
-        # come after this position, so there is no epoch to watch.
-        last = cast(Entries, self.redis.xrevrange(RULES_STREAM, count=1))
-        self._rules_followed.position = _entry(last[0][0]) if last else (0, 0)
         self._thread.start()
         self._renewer.start()
 
@@ -202,8 +203,9 @@ class SharedRooms(Generic[P]):
             self.redis.xadd(self._wake, {"stop": "1"}, maxlen=10)
         except redis.RedisError as exc:  # the reader's own read fails and it sees the stop
             log.debug("could not wake the reader to stop: %s", exc)
-        self._thread.join(timeout)
-        self._renewer.join(timeout)
+        for thread in (self._thread, self._renewer):
+            if thread.ident is not None:  # started (a server that failed to start stops too)
+                thread.join(timeout)
         try:
             self.redis.delete(self._wake)
             self.directory.leave_all()
@@ -234,13 +236,10 @@ class SharedRooms(Generic[P]):
         """Take a name on every server, or Refused `name_taken` (StorageFailed if Redis is away).
         A server that held it for the same identity closes that connection."""
         name, identity = claimant.name, claimant.identity
-        try:
+        with _refused_if_away("the server could not check your name; try again"):
             holder, told = self.directory.claim(keys, claimant)
             for node in told:
                 self.redis.xadd(wake_stream(node), {"taken": min(keys), "identity": identity}, maxlen=100)
-        except redis.RedisError as exc:
-            log.error("claiming a name failed: %s", exc)
-            raise StorageFailed("storage_failed", "the server could not check your name; try again") from exc
         if holder is not None:
             shown = "" if holder.name == name else f" (it looks like {holder.name})"
             raise Refused("name_taken", f"the name {name} is taken{shown}; choose another")
@@ -253,19 +252,15 @@ class SharedRooms(Generic[P]):
 
     def holder_of(self, key: str) -> Holder | None:
         """Who holds a name on any server (StorageFailed if Redis is away)."""
-        try:
+        with _refused_if_away("the server could not look that name up; try again"):
             return self.directory.holder(key)
-        except redis.RedisError as exc:
-            raise StorageFailed("storage_failed", "the server could not look that name up; try again") from exc
 
     def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None:
         """Ask every other server to close the connection of `identity` holding the name `key`."""
-        try:
+        with _refused_if_away("the server could not reach the other servers; try again"):
             for node in self.directory.alive():
                 if node != self.node:
                     self.redis.xadd(wake_stream(node), {"close": key, "identity": identity, "why": why}, maxlen=100)
-        except redis.RedisError as exc:
-            raise StorageFailed("storage_failed", "the server could not reach the other servers; try again") from exc
 
     def rules_changed(self, room: str, removed: str | None = None, reason: str = "", upto: int = 0) -> None:
         """Tell every server that `room`'s rules changed (and that its member `removed`, wherever
@@ -283,10 +278,8 @@ class SharedRooms(Generic[P]):
             self.settle(followed, (upto, 0))
 
     def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None:
-        try:
+        with _refused_if_away("the server could not tell the others; try again"):
             self.directory.set_away(keys, identity, why)
-        except redis.RedisError as exc:
-            raise StorageFailed("storage_failed", "the server could not tell the others; try again") from exc
 
     def rooms(self) -> dict[str, str]:
         """Every room any server has: key -> name (none while Redis is away)."""
@@ -296,11 +289,17 @@ class SharedRooms(Generic[P]):
             log.warning("could not list the shared rooms: %s", exc)
             return {}
 
-    def add_room(self, key: str, name: str) -> None:
+    def room_name(self, key: str) -> str | None:
+        """The name of the room `key` if any server has it (None too while Redis is away)."""
         try:
-            self.directory.add_room(key, name)
+            return self.directory.room_name(key)
         except redis.RedisError as exc:
-            raise StorageFailed("storage_failed", f"the server could not create the room {name}", name) from exc
+            log.warning("could not look up a shared room: %s", exc)
+            return None
+
+    def add_room(self, key: str, name: str) -> None:
+        with _refused_if_away(f"the server could not create the room {name}", name):
+            self.directory.add_room(key, name)
 
     def room(self, record: RoomRecord) -> tuple[RedisLog, RedisFeed[P]]:
         """A room's log and feed on this Redis."""
@@ -330,7 +329,7 @@ class SharedRooms(Generic[P]):
 
     @staticmethod
     def keys(room: str) -> tuple[str, str]:
-        """A room's meta hash and stream; `{room}` keeps both in one Redis Cluster slot."""
+        """A room's meta hash and stream (the script that appends needs both)."""
         return f"chat:{{{room}}}:meta", f"chat:{{{room}}}:log"
 
     def append(self, room: str, templates: Sequence[bytes], parties: tuple[str, str] = ("", "")) -> list[int]:
@@ -434,10 +433,8 @@ class SharedRooms(Generic[P]):
         if followed is self._rules_followed:
             for _, fields in entries:
                 if self._listener is not None:
-                    removed = fields[b"removed"].decode() or None
-                    self._listener.rules_changed(
-                        fields[b"room"].decode(), removed, fields[b"reason"].decode(), int(fields[b"upto"])
-                    )
+                    room, removed, reason = (fields[field].decode() for field in (b"room", b"removed", b"reason"))
+                    self._listener.rules_changed(room, removed or None, reason, int(fields[b"upto"]))
         elif followed.key != PRIVATE_KEY:
             self._delivery.publish(followed.key, b"".join(fields[b"l"] for _, fields in entries))
         elif self._listener is not None:
@@ -490,11 +487,19 @@ def _sees(viewer: str, fields: dict[bytes, bytes]) -> bool:
     return fields.get(b"s") == party or fields.get(b"r") == party
 
 
-def _failed(room: str | None, reading: bool = False) -> StorageFailed:
-    detail = "the server could not read its history; try again" if reading else (
-        "the server could not store your message, so nobody got it"
-    )
-    return StorageFailed("storage_failed", detail, room)
+_NOT_READ = "the server could not read its history; try again"
+_NOT_STORED = "the server could not store your message, so nobody got it"
+
+
+@contextmanager
+def _refused_if_away(detail: str, room: str | None = None) -> Iterator[None]:
+    """Redis failing is the server's storage failing: the request is refused with
+    storage_failed and `detail` (nothing was done that anybody was told of)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("Redis failed (%s): %s", detail, exc)
+        raise StorageFailed("storage_failed", detail, room) from exc
 
 
 class RedisLog:
@@ -509,18 +514,14 @@ class RedisLog:
 
     @property
     def epoch(self) -> str | None:
-        try:
+        with _refused_if_away(_NOT_READ, self._room):
             epoch = self._shared.epoch(self._key)
-        except redis.RedisError as exc:
-            raise _failed(self._room, reading=True) from exc
         return epoch.decode() if epoch else None
 
     @property
     def last_id(self) -> int:
-        try:
+        with _refused_if_away(_NOT_READ, self._room):
             last = cast(bytes | None, self._shared.redis.hget(self._meta, "last"))
-        except redis.RedisError as exc:
-            raise _failed(self._room, reading=True) from exc
         return int(last or 0)
 
     def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
@@ -533,11 +534,8 @@ class RedisLog:
         if not builds:
             return []
         templates = [build(PLACEHOLDER_ID) for build in builds]
-        try:
+        with _refused_if_away(_NOT_STORED, self._room):
             ids = self._shared.append(self._key, templates, parties)
-        except redis.RedisError as exc:
-            log.error("storing in %s failed: %s", self._room, exc)
-            raise _failed(self._room) from exc
         return [t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1) for t, n in zip(templates, ids, strict=True)]
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
@@ -571,10 +569,8 @@ class RedisLog:
     def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
         start = f"{span.first}-0"
         while True:
-            try:
+            with _refused_if_away(_NOT_READ, self._room):
                 entries = _range(self._shared.redis, self._stream, start, f"{span.last}-0", chunk * 2)
-            except redis.RedisError as exc:
-                raise _failed(self._room, reading=True) from exc
             if not entries:
                 return
             numbered = [
@@ -591,7 +587,7 @@ class RedisLog:
         resume costs what it sends and what lies between)."""
         found: list[int] = []
         end = f"{upto}-0"
-        try:
+        with _refused_if_away(_NOT_READ, self._room):
             while len(found) < limit:
                 entries = cast(Entries, self._shared.redis.xrevrange(self._stream, end, f"{since + 1}-0", count=256))
                 found += [_entry(entry)[0] for entry, fields in entries if _sees(viewer, fields)][: limit - len(found)]
@@ -599,8 +595,6 @@ class RedisLog:
                     break
                 number, place = _entry(entries[-1][0])
                 end = f"({number}-{place}"
-        except redis.RedisError as exc:
-            raise _failed(self._room, reading=True) from exc
         if not found:
             return Span.empty()
         return Span(found[-1], found[0], len(found))
@@ -608,7 +602,7 @@ class RedisLog:
     def _oldest(self) -> int | None:
         """The oldest numbered id the stream still keeps."""
         start = "-"
-        try:
+        with _refused_if_away(_NOT_READ, self._room):
             while True:
                 entries = _range(self._shared.redis, self._stream, start, "+", 64)
                 if not entries:
@@ -619,8 +613,6 @@ class RedisLog:
                         return number
                 number, place = _entry(entries[-1][0])
                 start = f"{number}-{place + 1}"
-        except redis.RedisError as exc:
-            raise _failed(self._room, reading=True) from exc
 
 
 class RedisFeed(Generic[P]):
@@ -633,11 +625,9 @@ class RedisFeed(Generic[P]):
         self._room = room
 
     def enter(self, peer: P, name: str, joined: bytes) -> int:
-        try:
+        with _refused_if_away(_NOT_STORED, self._room):
             self._shared.directory.enter(self._key, name)
             at = self._shared.notice(self._key, joined)
-        except redis.RedisError as exc:
-            raise _failed(self._room) from exc
         followed = self._shared.follow(self._key, self._room, at)
         self._shared.settle(followed, at)
         with followed.lock:  # the reader delivers under this lock: nothing slips between
@@ -705,7 +695,5 @@ class RedisFeed(Generic[P]):
         return kept_here if topic is None else topic.decode()
 
     def keep_topic(self, topic: str) -> None:
-        try:
+        with _refused_if_away("the server could not keep the topic", self._room):
             self._shared.redis.hset(self._shared.keys(self._key)[0], "topic", topic)
-        except redis.RedisError as exc:
-            raise StorageFailed("storage_failed", "the server could not keep the topic", self._room) from exc

@@ -291,9 +291,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
         # StoreError if unusable: the command line turns it into one line and exit status 1.
         self.store = open_store(config.db, config.retention, config.max_age, config.retention_bytes)
         self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
+        #: The Redis through which rooms are shared with other servers (--redis), if any.
+        self.shared: SharedRooms[Peer] | None = None
         try:
             settings = HistorySettings(config.history, config.replay_limit)
-            #: The Redis through which rooms are shared with other servers (--redis), if any.
             self.shared = _shared_rooms(config.redis, self.outbox, config.retention) if config.redis else None
             records = self.shared.accounts if self.shared is not None else None
             accounts = Accounts(self.store, require_account=config.require_account, records=records)
@@ -301,7 +302,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
             if self.shared is not None:
                 _start_sharing(self.shared, self.hub, config.redis or "")
         except BaseException:
-            self.store.close()
+            self._close_storage()
             raise
         self.addresses = AddressBook(
             AddressPolicy(
