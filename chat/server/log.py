@@ -1,7 +1,7 @@
 """A room's log: it numbers the room's lines, keeps them, and answers what history to send.
 
 RoomLog is the seam between a room and where its lines live: LocalLog keeps
-them in this process's Store; a shared log (Redis, several servers) is a
+them in this process's HistoryStore; a shared log (Redis, several servers) is a
 second implementation of the same few methods. The private-message log is a
 RoomLog too, whose reads are limited to a viewer's own lines. No sockets, no
 locks of its own: the room calls append with its lock held, reads without.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from chat.errors import StorageFailed
-from chat.server.store import Record, Store, StoreError
+from chat.server.store import HistoryStore, Record, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ class RoomLog(Protocol):
 
 
 class LocalLog:
-    """A room log kept in this process's Store under the room's key."""
+    """A room log kept in this process's HistoryStore under the room's key."""
 
-    def __init__(self, store: Store, key: str, room: str | None) -> None:
+    def __init__(self, store: HistoryStore, key: str, room: str | None) -> None:
         """The log `key` of `store`; `room` (None for private messages) is named in its errors."""
         self._store = store
         self._key = key

@@ -1,10 +1,14 @@
-"""Where numbered lines are kept, log by log: in memory, or durably in SQLite.
+"""Where a server keeps what it must not forget: in memory, or durably in SQLite.
 
-A log is one room's history (keyed by the room's casefolded name) or the
-server's private-message log (PRIVATE_LOG). A store keeps encoded lines by
-(log, id) with who may see each, answers range questions whose cost is the
-size of the answer, and keeps the room list. It decides nothing: the room log
-numbers and chooses what to keep; no sockets and no protocol models here.
+Four narrow protocols, each taken by its own users: HistoryStore (numbered lines,
+log by log: a room's history under its casefolded name, private messages under
+PRIVATE_LOG; for chat.server.log.LocalLog), AccountStore (accounts and session
+tokens; chat.server.accounts), Rules (roles, modes, bans, mutes; rooms and the
+server's own scope) and RoomStore (the room list). Store is all four, which
+MemoryStore and SqliteStore implement; several servers on one Redis keep some
+of the parts there instead. A store answers range questions whose cost is the
+size of the answer and decides nothing: the room log numbers and chooses what
+to keep; no sockets and no protocol models here.
 """
 
 from __future__ import annotations
@@ -91,22 +95,10 @@ class Sanction:
         return self.until is None or self.until > now
 
 
-class Rules(Protocol):
-    """Who may do what in a room (or, under the server's own scope, on the server): roles, modes,
-    bans and mutes. A Store keeps them; several servers on one Redis keep them there."""
-
-    def roles(self, room: str) -> dict[str, str]: ...
-    def save_role(self, room: str, identity: str, role: str | None) -> None: ...
-    def sanctions(self, room: str) -> list[Sanction]: ...
-    def modes(self, room: str) -> set[str]: ...
-    def save_mode(self, room: str, mode: str, on: bool) -> None: ...
-    def save_sanction(self, sanction: Sanction) -> None: ...
-    def drop_sanction(self, room: str, target: str, kind: str) -> None: ...
-
-
-class Store(Protocol):
-    """What room logs need of a store. `viewer` (an identity: `account:...` or `guest:...`) limits an
-    answer to the lines that name may see; None means every line."""
+class HistoryStore(Protocol):
+    """Where room logs keep their numbered lines (chat.server.log.LocalLog is its one user).
+    `viewer` (an identity: `account:...` or `guest:...`) limits an answer to the lines that
+    name may see; None means every line."""
 
     def last_id(self, log: str) -> int:
         """The highest id ever stored in `log` (0 for a new one)."""
@@ -136,24 +128,27 @@ class Store(Protocol):
         """Up to `limit` visible records with first <= id <= last, oldest first."""
         ...
 
-    def rooms(self) -> list[RoomRecord]:
-        """Every room ever created."""
+    def adopt_private(self, legacy: str, identity: str) -> int:
+        """Give `identity` the private lines an older release kept under the casefolded
+        name `legacy`; how many it gets."""
         ...
 
-    def save_room(self, room: RoomRecord) -> None:
-        """Create or update a room; raises StoreError if it could not be kept."""
-        ...
+
+class AccountStore(Protocol):
+    """Where accounts and session tokens are kept: a Store, or a place several servers share
+    (chat.server.accounts is their user)."""
 
     def account(self, key: str) -> AccountRecord | None:
         """The account registered under `key`, if any."""
         ...
 
     def save_account(self, account: AccountRecord) -> None:
-        """Register an account, or change its password hash."""
+        """Register an account, or change its password hash (its name and creation time stay)."""
         ...
 
     def session(self, token_hash: str) -> tuple[str, float] | None:
-        """The identity a session token stands for, and when it expires."""
+        """The identity a session token stands for, and when it expires (one past its expiry
+        may already be forgotten)."""
         ...
 
     def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
@@ -164,6 +159,11 @@ class Store(Protocol):
         """Revoke every session token of `identity`."""
         ...
 
+
+class Rules(Protocol):
+    """Who may do what in a room (or, under the server's own scope, on the server): roles, modes,
+    bans and mutes. A Store keeps them; several servers on one Redis keep them there."""
+
     def roles(self, room: str) -> dict[str, str]:
         """The room's roles: identity -> `owner` or `op`."""
         ...
@@ -172,24 +172,42 @@ class Store(Protocol):
         """Give `identity` a role in the room (None takes it away)."""
         ...
 
-    def sanctions(self, room: str) -> list[Sanction]:
-        """The room's bans and mutes, expired ones included."""
-        ...
-
     def modes(self, room: str) -> set[str]:
         """The room's modes that are on."""
         ...
 
-    def save_mode(self, room: str, mode: str, on: bool) -> None: ...
-
-    def save_sanction(self, sanction: Sanction) -> None: ...
-
-    def drop_sanction(self, room: str, target: str, kind: str) -> None: ...
-
-    def adopt_private(self, legacy: str, identity: str) -> int:
-        """Give `identity` the private lines an older release kept under the casefolded
-        name `legacy`; how many it gets."""
+    def save_mode(self, room: str, mode: str, on: bool) -> None:
+        """Turn a mode of the room on or off."""
         ...
+
+    def sanctions(self, room: str) -> list[Sanction]:
+        """The room's bans and mutes, expired ones included, in no particular order."""
+        ...
+
+    def save_sanction(self, sanction: Sanction) -> None:
+        """Keep a ban or mute, in place of the one of its kind on the same target, if any."""
+        ...
+
+    def drop_sanction(self, room: str, target: str, kind: str) -> None:
+        """Lift a ban or mute (nothing if there is none)."""
+        ...
+
+
+class RoomStore(Protocol):
+    """Where the list of rooms is kept."""
+
+    def rooms(self) -> list[RoomRecord]:
+        """Every room ever created."""
+        ...
+
+    def save_room(self, room: RoomRecord) -> None:
+        """Create or update a room (only its topic changes); raises StoreError if it could not be kept."""
+        ...
+
+
+class Store(HistoryStore, AccountStore, Rules, RoomStore, Protocol):
+    """One server's own store, all four in one place (MemoryStore, SqliteStore): each user of it
+    takes only the part it needs."""
 
     def close(self) -> None: ...
 
