@@ -235,9 +235,9 @@ class _MemoryLog:
             self.kept_bytes -= len(self.records[self.start].line)
             self.start += 1
         if self.start > len(self.ids) // 2:  # compact now and then, not per append
-                del self.ids[: self.start]
-                del self.records[: self.start]
-                self.start = 0
+            del self.ids[: self.start]
+            del self.records[: self.start]
+            self.start = 0
 
     def bounds(self, first: int, last: int) -> tuple[int, int]:
         """The index range of the kept records with first <= id <= last."""
@@ -322,14 +322,19 @@ class MemoryStore:
 
     def save_room(self, room: RoomRecord) -> None:
         with self._lock:
-            self._rooms[room.key] = room
+            known = self._rooms.get(room.key)
+            self._rooms[room.key] = room if known is None else dataclasses.replace(known, topic=room.topic)
 
     def account(self, key: str) -> AccountRecord | None:
         return self._accounts.get(key)
 
     def save_account(self, account: AccountRecord) -> None:
         with self._lock:
-            self._accounts[account.key] = account
+            known = self._accounts.get(account.key)
+            if known is None:
+                self._accounts[account.key] = dataclasses.replace(account, created_at=account.created_at or time.time())
+            else:  # a new password: the name as registered and when it was stay
+                self._accounts[account.key] = dataclasses.replace(known, password_hash=account.password_hash)
 
     def session(self, token_hash: str) -> tuple[str, float] | None:
         return self._sessions.get(token_hash)
