@@ -252,6 +252,21 @@ def test_missed_is_the_newest_lines_after_a_point_and_says_how_many_more(places)
     assert log.missed(12, 10, 5) == Span.empty()
 
 
+def test_a_resume_with_a_limit_of_0_sends_no_line(places):
+    # --replay-limit 0: LocalLog used to replay every kept line after `since` instead.
+    log = places.log()
+    fill(log, 10)
+    span = log.missed(4, 10, 0)
+    assert span.count == 0 and texts(log, span) == []
+
+
+@redis_fails("RedisLog.missed with a limit of 0 says more=0, not how many missed lines it left out")
+def test_a_resume_with_a_limit_of_0_is_told_how_many_lines_it_left_out(places):
+    log = places.log()
+    fill(log, 10)
+    assert log.missed(4, 10, 0).more == 6
+
+
 def test_before_is_the_newest_lines_older_than_an_edge(places):
     log = places.log()
     fill(log, 10)
@@ -330,6 +345,7 @@ def private(places) -> RoomLog:
         ("dave", 0, 10, ["c to d"]),
         ("bob", 0, 2, ["b to a", "a to b again"]),
         ("bob", 3, 10, ["a to b again"]),
+        ("bob", 0, 0, []),
         ("eve", 0, 10, []),
         (None, 0, 10, [text for _, _, text in PRIVATE]),
     ],

@@ -138,9 +138,11 @@ class LocalLog:
         oldest = self._read(lambda: self._store.oldest_id(self._key))
         first_kept = oldest if oldest is not None else upto + 1
         gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
-        first = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))
-        if first is None or first <= since:
-            first = since + 1
+        if limit <= 0:
+            first = upto + 1  # no line at all (--replay-limit 0): every kept one is left out
+        else:
+            newest = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))
+            first = since + 1 if newest is None or newest <= since else newest
         count = self._read(lambda: self._store.count(self._key, first, upto, viewer))
         # Counted by id (a room's ids are dense), so that a resume costs what its page costs.
         more = 0 if viewer is not None else max(0, first - max(since + 1, first_kept))
