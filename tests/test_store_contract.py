@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from chat.errors import StorageFailed
+from chat.server.lines import Line
 from chat.server.log import LocalLog, RoomLog, Span
 from chat.server.shared import SharedRooms  # the one import of the Redis-backed stores
 from chat.server.store import (
@@ -36,7 +37,6 @@ from chat.server.store import (
     SqliteStore,
     Store,
 )
-from chat.wire.codec import encode
 from chat.wire.protocol import ChatMessage
 
 KINDS = ["memory", "sqlite", "redis"]
@@ -44,14 +44,14 @@ LOBBY = "lobby"
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def said(text: str) -> Callable[[int], bytes]:
+def said(text: str) -> Callable[[int], Line]:
     """How every test here builds a line: alice saying `text`, under whatever id the log gives it."""
-    return lambda id: encode(ChatMessage(room=LOBBY, id=id, name="alice", msg=text, time=WHEN))
+    return lambda id: Line.of(ChatMessage(room=LOBBY, id=id, name="alice", msg=text, time=WHEN))
 
 
-def seen(line: bytes) -> tuple[int, str]:
-    """A line a log gave back, as (its id, what was said)."""
-    value = json.loads(line)
+def seen(line: Line) -> tuple[int, str]:
+    """A line a log gave back, as (its id, what was said), read from what is kept (its JSON)."""
+    value = json.loads(line.json)
     return value["id"], value["msg"]
 
 
@@ -185,7 +185,8 @@ def test_the_line_kept_is_the_line_returned(places):
     log = places.log()
     line = log.append(said("exactly this"))
     (kept,) = log.lines(log.recent(1, 1), 1)
-    assert [seen(each) for each in kept] == [seen(line)] == [(1, "exactly this")]
+    assert [each.json for each in kept] == [line.json]
+    assert seen(line) == (1, "exactly this")
 
 
 def test_an_empty_batch_keeps_nothing_and_uses_no_id(places):
@@ -198,7 +199,7 @@ def test_a_batch_whose_line_cannot_be_built_keeps_none_of_itself_and_uses_no_id(
     log = places.log()
     log.append(said("before"))
 
-    def broken(id: int) -> bytes:
+    def broken(id: int) -> Line:
         raise RuntimeError("cannot build this one")
 
     with pytest.raises(RuntimeError):

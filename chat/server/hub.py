@@ -19,6 +19,7 @@ from typing import Generic, Protocol, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
+from chat.server.lines import Line
 from chat.server.log import LocalLog, RoomLog
 from chat.server.room import (
     CHUNK_LINES,
@@ -32,7 +33,6 @@ from chat.server.room import (
 )
 from chat.server.session import Holder, Session
 from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Sanction, Store, kept
-from chat.wire.codec import encode, encode_error, numbered_id
 from chat.wire.protocol import (
     LOBBY,
     Away,
@@ -86,9 +86,6 @@ P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 
 #: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
 SERVER_SCOPE = "\0server"
-
-_PONG = encode(ServerPong())
-
 
 class SharedServers(Protocol[P_contra]):
     """What the hub needs when other servers share its rooms, names and private messages
@@ -236,9 +233,9 @@ class Hub(Generic[P]):
                     raise Refused("no_such_room", f"there is no room called {room}", room)
                 found.who(session)
             case ListRooms():
-                self._delivery.send_to(session.peer, encode(self.room_list()))
+                self._delivery.send_to(session.peer, Line.of(self.room_list()))
             case Ping():
-                self._delivery.send_to(session.peer, _PONG)
+                self._delivery.send_to(session.peer, Line.of(ServerPong()))
             case Pong():
                 pass  # any line keeps a connection alive; the reader noted it
             case Leave():
@@ -291,7 +288,7 @@ class Hub(Generic[P]):
             self._shared.claim_name(name_keys(name), self._holder(session, name, identity.id))
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
-        self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
+        self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
 
     def change_password(self, session: Session[P], old: str, new: str) -> None:
         name = self._name_of(session)
@@ -300,7 +297,7 @@ class Hub(Generic[P]):
         identity = self._accounts.change_password(session.identity, old, new, session.address)
         self._prove(session, identity)
         detail = "password changed; every other token of this account is revoked"
-        self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
+        self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
 
     def moderate(self, session: Session[P], request: Moderate) -> None:
         """A moderation action in a room, by one of its operators (the room checks who may)."""
@@ -343,14 +340,14 @@ class Hub(Generic[P]):
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
                 why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
                 if target.session is not None:
-                    self._delivery.close(target.session.peer, encode_error(Refused("removed", why)), "disconnected")
+                    self._delivery.close(target.session.peer, Line.refusal(Refused("removed", why)), "disconnected")
                     self.disconnect(target.session, "kicked")
                 elif self._shared is not None and target.identity is not None:  # on another server
                     self._shared.disconnect_elsewhere(name_key(target.name), target.identity, why)
                 banned = isinstance(request, ServerBan)
                 done = f"{target_name} {'is banned from the server' if banned else 'is gone'}"
         log.info("%s: server operator %s: %s", session.label, quoted(name), done)
-        self._delivery.send_to(session.peer, encode(ServerNotice(detail=done)))
+        self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=done)))
 
     def _check_server_bans(self, session: Session[P], identity: Identity) -> None:
         now = time.time()
@@ -385,14 +382,14 @@ class Hub(Generic[P]):
         # again, whoever holds either name later.
         sender_id = _identity_of(session)
 
-        def build(id: int) -> bytes:
-            return encode(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+        def build(id: int) -> Line:
+            return Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
 
         if self._shared is not None:  # the shared reader gives it to both parties, on any server
             line = self._private.append(build, sender=sender_id, recipient=recipient_id)
             if target is not session and away is not None:
-                self._shared.settle_private(numbered_id(line))  # after the echo, so it reads as the answer
-                self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
+                self._shared.settle_private(line.id)  # after the echo, so it reads as the answer
+                self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
             return
         assert target is not None
         with self._private_lock:  # so that each party gets private lines in id order
@@ -401,11 +398,11 @@ class Hub(Generic[P]):
             if target is not session:
                 self._delivery.publish(session.inbox, line)
                 if (away := target.away) is not None:  # after the echo, so it reads as the answer
-                    self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
+                    self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
 
     # --- what the other servers tell this one (see chat.server.shared.Listener) -----------------
 
-    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+    def private_line(self, line: Line, sender: str, recipient: str) -> None:
         """A private line kept by any server, in id order: to its parties' inboxes here."""
         with self._lock:
             parties = self._by_identity.get(sender, set()) | self._by_identity.get(recipient, set())
@@ -424,7 +421,7 @@ class Hub(Generic[P]):
         with self._lock:
             holder = self._by_name.get(key)
         if holder is not None and holder.identity is not None and holder.identity.id == identity:
-            self._delivery.close(holder.peer, encode_error(Refused("removed", why)), "disconnected")
+            self._delivery.close(holder.peer, Line.refusal(Refused("removed", why)), "disconnected")
             self.disconnect(holder, "kicked")
             log.info("%s: removed from the server by an operator on another server", holder.label)
 
@@ -474,7 +471,7 @@ class Hub(Generic[P]):
             self._shared.set_away(name_keys(name), session.identity.id, why or None)
         session.away = why or None
         said = f"you are away: {why}; private messages get that answer" if why else "you are back"
-        self._delivery.send_to(session.peer, encode(ServerNotice(detail=said)))
+        self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=said)))
 
     def rename(self, session: Session[P], new: str) -> None:
         """Change the session's name; each of its rooms shows the change once."""
@@ -502,7 +499,7 @@ class Hub(Generic[P]):
         for room in rooms:
             room.rename(session, old, new)
         if not rooms:  # in no room: nobody else to tell, but the renamer needs to know
-            self._delivery.send_to(session.peer, encode(Renamed(room=None, old=old, new=new, time=utc_now())))
+            self._delivery.send_to(session.peer, Line.of(Renamed(room=None, old=old, new=new, time=utc_now())))
         log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
     def room_list(self) -> RoomList:
@@ -581,7 +578,7 @@ class Hub(Generic[P]):
 
     def _replace(self, holder: Session[P]) -> None:
         replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
-        self._delivery.close(holder.peer, encode_error(replaced), "disconnected")
+        self._delivery.close(holder.peer, Line.refusal(replaced), "disconnected")
         self.disconnect(holder, "disconnected")
         log.info("%s: replaced by a new connection of the same identity", holder.label)
 
@@ -684,7 +681,7 @@ class Hub(Generic[P]):
             viewer = _identity_of(session)
             span = self._private.missed(since, snapshot, self._settings.replay_limit, viewer)
             chunks = self._private.lines(span, CHUNK_LINES, viewer)
-            stream_chunks(self._delivery, peer, chunks, lambda data: self._delivery.send_held(peer, inbox, data))
+            stream_chunks(self._delivery, peer, chunks, lambda lines: self._delivery.send_held(peer, inbox, *lines))
         finally:
             self._delivery.release_held(peer, inbox)
 

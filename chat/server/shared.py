@@ -25,6 +25,7 @@ import redis
 
 from chat.errors import Refused, StorageFailed
 from chat.server.directory import RENEW_EVERY, Directory, SharedAccounts, SharedRules
+from chat.server.lines import Line
 from chat.server.log import Span
 from chat.server.room import Delivery
 from chat.server.session import Holder
@@ -87,7 +88,7 @@ RULES_STREAM = "chat:rules"
 class Listener(Protocol):
     """What this server's hub hears from the others."""
 
-    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+    def private_line(self, line: Line, sender: str, recipient: str) -> None:
         """A private line between two identities, in id order: to their inboxes here, if any."""
         ...
 
@@ -436,11 +437,11 @@ class SharedRooms(Generic[P]):
                     room, removed, reason = (fields[field].decode() for field in (b"room", b"removed", b"reason"))
                     self._listener.rules_changed(room, removed or None, reason, int(fields[b"upto"]))
         elif followed.key != PRIVATE_KEY:
-            self._delivery.publish(followed.key, b"".join(fields[b"l"] for _, fields in entries))
+            self._delivery.publish(followed.key, *[Line(fields[b"l"]) for _, fields in entries])
         elif self._listener is not None:
             for _, fields in entries:
                 if b"s" in fields:
-                    self._listener.private_line(fields[b"l"], fields[b"s"].decode(), fields[b"r"].decode())
+                    self._listener.private_line(Line(fields[b"l"]), fields[b"s"].decode(), fields[b"r"].decode())
 
     def _obey(self, entries: Entries) -> None:
         """What other servers asked of this one through its wake stream. Each is done in a thread
@@ -478,7 +479,7 @@ class SharedRooms(Generic[P]):
                 followed.position = (0, 0)
                 detail = f"the history of {followed.name} was lost; its ids start again"
                 reset = Reset(room=followed.name, epoch=epoch.decode() if epoch else None, detail=detail)
-                self._delivery.publish(followed.key, encode(reset))
+                self._delivery.publish(followed.key, Line.of(reset))
 
 
 def _sees(viewer: str, fields: dict[bytes, bytes]) -> bool:
@@ -524,19 +525,19 @@ class RedisLog:
             last = cast(bytes | None, self._shared.redis.hget(self._meta, "last"))
         return int(last or 0)
 
-    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
         return self._append_all([build], (sender or "", recipient or ""))[0]
 
-    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
         return self._append_all(builds, ("", ""))
 
-    def _append_all(self, builds: Sequence[Callable[[int], bytes]], parties: tuple[str, str]) -> list[bytes]:
+    def _append_all(self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str]) -> list[Line]:
         if not builds:
             return []
-        templates = [build(PLACEHOLDER_ID) for build in builds]
+        templates = [build(PLACEHOLDER_ID).json for build in builds]
         with _refused_if_away(_NOT_STORED, self._room):
             ids = self._shared.append(self._key, templates, parties)
-        return [t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1) for t, n in zip(templates, ids, strict=True)]
+        return [Line(t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1)) for t, n in zip(templates, ids, strict=True)]
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         oldest = self._oldest()
@@ -566,7 +567,7 @@ class RedisLog:
         first = max(oldest, upto - limit + 1)
         return Span(first, upto, upto - first + 1, first - oldest)
 
-    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
         start = f"{span.first}-0"
         while True:
             with _refused_if_away(_NOT_READ, self._room):
@@ -574,7 +575,7 @@ class RedisLog:
             if not entries:
                 return
             numbered = [
-                fields[b"l"] for entry, fields in entries
+                Line(fields[b"l"]) for entry, fields in entries
                 if _entry(entry)[1] == 0 and (viewer is None or _sees(viewer, fields))
             ]
             if numbered:
@@ -624,33 +625,33 @@ class RedisFeed(Generic[P]):
         self._key = key
         self._room = room
 
-    def enter(self, peer: P, name: str, joined: bytes) -> int:
+    def enter(self, peer: P, name: str, joined: Line) -> int:
         with _refused_if_away(_NOT_STORED, self._room):
             self._shared.directory.enter(self._key, name)
-            at = self._shared.notice(self._key, joined)
+            at = self._shared.notice(self._key, joined.json)
         followed = self._shared.follow(self._key, self._room, at)
         self._shared.settle(followed, at)
         with followed.lock:  # the reader delivers under this lock: nothing slips between
             self._delivery.subscribe(peer, self._key, held=True)
             return followed.position[0]
 
-    def publish(self, lines: bytes) -> None:
+    def publish(self, lines: Sequence[Line]) -> None:
         """Nothing to do: the lines are in the stream, and the reader delivers them in its order."""
 
-    def rename(self, old: str, new: str, line: bytes) -> None:
+    def rename(self, old: str, new: str, line: Line) -> None:
         try:
             self._shared.directory.leave(self._key, old)
             self._shared.directory.enter(self._key, new)
-            self._shared.notice(self._key, line)
+            self._shared.notice(self._key, line.json)
         except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
             log.warning("a rename in %s was not told: %s", self._room, exc)
 
-    def leave(self, peer: P, name: str, left: bytes, sees_it: bool) -> None:
+    def leave(self, peer: P, name: str, left: Line, sees_it: bool) -> None:
         if not sees_it:
             self._delivery.unsubscribe(peer, self._key)
         try:
             self._shared.directory.leave(self._key, name)
-            at: tuple[int, int] | None = self._shared.notice(self._key, left)
+            at: tuple[int, int] | None = self._shared.notice(self._key, left.json)
         except redis.RedisError as exc:
             log.warning("the leave in %s was not told: %s", self._room, exc)
             at = None
