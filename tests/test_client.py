@@ -11,7 +11,7 @@ import pytest
 from chat.client.connection import ChatClient, ConnectionLost, Reconnected
 from chat.errors import ConnectionClosed, JoinRefused
 from chat.server.tcp import ServerConfig
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, scaled
 from chat.wire.codec import encode
 from chat.wire.protocol import (
     ChatMessage,
@@ -132,7 +132,8 @@ def test_reconnect_resumes_with_what_was_said_while_away(start_chat_server, tmp_
     port = server.port
 
     async def scenario():
-        bob = ChatClient("127.0.0.1", port, "bob", first_retry=0.5, max_retry=0.5)
+        # The squatter must take the name between two of bob's tries: on this machine's time.
+        bob = ChatClient("127.0.0.1", port, "bob", first_retry=scaled(0.5), max_retry=scaled(0.5))
         await bob.connect()
         await asyncio.to_thread(server.stop)
         await next_of(bob, ConnectionLost)
