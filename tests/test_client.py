@@ -23,7 +23,10 @@ from chat.wire.protocol import (
     Renamed,
     SendMessage,
     SendPrivate,
+    Users,
     Welcome,
+    Who,
+    room_key,
 )
 
 T = TypeVar("T")
@@ -78,6 +81,24 @@ def test_private_message_and_name_change(chat_server):
         assert alice.users == ["alice", "robert"]
         await alice.close()
         await bob.close()
+
+    run(scenario())
+
+
+def test_a_who_reply_refreshes_the_member_list_and_the_roles(chat_server, connect):
+    async def scenario():
+        alice = ChatClient(*chat_server.address, "alice", rooms=["den"])
+        await alice.connect()
+        bob = connect()
+        await asyncio.to_thread(bob.join, "bob")
+        await asyncio.to_thread(bob.send, {"type": "join", "room": "den"})
+        assert (await next_of(alice, Joined)).name == "bob"
+        view = alice.rooms[room_key("den")]
+        view.users, view.roles = ["ghost"], {"ghost": "op"}  # as if some events had been missed
+        await alice.send(Who(room="den"))
+        await next_of(alice, Users)
+        assert (view.users, view.roles) == (["alice", "bob"], {})
+        await alice.close()
 
     run(scenario())
 
