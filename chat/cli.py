@@ -147,7 +147,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
 
     # The handlers do nothing in Python: the C-level handler writes each signal's number to
     # `wakeup`, and this thread reads it below and acts. A handler that logged or set an Event
-    # could re-enter a lock the interrupted main thread holds (SIGINT and SIGTERM together did).
+    # could re-enter a lock the interrupted main thread holds (SIGINT and SIGTERM together could).
     wakeup, wakeup_writer = socket.socketpair()
     wakeup_writer.setblocking(False)  # set_wakeup_fd requires it; a full socket loses only repeats
     signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
