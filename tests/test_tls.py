@@ -16,7 +16,7 @@ import trustme
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, scaled
 from chat.wire.protocol import ChatMessage, ErrorReply, SendMessage
 
 
@@ -55,7 +55,7 @@ def test_two_clients_chat_over_tls(tls_server, ca):
 
 
 def test_a_client_that_never_handshakes_delays_nobody_and_is_closed(tls_server, ca):
-    server = tls_server(tls_handshake_timeout=0.5)
+    server = tls_server(tls_handshake_timeout=scaled(0.5))  # alice's handshake must fit in it
     silent = socket.create_connection(server.address, timeout=TIMEOUT)
     alice = LineClient(server.address, tls=trusting(ca))
     assert alice.join("alice").name == "alice"

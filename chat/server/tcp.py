@@ -97,7 +97,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         except OSError as exc:
             log.info("%s: connection lost (%s)", label, exc)
         finally:
-            server.hub.disconnect(session, cast(LeaveReason, peer.drop_reason) or reason)
+            server.hub.disconnect(session, cast("LeaveReason | None", peer.drop_reason) or reason)
             server.outbox.release(peer, server.config.shutdown_grace)
             log.info("%s disconnected", label)
 
