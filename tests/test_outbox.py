@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from chat.server.fanout import PeerState
+from chat.server.lines import Line
 from chat.server.outbox import Outbox, Peer
 from chat.testing import TIMEOUT
 
@@ -150,8 +151,8 @@ def test_a_published_line_reaches_every_subscriber_in_order_and_nobody_else(star
     _, elsewhere = box.peer("elsewhere", "dev")
     lines = numbered(200)
     for line in lines:
-        box.outbox.publish("lobby", line)
-    box.outbox.publish("dev", b"only dev\n")
+        box.outbox.publish("lobby", Line(line))
+    box.outbox.publish("dev", Line(b"only dev\n"))
     for _, transport in readers:
         transport.wait_until_read(b"".join(lines))
     elsewhere.wait_until_read(b"only dev\n")
@@ -162,7 +163,7 @@ def test_a_peer_reading_a_few_bytes_at_a_time_gets_every_byte_once_in_order(star
     _, transport = box.peer("trickle", "lobby", allowance=0)
     expected = b"".join(numbered(20))
     for line in numbered(20):
-        box.outbox.publish("lobby", line)
+        box.outbox.publish("lobby", Line(line))
     while len(transport.received) < len(expected):
         before = len(transport.received)
         transport.allow(7)
@@ -176,10 +177,10 @@ def test_a_peer_that_reads_nothing_is_dropped_past_its_backlog_while_the_others_
     _, fast = box.peer("fast", "lobby")
     lines = numbered(100, "x" * 90)  # about 10 KB: past the slow peer's 4 KB
     for line in lines:
-        box.outbox.publish("lobby", line)
+        box.outbox.publish("lobby", Line(line))
     fast.wait_until_read(b"".join(lines))
     # The writer judges a backlog when it next has something for the peer: the room goes on.
-    box.outbox.publish("lobby", b"after\n")
+    box.outbox.publish("lobby", Line(b"after\n"))
     assert slow.released.wait(TIMEOUT)
     assert (slow.state, slow.drop_reason) == (PeerState.RELEASED, "slow_consumer")
     assert slow_transport.shut.is_set()  # its handler, blocked reading, is woken
@@ -191,7 +192,7 @@ def test_a_peer_owed_more_than_its_backlog_in_its_own_replies_is_dropped(start_o
     box = start_outbox(max_backlog=4096)
     asker, transport = box.peer("asker", allowance=0)
     for page in numbered(100, "page" * 20):
-        box.outbox.send_to(asker, page)
+        box.outbox.send_to(asker, Line(page))
     assert asker.released.wait(TIMEOUT)
     assert asker.drop_reason == "slow_consumer" and transport.shut.is_set()
 
@@ -199,9 +200,9 @@ def test_a_peer_owed_more_than_its_backlog_in_its_own_replies_is_dropped(start_o
 def test_close_sends_what_is_owed_and_the_final_line_then_releases(start_outbox):
     box = start_outbox()
     peer, transport = box.peer("leaving", "lobby", allowance=0)
-    box.outbox.publish("lobby", b"last words\n")
-    box.outbox.close(peer, b"goodbye\n", reason="kicked")
-    box.outbox.publish("lobby", b"said after the close\n")  # not owed: it was published after
+    box.outbox.publish("lobby", Line(b"last words\n"))
+    box.outbox.close(peer, Line(b"goodbye\n"), reason="kicked")
+    box.outbox.publish("lobby", Line(b"said after the close\n"))  # not owed: it was published after
     assert peer.state is PeerState.CLOSING and not transport.shut.is_set()
     transport.allow(None)  # the peer reads again
     assert peer.released.wait(TIMEOUT)
@@ -213,7 +214,7 @@ def test_wait_drained_returns_once_the_peer_has_read_its_own_lines(start_outbox)
     box = start_outbox()
     peer, transport = box.peer("reader", allowance=0)
     page = b"p" * 10_000 + b"\n"
-    box.outbox.send_to(peer, page)
+    box.outbox.send_to(peer, Line(page))
     drained: list[bool] = []
     waiter = threading.Thread(target=lambda: drained.append(box.outbox.wait_drained(peer, below=1)))
     waiter.start()
@@ -226,7 +227,7 @@ def test_wait_drained_returns_once_the_peer_has_read_its_own_lines(start_outbox)
 def test_wait_drained_gives_up_when_the_peer_is_closed(start_outbox):
     box = start_outbox()
     peer, _ = box.peer("never reads", allowance=0)
-    box.outbox.send_to(peer, b"p" * 10_000 + b"\n")
+    box.outbox.send_to(peer, Line(b"p" * 10_000 + b"\n"))
     drained: list[bool] = []
     waiter = threading.Thread(target=lambda: drained.append(box.outbox.wait_drained(peer, below=1)))
     waiter.start()
@@ -238,8 +239,8 @@ def test_wait_drained_gives_up_when_the_peer_is_closed(start_outbox):
 def test_close_all_says_the_final_line_to_every_peer_and_to_any_that_comes_later(start_outbox):
     box = start_outbox()
     peers = [box.peer(f"member{i}", "lobby") for i in range(3)]
-    box.outbox.publish("lobby", b"before\n")
-    box.outbox.close_all(b"shutting down\n")
+    box.outbox.publish("lobby", Line(b"before\n"))
+    box.outbox.close_all(Line(b"shutting down\n"))
     for peer, transport in peers:
         assert peer.released.wait(TIMEOUT)
         assert transport.received == b"before\nshutting down\n"
@@ -254,13 +255,13 @@ def test_a_held_subscription_sends_its_history_first_then_what_was_said_meanwhil
     _, member = box.peer("member", "lobby")
     joiner, transport = box.peer("joiner")
     box.outbox.subscribe(joiner, "lobby", held=True)
-    box.outbox.publish("lobby", b"live 1\n")
-    box.outbox.send_held(joiner, "lobby", b"history 1\n")
-    box.outbox.publish("lobby", b"live 2\n")
-    box.outbox.send_held(joiner, "lobby", b"history 2\n")  # still before every live line
+    box.outbox.publish("lobby", Line(b"live 1\n"))
+    box.outbox.send_held(joiner, "lobby", Line(b"history 1\n"))
+    box.outbox.publish("lobby", Line(b"live 2\n"))
+    box.outbox.send_held(joiner, "lobby", Line(b"history 2\n"))  # still before every live line
     member.wait_until_read(b"live 1\nlive 2\n")  # the room went on for the others
-    box.outbox.send_to(joiner, b"welcome\n")  # its own lines are not held
+    box.outbox.send_to(joiner, Line(b"welcome\n"))  # its own lines are not held
     transport.wait_for(lambda received: b"welcome\n" in received, "its welcome")
     box.outbox.release_held(joiner, "lobby")
-    box.outbox.publish("lobby", b"live 3\n")
+    box.outbox.publish("lobby", Line(b"live 3\n"))
     transport.wait_until_read(b"history 1\nhistory 2\nwelcome\nlive 1\nlive 2\nlive 3\n")
