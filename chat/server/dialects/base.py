@@ -41,14 +41,14 @@ SAID_TYPES = (SendMessage, SendAction, SendPrivate, ClassicMessage)
 MAX_BATCH = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One request due now, for the hub to act on."""
 
     message: ClientMessage | ClassicMessage
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Said:
     """Consecutive lines said to one room, due now: kept and published as one batch (one lock,
     one write to the store, one publish); each refused is answered as if served alone."""
@@ -57,7 +57,7 @@ class Said:
     lines: tuple[SendMessage | SendAction, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """A line that is no request (not protocol), due now: answered with `failure` in its turn,
     after the requests sent before it, as if it had been served."""
@@ -69,7 +69,7 @@ class Refusal:
 Due = Request | Said | Refusal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Close:
     """The connection is over: send `final`, then close. `reason` is why the server cut it off
     (None: it simply goes, "disconnected"); `log` and `level` say it for the server's log."""
@@ -94,7 +94,7 @@ def _encodable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     due: float
     message: ClientMessage | ClassicMessage | RequestFailed
