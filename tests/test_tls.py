@@ -196,3 +196,14 @@ def test_sighup_reloads_the_certificate_of_a_running_server(chat_server_process,
     server.wait_for_log("TLS certificate reloaded")
     alice = LineClient(server.address, tls=trusting(ca))
     assert alice.join("alice").name == "alice"
+
+
+def test_tls_to_the_plain_port_beside_tls_gets_a_clear_error(tls_server, ca):
+    server = tls_server(plain_port=0)
+    raw = socket.create_connection(server.plain_address, timeout=TIMEOUT)
+    hello = trusting(ca).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    raw.sendall(outgoing.read())
+    assert b'"plaintext_only"' in raw.makefile("rb").readline()
+    raw.close()
