@@ -16,12 +16,13 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from chat.paths import state_dir
+from chat.server import config_file
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
@@ -106,25 +107,66 @@ def _add_option(parser: argparse.ArgumentParser, dest: str, option: Option, defa
     )
 
 
-def server_parser() -> argparse.ArgumentParser:
-    """The server's flags, one per row of ServerConfig's option table."""
+#: The environment variable that names the configuration file, as --config does.
+CONFIG_ENV = "CHAT_CONFIG"
+#: The flags that are not options of the table: which file, and what to do instead of serving.
+_COMMANDS = ("config", "print_config", "check_config")
+
+
+def server_parser(from_file: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The server's flags, one per row of ServerConfig's option table; `from_file` (the
+    configuration file's values) replaces the defaults, and the environment replaces those."""
     parser = argparse.ArgumentParser(
         prog="chat-server",
         description="Run a chat server. Clients speak one JSON object per line; see protocol.md.",
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"read options from this TOML file, one key per option below (env {CONFIG_ENV}); "
+        "flags and the environment win over it",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the configuration these options make, as TOML, and exit"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration as a start would (files, certificate, history file, Redis, ports) and exit: "
+        "0, or 2 with one line per problem",
+    )
     for name, option, default in options():
-        _add_option(parser, name, option, default)
+        _add_option(parser, name, option, (from_file or {}).get(name, default))
     return parser
 
 
-def server_main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGINT or SIGTERM; returns the exit status."""
-    values = vars(server_parser().parse_args(argv))
+def server_config(argv: Sequence[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    """The configuration the command line, the environment and the configuration file make
+    (in that order of precedence), and the parsed arguments. SystemExit(2) with one line if
+    the file is unusable."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    path = first.parse_known_args(argv)[0].config or os.environ.get(CONFIG_ENV)
+    try:
+        from_file = config_file.read(path) if path else {}
+    except config_file.ConfigFileError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args = server_parser(from_file).parse_args(argv)
+    values = {key: value for key, value in vars(args).items() if key not in _COMMANDS}
     for name in [key for key in values if key.endswith("_default")]:  # repeatable options: flags, else the default
         default = values.pop(name)
         given = values[name.removesuffix("_default")]
         values[name.removesuffix("_default")] = tuple(given) if given is not None else default
-    config = ServerConfig(**values)
+    return ServerConfig(**values), args
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGINT or SIGTERM; returns the exit status."""
+    config, args = server_config(argv)
+    if args.print_config:
+        print(config_file.dump(config), end="")
+        return 0
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Thousands of connections: one file each, and one thread each with a small stack.
     open_files = raise_open_file_limit()
