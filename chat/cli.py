@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from chat.paths import state_dir
-from chat.server import config_file
+from chat.server import config_file, preflight
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
@@ -167,6 +167,13 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(config_file.dump(config), end="")
         return 0
+    if args.check_config:
+        found = preflight.problems(config)
+        for problem in found:
+            print(f"chat-server: {problem}", file=sys.stderr)
+        if not found:
+            print("chat-server: the configuration is good")
+        return 2 if found else 0
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Thousands of connections: one file each, and one thread each with a small stack.
     open_files = raise_open_file_limit()
