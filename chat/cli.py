@@ -211,6 +211,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     host, port = server.server_address[:2]
     log.info("listening on %s:%s", host, port)
     plain = [str(host)] if server.tls_context is None else []
+    if server.metrics is not None:
+        log.info("metrics on http://%s:%s/metrics (and /healthz, /readyz)", *_url_host(*server.metrics.address))
     if server.plain_address is not None:
         log.info("plain lines (no TLS) on %s:%s", *server.plain_address)
         plain.append(server.plain_address[0])
@@ -226,6 +228,10 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         wakeup.close()
         wakeup_writer.close()
     return 0
+
+
+def _url_host(host: str, port: int) -> tuple[str, int]:
+    return (f"[{host}]" if ":" in host else host), port
 
 
 def _note_signal(signum: int, frame: FrameType | None) -> None:

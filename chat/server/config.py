@@ -245,6 +245,13 @@ class ServerConfig:
         "seconds a stopping server waits for clients to take its notice",
         float,
     )
+    metrics_port: int | None = _option(
+        None,
+        "--metrics-port",
+        "CHAT_METRICS_PORT",
+        "serve /metrics (Prometheus), /healthz and /readyz over HTTP on --host at this port (0 picks one)",
+        lambda text: None if text.lower() in ("", "none") else int(text),
+    )
     log_level: str = _option(
         "INFO",
         "--log-level",

@@ -29,9 +29,8 @@ def problems(config: ServerConfig) -> list[str]:
 def addresses(config: ServerConfig) -> list[tuple[str, str, int]]:
     """Every (what, host, port) a server with `config` listens on, its front doors and the rest."""
     found = [(f"--port ({listener.name})", *listener.address) for listener in listeners(config)]
-    metrics_port = getattr(config, "metrics_port", None)
-    if metrics_port is not None:
-        found.append(("--metrics-port", config.host, metrics_port))
+    if config.metrics_port is not None:
+        found.append(("--metrics-port", config.host, config.metrics_port))
     return found
 
 

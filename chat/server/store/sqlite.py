@@ -325,6 +325,20 @@ class SqliteStore:
             "cannot lift a ban or mute",
         )
 
+    def count_accounts(self) -> int:
+        """How many accounts are registered (for the operator's metrics)."""
+        return int(self._query("SELECT COUNT(*) FROM accounts", {})[0][0])
+
+    def problem(self) -> str | None:
+        """Why nothing more can be kept (the file was deleted or replaced), or None: for the
+        health check, which notices a lost file before the next message does."""
+        with self._write_lock:
+            try:
+                self._check_file_locked()
+            except StoreError as exc:
+                return str(exc)
+        return None
+
     def _write(self, sql: str, params: tuple[object, ...], what: str) -> None:
         with self._write_lock:
             self._check_file_locked()
