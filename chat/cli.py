@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from chat.paths import state_dir
-from chat.server import config_file, preflight
+from chat.server import config_file, logs, preflight
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
@@ -174,7 +174,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         if not found:
             print("chat-server: the configuration is good")
         return 2 if found else 0
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format)
     # Thousands of connections: one file each, and one thread each with a small stack.
     open_files = raise_open_file_limit()
     threading.stack_size(HANDLER_STACK)

@@ -260,6 +260,14 @@ class ServerConfig:
         str,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
+    log_format: str = _option(
+        "text",
+        "--log-format",
+        "CHAT_LOG_FORMAT",
+        "text for a person, or json: one object per line with time, level, logger, message and fields",
+        str,
+        choices=("text", "json"),
+    )
 
     @property
     def address(self) -> tuple[str, int]:

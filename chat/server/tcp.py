@@ -83,19 +83,19 @@ class ChatHandler(socketserver.BaseRequestHandler):
         peer = server.outbox.register(transport, label)
         session = server.hub.connect(peer, label, str(self.client_address[0]))
         reason: LeaveReason = "disconnected"
-        log.info("%s connected", label)
+        log.info("%s connected", label, extra={"address": label})
         server.stats.connected(self.listener.name, 1)
         try:
             reason = self._serve(session, self.listener.dialect(server.config, tls=self.listener.tls))
         except OSError as exc:
-            log.info("%s: connection lost (%s)", label, exc)
+            log.info("%s: connection lost (%s)", label, exc, extra={"address": label})
         finally:
             reason = cast("LeaveReason | None", peer.drop_reason) or reason
             server.stats.connected(self.listener.name, -1)
             server.stats.ended(reason)
             server.hub.disconnect(session, reason)
             server.outbox.release(peer, server.config.shutdown_grace)
-            log.info("%s disconnected", label)
+            log.info("%s disconnected", label, extra={"address": label, "reason": reason})
 
     def _secure(self, label: str) -> TlsTransport | None:
         """The TLS handshake, here in this connection's thread with a deadline, never on the
