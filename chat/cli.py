@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from chat.paths import state_dir
-from chat.server import config_file, logs, preflight
+from chat.server import config_file, logs, preflight, reload
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
@@ -144,14 +144,19 @@ def server_config(argv: Sequence[str] | None = None) -> tuple[ServerConfig, argp
     """The configuration the command line, the environment and the configuration file make
     (in that order of precedence), and the parsed arguments. SystemExit(2) with one line if
     the file is unusable."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--config")
-    path = first.parse_known_args(argv)[0].config or os.environ.get(CONFIG_ENV)
     try:
-        from_file = config_file.read(path) if path else {}
+        return read_server_config(argv)
     except config_file.ConfigFileError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def read_server_config(argv: Sequence[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    """server_config(), raising ConfigFileError: for a reload, which keeps what runs instead."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    path = first.parse_known_args(argv)[0].config or os.environ.get(CONFIG_ENV)
+    from_file = config_file.read(path) if path else {}
     args = server_parser(from_file).parse_args(argv)
     values = {key: value for key, value in vars(args).items() if key not in _COMMANDS}
     for name in [key for key in values if key.endswith("_default")]:  # repeatable options: flags, else the default
@@ -202,10 +207,9 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, _note_signal)
     signal.signal(signal.SIGTERM, _note_signal)
-    if server.tls_context is not None:
-        # A renewed certificate is read again without dropping anybody. (Without TLS,
-        # SIGHUP keeps its usual meaning: the terminal went away, so stop.)
-        signal.signal(signal.SIGHUP, _note_signal)
+    # SIGHUP reads the configuration again (a service manager's reload, a renewed certificate)
+    # without dropping anybody; to stop with a closing terminal, there is Ctrl-C.
+    signal.signal(signal.SIGHUP, _note_signal)
     serving = threading.Thread(target=server.serve_forever, name="chat-serve")
     serving.start()
     host, port = server.server_address[:2]
@@ -219,7 +223,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     try:
-        _serve_until_stopped(wakeup, server)
+        _serve_until_stopped(wakeup, server, lambda: _reload(server, argv))
     finally:
         server.stop()
         serving.join()
@@ -243,7 +247,18 @@ def _note_signal(signum: int, frame: FrameType | None) -> None:
     """
 
 
-def _serve_until_stopped(wakeup: socket.socket, server: ChatServer) -> None:
+def _reload(server: ChatServer, argv: Sequence[str] | None) -> None:
+    """SIGHUP: the same flags, the environment and the configuration file read again, and
+    applied as far as a running server can take them (chat.server.reload says what it did)."""
+    try:
+        config, _ = read_server_config(argv)
+    except config_file.ConfigFileError as exc:
+        log.error("SIGHUP: kept the running configuration: %s", exc)
+        return
+    reload.apply(server, config)
+
+
+def _serve_until_stopped(wakeup: socket.socket, server: ChatServer, on_hangup: Callable[[], None]) -> None:
     """On the main thread: read the signals' numbers from `wakeup` and act on each, here where
     logging and locks are safe; return at the first SIGINT or SIGTERM."""
     while True:
@@ -253,8 +268,8 @@ def _serve_until_stopped(wakeup: socket.socket, server: ChatServer) -> None:
             return
         for number in numbers:
             if number == signal.SIGHUP:
-                log.info("SIGHUP received: reading the TLS certificate again")
-                server.reload_tls()
+                log.info("SIGHUP received: reading the configuration again")
+                on_hangup()
                 continue
             log.info("%s received", signal.Signals(number).name)
             return
