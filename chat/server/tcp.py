@@ -485,6 +485,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
             if peer.transport.has_input() and self.outbox.queued_bytes(peer) < SOFT_BACKLOG:
                 session.heard()
                 return
+            # Its handler, woken by the same resume, may have read those lines between the two
+            # looks above (it marks the client heard before it reads): look once more.
+            if now - session.last_heard < config.idle_timeout:
+                return
             log.info("%s: silent for %.0f s; closing", session.label, silent)
             self.outbox.close(peer, Line.of(_TOO_IDLE), reason="timeout")
 
