@@ -16,6 +16,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -222,6 +223,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         plain.append(server.plain_address[0])
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
+    notify_systemd(f"READY=1\nSTATUS=listening on {host!s}:{port}")
     try:
         _serve_until_stopped(wakeup, server, lambda: _reload(server, argv))
     finally:
@@ -247,15 +249,34 @@ def _note_signal(signum: int, frame: FrameType | None) -> None:
     """
 
 
+def notify_systemd(state: str) -> bool:
+    """Tell the service manager how the server is (sd_notify: READY=1, RELOADING=1, STOPPING=1)
+    through the datagram socket in $NOTIFY_SOCKET; False when there is none (not a Type=notify
+    unit). A failure is logged, never fatal: the server serves either way."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path  # @: the abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("could not tell the service manager %s: %s", state.split("\n", 1)[0], exc)
+            return False
+    return True
+
+
 def _reload(server: ChatServer, argv: Sequence[str] | None) -> None:
     """SIGHUP: the same flags, the environment and the configuration file read again, and
     applied as far as a running server can take them (chat.server.reload says what it did)."""
+    notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     try:
         config, _ = read_server_config(argv)
     except config_file.ConfigFileError as exc:
         log.error("SIGHUP: kept the running configuration: %s", exc)
-        return
-    reload.apply(server, config)
+    else:
+        reload.apply(server, config)
+    notify_systemd("READY=1")
 
 
 def _serve_until_stopped(wakeup: socket.socket, server: ChatServer, on_hangup: Callable[[], None]) -> None:
@@ -272,6 +293,7 @@ def _serve_until_stopped(wakeup: socket.socket, server: ChatServer, on_hangup: C
                 on_hangup()
                 continue
             log.info("%s received", signal.Signals(number).name)
+            notify_systemd("STOPPING=1")
             return
 
 
