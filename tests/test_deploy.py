@@ -156,3 +156,12 @@ def test_the_server_tells_systemd_ready_reloading_and_stopping(chat_server_proce
 def test_without_a_notify_socket_nothing_is_sent(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert notify_systemd("READY=1") is False
+
+
+def test_readme_s_configuration_example_is_the_generated_file():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Running it as a service", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert block == config_file.service_file()
+    for path in ("deploy/chat-server.service", "deploy/Containerfile", "deploy/chat-server.toml"):
+        assert path in section and (ROOT / path).exists()
