@@ -304,3 +304,18 @@ def test_coming_back_marks_what_is_new_in_each_room_and_counts_it_as_unread(chat
             assert text.index("since you left") < text.index("said while alice was away") < text.index("want this")
 
     run(scenario())
+
+
+def test_at_80_by_24_the_view_keeps_following_after_a_wrapped_welcome_fills_the_screen(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", size=(80, 24)) as alice:
+            await alice.sees(lambda s: "you are alice" in s, "the welcome, wrapped at 59 columns")
+            for number in range(30):  # well past the first screenful
+                await asyncio.to_thread(bob.send, SendMessage(msg=f"line {number:02}"))
+                await alice.sees(lambda s, number=number: f"bob: line {number:02}" in s, f"line {number:02}")
+            assert "more below" not in alice.status
+
+    run(scenario())

@@ -147,8 +147,9 @@ class Buffer:
             if len(rows) >= wanted:
                 at_top = at == 0
                 break
-        if at_top:  # nothing further up: scrolling stops at the first line
-            self.scrolled = max(0, len(rows) - height)
+        if at_top:  # nothing further up: scrolling stops at the first line (capped, never raised:
+            # a first line that wraps leaves more rows than the screen without the user scrolling)
+            self.scrolled = min(self.scrolled, max(0, len(rows) - height))
         end = len(rows) - self.scrolled
         shown = rows[max(0, end - height) : end]
         return [[] for _ in range(height - len(shown))] + shown, at_top
