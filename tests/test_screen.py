@@ -319,3 +319,94 @@ def test_at_80_by_24_the_view_keeps_following_after_a_wrapped_welcome_fills_the_
             assert "more below" not in alice.status
 
     run(scenario())
+
+
+def test_commands_typed_in_a_private_buffer_never_act_on_the_room_behind_it(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", size=(80, 24)) as alice:
+            await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="psst"))
+            await alice.sees(lambda s: "2:@bob" in alice.status, "the private buffer")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "private conversation with bob" in alice.rows[0], "the private buffer shown")
+            for line in ("/me waves", "/topic our secret", "/history", "/kick bob"):
+                alice.type(line + "\r")
+                word = line.split()[0]
+                await alice.sees(lambda s, word=word: f"{word} acts on a room" in s, f"{word} refused")
+            alice.type("only for bob\r")
+            answer = await asyncio.to_thread(bob.expect, PrivateMessage, name="alice")
+            assert answer.msg == "only for bob"
+            from_alice = [seen for seen in bob.seen if getattr(seen, "name", "") == "alice"][1:]  # after her join
+            assert [type(seen) for seen in from_alice] == [PrivateMessage]  # no action, topic nor kick in lobby
+            alice.type("/part\r")  # in a conversation: closes it, leaves no room
+            await alice.sees(lambda s: "closed the conversation with bob" in s, "the conversation closed")
+            assert "@bob" not in alice.status and "lobby" in alice.client.rooms
+
+    run(scenario())
+
+
+def test_enter_then_alt_1_in_one_read_sends_the_line_where_it_was_typed(chat_server, connect):
+    bob = connect()
+    bob.send({"type": "join", "name": "bob", "room": "dev"})
+    bob.expect(Welcome)
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev")) as alice:
+            await alice.sees(lambda s: "2:dev" in alice.status, "dev's buffer")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "[dev] alice>" in s, "typing into dev")
+            for number in range(5):
+                alice.type(f"typed ahead {number}\r" + ALT + "1")  # one read, as over ssh
+                await alice.sees(lambda s: "[lobby] alice>" in s, "the lobby shown")
+                said = await asyncio.to_thread(bob.expect, ChatMessage, name="alice")
+                assert (said.room, said.msg) == ("dev", f"typed ahead {number}")
+                alice.type(ALT + "2")
+                await alice.sees(lambda s: "[dev] alice>" in s, "dev again")
+
+    run(scenario())
+
+
+def test_kicked_then_joining_again_the_room_stays_and_typing_goes_there(chat_server, connect):
+    owner = connect()
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.send({"type": "join", "room": "den"})
+    owner.expect(Welcome, room="den")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "den")) as alice:
+            await asyncio.to_thread(owner.expect, Joined, room="den", name="alice")
+            await asyncio.to_thread(owner.send, {"type": "kick", "room": "den", "name": "alice", "reason": "out"})
+            await alice.sees(lambda s: "you were kicked from den by owner" in s, "the kick")
+            assert "den" not in alice.status
+            alice.type("/join den\r")
+            await alice.sees(lambda s: "[den] alice>" in s, "typing into den again")
+            await alice.sees(lambda s: "2:den" in alice.status, "den's buffer back")
+            alice.type("back again\r")
+            said = await asyncio.to_thread(owner.expect, ChatMessage, name="alice")
+            assert (said.room, said.msg) == ("den", "back again")
+            assert "den" in alice.client.rooms
+
+    run(scenario())
+
+
+def test_signed_in_elsewhere_is_said_on_screen_and_not_a_reconnect_loop(chat_server, connect):
+    watcher = connect()
+    watcher.join("watcher")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice") as alice:
+            other = ChatClient(*chat_server.address, "alice", token=alice.client.token)
+            await other.connect()
+            await alice.sees(lambda s: "signed in elsewhere" in alice.status, "where the session went")
+            await other.send(SendMessage(msg="from the other device"))
+            await asyncio.to_thread(watcher.expect, ChatMessage, msg="from the other device")
+            assert other.connected and alice.client.retry_at is None
+            joins = [seen for seen in watcher.seen if isinstance(seen, Joined) and seen.name == "alice"]
+            lefts = [seen for seen in watcher.seen if isinstance(seen, Left) and seen.name == "alice"]
+            assert (len(joins), len(lefts)) == (2, 1)  # the first, the other device, and no join back
+            await other.close()
+
+    run(scenario())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Protocol
 
 from prompt_toolkit.application import get_app_session
@@ -19,6 +20,7 @@ from chat.client import render
 from chat.client.commands import (
     HELP,
     ClearScreen,
+    CloseBuffer,
     Ignore,
     JoinRoom,
     Mistake,
@@ -26,6 +28,7 @@ from chat.client.commands import (
     PartRoom,
     Query,
     Quit,
+    Reconnect,
     RegisterName,
     Reply,
     Send,
@@ -34,7 +37,7 @@ from chat.client.commands import (
     SwitchRoom,
     parse,
 )
-from chat.client.connection import ChatClient, ClientEvent, Reconnected, Resumed
+from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed
 from chat.client.ignored import Ignored
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
@@ -45,7 +48,6 @@ from chat.wire.protocol import (
     Action,
     ChatMessage,
     Left,
-    Moderation,
     PrivateMessage,
     Register,
     SendAction,
@@ -78,6 +80,18 @@ class View(Protocol):
     async def ask_secret(self, question: str) -> str:
         """Ask for a password, not echoed and not remembered; PasswordRefused if the user declines."""
 
+    def close_private(self, name: str) -> None:
+        """Forget the private conversation with `name` on screen (its lines stay on the server)."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a typed line goes: a room, or the private conversation with `private_to`. Fixed when
+    Enter is pressed, so a key pressed right after (Alt-1, typed ahead) cannot send it elsewhere."""
+
+    room: str
+    private_to: str | None = None
+
 
 class ChatState:
     """Where what the user types goes, what waits to be sent, and what the client keeps for them."""
@@ -103,6 +117,8 @@ class ChatState:
         self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
         #: A room the user asked to join: typing switches to it once it is welcomed.
         self.joining: str | None = None
+        #: A room /close was typed in once: typed again there, it parts the room.
+        self.close_offer: str | None = None
 
     def follow(self, event: ClientEvent) -> None:
         """Keep the room typed into one the client is in, as joins and parts arrive."""
@@ -111,11 +127,16 @@ class ChatState:
                 self.room, self.joining, self.private_to = room, None, None
             case Welcome(room=room) if room_key(room) == room_key(self.room):
                 self.room = room  # the server's spelling
-            case Left(room=room, name=name, reason="part") | Moderation(
-                room=room, action="kick" | "ban", name=name
-            ) if name == self.client.name:
+            case Left(room=room, name=name, reason="part") if name == self.client.name:
                 if room_key(room) == room_key(self.room) and self.client.rooms:
                     self.room = next(iter(self.client.rooms.values())).name
+            case PutOut(room=room):
+                if room_key(room) == room_key(self.room) and self.client.rooms:
+                    self.room = next(iter(self.client.rooms.values())).name
+
+    def where(self) -> Where:
+        """Where a line typed now goes."""
+        return Where(self.room, self.private_to)
 
     def switch(self, room: str) -> str | None:
         """Type into `room`; a sentence saying why not if the client is not in it."""
@@ -205,13 +226,19 @@ async def _send_pending(client: ChatClient, state: ChatState, view: View) -> Non
     view.show(render.notice(f"sent the {count} line{'s' if count != 1 else ''} typed while disconnected"))
 
 
-async def carry_out(line: str, client: ChatClient, state: ChatState, view: View) -> str | None:
-    """Do what a typed line asks; what to hand back to the input line to edit ("" for nothing),
-    or None when the user leaves."""
+async def carry_out(
+    line: str, client: ChatClient, state: ChatState, view: View, where: Where | None = None
+) -> str | None:
+    """Do what a line typed into `where` (by default: where the user types now) asks; what to hand
+    back to the input line to edit ("" for nothing), or None when the user leaves."""
+    where = where or state.where()
     if state.calls:  # the user is here again: what called for them has been seen
         state.calls = 0
         get_app_session().output.set_title("chat")
-    match parse(line, state.room):
+    command = parse(line, where.room, where.private_to)
+    if not isinstance(command, CloseBuffer):
+        state.close_offer = None
+    match command:
         case None:
             pass
         case Quit():
@@ -223,8 +250,6 @@ async def carry_out(line: str, client: ChatClient, state: ChatState, view: View)
             await _register(client, view)
         case Mistake(detail=detail):
             view.show(render.error(detail))
-        case Send(message=SendMessage(msg=text)) if state.private_to is not None:
-            return await _say(client, state, view, SendPrivate.model_construct(to=state.private_to, msg=text), line)
         case Reply(text=text):
             if state.last_private_from is None:
                 view.show(render.error("nobody has written to you privately yet"))
@@ -246,12 +271,15 @@ async def carry_out(line: str, client: ChatClient, state: ChatState, view: View)
             view.show(render.notice(f"{name}'s lines are shown again" if shown else f"you were not hiding {name}"))
         case ClearScreen():
             view.clear()
+        case Reconnect():
+            if not client.reconnect_now():
+                view.show(render.notice("connected already" if client.connected else "reconnecting already"))
         case Send(message=SendMessage() | SendAction() | SendPrivate() as message):
             return await _say(client, state, view, message, line)
         case Send(message=message):
             await _send(client.send(message), view)
         case PageBack(limit=limit):
-            await _send(client.page_back(state.room, limit), view)
+            await _send(client.page_back(where.room, limit), view)
         case JoinRoom(room=room):
             if room_key(room) in client.rooms:
                 view.show(render.error(state.switch(room) or f"you are in {room}; typing there now"))
@@ -264,10 +292,22 @@ async def carry_out(line: str, client: ChatClient, state: ChatState, view: View)
             why = state.switch(room)
             view.show(render.error(why) if why else render.notice(f"typing into {state.room}"))
         case ShowTopic():
-            room_view = client.rooms.get(room_key(state.room))
+            room_view = client.rooms.get(room_key(where.room))
             topic = room_view.topic if room_view else ""
-            view.show(render.notice(f"topic of {state.room}: {render.neutralise(topic)}" if topic
-                                    else f"{state.room} has no topic"))
+            view.show(render.notice(f"topic of {where.room}: {render.neutralise(topic)}" if topic
+                                    else f"{where.room} has no topic"))
+        case CloseBuffer(private_to=str(name)):
+            if state.private_to is not None and state.private_to.casefold() == name.casefold():
+                state.private_to = None
+            view.close_private(name)
+            view.show(render.notice(f"closed the conversation with {name}"))
+        case CloseBuffer(private_to=None):
+            if state.close_offer != where.room:
+                state.close_offer = where.room
+                view.show(render.notice(f"/close again leaves {where.room}"))
+                return ""
+            state.close_offer = None
+            await _send(client.part(where.room), view)
     return ""
 
 

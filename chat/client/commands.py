@@ -38,6 +38,7 @@ Commands:
   /join ROOM        join a room (and type into it)
   /part [ROOM]      leave a room (this one if none is named)
   /switch ROOM      type into another room you are in
+  /close            close this private conversation; in a room: leave it (asks first)
   /rooms            list every room, with who is there and its topic
   /topic [TEXT]     show this room's topic, or set it
   /nick NEW         change your name
@@ -62,6 +63,7 @@ Commands:
   /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
+  /reconnect        take the session back after it was signed in elsewhere
   /quit             leave (Ctrl-D too)
   /help             this help
 Anything else is said to the room you type into; start with // to say something beginning with /."""
@@ -155,13 +157,25 @@ class Ignore:
 
 
 @dataclass(frozen=True)
+class CloseBuffer:
+    """Close the private conversation with `private_to` (None: the room typed into, which parts it)."""
+
+    private_to: str | None
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Take the session back from another connection of the same identity."""
+
+
+@dataclass(frozen=True)
 class ClearScreen:
     """Clear the terminal."""
 
 
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
-    | Query | Reply | Ignore | ClearScreen
+    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer
 )
 
 
@@ -193,14 +207,32 @@ def _usage(word: str) -> Mistake:
     return Mistake(f"usage: {line.split('  ')[0]}")
 
 
-def parse(line: str, room: str = LOBBY) -> Command | None:
-    """The command a line typed into `room` means; None for a blank line (sends nothing)."""
+#: Commands that act on the room typed into: refused in a private conversation, never sent to a
+#: room behind it.
+ROOM_COMMANDS = frozenset(
+    {"/me", "/topic", "/history", "/who", "/names", "/kick", "/ban", "/mute", "/unban", "/unmute", "/op", "/deop",
+     "/voice", "/devoice", "/mode"}
+)
+
+
+def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Command | None:
+    """The command a line typed into `room` means, or into the private conversation with
+    `private_to` if there is one; None for a blank line (sends nothing)."""
     if not line.strip():
         return None
     if not line.startswith("/") or line.startswith("//"):
-        return Send(SendMessage.model_construct(room=room, msg=line[1:] if line.startswith("//") else line))
+        text = line[1:] if line.startswith("//") else line
+        if private_to is not None:
+            return Send(SendPrivate.model_construct(to=private_to, msg=text))
+        return Send(SendMessage.model_construct(room=room, msg=text))
     word, _, rest = line.partition(" ")
     rest = rest.strip()
+    if private_to is not None:
+        if word.lower() in ROOM_COMMANDS:
+            return Mistake(f"{word} acts on a room, and this is your private conversation with {private_to}: "
+                           "nothing was sent (/buffer ROOM goes to a room)")
+        if word.lower() in ("/part", "/leave") and not rest:
+            return CloseBuffer(private_to)
     match word.lower():
         case "/quit" | "/exit":
             return Quit()
@@ -228,6 +260,8 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             return Ignore(rest, undo=True) if rest and " " not in rest else Mistake("usage: /unignore NAME")
         case "/clear":
             return ClearScreen()
+        case "/reconnect":
+            return Reconnect()
         case "/away":
             return Send(SetAway.model_construct(msg=rest))
         case "/rooms" | "/list":
@@ -236,6 +270,8 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             return JoinRoom(rest) if rest and " " not in rest else Mistake("usage: /join ROOM (no spaces)")
         case "/part" | "/leave":
             return PartRoom(rest or room) if " " not in rest else Mistake("usage: /part [ROOM]")
+        case "/close":
+            return CloseBuffer(private_to) if not rest else Mistake("usage: /close (closes the buffer shown)")
         case "/switch":
             return SwitchRoom(rest) if rest and " " not in rest else Mistake("usage: /switch ROOM")
         case "/topic":

@@ -14,7 +14,7 @@ from datetime import date, datetime
 
 from prompt_toolkit.utils import get_cwidth
 
-from chat.client.connection import ClientEvent, ConnectionLost, Reconnected, Resumed
+from chat.client.connection import ClientEvent, ConnectionLost, PutOut, Reconnected, Resumed, SignedInElsewhere
 from chat.wire.protocol import (
     Action,
     Away,
@@ -150,7 +150,7 @@ _MODERATED = {
 }
 
 #: Notices whose text already says which room they are about (or that are about a person, not a room).
-_NAMES_ITS_ROOM = (Welcome, Joined, Left, Topic, Users, Renamed)
+_NAMES_ITS_ROOM = (Welcome, Joined, Left, Topic, Users, Renamed, PutOut)
 
 
 def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | None:
@@ -233,6 +233,12 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             return error(f"connection lost ({neutralise(detail)}){then}", now)
         case Reconnected():
             return _notice(now, "reconnected")
+        case SignedInElsewhere():
+            return error("signed in elsewhere: another connection of yours (same name, same session) took over; "
+                         "this one waits. /reconnect takes the session back", now)
+        case PutOut(room=where, action=action, by=by):
+            done = "kicked from" if action == "kick" else "banned from"
+            return error(f"you were {done} {neutralise(where)} by {neutralise(by)}; its buffer is closed", now)
         case Resumed(room=where, missed=missed) if missed:
             new = "1 new message" if missed == 1 else f"{missed} new messages"
             return [("class:notice", f"-- {new} in {neutralise(where)} since you left --")]

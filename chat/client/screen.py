@@ -39,13 +39,21 @@ from prompt_toolkit.layout.processors import BeforeInput, ConditionalProcessor, 
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 
 from chat.client import render
-from chat.client.actions import ChatState, PasswordRefused, calls_for, carry_out, prompt, take_in
+from chat.client.actions import ChatState, PasswordRefused, Where, calls_for, carry_out, prompt, take_in
 from chat.client.buffers import Buffer, Buffers, buffer_of, is_talk, private_buffer, room_buffer
-from chat.client.connection import ChatClient, ClientEvent, ConnectionLost, Reconnected, Resumed
+from chat.client.connection import (
+    ChatClient,
+    ClientEvent,
+    ConnectionLost,
+    PutOut,
+    Reconnected,
+    Resumed,
+    SignedInElsewhere,
+)
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import HistoryPage, Left, Moderation, PrivateMessage, Renamed, Reset, Welcome, room_key
+from chat.wire.protocol import HistoryPage, Left, PrivateMessage, Renamed, Reset, Welcome, room_key
 
 if TYPE_CHECKING:  # a name prompt_toolkit defines for type checkers only
     from prompt_toolkit.key_binding.key_bindings import NotImplementedOrNone
@@ -110,7 +118,7 @@ class ChatScreen:
             self.buffers.open(room_buffer(view.name), view.name)
         self.show_members = True
         #: Lines typed and accepted, for the loop that carries them out.
-        self.typed: asyncio.Queue[str] = asyncio.Queue()
+        self.typed: asyncio.Queue[tuple[str, Where]] = asyncio.Queue()
         #: While a password is asked for: the question, and where the answer goes.
         self.secret: tuple[str, asyncio.Future[str]] | None = None
         #: Ctrl-C pressed once on an empty line: a second one leaves.
@@ -182,6 +190,10 @@ class ChatScreen:
 
     def clear(self) -> None:
         self.active().clear()
+        self.app.invalidate()
+
+    def close_private(self, name: str) -> None:
+        self.buffers.close(private_buffer(name))
         self.app.invalidate()
 
     async def ask_secret(self, question: str) -> str:
@@ -269,6 +281,8 @@ class ChatScreen:
                     buffer.fetching = False  # its answer will not come: asked again on the next scroll
             case Reconnected():
                 self.lost = None
+            case SignedInElsewhere(detail=detail):
+                self.lost = ConnectionLost(detail, retry_in=0)
             case Renamed(old=old, new=new):
                 self.buffers.rename(private_buffer(old), private_buffer(new), new)
                 if self.state.private_to == old:
@@ -355,6 +369,8 @@ class ChatScreen:
             shown = "" if lag is None else f", lag {lag * 1000:.0f} ms" if lag < 1 else f", lag {lag:.0f} s"
             return [("class:bar.good", f"{me}: connected{shown}")]
         reason = f": {render.neutralise(self.lost.detail)}" if self.lost else ""
+        if self.client.replaced is not None:
+            return [("class:bar.bad", f"{me}: signed in elsewhere{waiting} (/reconnect takes it back)")]
         if self.lost is not None and not self.lost.retry_in:
             return [("class:bar.bad", f"{me}: disconnected{waiting}{reason}")]
         retry_at = self.client.retry_at
@@ -393,7 +409,7 @@ class ChatScreen:
                 return
             self.quitting = False
             self.input.reset(append_to_history=bool(text.strip()))
-            self.typed.put_nowait(text)
+            self.typed.put_nowait((text, self.state.where()))  # where it goes is decided now
 
         @keys.add("c-c")
         def _interrupt(event: KeyPressEvent) -> None:
@@ -472,10 +488,12 @@ def _numbered(event: ClientEvent) -> int | None:
 
 
 def _leaves(event: ClientEvent, me: str) -> bool:
-    """Whether an event takes the user out of a room (they parted, or were kicked or banned)."""
+    """Whether an event takes the user out of a room (they parted, or were kicked or banned just now)."""
     match event:
-        case Left(name=name, reason="part") | Moderation(action="kick" | "ban", name=name):
+        case Left(name=name, reason="part"):
             return name == me
+        case PutOut():
+            return True
     return False
 
 
@@ -498,8 +516,8 @@ async def run_screen(
 
     async def carry_out_typed() -> None:
         while True:
-            line = await screen.typed.get()
-            draft = await carry_out(line, client, state, screen)
+            line, where = await screen.typed.get()
+            draft = await carry_out(line, client, state, screen, where)
             if draft is None:
                 return
             if draft:

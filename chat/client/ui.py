@@ -101,6 +101,9 @@ class PlainView:
         output.cursor_goto(0, 0)
         output.flush()
 
+    def close_private(self, name: str) -> None:
+        pass  # lines printed above the prompt stay where they are
+
     async def ask_secret(self, question: str) -> str:
         session: PromptSession[str] = PromptSession()  # its own history: a password never comes back on up-arrow
         try:
