@@ -410,3 +410,38 @@ def test_signed_in_elsewhere_is_said_on_screen_and_not_a_reconnect_loop(chat_ser
             await other.close()
 
     run(scenario())
+
+
+def test_sixteen_buffers_at_80_columns_fold_into_a_hotlist_that_alt_a_and_buffer_n_reach(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+    for room in ("r05", "r14"):
+        bob.send({"type": "join", "room": room})
+        bob.expect(Welcome, room=room)
+    rooms = ("lobby", *(f"r{number:02}" for number in range(2, 17)))
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=rooms, size=(80, 24)) as alice:
+            for room in ("r05", "r14"):
+                await asyncio.to_thread(bob.expect, Joined, room=room, name="alice")
+            await asyncio.to_thread(bob.send, SendMessage(room="r05", msg="news in five"))
+            await asyncio.to_thread(bob.send, SendMessage(room="r14", msg="alice: look here"))
+            await alice.sees(lambda s: "Act: 14(1!),5(1)" in alice.status, "the hotlist, the mention first")
+            assert alice.status.startswith(" [1:lobby]") and "connected" in alice.status
+            assert len(alice.status) <= 80
+            alice.type(ALT + "a")
+            await alice.sees(lambda s: "bob: alice: look here" in s, "Alt-A: the mention")
+            assert "r14:" in alice.rows[0] and "Act: 5(1)" in alice.status
+            alice.type(ALT + "a")
+            await alice.sees(lambda s: "bob: news in five" in s, "Alt-A: the other one")
+            assert "Act" not in alice.status
+            alice.type(ALT + "a")  # nothing new left: back where the first Alt-A started
+            await alice.sees(lambda s: "[1:lobby]" in alice.status, "back in the lobby")
+            alice.type("/buffer 14\r")
+            await alice.sees(lambda s: "[14:r14]" in alice.status, "/buffer 14")
+            alice.type(ALT + "j05")
+            await alice.sees(lambda s: "[5:r05]" in alice.status, "Alt-J 05")
+            alice.type("/buffer r16\r")
+            await alice.sees(lambda s: "[16:r16]" in alice.status, "/buffer by name")
+
+    run(scenario())

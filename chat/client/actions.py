@@ -32,6 +32,7 @@ from chat.client.commands import (
     RegisterName,
     Reply,
     Send,
+    ShowBuffer,
     ShowHelp,
     ShowTopic,
     SwitchRoom,
@@ -82,6 +83,12 @@ class View(Protocol):
 
     def close_private(self, name: str) -> None:
         """Forget the private conversation with `name` on screen (its lines stay on the server)."""
+
+    def go_to(self, target: str) -> str | None:
+        """Show the buffer `target` numbers or names; a sentence saying why not if there is none."""
+
+    def list_buffers(self) -> list[str]:
+        """One line per buffer: `2: dev (3 unread)`."""
 
 
 @dataclass(frozen=True)
@@ -296,6 +303,12 @@ async def carry_out(
             topic = room_view.topic if room_view else ""
             view.show(render.notice(f"topic of {where.room}: {render.neutralise(topic)}" if topic
                                     else f"{where.room} has no topic"))
+        case ShowBuffer(target=None):
+            for listed in view.list_buffers():
+                view.show(render.notice(listed))
+        case ShowBuffer(target=str(target)):
+            if why := view.go_to(target):
+                view.show(render.error(why))
         case CloseBuffer(private_to=str(name)):
             if state.private_to is not None and state.private_to.casefold() == name.casefold():
                 state.private_to = None

@@ -207,6 +207,15 @@ class Buffers:
         keys = list(self._buffers)
         return self._buffers[keys[number - 1]] if 1 <= number <= len(keys) else None
 
+    def find(self, target: str) -> Buffer | None:
+        """The buffer `target` names: its number, its room (`den`, `#den`) or its other person (`@bob`,
+        or `bob` when no room is called that)."""
+        if target.isdigit():
+            return self.nth(int(target))
+        if target.startswith("@"):
+            return self.get(private_buffer(target[1:]))
+        return self.get(room_buffer(target.removeprefix("#"))) or self.get(private_buffer(target))
+
     def beside(self, key: str, step: int) -> Buffer | None:
         """The buffer `step` places after `key`'s (before it if negative), round the end."""
         keys = list(self._buffers)

@@ -38,6 +38,7 @@ Commands:
   /join ROOM        join a room (and type into it)
   /part [ROOM]      leave a room (this one if none is named)
   /switch ROOM      type into another room you are in
+  /buffer [N|NAME]  show buffer N, or a room's or a conversation's (@NAME); alone: list them
   /close            close this private conversation; in a room: leave it (asks first)
   /rooms            list every room, with who is there and its topic
   /topic [TEXT]     show this room's topic, or set it
@@ -164,6 +165,13 @@ class CloseBuffer:
 
 
 @dataclass(frozen=True)
+class ShowBuffer:
+    """Show the buffer numbered or named `target` (None: list the buffers)."""
+
+    target: str | None
+
+
+@dataclass(frozen=True)
 class Reconnect:
     """Take the session back from another connection of the same identity."""
 
@@ -175,7 +183,7 @@ class ClearScreen:
 
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
-    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer
+    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer
 )
 
 
@@ -270,6 +278,8 @@ def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Comman
             return JoinRoom(rest) if rest and " " not in rest else Mistake("usage: /join ROOM (no spaces)")
         case "/part" | "/leave":
             return PartRoom(rest or room) if " " not in rest else Mistake("usage: /part [ROOM]")
+        case "/buffer" | "/b":
+            return ShowBuffer(rest or None) if " " not in rest else Mistake("usage: /buffer [N|NAME]")
         case "/close":
             return CloseBuffer(private_to) if not rest else Mistake("usage: /close (closes the buffer shown)")
         case "/switch":

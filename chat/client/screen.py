@@ -20,6 +20,7 @@ from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import History
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import (
     ConditionalContainer,
     Float,
@@ -38,7 +39,7 @@ from prompt_toolkit.layout.menus import CompletionsMenu
 from prompt_toolkit.layout.processors import BeforeInput, ConditionalProcessor, PasswordProcessor
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 
-from chat.client import render
+from chat.client import hotlist, render
 from chat.client.actions import ChatState, PasswordRefused, Where, calls_for, carry_out, prompt, take_in
 from chat.client.buffers import Buffer, Buffers, buffer_of, is_talk, private_buffer, room_buffer
 from chat.client.connection import (
@@ -125,6 +126,8 @@ class ChatScreen:
         self.quitting = False
         #: The last ConnectionLost while the connection is down.
         self.lost: ConnectionLost | None = None
+        #: The buffer the first of a run of Alt-A left, gone back to when nothing new is left.
+        self.before_jump: str | None = None
         self.input = InputBuffer(
             completer=ChatCompleter(client),
             complete_while_typing=False,
@@ -338,32 +341,57 @@ class ChatScreen:
         return [("class:bar.title", f" {render.neutralise(buffer.title)}: "), ("class:bar", topic)]
 
     def _status(self) -> StyleAndTextTuples:
-        """` 1:lobby 2:dev(3) 3:@bob(1!) │ alice: connected, lag 12 ms`: the buffers first, as the
-        state of the connection can be long and a narrow screen cuts what does not fit."""
+        """` 1:lobby 2:dev(3) 3:@bob(1!) │ alice: connected, lag 12 ms`, folded on a narrow screen or
+        with many buffers into ` [3:den] Act: 14(1!),2(3) │ connected` (hotlist.py)."""
         active = self.active()
         active.read()
-        parts: StyleAndTextTuples = [("class:bar", " ")]
-        for number, buffer in enumerate(self.buffers, 1):
-            label = f"{number}:{'@' if buffer.private else ''}{render.neutralise(buffer.title)}"
-            if buffer is active:
-                parts.append(("class:bar.active", label))
-            elif buffer.unread:
-                style = "class:bar.mention" if buffer.mentioned else "class:bar.unread"
-                parts.append((style, f"{label}({buffer.unread}{'!' if buffer.mentioned else ''})"))
-            else:
-                parts.append(("class:bar", label))
-            parts.append(("class:bar", " "))
-        parts += [("class:bar", "│ "), *self._connection()]
+        notes: list[tuple[render.Fragments, render.Fragments]] = []
         if active.fetching:
-            parts.append(("class:bar", " │ fetching older messages…"))
+            notes.append(([("class:bar", "fetching older messages…")], [("class:bar", "fetching…")]))
         elif active.scrolled:
-            parts.append(("class:bar.mention", " │ more below: PageDown"))
-        return parts
+            notes.append(([("class:bar.mention", "more below: PageDown")], [("class:bar.mention", "↓ PgDn")]))
+        numbered = list(enumerate(self.buffers, 1))
+        link, short = self._connection(), self._connection(short=True)
+        return list(hotlist.status_bar(numbered, active, link, short, notes, self._width()))
 
-    def _connection(self) -> StyleAndTextTuples:
+    def next_active(self) -> None:
+        """Alt-A: the next buffer with something new (what calls for the user first); with none
+        left, back to the buffer the first Alt-A left."""
+        busy = hotlist.activity(enumerate(self.buffers, 1), self.active())
+        if busy:
+            if self.before_jump is None:
+                self.before_jump = self.active_key()
+            self.switch_to(busy[0][1])
+        elif self.before_jump is not None:
+            back, self.before_jump = self.buffers.get(self.before_jump), None
+            self.switch_to(back)
+
+    def go_to(self, target: str) -> str | None:
+        """/buffer N or NAME: show that buffer; a sentence saying why not if there is none."""
+        found = self.buffers.find(target)
+        if found is None:
+            return f"no buffer {target}; /buffer alone lists them"
+        self.switch_to(found)
+        return None
+
+    def list_buffers(self) -> list[str]:
+        return [f"{number}: {'@' if buffer.private else ''}{buffer.title}"
+                + (f" ({buffer.unread} unread{', calling for you' if hotlist.calls(buffer) else ''})"
+                   if buffer.unread else "")
+                for number, buffer in enumerate(self.buffers, 1)]
+
+    def _connection(self, short: bool = False) -> render.Fragments:
         """alice: connected, lag 12 ms · reconnecting in 3 s: nothing is listening there · disconnected: why."""
         waiting = f", {len(self.state.pending)} waiting to send" if self.state.pending else ""
         me = render.neutralise(self.client.name)
+        if short:
+            if self.client.connected:
+                return [("class:bar.good", "connected")]
+            if self.client.replaced is not None:
+                return [("class:bar.bad", "signed in elsewhere: /reconnect")]
+            waiting = f", {len(self.state.pending)} waiting" if self.state.pending else ""
+            return [("class:bar.bad", ("disconnected" if self.lost and not self.lost.retry_in
+                                        else "reconnecting") + waiting)]
         if self.client.connected:
             lag = self.client.lag_now()
             shown = "" if lag is None else f", lag {lag * 1000:.0f} ms" if lag < 1 else f", lag {lag:.0f} s"
@@ -450,6 +478,18 @@ class ChatScreen:
 
         for number in range(1, 10):
             keys.add("escape", str(number))(self._switcher(number=number))
+        keys.add("escape", "0")(self._switcher(number=10))
+
+        @keys.add("escape", "a")
+        def _next_active(event: KeyPressEvent) -> None:
+            self.next_active()
+
+        @keys.add("escape", "j", Keys.Any, Keys.Any)
+        def _jump(event: KeyPressEvent) -> None:
+            """Alt-J then two digits: buffer 01 to 99, as in WeeChat."""
+            digits = "".join(press.data for press in event.key_sequence[2:])
+            if digits.isdigit():
+                self.switch_to(self.buffers.nth(int(digits)))
         for key, step in (("c-n", 1), ("c-p", -1)):
             keys.add(key, filter=typing)(self._switcher(step=step))
         for key, step in (("right", 1), ("left", -1)):

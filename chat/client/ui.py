@@ -104,6 +104,24 @@ class PlainView:
     def close_private(self, name: str) -> None:
         pass  # lines printed above the prompt stay where they are
 
+    def go_to(self, target: str) -> str | None:
+        """A room by number or name, or `@NAME` for a private conversation (/query NAME)."""
+        if target.startswith("@"):
+            self.state.private_to = target[1:]
+            show(render.notice(f"typing to {target[1:]} privately"))
+            return None
+        rooms = [view.name for view in self.client.rooms.values()]
+        if target.isdigit() and 1 <= int(target) <= len(rooms):
+            target = rooms[int(target) - 1]
+        if why := self.state.switch(target.removeprefix("#")):
+            return why
+        show(render.notice(f"typing into {self.state.room}"))
+        return None
+
+    def list_buffers(self) -> list[str]:
+        rooms = [f"{number}: {view.name}" for number, view in enumerate(self.client.rooms.values(), 1)]
+        return rooms + ([f"@{self.state.private_to}"] if self.state.private_to else [])
+
     async def ask_secret(self, question: str) -> str:
         session: PromptSession[str] = PromptSession()  # its own history: a password never comes back on up-arrow
         try:
