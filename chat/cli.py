@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the client's modules, loaded only by the client (the server
     from prompt_toolkit import PromptSession
 
     from chat.client.connection import ChatClient
+    from chat.client.settings import Settings
 
 log = logging.getLogger("chat")
 
@@ -225,6 +226,12 @@ def client_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not ring the terminal's bell when you are mentioned or sent a private message",
     )
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="keep a plain-text log per buffer in DIR (ROOM.log, @NAME.log), appended as lines arrive "
+        "(default: the log_dir setting; none)",
+    )
     return parser
 
 
@@ -242,11 +249,17 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     import asyncio
     import sys
 
-    from chat.client import cursors
+    from chat.client import cursors, settings
     from chat.client.connection import ChatClient, failure_in_words
     from chat.errors import JoinRefused
 
     args = client_parser().parse_args(argv)
+    settings_path = settings.config_path()
+    chosen, problem = settings.load(settings_path)
+    if problem:
+        print(problem, file=sys.stderr)  # one sentence, and the defaults: never a reason not to start
+    if args.log_dir is not None:
+        chosen.log_dir = args.log_dir
     # A person at a terminal is asked again; a script or a pipe gets one sentence and a status.
     interactive = sys.stdin.isatty()
 
@@ -330,7 +343,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         history = Path(state_dir()) / "client-history"
         full_screen = not args.plain and interactive and sys.stdout.isatty()
         return await _chat_until_done(client, history, remember, bell=args.bell, full_screen=full_screen,
-                                      mouse=args.mouse)
+                                      mouse=args.mouse, settings=chosen, settings_path=settings_path)
 
     try:
         return asyncio.run(chat())
@@ -349,6 +362,8 @@ async def _chat_until_done(
     bell: bool = True,
     full_screen: bool = False,
     mouse: bool = True,
+    settings: Settings | None = None,
+    settings_path: Path | None = None,
 ) -> int:
     """Run the chat, full-screen or in plain lines; where it is is saved as messages arrive, and when
     it ends however it ends: quitting, or the terminal closed (SIGHUP) or the process told to stop
@@ -364,10 +379,12 @@ async def _chat_until_done(
     ignored = Ignored(Path(state_dir()) / "client-ignored.json")
     if full_screen:
         history = remembered_history(history_file)
-        chatting = asyncio.create_task(run_screen(client, history, bell=bell, ignored=ignored, mouse=mouse))
+        chatting = asyncio.create_task(run_screen(client, history, bell=bell, ignored=ignored, mouse=mouse,
+                                                  settings=settings, settings_path=settings_path))
     else:
         session = make_session(client, history_file)
-        chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored))
+        chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored, settings=settings,
+                                              settings_path=settings_path))
     stopped_by: list[int] = []
 
     def stop(signum: int) -> None:

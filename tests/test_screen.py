@@ -15,9 +15,11 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 from terminals import Emulator, Screen
 
+from chat.client import settings as settings_module
 from chat.client.connection import ChatClient
 from chat.client.inputline import remembered_history
 from chat.client.screen import run_screen
+from chat.client.settings import Settings
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import (
@@ -78,6 +80,8 @@ async def full_screen(
     size: tuple[int, int] = (100, 30),
     history: Path | None = None,
     cursors: dict[str, int] | None = None,
+    settings: Settings | None = None,
+    settings_path: Path | None = None,
 ) -> AsyncIterator[FullScreen]:
     """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
     its prompt; Ctrl-D at the end."""
@@ -88,7 +92,11 @@ async def full_screen(
         with create_app_session(input=keys, output=terminal):
             client = ChatClient(*address, name, rooms=rooms, cursors=cursors)
             await client.connect()
-            task = asyncio.create_task(run_screen(client, remembered_history(history), mouse=False))
+            task = asyncio.create_task(
+                run_screen(
+                    client, remembered_history(history), mouse=False, settings=settings, settings_path=settings_path
+                )
+            )
             person = FullScreen(keys, output, Emulator(output, columns, lines), task, client)
             await person.sees(lambda s: f"{name}>" in s, "the prompt")
             try:
@@ -443,5 +451,34 @@ def test_sixteen_buffers_at_80_columns_fold_into_a_hotlist_that_alt_a_and_buffer
             await alice.sees(lambda s: "[5:r05]" in alice.status, "Alt-J 05")
             alice.type("/buffer r16\r")
             await alice.sees(lambda s: "[16:r16]" in alice.status, "/buffer by name")
+
+    run(scenario())
+
+
+def test_set_changes_a_setting_at_once_and_writes_the_file(chat_server, connect, tmp_path):
+    bob = connect()
+    bob.join("bob")
+    path = tmp_path / "config" / "chat" / "client.toml"
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", settings_path=path, size=(100, 30)) as alice:
+            alice.type("/set\r")
+            await alice.sees(lambda s: "bell = on" in s and "smart_filter = on" in s, "every setting listed")
+            alice.type("/set timestamp_format %H:%M:%S\r")
+            await alice.sees(lambda s: "timestamp_format = %H:%M:%S (saved in" in s, "the change")
+            await asyncio.to_thread(bob.say, "what time is it")
+            await alice.sees(lambda s: re.search(r"\d\d:\d\d:\d\d bob: what time is it", s), "seconds shown")
+            alice.type("/set highlight_words deploy\r")
+            await alice.sees(lambda s: "highlight_words = deploy" in s, "a highlight word")
+            alice.type("/set member_list off\r")
+            await alice.sees(lambda s: "1 here" not in s and "2 here" not in s, "the member list hidden")
+            alice.type("/set bell loud\r")
+            await alice.sees(lambda s: "bell is on or off" in s, "a wrong value refused")
+        chosen, problem = settings_module.load(path)
+        assert problem is None
+        assert (chosen.timestamp_format, chosen.highlight_words, chosen.member_list, chosen.bell) == (
+            "%H:%M:%S", ["deploy"], False, True
+        )
+        assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
 
     run(scenario())

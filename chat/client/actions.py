@@ -7,16 +7,20 @@ how a password is asked for. The meaning of a typed line is in commands.py, the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import shlex
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from prompt_toolkit.application import get_app_session
 from prompt_toolkit.formatted_text import FormattedText
 from pydantic import BaseModel, ValidationError
 
-from chat.client import render
+from chat.client import render, settings
 from chat.client.commands import (
     HELP,
     ClearScreen,
@@ -32,6 +36,7 @@ from chat.client.commands import (
     RegisterName,
     Reply,
     Send,
+    SetOption,
     ShowBuffer,
     ShowHelp,
     ShowTopic,
@@ -40,6 +45,7 @@ from chat.client.commands import (
 )
 from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed
 from chat.client.ignored import Ignored
+from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
     LOBBY,
@@ -48,6 +54,7 @@ from chat.wire.protocol import (
     MIN_PASSWORD,
     Action,
     ChatMessage,
+    HistoryPage,
     Left,
     PrivateMessage,
     Register,
@@ -90,6 +97,9 @@ class View(Protocol):
     def list_buffers(self) -> list[str]:
         """One line per buffer: `2: dev (3 unread)`."""
 
+    def apply_settings(self) -> None:
+        """The settings changed (/set): show what they change from now on."""
+
 
 @dataclass(frozen=True)
 class Where:
@@ -112,9 +122,16 @@ class ChatState:
         self.last_private_from: str | None = None
         #: Names whose lines are not shown (/ignore).
         self.ignored = Ignored()
-        #: Ring the bell for lines that call for the user; how many came since they last typed.
-        self.bell = True
+        #: The user's settings (client.toml), and where /set writes them (None: nowhere).
+        self.settings = Settings()
+        self.settings_path: Path | None = None
+        #: How many lines called for the user since they last typed; when the bell last rang.
         self.calls = 0
+        self.last_bell: float | None = None
+        #: Numbered lines still to come per room (by key) that are history shown for context, not news.
+        self.context: dict[str, int] = {}
+        #: Notification commands still running.
+        self.notifying: set[asyncio.Task[None]] = set()
         #: A line refused as too long, which Enter again (unchanged) sends in parts.
         self.split_offer: str | None = None
         #: Rooms welcomed this run (a room rejoined after a reconnect needs no lines of context), and
@@ -141,6 +158,36 @@ class ChatState:
                 if room_key(room) == room_key(self.room) and self.client.rooms:
                     self.room = next(iter(self.client.rooms.values())).name
 
+    @property
+    def bell(self) -> bool:
+        return self.settings.bell
+
+    @bell.setter
+    def bell(self, wanted: bool) -> None:
+        self.settings.bell = wanted
+
+    @property
+    def look(self) -> render.Look:
+        """How lines look, as the settings have it."""
+        return render.Look(
+            self.settings.timestamp_format, tuple(self.settings.highlight_words), self.settings.nick_colors
+        )
+
+    def is_context(self, event: ClientEvent) -> bool:
+        """Whether a room's line is history shown for context (a fresh join's, a page fetched),
+        not news; counts it off."""
+        match event:
+            case Welcome(room=room, history=history):
+                self.context[room_key(room)] = history
+            case Resumed(room=room):
+                self.context[room_key(room)] = 0  # what follows a resumed join was missed: news
+            case HistoryPage(room=room, count=count):
+                self.context[room_key(room)] = count
+            case ChatMessage(room=room) | Action(room=room) if self.context.get(room_key(room)):
+                self.context[room_key(room)] -= 1
+                return True
+        return False
+
     def where(self) -> Where:
         """Where a line typed now goes."""
         return Where(self.room, self.private_to)
@@ -162,11 +209,12 @@ def from_ignored(event: ClientEvent, ignored: Ignored) -> bool:
     return False
 
 
-def calls_for(event: ClientEvent, me: str) -> bool:
-    """Whether a line calls for `me`: somebody else names them, or writes to them privately."""
+def calls_for(event: ClientEvent, me: str, look: render.Look = render.LOOK) -> bool:
+    """Whether a line calls for `me`: somebody else names them (or a highlight word), or writes to
+    them privately."""
     match event:
         case ChatMessage(name=name, msg=msg) | Action(name=name, msg=msg) if name != me:
-            return render.mentions(msg, me)
+            return look.calls(msg, me)
         case PrivateMessage(name=name) if name != me:
             return True
     return False
@@ -187,14 +235,16 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
     """Draw what arrived (less what the user hides), ring for what calls for them, and once the
     connection is back send what was typed while it was down."""
     shown: list[ClientEvent] = []
+    calling: list[ClientEvent] = []
     for event in batch:
         state.follow(event)
+        context = state.is_context(event)
         if from_ignored(event, state.ignored):
             continue
         if isinstance(event, PrivateMessage) and event.name != client.name:
             state.last_private_from = event.name
-        if calls_for(event, client.name):
-            _called(state)
+        if not context and calls_for(event, client.name, state.look):
+            calling.append(event)
         shown.append(event)
         if isinstance(event, Reconnected) and state.pending:
             view.draw(shown)
@@ -208,16 +258,56 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             with contextlib.suppress(ConnectionClosed):
                 await client.page_back(event.room, CONTEXT_LINES)
     view.draw(shown)
+    if calling:
+        _called(state, calling, client.name)
 
 
-def _called(state: ChatState) -> None:
-    """Ring the bell (if wanted) and show in the terminal's title how many lines called since the user typed."""
-    state.calls += 1
+#: Seconds after a bell (or a notification) in which lines that call for the user ring no more:
+#: a flood of 300 mentions is one bell, not 300.
+BELL_EVERY = 10.0
+
+
+def _called(state: ChatState, calling: list[ClientEvent], me: str) -> None:
+    """Show in the terminal's title how many lines called since the user typed; ring the bell and
+    run the notification command (if wanted) once for the burst."""
+    state.calls += len(calling)
     output = get_app_session().output
-    if state.bell:
-        output.bell()
+    now = time.monotonic()
+    quiet = state.last_bell is not None and now - state.last_bell < BELL_EVERY
+    if not quiet:
+        state.last_bell = now
+        if state.settings.bell:
+            output.bell()
+        if state.settings.notify_command:
+            _notify(state, calling[-1], me, len(calling))
     output.set_title(f"chat: {state.calls} for you")
     output.flush()
+
+
+def _notify(state: ChatState, event: ClientEvent, me: str, count: int) -> None:
+    """Run the notification command with the line (as its last argument, never through a shell)."""
+    fragments = render.render(event, me, look=state.look) or []
+    text = "".join(part for _, part in fragments)
+    if count > 1:
+        text += f" (and {count - 1} more)"
+    try:
+        command = [*shlex.split(state.settings.notify_command), text]
+    except ValueError:
+        return  # unbalanced quotes: /set shows the value, the user fixes it
+
+    async def run() -> None:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            return  # no such program: nothing to show it on but the screen the user is not looking at
+        await process.wait()
+
+    task = asyncio.create_task(run(), name="chat-notify")
+    state.notifying.add(task)
+    task.add_done_callback(state.notifying.discard)
 
 
 async def _send_pending(client: ChatClient, state: ChatState, view: View) -> None:
@@ -303,6 +393,32 @@ async def carry_out(
             topic = room_view.topic if room_view else ""
             view.show(render.notice(f"topic of {where.room}: {render.neutralise(topic)}" if topic
                                     else f"{where.room} has no topic"))
+        case SetOption(key=None):
+            for listed in settings.listing(state.settings):
+                view.show(render.notice(listed, look=state.look))
+            if state.settings_path is not None:
+                view.show(render.notice(f"kept in {state.settings_path}", look=state.look))
+        case SetOption(key=str(key), value=None):
+            known = key in settings.DESCRIPTIONS
+            view.show(render.notice(f"{key} = {settings.shown(state.settings, key)}", look=state.look) if known
+                      else render.error(f"no setting {key}; /set alone lists them"))
+        case SetOption(key=str(key), value=str(value)):
+            changed = settings.change(state.settings, key, value)
+            if isinstance(changed, str):
+                view.show(render.error(changed))
+                return ""
+            state.settings = changed
+            view.apply_settings()
+            saved = ""
+            if state.settings_path is not None:
+                kept, _ = settings.load(state.settings_path)  # the file's, not the run's own (--no-bell, --log-dir)
+                for_file = settings.change(kept, key, value)
+                try:
+                    settings.save(state.settings_path, for_file if isinstance(for_file, Settings) else changed)
+                    saved = f" (saved in {state.settings_path})"
+                except OSError as exc:
+                    saved = f" (for this run: {state.settings_path} could not be written: {exc.strerror or exc})"
+            view.show(render.notice(f"{key} = {settings.shown(changed, key)}{saved}", look=state.look))
         case ShowBuffer(target=None):
             for listed in view.list_buffers():
                 view.show(render.notice(listed))

@@ -64,6 +64,7 @@ Commands:
   /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
+  /set [KEY [VALUE]]  change a setting (saved in client.toml); alone: list them
   /reconnect        take the session back after it was signed in elsewhere
   /quit             leave (Ctrl-D too)
   /help             this help
@@ -172,6 +173,14 @@ class ShowBuffer:
 
 
 @dataclass(frozen=True)
+class SetOption:
+    """Change setting `key` to what `value` says (None: show it; no key: list every setting)."""
+
+    key: str | None
+    value: str | None = None
+
+
+@dataclass(frozen=True)
 class Reconnect:
     """Take the session back from another connection of the same identity."""
 
@@ -183,7 +192,7 @@ class ClearScreen:
 
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
-    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer
+    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer | SetOption
 )
 
 
@@ -280,6 +289,9 @@ def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Comman
             return PartRoom(rest or room) if " " not in rest else Mistake("usage: /part [ROOM]")
         case "/buffer" | "/b":
             return ShowBuffer(rest or None) if " " not in rest else Mistake("usage: /buffer [N|NAME]")
+        case "/set":
+            key, _, value = rest.partition(" ")
+            return SetOption(key or None, value.strip() or None)
         case "/close":
             return CloseBuffer(private_to) if not rest else Mistake("usage: /close (closes the buffer shown)")
         case "/switch":

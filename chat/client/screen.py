@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prompt_toolkit.application import Application
@@ -53,6 +55,7 @@ from chat.client.connection import (
 )
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
+from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import HistoryPage, Left, PrivateMessage, Renamed, Reset, Welcome, room_key
 
@@ -177,7 +180,7 @@ class ChatScreen:
             elif isinstance(event, Resumed):
                 target.context = 0
             where = target.title if not target.private else ""
-            fragments = render.render(event, me, room=where)
+            fragments = render.render(event, me, room=where, look=self.state.look)
             if fragments is None:
                 continue
             numbered = _numbered(event)
@@ -188,11 +191,15 @@ class ChatScreen:
             target.add(fragments, numbered, render.day_of(event))
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
                 target.unread += 1
-                target.mentioned = target.mentioned or calls_for(event, me)
+                target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
         self.app.invalidate()
 
     def clear(self) -> None:
         self.active().clear()
+        self.app.invalidate()
+
+    def apply_settings(self) -> None:
+        self.show_members = self.state.settings.member_list
         self.app.invalidate()
 
     def close_private(self, name: str) -> None:
@@ -543,12 +550,17 @@ async def run_screen(
     bell: bool = True,
     ignored: Ignored | None = None,
     mouse: bool = True,
+    settings: Settings | None = None,
+    settings_path: Path | None = None,
 ) -> None:
-    """Chat full-screen until the user quits or the connection ends for good; then leave cleanly."""
+    """Chat full-screen until the user quits or the connection ends for good; then leave cleanly.
+    `settings` are the user's (client.toml, which /set rewrites: `settings_path`)."""
     state = ChatState(client)
-    state.bell = bell
+    state.settings, state.settings_path = dataclasses.replace(settings or Settings()), settings_path
+    state.bell = state.bell and bell
     state.ignored = ignored or Ignored()
     screen = ChatScreen(client, state, history, mouse=mouse)
+    screen.apply_settings()
 
     async def show_incoming() -> None:
         async for batch in client.event_batches():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from datetime import date
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from chat.client.actions import ChatState, PasswordRefused, carry_out, prompt, t
 from chat.client.connection import ChatClient, ClientEvent
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter, remembered_history
+from chat.client.settings import Settings
 
 
 def show(fragments: render.Fragments | None) -> None:
@@ -42,7 +44,12 @@ def make_session(client: ChatClient, history_file: Path | None = None) -> Prompt
 
 
 async def run_ui(
-    client: ChatClient, session: PromptSession[str] | None = None, bell: bool = True, ignored: Ignored | None = None
+    client: ChatClient,
+    session: PromptSession[str] | None = None,
+    bell: bool = True,
+    ignored: Ignored | None = None,
+    settings: Settings | None = None,
+    settings_path: Path | None = None,
 ) -> None:
     """Chat until the user quits or the connection ends for good; then leave cleanly.
 
@@ -51,7 +58,8 @@ async def run_ui(
     """
     session = session or make_session(client)
     state = ChatState(client)
-    state.bell = bell
+    state.settings, state.settings_path = dataclasses.replace(settings or Settings()), settings_path
+    state.bell = state.bell and bell
     state.ignored = ignored or Ignored()
     view = PlainView(client, state)
     with patch_stdout(raw=True):
@@ -83,7 +91,7 @@ class PlainView:
         """Everything in one print: a burst is one redraw, not one per line."""
         lines: list[render.Fragments] = []
         for event in events:
-            if fragments := render.render(event, self.client.name, room=self.state.room):
+            if fragments := render.render(event, self.client.name, room=self.state.room, look=self.state.look):
                 day = render.day_of(event)
                 if day is not None and day != self.last_day:
                     if self.last_day is not None:  # the first line of a run has its own date if not today's
@@ -117,6 +125,9 @@ class PlainView:
             return why
         show(render.notice(f"typing into {self.state.room}"))
         return None
+
+    def apply_settings(self) -> None:
+        pass  # every line printed from now on follows them
 
     def list_buffers(self) -> list[str]:
         rooms = [f"{number}: {view.name}" for number, view in enumerate(self.client.rooms.values(), 1)]
