@@ -170,10 +170,12 @@ class ChatScreen:
                 target = self.active()
             if isinstance(event, Reset) or (isinstance(event, Welcome) and event.last_id < target.last_order):
                 target.restart_ids()  # the room's ids began again (its history was lost)
-            if isinstance(event, HistoryPage) and target.fetching:
-                target.fetching = False  # asked for by scrolling: the lines go in above, no header
-                target.complete = event.more == 0
-                continue
+            if isinstance(event, HistoryPage):
+                target.context = event.count  # older lines, or the context after a restart: not news
+                if target.fetching:
+                    target.fetching = False  # asked for by scrolling: the lines go in above, no header
+                    target.complete = event.more == 0
+                    continue
             # A fresh join's history is context, not news; a resumed one's is what was missed.
             if isinstance(event, Welcome):
                 target.context = event.history
@@ -185,7 +187,7 @@ class ChatScreen:
                 continue
             numbered = _numbered(event)
             news = numbered is None or numbered >= target.last_order  # not an older line fetched late
-            if numbered is not None and news and target.context:
+            if numbered is not None and target.context:
                 target.context -= 1
                 news = False
             target.add(fragments, numbered, render.day_of(event))
