@@ -482,3 +482,31 @@ def test_set_changes_a_setting_at_once_and_writes_the_file(chat_server, connect,
         assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
 
     run(scenario())
+
+
+def test_log_dir_keeps_a_dated_file_per_buffer_appended_as_lines_arrive(chat_server, connect, tmp_path):
+    bob = connect()
+    bob.join("bob")
+    bob.say("said before alice came")  # history when she joins: not logged again
+    bob.expect(ChatMessage)
+    logs = tmp_path / "logs"
+
+    async def scenario():
+        chosen = Settings(log_dir=str(logs))
+        async with full_screen(chat_server.address, "alice", settings=chosen) as alice:
+            await asyncio.to_thread(bob.say, "hello alice")
+            await alice.sees(lambda s: "bob: hello alice" in s, "the line")
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d bob: hello alice\n",
+                                (logs / "lobby.log").read_text().splitlines(keepends=True)[-1])
+            await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="psst"))
+            await alice.sees(lambda s: "2:@bob" in alice.status, "the private buffer")
+            assert "[bob → alice] psst" in (logs / "@bob.log").read_text()
+            alice.type("back to you\r")
+            await asyncio.to_thread(bob.expect, ChatMessage, msg="back to you")
+            await alice.sees(lambda s: "alice: back to you" in s, "her own line")
+        text = (logs / "lobby.log").read_text()
+        assert "said before alice came" not in text and "alice: back to you" in text
+        assert oct((logs / "lobby.log").stat().st_mode & 0o777) == "0o600"
+        assert oct(logs.stat().st_mode & 0o777) == "0o700"
+
+    run(scenario())

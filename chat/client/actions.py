@@ -13,6 +13,7 @@ import shlex
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from prompt_toolkit.formatted_text import FormattedText
 from pydantic import BaseModel, ValidationError
 
 from chat.client import render, settings
+from chat.client.buffers import buffer_of
 from chat.client.commands import (
     HELP,
     ClearScreen,
@@ -45,6 +47,7 @@ from chat.client.commands import (
 )
 from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed
 from chat.client.ignored import Ignored
+from chat.client.logs import BufferLogs
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
@@ -64,6 +67,9 @@ from chat.wire.protocol import (
     Welcome,
     room_key,
 )
+
+#: How lines look in a log file: no clock (the log writes its own, with the date), no colours.
+_LOG_LOOK = render.Look(timestamp_format="", nick_colors=False)
 
 #: Earlier lines shown for context in a room rejoined with nothing new in it.
 CONTEXT_LINES = 5
@@ -132,6 +138,7 @@ class ChatState:
         self.context: dict[str, int] = {}
         #: Notification commands still running.
         self.notifying: set[asyncio.Task[None]] = set()
+        self._logs: BufferLogs | None = None
         #: A line refused as too long, which Enter again (unchanged) sends in parts.
         self.split_offer: str | None = None
         #: Rooms welcomed this run (a room rejoined after a reconnect needs no lines of context), and
@@ -187,6 +194,37 @@ class ChatState:
                 self.context[room_key(room)] -= 1
                 return True
         return False
+
+    def log(self, event: ClientEvent, me: str) -> None:
+        """Append a line that arrived to its buffer's log file, if the log_dir setting asks for logs."""
+        if not self.settings.log_dir or isinstance(event, Welcome | Resumed | HistoryPage):
+            return
+        key = buffer_of(event, me)
+        if key is None:
+            return
+        directory = Path(self.settings.log_dir).expanduser()
+        if self._logs is None or self._logs.directory != directory:
+            self.close_logs()
+            self._logs = BufferLogs(directory)
+        fragments = render.render(event, me, look=_LOG_LOOK)
+        if fragments:
+            when = getattr(event, "time", None)
+            self._logs.write(key, when if isinstance(when, datetime) else datetime.now(UTC), fragments)
+
+    def flush_logs(self) -> str | None:
+        """Write what was logged to disk; why logging stopped, the first time it does."""
+        if self._logs is None:
+            return None
+        self._logs.flush()
+        failed, self._logs.failed = self._logs.failed, None
+        if failed:
+            self.settings.log_dir = ""  # said once; /set log_dir DIR tries again
+        return failed
+
+    def close_logs(self) -> None:
+        if self._logs is not None:
+            self._logs.close()
+            self._logs = None
 
     def where(self) -> Where:
         """Where a line typed now goes."""
@@ -245,6 +283,8 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             state.last_private_from = event.name
         if not context and calls_for(event, client.name, state.look):
             calling.append(event)
+        if not context:
+            state.log(event, client.name)
         shown.append(event)
         if isinstance(event, Reconnected) and state.pending:
             view.draw(shown)
@@ -258,6 +298,8 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             with contextlib.suppress(ConnectionClosed):
                 await client.page_back(event.room, CONTEXT_LINES)
     view.draw(shown)
+    if failed := state.flush_logs():
+        view.show(render.error(failed))
     if calling:
         _called(state, calling, client.name)
 

@@ -593,4 +593,5 @@ async def run_screen(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        state.close_logs()
         await client.close()

@@ -72,6 +72,7 @@ async def run_ui(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            state.close_logs()
             await client.close()
 
 
