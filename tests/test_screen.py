@@ -510,3 +510,32 @@ def test_log_dir_keeps_a_dated_file_per_buffer_appended_as_lines_arrive(chat_ser
         assert oct(logs.stat().st_mode & 0o777) == "0o700"
 
     run(scenario())
+
+
+def test_search_shows_the_matching_lines_and_ctrl_r_narrows_them_as_you_type(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", size=(80, 24)) as alice:
+            for text in ("the deploy is green", "lunch at noon?", "deploy again tomorrow", "DEPLOYED it"):
+                await asyncio.to_thread(bob.say, text)
+            await alice.sees(lambda s: "DEPLOYED it" in s, "the lines")
+            alice.type("/search deploy\r")
+            await alice.sees(lambda s: "lunch" not in s, "only the matches")
+            assert "the deploy is green" in alice.text and "DEPLOYED it" in alice.text
+            assert "'deploy': 3 lines" in alice.status
+            alice.type(ALT)  # Esc alone
+            await alice.sees(lambda s: "lunch at noon?" in s, "every line again")
+            alice.type("half a thought")
+            alice.type("\x12")  # Ctrl-R
+            await alice.sees(lambda s: "[search in lobby]" in s, "the query prompt")
+            alice.type("lun")
+            await alice.sees(lambda s: "deploy is green" not in s and "lunch at noon?" in s, "narrowed as typed")
+            alice.type("\r")  # read the results; the draft comes back to the input line
+            await alice.sees(lambda s: "half a thought" in s, "the draft back")
+            assert "deploy is green" not in alice.text
+            alice.type(ALT)
+            await alice.sees(lambda s: "deploy is green" in s and "search" not in alice.status, "search left")
+
+    run(scenario())

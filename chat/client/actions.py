@@ -37,6 +37,7 @@ from chat.client.commands import (
     Reconnect,
     RegisterName,
     Reply,
+    SearchText,
     Send,
     SetOption,
     ShowBuffer,
@@ -105,6 +106,9 @@ class View(Protocol):
 
     def apply_settings(self) -> None:
         """The settings changed (/set): show what they change from now on."""
+
+    def show_search(self, text: str) -> str | None:
+        """Show the lines of the buffer shown that contain `text`; a sentence if this view cannot."""
 
 
 @dataclass(frozen=True)
@@ -461,6 +465,9 @@ async def carry_out(
                 except OSError as exc:
                     saved = f" (for this run: {state.settings_path} could not be written: {exc.strerror or exc})"
             view.show(render.notice(f"{key} = {settings.shown(changed, key)}{saved}", look=state.look))
+        case SearchText(text=text):
+            if why := view.show_search(text):
+                view.show(render.error(why))
         case ShowBuffer(target=None):
             for listed in view.list_buffers():
                 view.show(render.notice(listed))

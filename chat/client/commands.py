@@ -64,6 +64,7 @@ Commands:
   /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
+  /search TEXT      show only the lines of this buffer with TEXT (Esc: all again; Ctrl-R types as you go)
   /set [KEY [VALUE]]  change a setting (saved in client.toml); alone: list them
   /reconnect        take the session back after it was signed in elsewhere
   /quit             leave (Ctrl-D too)
@@ -173,6 +174,13 @@ class ShowBuffer:
 
 
 @dataclass(frozen=True)
+class SearchText:
+    """Show only the lines of the buffer shown that contain `text`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class SetOption:
     """Change setting `key` to what `value` says (None: show it; no key: list every setting)."""
 
@@ -192,7 +200,7 @@ class ClearScreen:
 
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
-    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer | SetOption
+    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer | SetOption | SearchText
 )
 
 
@@ -289,6 +297,8 @@ def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Comman
             return PartRoom(rest or room) if " " not in rest else Mistake("usage: /part [ROOM]")
         case "/buffer" | "/b":
             return ShowBuffer(rest or None) if " " not in rest else Mistake("usage: /buffer [N|NAME]")
+        case "/search":
+            return SearchText(rest) if rest else Mistake("usage: /search TEXT (or Ctrl-R, to search as you type)")
         case "/set":
             key, _, value = rest.partition(" ")
             return SetOption(key or None, value.strip() or None)

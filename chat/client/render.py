@@ -65,6 +65,7 @@ STYLE = {
     "bar.mention": "bg:#303030 ansibrightmagenta bold",
     "bar.good": "bg:#303030 ansibrightgreen",
     "bar.bad": "bg:#303030 ansibrightred bold",
+    "search.match": "reverse bold",
 }
 
 #: Name colours; a name always gets the same one.

@@ -55,6 +55,7 @@ from chat.client.connection import (
 )
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
+from chat.client.search import Search
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import HistoryPage, Left, PrivateMessage, Renamed, Reset, Welcome, room_key
@@ -84,9 +85,15 @@ class MessagesControl(UIControl):
 
     def create_content(self, width: int, height: int) -> UIContent:
         buffer = self.screen.active()
-        rows, buffer.at_top = buffer.view(width, height)
-        if buffer.at_top and buffer.scrolled:
-            self.screen.fetch_older(buffer)
+        search = self.screen.search
+        if search is not None and search.key == buffer.key:
+            results = search.results(buffer)
+            rows, _ = results.view(width, height)
+            search.scrolled = results.scrolled  # capped at the first match
+        else:
+            rows, buffer.at_top = buffer.view(width, height)
+            if buffer.at_top and buffer.scrolled:
+                self.screen.fetch_older(buffer)
         def row(number: int) -> StyleAndTextTuples:
             return list(rows[number])
 
@@ -131,6 +138,9 @@ class ChatScreen:
         self.lost: ConnectionLost | None = None
         #: The buffer the first of a run of Alt-A left, gone back to when nothing new is left.
         self.before_jump: str | None = None
+        #: The search shown (/search, Ctrl-R), and what was being typed before Ctrl-R.
+        self.search: Search | None = None
+        self._draft = ""
         self.input = InputBuffer(
             completer=ChatCompleter(client),
             complete_while_typing=False,
@@ -138,6 +148,7 @@ class ChatScreen:
             multiline=True,  # a pasted text keeps its line ends; Enter is bound to send
         )
         self.messages = Window(MessagesControl(self), wrap_lines=False)
+        self.input.on_text_changed += self._query_changed
         self.app: Application[None] = Application(
             layout=Layout(self._layout(), focused_element=self.input),
             key_bindings=self._keys(),
@@ -260,9 +271,43 @@ class ChatScreen:
         else:
             self.state.room, self.state.private_to = buffer.title, None
         buffer.read()
+        self.end_search()
         self.app.invalidate()
 
+    # --- search -------------------------------------------------------------------
+
+    def start_search(self, text: str | None = None) -> None:
+        """Show only the lines of the buffer shown that contain `text` (/search TEXT); without text,
+        the input line types the query and every key narrows the lines (Ctrl-R)."""
+        self.search = Search(self.active_key(), text or "", typing=text is None)
+        if text is None:
+            self._draft = self.input.text
+            self.input.reset()
+        self.app.invalidate()
+
+    def show_search(self, text: str) -> str | None:
+        self.start_search(text)
+        return None
+
+    def end_search(self) -> None:
+        """Esc: every line again, and the line that was being typed before Ctrl-R."""
+        if self.search is None:
+            return
+        if self.search.typing:
+            self.input.text, self.input.cursor_position = self._draft, len(self._draft)
+        self.search = None
+        self.app.invalidate()
+
+    def _query_changed(self, _: object) -> None:
+        if self.search is not None and self.search.typing:
+            self.search.text = self.input.text
+            self.search.scrolled = 0
+
     def scroll(self, rows: int) -> None:
+        if self.search is not None and self.search.key == self.active_key():
+            self.search.scrolled = max(0, self.search.scrolled + rows)
+            self.app.invalidate()
+            return
         buffer = self.active()
         if rows > 0 and buffer.at_top:
             self.fetch_older(buffer)
@@ -339,6 +384,8 @@ class ChatScreen:
     def _prompt(self) -> StyleAndTextTuples:
         if self.secret is not None:
             return [("class:notice", self.secret[0])]
+        if self.search is not None and self.search.typing:
+            return [("class:room", f"[search in {render.neutralise(self.active().title)}] "), ("bold", "> ")]
         return list(prompt(self.client, self.state))
 
     def _title(self) -> StyleAndTextTuples:
@@ -355,7 +402,13 @@ class ChatScreen:
         active = self.active()
         active.read()
         notes: list[tuple[render.Fragments, render.Fragments]] = []
-        if active.fetching:
+        search = self.search
+        if search is not None and search.key == active.key:
+            found = len(search.found)
+            query = render.neutralise(search.text)
+            notes.append(([("class:bar.mention", f"search {query!r}: {found} line{'s' if found != 1 else ''}"
+                            " (Esc leaves)")], [("class:bar.mention", f"{query!r}: {found}, Esc")]))
+        elif active.fetching:
             notes.append(([("class:bar", "fetching older messages…")], [("class:bar", "fetching…")]))
         elif active.scrolled:
             notes.append(([("class:bar.mention", "more below: PageDown")], [("class:bar.mention", "↓ PgDn")]))
@@ -436,9 +489,25 @@ class ChatScreen:
         keys = KeyBindings()
         typing = Condition(lambda: not self.input.complete_state)
 
+        searching = Condition(lambda: self.search is not None)
+
+        @keys.add("c-r")
+        def _search(event: KeyPressEvent) -> None:
+            if self.search is None or not self.search.typing:
+                self.start_search()
+
+        @keys.add("escape", filter=searching)
+        def _end_search(event: KeyPressEvent) -> None:
+            self.end_search()
+
         @keys.add("enter", filter=typing)
         def _send(event: KeyPressEvent) -> None:
             text = self.input.text
+            if self.search is not None and self.search.typing:  # the query is typed: read the lines
+                self.search.typing = False
+                self.input.text, self.input.cursor_position = self._draft, len(self._draft)
+                self.app.invalidate()
+                return
             if self.secret is not None:
                 self.input.reset()
                 if not self.secret[1].done():

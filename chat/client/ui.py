@@ -127,6 +127,9 @@ class PlainView:
         show(render.notice(f"typing into {self.state.room}"))
         return None
 
+    def show_search(self, text: str) -> str | None:
+        return "lines printed above the prompt are the terminal's: search them with its own search (its scrollback)"
+
     def apply_settings(self) -> None:
         pass  # every line printed from now on follows them
 
