@@ -539,3 +539,42 @@ def test_search_shows_the_matching_lines_and_ctrl_r_narrows_them_as_you_type(cha
             await alice.sees(lambda s: "deploy is green" in s and "search" not in alice.status, "search left")
 
     run(scenario())
+
+
+def test_a_server_restart_is_one_line_and_silent_peoples_joins_and_parts_are_hidden(start_chat_server, tmp_path):
+    config = ServerConfig(db=str(tmp_path / "chat.db"))
+    first = start_chat_server(config)
+    address = first.address
+
+    async def scenario():
+        async with full_screen(address, "alice", rooms=("lobby", "dev", "ops"), size=(140, 30)) as alice:
+            await alice.sees(lambda s: "3:ops" in alice.status, "three rooms")
+            lurker = await asyncio.to_thread(LineClient, address)
+            await asyncio.to_thread(lurker.join, "lurker")
+            talker = await asyncio.to_thread(LineClient, address)
+            await asyncio.to_thread(talker.join, "talker")
+            await asyncio.to_thread(talker.say, "I speak")
+            await alice.sees(lambda s: "talker: I speak" in s, "talker's line")
+            lurker.close()
+            await asyncio.to_thread(talker.send, {"type": "leave"})
+            await alice.sees(lambda s: "talker left" in s, "the part of somebody who spoke")
+            assert "lurker" not in alice.text  # neither his join nor his quit
+            before = len(alice.client.rooms) and len(screen_lines(alice))
+            await asyncio.to_thread(first.stop)
+            await alice.sees(lambda s: "reconnecting" in alice.status, "the outage")
+            await asyncio.to_thread(start_chat_server, config, address[1])
+            await alice.sees(lambda s: "back after" in s, "the outage folded into its line")
+            await alice.sees(lambda s: "alice: connected" in alice.status, "connected again")
+            added = screen_lines(alice)[before:]
+            assert len(added) == 1 and "connection lost at" in added[0], added
+            assert "nothing new" not in alice.text and "reconnected" not in alice.text
+
+    run(scenario())
+
+
+def screen_lines(person: FullScreen) -> list[str]:
+    """The lines of the buffer shown, as the client keeps them."""
+    rows = person.rows
+    top = 1
+    bottom = max(at for at, row in enumerate(rows) if "> " in row or row.endswith(">")) - 1
+    return [row.split("│")[0].rstrip() for row in rows[top:bottom] if row.split("│")[0].strip()]

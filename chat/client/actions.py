@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import shlex
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ from chat.client.commands import (
     parse,
 )
 from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed
+from chat.client.filters import SmartFilter
 from chat.client.ignored import Ignored
 from chat.client.logs import BufferLogs
 from chat.client.settings import Settings
@@ -86,8 +87,9 @@ class View(Protocol):
     def show(self, fragments: render.Fragments) -> None:
         """A line from the client itself (an answer to what the user typed), where the user is looking."""
 
-    def draw(self, events: list[ClientEvent]) -> None:
-        """Lines that arrived, each where it belongs, all in one redraw."""
+    def draw(self, events: list[ClientEvent], quiet: Collection[int] = ()) -> None:
+        """Lines that arrived, each where it belongs, all in one redraw; those at the positions in
+        `quiet` (noise, by the smart filter) are taken note of but not shown."""
 
     def clear(self) -> None:
         """Empty what the user is looking at (/clear)."""
@@ -140,6 +142,8 @@ class ChatState:
         self.last_bell: float | None = None
         #: Numbered lines still to come per room (by key) that are history shown for context, not news.
         self.context: dict[str, int] = {}
+        #: Which lines are noise (the smart_filter setting).
+        self.smart = SmartFilter()
         #: Notification commands still running.
         self.notifying: set[asyncio.Task[None]] = set()
         self._logs: BufferLogs | None = None
@@ -277,6 +281,7 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
     """Draw what arrived (less what the user hides), ring for what calls for them, and once the
     connection is back send what was typed while it was down."""
     shown: list[ClientEvent] = []
+    quiet: set[int] = set()
     calling: list[ClientEvent] = []
     for event in batch:
         state.follow(event)
@@ -288,11 +293,13 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
         if not context and calls_for(event, client.name, state.look):
             calling.append(event)
         if not context:
-            state.log(event, client.name)
+            state.log(event, client.name)  # the log keeps what the smart filter hides
+        if state.smart.hides(event, client.name) and state.settings.smart_filter:
+            quiet.add(len(shown))
         shown.append(event)
         if isinstance(event, Reconnected) and state.pending:
-            view.draw(shown)
-            shown = []
+            view.draw(shown, quiet)
+            shown, quiet = [], set()
             await _send_pending(client, state, view)
         if isinstance(event, Welcome):
             state.first_welcome = room_key(event.room) not in state.welcomed
@@ -301,7 +308,7 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             # Back after a restart with nothing missed: a few earlier lines, so the screen is not empty.
             with contextlib.suppress(ConnectionClosed):
                 await client.page_back(event.room, CONTEXT_LINES)
-    view.draw(shown)
+    view.draw(shown, quiet)
     if failed := state.flush_logs():
         view.show(render.error(failed))
     if calling:

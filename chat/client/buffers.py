@@ -57,6 +57,10 @@ class Line:
     fragments: Fragments
     _rows: tuple[int, list[Fragments]] | None = None
 
+    def forget_rows(self) -> None:
+        """The fragments changed: cut them into rows again."""
+        self._rows = None
+
     def rows(self, width: int) -> list[Fragments]:
         """The line cut into rows of `width` columns (kept until the width changes)."""
         if self._rows is None or self._rows[0] != width:

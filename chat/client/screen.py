@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 
 from chat.client import hotlist, render
 from chat.client.actions import ChatState, PasswordRefused, Where, calls_for, carry_out, prompt, take_in
-from chat.client.buffers import Buffer, Buffers, buffer_of, is_talk, private_buffer, room_buffer
+from chat.client.buffers import Buffer, Buffers, Line, buffer_of, is_talk, private_buffer, room_buffer
 from chat.client.connection import (
     ChatClient,
     ClientEvent,
@@ -138,6 +139,8 @@ class ChatScreen:
         self.lost: ConnectionLost | None = None
         #: The buffer the first of a run of Alt-A left, gone back to when nothing new is left.
         self.before_jump: str | None = None
+        #: The line that said the connection was lost, while it is down: the reconnect rewrites it.
+        self._outage: tuple[Line, ConnectionLost, datetime] | None = None
         #: The search shown (/search, Ctrl-R), and what was being typed before Ctrl-R.
         self.search: Search | None = None
         self._draft = ""
@@ -165,9 +168,9 @@ class ChatScreen:
         self.active().add(fragments)
         self.app.invalidate()
 
-    def draw(self, events: list[ClientEvent]) -> None:
+    def draw(self, events: list[ClientEvent], quiet: Collection[int] = ()) -> None:
         me = self.client.name
-        for event in events:
+        for at, event in enumerate(events):
             self._note(event)
             key = buffer_of(event, me)
             if isinstance(event, Renamed) and self._near(event.new):
@@ -192,6 +195,11 @@ class ChatScreen:
                 target.context = event.history
             elif isinstance(event, Resumed):
                 target.context = 0
+            if isinstance(event, Reconnected) and self._outage is not None and self.state.settings.smart_filter:
+                self._fold_outage()  # one line for the whole outage, not one per step of it
+                continue
+            if at in quiet:
+                continue
             where = target.title if not target.private else ""
             fragments = render.render(event, me, room=where, look=self.state.look)
             if fragments is None:
@@ -202,10 +210,23 @@ class ChatScreen:
                 target.context -= 1
                 news = False
             target.add(fragments, numbered, render.day_of(event))
+            if isinstance(event, ConnectionLost):
+                self._outage = (target.lines[-1], event, datetime.now())
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
         self.app.invalidate()
+
+    def _fold_outage(self) -> None:
+        """The line that said the connection was lost now also says it is back, and when."""
+        assert self._outage is not None
+        line, lost, since = self._outage
+        self._outage = None
+        seconds = (datetime.now() - since).total_seconds()
+        back = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        text = f"connection lost at {since:%H:%M:%S} ({render.neutralise(lost.detail)}); back after {back}"
+        line.fragments = render.notice(text, since, self.state.look)
+        line.forget_rows()
 
     def clear(self) -> None:
         self.active().clear()

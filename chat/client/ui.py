@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Collection
 from datetime import date
 from pathlib import Path
 
@@ -88,10 +89,12 @@ class PlainView:
     def show(self, fragments: render.Fragments) -> None:
         show(fragments)
 
-    def draw(self, events: list[ClientEvent]) -> None:
+    def draw(self, events: list[ClientEvent], quiet: Collection[int] = ()) -> None:
         """Everything in one print: a burst is one redraw, not one per line."""
         lines: list[render.Fragments] = []
-        for event in events:
+        for at, event in enumerate(events):
+            if at in quiet:
+                continue
             if fragments := render.render(event, self.client.name, room=self.state.room, look=self.state.look):
                 day = render.day_of(event)
                 if day is not None and day != self.last_day:
