@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import PipeInput, create_pipe_input
@@ -578,3 +579,23 @@ def screen_lines(person: FullScreen) -> list[str]:
     top = 1
     bottom = max(at for at, row in enumerate(rows) if "> " in row or row.endswith(">")) - 1
     return [row.split("│")[0].rstrip() for row in rows[top:bottom] if row.split("│")[0].strip()]
+
+
+def test_an_idle_screen_draws_nothing(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice") as alice:
+            await asyncio.to_thread(bob.say, "the last thing said")
+            await alice.sees(lambda s: "the last thing said" in s, "the line")
+            await alice.sees(lambda s: "alice: connected" in alice.status, "the status")
+            written = len(alice.output.getvalue())
+            # It used to redraw every second: nothing happens, so nothing may be written for longer.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(alice.output.until(lambda: len(alice.output.getvalue()) > written,
+                                                          "a redraw", lambda: ""), TIMEOUT / 4)
+            await asyncio.to_thread(bob.say, "something new")
+            await alice.sees(lambda s: "something new" in s, "a change drawn at once")
+
+    run(scenario())

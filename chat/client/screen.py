@@ -135,8 +135,9 @@ class ChatScreen:
         self.secret: tuple[str, asyncio.Future[str]] | None = None
         #: Ctrl-C pressed once on an empty line: a second one leaves.
         self.quitting = False
-        #: The last ConnectionLost while the connection is down.
+        #: The last ConnectionLost while the connection is down; set when the connection went or came back.
         self.lost: ConnectionLost | None = None
+        self.connection_changed = asyncio.Event()
         #: The buffer the first of a run of Alt-A left, gone back to when nothing new is left.
         self.before_jump: str | None = None
         #: The line that said the connection was lost, while it is down: the reconnect rewrites it.
@@ -159,7 +160,6 @@ class ChatScreen:
             full_screen=True,
             mouse_support=mouse,
             min_redraw_interval=FRAME,
-            refresh_interval=1.0,  # the status bar's countdown and lag
         )
 
     # --- the View -------------------------------------------------------------------
@@ -350,8 +350,32 @@ class ChatScreen:
 
         self.app.create_background_task(fetch())
 
+    async def tick(self) -> None:
+        """Redraw for what changes with time alone, and nothing else: idle, the screen is still.
+        While the connection is down the countdown to the next attempt, every second; else the
+        lag, when a ping is answered (every KEEPALIVE seconds)."""
+        client = self.client
+        while True:
+            if not client.connected and client.replaced is None:
+                await asyncio.sleep(1.0)
+            else:
+                self.connection_changed.clear()
+                client.lag_measured.clear()
+                waits = {
+                    asyncio.ensure_future(self.connection_changed.wait()),
+                    asyncio.ensure_future(client.lag_measured.wait()),
+                }
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+            self.app.invalidate()
+
     def _note(self, event: ClientEvent) -> None:
         """What the status bar keeps of an event: the connection's state, renamed conversations."""
+        if isinstance(event, ConnectionLost | Reconnected | SignedInElsewhere):
+            self.connection_changed.set()
         match event:
             case ConnectionLost():
                 self.lost = event
@@ -673,6 +697,7 @@ async def run_screen(
         asyncio.create_task(screen.app.run_async(), name="chat-screen"),
         asyncio.create_task(show_incoming(), name="chat-show-incoming"),
         asyncio.create_task(carry_out_typed(), name="chat-carry-out-typed"),
+        asyncio.create_task(screen.tick(), name="chat-screen-tick"),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
