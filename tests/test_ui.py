@@ -146,7 +146,9 @@ def test_commands_help_and_mistakes_are_shown(chat_server):
     async def scenario():
         async with terminal(chat_server.address, "alice") as alice:
             alice.type("/help\r")
-            await alice.sees(lambda s: "/msg NAME TEXT" in s, "the help")
+            await alice.sees(lambda s: "Alt-A next with activity" in s and "/msg" in s, "the keys and commands")
+            alice.type("/help msg\r")
+            await alice.sees(lambda s: "/msg NAME TEXT" in s, "one command's help")
             alice.type("/msg ghost boo\r")
             await alice.sees(lambda s: "nobody called ghost" in s, "the server's error")
             alice.type("/me waves\r")
@@ -191,7 +193,7 @@ def test_join_switch_part_and_rooms_from_the_keyboard(chat_server):
             said = await asyncio.to_thread(other.expect, ChatMessage, msg="to the lobby")
             assert said.room == "lobby"
             alice.type("/rooms\r")
-            await alice.sees(lambda s: "rooms: dev (2); lobby (2)" in s, "the room list")
+            await alice.sees(lambda s: "  dev      2\n  lobby    2" in s, "the room list, one row per room")
             alice.type("/part dev\r")
             await alice.sees(lambda s: "alice left dev" in s, "her part")
             left = await asyncio.to_thread(other.expect, Left, room="dev")

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ValidationError
 from chat.client import render, settings
 from chat.client.buffers import buffer_of
 from chat.client.commands import (
-    HELP,
     ClearScreen,
     CloseBuffer,
     Ignore,
@@ -44,6 +43,7 @@ from chat.client.commands import (
     ShowHelp,
     ShowTopic,
     SwitchRoom,
+    help_lines,
     parse,
 )
 from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed
@@ -108,6 +108,9 @@ class View(Protocol):
 
     def apply_settings(self) -> None:
         """The settings changed (/set): show what they change from now on."""
+
+    def show_help(self, lines: list[str]) -> None:
+        """Help, apart from the conversation if the view can (it is not part of it)."""
 
     def show_search(self, text: str) -> str | None:
         """Show the lines of the buffer shown that contain `text`; a sentence if this view cannot."""
@@ -393,9 +396,8 @@ async def carry_out(
             pass
         case Quit():
             return None
-        case ShowHelp():
-            for help_line in HELP.splitlines():
-                view.show(render.notice(help_line))
+        case ShowHelp(command=topic):
+            view.show_help(help_lines(topic))
         case RegisterName():
             await _register(client, view)
         case Mistake(detail=detail):

@@ -71,6 +71,39 @@ Commands:
   /help             this help
 Anything else is said to the room you type into; start with // to say something beginning with /."""
 
+#: The keys of the full screen, for /help.
+KEYS = """\
+Keys: Alt-1..Alt-9, Alt-0 buffer 1..10 · Alt-J NN buffer NN · Alt-A next with activity · Ctrl-N/P next/previous
+      PageUp/PageDown scroll · Alt-End newest · Ctrl-R search · Esc leave search or help · F2 member list
+      Alt-L bare lines to copy · Tab complete · Up/Down earlier lines · Ctrl-C clear (twice on empty: quit)"""
+
+
+def help_lines(command: str | None = None) -> list[str]:
+    """/help: the keys and every command's name, short; /help CMD: that command's lines of HELP."""
+    if command is None:
+        names = " ".join(COMMANDS)
+        return [*KEYS.splitlines(), "Commands (/help CMD for one): " + names,
+                "Anything else is said in the buffer shown; start with // to say something beginning with /."]
+    word = "/" + command.lstrip("/").lower()
+    lines = HELP.splitlines()
+    found = []
+    for at, line in enumerate(lines):
+        if line.strip().split(" ")[0] == word or line.strip().startswith(word + " "):
+            found.append(line.strip())
+            # The lines that continue its explanation are indented further.
+            found += [more.strip() for more in _continued(lines[at + 1 :])]
+    return found or [f"no command {word}; /help lists them"]
+
+
+def _continued(lines: list[str]) -> list[str]:
+    more = []
+    for line in lines:
+        if not line.startswith("    "):
+            break
+        more.append(line)
+    return more
+
+
 #: Every command, for completion: the ones HELP lists.
 COMMANDS = tuple(sorted(line.split()[0] for line in HELP.splitlines() if line.startswith("  /")))
 
@@ -127,7 +160,9 @@ class RegisterName:
 
 @dataclass(frozen=True)
 class ShowHelp:
-    """Show HELP."""
+    """Show the keys and commands, or one `command`'s help."""
+
+    command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +297,7 @@ def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Comman
         case "/quit" | "/exit":
             return Quit()
         case "/help":
-            return ShowHelp()
+            return ShowHelp(rest or None) if " " not in rest else Mistake("usage: /help [COMMAND]")
         case "/register":
             if rest:
                 return Mistake("usage: /register (the password is asked for, not typed here)")

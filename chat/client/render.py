@@ -236,11 +236,16 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
         case Away(name=name, msg=why):
             return _in(look).notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case RoomList(rooms=rooms):
-            listing = "; ".join(
-                f"{neutralise(info.room)} ({info.users})" + (f" {neutralise(info.topic)}" if info.topic else "")
+            if not rooms:
+                return _in(look).notice(now, "rooms: none")
+            # One row per room, the names and counts in columns.
+            wide = min(24, max(get_cwidth(neutralise(info.room)) for info in rooms))
+            rows = [
+                f"  {neutralise(info.room):<{wide}} {info.users:>4}  {neutralise(info.topic)}".rstrip()
                 for info in rooms
-            )
-            return _in(look).notice(now, f"rooms: {listing or 'none'}")
+            ]
+            heading = f"{len(rooms)} room{'s' if len(rooms) != 1 else ''}: name, people here, topic"
+            return [*_in(look).notice(now, heading), ("class:notice", "\n" + "\n".join(rows))]
         case ErrorReply(detail=detail):
             return _in(look).error(neutralise(detail), now)
         case Shutdown(detail=detail):

@@ -41,6 +41,7 @@ from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.menus import CompletionsMenu
 from prompt_toolkit.layout.processors import BeforeInput, ConditionalProcessor, PasswordProcessor
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
+from prompt_toolkit.widgets import Frame
 
 from chat.client import hotlist, render
 from chat.client.actions import ChatState, PasswordRefused, Where, calls_for, carry_out, prompt, take_in
@@ -144,6 +145,8 @@ class ChatScreen:
         self._outage: tuple[Line, ConnectionLost, datetime] | None = None
         #: The search shown (/search, Ctrl-R), and what was being typed before Ctrl-R.
         self.search: Search | None = None
+        #: The help shown over the messages (/help), until Esc.
+        self.help: list[str] | None = None
         self._draft = ""
         self.input = InputBuffer(
             completer=ChatCompleter(client),
@@ -419,9 +422,25 @@ class ChatScreen:
                 ),
             ]
         )
-        return FloatContainer(
-            body, floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8))]
+        help_box = ConditionalContainer(
+            Frame(Window(FormattedTextControl(self._help), wrap_lines=True), title="help (Esc closes)",
+                  style="class:bar"),
+            filter=Condition(lambda: self.help is not None),
         )
+        return FloatContainer(
+            body,
+            floats=[
+                Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8)),
+                Float(help_box, top=1, left=1, right=1),
+            ],
+        )
+
+    def _help(self) -> StyleAndTextTuples:
+        return [("class:bar", "\n".join(self.help or []))]
+
+    def show_help(self, lines: list[str]) -> None:
+        self.help = lines
+        self.app.invalidate()
 
     def _width(self) -> int:
         return self.app.output.get_size().columns
@@ -541,8 +560,11 @@ class ChatScreen:
             if self.search is None or not self.search.typing:
                 self.start_search()
 
-        @keys.add("escape", filter=searching)
+        @keys.add("escape", filter=searching | Condition(lambda: self.help is not None))
         def _end_search(event: KeyPressEvent) -> None:
+            if self.help is not None:
+                self.help = None
+                return
             self.end_search()
 
         @keys.add("enter", filter=typing)

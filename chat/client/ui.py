@@ -133,6 +133,10 @@ class PlainView:
     def show_search(self, text: str) -> str | None:
         return "lines printed above the prompt are the terminal's: search them with its own search (its scrollback)"
 
+    def show_help(self, lines: list[str]) -> None:
+        for line in lines:
+            show(render.notice(line))
+
     def apply_settings(self) -> None:
         pass  # every line printed from now on follows them
 
