@@ -143,3 +143,19 @@ def test_the_view_keeps_following_once_a_wrapped_first_line_fills_the_screen():
     buffer.scroll(100)  # as far up as it goes: the top, not beyond it
     rows, at_top = buffer.view(40, 5)
     assert at_top and "welcome" in text(rows[0])
+
+
+def test_a_long_web_address_goes_on_at_the_first_column_with_no_indent_inside_it():
+    url = "https://example.com/" + "a" * 60
+    rows = [text(row) for row in wrap([("", "09:30 bob: "), (INDENT, ""), ("", "see " + url + " now")], 40)]
+    assert rows == [
+        "09:30 bob: see ",
+        "           https://example.com/aaaaaaaaa",  # it starts under the text
+        "a" * 40,  # and goes on from the first column: copied, it has no spaces inside
+        "a" * 11 + " now",
+    ]
+
+
+def test_bare_rows_are_not_indented():
+    rows = [text(row) for row in wrap([("", "09:30 bob: "), (INDENT, ""), ("", "word " * 12)], 30, indent_rows=False)]
+    assert all(not row.startswith(" ") for row in rows[1:])

@@ -613,3 +613,23 @@ def test_help_is_an_overlay_with_the_keys_that_esc_closes_and_help_cmd_shows_one
             await alice.sees(lambda s: "/search TEXT" in s, "one command")
 
     run(scenario())
+
+
+def test_alt_l_shows_the_lines_bare_for_copying_and_again_dressed(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", size=(80, 24)) as alice:
+            long_line = "words " * 20 + "end"
+            await asyncio.to_thread(bob.say, long_line)
+            await alice.sees(lambda s: "words end" in s, "the long line")
+            alice.type(ALT + "l")
+            await alice.sees(lambda s: "lobby:" not in alice.rows[0] and "connected" not in s, "no bars")
+            rows = alice.rows
+            first = next(at for at, row in enumerate(rows) if "bob: words" in row)
+            assert rows[first + 1].startswith("words") and "│" not in "".join(rows)  # no indent, no member list
+            alice.type(ALT + "l")
+            await alice.sees(lambda s: "alice: connected" in alice.status, "the bars again")
+
+    run(scenario())

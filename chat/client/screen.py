@@ -90,10 +90,10 @@ class MessagesControl(UIControl):
         search = self.screen.search
         if search is not None and search.key == buffer.key:
             results = search.results(buffer)
-            rows, _ = results.view(width, height)
+            rows, _ = results.view(width, height, bare=self.screen.bare)
             search.scrolled = results.scrolled  # capped at the first match
         else:
-            rows, buffer.at_top = buffer.view(width, height)
+            rows, buffer.at_top = buffer.view(width, height, bare=self.screen.bare)
             if buffer.at_top and buffer.scrolled:
                 self.screen.fetch_older(buffer)
         def row(number: int) -> StyleAndTextTuples:
@@ -145,6 +145,8 @@ class ChatScreen:
         self._outage: tuple[Line, ConnectionLost, datetime] | None = None
         #: The search shown (/search, Ctrl-R), and what was being typed before Ctrl-R.
         self.search: Search | None = None
+        #: Bare mode (Alt-L): only the lines, not indented, no bars, for copying with the mouse.
+        self.bare = False
         #: The help shown over the messages (/help), until Esc.
         self.help: list[str] | None = None
         self._draft = ""
@@ -400,13 +402,18 @@ class ChatScreen:
             VSplit([Window(width=1, char="│", style="class:bar"), Window(
                 FormattedTextControl(self._members), width=MEMBERS_WIDTH, wrap_lines=False
             )]),
-            filter=Condition(lambda: self.show_members and self._width() >= MEMBERS_MIN_SCREEN),
+            filter=Condition(lambda: self.show_members and not self.bare and self._width() >= MEMBERS_MIN_SCREEN),
         )
+        dressed = Condition(lambda: not self.bare)
         body = HSplit(
             [
-                Window(FormattedTextControl(self._title), height=1, style="class:bar"),
+                ConditionalContainer(
+                    Window(FormattedTextControl(self._title), height=1, style="class:bar"), filter=dressed
+                ),
                 VSplit([self.messages, members]),
-                Window(FormattedTextControl(self._status), height=1, style="class:bar"),
+                ConditionalContainer(
+                    Window(FormattedTextControl(self._status), height=1, style="class:bar"), filter=dressed
+                ),
                 Window(
                     BufferControl(
                         self.input,
@@ -639,6 +646,10 @@ class ChatScreen:
             keys.add(key, filter=typing)(self._switcher(step=step))
         for key, step in (("right", 1), ("left", -1)):
             keys.add("escape", key)(self._switcher(step=step))
+
+        @keys.add("escape", "l")
+        def _bare(event: KeyPressEvent) -> None:
+            self.bare = not self.bare
 
         @keys.add("f2")
         def _toggle_members(event: KeyPressEvent) -> None:
