@@ -633,3 +633,31 @@ def test_alt_l_shows_the_lines_bare_for_copying_and_again_dressed(chat_server, c
             await alice.sees(lambda s: "alice: connected" in alice.status, "the bars again")
 
     run(scenario())
+
+
+def test_the_member_list_puts_roles_first_and_scrolls_when_it_does_not_fit(chat_server, connect):
+    owner = connect()
+    owner.join("zed")
+    owner.send({"type": "register", "password": "zed's password"})
+    owner.expect(SessionToken)
+    owner.send({"type": "join", "room": "den"})
+    owner.expect(Welcome, room="den")
+    crowd = []
+    for number in range(25):
+        member = connect()
+        member.send({"type": "join", "name": f"m{number:02}", "room": "den"})
+        member.expect(Welcome)
+        crowd.append(member)
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("den",), size=(80, 24)) as alice:
+            await alice.sees(lambda s: "27 here" in s, "everybody counted")
+            side = [row.split("│")[-1] for row in alice.rows[1:-2]]
+            assert side[1].startswith("~zed")  # the owner first, though z comes last
+            assert any("more (F12)" in row for row in side) and "m24" not in alice.text
+            alice.type("\x1b[24~")  # F12
+            await alice.sees(lambda s: "m24" in s, "the list scrolled to its end")
+            alice.type("\x1b[23~")  # F11
+            await alice.sees(lambda s: "~zed" in s, "and back")
+
+    run(scenario())

@@ -60,7 +60,17 @@ from chat.client.inputline import STYLE, ChatCompleter
 from chat.client.search import Search
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
-from chat.wire.protocol import HistoryPage, Left, PrivateMessage, Renamed, Reset, Welcome, room_key
+from chat.wire.protocol import (
+    HistoryPage,
+    Left,
+    Moderation,
+    PrivateMessage,
+    Renamed,
+    Reset,
+    Users,
+    Welcome,
+    room_key,
+)
 
 if TYPE_CHECKING:  # a name prompt_toolkit defines for type checkers only
     from prompt_toolkit.key_binding.key_bindings import NotImplementedOrNone
@@ -75,8 +85,9 @@ WHEEL_ROWS = 3
 #: Redraws at most this often: a burst of lines between two frames costs one frame.
 FRAME = 0.04
 
-#: Marks before a member's name for their role in the room, as IRC clients show them.
+#: Marks before a member's name for their role in the room, as IRC clients show them, in that order.
 ROLE_MARKS = {"owner": "~", "admin": "&", "op": "@", "voice": "+"}
+ROLE_ORDER = {role: at for at, role in enumerate(ROLE_MARKS)}
 
 
 class MessagesControl(UIControl):
@@ -157,6 +168,11 @@ class ChatScreen:
             multiline=True,  # a pasted text keeps its line ends; Enter is bound to send
         )
         self.messages = Window(MessagesControl(self), wrap_lines=False)
+        self.members_window = Window(FormattedTextControl(self._members), width=MEMBERS_WIDTH, wrap_lines=False)
+        #: How far the member list is scrolled; who is away, and who is muted, per room (by key).
+        self.members_top = 0
+        self.away: dict[str, set[str]] = {}
+        self.muted: dict[str, set[str]] = {}
         self.input.on_text_changed += self._query_changed
         self.app: Application[None] = Application(
             layout=Layout(self._layout(), focused_element=self.input),
@@ -382,6 +398,13 @@ class ChatScreen:
         if isinstance(event, ConnectionLost | Reconnected | SignedInElsewhere):
             self.connection_changed.set()
         match event:
+            case Users(room=room, away=away):
+                self.away[room_key(room)] = set(away)
+            case Moderation(room=room, action="mute", name=name):
+                self.muted.setdefault(room_key(room), set()).add(name)
+            case Moderation(room=room, action="unmute", name=name):
+                self.muted.setdefault(room_key(room), set()).discard(name)
+        match event:
             case ConnectionLost():
                 self.lost = event
                 for buffer in self.buffers:
@@ -399,9 +422,7 @@ class ChatScreen:
 
     def _layout(self) -> FloatContainer:
         members = ConditionalContainer(
-            VSplit([Window(width=1, char="│", style="class:bar"), Window(
-                FormattedTextControl(self._members), width=MEMBERS_WIDTH, wrap_lines=False
-            )]),
+            VSplit([Window(width=1, char="│", style="class:bar"), self.members_window]),
             filter=Condition(lambda: self.show_members and not self.bare and self._width() >= MEMBERS_MIN_SCREEN),
         )
         dressed = Condition(lambda: not self.bare)
@@ -540,19 +561,40 @@ class ChatScreen:
         return [("class:bar.bad", f"{me}: {again}{waiting}{reason}")]
 
     def _members(self) -> StyleAndTextTuples:
+        """`3 here`, then the members by role (~ & @ + then the rest), away ones greyed, muted ones
+        struck through; scrolled by F11/F12 (or the wheel over it) when they do not fit."""
         buffer = self.active()
+        key = room_key(buffer.title)
         if buffer.private:
             names = [self.client.name, buffer.title]
             roles: dict[str, str] = {}
         else:
-            view = self.client.rooms.get(room_key(buffer.title))
+            view = self.client.rooms.get(key)
             names, roles = (view.users, view.roles) if view else ([], {})
-        lines: StyleAndTextTuples = [("class:notice", f"{len(names)} here\n")]
-        for name in names:
+        ranked = sorted(names, key=lambda name: (ROLE_ORDER.get(roles.get(name, ""), len(ROLE_ORDER)), name.casefold()))
+        info = self.members_window.render_info
+        height = info.window_height if info else 20
+        room_for = max(1, height - 1)
+        self.members_top = max(0, min(self.members_top, len(ranked) - room_for + 1))
+        shown_names = ranked[self.members_top :]
+        above = self.members_top
+        heading = f"{len(names)} here" + (f", ↑{above}" if above else "")
+        lines: StyleAndTextTuples = [("class:notice", heading + "\n")]
+        for at, name in enumerate(shown_names):
+            if at == room_for - 1 and len(shown_names) > room_for:
+                lines += [("class:notice", f"↓ {len(shown_names) - at} more (F12)")]
+                break
             mark = ROLE_MARKS.get(roles.get(name, ""), " ")
+            style = "class:notice" if name in self.away.get(key, ()) else render.name_colour(name)
+            if name in self.muted.get(key, ()):
+                style += " strike"
             shown = render.neutralise(name)[: MEMBERS_WIDTH - 1]
-            lines += [("class:bar", mark), (render.name_colour(name), shown), ("", "\n")]
+            lines += [("class:bar", mark), (style, shown), ("", "\n")]
         return lines
+
+    def scroll_members(self, rows: int) -> None:
+        self.members_top = max(0, self.members_top + rows)
+        self.app.invalidate()
 
     # --- keys ---------------------------------------------------------------------
 
@@ -650,6 +692,14 @@ class ChatScreen:
         @keys.add("escape", "l")
         def _bare(event: KeyPressEvent) -> None:
             self.bare = not self.bare
+
+        @keys.add("f11")
+        def _members_up(event: KeyPressEvent) -> None:
+            self.scroll_members(-self._page())
+
+        @keys.add("f12")
+        def _members_down(event: KeyPressEvent) -> None:
+            self.scroll_members(self._page())
 
         @keys.add("f2")
         def _toggle_members(event: KeyPressEvent) -> None:
