@@ -145,6 +145,8 @@ class ChatState:
         self.last_bell: float | None = None
         #: Numbered lines still to come per room (by key) that are history shown for context, not news.
         self.context: dict[str, int] = {}
+        #: Who spoke lately in each room (by key), the latest first: Tab offers them first.
+        self.speakers: dict[str, list[str]] = {}
         #: Which lines are noise (the smart_filter setting).
         self.smart = SmartFilter()
         #: Notification commands still running.
@@ -205,6 +207,26 @@ class ChatState:
                 self.context[room_key(room)] -= 1
                 return True
         return False
+
+    def spoke(self, event: ClientEvent) -> None:
+        match event:
+            case ChatMessage(room=room, name=name) | Action(room=room, name=name) if name != self.client.name:
+                recent = self.speakers.setdefault(room_key(room), [])
+                if name in recent:
+                    recent.remove(name)
+                recent.insert(0, name)
+                del recent[50:]
+
+    def names_for_completion(self) -> list[str]:
+        """The names Tab offers, in order: the other person of a private conversation; in a room, who
+        spoke there lately (the latest first), then its other members, then everybody else known."""
+        if self.private_to:
+            return [self.private_to]
+        view = self.client.rooms.get(room_key(self.room))
+        members = view.users if view else []
+        recent = [name for name in self.speakers.get(room_key(self.room), []) if name in members]
+        ordered = recent + [name for name in members if name not in recent]
+        return ordered + [name for name in self.client.users if name not in ordered]
 
     def log(self, event: ClientEvent, me: str) -> None:
         """Append a line that arrived to its buffer's log file, if the log_dir setting asks for logs."""
@@ -288,6 +310,7 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
     calling: list[ClientEvent] = []
     for event in batch:
         state.follow(event)
+        state.spoke(event)
         context = state.is_context(event)
         if from_ignored(event, state.ignored):
             continue

@@ -162,7 +162,7 @@ class ChatScreen:
         self.help: list[str] | None = None
         self._draft = ""
         self.input = InputBuffer(
-            completer=ChatCompleter(client),
+            completer=ChatCompleter(client, state.names_for_completion),
             complete_while_typing=False,
             history=history,
             multiline=True,  # a pasted text keeps its line ends; Enter is bound to send

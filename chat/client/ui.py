@@ -63,6 +63,8 @@ async def run_ui(
     state.bell = state.bell and bell
     state.ignored = ignored or Ignored()
     view = PlainView(client, state)
+    if isinstance(session.completer, ChatCompleter):
+        session.completer.names = state.names_for_completion
     with patch_stdout(raw=True):
         incoming = asyncio.create_task(_show_incoming(client, state, view), name="chat-show-incoming")
         typed = asyncio.create_task(_send_typed(client, session, state, view), name="chat-send-typed")
