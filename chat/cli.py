@@ -292,6 +292,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 private_since=None if args.fresh else place.private,
                 token=place.token,
                 password=password,
+                conversations=place.conversations,
                 tls=tls,
             )
             try:
@@ -337,7 +338,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
         def remember() -> None:
             # The rooms it is in now, each with its cursor: the next start rejoins and resumes them.
-            place = cursors.Place(client.cursors(), client.private.last_id, client.token)
+            place = cursors.Place(
+                client.cursors(), client.private.last_id, client.token, list(client.conversations.values())
+            )
             cursors.save(cursor_file, args.host, args.port, client.name, place, aliases=[started_as])
 
         history = Path(state_dir()) / "client-history"
@@ -398,7 +401,7 @@ async def _chat_until_done(
         saved = None
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            now = (client.cursors(), client.private.last_id, client.token, client.name)
+            now = (client.cursors(), client.private.last_id, client.token, client.name, tuple(client.conversations))
             if now != saved:
                 remember()
                 saved = now

@@ -83,6 +83,7 @@ async def full_screen(
     cursors: dict[str, int] | None = None,
     settings: Settings | None = None,
     settings_path: Path | None = None,
+    conversations: tuple[str, ...] = (),
 ) -> AsyncIterator[FullScreen]:
     """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
     its prompt; Ctrl-D at the end."""
@@ -91,7 +92,7 @@ async def full_screen(
         output = Screen(asyncio.get_running_loop())
         terminal = Vt100_Output(output, lambda: Size(rows=lines, columns=columns), term="xterm-256color")
         with create_app_session(input=keys, output=terminal):
-            client = ChatClient(*address, name, rooms=rooms, cursors=cursors)
+            client = ChatClient(*address, name, rooms=rooms, cursors=cursors, conversations=conversations)
             await client.connect()
             task = asyncio.create_task(
                 run_screen(
@@ -659,5 +660,23 @@ def test_the_member_list_puts_roles_first_and_scrolls_when_it_does_not_fit(chat_
             await alice.sees(lambda s: "m24" in s, "the list scrolled to its end")
             alice.type("\x1b[23~")  # F11
             await alice.sees(lambda s: "~zed" in s, "and back")
+
+    run(scenario())
+
+
+def test_private_buffers_open_in_the_last_run_are_there_again(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice") as alice:
+            await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="psst"))
+            await alice.sees(lambda s: "2:@bob" in alice.status, "the conversation")
+            conversations = list(alice.client.conversations.values())
+        assert conversations == ["bob"]  # what the client remembers (cursors.Place) for the next start
+        async with full_screen(chat_server.address, "alice", conversations=tuple(conversations)) as again:
+            await again.sees(lambda s: "2:@bob" in again.status, "the conversation open again")
+            again.type(ALT + "2")
+            await again.sees(lambda s: "private conversation with bob" in again.rows[0], "and shown")
 
     run(scenario())

@@ -199,6 +199,7 @@ class ChatClient:
         tls: ssl.SSLContext | None = None,
         keepalive: float = KEEPALIVE,
         also: Sequence[tuple[str, int]] = (),
+        conversations: Iterable[str] = (),
     ) -> None:
         """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
         `token`, a session token from an earlier welcome, proves this is the same person again;
@@ -222,6 +223,8 @@ class ChatClient:
             cursor = since if index == 0 and since is not None else saved.get(room_key(room))
             self.rooms[room_key(room)] = RoomView(room, seen=_Seen(cursor or 0), resume=cursor is not None)
         self.private = _Seen(private_since or 0)
+        #: The people this client has private conversations open with, by folded name, in order.
+        self.conversations: dict[str, str] = {name.casefold(): name for name in conversations}
         self._renames: dict[str, str] = {}  # old name -> new name, for renames passed on
         self._private_resume = private_since is not None
         #: Rooms whose join asked to resume and whose welcome has not come yet.
@@ -590,8 +593,15 @@ class ChatClient:
         self._renames.pop(renamed.new, None)  # a later rename back, then again, is news once more
         return True
 
+    def forget_conversation(self, name: str) -> None:
+        """The user closed the conversation with `name`: a later run does not open it again."""
+        self.conversations.pop(name.casefold(), None)
+
     def _track(self, message: ServerMessage) -> None:
         match message:
+            case PrivateMessage(name=name, to=to):
+                other = to if name == self.name else name
+                self.conversations.setdefault(other.casefold(), other)
             case SessionToken(token=token):
                 self.token = token
             case Welcome():
@@ -622,6 +632,11 @@ class ChatClient:
                     view.users = sorted({new, *(user for user in view.users if user != old)}, key=str.casefold)
                 if old == self.name:
                     self.name = new
+                if old.casefold() in self.conversations:
+                    self.conversations = {
+                        (new.casefold() if key == old.casefold() else key): (new if key == old.casefold() else name)
+                        for key, name in self.conversations.items()
+                    }
             case Users(room=room, users=users):
                 if view := self.rooms.get(room_key(room)):
                     view.users = list(users)

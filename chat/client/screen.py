@@ -140,6 +140,8 @@ class ChatScreen:
         self.buffers = Buffers()
         for view in client.rooms.values():
             self.buffers.open(room_buffer(view.name), view.name)
+        for name in client.conversations.values():  # the conversations open in the last run
+            self.buffers.open(private_buffer(name), name)
         self.show_members = True
         #: Lines typed and accepted, for the loop that carries them out.
         self.typed: asyncio.Queue[tuple[str, Where]] = asyncio.Queue()
@@ -259,6 +261,7 @@ class ChatScreen:
 
     def close_private(self, name: str) -> None:
         self.buffers.close(private_buffer(name))
+        self.client.forget_conversation(name)
         self.app.invalidate()
 
     async def ask_secret(self, question: str) -> str:

@@ -116,7 +116,7 @@ class PlainView:
         output.flush()
 
     def close_private(self, name: str) -> None:
-        pass  # lines printed above the prompt stay where they are
+        self.client.forget_conversation(name)  # the lines printed above the prompt stay where they are
 
     def go_to(self, target: str) -> str | None:
         """A room by number or name, or `@NAME` for a private conversation (/query NAME)."""
