@@ -67,3 +67,25 @@ def test_the_client_says_so_in_one_sentence_and_starts_anyway(tmp_path):
     first, second = result.stderr.strip().splitlines()
     assert "not valid TOML" in first and "using the defaults" in first
     assert second.startswith("cannot connect")
+
+
+def test_everything_the_client_keeps_is_its_owners_alone(tmp_path):
+    from datetime import UTC, datetime
+
+    from chat.client import cursors
+    from chat.client.ignored import Ignored
+    from chat.client.inputline import remembered_history
+    from chat.client.logs import BufferLogs
+
+    state = tmp_path / "state" / "chat"
+    cursors.save(state / "client-cursors.json", "h", 1, "alice", cursors.Place({"lobby": 1}, None, "secret"))
+    remembered_history(state / "client-history")
+    Ignored(state / "client-ignored.json").hide("troll")
+    logs = BufferLogs(tmp_path / "logs")
+    logs.write("@bob", datetime.now(UTC), [("", "[bob → alice] psst")])
+    logs.close()
+    settings.save(tmp_path / "config" / "chat" / "client.toml", Settings())
+    for directory in (state, tmp_path / "logs", tmp_path / "config" / "chat"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+        for path in directory.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
