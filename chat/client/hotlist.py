@@ -85,14 +85,13 @@ def folded(numbered: Sequence[tuple[int, Buffer]], active: Buffer, room: int) ->
 def status_bar(
     numbered: Sequence[tuple[int, Buffer]],
     active: Buffer,
-    connection: Fragments,
-    short_connection: Fragments,
+    connection: Sequence[Fragments],
     notes: Sequence[tuple[Fragments, Fragments]],
     width: int,
 ) -> Fragments:
-    """The status bar for a screen `width` columns wide. `connection` is the connection's state (and
-    its short form, for a narrow screen); `notes`, more about the buffer shown (its long and short
-    forms), such as `more below: PageDown`."""
+    """The status bar for a screen `width` columns wide. `connection` is the connection's state in
+    forms from the longest to the shortest, for narrower screens; `notes`, more about the buffer
+    shown (its long and short forms), such as `more below: PageDown`."""
     separator: Fragments = [("class:bar", " │ ")]
 
     def joined(buffers: Fragments, link: Fragments, extra: list[Fragments]) -> Fragments:
@@ -103,11 +102,13 @@ def status_bar(
 
     long_notes = [note for note, _ in notes]
     short_notes = [short for _, short in notes]
-    attempt = joined(full_list(numbered, active), connection, long_notes)
-    if width_of(attempt) <= width:
-        return attempt
+    tails = [(link, extra) for link in connection for extra in (long_notes, short_notes)]
+    for link, extra in tails[:-2]:  # every buffer, if the shortest forms are not needed for that
+        attempt = joined(full_list(numbered, active), link, extra)
+        if width_of(attempt) <= width:
+            return attempt
     # The whole hotlist before the long forms of the rest; cut only when even the short forms leave no room.
-    for link, extra in ((connection, long_notes), (short_connection, long_notes), (short_connection, short_notes)):
+    for link, extra in tails:
         tail = joined([], link, extra)
         hot, whole = folded(numbered, active, width - width_of(tail))
         attempt = [*hot, *tail]

@@ -508,8 +508,8 @@ class ChatScreen:
         elif active.scrolled:
             notes.append(([("class:bar.mention", "more below: PageDown")], [("class:bar.mention", "↓ PgDn")]))
         numbered = list(enumerate(self.buffers, 1))
-        link, short = self._connection(), self._connection(short=True)
-        return list(hotlist.status_bar(numbered, active, link, short, notes, self._width()))
+        forms = [self._connection(), self._connection(reason=False), self._connection(short=True)]
+        return list(hotlist.status_bar(numbered, active, forms, notes, self._width()))
 
     def next_active(self) -> None:
         """Alt-A: the next buffer with something new (what calls for the user first); with none
@@ -537,7 +537,7 @@ class ChatScreen:
                    if buffer.unread else "")
                 for number, buffer in enumerate(self.buffers, 1)]
 
-    def _connection(self, short: bool = False) -> render.Fragments:
+    def _connection(self, short: bool = False, reason: bool = True) -> render.Fragments:
         """alice: connected, lag 12 ms · reconnecting in 3 s: nothing is listening there · disconnected: why."""
         waiting = f", {len(self.state.pending)} waiting to send" if self.state.pending else ""
         me = render.neutralise(self.client.name)
@@ -553,15 +553,15 @@ class ChatScreen:
             lag = self.client.lag_now()
             shown = "" if lag is None else f", lag {lag * 1000:.0f} ms" if lag < 1 else f", lag {lag:.0f} s"
             return [("class:bar.good", f"{me}: connected{shown}")]
-        reason = f": {render.neutralise(self.lost.detail)}" if self.lost else ""
+        why = f": {render.neutralise(self.lost.detail)}" if self.lost and reason else ""
         if self.client.replaced is not None:
             return [("class:bar.bad", f"{me}: signed in elsewhere{waiting} (/reconnect takes it back)")]
         if self.lost is not None and not self.lost.retry_in:
-            return [("class:bar.bad", f"{me}: disconnected{waiting}{reason}")]
+            return [("class:bar.bad", f"{me}: disconnected{waiting}{why}")]
         retry_at = self.client.retry_at
         left = retry_at - asyncio.get_running_loop().time() if retry_at is not None else 0
         again = f"reconnecting in {left:.0f} s" if left >= 1 else "reconnecting"
-        return [("class:bar.bad", f"{me}: {again}{waiting}{reason}")]
+        return [("class:bar.bad", f"{me}: {again}{waiting}{why}")]
 
     def _members(self) -> StyleAndTextTuples:
         """`3 here`, then the members by role (~ & @ + then the rest), away ones greyed, muted ones
