@@ -606,7 +606,7 @@ def test_help_is_an_overlay_with_the_keys_that_esc_closes_and_help_cmd_shows_one
     async def scenario():
         async with full_screen(chat_server.address, "alice", size=(100, 30)) as alice:
             alice.type("/help\r")
-            await alice.sees(lambda s: "help (Esc closes)" in s and "Alt-A next with activity" in s, "the overlay")
+            await alice.sees(lambda s: "help (Esc closes)" in s and "next buffer with activity" in s, "the overlay")
             alice.type(ALT)
             await alice.sees(lambda s: "help (Esc closes)" not in s, "the overlay closed")
             assert "Alt-A" not in alice.text  # nothing of it was put in the room's buffer

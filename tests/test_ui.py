@@ -146,7 +146,7 @@ def test_commands_help_and_mistakes_are_shown(chat_server):
     async def scenario():
         async with terminal(chat_server.address, "alice") as alice:
             alice.type("/help\r")
-            await alice.sees(lambda s: "Alt-A next with activity" in s and "/msg" in s, "the keys and commands")
+            await alice.sees(lambda s: "next buffer with activity" in s and "/msg" in s, "the keys and commands")
             alice.type("/help msg\r")
             await alice.sees(lambda s: "/msg NAME TEXT" in s, "one command's help")
             alice.type("/msg ghost boo\r")

@@ -7,6 +7,7 @@ owns those rules and its error comes back as a clear line.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
@@ -73,17 +74,19 @@ Anything else is said to the room you type into; start with // to say something 
 
 #: The keys of the full screen, for /help.
 KEYS = """\
-Keys: Alt-1..Alt-9, Alt-0 buffer 1..10 · Alt-J NN buffer NN · Alt-A next with activity · Ctrl-N/P next/previous
-      PageUp/PageDown scroll · Alt-End newest · Ctrl-R search · Esc leave search or help · F2 member list
-      Alt-L bare lines to copy · Tab complete · Up/Down earlier lines · Ctrl-C clear (twice on empty: quit)"""
+Keys:  Alt-1..9, Alt-0  buffer 1..10        Alt-J NN  buffer NN
+       Alt-A  next buffer with activity     Ctrl-N/P  next/previous buffer
+       PageUp/PageDown  scroll              Alt-End   the newest line
+       Ctrl-R  search as you type           Esc       leave search or help
+       F2  member list (F11/F12 scroll)     Alt-L     bare lines, to copy
+       Tab  complete a name                 Ctrl-C    clear (twice: quit)"""
 
 
 def help_lines(command: str | None = None) -> list[str]:
     """/help: the keys and every command's name, short; /help CMD: that command's lines of HELP."""
     if command is None:
-        names = " ".join(COMMANDS)
-        return [*KEYS.splitlines(), "Commands (/help CMD for one): " + names,
-                "Anything else is said in the buffer shown; start with // to say something beginning with /."]
+        names = textwrap.wrap("Commands (/help CMD for one): " + " ".join(COMMANDS), 76, subsequent_indent="  ")
+        return [*KEYS.splitlines(), *names, "Anything else is said in the buffer shown (// to start with /)."]
     word = "/" + command.lstrip("/").lower()
     lines = HELP.splitlines()
     found = []

@@ -112,6 +112,7 @@ class PutOut:
     room: str
     action: str
     by: str
+    reason: str = ""
 
 
 ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed | SignedInElsewhere | PutOut
@@ -545,7 +546,7 @@ class ChatClient:
                 await self._events.put(message)
             if fresh_removal:
                 assert isinstance(message, Moderation)
-                await self._events.put(PutOut(message.room, message.action, message.by))
+                await self._events.put(PutOut(message.room, message.action, message.by, message.reason))
             if isinstance(message, Shutdown):
                 return message.detail
 

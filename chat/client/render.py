@@ -266,9 +266,10 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
             text = ("signed in elsewhere: another connection of yours (same name, same session) took over; "
                     "this one waits. /reconnect takes the session back")
             return _in(look).error(text, now)
-        case PutOut(room=where, action=action, by=by):
+        case PutOut(room=where, action=action, by=by, reason=reason):
             done = "kicked from" if action == "kick" else "banned from"
-            text = f"you were {done} {neutralise(where)} by {neutralise(by)}; its buffer is closed"
+            why = f" ({neutralise(reason)})" if reason else ""
+            text = f"you were {done} {neutralise(where)} by {neutralise(by)}{why}; its buffer is closed"
             return _in(look).error(text, now)
         case Resumed(room=where, missed=missed) if missed:
             new = "1 new message" if missed == 1 else f"{missed} new messages"
