@@ -680,3 +680,42 @@ def test_private_buffers_open_in_the_last_run_are_there_again(chat_server, conne
             await again.sees(lambda s: "private conversation with bob" in again.rows[0], "and shown")
 
     run(scenario())
+
+
+def test_lines_shown_for_context_after_a_restart_are_not_counted_as_unread(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+    bob.send({"type": "join", "room": "dev"})
+    bob.expect(Welcome, room="dev")
+    last_lobby = bob.say_all(["alice: old news", "more old news"]).id
+    bob.send(SendMessage(room="dev", msg="old in dev"))
+    last_dev = bob.expect(ChatMessage, msg="old in dev").id
+
+    async def scenario():
+        cursors = {"dev": last_dev, "lobby": last_lobby}  # nothing missed in either
+        async with full_screen(chat_server.address, "alice", rooms=("dev", "lobby"), cursors=cursors) as alice:
+            await alice.sees(lambda s: "old in dev" in s, "dev's lines for context")
+            alice.type("/history 1\r")  # answered after lobby's context: the connection keeps the order
+            await alice.sees(lambda s: "no earlier messages" in s, "the answer")
+            assert "2:lobby " in alice.status + " " and "2:lobby(" not in alice.status
+
+    run(scenario())
+
+
+def test_close_in_a_room_asks_first_and_then_leaves_it(chat_server, connect):
+    watcher = connect()
+    watcher.send({"type": "join", "name": "watcher", "room": "dev"})
+    watcher.expect(Welcome)
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev")) as alice:
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "[dev] alice>" in s, "dev shown")
+            alice.type("/close\r")
+            await alice.sees(lambda s: "/close again leaves dev" in s, "the question")
+            assert "dev" in alice.client.rooms
+            alice.type("/close\r")
+            await asyncio.to_thread(watcher.expect, Left, name="alice")
+            await alice.sees(lambda s: "2:dev" not in alice.status and "[lobby] alice>" in s, "dev closed")
+
+    run(scenario())
