@@ -57,6 +57,7 @@ from chat.client.connection import (
 )
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
+from chat.client.marks import LocalReadMarkers, ReadMarkers
 from chat.client.search import Search
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
@@ -158,6 +159,8 @@ class ChatScreen:
         self._outage: tuple[Line, ConnectionLost, datetime] | None = None
         #: The search shown (/search, Ctrl-R), and what was being typed before Ctrl-R.
         self.search: Search | None = None
+        #: How far each buffer has been read (this client's own for now: see marks.py).
+        self.markers: ReadMarkers = LocalReadMarkers()
         #: Bare mode (Alt-L): only the lines, not indented, no bars, for copying with the mouse.
         self.bare = False
         #: The help shown over the messages (/help), until Esc.
@@ -207,6 +210,7 @@ class ChatScreen:
                 target = self.active()
             if isinstance(event, Reset) or (isinstance(event, Welcome) and event.last_id < target.last_order):
                 target.restart_ids()  # the room's ids began again (its history was lost)
+                self.markers.forget(target.key)
             if isinstance(event, HistoryPage):
                 target.context = event.count  # older lines, or the context after a restart: not news
                 if target.fetching:
@@ -235,6 +239,8 @@ class ChatScreen:
             target.add(fragments, numbered, render.day_of(event))
             if isinstance(event, ConnectionLost):
                 self._outage = (target.lines[-1], event, datetime.now())
+            if numbered is not None and numbered <= self.markers.read_up_to(target.key):
+                news = False  # read already (on another device, once markers are shared)
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
@@ -496,6 +502,7 @@ class ChatScreen:
         with many buffers into ` [3:den] Act: 14(1!),2(3) │ connected` (hotlist.py)."""
         active = self.active()
         active.read()
+        self.markers.read(active.key, active.last_order)
         notes: list[tuple[render.Fragments, render.Fragments]] = []
         search = self.search
         if search is not None and search.key == active.key:
