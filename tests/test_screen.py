@@ -346,6 +346,7 @@ def test_commands_typed_in_a_private_buffer_never_act_on_the_room_behind_it(chat
                 word = line.split()[0]
                 await alice.sees(lambda s, word=word: f"{word} acts on a room" in s, f"{word} refused")
             alice.type("only for bob\r")
+            await alice.sees(lambda s: "[alice → bob] only for bob" in s, "her line, back from the server")
             answer = await asyncio.to_thread(bob.expect, PrivateMessage, name="alice")
             assert answer.msg == "only for bob"
             from_alice = [seen for seen in bob.seen if getattr(seen, "name", "") == "alice"][1:]  # after her join
