@@ -598,11 +598,21 @@ class ChatClient:
         """The user closed the conversation with `name`: a later run does not open it again."""
         self.conversations.pop(name.casefold(), None)
 
-    def _track(self, message: ServerMessage) -> None:
+    def _follow_conversations(self, message: ServerMessage) -> None:
+        """A private line opens its conversation; a rename carries one over to the new name, in its place."""
         match message:
             case PrivateMessage(name=name, to=to):
                 other = to if name == self.name else name
                 self.conversations.setdefault(other.casefold(), other)
+            case Renamed(old=old, new=new) if old.casefold() in self.conversations:
+                self.conversations = {
+                    (new.casefold() if key == old.casefold() else key): (new if key == old.casefold() else name)
+                    for key, name in self.conversations.items()
+                }
+
+    def _track(self, message: ServerMessage) -> None:
+        self._follow_conversations(message)
+        match message:
             case SessionToken(token=token):
                 self.token = token
             case Welcome():
@@ -633,11 +643,6 @@ class ChatClient:
                     view.users = sorted({new, *(user for user in view.users if user != old)}, key=str.casefold)
                 if old == self.name:
                     self.name = new
-                if old.casefold() in self.conversations:
-                    self.conversations = {
-                        (new.casefold() if key == old.casefold() else key): (new if key == old.casefold() else name)
-                        for key, name in self.conversations.items()
-                    }
             case Users(room=room, users=users):
                 if view := self.rooms.get(room_key(room)):
                     view.users = list(users)
