@@ -614,7 +614,7 @@ class ChatScreen:
 
         searching = Condition(lambda: self.search is not None)
 
-        @keys.add("c-r")
+        @keys.add("c-r", filter=Condition(lambda: self.secret is None))  # never while a password is typed
         def _search(event: KeyPressEvent) -> None:
             if self.search is None or not self.search.typing:
                 self.start_search()
