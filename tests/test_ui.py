@@ -493,3 +493,19 @@ def test_split_text_cuts_at_line_ends_or_spaces_and_mid_word_only_when_it_must()
     assert split_text("one\\ntwo three", 9) == ["one\\ntwo ", "three"]
     assert split_text("x" * 10, 4) == ["xxxx", "xxxx", "xx"]
     assert split_text("short", 8) == ["short"]
+
+
+def test_search_in_the_plain_mode_prints_the_matching_lines_again(chat_server):
+    async def scenario():
+        address = chat_server.address
+        async with terminal(address, "alice") as alice, terminal(address, "bob") as bob:
+            for text in ("the deploy is green", "lunch?", "deploy again"):
+                bob.type(text + "\r")
+            await alice.sees(lambda s: "bob: deploy again" in s, "the lines")
+            alice.type("/search DEPLOY\r")
+            await alice.sees(lambda s: "search 'DEPLOY': 2 of the last" in s, "the heading")
+            await alice.sees(lambda s: "deploy again" in s.split("search 'DEPLOY'")[-1], "the matches")
+            after = alice.screen.split("search 'DEPLOY'")[-1]
+            assert "the deploy is green" in after and "lunch" not in after
+
+    run(scenario())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections import deque
 from collections.abc import Collection
 from datetime import date
 from pathlib import Path
@@ -22,10 +23,16 @@ from prompt_toolkit.patch_stdout import patch_stdout
 
 from chat.client import render
 from chat.client.actions import ChatState, PasswordRefused, carry_out, prompt, take_in
+from chat.client.buffers import Line
 from chat.client.connection import ChatClient, ClientEvent
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter, remembered_history
+from chat.client.search import matching
 from chat.client.settings import Settings
+
+#: Lines the plain mode keeps for /search, and how many matches it prints at most.
+SEARCHED_LINES = 5_000
+SEARCH_SHOWN = 50
 
 
 def show(fragments: render.Fragments | None) -> None:
@@ -87,6 +94,8 @@ class PlainView:
         self.state = state
         #: The date of the last dated line drawn: a line of another day is preceded by a day-change line.
         self.last_day: date | None = None
+        #: The lines printed lately, for /search.
+        self.printed: deque[Line] = deque(maxlen=SEARCHED_LINES)
 
     def show(self, fragments: render.Fragments) -> None:
         show(fragments)
@@ -104,6 +113,7 @@ class PlainView:
                         lines.append(render.day_change(day))
                     self.last_day = day
                 lines.append(fragments)
+                self.printed.append(Line(len(self.printed), fragments))
         joined: render.Fragments = []
         for line in lines:
             joined += [("", "\n"), *line] if joined else line
@@ -133,7 +143,16 @@ class PlainView:
         return None
 
     def show_search(self, text: str) -> str | None:
-        return "lines printed above the prompt are the terminal's: search them with its own search (its scrollback)"
+        """The lines printed lately that contain `text`, printed again below a heading."""
+        found = matching(list(self.printed), text)
+        shown = found[-SEARCH_SHOWN:]
+        more = f" (the last {len(shown)} of {len(found)})" if len(found) > len(shown) else ""
+        heading = render.notice(f"search {text!r}: {len(found)} of the last {len(self.printed)} lines{more}")
+        joined: render.Fragments = heading
+        for line in shown:
+            joined += [("", "\n"), *line.fragments]
+        show(joined)
+        return None
 
     def show_help(self, lines: list[str]) -> None:
         for line in lines:
