@@ -62,6 +62,7 @@ from chat.client.search import Search
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
+    Away,
     HistoryPage,
     Left,
     Moderation,
@@ -409,6 +410,10 @@ class ChatScreen:
         match event:
             case Users(room=room, away=away):
                 self.away[room_key(room)] = set(away)
+            case Away(name=name):  # the answer to a private line: away in every room they are in
+                for key, view in self.client.rooms.items():
+                    if name in view.users:
+                        self.away.setdefault(key, set()).add(name)
             case Moderation(room=room, action="mute", name=name):
                 self.muted.setdefault(room_key(room), set()).add(name)
             case Moderation(room=room, action="unmute", name=name):
