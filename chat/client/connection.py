@@ -473,7 +473,7 @@ class ChatClient:
                 await self._events.put(SignedInElsewhere(self.replaced))
                 self._take_back.clear()
                 await self._take_back.wait()
-                if self._closing:
+                if self._closed_meanwhile():
                     return
                 self.replaced = None
                 try:
@@ -577,6 +577,11 @@ class ChatClient:
             view = self.rooms.get(room_key(message.room))
             return view is None or view.seen.first_sight(message.id)
         return True
+
+    def _closed_meanwhile(self) -> bool:
+        """Whether close() was called while this task waited (a method: a type checker would take
+        the attribute, tested before the wait, for unchanged)."""
+        return self._closing
 
     def _removes_me(self, message: ServerMessage) -> bool:
         """Whether a line kicks or bans this client from a room it is in now: a kick numbered up to
