@@ -50,3 +50,18 @@ def test_the_notify_command_runs_once_per_burst_with_the_line_as_its_last_argume
     asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     [line] = out.read_text().splitlines()
     assert "bob: alice: look 2" in line and "(and 1 more)" in line
+
+
+def test_a_joins_history_is_context_whatever_its_lines_and_what_follows_is_news():
+    from chat.wire.protocol import Moderation, Topic, Welcome
+
+    client = ChatClient("127.0.0.1", 1, "alice", rooms=["den"])
+    state = ChatState(client)
+    history = [
+        Welcome(room="den", name="alice", users=["alice"], history=3, last_id=3),
+        ChatMessage(room="den", id=1, name="bob", msg="alice: old", time=WHEN),
+        Moderation(room="den", id=2, action="kick", name="carol", by="bob", time=WHEN),
+        Topic(room="den", id=3, topic="t", name="bob", time=WHEN),
+    ]
+    assert [state.is_context(event) for event in history] == [False, True, True, True]
+    assert not state.is_context(ChatMessage(room="den", id=4, name="bob", msg="alice: new", time=WHEN))

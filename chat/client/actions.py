@@ -61,11 +61,13 @@ from chat.wire.protocol import (
     ChatMessage,
     HistoryPage,
     Left,
+    Moderation,
     PrivateMessage,
     Register,
     SendAction,
     SendMessage,
     SendPrivate,
+    Topic,
     Welcome,
     room_key,
 )
@@ -203,7 +205,9 @@ class ChatState:
                 self.context[room_key(room)] = 0  # what follows a resumed join was missed: news
             case HistoryPage(room=room, count=count):
                 self.context[room_key(room)] = count
-            case ChatMessage(room=room) | Action(room=room) if self.context.get(room_key(room)):
+            case ChatMessage(room=room) | Action(room=room) | Topic(room=room) | Moderation(room=room) if (
+                self.context.get(room_key(room))
+            ):  # every numbered line of the room counts off, as the welcome's `history` counts them
                 self.context[room_key(room)] -= 1
                 return True
         return False
