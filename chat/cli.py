@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from chat.paths import state_dir
 from chat.server import config_file, logs, preflight, reload
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
+from chat.server.metrics import MetricsPortError
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
 
@@ -188,8 +189,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     log.info("open-file limit %d: room for about %d connections", open_files, max(0, open_files - 32))
     try:
         server = ChatServer(config)
-    except StoreError as exc:
-        log.error("%s", exc)
+    except (StoreError, MetricsPortError) as exc:
+        log.error("%s", exc.strerror if isinstance(exc, OSError) else exc)
         return 1
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)

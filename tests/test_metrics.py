@@ -3,6 +3,7 @@ and /healthz and /readyz as a load balancer sees them."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import urllib.error
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat.server.config import ServerConfig
+from chat.server.metrics import MetricsPortError
 from chat.testing import TIMEOUT, LineClient, RecordingChatServer, scaled
 from chat.wire.protocol import ChatMessage, ErrorReply, Notice
 
@@ -104,6 +106,15 @@ def test_healthz_turns_503_when_the_history_file_is_deleted(metered, connect, tm
     assert get(server, "/readyz")[0] == 503
     assert scrape(server)  # metrics still answer: they say what happened
     assert get(server, "/nowhere")[0] == 404
+
+
+def test_a_taken_metrics_port_is_said_to_be_the_metrics_port(start_chat_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsPortError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            start_chat_server(ServerConfig(metrics_port=port))
 
 
 def test_without_the_option_there_is_no_endpoint(start_chat_server):

@@ -166,6 +166,11 @@ class _Collector:
             yield GaugeMetricFamily("chat_redis_round_trip_seconds", "seconds a PING to Redis took", value=seconds)
 
 
+class MetricsPortError(OSError):
+    """The metrics port cannot be listened on (taken, or not this machine's address): the
+    operator's to fix, and said as such rather than as the chat port's failure."""
+
+
 class MetricsEndpoint:
     """HTTP on (host, port) in a thread of its own: /metrics, /healthz, /readyz. close() joins it."""
 
@@ -175,8 +180,11 @@ class MetricsEndpoint:
         self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(server))
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-        self._http = _HttpServer((host, port), _handler_for(self), family)
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            self._http = _HttpServer((host, port), _handler_for(self), family)
+        except OSError as exc:
+            raise MetricsPortError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
         self._thread = threading.Thread(target=self._http.serve_forever, args=(0.1,), name="chat-metrics")
         self._thread.start()
 
