@@ -28,7 +28,9 @@ def test_a_json_log_is_one_object_per_line_with_the_fields(chat_server_process):
     assert connected["message"] == f"{connected['address']} connected"
     left = next(entry for entry in entries if entry["message"].endswith(" disconnected"))
     assert left["address"] == connected["address"] and left["reason"] == "disconnected"
-    assert any("'alice'" in entry["message"] or '"alice"' in entry["message"] for entry in entries)
+    joined = next(entry for entry in entries if " joined " in entry["message"])
+    assert (joined["address"], joined["room"], joined["name"]) == (connected["address"], "lobby", "alice")
+    assert joined["message"] == f"{connected['address']} joined 'lobby' as 'alice'"  # quoted as in text
 
 
 def test_text_stays_the_default(chat_server_process):

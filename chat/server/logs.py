@@ -1,6 +1,6 @@
 """How the server's log lines look: text for a person at a terminal, or one JSON object per
 line for a machine (journald, a log shipper), with `time`, `level`, `logger`, `message` and
-whatever structured fields the call gave (`extra={"address": ...}`).
+whatever structured fields the call gave (`extra={"address": ..., "name_": ...}`).
 
 Only formats: the command line calls configure() once, and reload may change the level.
 Messages are the same sentences in both (names and rooms quoted as the text log quotes them).
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 #: The formats --log-format takes.
 FORMATS = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_PLAIN = (str, int, float, bool, type(None))
 #: Attributes every LogRecord has: anything else on a record came from `extra=` and is a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -30,8 +31,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry:
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+            if key not in _STANDARD:
+                # A field LogRecord reserves (`name`) is given as `name_` and written as `name`.
+                entry.setdefault(key.removesuffix("_"), value if isinstance(value, _PLAIN) else str(value))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
