@@ -138,3 +138,9 @@ def test_a_server_started_from_a_file_serves_with_its_options(chat_server_proces
 
 def test_the_option_table_has_a_key_for_every_field():
     assert [name for name, _, _ in options()] == [field.name for field in dataclasses.fields(ServerConfig)]
+
+
+def test_strings_with_quotes_backslashes_and_unicode_read_back(tmp_path, no_chat_environment):
+    config = ServerConfig(tls_cert='/etc/chat/"odd" \\ name é.pem', admin=("zoë", 'a"b'), max_age=0.5)
+    printed = write(tmp_path / "printed.toml", config_file.dump(config))
+    assert server_config(["--config", printed])[0] == config
