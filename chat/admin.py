@@ -89,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.db == ":memory:":
+        print("chat-admin: --db :memory: keeps nothing to back up or export; give the server's file", file=sys.stderr)
+        return 1
     try:
         status: int = args.run(args)
     except StoreError as exc:

@@ -80,7 +80,7 @@ def test_export_prints_a_room_s_history_as_json_lines_since_an_id(start_chat_ser
     assert [line["msg"] for line in lines if line["type"] == "message"] == ["first", "second"]
     assert all(line["room"] == "Dev" for line in lines)
     assert [json.loads(line)["msg"] for line in export(db, "Dev", "--since", str(last.id - 1))] == ["second"]
-    assert export(db, "nowhere") == []
+    assert main(["--db", str(db), "export", "nowhere"]) == 1
 
 
 def test_problems_are_one_line_and_status_one(tmp_path, capsys):
@@ -90,6 +90,8 @@ def test_problems_are_one_line_and_status_one(tmp_path, capsys):
     (tmp_path / "real.db").write_bytes(b"")
     assert main(["--db", str(tmp_path / "real.db"), "backup", str(tmp_path / "taken.db")]) == 1
     assert "cannot create" in capsys.readouterr().err and (tmp_path / "taken.db").read_text() == ""
+    assert main(["--db", ":memory:", "export", "lobby"]) == 1
+    assert ":memory: keeps nothing" in capsys.readouterr().err
 
 
 def test_subcommands_are_listed_for_more_to_come():

@@ -630,7 +630,7 @@ def read_log(path: str, log: str, since: int = 0, batch: int = 1000) -> Iterator
     try:
         row = db.execute("SELECT number FROM logs WHERE log = ?", (log,)).fetchone()
         if row is None:
-            return
+            raise StoreError(f"{path} has no history of the room {log!r}")
         base = int(row[0]) << _ID_BITS
         after, last = base + max(0, since), base + ID_LIMIT - 1
         while True:
