@@ -9,7 +9,6 @@ here (a RedisCluster has its own).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Collection, Hashable
 from typing import Generic, Protocol, TypeVar
@@ -19,9 +18,6 @@ from chat.server.room import Delivery, LocalFeed, RoomFeed
 from chat.server.session import Holder
 from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Store, kept
 from chat.wire.protocol import room_key
-from chat.wire.text import quoted
-
-log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Hashable)
 P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
@@ -148,8 +144,7 @@ class LocalCluster(Generic[P]):
         # Held while a private line is numbered and handed to inboxes, so that each party gets
         # them in id order and an inbox opened meanwhile misses none.
         self._private_lock = threading.Lock()
-        self._rooms: dict[str, RoomRecord] | None = None
-        self._rooms_lock = threading.Lock()
+        self._rooms_lock = threading.Lock()  # one add_room at a time: a key is kept once
 
     def start(self, events: ClusterEvents) -> None:
         self._events = events
@@ -202,30 +197,20 @@ class LocalCluster(Generic[P]):
         return self._store
 
     def rooms(self) -> list[RoomRecord]:
-        with self._rooms_lock:
-            return list(self._rooms_locked().values())
+        return self._store.rooms()
 
     def room(self, key: str) -> RoomRecord | None:
-        with self._rooms_lock:
-            return self._rooms_locked().get(key)
+        found = kept(self._store.rooms, failure="the server could not read its rooms; try again")
+        return next((record for record in found if room_key(record.name) == key), None)
 
     def add_room(self, record: RoomRecord) -> RoomRecord:
         with self._rooms_lock:
-            kept(self._store.save_room, record, failure=f"the server could not create the room {record.name}",
-                 room=record.name)
-            return self._rooms_locked().setdefault(room_key(record.name), record)
-
-    def _rooms_locked(self) -> dict[str, RoomRecord]:
-        """The store's rooms by room_key, read once (StoreError if they cannot be): after that
-        only this server adds any. Their topics are as first read; a room keeps its own."""
-        if self._rooms is None:
-            rooms: dict[str, RoomRecord] = {}
-            for record in self._store.rooms():
-                shadow = rooms.setdefault(room_key(record.name), record)
-                if shadow is not record:  # kept by an older release, which let look-alikes be
-                    log.warning("room %s is hidden: its name looks like %s", quoted(record.name), quoted(shadow.name))
-            self._rooms = rooms
-        return self._rooms
+            kept_already = self.room(record.key)
+            if kept_already is not None:
+                return kept_already
+            failure = f"the server could not create the room {record.name}"
+            kept(self._store.save_room, record, failure=failure, room=record.name)
+            return record
 
     def open_room(self, record: RoomRecord) -> tuple[RoomLog, RoomFeed[P]]:
         room_log = LocalLog(self._store, record.key, record.name)
