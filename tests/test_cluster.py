@@ -15,9 +15,9 @@ import pytest
 
 from chat.errors import StorageFailed
 from chat.server.cluster import Cluster, LocalCluster
+from chat.server.lines import Line
 from chat.server.session import Holder
 from chat.server.store import MemoryStore, RoomRecord, Sanction
-from chat.wire.codec import decode_server, encode, numbered_id
 from chat.wire.protocol import Joined, PrivateMessage, utc_now
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,15 +27,15 @@ class Recorder:
     """A Delivery and the ClusterEvents in one: what reached whom, and what the cluster told."""
 
     def __init__(self) -> None:
-        self.published: dict[str, list[bytes]] = {}
+        self.published: dict[str, list[Line]] = {}
         self.subscribed: dict[str, set[Hashable]] = {}
-        self.private: list[tuple[bytes, str, str]] = []
+        self.private: list[tuple[Line, str, str]] = []
         self.changed = threading.Condition()
 
     # Delivery
-    def publish(self, room: str, line: bytes) -> None:
+    def publish(self, room: str, *lines: Line) -> None:
         with self.changed:
-            self.published.setdefault(room, []).append(line)
+            self.published.setdefault(room, []).extend(lines)
             self.changed.notify_all()
 
     def subscribe(self, peer: Hashable, room: str, held: bool = False) -> None:
@@ -44,16 +44,16 @@ class Recorder:
     def unsubscribe(self, peer: Hashable, room: str) -> None:
         self.subscribed.get(room, set()).discard(peer)
 
-    def send_held(self, peer: Hashable, room: str, line: bytes) -> None: ...
+    def send_held(self, peer: Hashable, room: str, *lines: Line) -> None: ...
     def release_held(self, peer: Hashable, room: str) -> None: ...
-    def send_to(self, peer: Hashable, line: bytes, room: str | None = None) -> None: ...
-    def close(self, peer: Hashable, final: bytes | None = None, reason: str | None = None) -> None: ...
+    def send_to(self, peer: Hashable, *lines: Line, room: str | None = None) -> None: ...
+    def close(self, peer: Hashable, final: Line | None = None, reason: str | None = None) -> None: ...
 
     def wait_drained(self, peer: Hashable, below: int) -> bool:
         return True
 
     # ClusterEvents
-    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+    def private_line(self, line: Line, sender: str, recipient: str) -> None:
         with self.changed:
             self.private.append((line, sender, recipient))
             self.changed.notify_all()
@@ -93,9 +93,9 @@ def cluster(kind: str, recorder: Recorder, request: pytest.FixtureRequest) -> It
         shared.stop()
 
 
-def _private(cluster: Cluster[Any], msg: str, sender: str = "account:alice", recipient: str = "account:bob") -> bytes:
-    def build(id: int) -> bytes:
-        return encode(PrivateMessage(id=id, name=sender, to=recipient, msg=msg, time=utc_now()))
+def _private(cluster: Cluster[Any], msg: str, sender: str = "account:alice", recipient: str = "account:bob") -> Line:
+    def build(id: int) -> Line:
+        return Line.of(PrivateMessage(id=id, name=sender, to=recipient, msg=msg, time=utc_now()))
 
     return cluster.send_private(build, sender, recipient)
 
@@ -105,9 +105,10 @@ def _private(cluster: Cluster[Any], msg: str, sender: str = "account:alice", rec
 
 def test_private_lines_are_numbered_in_one_sequence_and_reach_the_hub_in_that_order(cluster, recorder):
     lines = [_private(cluster, f"line {n}") for n in range(3)]
-    assert [numbered_id(line) for line in lines] == [1, 2, 3]
+    assert [line.id for line in lines] == [1, 2, 3]
     cluster.settle_private(3)
-    assert recorder.private == [(line, "account:alice", "account:bob") for line in lines]
+    handed = [(line.json, sender, recipient) for line, sender, recipient in recorder.private]
+    assert handed == [(line.json, "account:alice", "account:bob") for line in lines]
 
 
 def test_an_inbox_opens_while_no_private_line_is_handed_over_and_learns_where_to_replay_up_to(cluster):
@@ -124,7 +125,7 @@ def test_the_private_log_replays_to_each_party_its_own_lines_only(cluster):
     _private(cluster, "bob answers", "account:bob", "account:alice")
     private = cluster.private_log
     span = private.missed(0, 3, 10, "account:bob")
-    said = [decode_server(line).msg for chunk in private.lines(span, 10, "account:bob") for line in chunk]
+    said = [getattr(line.message, "msg", None) for chunk in private.lines(span, 10, "account:bob") for line in chunk]
     assert said == ["to bob", "bob answers"]
 
 
@@ -156,14 +157,17 @@ def test_a_topic_kept_through_the_rooms_feed_is_its_topic_and_listed_with_it(clu
 def test_a_room_log_numbers_lines_that_the_feed_delivers_to_members_here(cluster, recorder):
     record = cluster.add_room(RoomRecord("dev", "dev"))
     room_log, feed = cluster.open_room(record)
-    joined = encode(Joined(room="dev", name="alice", time=utc_now()))
+    joined = Line.of(Joined(room="dev", name="alice", time=utc_now()))
     assert feed.enter("alice-peer", "alice", joined) == 0
     assert "alice-peer" in recorder.subscribed["dev"]
-    line = room_log.append(lambda id: encode(PrivateMessage(id=id, name="a", to="b", msg="hi", time=utc_now())))
-    feed.publish(line)
+    line = room_log.append(lambda id: Line.of(PrivateMessage(id=id, name="a", to="b", msg="hi", time=utc_now())))
+    feed.publish([line])
+    def delivered() -> bool:
+        return line.json in [seen.json for seen in recorder.published.get("dev", [])]
+
     with recorder.changed:
-        assert recorder.changed.wait_for(lambda: line in b"".join(recorder.published.get("dev", [])), 5)
-    assert room_log.last_id == numbered_id(line) == 1
+        assert recorder.changed.wait_for(delivered, 5)
+    assert room_log.last_id == line.id == 1
 
 
 def test_rules_are_kept_where_every_server_reads_them(cluster):
@@ -197,7 +201,7 @@ def test_a_local_cluster_hands_a_private_line_over_before_send_private_returns()
     local: LocalCluster[Hashable] = LocalCluster(recorder, MemoryStore())
     local.start(recorder)
     line = _private(local, "at once")
-    assert recorder.private == [(line, "account:alice", "account:bob")]
+    assert recorder.private == [(line, "account:alice", "account:bob")]  # the very line, handed on
 
 
 def test_a_local_cluster_keeps_its_rooms_and_topics_in_its_store():

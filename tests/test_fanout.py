@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chat.server.fanout import TRIM_AT, Fanout, PeerState, Subscriber
+from chat.server.lines import Line
 
 
 def peer_in(fanout: Fanout, *rooms: str, label: str = "p") -> Subscriber:
@@ -15,7 +16,7 @@ def peer_in(fanout: Fanout, *rooms: str, label: str = "p") -> Subscriber:
 def test_publish_reaches_subscribers_of_that_room_only():
     fanout: Fanout[Subscriber] = Fanout()
     lobby, dev = peer_in(fanout, "lobby", label="l"), peer_in(fanout, "dev", label="d")
-    fanout.publish("lobby", b"a\n")
+    fanout.publish("lobby", Line(b"a\n"))
     assert fanout.due() == {lobby}
     assert (fanout.take(lobby), fanout.take(dev)) == (b"a\n", b"")
 
@@ -23,9 +24,9 @@ def test_publish_reaches_subscribers_of_that_room_only():
 def test_a_subscriber_gets_only_lines_published_after_it_subscribed():
     fanout: Fanout[Subscriber] = Fanout()
     early = peer_in(fanout, "lobby")
-    fanout.publish("lobby", b"before\n")
+    fanout.publish("lobby", Line(b"before\n"))
     late = peer_in(fanout, "lobby")
-    fanout.publish("lobby", b"after\n")
+    fanout.publish("lobby", Line(b"after\n"))
     assert fanout.take(early) == b"before\nafter\n"
     assert fanout.take(late) == b"after\n"
 
@@ -33,8 +34,8 @@ def test_a_subscriber_gets_only_lines_published_after_it_subscribed():
 def test_peers_at_one_cursor_share_one_joined_buffer():
     fanout: Fanout[Subscriber] = Fanout()
     first, second = peer_in(fanout, "r"), peer_in(fanout, "r")
-    fanout.publish("r", b"x\n")
-    fanout.publish("r", b"y\n")
+    fanout.publish("r", Line(b"x\n"))
+    fanout.publish("r", Line(b"y\n"))
     fanout.due()
     assert fanout.take(first) is fanout.take(second)
 
@@ -42,9 +43,9 @@ def test_peers_at_one_cursor_share_one_joined_buffer():
 def test_a_line_for_one_peer_comes_after_the_room_lines_published_before_it():
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "r")
-    fanout.publish("r", b"1\n")
+    fanout.publish("r", Line(b"1\n"))
     fanout.send_to(peer, b"reply\n", "r")
-    fanout.publish("r", b"2\n")
+    fanout.publish("r", Line(b"2\n"))
     assert fanout.take(peer) == b"1\nreply\n2\n"
 
 
@@ -52,11 +53,11 @@ def test_a_held_cursor_keeps_live_lines_behind_the_history_queued_at_it():
     fanout: Fanout[Subscriber] = Fanout()
     peer = Subscriber("joiner")
     fanout.subscribe(peer, "r", held=True)
-    fanout.publish("r", b"live\n")
+    fanout.publish("r", Line(b"live\n"))
     fanout.send_held(peer, "r", b"welcome\n")
     assert fanout.take(peer) == b"welcome\n"
     fanout.send_held(peer, "r", b"history\n")
-    fanout.publish("r", b"live2\n")
+    fanout.publish("r", Line(b"live2\n"))
     assert fanout.take(peer) == b"history\n"
     fanout.release(peer, "r")
     assert fanout.due() == {peer}
@@ -66,21 +67,21 @@ def test_a_held_cursor_keeps_live_lines_behind_the_history_queued_at_it():
 def test_unsubscribing_still_sends_what_was_published_before_in_order():
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "r")
-    fanout.publish("r", b"1\n")
+    fanout.publish("r", Line(b"1\n"))
     fanout.send_to(peer, b"mine\n", "r")
-    fanout.publish("r", b"2\n")
+    fanout.publish("r", Line(b"2\n"))
     fanout.unsubscribe(peer, "r")
-    fanout.publish("r", b"3\n")
+    fanout.publish("r", Line(b"3\n"))
     assert fanout.take(peer) == b"1\nmine\n2\n"
 
 
 def test_close_sends_what_is_owed_then_the_final_line_and_nothing_more():
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "a", "b")
-    fanout.publish("a", b"a1\n")
-    fanout.publish("b", b"b1\n")
+    fanout.publish("a", Line(b"a1\n"))
+    fanout.publish("b", Line(b"b1\n"))
     fanout.close(peer, b"bye\n")
-    fanout.publish("a", b"a2\n")
+    fanout.publish("a", Line(b"a2\n"))
     fanout.send_to(peer, b"late\n")
     assert peer.state is PeerState.CLOSING
     data = fanout.take(peer)
@@ -90,14 +91,14 @@ def test_close_sends_what_is_owed_then_the_final_line_and_nothing_more():
 def test_backlog_counts_room_bytes_queued_bytes_and_pending():
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "a", "b")
-    fanout.publish("a", b"12345\n")
-    fanout.publish("b", b"123\n")
+    fanout.publish("a", Line(b"12345\n"))
+    fanout.publish("b", Line(b"123\n"))
     fanout.send_to(peer, b"12\n")
     assert fanout.backlog(peer) == 6 + 4 + 3
     data = fanout.take(peer)
     assert fanout.accepted(peer, data, 5) is False  # some of it still pending
     assert fanout.backlog(peer) == len(data) - 5
-    fanout.publish("a", b"more\n")
+    fanout.publish("a", Line(b"more\n"))
     assert fanout.accepted(peer, peer.pending, len(peer.pending)) is True  # all sent, and more waits
 
 
@@ -105,7 +106,7 @@ def test_trim_forgets_lines_every_subscriber_has_taken_and_keeps_the_laggards():
     fanout: Fanout[Subscriber] = Fanout()
     fast, slow = peer_in(fanout, "r", label="fast"), peer_in(fanout, "r", label="slow")
     for i in range(TRIM_AT):
-        fanout.publish("r", b"%d\n" % i)
+        fanout.publish("r", Line(b"%d\n" % i))
     fanout.take(fast)
     fanout.trim()
     assert fanout.log_length("r") == TRIM_AT  # slow has taken nothing yet
@@ -118,14 +119,14 @@ def test_a_room_nobody_reads_keeps_no_lines():
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "r")
     fanout.unsubscribe(peer, "r")
-    fanout.publish("r", b"into the void\n")
+    fanout.publish("r", Line(b"into the void\n"))
     assert fanout.log_length("r") == 0
 
 
 def test_forget_releases_the_peer_and_its_cursors():
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "r")
-    fanout.publish("r", b"x\n")
+    fanout.publish("r", Line(b"x\n"))
     fanout.forget(peer)
     assert peer.state is PeerState.RELEASED and peer.cursors == {}
     assert list(fanout.subscribers("r")) == []
@@ -136,7 +137,7 @@ def test_own_bytes_count_a_peers_replies_not_the_rooms_lines():
     only its own lines count against the limit that stops serving its requests."""
     fanout: Fanout[Subscriber] = Fanout()
     peer = peer_in(fanout, "r")
-    fanout.publish("r", b"x" * 1000 + b"\n")
+    fanout.publish("r", Line(b"x" * 1000 + b"\n"))
     data = fanout.take(peer)
     fanout.accepted(peer, data, 10)
     assert fanout.queued_bytes(peer) == 0 and fanout.backlog(peer) == len(data) - 10
@@ -144,7 +145,7 @@ def test_own_bytes_count_a_peers_replies_not_the_rooms_lines():
     assert fanout.queued_bytes(peer) == 0
     fanout.accepted(peer, peer.pending, len(peer.pending))
     fanout.send_to(peer, b"reply\n")
-    fanout.publish("r", b"y" * 1000 + b"\n")
+    fanout.publish("r", Line(b"y" * 1000 + b"\n"))
     data = fanout.take(peer)
     fanout.accepted(peer, data, 3)
     assert fanout.queued_bytes(peer) == len(b"reply\n")  # at most what it had of its own
@@ -152,3 +153,38 @@ def test_own_bytes_count_a_peers_replies_not_the_rooms_lines():
     assert fanout.queued_bytes(peer) == 2
     fanout.accepted(peer, peer.pending, 2)
     assert fanout.queued_bytes(peer) == 0
+
+
+class CountingDialect:
+    """A second dialect that upper-cases lines and counts how often it encodes one."""
+
+    name = "shout"
+
+    def __init__(self) -> None:
+        self.encodes = 0
+
+    def encode(self, line: Line) -> bytes:
+        self.encodes += 1
+        return line.json.upper()
+
+
+def test_each_dialect_gets_the_room_lines_in_its_own_bytes_encoded_once_per_line():
+    fanout: Fanout[Subscriber] = Fanout()
+    shout = CountingDialect()
+    json_peers = [Subscriber(f"j{i}") for i in range(3)]
+    shout_peers = [Subscriber(f"s{i}", shout) for i in range(3)]
+    for peer in json_peers + shout_peers:
+        fanout.subscribe(peer, "r")
+    fanout.publish("r", Line(b'{"a":1}\n'), Line(b'{"b":2}\n'))
+    assert [fanout.take(peer) for peer in json_peers] == [b'{"a":1}\n{"b":2}\n'] * 3
+    assert [fanout.take(peer) for peer in shout_peers] == [b'{"A":1}\n{"B":2}\n'] * 3
+    assert shout.encodes == 2  # one per line, however many peers of that dialect read it
+
+
+def test_lines_left_to_a_leaving_peer_are_queued_in_its_dialect():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = Subscriber("s", CountingDialect())
+    fanout.subscribe(peer, "r")
+    fanout.publish("r", Line(b"x\n"))
+    fanout.unsubscribe(peer, "r")
+    assert fanout.take(peer) == b"X\n"

@@ -8,10 +8,10 @@ import pytest
 
 from chat.errors import RequestFailed
 from chat.server.hub import Hub
+from chat.server.lines import Line
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import MemoryStore, RoomRecord, StoreError
-from chat.wire.codec import decode_server
 from chat.wire.protocol import (
     Action,
     ChatMessage,
@@ -46,50 +46,49 @@ from chat.wire.protocol import (
 
 
 class FakeDelivery:
-    """Delivers at once, except what a held subscription collects until it is released."""
+    """Delivers at once, except what a held subscription collects until it is released: the
+    lines' messages, as the hub and rooms made them (no bytes: encoding is the edge's business)."""
 
     def __init__(self) -> None:
         self.inboxes: dict[Hashable, list[ServerMessage]] = {}
         self.members: dict[str, set[Hashable]] = {}
-        self.held: dict[tuple[Hashable, str], list[bytes]] = {}
+        self.held: dict[tuple[Hashable, str], list[Line]] = {}
         self.closed: set[Hashable] = set()
 
-    def publish(self, room: str, line: bytes) -> None:
+    def publish(self, room: str, *lines: Line) -> None:
         for peer in self.members.get(room, set()):
             if (peer, room) in self.held:
-                self.held[peer, room].append(line)
+                self.held[peer, room] += lines
             else:
-                self._deliver(peer, line)
+                self._deliver(peer, *lines)
 
     def subscribe(self, peer: Hashable, room: str, held: bool = False) -> None:
         self.members.setdefault(room, set()).add(peer)
         if held:
             self.held[peer, room] = []
 
-    def send_held(self, peer: Hashable, room: str, line: bytes) -> None:
-        self._deliver(peer, line)
+    def send_held(self, peer: Hashable, room: str, *lines: Line) -> None:
+        self._deliver(peer, *lines)
 
     def release_held(self, peer: Hashable, room: str) -> None:
-        for line in self.held.pop((peer, room), []):
-            self._deliver(peer, line)
+        self._deliver(peer, *self.held.pop((peer, room), []))
 
     def unsubscribe(self, peer: Hashable, room: str) -> None:
         self.members.get(room, set()).discard(peer)
 
-    def send_to(self, peer: Hashable, line: bytes, room: str | None = None) -> None:
-        self._deliver(peer, line)
+    def send_to(self, peer: Hashable, *lines: Line, room: str | None = None) -> None:
+        self._deliver(peer, *lines)
 
     def wait_drained(self, peer: Hashable, below: int) -> bool:
         return True
 
-    def close(self, peer: Hashable, final: bytes | None = None, reason: str | None = None) -> None:
+    def close(self, peer: Hashable, final: Line | None = None, reason: str | None = None) -> None:
         if final is not None:
             self._deliver(peer, final)
         self.closed.add(peer)
 
-    def _deliver(self, peer: Hashable, data: bytes) -> None:
-        for line in data.splitlines(keepends=True):
-            self.inboxes.setdefault(peer, []).append(decode_server(line))
+    def _deliver(self, peer: Hashable, *lines: Line) -> None:
+        self.inboxes.setdefault(peer, []).extend(line.message for line in lines)
 
     def take(self, peer: Hashable) -> list[ServerMessage]:
         return self.inboxes.pop(peer, [])

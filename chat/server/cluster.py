@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Collection, Hashable
 from typing import Generic, Protocol, TypeVar
 
+from chat.server.lines import Line
 from chat.server.log import LocalLog, RoomLog
 from chat.server.room import Delivery, LocalFeed, RoomFeed
 from chat.server.session import Holder
@@ -26,7 +27,7 @@ P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 class ClusterEvents(Protocol):
     """What a hub hears from its cluster (from other servers, or its own private lines)."""
 
-    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+    def private_line(self, line: Line, sender: str, recipient: str) -> None:
         """A private line between two identities, in id order: to their inboxes here, if any."""
         ...
 
@@ -96,7 +97,7 @@ class Cluster(Protocol[P_contra]):
         handed to them before (what a replay runs up to)."""
         ...
 
-    def send_private(self, build: Callable[[int], bytes], sender: str, recipient: str) -> bytes:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
         """Number and keep a private line between two identities, and have it reach their inboxes
         (through ClusterEvents.private_line, in id order); the line. StorageFailed if not kept."""
         ...
@@ -180,7 +181,7 @@ class LocalCluster(Generic[P]):
             open_it()
             return self._private.last_id
 
-    def send_private(self, build: Callable[[int], bytes], sender: str, recipient: str) -> bytes:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
         with self._private_lock:
             line = self._private.append(build, sender=sender, recipient=recipient)
             if self._events is not None:

@@ -1,9 +1,10 @@
 """The fan-out algorithm: which bytes each connection is owed, log by log, in order.
 
-Each log (a room, or one connection's private inbox) holds encoded lines
-shared by all its subscribers; each subscriber has a cursor per log plus a
-short queue of lines for it alone, and taking what it is owed joins log
-slices and queued lines in one buffer. Pure: no sockets, threads or locks
+Each log (a room, or one connection's private inbox) holds Lines shared by
+all its subscribers; each subscriber has a cursor per log plus a short queue
+of bytes for it alone, and taking what it is owed joins log slices, in its
+dialect's bytes, and queued bytes in one buffer. A slice is joined once per
+dialect however many subscribers take it. Pure: no sockets, threads or locks
 (the outbox holds its lock around every call), so every branch is tested
 directly.
 """
@@ -14,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
+
+from chat.server.lines import JSON_LINES, Dialect, Line
 
 #: A log is looked at for trimming once it holds this many lines.
 TRIM_AT = 2048
@@ -38,11 +41,13 @@ S = TypeVar("S", bound="Subscriber")
 class _Log(Generic[S]):
     """One log's published lines: `lines[i]` is line number `base + i`; `ends[i]`
     counts the bytes published up to and including it, so a backlog in bytes is
-    a subtraction."""
+    a subtraction. Bytes are counted in the JSON encoding, the one every line
+    has: for a peer of another dialect a backlog is an estimate."""
 
     __slots__ = (
         "_joined",
         "_joined_head",
+        "_joined_other",
         "base",
         "base_bytes",
         "ends",
@@ -53,7 +58,7 @@ class _Log(Generic[S]):
     )
 
     def __init__(self) -> None:
-        self.lines: list[bytes] = []
+        self.lines: list[Line] = []
         self.ends: list[int] = []
         self.base = 0
         #: The number of the next line: base + len(lines), kept as a field because
@@ -62,28 +67,38 @@ class _Log(Generic[S]):
         self.base_bytes = 0
         self.published_bytes = 0
         self.subscribers: set[S] = set()
-        # Most subscribers sit at the same cursor: join each slice once per head.
+        # Most subscribers sit at the same cursor: join each slice once per head (and dialect).
         self._joined: dict[int, bytes] = {}
+        self._joined_other: dict[tuple[Dialect, int], bytes] = {}
         self._joined_head = 0
 
-    def append(self, line: bytes) -> None:
+    def append(self, line: Line) -> None:
         self.lines.append(line)
         self.head += 1
-        self.published_bytes += len(line)
+        self.published_bytes += len(line.json)
         self.ends.append(self.published_bytes)
 
-    def slice(self, start: int, stop: int) -> bytes:
-        return b"".join(self.lines[start - self.base : stop - self.base])
+    def slice(self, start: int, stop: int, dialect: Dialect) -> bytes:
+        lines = self.lines[start - self.base : stop - self.base]
+        if dialect is JSON_LINES:
+            return b"".join([line.json for line in lines])
+        return b"".join([line.encoded(dialect) for line in lines])
 
-    def since(self, start: int) -> bytes:
-        """Every line from `start` to the head, joined once however many ask."""
+    def since(self, start: int, dialect: Dialect) -> bytes:
+        """Every line from `start` to the head in `dialect`, joined once however many ask."""
         head = self.head
         if head != self._joined_head:
             self._joined.clear()
+            self._joined_other.clear()
             self._joined_head = head
-        data = self._joined.get(start)
+        if dialect is JSON_LINES:
+            data = self._joined.get(start)
+            if data is None:
+                data = self._joined[start] = self.slice(start, head, dialect)
+            return data
+        data = self._joined_other.get((dialect, start))
         if data is None:
-            data = self._joined[start] = self.slice(start, head)
+            data = self._joined_other[dialect, start] = self.slice(start, head, dialect)
         return data
 
     def bytes_after(self, position: int) -> int:
@@ -114,18 +129,18 @@ class Cursor:
         self.position = log.head
         self.held = held
 
-    def advance(self) -> bytes:
+    def advance(self, dialect: Dialect) -> bytes:
         """Everything from here to the head; the cursor moves to the head."""
         log = self.log
-        data = log.since(self.position)
+        data = log.since(self.position, dialect)
         self.position = log.head
         return data
 
 
 @dataclass
 class Queued:
-    """A line for one subscriber; if `room` is set, it goes after that log's
-    lines before `position` and before the later ones."""
+    """Bytes for one subscriber (already in its dialect); if `room` is set, they
+    go after that log's lines before `position` and before the later ones."""
 
     room: str | None
     position: int
@@ -137,6 +152,7 @@ class Subscriber:
 
     __slots__ = (
         "cursors",
+        "dialect",
         "drop_reason",
         "give_up",
         "label",
@@ -148,8 +164,10 @@ class Subscriber:
         "taken_own",
     )
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, dialect: Dialect = JSON_LINES) -> None:
         self.label = label
+        #: How this subscriber's connection writes lines.
+        self.dialect = dialect
         self.state = PeerState.OPEN
         #: Log key -> where this subscriber is in that log.
         self.cursors: dict[str, Cursor] = {}
@@ -188,13 +206,14 @@ class Fanout(Generic[S]):
 
     # --- what rooms and connections ask for ------------------------------------------
 
-    def publish(self, room: str, line: bytes) -> None:
-        """Append `line` to the log `room`: O(1) however many subscribe to it."""
+    def publish(self, room: str, *lines: Line) -> None:
+        """Append `lines` to the log `room`: O(1) however many subscribe to it."""
         self.published += 1
         log = self._logs.get(room)
         if log is None:
             return
-        log.append(line)
+        for line in lines:
+            log.append(line)
         self._dirty_logs.add(room)
         if len(log.lines) >= TRIM_AT or log.published_bytes - log.base_bytes >= TRIM_BYTES:
             self._trim_candidates.add(room)
@@ -233,12 +252,12 @@ class Fanout(Generic[S]):
         for queued in peer.queue:
             if queued.room == room:
                 if cursor.position < queued.position:
-                    queue.append(Queued(None, 0, log.slice(cursor.position, queued.position)))
+                    queue.append(Queued(None, 0, log.slice(cursor.position, queued.position, peer.dialect)))
                     cursor.position = queued.position
                 queued = Queued(None, 0, queued.line)
             queue.append(queued)
         if cursor.position < log.head:
-            queue.append(Queued(None, 0, log.slice(cursor.position, log.head)))
+            queue.append(Queued(None, 0, log.slice(cursor.position, log.head, peer.dialect)))
         peer.queue = queue
         peer.queued_bytes = sum(len(queued.line) for queued in queue)
         self._dirty.add(peer)
@@ -298,11 +317,12 @@ class Fanout(Generic[S]):
             return self._take_with_queue(peer)
         peer.taken_own = 0
         data = b""
+        dialect = peer.dialect
         for cursor in peer.cursors.values():
             log = cursor.log
             if cursor.held or cursor.position >= log.head:
                 continue
-            since = log.since(cursor.position)
+            since = log.since(cursor.position, dialect)
             cursor.position = log.head
             data = data + since if data else since
         return data
@@ -376,14 +396,14 @@ class Fanout(Generic[S]):
         for queued in peer.queue:
             cursor = peer.cursors.get(queued.room) if queued.room is not None else None
             if cursor is not None and not cursor.held and cursor.position < queued.position:
-                out.append(cursor.log.slice(cursor.position, queued.position))
+                out.append(cursor.log.slice(cursor.position, queued.position, peer.dialect))
                 cursor.position = queued.position
             out.append(queued.line)
         peer.queue.clear()
         peer.queued_bytes = 0
         for cursor in peer.cursors.values():
             if not cursor.held and cursor.position < cursor.log.head:
-                out.append(cursor.advance())
+                out.append(cursor.advance(peer.dialect))
         return b"".join(out)
 
     def _detach(self, peer: S, room: str, log: _Log[S]) -> None:

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.cluster import Cluster, LocalCluster
+from chat.server.lines import Line
 from chat.server.room import (
     CHUNK_LINES,
     Delivery,
@@ -34,7 +35,6 @@ from chat.server.room import (
 )
 from chat.server.session import Holder, Session
 from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
-from chat.wire.codec import encode, encode_error, numbered_id
 from chat.wire.protocol import (
     LOBBY,
     Away,
@@ -88,7 +88,6 @@ P = TypeVar("P", bound=Hashable)
 #: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
 SERVER_SCOPE = "\0server"
 
-_PONG = encode(ServerPong())
 
 
 class Hub(Generic[P]):
@@ -210,9 +209,9 @@ class Hub(Generic[P]):
                     raise Refused("no_such_room", f"there is no room called {room}", room)
                 found.who(session)
             case ListRooms():
-                self._delivery.send_to(session.peer, encode(self.room_list()))
+                self._delivery.send_to(session.peer, Line.of(self.room_list()))
             case Ping():
-                self._delivery.send_to(session.peer, _PONG)
+                self._delivery.send_to(session.peer, Line.of(ServerPong()))
             case Pong():
                 pass  # any line keeps a connection alive; the reader noted it
             case Leave():
@@ -262,7 +261,7 @@ class Hub(Generic[P]):
         self._cluster.claim_name(name_keys(name), self._holder(session, name, identity.id))
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
-        self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
+        self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
 
     def change_password(self, session: Session[P], old: str, new: str) -> None:
         name = self._name_of(session)
@@ -271,7 +270,7 @@ class Hub(Generic[P]):
         identity = self._accounts.change_password(session.identity, old, new, session.address)
         self._prove(session, identity)
         detail = "password changed; every other token of this account is revoked"
-        self._delivery.send_to(session.peer, encode(SessionToken(name=name, token=identity.token, detail=detail)))
+        self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
 
     def moderate(self, session: Session[P], request: Moderate) -> None:
         """A moderation action in a room, by one of its operators (the room checks who may)."""
@@ -314,14 +313,14 @@ class Hub(Generic[P]):
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
                 why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
                 if target.session is not None:
-                    self._delivery.close(target.session.peer, encode_error(Refused("removed", why)), "disconnected")
+                    self._delivery.close(target.session.peer, Line.refusal(Refused("removed", why)), "disconnected")
                     self.disconnect(target.session, "kicked")
                 elif target.elsewhere and target.identity is not None:
                     self._cluster.disconnect_elsewhere(name_key(target.name), target.identity, why)
                 banned = isinstance(request, ServerBan)
                 done = f"{target_name} {'is banned from the server' if banned else 'is gone'}"
         log.info("%s: server operator %s: %s", session.label, quoted(name), done)
-        self._delivery.send_to(session.peer, encode(ServerNotice(detail=done)))
+        self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=done)))
 
     def _check_server_bans(self, session: Session[P], identity: Identity) -> None:
         now = time.time()
@@ -356,18 +355,18 @@ class Hub(Generic[P]):
         # again, whoever holds either name later.
         sender_id = _identity_of(session)
 
-        def build(id: int) -> bytes:
-            return encode(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+        def build(id: int) -> Line:
+            return Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
 
         # It reaches both parties (here, through private_line) in id order, on whichever server.
         line = self._cluster.send_private(build, sender_id, recipient_id)
         if target is not session and away is not None:
-            self._cluster.settle_private(numbered_id(line))  # after the echo, so it reads as the answer
-            self._delivery.publish(session.inbox, encode(Away(name=recipient, msg=away)))
+            self._cluster.settle_private(line.id)  # after the echo, so it reads as the answer
+            self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
 
     # --- what the cluster tells this one (chat.server.cluster.ClusterEvents) ---------------------
 
-    def private_line(self, line: bytes, sender: str, recipient: str) -> None:
+    def private_line(self, line: Line, sender: str, recipient: str) -> None:
         """A private line kept by any server, in id order: to its parties' inboxes here."""
         with self._lock:
             parties = self._by_identity.get(sender, set()) | self._by_identity.get(recipient, set())
@@ -386,7 +385,7 @@ class Hub(Generic[P]):
         with self._lock:
             holder = self._by_name.get(key)
         if holder is not None and holder.identity is not None and holder.identity.id == identity:
-            self._delivery.close(holder.peer, encode_error(Refused("removed", why)), "disconnected")
+            self._delivery.close(holder.peer, Line.refusal(Refused("removed", why)), "disconnected")
             self.disconnect(holder, "kicked")
             log.info("%s: removed from the server by an operator on another server", holder.label)
 
@@ -433,7 +432,7 @@ class Hub(Generic[P]):
             self._cluster.set_away(name_keys(name), session.identity.id, why or None)
         session.away = why or None
         said = f"you are away: {why}; private messages get that answer" if why else "you are back"
-        self._delivery.send_to(session.peer, encode(ServerNotice(detail=said)))
+        self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=said)))
 
     def rename(self, session: Session[P], new: str) -> None:
         """Change the session's name; each of its rooms shows the change once."""
@@ -461,7 +460,7 @@ class Hub(Generic[P]):
         for room in rooms:
             room.rename(session, old, new)
         if not rooms:  # in no room: nobody else to tell, but the renamer needs to know
-            self._delivery.send_to(session.peer, encode(Renamed(room=None, old=old, new=new, time=utc_now())))
+            self._delivery.send_to(session.peer, Line.of(Renamed(room=None, old=old, new=new, time=utc_now())))
         log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
     def room_list(self) -> RoomList:
@@ -546,7 +545,7 @@ class Hub(Generic[P]):
 
     def _replace(self, holder: Session[P]) -> None:
         replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
-        self._delivery.close(holder.peer, encode_error(replaced), "disconnected")
+        self._delivery.close(holder.peer, Line.refusal(replaced), "disconnected")
         self.disconnect(holder, "disconnected")
         log.info("%s: replaced by a new connection of the same identity", holder.label)
 
@@ -652,7 +651,7 @@ class Hub(Generic[P]):
             private = self._cluster.private_log
             span = private.missed(since, snapshot, self._settings.replay_limit, viewer)
             chunks = private.lines(span, CHUNK_LINES, viewer)
-            stream_chunks(self._delivery, peer, chunks, lambda data: self._delivery.send_held(peer, inbox, data))
+            stream_chunks(self._delivery, peer, chunks, lambda lines: self._delivery.send_held(peer, inbox, *lines))
         finally:
             self._delivery.release_held(peer, inbox)
 

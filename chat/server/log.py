@@ -5,6 +5,7 @@ them in this process's Store; a shared log (Redis, several servers) is a
 second implementation of the same few methods. The private-message log is a
 RoomLog too, whose reads are limited to a viewer's own lines. No sockets, no
 locks of its own: the room calls append with its lock held, reads without.
+Lines go in and come out as Lines; what is kept is their JSON encoding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from chat.errors import StorageFailed
+from chat.server.lines import Line
 from chat.server.store import Record, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class RoomLog(Protocol):
         (None where a log cannot be lost without the server knowing it)."""
         ...
 
-    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
         """Number the next line, build it with that id, keep it, and return it.
 
         The id is used only once the line is kept; raises StorageFailed if it
@@ -62,7 +64,7 @@ class RoomLog(Protocol):
         """
         ...
 
-    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
         """append() for lines that arrived together: numbered in order and kept in one
         write, all of them or (raising StorageFailed) none."""
         ...
@@ -79,7 +81,7 @@ class RoomLog(Protocol):
         """The newest `limit` lines with id < edge."""
         ...
 
-    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
         """The span's lines, oldest first, in lists of at most `chunk` lines, each read when asked for."""
         ...
 
@@ -102,19 +104,19 @@ class LocalLog:
     def epoch(self) -> str | None:
         return None  # a lost history file is caught at start (its ids begin again below a client's)
 
-    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
         next_id = self._last_id + 1
         line = build(next_id)
-        self._keep([Record(next_id, line, sender, recipient)])
+        self._keep([Record(next_id, line.json, sender, recipient)])
         return line
 
-    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
         if not builds:
             return []
         first = self._last_id + 1
-        records = [Record(id, build(id)) for id, build in enumerate(builds, first)]
-        self._keep(records)
-        return [record.line for record in records]
+        lines = [build(id) for id, build in enumerate(builds, first)]
+        self._keep([Record(id, line.json) for id, line in enumerate(lines, first)])
+        return lines
 
     def _keep(self, records: list[Record]) -> None:
         try:
@@ -155,13 +157,13 @@ class LocalLog:
         oldest = self._read(lambda: self._store.oldest_id(self._key)) or first
         return Span(first, upto, count, 0 if viewer is not None else max(0, first - oldest))
 
-    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
         first = span.first
         while first <= span.last:
             records = self._read(functools.partial(self._store.read, self._key, first, span.last, chunk, viewer))
             if not records:
                 return
-            yield [record.line for record in records]
+            yield [Line(record.line) for record in records]
             first = records[-1].id + 1
 
     def _read(self, read: Callable[[], T]) -> T:

@@ -4,7 +4,8 @@ The Outbox is the thin, threaded shell around the pure fan-out core
 (fanout.py): one lock around every call into it, and one writer thread that
 sends each due connection everything it is owed in a single non-blocking
 send through its Transport. Knows threads and selectors, not the protocol:
-lines are opaque bytes here.
+the delivery edge, where a Line becomes bytes in its peer's dialect (once per
+dialect for a room's line, whoever reads it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 
 from chat.server.fanout import Fanout, PeerState, Subscriber
+from chat.server.lines import JSON_LINES, Dialect, Line, render
 from chat.server.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,8 @@ class Peer(Subscriber):
 
     __slots__ = ("_watching", "plain", "released", "transport")
 
-    def __init__(self, transport: Transport, label: str) -> None:
-        super().__init__(label)
+    def __init__(self, transport: Transport, label: str, dialect: Dialect = JSON_LINES) -> None:
+        super().__init__(label, dialect)
         self.transport = transport
         self.released = threading.Event()
         self._watching = False  # registered with the selector for EVENT_WRITE
@@ -70,7 +72,7 @@ class Outbox:
         self._pass_done = threading.Condition(self._lock)
         self._written = 0  # lines published as of the writer's last finished pass
         self._peers: set[Peer] = set()
-        self._closing_all: bytes | None = None
+        self._closing_all: Line | None = None
         self._stopping = False
         self._wake_pending = False
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -86,19 +88,19 @@ class Outbox:
     def start(self) -> None:
         self._thread.start()
 
-    def register(self, transport: Transport, label: str) -> Peer:
-        """A new connection; it gets its own lines at once, a room's once subscribed."""
-        peer = Peer(transport, label)
+    def register(self, transport: Transport, label: str, dialect: Dialect = JSON_LINES) -> Peer:
+        """A new connection, written in `dialect`; it gets its own lines at once, a room's once subscribed."""
+        peer = Peer(transport, label, dialect)
         with self._lock:
             self._peers.add(peer)
             if self._closing_all is not None:
                 self._close_locked(peer, self._closing_all, "shutdown")
         return peer
 
-    def publish(self, room: str, line: bytes) -> None:
-        """Queue a line for every subscriber of `room`. Call with the room's order held."""
+    def publish(self, room: str, *lines: Line) -> None:
+        """Queue lines for every subscriber of `room`. Call with the room's order held."""
         with self._lock:
-            self._fanout.publish(room, line)
+            self._fanout.publish(room, *lines)
             self._wake_locked()
 
     def subscribe(self, peer: Peer, room: str, held: bool = False) -> None:
@@ -106,10 +108,11 @@ class Outbox:
         with self._lock:
             self._fanout.subscribe(peer, room, held)
 
-    def send_held(self, peer: Peer, room: str, line: bytes) -> None:
-        """Queue `line` where `peer`'s held cursor in `room` stands: before the lines it holds back."""
+    def send_held(self, peer: Peer, room: str, *lines: Line) -> None:
+        """Queue `lines` where `peer`'s held cursor in `room` stands: before the lines it holds back."""
+        data = render(lines, peer.dialect)
         with self._lock:
-            self._fanout.send_held(peer, room, line)
+            self._fanout.send_held(peer, room, data)
             self._wake_locked()
 
     def release_held(self, peer: Peer, room: str) -> None:
@@ -124,17 +127,18 @@ class Outbox:
             self._fanout.unsubscribe(peer, room)
             self._wake_locked()
 
-    def send_to(self, peer: Peer, line: bytes, room: str | None = None) -> None:
-        """Queue a line for one peer (with `room`: after that room's lines published before it).
+    def send_to(self, peer: Peer, *lines: Line, room: str | None = None) -> None:
+        """Queue lines for one peer (with `room`: after that room's lines published before them).
 
         A peer already owed `max_backlog` bytes of its own is dropped instead: a
         client that asks and never reads cannot make the server hold its answers.
         """
+        data = render(lines, peer.dialect)
         with self._lock:
-            if self._fanout.queued_bytes(peer) + len(line) > self.max_backlog:
+            if self._fanout.queued_bytes(peer) + len(data) > self.max_backlog:
                 self._drop_locked(peer, "slow_consumer")
                 return
-            self._fanout.send_to(peer, line, room)
+            self._fanout.send_to(peer, data, room)
             self._wake_locked()
 
     def queued_bytes(self, peer: Peer) -> int:
@@ -142,7 +146,7 @@ class Outbox:
         with self._lock:
             return self._fanout.queued_bytes(peer)
 
-    def close(self, peer: Peer, final: bytes | None = None, reason: str | None = None) -> None:
+    def close(self, peer: Peer, final: Line | None = None, reason: str | None = None) -> None:
         """Send what is queued (and `final`), then shut the connection down.
 
         Shutting it down wakes the handler blocked reading it. `reason`, if
@@ -151,7 +155,7 @@ class Outbox:
         with self._lock:
             self._close_locked(peer, final, reason)
 
-    def close_all(self, final: bytes) -> None:
+    def close_all(self, final: Line) -> None:
         """Close every peer, now and registered later, after sending it `final`."""
         with self._lock:
             self._closing_all = final
@@ -323,12 +327,12 @@ class Outbox:
 
     # --- helpers, all called with the lock held ------------------------------------------
 
-    def _close_locked(self, peer: Peer, final: bytes | None, reason: str | None) -> None:
+    def _close_locked(self, peer: Peer, final: Line | None, reason: str | None) -> None:
         if peer.state is PeerState.RELEASED:
             return
         if reason is not None and peer.drop_reason is None:
             peer.drop_reason = reason
-        self._fanout.close(peer, final)
+        self._fanout.close(peer, final.encoded(peer.dialect) if final is not None else None)
         self._wake_locked()
         self._pass_done.notify_all()
 

@@ -1,6 +1,6 @@
 """One room: its members, its topic, and the order of everything said in it.
 
-A Room turns what its members do into encoded lines for a Delivery, under a
+A Room turns what its members do into Lines for a Delivery, under a
 lock of its own that fixes the order of its lines, so its ids, history and
 live traffic never disagree; no other room ever waits for it. Reading
 history (a join, a resume, a page) happens outside that lock and leaves in
@@ -21,10 +21,10 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
+from chat.server.lines import Line
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
 from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
-from chat.wire.codec import encode, encode_error, encode_said, numbered_id
 from chat.wire.protocol import (
     Ban,
     Deop,
@@ -66,16 +66,17 @@ P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 
 
 class Delivery(Protocol[P_contra]):
-    """How lines reach connections (the Outbox, or a recording fake in tests)."""
+    """How lines reach connections (the Outbox, or a recording fake in tests): each connection
+    gets them in its own dialect's bytes, which is the Delivery's business, not the room's."""
 
-    def publish(self, room: str, line: bytes) -> None: ...
+    def publish(self, room: str, *lines: Line) -> None: ...
     def subscribe(self, peer: P_contra, room: str, held: bool = False) -> None: ...
-    def send_held(self, peer: P_contra, room: str, line: bytes) -> None: ...
+    def send_held(self, peer: P_contra, room: str, *lines: Line) -> None: ...
     def release_held(self, peer: P_contra, room: str) -> None: ...
     def unsubscribe(self, peer: P_contra, room: str) -> None: ...
-    def send_to(self, peer: P_contra, line: bytes, room: str | None = None) -> None: ...
+    def send_to(self, peer: P_contra, *lines: Line, room: str | None = None) -> None: ...
     def wait_drained(self, peer: P_contra, below: int) -> bool: ...
-    def close(self, peer: P_contra, final: bytes | None = None, reason: str | None = None) -> None: ...
+    def close(self, peer: P_contra, final: Line | None = None, reason: str | None = None) -> None: ...
 
 
 class RoomFeed(Protocol[P_contra]):
@@ -83,20 +84,20 @@ class RoomFeed(Protocol[P_contra]):
     Delivery (LocalFeed), or through a log shared by several servers whose reader delivers them.
     The room calls it with its lock held."""
 
-    def enter(self, peer: P_contra, name: str, joined: bytes) -> int:
+    def enter(self, peer: P_contra, name: str, joined: Line) -> int:
         """Tell the members `joined`, then take `peer` in as `name`, holding its live lines back
         until its history is sent; the last numbered id before it (what that history runs up to)."""
         ...
 
-    def publish(self, lines: bytes) -> None:
+    def publish(self, lines: Sequence[Line]) -> None:
         """Numbered lines just kept in the room's log."""
         ...
 
-    def rename(self, old: str, new: str, line: bytes) -> None:
+    def rename(self, old: str, new: str, line: Line) -> None:
         """A member is called `new` now; `line` tells every member."""
         ...
 
-    def leave(self, peer: P_contra, name: str, left: bytes, sees_it: bool) -> None:
+    def leave(self, peer: P_contra, name: str, left: Line, sees_it: bool) -> None:
         """Take `peer` (`name`) out and tell the members `left`; `peer` sees it too if `sees_it` (a part)."""
         ...
 
@@ -142,16 +143,16 @@ class LocalFeed(Generic[P]):
         self._store = store
         self._room = room
 
-    def enter(self, peer: P, name: str, joined: bytes) -> int:
+    def enter(self, peer: P, name: str, joined: Line) -> int:
         snapshot = self._log.last_id
         self._delivery.publish(self._key, joined)
         self._delivery.subscribe(peer, self._key, held=True)
         return snapshot
 
-    def publish(self, lines: bytes) -> None:
-        self._delivery.publish(self._key, lines)
+    def publish(self, lines: Sequence[Line]) -> None:
+        self._delivery.publish(self._key, *lines)
 
-    def rename(self, old: str, new: str, line: bytes) -> None:
+    def rename(self, old: str, new: str, line: Line) -> None:
         self._delivery.publish(self._key, line)
 
     def present(self, names: list[str]) -> None:
@@ -176,7 +177,7 @@ class LocalFeed(Generic[P]):
         record = RoomRecord(self._key, self._room, topic)
         kept(self._store.save_room, record, failure="the server could not keep the topic", room=self._room)
 
-    def leave(self, peer: P, name: str, left: bytes, sees_it: bool) -> None:
+    def leave(self, peer: P, name: str, left: Line, sees_it: bool) -> None:
         if sees_it:
             self._delivery.publish(self._key, left)
             self._delivery.unsubscribe(peer, self._key)
@@ -264,7 +265,7 @@ class Room(Generic[P]):
             guest = session.identity is None or session.identity.account is None
             if "accounts" in self._modes and guest and self.role_of(session) != "admin":
                 raise Refused("account_required", f"{self.name} is for accounts only: register first", self.name)
-            joined = encode(Joined(room=self.name, name=name, time=utc_now()))
+            joined = Line.of(Joined(room=self.name, name=name, time=utc_now()))
             snapshot = self._feed.enter(session.peer, name, joined)
             self._members[session] = name
             users = self._sorted_users()
@@ -292,16 +293,16 @@ class Room(Generic[P]):
                 modes=sorted(self._modes),
                 epoch=self._log.epoch,
             )
-            lead = encode(welcome)
+            lead = [Line.of(welcome)]
             if span.gap is not None:
                 first, last = span.gap
                 detail = f"{last - first + 1} messages ({first} to {last}) are no longer kept"
-                lead += encode(Gap(room=self.name, first=first, last=last, detail=detail))
-            self._delivery.send_held(peer, self.key, lead)
+                lead.append(Line.of(Gap(room=self.name, first=first, last=last, detail=detail)))
+            self._delivery.send_held(peer, self.key, *lead)
             if failure is not None:
-                self._delivery.send_held(peer, self.key, encode_error(failure))
+                self._delivery.send_held(peer, self.key, Line.refusal(failure))
             else:
-                self._stream(peer, span, lambda data: self._delivery.send_held(peer, self.key, data))
+                self._stream(peer, span, lambda lines: self._delivery.send_held(peer, self.key, *lines))
         finally:
             self._delivery.release_held(peer, self.key)
 
@@ -312,8 +313,8 @@ class Room(Generic[P]):
         span = self._log.before(edge, limit)
         header = HistoryPage(room=self.name, before=edge, count=span.count, more=span.more)
         peer = session.peer
-        self._delivery.send_to(peer, encode(header), self.key)
-        self._stream(peer, span, lambda data: self._delivery.send_to(peer, data, self.key))
+        self._delivery.send_to(peer, Line.of(header), room=self.key)
+        self._stream(peer, span, lambda lines: self._delivery.send_to(peer, *lines, room=self.key))
 
     def speak(self, session: Session[P], said: Sequence[tuple[Said, str]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
@@ -343,7 +344,7 @@ class Room(Generic[P]):
         for turn in queue:
             turn.taken = True
         stamp = self._stamper.now()
-        builds: list[Callable[[int], bytes]] = []
+        builds: list[Callable[[int], Line]] = []
         speaking: list[_Said[P]] = []
         for turn in queue:
             try:
@@ -351,7 +352,7 @@ class Room(Generic[P]):
             except RequestFailed as exc:
                 turn.failure = exc
                 continue
-            builds += [functools.partial(_said_line, kind, self.name, name, text, stamp) for kind, text in turn.said]
+            builds += [functools.partial(Line.said, kind, self.name, name, text, stamp) for kind, text in turn.said]
             speaking.append(turn)
         try:
             lines = self._log.append_all(builds)
@@ -360,7 +361,7 @@ class Room(Generic[P]):
                 turn.failure = exc
             return
         if lines:
-            self._feed.publish(b"".join(lines))
+            self._feed.publish(lines)
         for turn in speaking:
             turn.written = True
 
@@ -373,17 +374,17 @@ class Room(Generic[P]):
             record = RoomRecord(self.key, self.name, topic)
             self._feed.keep_topic(topic)
             line = self._log.append(
-                lambda id: encode(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
+                lambda id: Line.of(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
             )
             self._record = record
-            self._feed.publish(line)
+            self._feed.publish([line])
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._locked():
             if session not in self._members:
                 return
             self._members[session] = new
-            self._feed.rename(old, new, encode(Renamed(room=self.name, old=old, new=new, time=utc_now())))
+            self._feed.rename(old, new, Line.of(Renamed(room=self.name, old=old, new=new, time=utc_now())))
 
     def rules_changed(self) -> None:
         """Another server changed this room's rules: read them again before they are next used."""
@@ -421,7 +422,7 @@ class Room(Generic[P]):
             names = self._sorted_users()
             away = self._feed.away(names, away)
             users = Users(room=self.name, users=names, roles=self._roles_by_name(), away=away)
-        self._delivery.send_to(session.peer, encode(users), self.key)
+        self._delivery.send_to(session.peer, Line.of(users), room=self.key)
 
     def role_of(self, session: Session[P]) -> str | None:
         """`admin` (a server operator), `owner`, `op`, or None."""
@@ -519,7 +520,7 @@ class Room(Generic[P]):
         # history, and no count of older lines (they are no news to a newcomer).
         return self._log.recent(snapshot, self._settings.recent)
 
-    def _stream(self, peer: P, span: Span, send: Callable[[bytes], None]) -> None:
+    def _stream(self, peer: P, span: Span, send: Callable[[Sequence[Line]], None]) -> None:
         """Send the span's lines in pieces of about CHUNK_BYTES, each once the peer has taken most of the last."""
         stream_chunks(self._delivery, peer, self._log.lines(span, CHUNK_LINES), send)
 
@@ -543,7 +544,7 @@ class Room(Generic[P]):
         name = self._members.pop(session, None)
         if name is None:
             return None
-        left = encode(Left(room=self.name, name=name, reason=reason, time=utc_now()))
+        left = Line.of(Left(room=self.name, name=name, reason=reason, time=utc_now()))
         # The one who parts sees it too: that is its confirmation.
         self._feed.leave(session.peer, name, left, sees_it=reason == "part")
         if not self._members:
@@ -556,14 +557,14 @@ class Room(Generic[P]):
         """A moderation line, numbered and kept like a message, for every member; its id."""
         when = datetime.fromtimestamp(until, UTC) if until is not None else None
         line = self._log.append(
-            lambda id: encode(
+            lambda id: Line.of(
                 Moderation(
                     room=self.name, id=id, action=action, name=name, by=by, reason=reason, until=when, time=utc_now()
                 )
             )
         )
-        self._feed.publish(line)
-        return numbered_id(line)
+        self._feed.publish([line])
+        return line.id
 
     def _speaker(self, session: Session[P]) -> str:
         """The member's name, if it may speak here (not muted; voiced if the room is moderated)."""
@@ -663,10 +664,6 @@ class _Said(Generic[P]):
 _NOT_KEPT = "the server could not store your message, so nobody got it"
 
 
-def _said_line(kind: Said, room: str, name: str, text: str, stamp: str, id: int) -> bytes:
-    return encode_said(kind, room, id, name, text, stamp)
-
-
 def _targets_of(session: Session[Any]) -> list[str]:
     if session.identity is None:  # not joined yet: only its address says who it is
         return [f"address:{session.address}"]
@@ -680,20 +677,22 @@ def _ending(sanction: Sanction) -> str:
     return f" until {datetime.fromtimestamp(sanction.until, UTC).strftime('%Y-%m-%d %H:%M UTC')}{reason}"
 
 
-def stream_chunks(delivery: Delivery[P], peer: P, chunks: Iterable[list[bytes]], send: Callable[[bytes], None]) -> None:
-    """Send lines read chunk by chunk in pieces of at most about CHUNK_BYTES, never
+def stream_chunks(
+    delivery: Delivery[P], peer: P, chunks: Iterable[list[Line]], send: Callable[[Sequence[Line]], None]
+) -> None:
+    """Send lines read chunk by chunk in pieces of at most about CHUNK_BYTES (as JSON), never
     queueing a piece before the peer has taken most of the one before, so that a
     client reading as fast as it can always gets all of them."""
-    piece: list[bytes] = []
+    piece: list[Line] = []
     size = 0
     for chunk in chunks:
         for line in chunk:
             piece.append(line)
-            size += len(line)
+            size += len(line.json)
             if size >= CHUNK_BYTES:
                 if not delivery.wait_drained(peer, CHUNK_BYTES):
                     return  # the connection is closing: nobody to read the rest for
-                send(b"".join(piece))
+                send(piece)
                 piece, size = [], 0
     if piece and delivery.wait_drained(peer, CHUNK_BYTES):
-        send(b"".join(piece))
+        send(piece)

@@ -25,12 +25,13 @@ from chat.server.config import ServerConfig
 from chat.server.fanout import PeerState
 from chat.server.hub import Hub
 from chat.server.limits import AddressBook, AddressPolicy, TokenBucket, parse_networks, request_cost
+from chat.server.lines import Line
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
-from chat.wire.codec import LineFramer, decode_client, encode, encode_error
+from chat.wire.codec import LineFramer, decode_client, encode_error
 from chat.wire.protocol import (
     ClassicMessage,
     ClientMessage,
@@ -50,9 +51,8 @@ if TYPE_CHECKING:  # loaded only with --redis: the redis package is an optional 
 
 log = logging.getLogger(__name__)
 
-_PING = encode(ServerPing())
-_TOO_IDLE = encode(ErrorReply(code="idle_timeout", detail="no line from you for too long; closing"))
-_NO_JOIN = encode(ErrorReply(code="join_timeout", detail="no join from you in time; closing"))
+_TOO_IDLE = ErrorReply(code="idle_timeout", detail="no line from you for too long; closing")
+_NO_JOIN = ErrorReply(code="join_timeout", detail="no join from you in time; closing")
 _READ_SIZE = 64 * 1024
 #: Lines a person says: when one of them waits for the rate limit, its sender is told.
 _SAID = (SendMessage, SendAction, SendPrivate, ClassicMessage)
@@ -145,7 +145,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             received = self.request.recv(_READ_SIZE)
             if first_read and received.startswith(_TLS_HANDSHAKE) and not isinstance(self.transport, TlsTransport):
                 plain = Refused("plaintext_only", "this port speaks plain JSON lines, not TLS; closing")
-                self.server.outbox.close(session.peer, encode_error(plain))
+                self.server.outbox.close(session.peer, Line.refusal(plain))
                 log.info("%s: a TLS handshake on the plaintext port; closing", session.label)
                 return "disconnected"
             first_read = False
@@ -165,7 +165,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         try:
             lines = framer.feed(data)
         except ProtocolError as exc:
-            self.server.outbox.close(session.peer, encode_error(exc))
+            self.server.outbox.close(session.peer, Line.refusal(exc))
             log.warning("%s: line over %d bytes; closing", session.label, config.max_line)
             return "disconnected"
         for line in lines:
@@ -176,7 +176,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             if delay > config.flood_max_delay:
                 behind = f"you are more than {config.flood_max_delay:g} s ahead of the rate limit; closing"
                 self.server.outbox.close(
-                    session.peer, encode_error(Refused("excess_flood", behind)), reason="excess_flood"
+                    session.peer, Line.refusal(Refused("excess_flood", behind)), reason="excess_flood"
                 )
                 log.warning("%s: excess flood; closing", session.label)
                 return "excess_flood"
@@ -185,7 +185,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             if delay and not self._slowed and isinstance(request.message, _SAID):
                 detail = f"you send faster than {config.flood_rate:g} lines a second; your lines wait their turn"
                 notice = Notice(code="rate_limited", detail=detail, delay_ms=round(delay * 1000))
-                self.server.outbox.send_to(session.peer, encode(notice))
+                self.server.outbox.send_to(session.peer, Line.of(notice))
                 self._slowed = True
             if not delay:
                 self._slowed = False
@@ -255,7 +255,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         server = self.server
         if server.addresses.may_log(str(self.client_address[0])):
             log.info("%s: %s", session.label, quoted(str(failure), 200))
-        server.outbox.send_to(session.peer, encode_error(failure) * lines)
+        server.outbox.send_to(session.peer, *[Line.refusal(failure)] * lines)
 
 
 @dataclass
@@ -384,7 +384,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         log.info("stopping")
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
-        self.outbox.close_all(encode(Shutdown(detail="the server is shutting down")))
+        self.outbox.close_all(Line.of(Shutdown(detail="the server is shutting down")))
         self.server_close()
         if self._plain is not None:
             self._plain.server_close()
@@ -497,14 +497,14 @@ class ChatServer(socketserver.ThreadingTCPServer):
         config, peer = self.config, session.peer
         if config.join_timeout and session.name is None and now - session.connected_at >= config.join_timeout:
             log.info("%s: no join within %g s; closing", session.label, config.join_timeout)
-            self.outbox.close(peer, _NO_JOIN, reason="timeout")
+            self.outbox.close(peer, Line.of(_NO_JOIN), reason="timeout")
             return
         if not config.idle_timeout:
             return
         silent = now - session.last_heard
         if silent >= config.ping_interval and silent < config.idle_timeout and not session.pinged:
             session.pinged = True
-            self.outbox.send_to(peer, _PING)
+            self.outbox.send_to(peer, Line.of(ServerPing()))
         elif silent >= config.idle_timeout:
             # After a stall (the server stopped, the machine slept) lines may wait
             # unread: the client is alive if it is still reading what it is sent.
@@ -512,7 +512,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 session.heard()
                 return
             log.info("%s: silent for %.0f s; closing", session.label, silent)
-            self.outbox.close(peer, _TOO_IDLE, reason="timeout")
+            self.outbox.close(peer, Line.of(_TOO_IDLE), reason="timeout")
 
 
 class _PlainListener(socketserver.TCPServer):

@@ -65,11 +65,6 @@ def encode_said(kind: Literal["message", "action"], room: str, id: int, name: st
     ).encode()
 
 
-def numbered_id(line: bytes) -> int:
-    """The `id` of a numbered line this server encoded (a message, a moderation, a private one)."""
-    return int(json.loads(line)["id"])
-
-
 def encode_error(error: RequestFailed) -> bytes:
     """The error line that tells a peer why its request was not done.
 

@@ -22,6 +22,7 @@ import redis
 
 from chat.errors import Refused
 from chat.server.cluster import ClusterEvents
+from chat.server.lines import Line
 from chat.server.log import RoomLog
 from chat.server.redis import keys
 from chat.server.redis.commands import Close, Post, RulesChanged, Taken, WakeCommand
@@ -162,7 +163,7 @@ class RedisCluster(Generic[P]):
             open_it()
             return self._private.position[0]
 
-    def send_private(self, build: Callable[[int], bytes], sender: str, recipient: str) -> bytes:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
         """Kept in the private stream: the reader hands it to both parties, on any server."""
         return self._private_log.append(build, sender=sender, recipient=recipient)
 
@@ -202,7 +203,7 @@ class RedisCluster(Generic[P]):
             return
         for _, fields in entries:
             if b"s" in fields:
-                self._events.private_line(fields[b"l"], fields[b"s"].decode(), fields[b"r"].decode())
+                self._events.private_line(Line(fields[b"l"]), fields[b"s"].decode(), fields[b"r"].decode())
 
     def _deliver_rules(self, entries: Entries) -> None:
         if self._events is None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
 import redis
 
+from chat.server.lines import Line
 from chat.server.redis import keys
 from chat.server.redis.commands import Post, RulesChanged
 from chat.server.redis.directory import Directory
@@ -24,7 +25,6 @@ from chat.server.redis.reader import Followed, Reader, deliver_lines
 from chat.server.redis.records import SharedRoomRecords
 from chat.server.room import Delivery
 from chat.server.store import RoomRecord, StoreError, kept
-from chat.wire.codec import encode
 from chat.wire.protocol import Reset
 from chat.wire.text import name_key
 
@@ -56,34 +56,34 @@ class RedisFeed(Generic[P]):
         self._rooms = rooms
         self._post = post
 
-    def enter(self, peer: P, name: str, joined: bytes) -> int:
+    def enter(self, peer: P, name: str, joined: Line) -> int:
         with refused_if_away(NOT_STORED, self._room):
             self._directory.enter(self._key, name)
-            at = self._logs.notice(self._key, joined)
+            at = self._logs.notice(self._key, joined.json)
             followed = self._follow(at)
         self._reader.settle(followed, at)
         with followed.lock:  # the reader delivers under this lock: nothing slips between
             self._delivery.subscribe(peer, self._key, held=True)
             return followed.position[0]
 
-    def publish(self, lines: bytes) -> None:
+    def publish(self, lines: Sequence[Line]) -> None:
         """Nothing to do: the lines are in the stream, and the reader delivers them in its order."""
 
-    def rename(self, old: str, new: str, line: bytes) -> None:
+    def rename(self, old: str, new: str, line: Line) -> None:
         try:
             self._directory.leave(self._key, old)
             self._directory.enter(self._key, new)
-            self._logs.notice(self._key, line)
+            self._logs.notice(self._key, line.json)
         except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
             log.warning("a rename in %s was not told: %s", self._room, exc)
 
-    def leave(self, peer: P, name: str, left: bytes, sees_it: bool) -> None:
+    def leave(self, peer: P, name: str, left: Line, sees_it: bool) -> None:
         if not sees_it:
             self._delivery.unsubscribe(peer, self._key)
         at: tuple[int, int] | None = None
         try:
             self._directory.leave(self._key, name)
-            at = self._logs.notice(self._key, left)
+            at = self._logs.notice(self._key, left.json)
             followed = self._follow(at) if sees_it else None
         except redis.RedisError as exc:
             log.warning("the leave in %s was not told: %s", self._room, exc)
@@ -159,4 +159,4 @@ class RedisFeed(Generic[P]):
         log.warning("Redis lost the history of %s: its numbering starts again", self._key)
         detail = f"the history of {self._room} was lost; its ids start again"
         reset = Reset(room=self._room, epoch=epoch.decode() if epoch else None, detail=detail)
-        self._delivery.publish(self._key, encode(reset))
+        self._delivery.publish(self._key, Line.of(reset))

@@ -19,6 +19,7 @@ from typing import cast
 import redis
 
 from chat.errors import StorageFailed
+from chat.server.lines import Line
 from chat.server.log import Span
 from chat.server.redis import keys
 from chat.server.redis.reader import Entries, position
@@ -139,19 +140,19 @@ class RedisLog:
         with refused_if_away(_NOT_READ, self._room):
             return self._logs.last_id(self._key)
 
-    def append(self, build: Callable[[int], bytes], sender: str | None = None, recipient: str | None = None) -> bytes:
+    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
         return self._append_all([build], (sender or "", recipient or ""))[0]
 
-    def append_all(self, builds: Sequence[Callable[[int], bytes]]) -> list[bytes]:
+    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
         return self._append_all(builds, ("", ""))
 
-    def _append_all(self, builds: Sequence[Callable[[int], bytes]], parties: tuple[str, str]) -> list[bytes]:
+    def _append_all(self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str]) -> list[Line]:
         if not builds:
             return []
-        templates = [build(PLACEHOLDER_ID) for build in builds]
+        templates = [build(PLACEHOLDER_ID).json for build in builds]
         with refused_if_away(NOT_STORED, self._room):
             ids = self._logs.append(self._key, templates, parties)
-        return [t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1) for t, n in zip(templates, ids, strict=True)]
+        return [Line(t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1)) for t, n in zip(templates, ids, strict=True)]
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         oldest = self._oldest()
@@ -181,7 +182,7 @@ class RedisLog:
         first = max(oldest, upto - limit + 1)
         return Span(first, upto, upto - first + 1, first - oldest)
 
-    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[bytes]]:
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
         start = f"{span.first}-0"
         while True:
             with refused_if_away(_NOT_READ, self._room):
@@ -189,7 +190,7 @@ class RedisLog:
             if not entries:
                 return
             numbered = [
-                fields[b"l"] for entry, fields in entries
+                Line(fields[b"l"]) for entry, fields in entries
                 if position(entry)[1] == 0 and (viewer is None or _sees(viewer, fields))
             ]
             if numbered:

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import redis
 
+from chat.server.lines import Line
 from chat.server.redis import keys
 from chat.server.redis.commands import Fields, Follow, Post, Stop, WakeCommand, wake_command
 from chat.server.room import Delivery
@@ -45,7 +46,7 @@ def position(entry_id: bytes | str) -> tuple[int, int]:
 def deliver_lines(delivery: Delivery[Any], room: str, entries: Entries) -> None:
     """A room's new stream entries to its members here: the one place where what the reader
     read reaches this server's Delivery."""
-    delivery.publish(room, b"".join(fields[b"l"] for _, fields in entries))
+    delivery.publish(room, *[Line(fields[b"l"]) for _, fields in entries])
 
 
 @dataclass(eq=False)

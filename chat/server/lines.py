@@ -1,0 +1,120 @@
+"""What the core hands the delivery edge: a Line is one server message, with its bytes in each dialect.
+
+Rooms and the hub make Lines from protocol models and never encode bytes
+themselves; each front door's Dialect turns a Line into its own bytes, once
+per line however many of its peers read it (the line keeps them, as Ergo's
+message cache does). The JSON encoding is also the durable one (storage and
+Redis keep it), so a Line read back from history is its JSON bytes alone,
+decoded again only if a dialect other than JSON asks for its message.
+Pure: no sockets, threads or locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, Protocol
+
+from chat.errors import RequestFailed
+from chat.wire.codec import decode_server, encode, encode_error, encode_said
+from chat.wire.protocol import ServerMessage
+
+
+class Dialect(Protocol):
+    """How one front door writes server messages (JSON lines; later IRC, and others).
+
+    A dialect object stands for one way of writing: a connection whose
+    wishes change how lines look (an IRC client's capabilities, say) uses
+    another object, and each Line keeps its bytes per object.
+    """
+
+    #: A short name for logs and metrics (`json`, `irc`, ...).
+    name: str
+
+    def encode(self, line: Line) -> bytes:
+        """The bytes that carry `line` to a peer of this dialect (possibly none: b"")."""
+        ...
+
+
+class JsonLines:
+    """The JSON line protocol (protocol.md): a line's own JSON encoding, as stored."""
+
+    name = "json"
+
+    def encode(self, line: Line) -> bytes:
+        return line.json
+
+
+#: The dialect of our own protocol, the one storage keeps. One object: Lines compare dialects by identity.
+JSON_LINES = JsonLines()
+
+
+class Line:
+    """One server message, as its model and its bytes in each dialect that asked, each made once.
+
+    Shared by every connection that reads it, from several threads: each
+    lazily made part is made whole before it is kept, so a race at worst
+    makes it twice, never half.
+    """
+
+    __slots__ = ("_encoded", "_message", "json")
+
+    def __init__(self, json: bytes, message: ServerMessage | None = None) -> None:
+        """A line whose JSON encoding is `json` (as stored; ends with a newline); `message`, its
+        model, if the caller has it (else it is decoded from `json` when first asked for)."""
+        self.json = json
+        self._message = message
+        self._encoded: dict[Dialect, bytes] | None = None
+
+    @classmethod
+    def of(cls, message: ServerMessage) -> Line:
+        """The line for `message`, encoded to JSON now: every line goes to a JSON peer or storage."""
+        return cls(encode(message), message)
+
+    @classmethod
+    def refusal(cls, failure: RequestFailed) -> Line:
+        """The `error` line telling a peer why its request was not done (see codec.encode_error)."""
+        return cls(encode_error(failure))
+
+    @classmethod
+    def said(cls, kind: Literal["message", "action"], room: str, name: str, msg: str, time: str, id: int) -> Line:
+        """A line said in a room: the hot path, formatted straight from its parts (codec.encode_said).
+        The id comes last, so that a log can number a line built from the rest."""
+        return cls(encode_said(kind, room, id, name, msg, time))
+
+    @property
+    def message(self) -> ServerMessage:
+        """The line's model (decoded from its JSON the first time, for a line read from history)."""
+        message = self._message
+        if message is None:
+            message = self._message = decode_server(self.json)
+        return message
+
+    @property
+    def id(self) -> int:
+        """The id of a numbered line (a message, an action, a topic, a moderation, a private line)."""
+        number = getattr(self.message, "id", None)
+        if not isinstance(number, int):
+            raise ValueError(f"a {self.message.type} line has no id")
+        return number
+
+    def encoded(self, dialect: Dialect) -> bytes:
+        """The line in `dialect`'s bytes, made once per dialect."""
+        if dialect is JSON_LINES:
+            return self.json
+        encoded = self._encoded
+        if encoded is None:
+            encoded = self._encoded = {}
+        data = encoded.get(dialect)
+        if data is None:
+            data = encoded[dialect] = dialect.encode(self)
+        return data
+
+    def __repr__(self) -> str:
+        return f"Line({self.json!r})"
+
+
+def render(lines: Iterable[Line], dialect: Dialect) -> bytes:
+    """Several lines in `dialect`'s bytes, as one buffer."""
+    if dialect is JSON_LINES:
+        return b"".join([line.json for line in lines])
+    return b"".join([line.encoded(dialect) for line in lines])
