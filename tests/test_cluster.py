@@ -238,3 +238,31 @@ def test_only_the_key_schema_module_spells_redis_key_names():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.match(r"chat:[\w{]", node.value):
                 spelled.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert spelled == []
+
+
+# --- what servers tell each other ---------------------------------------------------------------
+
+
+def test_each_wake_command_reads_back_from_its_stream_fields_and_an_unknown_one_is_skipped():
+    from chat.server.redis.commands import Close, Follow, RulesChanged, Stop, Taken, wake_command
+
+    for command in (Stop(), Follow("dev"), Taken("alice", "account:alice"), Close("bob", "guest:x", "spam")):
+        fields = {name.encode(): str(value).encode() for name, value in command.fields().items()}
+        assert wake_command(fields) == command
+    assert wake_command({b"something": b"new"}) is None
+    change = RulesChanged("dev", "troll", "banned", 12)
+    assert RulesChanged.of({name.encode(): str(value).encode() for name, value in change.fields().items()}) == change
+    assert RulesChanged.of({b"room": b"dev", b"removed": b"", b"reason": b"", b"upto": b"0"}) == RulesChanged("dev")
+
+
+def test_a_lease_renewed_no_more_often_than_it_lasts_is_refused():
+    import redis
+
+    from chat.server.redis.lease import Lease
+
+    client = redis.Redis()  # never connects: nothing is sent before start()
+    try:
+        with pytest.raises(ValueError):
+            Lease(client, "node", lambda node: [], lambda: None, lambda room, member: None, period=2, renew_every=2)
+    finally:
+        client.close()
