@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -144,18 +145,18 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     else:
         log.info("history in %s (keeping %d messages per room)", config.db, config.retention)
 
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("%s received", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # The handlers do nothing in Python: the C-level handler writes each signal's number to
+    # `wakeup`, and this thread reads it below and acts. A handler that logged or set an Event
+    # could re-enter a lock the interrupted main thread holds (SIGINT and SIGTERM together could).
+    wakeup, wakeup_writer = socket.socketpair()
+    wakeup_writer.setblocking(False)  # set_wakeup_fd requires it; a full socket loses only repeats
+    signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGINT, _note_signal)
+    signal.signal(signal.SIGTERM, _note_signal)
     if server.tls_context is not None:
         # A renewed certificate is read again without dropping anybody. (Without TLS,
         # SIGHUP keeps its usual meaning: the terminal went away, so stop.)
-        signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_tls())
+        signal.signal(signal.SIGHUP, _note_signal)
     serving = threading.Thread(target=server.serve_forever, name="chat-serve")
     serving.start()
     host, port = server.server_address[:2]
@@ -167,12 +168,41 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     try:
-        while not stop_requested.wait(1.0):
-            pass
+        _serve_until_stopped(wakeup, server)
     finally:
         server.stop()
         serving.join()
+        # Later signals still find the no-op handlers: the server stops only once.
+        signal.set_wakeup_fd(-1)
+        wakeup.close()
+        wakeup_writer.close()
     return 0
+
+
+def _note_signal(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler of the server's signals: nothing, on purpose (see server_main).
+
+    It runs on the main thread between any two bytecodes, maybe inside a lock that thread
+    holds; the signal's number has already reached the wakeup socket, so there is nothing
+    left to do here, and nothing here may take a lock.
+    """
+
+
+def _serve_until_stopped(wakeup: socket.socket, server: ChatServer) -> None:
+    """On the main thread: read the signals' numbers from `wakeup` and act on each, here where
+    logging and locks are safe; return at the first SIGINT or SIGTERM."""
+    while True:
+        numbers = wakeup.recv(64)
+        if not numbers:  # our own socket, closed only after this returns
+            log.error("the signal socket closed; stopping")
+            return
+        for number in numbers:
+            if number == signal.SIGHUP:
+                log.info("SIGHUP received: reading the TLS certificate again")
+                server.reload_tls()
+                continue
+            log.info("%s received", signal.Signals(number).name)
+            return
 
 
 def client_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import socket
@@ -31,8 +32,34 @@ from chat.server.tcp import ChatServer
 from chat.wire.codec import decode_server
 from chat.wire.protocol import ChatMessage, ServerMessage, ServerPong, Welcome
 
+
+def _time_factor() -> float:
+    """CHAT_TEST_TIME_FACTOR, checked: how many times slower than usual this machine may be."""
+    raw = os.environ.get("CHAT_TEST_TIME_FACTOR", "").strip()
+    if not raw:
+        return 1.0
+    try:
+        factor = float(raw)
+    except ValueError:
+        factor = math.nan
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"CHAT_TEST_TIME_FACTOR={raw!r}: expected a positive number, such as 3")
+    return factor
+
+
+#: Every wait in the tests is multiplied by this (the environment's CHAT_TEST_TIME_FACTOR,
+#: default 1): a slow or loaded machine sets it above 1 instead of the tests failing there.
+TIME_FACTOR = _time_factor()
+
+
+def scaled(seconds: float) -> float:
+    """`seconds` on this machine: times CHAT_TEST_TIME_FACTOR. For a test's waits, and for a
+    server timer that a test must beat (a deadline its own client has to act within)."""
+    return seconds * TIME_FACTOR
+
+
 #: Seconds any single wait in a test may take before it fails.
-TIMEOUT = 10.0
+TIMEOUT = scaled(10.0)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -193,7 +220,7 @@ def start_chat_server() -> Iterator[Callable[..., RecordingChatServer]]:
         yield start
     finally:
         for server, thread in servers:
-            server.stop()
+            server.stop(TIMEOUT)
             thread.join(TIMEOUT)
         leaked = [
             t

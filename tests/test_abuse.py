@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from chat.server.config import ServerConfig
 from chat.server.fanout import PeerState
 from chat.server.session import Session
-from chat.testing import TIMEOUT, LineClient, admitted_client
+from chat.testing import TIMEOUT, LineClient, admitted_client, scaled
 from chat.wire.protocol import (
     ChatMessage,
     ErrorReply,
@@ -125,7 +125,8 @@ def test_loopback_is_exempt_by_default(start_chat_server, connect):
 
 
 def test_a_connection_that_never_joins_is_closed_and_pings_do_not_save_it(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(join_timeout=0.5))
+    # The ping and its answer must come back within the join deadline: on this machine's time.
+    server = start_chat_server(ServerConfig(join_timeout=scaled(0.5)))
     idler = connect(server)
     idler.send({"type": "ping"})
     idler.expect(ServerPong)
@@ -135,7 +136,9 @@ def test_a_connection_that_never_joins_is_closed_and_pings_do_not_save_it(start_
 
 
 def test_a_joined_connection_is_not_timed_out_by_the_join_deadline(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(join_timeout=0.3, ping_interval=0.6, idle_timeout=60))
+    # The join must beat the join deadline, and the ping come after it: both on this machine's time.
+    config = ServerConfig(join_timeout=scaled(0.3), ping_interval=scaled(0.6), idle_timeout=60)
+    server = start_chat_server(config)
     alice = connect(server)
     alice.join("alice")
     alice.expect(ServerPing)  # past the join deadline, and still connected
@@ -280,7 +283,8 @@ def fuzz_server(request, start_chat_server, connect, tmp_path):
 
 
 def test_a_client_that_kept_talking_through_a_server_stall_is_not_called_idle(chat_server_process):
-    server = chat_server_process("--ping-interval", "0.4", "--idle-timeout", "1")
+    # The timers and the stall scale together: the stall stays longer than the idle timeout.
+    server = chat_server_process("--ping-interval", str(scaled(0.4)), "--idle-timeout", str(scaled(1.0)))
     alice = LineClient(server.address)
     alice.join("alice")
     server.process.send_signal(signal.SIGSTOP)
@@ -289,7 +293,7 @@ def test_a_client_that_kept_talking_through_a_server_stall_is_not_called_idle(ch
         # alice's lines waiting unread in the server's socket all along.
         for _ in range(6):
             alice.send({"type": "pong"})
-            threading.Event().wait(0.25)
+            threading.Event().wait(scaled(0.25))
     finally:
         server.process.send_signal(signal.SIGCONT)
     alice.say("I was here all along")
@@ -334,7 +338,7 @@ def test_the_keepalive_counts_unread_input_as_life(start_chat_server, waiting):
     server._check_alive(session, time.monotonic())
     assert (peer.state is PeerState.OPEN) is waiting
     assert (peer.drop_reason is None) is waiting
-    server.outbox.release(peer, 1.0)
+    server.outbox.release(peer, TIMEOUT)
 
 
 def test_a_look_alike_name_is_refused_over_the_wire(connect):

@@ -11,7 +11,7 @@ import pytest
 from chat.client.connection import ChatClient, ConnectionLost, Reconnected
 from chat.errors import ConnectionClosed, JoinRefused
 from chat.server.tcp import ServerConfig
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, scaled
 from chat.wire.codec import encode
 from chat.wire.protocol import (
     ChatMessage,
@@ -23,7 +23,10 @@ from chat.wire.protocol import (
     Renamed,
     SendMessage,
     SendPrivate,
+    Users,
     Welcome,
+    Who,
+    room_key,
 )
 
 T = TypeVar("T")
@@ -82,6 +85,24 @@ def test_private_message_and_name_change(chat_server):
     run(scenario())
 
 
+def test_a_who_reply_refreshes_the_member_list_and_the_roles(chat_server, connect):
+    async def scenario():
+        alice = ChatClient(*chat_server.address, "alice", rooms=["den"])
+        await alice.connect()
+        bob = connect()
+        await asyncio.to_thread(bob.join, "bob")
+        await asyncio.to_thread(bob.send, {"type": "join", "room": "den"})
+        assert (await next_of(alice, Joined)).name == "bob"
+        view = alice.rooms[room_key("den")]
+        view.users, view.roles = ["ghost"], {"ghost": "op"}  # as if some events had been missed
+        await alice.send(Who(room="den"))
+        await next_of(alice, Users)
+        assert (view.users, view.roles) == (["alice", "bob"], {})
+        await alice.close()
+
+    run(scenario())
+
+
 def test_taken_name_is_refused_with_the_servers_reason(chat_server):
     async def scenario():
         first = ChatClient(*chat_server.address, "alice")
@@ -132,7 +153,8 @@ def test_reconnect_resumes_with_what_was_said_while_away(start_chat_server, tmp_
     port = server.port
 
     async def scenario():
-        bob = ChatClient("127.0.0.1", port, "bob", first_retry=0.5, max_retry=0.5)
+        # The squatter must take the name between two of bob's tries: on this machine's time.
+        bob = ChatClient("127.0.0.1", port, "bob", first_retry=scaled(0.5), max_retry=scaled(0.5))
         await bob.connect()
         await asyncio.to_thread(server.stop)
         await next_of(bob, ConnectionLost)

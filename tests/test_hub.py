@@ -461,6 +461,13 @@ def test_resume_past_the_replay_limit_says_how_many_more():
     assert [m.id for m in replay] == [8, 9, 10, 11, 12]
 
 
+def test_a_replay_limit_of_0_replays_nothing_and_says_how_many_were_missed():
+    h = Harness(replay_limit=0)
+    talk(h, 12)
+    h.send("bob", Join(name="bob", since=4))
+    assert [(m.history, m.more) for m in h.take("bob")] == [(0, 8)]
+
+
 def test_resume_from_before_what_is_kept_gets_a_gap_notice_first():
     h = Harness(MemoryStore(retention=4))
     talk(h, 10)

@@ -1,4 +1,4 @@
-"""Token buckets and per-address limits, on a fake clock."""
+"""Token buckets (the pacer of every connection's requests) and per-address limits, on a fake clock."""
 
 from __future__ import annotations
 
@@ -37,6 +37,39 @@ def test_an_idle_bucket_refills_to_its_burst_and_no_further(clock):
     clock.now += 3600
     assert [bucket.charge() for _ in range(10)] == [0.0] * 10
     assert bucket.charge() > 0
+
+
+def test_past_the_burst_each_line_waits_one_interval_longer_than_the_last(clock):
+    bucket = TokenBucket(rate=4, burst=3, clock=clock)
+    assert [bucket.charge() for _ in range(3)] == [0.0] * 3
+    assert [bucket.charge() for _ in range(8)] == pytest.approx([n / 4 for n in range(1, 9)])
+
+
+def test_tokens_come_back_one_per_interval(clock):
+    bucket = TokenBucket(rate=4, burst=3, clock=clock)
+    for _ in range(3):
+        bucket.charge()
+    clock.now += 0.5  # two intervals: two lines go at once again, the third waits one interval
+    assert [bucket.charge() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.25])
+
+
+def test_time_pays_a_debt_back_at_the_rate(clock):
+    bucket = TokenBucket(rate=4, burst=3, clock=clock)
+    for _ in range(7):  # four lines past the burst: a second of debt
+        bucket.charge()
+    assert bucket.debt() == pytest.approx(1.0)
+    clock.now += 0.5
+    assert bucket.debt() == pytest.approx(0.5)
+    clock.now += 0.5
+    assert bucket.debt() == 0.0
+    assert bucket.charge() == pytest.approx(0.25)  # paid off, but the burst is not back yet
+
+
+def test_a_request_costing_three_tokens_paces_like_three_lines(clock):
+    heavy, light = TokenBucket(rate=4, burst=3, clock=clock), TokenBucket(rate=4, burst=3, clock=clock)
+    assert heavy.charge(3) == 0.0
+    assert [light.charge() for _ in range(3)] == [0.0] * 3
+    assert (heavy.charge(), light.charge()) == pytest.approx((0.25, 0.25))
 
 
 def test_debt_is_how_far_ahead_the_client_is(clock):

@@ -9,7 +9,7 @@ import pytest
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.testing import LineClient
+from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import ChatMessage, SendMessage
 
 
@@ -67,7 +67,7 @@ def test_the_client_library_connects_to_an_ipv6_address(start_chat_server):
                 return event.msg
         return ""
 
-    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == "hi from the client"
+    assert asyncio.run(asyncio.wait_for(scenario(), TIMEOUT)) == "hi from the client"
 
 
 def test_the_server_warns_when_it_listens_beyond_loopback_in_clear(chat_server_process):

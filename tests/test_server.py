@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from chat.server.tcp import ServerConfig
-from chat.testing import TIMEOUT, LineClient, admitted_client, talk_at_once
+from chat.testing import TIMEOUT, LineClient, admitted_client, scaled, talk_at_once
 from chat.wire.protocol import (
     Action,
     Away,
@@ -265,7 +265,8 @@ def test_client_ping_gets_pong(connect):
 
 
 def test_silent_client_is_pinged_then_dropped(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(ping_interval=0.05, idle_timeout=0.5))
+    # The watcher's answers must beat the idle timeout: it runs on this machine's time.
+    server = start_chat_server(ServerConfig(ping_interval=scaled(0.05), idle_timeout=scaled(0.5)))
     watcher, sleeper = connect(server), connect(server)
     watcher.join("watcher")
     sleeper.join("sleeper")
@@ -279,7 +280,8 @@ def test_silent_client_is_pinged_then_dropped(start_chat_server, connect):
 
 
 def test_answering_pings_keeps_a_client_connected(start_chat_server, connect):
-    server = start_chat_server(ServerConfig(ping_interval=0.05, idle_timeout=0.3))
+    # The talker's answers must beat the idle timeout: it runs on this machine's time.
+    server = start_chat_server(ServerConfig(ping_interval=scaled(0.05), idle_timeout=scaled(0.3)))
     talker, sleeper = connect(server), connect(server)
     talker.join("talker")
     sleeper.join("sleeper")

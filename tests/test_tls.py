@@ -16,7 +16,7 @@ import trustme
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, scaled
 from chat.wire.protocol import ChatMessage, ErrorReply, SendMessage
 
 
@@ -55,7 +55,7 @@ def test_two_clients_chat_over_tls(tls_server, ca):
 
 
 def test_a_client_that_never_handshakes_delays_nobody_and_is_closed(tls_server, ca):
-    server = tls_server(tls_handshake_timeout=0.5)
+    server = tls_server(tls_handshake_timeout=scaled(0.5))  # alice's handshake must fit in it
     silent = socket.create_connection(server.address, timeout=TIMEOUT)
     alice = LineClient(server.address, tls=trusting(ca))
     assert alice.join("alice").name == "alice"
@@ -196,3 +196,14 @@ def test_sighup_reloads_the_certificate_of_a_running_server(chat_server_process,
     server.wait_for_log("TLS certificate reloaded")
     alice = LineClient(server.address, tls=trusting(ca))
     assert alice.join("alice").name == "alice"
+
+
+def test_tls_to_the_plain_port_beside_tls_gets_a_clear_error(tls_server, ca):
+    server = tls_server(plain_port=0)
+    raw = socket.create_connection(server.plain_address, timeout=TIMEOUT)
+    hello = trusting(ca).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    raw.sendall(outgoing.read())
+    assert b'"plaintext_only"' in raw.makefile("rb").readline()
+    raw.close()

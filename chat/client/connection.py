@@ -543,9 +543,6 @@ class ChatClient:
             case Moderation(room=room, action="deop" | "devoice", name=name):
                 if view := self.rooms.get(room_key(room)):
                     view.roles.pop(name, None)
-            case Users(room=room, roles=roles):
-                if view := self.rooms.get(room_key(room)):
-                    view.roles = dict(roles)
             case Left(room=room, name=name, reason=reason):
                 if reason == "part" and name == self.name:
                     self.rooms.pop(room_key(room), None)
@@ -556,9 +553,11 @@ class ChatClient:
                     view.users = sorted({new, *(user for user in view.users if user != old)}, key=str.casefold)
                 if old == self.name:
                     self.name = new
-            case Users(room=room, users=users):
+            case Users(room=room, users=users, roles=roles):
+                # One case for both: a second `case Users` never ran, so a who left the list stale.
                 if view := self.rooms.get(room_key(room)):
                     view.users = list(users)
+                    view.roles = dict(roles)
             case Topic(room=room, topic=topic):
                 if view := self.rooms.get(room_key(room)):
                     view.topic = topic

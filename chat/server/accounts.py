@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from chat.errors import Refused
 from chat.server.limits import TokenBucket
-from chat.server.store import AccountRecord, Store, kept
+from chat.server.store import AccountRecord, AccountStore, HistoryStore, kept
 from chat.wire.text import name_key
 
 #: How long a session token stays good after its last use.
@@ -48,23 +48,21 @@ class Identity:
         return [self.id] if self.account is not None else [self.id, f"address:{address}"]
 
 
-class AccountRecords(Protocol):
-    """Where accounts and session tokens are kept: the Store, or a place several servers share."""
-
-    def account(self, key: str) -> AccountRecord | None: ...
-    def save_account(self, account: AccountRecord) -> None: ...
-    def session(self, token_hash: str) -> tuple[str, float] | None: ...
-    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None: ...
-    def drop_sessions(self, identity: str) -> None: ...
+class AccountsStore(AccountStore, HistoryStore, Protocol):
+    """What Accounts needs of the server's store: accounts and tokens (unless `records` keeps
+    them elsewhere), and the private log, to hand an account the lines an older release kept
+    under its bare name."""
 
 
 class Accounts:
-    """Registration, login, tokens and their throttles, over a Store."""
+    """Registration, login, tokens and their throttles, over an AccountStore."""
 
-    def __init__(self, store: Store, require_account: bool = False, records: AccountRecords | None = None) -> None:
+    def __init__(
+        self, store: AccountsStore, require_account: bool = False, records: AccountStore | None = None
+    ) -> None:
         """`records`: where accounts and tokens are kept, if not in `store`."""
         self._store = store
-        self._records: AccountRecords = records or store
+        self._records: AccountStore = records or store
         self.require_account = require_account
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
         self._hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from chat.errors import RequestFailed
-from chat.wire.codec import decode_server, encode, encode_error, encode_said
+from chat.wire.codec import decode_server, encode, encode_said, error_reply
 from chat.wire.protocol import ServerMessage
 
 
@@ -73,7 +73,7 @@ class Line:
     @classmethod
     def refusal(cls, failure: RequestFailed) -> Line:
         """The `error` line telling a peer why its request was not done (see codec.encode_error)."""
-        return cls(encode_error(failure))
+        return cls.of(error_reply(failure))
 
     @classmethod
     def said(cls, kind: Literal["message", "action"], room: str, name: str, msg: str, time: str, id: int) -> Line:

@@ -1,7 +1,7 @@
 """A room's log: it numbers the room's lines, keeps them, and answers what history to send.
 
 RoomLog is the seam between a room and where its lines live: LocalLog keeps
-them in this process's Store; a shared log (Redis, several servers) is a
+them in this process's HistoryStore; a shared log (Redis, several servers) is a
 second implementation of the same few methods. The private-message log is a
 RoomLog too, whose reads are limited to a viewer's own lines. No sockets, no
 locks of its own: the room calls append with its lock held, reads without.
@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 
 from chat.errors import StorageFailed
 from chat.server.lines import Line
-from chat.server.store import Record, Store, StoreError
+from chat.server.store import HistoryStore, Record, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,9 @@ class RoomLog(Protocol):
 
 
 class LocalLog:
-    """A room log kept in this process's Store under the room's key."""
+    """A room log kept in this process's HistoryStore under the room's key."""
 
-    def __init__(self, store: Store, key: str, room: str | None) -> None:
+    def __init__(self, store: HistoryStore, key: str, room: str | None) -> None:
         """The log `key` of `store`; `room` (None for private messages) is named in its errors."""
         self._store = store
         self._key = key
@@ -140,9 +140,11 @@ class LocalLog:
         oldest = self._read(lambda: self._store.oldest_id(self._key))
         first_kept = oldest if oldest is not None else upto + 1
         gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
-        first = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))
-        if first is None or first <= since:
-            first = since + 1
+        if limit <= 0:
+            first = upto + 1  # no line at all (--replay-limit 0): every kept one is left out
+        else:
+            newest = self._read(lambda: self._store.newest_start(self._key, upto, limit, viewer))
+            first = since + 1 if newest is None or newest <= since else newest
         count = self._read(lambda: self._store.count(self._key, first, upto, viewer))
         # Counted by id (a room's ids are dense), so that a resume costs what its page costs.
         more = 0 if viewer is not None else max(0, first - max(since + 1, first_kept))

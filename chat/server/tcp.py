@@ -1,8 +1,11 @@
 """The TCP server: one handler thread per connection, reading lines into the hub.
 
 ChatServer owns a Hub and an Outbox, so several servers can live in one
-process. Handlers only read; every write goes through the Outbox. Stopping
-tells every client, wakes every handler, and joins every thread started here.
+process. It listens where `listeners(config)` says, each listener with its
+dialect (chat.server.dialects: a sans-I/O object that frames, decodes and
+paces); the handler is the loop around it. Handlers only read; every write goes
+through the Outbox. Stopping tells every client, wakes every handler, and joins
+every thread started here.
 """
 
 from __future__ import annotations
@@ -15,35 +18,25 @@ import socketserver
 import ssl
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from chat.errors import ProtocolError, Refused, RequestFailed
+from chat.errors import Refused, RequestFailed
 from chat.server.accounts import Accounts
 from chat.server.config import ServerConfig
+from chat.server.dialects.base import Connection, Dialect, Due, Refusal, Request, Said
+from chat.server.dialects.jsonlines import JsonLinesConnection
 from chat.server.fanout import PeerState
 from chat.server.hub import Hub
-from chat.server.limits import AddressBook, AddressPolicy, TokenBucket, parse_networks, request_cost
+from chat.server.limits import AddressBook, AddressPolicy, parse_networks
 from chat.server.lines import Line
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
-from chat.wire.codec import LineFramer, decode_client, encode_error
-from chat.wire.protocol import (
-    ClassicMessage,
-    ClientMessage,
-    ErrorReply,
-    LeaveReason,
-    Notice,
-    SendAction,
-    SendMessage,
-    SendPrivate,
-    ServerPing,
-    Shutdown,
-)
+from chat.wire.codec import encode_error, error_reply
+from chat.wire.protocol import ErrorReply, LeaveReason, ServerMessage, ServerPing, Shutdown
 from chat.wire.text import quoted
 
 if TYPE_CHECKING:  # loaded only with --redis: the redis package is an optional extra
@@ -53,24 +46,18 @@ log = logging.getLogger(__name__)
 
 _TOO_IDLE = ErrorReply(code="idle_timeout", detail="no line from you for too long; closing")
 _NO_JOIN = ErrorReply(code="join_timeout", detail="no join from you in time; closing")
+_TLS_ONLY = "this port speaks TLS only; closing"
 _READ_SIZE = 64 * 1024
-#: Lines a person says: when one of them waits for the rate limit, its sender is told.
-_SAID = (SendMessage, SendAction, SendPrivate, ClassicMessage)
-#: Most lines one client said to one room that are kept and published together.
-MAX_BATCH = 64
-# A TLS record of type handshake, version 3.x: what a ClientHello starts with.
-_TLS_HANDSHAKE = b"\x16\x03"
 
-__all__ = ["ChatHandler", "ChatServer", "ServerConfig"]
+__all__ = ["ChatHandler", "ChatServer", "Listener", "ServerConfig", "listeners"]
 
 
 class ChatHandler(socketserver.BaseRequestHandler):
-    """Reads one client's lines and hands them to the hub, at the pace its limits allow; never writes.
+    """Reads one client's bytes into its dialect's connection and serves what comes due; never writes.
 
-    Lines are read as they arrive and each is charged to the connection's token
-    bucket: within the burst it is served at once, past it it waits its turn
-    (the client is slowed, nobody else is), and a client more than
-    `flood_max_delay` seconds ahead of its rate is cut off with `excess_flood`.
+    The connection (the dialect of the listener the client came in on) frames,
+    decodes and paces; this loop owns the socket and the transport (TLS), keeps
+    the client alive for the keepalive, and hands due requests to the hub.
     While a client's own replies are over SOFT_BACKLOG unsent, its next request
     waits, so what it asked for leaves before it may ask for more.
     """
@@ -78,13 +65,17 @@ class ChatHandler(socketserver.BaseRequestHandler):
     server: ChatServer
     request: socket.socket
 
+    def __init__(self, request: Any, client_address: Any, server: ChatServer, listener: Listener | None = None) -> None:
+        #: The listener the connection came in on: whether it speaks TLS, and its dialect.
+        self.listener = listener or server.listener
+        super().__init__(request, client_address, server)
+
     def handle(self) -> None:
         server = self.server
         label = peer_label(self.client_address)
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        secure = server.tls_context is not None and self.request.getsockname()[1] != server.plain_port
-        transport = self._secure(label) if secure else TcpTransport(self.request)
+        transport = self._secure(label) if self.listener.tls else TcpTransport(self.request)
         if transport is None:
             return
         self.transport: Transport = transport
@@ -93,11 +84,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label)
         try:
-            reason = self._serve(session)
+            reason = self._serve(session, self.listener.dialect(server.config, tls=self.listener.tls))
         except OSError as exc:
             log.info("%s: connection lost (%s)", label, exc)
         finally:
-            server.hub.disconnect(session, cast(LeaveReason, peer.drop_reason) or reason)
+            server.hub.disconnect(session, cast("LeaveReason | None", peer.drop_reason) or reason)
             server.outbox.release(peer, server.config.shutdown_grace)
             log.info("%s disconnected", label)
 
@@ -112,141 +103,91 @@ class ChatHandler(socketserver.BaseRequestHandler):
         except ssl.SSLError as exc:
             log.info("%s: no TLS (%s); closing", label, exc.reason or exc)
             # Most likely a plaintext client: tell it in plaintext.
-            _refuse(self.request, encode_error(Refused("tls_required", "this port speaks TLS only; closing")))
+            _refuse(self.request, encode_error(Refused("tls_required", _TLS_ONLY)))
             return None
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.info("%s: TLS handshake failed (%s); closing", label, exc)
             return None
         return transport
 
-    def _serve(self, session: Session[Peer]) -> LeaveReason:
-        """Read and serve lines until the client leaves or is cut off; why it went."""
-        config = self.server.config
-        framer = LineFramer(config.max_line)
-        self._bucket = TokenBucket(config.flood_rate, config.flood_burst)
-        self._slowed = False
-        waiting: deque[_Request] = deque()
+    def _serve(self, session: Session[Peer], connection: Connection) -> LeaveReason:
+        """Read and serve requests until the client leaves or is cut off; why it went."""
         readable = select.poll()
         readable.register(self.request, select.POLLIN)
-        first_read = True
         # Lines that came with the end of a TLS handshake already wait in the transport.
         early = self.transport.receive(b"")
-        if early and (cut := self._take_lines(session, framer, waiting, early)):
-            return cut
+        if early:
+            connection.receive_data(early, time.monotonic())
         while True:
-            if not self._serve_due(session, waiting):
-                return "quit"
-            timeout_ms = None if not waiting else max(0, math.ceil((waiting[0].due - time.monotonic()) * 1000))
+            if (gone := self._act(session, connection)) is not None:
+                return gone
+            due = connection.next_due
+            timeout_ms = None if due is None else max(0, math.ceil((due - time.monotonic()) * 1000))
             if not readable.poll(timeout_ms):
-                continue  # the first waiting line is due
+                continue  # the first waiting request is due
             # Heard before the bytes leave the socket: the keepalive, which counts unread
             # input as life, never sees the input gone and the client not yet heard.
             session.heard()
             received = self.request.recv(_READ_SIZE)
-            if first_read and received.startswith(_TLS_HANDSHAKE) and not isinstance(self.transport, TlsTransport):
-                plain = Refused("plaintext_only", "this port speaks plain JSON lines, not TLS; closing")
-                self.server.outbox.close(session.peer, Line.refusal(plain))
-                log.info("%s: a TLS handshake on the plaintext port; closing", session.label)
-                return "disconnected"
-            first_read = False
             data = self.transport.receive(received) if received else None
             if data is None:
-                if framer.unfinished:
+                connection.receive_eof()
+                if connection.unfinished:
                     log.debug("%s: dropped an unterminated last line", session.label)
-                return self._serve_rest(session, waiting)
-            if cut := self._take_lines(session, framer, waiting, data):
-                return cut
+                return self._serve_rest(session, connection)
+            connection.receive_data(data, time.monotonic())
 
-    def _take_lines(
-        self, session: Session[Peer], framer: LineFramer, waiting: deque[_Request], data: bytes
-    ) -> LeaveReason | None:
-        """Frame, decode and charge what arrived; each line waits its turn. A reason if the client is cut off."""
-        config = self.server.config
-        try:
-            lines = framer.feed(data)
-        except ProtocolError as exc:
-            self.server.outbox.close(session.peer, Line.refusal(exc))
-            log.warning("%s: line over %d bytes; closing", session.label, config.max_line)
-            return "disconnected"
-        for line in lines:
-            if not line.strip():
-                continue  # blank lines (an extra Enter in nc) are not an error
-            request = _Request.decode(line)
-            delay = self._bucket.charge(request_cost(request.message, len(line)))
-            if delay > config.flood_max_delay:
-                behind = f"you are more than {config.flood_max_delay:g} s ahead of the rate limit; closing"
-                self.server.outbox.close(
-                    session.peer, Line.refusal(Refused("excess_flood", behind)), reason="excess_flood"
-                )
-                log.warning("%s: excess flood; closing", session.label)
-                return "excess_flood"
-            # Told when a line a person said starts waiting: joins and history pages a client
-            # asks for by itself (a restart in several rooms) are paced without a word.
-            if delay and not self._slowed and isinstance(request.message, _SAID):
-                detail = f"you send faster than {config.flood_rate:g} lines a second; your lines wait their turn"
-                notice = Notice(code="rate_limited", detail=detail, delay_ms=round(delay * 1000))
-                self.server.outbox.send_to(session.peer, Line.of(notice))
-                self._slowed = True
-            if not delay:
-                self._slowed = False
-            request.due = time.monotonic() + delay
-            waiting.append(request)
-        return None
+    def _act(self, session: Session[Peer], connection: Connection) -> LeaveReason | None:
+        """Do what the connection asks now: send its answers, close if it must, serve the due
+        requests. Why the client went, if it did."""
+        for answer in connection.answers_to_send():
+            self._send(session.peer, answer)
+        if (close := connection.closing) is not None:
+            self._close(session.peer, close.final, close.reason)
+            log.log(close.level, "%s: %s; closing", session.label, close.log)
+            return close.reason or "disconnected"
+        return None if self._serve_due(session, connection) else "quit"
 
-    def _serve_due(self, session: Session[Peer], waiting: deque[_Request]) -> bool:
-        """Serve every waiting line that is due; False when the client said goodbye."""
+    def _serve_due(self, session: Session[Peer], connection: Connection) -> bool:
+        """Serve every request that is due; False when the client said goodbye."""
         outbox, peer = self.server.outbox, session.peer
-        while waiting and waiting[0].due <= time.monotonic():
+        while connection.due(time.monotonic()):
             if peer.state is not PeerState.OPEN or (
                 outbox.queued_bytes(peer) >= SOFT_BACKLOG and not outbox.wait_drained(peer, SOFT_BACKLOG)
             ):
-                waiting.clear()  # closing: nobody to answer
+                connection.drop_waiting()  # closing: nobody to answer
                 return True
-            if not self._serve_line(session, waiting.popleft(), waiting):
+            # Taken after any wait above: lines said meanwhile join the batch.
+            request = connection.next_request(time.monotonic())
+            if request is not None and not self._serve_request(session, request):
                 return False
         return True
 
-    @staticmethod
-    def _said_with(first: SendMessage | SendAction, waiting: deque[_Request]) -> list[SendMessage | SendAction]:
-        """`first` and the due lines after it said to the same room (taken from `waiting`): served as
-        one batch, with one lock, one write to the store and one publish for all of them."""
-        said = [first]
-        now = time.monotonic()
-        while waiting and len(said) < MAX_BATCH and waiting[0].due <= now:
-            message = waiting[0].message
-            if not isinstance(message, SendMessage | SendAction) or message.room != first.room:
-                break
-            said.append(message)
-            waiting.popleft()
-        return said
-
-    def _serve_rest(self, session: Session[Peer], waiting: deque[_Request]) -> LeaveReason:
+    def _serve_rest(self, session: Session[Peer], connection: Connection) -> LeaveReason:
         """The client closed its side: what it sent before still counts, at its pace."""
         stopping = self.server.stopping
-        while waiting and session.peer.state is PeerState.OPEN:
-            if stopping.wait(max(0.0, waiting[0].due - time.monotonic())):
+        while (due := connection.next_due) is not None and session.peer.state is PeerState.OPEN:
+            if stopping.wait(max(0.0, due - time.monotonic())):
                 break
-            if not self._serve_due(session, waiting):
+            if not self._serve_due(session, connection):
                 return "quit"
         return "disconnected"
 
-    def _serve_line(self, session: Session[Peer], request: _Request, waiting: deque[_Request]) -> bool:
-        """Serve one line (a line said to a room with the due ones said there after it); False when the
-        client said goodbye. Each line refused is answered with its own error, as if served alone."""
+    def _serve_request(self, session: Session[Peer], request: Due) -> bool:
+        """Serve one request (lines said to a room as one batch); False when the client said
+        goodbye. Each line refused is answered with its own error, as if served alone."""
         server = self.server
-        lines = 1
         try:
-            message = request.message
-            if isinstance(message, RequestFailed):
-                raise message
-            if isinstance(message, SendMessage | SendAction):
-                said = self._said_with(message, waiting)
-                lines = len(said)
-                server.hub.speak(session, message.room, said)
-            elif not server.hub.receive(session, message):
-                return False
+            match request:
+                case Said(room, lines):
+                    server.hub.speak(session, room, lines)
+                case Request(message):
+                    if not server.hub.receive(session, message):
+                        return False
+                case Refusal(failure):
+                    self._answer_failure(session, failure)
         except RequestFailed as exc:
-            self._answer_failure(session, exc, lines)
+            self._answer_failure(session, exc, len(request.lines) if isinstance(request, Said) else 1)
         server.outbox.wait_for_writer(timeout=1.0)
         return True
 
@@ -255,22 +196,15 @@ class ChatHandler(socketserver.BaseRequestHandler):
         server = self.server
         if server.addresses.may_log(str(self.client_address[0])):
             log.info("%s: %s", session.label, quoted(str(failure), 200))
-        server.outbox.send_to(session.peer, *[Line.refusal(failure)] * lines)
+        self._send(session.peer, *[error_reply(failure)] * lines)
 
+    # --- answers leave as Lines: the outbox writes them in the peer's dialect ---------------
 
-@dataclass
-class _Request:
-    """One line read from a client, decoded (or why not), and when it may be served."""
+    def _send(self, peer: Peer, *answers: ServerMessage) -> None:
+        self.server.outbox.send_to(peer, *[Line.of(answer) for answer in answers])
 
-    message: ClientMessage | ClassicMessage | RequestFailed
-    due: float = 0.0
-
-    @classmethod
-    def decode(cls, line: bytes) -> _Request:
-        try:
-            return cls(decode_client(line))
-        except ProtocolError as exc:
-            return cls(exc)
+    def _close(self, peer: Peer, final: ServerMessage, reason: str | None) -> None:
+        self.server.outbox.close(peer, Line.of(final), reason=reason)
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
@@ -288,6 +222,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
+        # OSError for options that do not make sense together, before anything is opened.
+        #: The main listener (this socket's); the others get a socket of their own.
+        self.listener, *others = listeners(config)
         # StoreError if unusable: the command line turns it into one line and exit status 1.
         self.store = open_store(config.db, config.retention, config.max_age, config.retention_bytes)
         self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
@@ -318,29 +255,30 @@ class ChatServer(socketserver.ThreadingTCPServer):
         #: Set once stop() begins: handlers waiting out a client's pace stop waiting.
         self.stopping = threading.Event()
         self._stop_lock = threading.Lock()
+        #: The listening sockets beside this one (each a listener of the table), in its order.
+        self._others: list[_Listener] = []
         try:
-            self.address_family = _family(config.host, config.port)
-            super().__init__(config.address, ChatHandler)
+            self.address_family = _family(*self.listener.address)
+            super().__init__(self.listener.address, ChatHandler)  # closes its socket if it fails
         except OSError:
             self._close_storage()
             raise
-        #: The extra plaintext listener beside a TLS one (--plain-port), if any.
-        self._plain: _PlainListener | None = None
-        if config.plain_port is not None:
-            if self.tls_context is None:
-                self.server_close()
-                self._close_storage()
-                raise OSError("--plain-port is for a server that speaks TLS (--tls-cert, --tls-key)")
-            plain_host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
-            try:
-                self._plain = _PlainListener(self, (plain_host, config.plain_port))
-            except OSError:
-                self.server_close()
-                self._close_storage()
-                raise
+        try:
+            for listener in others:
+                self._others.append(_Listener(self, listener))
+        except OSError:
+            self._close_listeners()
+            self._close_storage()
+            raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
         self.outbox.start()
         self._keepalive.start()
+
+    def _close_listeners(self) -> None:
+        """Close every listening socket: this one and the others opened so far."""
+        self.server_close()
+        for other in self._others:
+            other.server_close()
 
     def _close_storage(self) -> None:
         if self.shared is not None:
@@ -354,26 +292,33 @@ class ChatServer(socketserver.ThreadingTCPServer):
     @property
     def plain_port(self) -> int | None:
         """The port of the plaintext listener beside the TLS one, if there is one."""
-        return int(self._plain.server_address[1]) if self._plain is not None else None
+        address = self.plain_address
+        return address[1] if address is not None else None
 
     @property
     def plain_address(self) -> tuple[str, int] | None:
-        return (str(self._plain.server_address[0]), int(self._plain.server_address[1])) if self._plain else None
+        """Where the plaintext listener beside the TLS one listens, if there is one."""
+        for other in self._others:
+            if other.listener.name == "plain":
+                return str(other.server_address[0]), int(other.server_address[1])
+        return None
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._serving.set()
         if self.stopping.is_set():
             return
-        plain = None
-        if self._plain is not None:
-            plain = threading.Thread(target=self._plain.serve_forever, args=(poll_interval,), name="chat-plain")
-            plain.start()
+        threads = [
+            threading.Thread(target=other.serve_forever, args=(poll_interval,), name=f"chat-{other.listener.name}")
+            for other in self._others
+        ]
+        for thread in threads:
+            thread.start()
         try:
             super().serve_forever(poll_interval)
         finally:
-            if plain is not None and self._plain is not None:
-                self._plain.shutdown()
-                plain.join()
+            for other, thread in zip(self._others, threads, strict=True):
+                other.shutdown()
+                thread.join()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every client, close every connection, and join every thread. Idempotent."""
@@ -385,9 +330,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(Line.of(Shutdown(detail="the server is shutting down")))
-        self.server_close()
-        if self._plain is not None:
-            self._plain.server_close()
+        self._close_listeners()
         self._join_handlers(timeout)
         self._keepalive.join(timeout)
         if self.shared is not None:
@@ -449,21 +392,28 @@ class ChatServer(socketserver.ThreadingTCPServer):
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._handle_connection, args=(request, client_address), name="chat-handler", daemon=True
-        )
-        with self._handlers_lock:
-            self._handlers.add(thread)
-        thread.start()
+        self.start_handler(request, client_address, self.listener)
+
+    def finish_request(self, request: Any, client_address: Any, listener: Listener | None = None) -> None:
+        ChatHandler(request, client_address, self, listener or self.listener)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("handler for %s crashed", client_address)
 
     # --- inside --------------------------------------------------------------------------
 
-    def _handle_connection(self, request: Any, client_address: Any) -> None:
+    def start_handler(self, request: Any, client_address: Any, listener: Listener) -> None:
+        """A thread of its own for a connection accepted on `listener` (this server's or another)."""
+        thread = threading.Thread(
+            target=self._handle_connection, args=(request, client_address, listener), name="chat-handler", daemon=True
+        )
+        with self._handlers_lock:
+            self._handlers.add(thread)
+        thread.start()
+
+    def _handle_connection(self, request: Any, client_address: Any, listener: Listener) -> None:
         try:
-            self.finish_request(request, client_address)
+            self.finish_request(request, client_address, listener)
         except Exception:
             self.handle_error(request, client_address)
         finally:
@@ -515,17 +465,46 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.outbox.close(peer, Line.of(_TOO_IDLE), reason="timeout")
 
 
-class _PlainListener(socketserver.TCPServer):
-    """A second listening socket for plain lines beside a TLS one; its connections are the
-    main server's in every way but TLS (the handler tells them apart by their local port)."""
+@dataclass(frozen=True)
+class Listener:
+    """One socket the server listens on: where, whether its connections speak TLS, and the
+    dialect they speak (what makes each one's connection object)."""
+
+    name: str
+    address: tuple[str, int]
+    tls: bool
+    dialect: Dialect
+
+
+def listeners(config: ServerConfig) -> list[Listener]:
+    """Every socket `config` asks the server to listen on, the main one first.
+
+    The one place options become listeners: another front door (IRC, a web
+    client) is one more entry here. OSError for options that do not go together.
+    """
+    tls = bool(config.tls_cert or config.tls_key)
+    found = [Listener("main", config.address, tls, JsonLinesConnection)]
+    if config.plain_port is not None:
+        if not tls:
+            raise OSError("--plain-port is for a server that speaks TLS (--tls-cert, --tls-key)")
+        host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
+        found.append(Listener("plain", (host, config.plain_port), False, JsonLinesConnection))
+    return found
+
+
+class _Listener(socketserver.TCPServer):
+    """A listening socket beside the main one; its connections are the main server's in every
+    way but the listener they came in on (its TLS and dialect)."""
 
     allow_reuse_address = True
     request_queue_size = 4096
 
-    def __init__(self, main: ChatServer, address: tuple[str, int]) -> None:
+    def __init__(self, main: ChatServer, listener: Listener) -> None:
         self.main = main
-        self.address_family = _family(*address)
-        super().__init__(address, ChatHandler)
+        self.listener = listener
+        self.address_family = _family(*listener.address)
+        # Never asked for a handler: process_request hands each connection to the main server.
+        super().__init__(listener.address, socketserver.BaseRequestHandler)
 
     def server_bind(self) -> None:
         _serve_both_families(self.socket)
@@ -535,7 +514,7 @@ class _PlainListener(socketserver.TCPServer):
         return self.main.verify_request(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self.main.process_request(request, client_address)
+        self.main.start_handler(request, client_address, self.listener)
 
 
 def _redis_cluster(config: ServerConfig, outbox: Outbox) -> RedisCluster[Peer]:

@@ -65,14 +65,19 @@ def encode_said(kind: Literal["message", "action"], room: str, id: int, name: st
     ).encode()
 
 
-def encode_error(error: RequestFailed) -> bytes:
-    """The error line that tells a peer why its request was not done.
+def error_reply(failure: RequestFailed) -> ErrorReply:
+    """The error that tells a peer why its request was not done.
 
     Never fails: whatever of the peer's own text the detail quotes is made
     encodable first (a lone surrogate becomes U+FFFD).
     """
-    room = None if error.room is None else _encodable(error.room)
-    return encode(ErrorReply(code=error.code, detail=_encodable(error.detail), room=room))
+    room = None if failure.room is None else _encodable(failure.room)
+    return ErrorReply(code=failure.code, detail=_encodable(failure.detail), room=room)
+
+
+def encode_error(failure: RequestFailed) -> bytes:
+    """The error line that tells a peer why its request was not done (see error_reply)."""
+    return encode(error_reply(failure))
 
 
 def _encodable(text: str) -> str:

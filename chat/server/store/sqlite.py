@@ -1,15 +1,9 @@
-"""Where numbered lines are kept, log by log: in memory, or durably in SQLite.
-
-A log is one room's history (keyed by the room's casefolded name) or the
-server's private-message log (PRIVATE_LOG). A store keeps encoded lines by
-(log, id) with who may see each, answers range questions whose cost is the
-size of the answer, and keeps the room list. It decides nothing: the room log
-numbers and chooses what to keep; no sockets and no protocol models here.
+"""SqliteStore: a Store in one SQLite file (WAL) that survives restarts and `kill -9`, and
+brings a file made by an older release up to date when it opens it.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
 import logging
@@ -17,361 +11,21 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from chat.errors import ChatError, StorageFailed
+from chat.server.store.protocols import (
+    DEFAULT_RETENTION,
+    DEFAULT_RETENTION_BYTES,
+    PRIVATE_LOG,
+    AccountRecord,
+    Record,
+    RoomRecord,
+    Sanction,
+    StoreError,
+)
 
-T = TypeVar("T")
 _logger = logging.getLogger(__name__)
-
-#: Messages each log keeps by default; older ones are deleted as new ones arrive.
-DEFAULT_RETENTION = 100_000
-#: Bytes each log keeps at most: one client saying 8,000 escaped NULs at a time
-#: (48 KB a line) must not be able to fill a small server's disk.
-DEFAULT_RETENTION_BYTES = 32 * 1024 * 1024
-#: The log of private messages: not a room name (those are 1 to 32 characters).
-PRIVATE_LOG = ""
-
-
-class StoreError(ChatError):
-    """The store could not be opened, read or written (corrupt file, full disk, locked)."""
-
-
-class Record(NamedTuple):
-    """One stored line: its id in its log, the encoded line, and who may see it.
-
-    A named tuple, not a dataclass: one is made for every line said, and a tuple is made fastest.
-    """
-
-    id: int
-    line: bytes
-    #: Casefolded names of the two parties of a private message; None for a room's line.
-    sender: str | None = None
-    recipient: str | None = None
-
-    def visible_to(self, viewer: str | None) -> bool:
-        return viewer is None or self.recipient is None or viewer in (self.sender, self.recipient)
-
-
-@dataclass(frozen=True)
-class RoomRecord:
-    """A room as the store keeps it: its key, its name as first spelled, its topic."""
-
-    key: str
-    name: str
-    topic: str = ""
-
-
-@dataclass(frozen=True)
-class AccountRecord:
-    """A registered name: its key (wire.text.name_key), its spelling, its password's Argon2 hash."""
-
-    key: str
-    name: str
-    password_hash: str
-    created_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Sanction:
-    """A ban or a mute in a room: on an identity (`account:...`) or, for a guest, an address
-    (`address:...`); `name` is who it was given to, `until` when it ends (None: never)."""
-
-    room: str
-    target: str
-    kind: str
-    name: str
-    until: float | None
-    reason: str
-    by: str
-
-    def active(self, now: float) -> bool:
-        return self.until is None or self.until > now
-
-
-class Rules(Protocol):
-    """Who may do what in a room (or, under the server's own scope, on the server): roles, modes,
-    bans and mutes. A Store keeps them; several servers on one Redis keep them there."""
-
-    def roles(self, room: str) -> dict[str, str]: ...
-    def save_role(self, room: str, identity: str, role: str | None) -> None: ...
-    def sanctions(self, room: str) -> list[Sanction]: ...
-    def modes(self, room: str) -> set[str]: ...
-    def save_mode(self, room: str, mode: str, on: bool) -> None: ...
-    def save_sanction(self, sanction: Sanction) -> None: ...
-    def drop_sanction(self, room: str, target: str, kind: str) -> None: ...
-
-
-class Store(Protocol):
-    """What room logs need of a store. `viewer` (an identity: `account:...` or `guest:...`) limits an
-    answer to the lines that name may see; None means every line."""
-
-    def last_id(self, log: str) -> int:
-        """The highest id ever stored in `log` (0 for a new one)."""
-        ...
-
-    def oldest_id(self, log: str) -> int | None:
-        """The lowest id still kept in `log`, or None when nothing is."""
-        ...
-
-    def append(self, log: str, record: Record) -> None:
-        """Keep `record`; raises StoreError if it could not be kept."""
-        ...
-
-    def append_all(self, log: str, records: Sequence[Record]) -> None:
-        """Keep every one of `records` (in id order) or, raising StoreError, none of them."""
-        ...
-
-    def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
-        """The lowest id among the `count` newest visible records with id <= upto (None if there are none)."""
-        ...
-
-    def count(self, log: str, first: int, last: int, viewer: str | None = None) -> int:
-        """How many visible records have first <= id <= last."""
-        ...
-
-    def read(self, log: str, first: int, last: int, limit: int, viewer: str | None = None) -> list[Record]:
-        """Up to `limit` visible records with first <= id <= last, oldest first."""
-        ...
-
-    def rooms(self) -> list[RoomRecord]:
-        """Every room ever created."""
-        ...
-
-    def save_room(self, room: RoomRecord) -> None:
-        """Create or update a room; raises StoreError if it could not be kept."""
-        ...
-
-    def account(self, key: str) -> AccountRecord | None:
-        """The account registered under `key`, if any."""
-        ...
-
-    def save_account(self, account: AccountRecord) -> None:
-        """Register an account, or change its password hash."""
-        ...
-
-    def session(self, token_hash: str) -> tuple[str, float] | None:
-        """The identity a session token stands for, and when it expires."""
-        ...
-
-    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
-        """Keep a session token's hash (or move its expiry)."""
-        ...
-
-    def drop_sessions(self, identity: str) -> None:
-        """Revoke every session token of `identity`."""
-        ...
-
-    def roles(self, room: str) -> dict[str, str]:
-        """The room's roles: identity -> `owner` or `op`."""
-        ...
-
-    def save_role(self, room: str, identity: str, role: str | None) -> None:
-        """Give `identity` a role in the room (None takes it away)."""
-        ...
-
-    def sanctions(self, room: str) -> list[Sanction]:
-        """The room's bans and mutes, expired ones included."""
-        ...
-
-    def modes(self, room: str) -> set[str]:
-        """The room's modes that are on."""
-        ...
-
-    def save_mode(self, room: str, mode: str, on: bool) -> None: ...
-
-    def save_sanction(self, sanction: Sanction) -> None: ...
-
-    def drop_sanction(self, room: str, target: str, kind: str) -> None: ...
-
-    def adopt_private(self, legacy: str, identity: str) -> int:
-        """Give `identity` the private lines an older release kept under the casefolded
-        name `legacy`; how many it gets."""
-        ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class _MemoryLog:
-    """One log's records, oldest first, from index `start` on (the ones before are trimmed)."""
-
-    ids: list[int] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
-    start: int = 0
-    last_id: int = 0
-    kept_bytes: int = 0
-
-    def append(self, record: Record, retention: int, retention_bytes: int) -> None:
-        self.ids.append(record.id)
-        self.records.append(record)
-        self.last_id = record.id
-        self.kept_bytes += len(record.line)
-        if len(self.ids) - self.start > retention:
-            for old in self.records[self.start : len(self.ids) - retention]:
-                self.kept_bytes -= len(old.line)
-            self.start = len(self.ids) - retention
-        while self.kept_bytes > retention_bytes and self.start < len(self.ids) - 1:
-            self.kept_bytes -= len(self.records[self.start].line)
-            self.start += 1
-        if self.start > len(self.ids) // 2:  # compact now and then, not per append
-                del self.ids[: self.start]
-                del self.records[: self.start]
-                self.start = 0
-
-    def bounds(self, first: int, last: int) -> tuple[int, int]:
-        """The index range of the kept records with first <= id <= last."""
-        return bisect.bisect_left(self.ids, first, lo=self.start), bisect.bisect_right(self.ids, last, lo=self.start)
-
-
-class MemoryStore:
-    """A store that forgets everything when the server stops (`--db :memory:`)."""
-
-    def __init__(self, retention: int = DEFAULT_RETENTION, retention_bytes: int = DEFAULT_RETENTION_BYTES) -> None:
-        self.retention = retention
-        self.retention_bytes = retention_bytes
-        self._logs: dict[str, _MemoryLog] = {}
-        self._rooms: dict[str, RoomRecord] = {}
-        self._accounts: dict[str, AccountRecord] = {}
-        self._sessions: dict[str, tuple[str, float]] = {}
-        self._roles: dict[str, dict[str, str]] = {}
-        self._modes: dict[str, set[str]] = {}
-        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
-        # Room threads append to different logs at once; one short lock keeps the dicts whole.
-        self._lock = threading.Lock()
-
-    def last_id(self, log: str) -> int:
-        with self._lock:
-            return self._log(log).last_id
-
-    def oldest_id(self, log: str) -> int | None:
-        with self._lock:
-            kept = self._log(log)
-            return kept.ids[kept.start] if kept.start < len(kept.ids) else None
-
-    def append(self, log: str, record: Record) -> None:
-        self.append_all(log, (record,))
-
-    def append_all(self, log: str, records: Sequence[Record]) -> None:
-        with self._lock:
-            kept = self._log(log)
-            for record in records:
-                kept.append(record, self.retention, self.retention_bytes)
-
-    def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
-        with self._lock:
-            kept = self._log(log)
-            start, end = kept.bounds(0, upto)
-            if count <= 0 or start == end:
-                return None
-            if viewer is None:
-                return kept.ids[max(start, end - count)]
-            found = None
-            for index in range(end - 1, start - 1, -1):
-                if count <= 0:
-                    break
-                if kept.records[index].visible_to(viewer):
-                    found, count = kept.ids[index], count - 1
-            return found
-
-    def count(self, log: str, first: int, last: int, viewer: str | None = None) -> int:
-        with self._lock:
-            kept = self._log(log)
-            start, end = kept.bounds(first, last)
-            if viewer is None:
-                return max(0, end - start)
-            return sum(1 for record in kept.records[start:end] if record.visible_to(viewer))
-
-    def read(self, log: str, first: int, last: int, limit: int, viewer: str | None = None) -> list[Record]:
-        with self._lock:
-            kept = self._log(log)
-            start, end = kept.bounds(first, last)
-            if viewer is None:
-                return kept.records[start : min(end, start + limit)]
-            found: list[Record] = []
-            for record in kept.records[start:end]:
-                if len(found) >= limit:
-                    break
-                if record.visible_to(viewer):
-                    found.append(record)
-            return found
-
-    def rooms(self) -> list[RoomRecord]:
-        with self._lock:
-            return list(self._rooms.values())
-
-    def save_room(self, room: RoomRecord) -> None:
-        with self._lock:
-            self._rooms[room.key] = room
-
-    def account(self, key: str) -> AccountRecord | None:
-        return self._accounts.get(key)
-
-    def save_account(self, account: AccountRecord) -> None:
-        with self._lock:
-            self._accounts[account.key] = account
-
-    def session(self, token_hash: str) -> tuple[str, float] | None:
-        return self._sessions.get(token_hash)
-
-    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
-        with self._lock:
-            self._sessions[token_hash] = (identity, expires_at)
-
-    def roles(self, room: str) -> dict[str, str]:
-        with self._lock:
-            return dict(self._roles.get(room, {}))
-
-    def save_role(self, room: str, identity: str, role: str | None) -> None:
-        with self._lock:
-            roles = self._roles.setdefault(room, {})
-            if role is None:
-                roles.pop(identity, None)
-            else:
-                roles[identity] = role
-
-    def modes(self, room: str) -> set[str]:
-        with self._lock:
-            return set(self._modes.get(room, set()))
-
-    def save_mode(self, room: str, mode: str, on: bool) -> None:
-        with self._lock:
-            modes = self._modes.setdefault(room, set())
-            if on:
-                modes.add(mode)
-            else:
-                modes.discard(mode)
-
-    def sanctions(self, room: str) -> list[Sanction]:
-        with self._lock:
-            return [s for (where, _, _), s in self._sanctions.items() if where == room]
-
-    def save_sanction(self, sanction: Sanction) -> None:
-        with self._lock:
-            self._sanctions[sanction.room, sanction.target, sanction.kind] = sanction
-
-    def drop_sanction(self, room: str, target: str, kind: str) -> None:
-        with self._lock:
-            self._sanctions.pop((room, target, kind), None)
-
-    def adopt_private(self, legacy: str, identity: str) -> int:
-        return 0  # nothing outlives a memory store, so no older release left lines in it
-
-    def drop_sessions(self, identity: str) -> None:
-        with self._lock:
-            for token_hash in [key for key, (owner, _) in self._sessions.items() if owner == identity]:
-                del self._sessions[token_hash]
-
-    def close(self) -> None:
-        pass
-
-    def _log(self, log: str) -> _MemoryLog:
-        kept = self._logs.get(log)
-        if kept is None:
-            kept = self._logs[log] = _MemoryLog()
-        return kept
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
@@ -879,18 +533,6 @@ def _move_single_room_history(db: sqlite3.Connection) -> int:
     return moved
 
 
-def kept(
-    call: Callable[..., T], *args: Any, failure: str = "the server could not keep that", room: str | None = None
-) -> T:
-    """Call the store for a client's request; if the store fails, log why and refuse the
-    request with `storage_failed` and `failure` (nothing was done then)."""
-    try:
-        return call(*args)
-    except StoreError as exc:
-        _logger.error("%s", exc)
-        raise StorageFailed("storage_failed", failure, room) from exc
-
-
 def _private_file(path: str) -> None:
     """Create the history file 0600 (its directory 0700 if new), or make an existing one 0600:
     it holds private messages."""
@@ -932,15 +574,3 @@ def _read_marks(path: str) -> dict[str, int]:
     if not isinstance(marks, dict) or not all(isinstance(v, int) and 0 <= v < ID_LIMIT for v in marks.values()):
         raise StoreError(f"{path} does not hold last ids; move it away to start the ids over")
     return {str(log): int(last) for log, last in marks.items()}
-
-
-def open_store(
-    path: str,
-    retention: int = DEFAULT_RETENTION,
-    max_age: float | None = None,
-    retention_bytes: int = DEFAULT_RETENTION_BYTES,
-) -> Store:
-    """A SqliteStore at `path`, or a MemoryStore for ":memory:"."""
-    if path == ":memory:":
-        return MemoryStore(retention, retention_bytes)
-    return SqliteStore(path, retention, max_age, retention_bytes=retention_bytes)

@@ -1,0 +1,204 @@
+"""MemoryStore: a Store that forgets everything when the server stops (`--db :memory:`)."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from chat.server.store.protocols import (
+    DEFAULT_RETENTION,
+    DEFAULT_RETENTION_BYTES,
+    AccountRecord,
+    Record,
+    RoomRecord,
+    Sanction,
+)
+
+
+@dataclass
+class _MemoryLog:
+    """One log's records, oldest first, from index `start` on (the ones before are trimmed)."""
+
+    ids: list[int] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    start: int = 0
+    last_id: int = 0
+    kept_bytes: int = 0
+
+    def append(self, record: Record, retention: int, retention_bytes: int) -> None:
+        self.ids.append(record.id)
+        self.records.append(record)
+        self.last_id = record.id
+        self.kept_bytes += len(record.line)
+        if len(self.ids) - self.start > retention:
+            for old in self.records[self.start : len(self.ids) - retention]:
+                self.kept_bytes -= len(old.line)
+            self.start = len(self.ids) - retention
+        while self.kept_bytes > retention_bytes and self.start < len(self.ids) - 1:
+            self.kept_bytes -= len(self.records[self.start].line)
+            self.start += 1
+        if self.start > len(self.ids) // 2:  # compact now and then, not per append
+            del self.ids[: self.start]
+            del self.records[: self.start]
+            self.start = 0
+
+    def bounds(self, first: int, last: int) -> tuple[int, int]:
+        """The index range of the kept records with first <= id <= last."""
+        return bisect.bisect_left(self.ids, first, lo=self.start), bisect.bisect_right(self.ids, last, lo=self.start)
+
+
+class MemoryStore:
+    """A store that forgets everything when the server stops (`--db :memory:`)."""
+
+    def __init__(self, retention: int = DEFAULT_RETENTION, retention_bytes: int = DEFAULT_RETENTION_BYTES) -> None:
+        self.retention = retention
+        self.retention_bytes = retention_bytes
+        self._logs: dict[str, _MemoryLog] = {}
+        self._rooms: dict[str, RoomRecord] = {}
+        self._accounts: dict[str, AccountRecord] = {}
+        self._sessions: dict[str, tuple[str, float]] = {}
+        self._roles: dict[str, dict[str, str]] = {}
+        self._modes: dict[str, set[str]] = {}
+        self._sanctions: dict[tuple[str, str, str], Sanction] = {}
+        # Room threads append to different logs at once; one short lock keeps the dicts whole.
+        self._lock = threading.Lock()
+
+    def last_id(self, log: str) -> int:
+        with self._lock:
+            return self._log(log).last_id
+
+    def oldest_id(self, log: str) -> int | None:
+        with self._lock:
+            kept = self._log(log)
+            return kept.ids[kept.start] if kept.start < len(kept.ids) else None
+
+    def append(self, log: str, record: Record) -> None:
+        self.append_all(log, (record,))
+
+    def append_all(self, log: str, records: Sequence[Record]) -> None:
+        with self._lock:
+            kept = self._log(log)
+            for record in records:
+                kept.append(record, self.retention, self.retention_bytes)
+
+    def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
+        with self._lock:
+            kept = self._log(log)
+            start, end = kept.bounds(0, upto)
+            if count <= 0 or start == end:
+                return None
+            if viewer is None:
+                return kept.ids[max(start, end - count)]
+            found = None
+            for index in range(end - 1, start - 1, -1):
+                if count <= 0:
+                    break
+                if kept.records[index].visible_to(viewer):
+                    found, count = kept.ids[index], count - 1
+            return found
+
+    def count(self, log: str, first: int, last: int, viewer: str | None = None) -> int:
+        with self._lock:
+            kept = self._log(log)
+            start, end = kept.bounds(first, last)
+            if viewer is None:
+                return max(0, end - start)
+            return sum(1 for record in kept.records[start:end] if record.visible_to(viewer))
+
+    def read(self, log: str, first: int, last: int, limit: int, viewer: str | None = None) -> list[Record]:
+        with self._lock:
+            kept = self._log(log)
+            start, end = kept.bounds(first, last)
+            if viewer is None:
+                return kept.records[start : min(end, start + limit)]
+            found: list[Record] = []
+            for record in kept.records[start:end]:
+                if len(found) >= limit:
+                    break
+                if record.visible_to(viewer):
+                    found.append(record)
+            return found
+
+    def rooms(self) -> list[RoomRecord]:
+        with self._lock:
+            return list(self._rooms.values())
+
+    def save_room(self, room: RoomRecord) -> None:
+        with self._lock:
+            known = self._rooms.get(room.key)
+            self._rooms[room.key] = room if known is None else dataclasses.replace(known, topic=room.topic)
+
+    def account(self, key: str) -> AccountRecord | None:
+        return self._accounts.get(key)
+
+    def save_account(self, account: AccountRecord) -> None:
+        with self._lock:
+            known = self._accounts.get(account.key)
+            if known is None:
+                self._accounts[account.key] = dataclasses.replace(account, created_at=account.created_at or time.time())
+            else:  # a new password: the name as registered and when it was stay
+                self._accounts[account.key] = dataclasses.replace(known, password_hash=account.password_hash)
+
+    def session(self, token_hash: str) -> tuple[str, float] | None:
+        return self._sessions.get(token_hash)
+
+    def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
+        with self._lock:
+            self._sessions[token_hash] = (identity, expires_at)
+
+    def roles(self, room: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._roles.get(room, {}))
+
+    def save_role(self, room: str, identity: str, role: str | None) -> None:
+        with self._lock:
+            roles = self._roles.setdefault(room, {})
+            if role is None:
+                roles.pop(identity, None)
+            else:
+                roles[identity] = role
+
+    def modes(self, room: str) -> set[str]:
+        with self._lock:
+            return set(self._modes.get(room, set()))
+
+    def save_mode(self, room: str, mode: str, on: bool) -> None:
+        with self._lock:
+            modes = self._modes.setdefault(room, set())
+            if on:
+                modes.add(mode)
+            else:
+                modes.discard(mode)
+
+    def sanctions(self, room: str) -> list[Sanction]:
+        with self._lock:
+            return [s for (where, _, _), s in self._sanctions.items() if where == room]
+
+    def save_sanction(self, sanction: Sanction) -> None:
+        with self._lock:
+            self._sanctions[sanction.room, sanction.target, sanction.kind] = sanction
+
+    def drop_sanction(self, room: str, target: str, kind: str) -> None:
+        with self._lock:
+            self._sanctions.pop((room, target, kind), None)
+
+    def adopt_private(self, legacy: str, identity: str) -> int:
+        return 0  # nothing outlives a memory store, so no older release left lines in it
+
+    def drop_sessions(self, identity: str) -> None:
+        with self._lock:
+            for token_hash in [key for key, (owner, _) in self._sessions.items() if owner == identity]:
+                del self._sessions[token_hash]
+
+    def close(self) -> None:
+        pass
+
+    def _log(self, log: str) -> _MemoryLog:
+        kept = self._logs.get(log)
+        if kept is None:
+            kept = self._logs[log] = _MemoryLog()
+        return kept
