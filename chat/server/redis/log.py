@@ -155,6 +155,8 @@ class RedisLog:
         return [Line(t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1)) for t, n in zip(templates, ids, strict=True)]
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
+        if viewer is not None:
+            return self._missed_by(viewer, 0, upto, limit)
         oldest = self._oldest()
         if oldest is None or upto < oldest or limit < 1:
             return Span.empty()
@@ -170,12 +172,14 @@ class RedisLog:
         first_kept = oldest if oldest is not None else upto + 1
         gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
         first = max(since + 1, first_kept, upto - limit + 1)
-        if first > upto:
-            return Span(1, 0, 0, 0, gap)
+        if first > upto:  # a limit of 0: every missed line is left out, and counted
+            return Span(1, 0, 0, max(0, first - max(since + 1, first_kept)), gap)
         return Span(first, upto, upto - first + 1, first - max(since + 1, first_kept), gap)
 
     def before(self, edge: int, limit: int, viewer: str | None = None) -> Span:
         upto = min(edge - 1, self.last_id)
+        if viewer is not None:
+            return self._missed_by(viewer, 0, upto, limit)
         oldest = self._oldest()
         if oldest is None or upto < oldest or limit < 1:
             return Span.empty()
@@ -184,19 +188,23 @@ class RedisLog:
 
     def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
         start = f"{span.first}-0"
+        pending: list[Line] = []  # numbered lines read, not yet given: never more than `chunk` at once
         while True:
             with refused_if_away(_NOT_READ, self._room):
                 entries = self._logs.entries(self._key, start, f"{span.last}-0", chunk * 2)
             if not entries:
-                return
-            numbered = [
+                break
+            pending += [
                 Line(fields[b"l"]) for entry, fields in entries
                 if position(entry)[1] == 0 and (viewer is None or _sees(viewer, fields))
             ]
-            if numbered:
-                yield numbered
+            while len(pending) >= chunk:
+                yield pending[:chunk]
+                pending = pending[chunk:]
             last = position(entries[-1][0])
             start = f"{last[0]}-{last[1] + 1}"
+        if pending:
+            yield pending
 
     def _missed_by(self, viewer: str, since: int, upto: int, limit: int) -> Span:
         """The newest `limit` of the viewer's own lines after `since` (read newest first, so a
