@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Collection
 from typing import cast
 
@@ -18,8 +17,6 @@ import redis
 
 from chat.server.redis import keys
 from chat.server.session import Holder
-
-log = logging.getLogger(__name__)
 
 #: Redis' own clock, in seconds, for a script: every server reads the same one.
 CLOCK = """
