@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the client's modules, loaded only by the client (the server
     from prompt_toolkit import PromptSession
 
     from chat.client.connection import ChatClient
+    from chat.client.settings import Settings
 
 log = logging.getLogger("chat")
 
@@ -255,6 +256,12 @@ def client_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not ring the terminal's bell when you are mentioned or sent a private message",
     )
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="keep a plain-text log per buffer in DIR (ROOM.log, @NAME.log), appended as lines arrive "
+        "(default: the log_dir setting; none)",
+    )
     return parser
 
 
@@ -272,11 +279,17 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     import asyncio
     import sys
 
-    from chat.client import cursors
+    from chat.client import cursors, settings
     from chat.client.connection import ChatClient, failure_in_words
     from chat.errors import JoinRefused
 
     args = client_parser().parse_args(argv)
+    settings_path = settings.config_path()
+    chosen, problem = settings.load(settings_path)
+    if problem:
+        print(problem, file=sys.stderr)  # one sentence, and the defaults: never a reason not to start
+    if args.log_dir is not None:
+        chosen.log_dir = args.log_dir
     # A person at a terminal is asked again; a script or a pipe gets one sentence and a status.
     interactive = sys.stdin.isatty()
 
@@ -309,6 +322,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                 private_since=None if args.fresh else place.private,
                 token=place.token,
                 password=password,
+                conversations=place.conversations,
                 tls=tls,
             )
             try:
@@ -354,13 +368,15 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
         def remember() -> None:
             # The rooms it is in now, each with its cursor: the next start rejoins and resumes them.
-            place = cursors.Place(client.cursors(), client.private.last_id, client.token)
+            place = cursors.Place(
+                client.cursors(), client.private.last_id, client.token, list(client.conversations.values())
+            )
             cursors.save(cursor_file, args.host, args.port, client.name, place, aliases=[started_as])
 
         history = Path(state_dir()) / "client-history"
         full_screen = not args.plain and interactive and sys.stdout.isatty()
         return await _chat_until_done(client, history, remember, bell=args.bell, full_screen=full_screen,
-                                      mouse=args.mouse)
+                                      mouse=args.mouse, settings=chosen, settings_path=settings_path)
 
     try:
         return asyncio.run(chat())
@@ -379,6 +395,8 @@ async def _chat_until_done(
     bell: bool = True,
     full_screen: bool = False,
     mouse: bool = True,
+    settings: Settings | None = None,
+    settings_path: Path | None = None,
 ) -> int:
     """Run the chat, full-screen or in plain lines; where it is is saved as messages arrive, and when
     it ends however it ends: quitting, or the terminal closed (SIGHUP) or the process told to stop
@@ -394,10 +412,12 @@ async def _chat_until_done(
     ignored = Ignored(Path(state_dir()) / "client-ignored.json")
     if full_screen:
         history = remembered_history(history_file)
-        chatting = asyncio.create_task(run_screen(client, history, bell=bell, ignored=ignored, mouse=mouse))
+        chatting = asyncio.create_task(run_screen(client, history, bell=bell, ignored=ignored, mouse=mouse,
+                                                  settings=settings, settings_path=settings_path))
     else:
         session = make_session(client, history_file)
-        chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored))
+        chatting = asyncio.create_task(run_ui(client, session, bell=bell, ignored=ignored, settings=settings,
+                                              settings_path=settings_path))
     stopped_by: list[int] = []
 
     def stop(signum: int) -> None:
@@ -411,7 +431,7 @@ async def _chat_until_done(
         saved = None
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            now = (client.cursors(), client.private.last_id, client.token, client.name)
+            now = (client.cursors(), client.private.last_id, client.token, client.name, tuple(client.conversations))
             if now != saved:
                 remember()
                 saved = now

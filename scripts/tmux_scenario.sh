@@ -4,15 +4,16 @@
 # buffers and unread counts, a private conversation, a 2,000-line burst while
 # alice types, a server restart with a line typed during the outage, alice's
 # terminal closed and reopened ("new since you left"), a name change, an
-# escape sequence neutralised and names in colour; then prints what each saw.
+# escape sequence neutralised and names in colour; carol at 80x24 in 16 rooms with the
+# hotlist, Alt-A, /buffer 14 and Alt-J; then prints what each saw.
 # Needs tmux; run from the repository root after README's install command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-7890}
-S=chat-scenario
+S=${S:-chat-scenario}
 DB=$(mktemp -d)/scenario.db  # a fresh history, kept across the restart below
-export XDG_STATE_HOME=$(mktemp -d) HOME=$(mktemp -d)  # clients that remember no earlier run
+export XDG_STATE_HOME=$(mktemp -d) HOME=$(mktemp -d) XDG_CONFIG_HOME=$(mktemp -d)  # clients that remember no earlier run
 tmux kill-session -t $S 2>/dev/null || true
 trap 'tmux kill-session -t $S 2>/dev/null || true' EXIT
 
@@ -89,7 +90,7 @@ wait_for alice "flood: burst 1999"  # still on screen: nothing was cleared
 # Restart the server; alice types during the outage and her line goes once it is back.
 tmux send-keys -t $S:server C-c
 wait_for server "stopped"
-wait_for alice "alice: reconnecting"
+wait_for alice "reconnecting"
 tmux send-keys -t $S:alice M-2
 type_line alice "said while the server was down"
 wait_for alice "1 waiting to send"
@@ -119,7 +120,44 @@ tmux capture-pane -p -e -t $S:bob | grep -q $'\x1b\\[[0-9;]*m[^\x1b]*alice' || {
 
 type_line robert "/quit" 2>/dev/null || type_line bob "/quit"
 wait_for alice "robert left"
-for window in alice bob server; do
+
+# carol at 80x24 in 16 rooms: the buffer list folds into the hotlist, which Alt-A, /buffer and
+# Alt-J reach; a room that fills the screen after a wrapped welcome keeps following new lines.
+tmux new-window -d -t $S -n carol; tmux resize-window -t $S:carol -x 80 -y 24
+ROOMS=$(for n in $(seq -w 2 16); do printf -- '--room r%s ' "$n"; done)
+tmux send-keys -t $S:carol "$PY client.py --port $PORT --name carol --room lobby $ROOMS" Enter
+wait_for carol "[1:lobby]"
+$PY - "$PORT" <<'PYEOF'
+import json, socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
+    reader = s.makefile("rb")
+    def send(**message):
+        s.sendall(json.dumps(message).encode() + b"\n")
+    send(type="join", name="dave")
+    send(type="join", room="r05")
+    send(type="join", room="r14")
+    waiting = {"r05", "r14"}
+    while waiting:  # until carol is in both, so that what follows is news to her
+        line = json.loads(reader.readline())
+        if line.get("type") == "welcome" and "carol" in line["users"] or line.get("type") == "joined" and line["name"] == "carol":
+            waiting.discard(line["room"])
+    send(type="message", room="r05", msg="news in five")
+    send(type="message", room="r14", msg="carol: look here")
+    for number in range(30):
+        send(type="message", room="lobby", msg=f"lobby line {number:02}")
+    send(type="leave")
+    while s.recv(65536):
+        pass
+PYEOF
+wait_for carol "lobby line 29"  # still following the newest line
+wait_for carol "Act: 14(1!),5(1)"
+tmux send-keys -t $S:carol M-a; wait_for carol "[14:r14]"; wait_for carol "dave: carol: look here"
+tmux send-keys -t $S:carol M-a; wait_for carol "[5:r05]"
+tmux send-keys -t $S:carol M-a; wait_for carol "[1:lobby]"
+type_line carol "/buffer 14"; wait_for carol "[14:r14]"
+tmux send-keys -t $S:carol M-j 1 6; wait_for carol "[16:r16]"
+
+for window in alice bob carol server; do
   echo "=== $window sees:"; tmux capture-pane -p -J -t "$S:$window" 2>/dev/null | grep -v '^$' || true
 done
 echo "scenario passed"

@@ -44,6 +44,7 @@ def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     patch = pytest.MonkeyPatch()
     patch.setenv("HOME", str(home))
     patch.setenv("XDG_STATE_HOME", str(home / "state"))
+    patch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     yield
     patch.undo()
     after = files_under(real)

@@ -128,3 +128,34 @@ def test_a_word_of_wide_characters_carried_to_the_next_row_still_fits_it():
     rows = wrap([("class:time", "09:30 "), (INDENT, ""), ("", "  字字")], 3)
     assert all(get_cwidth(text(row)) <= 3 for row in rows)
     assert "".join(text(row) for row in rows).replace(" ", "") == "09:30字字"
+
+
+def test_the_view_keeps_following_once_a_wrapped_first_line_fills_the_screen():
+    # The join welcome almost always wraps: once the buffer first fills the screen, the view
+    # took the rows above the top for a scroll position and stopped following new lines.
+    buffer = Buffer("#den", "den")
+    buffer.add([("", "-- "), (INDENT, ""), ("", "welcome " * 12)])  # three rows at 40 columns
+    for number in range(1, 10):
+        buffer.add(render(said(number, f"line {number}"), "alice"), number)
+        rows, _ = buffer.view(40, 5)
+        assert "line " + str(number) in text(rows[-1])
+        assert buffer.scrolled == 0
+    buffer.scroll(100)  # as far up as it goes: the top, not beyond it
+    rows, at_top = buffer.view(40, 5)
+    assert at_top and "welcome" in text(rows[0])
+
+
+def test_a_long_web_address_goes_on_at_the_first_column_with_no_indent_inside_it():
+    url = "https://example.com/" + "a" * 60
+    rows = [text(row) for row in wrap([("", "09:30 bob: "), (INDENT, ""), ("", "see " + url + " now")], 40)]
+    assert rows == [
+        "09:30 bob: see ",
+        "           https://example.com/aaaaaaaaa",  # it starts under the text
+        "a" * 40,  # and goes on from the first column: copied, it has no spaces inside
+        "a" * 11 + " now",
+    ]
+
+
+def test_bare_rows_are_not_indented():
+    rows = [text(row) for row in wrap([("", "09:30 bob: "), (INDENT, ""), ("", "word " * 12)], 30, indent_rows=False)]
+    assert all(not row.startswith(" ") for row in rows[1:])

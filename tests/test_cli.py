@@ -39,6 +39,27 @@ def test_readme_option_table_matches_the_option_table():
     assert rows == expected
 
 
+def test_readme_client_flag_table_matches_the_clients_help(monkeypatch):
+    from chat.cli import client_parser
+
+    for variable in ("CHAT_HOST", "CHAT_PORT", "CHAT_NAME", "CHAT_ALSO"):
+        monkeypatch.delenv(variable, raising=False)  # the defaults the README shows
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`--"):
+            rows[cells[0].strip("`")] = cells[1]
+    parser = client_parser()
+    formatter = parser._get_formatter()
+    expected = {
+        max(action.option_strings, key=len): formatter._expand_help(action)
+        for action in parser._actions
+        if action.option_strings and action.option_strings[0] != "-h"
+    }
+    assert rows == expected
+
+
 def test_server_script_logs_its_real_address_and_serves(server_script):
     server = server_script()
     assert server.port != 0

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from chat.client.connection import ChatClient, ConnectionLost, Reconnected
+from chat.client.connection import ChatClient, ConnectionLost, PutOut, Reconnected, SignedInElsewhere
 from chat.errors import ConnectionClosed, JoinRefused
 from chat.server.tcp import ServerConfig
 from chat.testing import TIMEOUT, LineClient, scaled
@@ -244,6 +244,57 @@ def test_a_kicked_client_is_out_of_the_room_and_does_not_rejoin_it(chat_server):
         return rooms
 
     assert run(scenario()) == ["lobby"]
+
+
+def test_a_kicked_client_that_joins_again_stays_despite_the_kick_in_the_history(chat_server):
+    owner = LineClient(chat_server.address)
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.send({"type": "join", "room": "den"})
+    owner.expect(Welcome, room="den")
+
+    async def scenario() -> None:
+        bob = ChatClient(*chat_server.address, "bob", rooms=["lobby", "den"])
+        await bob.connect()
+        await next_of(bob, Welcome)
+        owner.expect(Joined, room="den", name="bob")
+        owner.send({"type": "kick", "room": "den", "name": "bob", "reason": "out"})
+        assert (await next_of(bob, PutOut)).room == "den"
+        await bob.join("den")
+        welcome = await next_of(bob, Welcome)
+        assert welcome.room == "den" and welcome.history >= 1  # the kick is replayed with the history
+        replayed = await next_of(bob, Moderation)
+        assert replayed.action == "kick"
+        await bob.send(SendMessage(room="den", msg="back"))  # answered after the history: nothing put us out
+        said = await next_of(bob, ChatMessage)
+        assert said.msg == "back" and "den" in bob.rooms
+        await bob.close()
+
+    run(scenario())
+
+
+def test_signed_in_elsewhere_waits_for_the_user_instead_of_taking_the_name_back(chat_server):
+    async def scenario() -> None:
+        first = ChatClient(*chat_server.address, "alice", first_retry=0.01)
+        await first.connect()
+        second = ChatClient(*chat_server.address, "alice", token=first.token, first_retry=0.01)
+        await second.connect()
+        assert isinstance(await next_of(first, SignedInElsewhere | ConnectionLost), SignedInElsewhere)
+        assert not first.connected and first.retry_at is None
+        # If the first were to reconnect it would take the session from the second: the second
+        # sees its own line come back with no session_replaced before it.
+        await second.send(SendMessage(msg="still mine"))
+        async for event in second.events():
+            assert not isinstance(event, SignedInElsewhere | ConnectionLost)
+            if isinstance(event, ChatMessage):
+                break
+        assert first.reconnect_now()  # the user asks: it takes the session back, and the second waits
+        await next_of(first, Reconnected)
+        assert isinstance(await next_of(second, SignedInElsewhere | ConnectionLost), SignedInElsewhere)
+        await first.close()
+        await second.close()
+
+    run(scenario())
 
 
 def test_pings_measure_the_lag(chat_server):

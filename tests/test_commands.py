@@ -7,6 +7,7 @@ import pytest
 from chat.client.commands import (
     COMMANDS,
     ClearScreen,
+    CloseBuffer,
     Ignore,
     JoinRoom,
     Mistake,
@@ -145,3 +146,14 @@ def test_query_reply_ignore_names_and_clear_parse():
 def test_away_with_and_without_a_reason():
     assert parse("/away lunch, back at 2") == Send(SetAway.model_construct(msg="lunch, back at 2"))
     assert parse("/away") == Send(SetAway.model_construct(msg=""))
+
+
+def test_in_a_private_conversation_room_commands_are_refused_and_text_goes_privately():
+    assert parse("hello", "den", "bob") == Send(SendPrivate.model_construct(to="bob", msg="hello"))
+    for line in ("/me waves", "/topic secret", "/history", "/kick carol", "/who", "/mode +topic"):
+        refused = parse(line, "den", "bob")
+        assert isinstance(refused, Mistake) and "private conversation with bob" in refused.detail
+    assert parse("/part", "den", "bob") == CloseBuffer("bob")
+    assert parse("/close", "den", "bob") == CloseBuffer("bob")
+    assert parse("/close", "den") == CloseBuffer(None)
+    assert parse("/part dev", "den", "bob") == PartRoom("dev")

@@ -72,3 +72,9 @@ def test_a_place_saved_by_the_release_before_identities_is_still_found(tmp_path)
     cursors.save(path, "h", 1, "alice", Place({"dev": 4}, token="t"))
     assert cursors.load(path, "h", 1, "alice") == Place({"dev": 4}, token="t")
     assert "h:1/alice" not in json.loads(path.read_text())
+
+
+def test_the_open_private_conversations_are_remembered_in_order(tmp_path):
+    path = tmp_path / "cursors.json"
+    cursors.save(path, "h", 1, "alice", Place({"lobby": 3}, 7, "token", ["Bob", "carol"]))
+    assert cursors.load(path, "h", 1, "alice") == Place({"lobby": 3}, 7, "token", ["Bob", "carol"])

@@ -154,7 +154,7 @@ def test_topics_and_the_room_list_are_shown():
     welcome = Welcome(room="dev", name="me", users=["me"], history=0, topic="ship\x1b[2J it")
     assert "topic: ship^[[2J it" in text_of(render(welcome, "me", room="dev"))
     listing = RoomList(rooms=[RoomInfo(room="dev", users=2, topic="t"), RoomInfo(room="lobby", users=0, topic="")])
-    assert "rooms: dev (2) t; lobby (0)" in text_of(render(listing, "me"))
+    assert "2 rooms: name, people here, topic\n  dev      2  t\n  lobby    0" in text_of(render(listing, "me"))
 
 
 def test_a_notice_that_names_its_room_is_not_prefixed_again():

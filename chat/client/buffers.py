@@ -8,6 +8,7 @@ screen (screen.py) decides which buffer is shown and draws the rows this module 
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -57,10 +58,15 @@ class Line:
     fragments: Fragments
     _rows: tuple[int, list[Fragments]] | None = None
 
-    def rows(self, width: int) -> list[Fragments]:
-        """The line cut into rows of `width` columns (kept until the width changes)."""
-        if self._rows is None or self._rows[0] != width:
-            self._rows = (width, wrap(self.fragments, width))
+    def forget_rows(self) -> None:
+        """The fragments changed: cut them into rows again."""
+        self._rows = None
+
+    def rows(self, width: int, bare: bool = False) -> list[Fragments]:
+        """The line cut into rows of `width` columns (kept until the width changes); `bare`: none indented."""
+        shape = -width if bare else width
+        if self._rows is None or self._rows[0] != shape:
+            self._rows = (shape, wrap(self.fragments, width, indent_rows=not bare))
         return self._rows[1]
 
 
@@ -135,20 +141,21 @@ class Buffer:
         self._orders.clear()
         self.scrolled = 0
 
-    def view(self, width: int, height: int) -> tuple[list[Fragments], bool]:
+    def view(self, width: int, height: int, bare: bool = False) -> tuple[list[Fragments], bool]:
         """The rows on screen, top to bottom, filling `height` (blank rows at the top if the buffer
-        is short), and whether the top of the buffer is in view."""
+        is short), and whether the top of the buffer is in view; `bare`: rows not indented."""
         self._width = width
         wanted = self.scrolled + height
         rows: list[Fragments] = []
         at_top = True
         for at in range(len(self.lines) - 1, -1, -1):
-            rows[:0] = self.lines[at].rows(width)
+            rows[:0] = self.lines[at].rows(width, bare)
             if len(rows) >= wanted:
                 at_top = at == 0
                 break
-        if at_top:  # nothing further up: scrolling stops at the first line
-            self.scrolled = max(0, len(rows) - height)
+        if at_top:  # nothing further up: scrolling stops at the first line (capped, never raised:
+            # a first line that wraps leaves more rows than the screen without the user scrolling)
+            self.scrolled = min(self.scrolled, max(0, len(rows) - height))
         end = len(rows) - self.scrolled
         shown = rows[max(0, end - height) : end]
         return [[] for _ in range(height - len(shown))] + shown, at_top
@@ -206,6 +213,15 @@ class Buffers:
         keys = list(self._buffers)
         return self._buffers[keys[number - 1]] if 1 <= number <= len(keys) else None
 
+    def find(self, target: str) -> Buffer | None:
+        """The buffer `target` names: its number, its room (`den`, `#den`) or its other person (`@bob`,
+        or `bob` when no room is called that)."""
+        if target.isdigit():
+            return self.nth(int(target))
+        if target.startswith("@"):
+            return self.get(private_buffer(target[1:]))
+        return self.get(room_buffer(target.removeprefix("#"))) or self.get(private_buffer(target))
+
     def beside(self, key: str, step: int) -> Buffer | None:
         """The buffer `step` places after `key`'s (before it if negative), round the end."""
         keys = list(self._buffers)
@@ -215,25 +231,37 @@ class Buffers:
         return self._buffers[keys[(at + step) % len(keys)]]
 
 
-def wrap(fragments: Fragments, width: int) -> list[Fragments]:
+#: A web address: it is never cut by the wrap indent, which would put spaces inside it.
+_URL = re.compile(r"(?:https?|ftp)://\S+|www\.\S+", re.IGNORECASE)
+
+_Cell = tuple[str, str, int, bool]  # (style, character, columns, part of a web address)
+_PAD: _Cell = ("", " ", 1, False)
+
+
+def wrap(fragments: Fragments, width: int, indent_rows: bool = True) -> list[Fragments]:
     """A line's fragments cut into rows of at most `width` columns, at spaces where it can be.
 
     Rows after the first start under the message text (the width of everything before the
     INDENT mark), so a long message reads as a block beside its time and name; a newline in
-    the fragments starts a new row.
+    the fragments starts a new row. A web address too long for its row goes on at the first
+    column, so that it has no spaces in it; without `indent_rows` (bare mode) no row is indented.
     """
     width = max(1, width)
-    cells: list[tuple[str, str, int]] = []  # (style, character, columns)
+    cells: list[_Cell] = []
     indent = 0
     for style, text in fragments:
         if style == INDENT:
-            indent = sum(columns for _, _, columns in cells)
+            indent = sum(cell[2] for cell in cells)
             continue
-        cells.extend((style, char, get_cwidth(char)) for char in text)
-    if width - indent < MIN_TEXT_COLUMNS:
+        cells.extend((style, char, get_cwidth(char), False) for char in text)
+    flat = "".join(cell[1] for cell in cells)
+    for found in _URL.finditer(flat):
+        for at in range(found.start(), found.end()):
+            cells[at] = (*cells[at][:3], True)
+    if width - indent < MIN_TEXT_COLUMNS or not indent_rows:
         indent = 0
-    rows: list[list[tuple[str, str, int]]] = []
-    row: list[tuple[str, str, int]] = []
+    rows: list[list[_Cell]] = []
+    row: list[_Cell] = []
     used = 0
     start = 0  # where this row's own text begins (after the indent of a continued row)
     for cell in cells:
@@ -243,7 +271,7 @@ def wrap(fragments: Fragments, width: int) -> list[Fragments]:
             continue
         if used + cell[2] > width and row and cell[1] == " ":  # the row ends at a word's end
             rows.append(row)
-            row, used, start = [("", " ", 1)] * indent, indent, indent
+            row, used, start = [_PAD] * indent, indent, indent
             continue
         if used + cell[2] > width and row:
             # At the last space, if what follows it, and this character, fit on the next row
@@ -254,8 +282,9 @@ def wrap(fragments: Fragments, width: int) -> list[Fragments]:
                 cut = spaces[-1] + 1
             rows.append(row[:cut])
             carried = row[cut:]
-            row = [("", " ", 1)] * indent + carried
-            start = indent
+            inside_url = cut == len(row) and cell[3] and row[-1][3]
+            row = carried if inside_url else [_PAD] * indent + carried
+            start = 0 if inside_url else indent
             used = sum(c[2] for c in row)
         row.append(cell)
         used += cell[2]
@@ -263,10 +292,10 @@ def wrap(fragments: Fragments, width: int) -> list[Fragments]:
     return [_fragments(cells_of_row) for cells_of_row in rows]
 
 
-def _fragments(cells: list[tuple[str, str, int]]) -> Fragments:
+def _fragments(cells: list[_Cell]) -> Fragments:
     """Cells merged back into fragments, one per run of the same style."""
     merged: Fragments = []
-    for style, char, _ in cells:
+    for style, char, _, _ in cells:
         if merged and merged[-1][0] == style:
             merged[-1] = (style, merged[-1][1] + char)
         else:

@@ -7,6 +7,7 @@ owns those rules and its error comes back as a clear line.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +39,8 @@ Commands:
   /join ROOM        join a room (and type into it)
   /part [ROOM]      leave a room (this one if none is named)
   /switch ROOM      type into another room you are in
+  /buffer [N|NAME]  show buffer N, or a room's or a conversation's (@NAME); alone: list them
+  /close            close this private conversation; in a room: leave it (asks first)
   /rooms            list every room, with who is there and its topic
   /topic [TEXT]     show this room's topic, or set it
   /nick NEW         change your name
@@ -62,9 +65,47 @@ Commands:
   /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
+  /search TEXT      show only the lines of this buffer with TEXT (Esc: all again; Ctrl-R types as you go)
+  /set [KEY [VALUE]]  change a setting (saved in client.toml); alone: list them
+  /reconnect        take the session back after it was signed in elsewhere
   /quit             leave (Ctrl-D too)
   /help             this help
 Anything else is said to the room you type into; start with // to say something beginning with /."""
+
+#: The keys of the full screen, for /help.
+KEYS = """\
+Keys:  Alt-1..9, Alt-0  buffer 1..10        Alt-J NN  buffer NN
+       Alt-A  next buffer with activity     Ctrl-N/P  next/previous buffer
+       PageUp/PageDown  scroll              Alt-End   the newest line
+       Ctrl-R  search as you type           Esc       leave search or help
+       F2  member list (F11/F12 scroll)     Alt-L     bare lines, to copy
+       Tab  complete a name                 Ctrl-C    clear (twice: quit)"""
+
+
+def help_lines(command: str | None = None) -> list[str]:
+    """/help: the keys and every command's name, short; /help CMD: that command's lines of HELP."""
+    if command is None:
+        names = textwrap.wrap("Commands (/help CMD for one): " + " ".join(COMMANDS), 76, subsequent_indent="  ")
+        return [*KEYS.splitlines(), *names, "Anything else is said in the buffer shown (// to start with /)."]
+    word = "/" + command.lstrip("/").lower()
+    lines = HELP.splitlines()
+    found = []
+    for at, line in enumerate(lines):
+        if line.strip().split(" ")[0] == word or line.strip().startswith(word + " "):
+            found.append(line.strip())
+            # The lines that continue its explanation are indented further.
+            found += [more.strip() for more in _continued(lines[at + 1 :])]
+    return found or [f"no command {word}; /help lists them"]
+
+
+def _continued(lines: list[str]) -> list[str]:
+    more = []
+    for line in lines:
+        if not line.startswith("    "):
+            break
+        more.append(line)
+    return more
+
 
 #: Every command, for completion: the ones HELP lists.
 COMMANDS = tuple(sorted(line.split()[0] for line in HELP.splitlines() if line.startswith("  /")))
@@ -122,7 +163,9 @@ class RegisterName:
 
 @dataclass(frozen=True)
 class ShowHelp:
-    """Show HELP."""
+    """Show the keys and commands, or one `command`'s help."""
+
+    command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,13 +198,47 @@ class Ignore:
 
 
 @dataclass(frozen=True)
+class CloseBuffer:
+    """Close the private conversation with `private_to` (None: the room typed into, which parts it)."""
+
+    private_to: str | None
+
+
+@dataclass(frozen=True)
+class ShowBuffer:
+    """Show the buffer numbered or named `target` (None: list the buffers)."""
+
+    target: str | None
+
+
+@dataclass(frozen=True)
+class SearchText:
+    """Show only the lines of the buffer shown that contain `text`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class SetOption:
+    """Change setting `key` to what `value` says (None: show it; no key: list every setting)."""
+
+    key: str | None
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Take the session back from another connection of the same identity."""
+
+
+@dataclass(frozen=True)
 class ClearScreen:
     """Clear the terminal."""
 
 
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
-    | Query | Reply | Ignore | ClearScreen
+    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer | SetOption | SearchText
 )
 
 
@@ -193,19 +270,37 @@ def _usage(word: str) -> Mistake:
     return Mistake(f"usage: {line.split('  ')[0]}")
 
 
-def parse(line: str, room: str = LOBBY) -> Command | None:
-    """The command a line typed into `room` means; None for a blank line (sends nothing)."""
+#: Commands that act on the room typed into: refused in a private conversation, never sent to a
+#: room behind it.
+ROOM_COMMANDS = frozenset(
+    {"/me", "/topic", "/history", "/who", "/names", "/kick", "/ban", "/mute", "/unban", "/unmute", "/op", "/deop",
+     "/voice", "/devoice", "/mode"}
+)
+
+
+def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Command | None:
+    """The command a line typed into `room` means, or into the private conversation with
+    `private_to` if there is one; None for a blank line (sends nothing)."""
     if not line.strip():
         return None
     if not line.startswith("/") or line.startswith("//"):
-        return Send(SendMessage.model_construct(room=room, msg=line[1:] if line.startswith("//") else line))
+        text = line[1:] if line.startswith("//") else line
+        if private_to is not None:
+            return Send(SendPrivate.model_construct(to=private_to, msg=text))
+        return Send(SendMessage.model_construct(room=room, msg=text))
     word, _, rest = line.partition(" ")
     rest = rest.strip()
+    if private_to is not None:
+        if word.lower() in ROOM_COMMANDS:
+            return Mistake(f"{word} acts on a room, and this is your private conversation with {private_to}: "
+                           "nothing was sent (/buffer ROOM goes to a room)")
+        if word.lower() in ("/part", "/leave") and not rest:
+            return CloseBuffer(private_to)
     match word.lower():
         case "/quit" | "/exit":
             return Quit()
         case "/help":
-            return ShowHelp()
+            return ShowHelp(rest or None) if " " not in rest else Mistake("usage: /help [COMMAND]")
         case "/register":
             if rest:
                 return Mistake("usage: /register (the password is asked for, not typed here)")
@@ -228,6 +323,8 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             return Ignore(rest, undo=True) if rest and " " not in rest else Mistake("usage: /unignore NAME")
         case "/clear":
             return ClearScreen()
+        case "/reconnect":
+            return Reconnect()
         case "/away":
             return Send(SetAway.model_construct(msg=rest))
         case "/rooms" | "/list":
@@ -236,6 +333,15 @@ def parse(line: str, room: str = LOBBY) -> Command | None:
             return JoinRoom(rest) if rest and " " not in rest else Mistake("usage: /join ROOM (no spaces)")
         case "/part" | "/leave":
             return PartRoom(rest or room) if " " not in rest else Mistake("usage: /part [ROOM]")
+        case "/buffer" | "/b":
+            return ShowBuffer(rest or None) if " " not in rest else Mistake("usage: /buffer [N|NAME]")
+        case "/search":
+            return SearchText(rest) if rest else Mistake("usage: /search TEXT (or Ctrl-R, to search as you type)")
+        case "/set":
+            key, _, value = rest.partition(" ")
+            return SetOption(key or None, value.strip() or None)
+        case "/close":
+            return CloseBuffer(private_to) if not rest else Mistake("usage: /close (closes the buffer shown)")
         case "/switch":
             return SwitchRoom(rest) if rest and " " not in rest else Mistake("usage: /switch ROOM")
         case "/topic":

@@ -95,7 +95,27 @@ class Resumed:
     missed: int
 
 
-ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed
+@dataclass(frozen=True)
+class SignedInElsewhere:
+    """The same identity connected again elsewhere and the server closed this connection
+    (`session_replaced`). Not a reason to reconnect: two clients of one identity would take the
+    name from each other for ever. The client waits until `reconnect_now()` takes it back."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class PutOut:
+    """This client was kicked or banned from `room` just now (not a kick replayed with the
+    history of a room joined again): the room is no longer one of its rooms."""
+
+    room: str
+    action: str
+    by: str
+    reason: str = ""
+
+
+ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed | SignedInElsewhere | PutOut
 
 #: Seconds between the client's pings, which measure the lag and find a connection that died silently.
 KEEPALIVE = 15.0
@@ -149,6 +169,9 @@ class RoomView:
     roles: dict[str, str] = field(default_factory=dict)
     #: The epoch of the room's log (rooms shared through Redis): another one means new ids.
     epoch: str | None = None
+    #: The room's last id when this client was last welcomed into it: a line numbered up to it
+    #: (a kick replayed with the history) happened before this membership, not to it.
+    joined_after: int = 0
 
 
 class ChatClient:
@@ -177,6 +200,7 @@ class ChatClient:
         tls: ssl.SSLContext | None = None,
         keepalive: float = KEEPALIVE,
         also: Sequence[tuple[str, int]] = (),
+        conversations: Iterable[str] = (),
     ) -> None:
         """`cursors` maps rooms to the last id seen there (resume from it); `since` is the first room's;
         `token`, a session token from an earlier welcome, proves this is the same person again;
@@ -200,6 +224,8 @@ class ChatClient:
             cursor = since if index == 0 and since is not None else saved.get(room_key(room))
             self.rooms[room_key(room)] = RoomView(room, seen=_Seen(cursor or 0), resume=cursor is not None)
         self.private = _Seen(private_since or 0)
+        #: The people this client has private conversations open with, by folded name, in order.
+        self.conversations: dict[str, str] = {name.casefold(): name for name in conversations}
         self._renames: dict[str, str] = {}  # old name -> new name, for renames passed on
         self._private_resume = private_since is not None
         #: Rooms whose join asked to resume and whose welcome has not come yet.
@@ -223,6 +249,10 @@ class ChatClient:
         #: While the connection is down: when (loop time) the next attempt to make it again starts.
         self.retry_at: float | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
+        #: Set while the connection was taken over by another of this identity's (session_replaced):
+        #: nothing is tried again until the user asks (reconnect_now).
+        self.replaced: str | None = None
+        self._take_back = asyncio.Event()
 
     @property
     def users(self) -> list[str]:
@@ -300,9 +330,18 @@ class ChatClient:
         view = self.rooms.get(room_key(room))
         await self.send(HistoryRequest(room=room, before=view.seen.oldest_id if view else None, limit=limit))
 
+    def reconnect_now(self) -> bool:
+        """Take the session back after SignedInElsewhere (the other connection is closed in turn);
+        False if the connection was not waiting for that."""
+        if self.replaced is None:
+            return False
+        self._take_back.set()
+        return True
+
     async def close(self) -> None:
         """Leave cleanly (if connected) and stop reconnecting."""
         self._closing = True
+        self._take_back.set()
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
         if self._writer is not None:
@@ -410,6 +449,7 @@ class ChatClient:
             view.seen.reset()
         view.epoch = welcome.epoch or view.epoch
         view.resume = True
+        view.joined_after = welcome.last_id
 
     async def _read(self, reader: asyncio.StreamReader) -> ServerMessage:
         try:
@@ -429,6 +469,21 @@ class ChatClient:
             self._drop_writer()
             if self._closing:
                 return
+            if self.replaced is not None:
+                await self._events.put(SignedInElsewhere(self.replaced))
+                self._take_back.clear()
+                await self._take_back.wait()
+                if self._closed_meanwhile():
+                    return
+                self.replaced = None
+                try:
+                    reader, welcome = await self._open()
+                except (OSError, ChatError) as exc:
+                    detail = failure_in_words(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
+                else:
+                    await self._events.put(Reconnected(1))
+                    await self._announce(welcome)
+                    continue
             if not self.reconnect:
                 await self._events.put(ConnectionLost(detail, retry_in=0))
                 await self._events.put(None)
@@ -476,8 +531,12 @@ class ChatClient:
                 with contextlib.suppress(ConnectionClosed):
                     await self.send(Pong())
                 continue
+            if isinstance(message, ErrorReply) and message.code == "session_replaced":
+                self.replaced = "signed in elsewhere: another connection of yours took the session over"
+                return self.replaced
             if not self._first_sight(message):
                 continue
+            fresh_removal = self._removes_me(message)
             self._track(message)
             if isinstance(message, Renamed) and not self._first_copy(message):
                 continue  # the server sends a rename once per shared room; a person needs it once
@@ -485,6 +544,9 @@ class ChatClient:
                 await self._announce(message)
             else:
                 await self._events.put(message)
+            if fresh_removal:
+                assert isinstance(message, Moderation)
+                await self._events.put(PutOut(message.room, message.action, message.by, message.reason))
             if isinstance(message, Shutdown):
                 return message.detail
 
@@ -516,6 +578,19 @@ class ChatClient:
             return view is None or view.seen.first_sight(message.id)
         return True
 
+    def _closed_meanwhile(self) -> bool:
+        """Whether close() was called while this task waited (a method: a type checker would take
+        the attribute, tested before the wait, for unchanged)."""
+        return self._closing
+
+    def _removes_me(self, message: ServerMessage) -> bool:
+        """Whether a line kicks or bans this client from a room it is in now: a kick numbered up to
+        the room's last id at the welcome is one replayed with the history, from before this join."""
+        if not isinstance(message, Moderation) or message.action not in ("kick", "ban") or message.name != self.name:
+            return False
+        view = self.rooms.get(room_key(message.room))
+        return view is not None and message.id > view.joined_after
+
     def _first_copy(self, renamed: Renamed) -> bool:
         """Whether this rename has not been passed on yet (from another room)."""
         if self._renames.get(renamed.old) == renamed.new:
@@ -524,7 +599,24 @@ class ChatClient:
         self._renames.pop(renamed.new, None)  # a later rename back, then again, is news once more
         return True
 
+    def forget_conversation(self, name: str) -> None:
+        """The user closed the conversation with `name`: a later run does not open it again."""
+        self.conversations.pop(name.casefold(), None)
+
+    def _follow_conversations(self, message: ServerMessage) -> None:
+        """A private line opens its conversation; a rename carries one over to the new name, in its place."""
+        match message:
+            case PrivateMessage(name=name, to=to):
+                other = to if name == self.name else name
+                self.conversations.setdefault(other.casefold(), other)
+            case Renamed(old=old, new=new) if old.casefold() in self.conversations:
+                self.conversations = {
+                    (new.casefold() if key == old.casefold() else key): (new if key == old.casefold() else name)
+                    for key, name in self.conversations.items()
+                }
+
     def _track(self, message: ServerMessage) -> None:
+        self._follow_conversations(message)
         match message:
             case SessionToken(token=token):
                 self.token = token
@@ -533,8 +625,8 @@ class ChatClient:
             case Joined(room=room, name=name):
                 if view := self.rooms.get(room_key(room)):
                     view.users = sorted({*view.users, name}, key=str.casefold)
-            case Moderation(room=room, action="kick" | "ban", name=name) if name == self.name:
-                self.rooms.pop(room_key(room), None)  # put out of the room: not rejoined on a reconnect
+            case Moderation() if self._removes_me(message):
+                self.rooms.pop(room_key(message.room), None)  # put out of the room: not rejoined on a reconnect
             case Moderation(room=room, action="op" | "voice" as action, name=name):
                 if view := self.rooms.get(room_key(room)):
                     view.roles.setdefault(name, action)

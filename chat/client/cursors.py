@@ -30,6 +30,8 @@ class Place:
     private: int | None = None
     #: The session token that proves who we were (never the password).
     token: str | None = None
+    #: The private conversations open (the other people's names), in the order they were opened.
+    conversations: list[str] = field(default_factory=list)
 
 
 def _key(host: str, port: int, name: str) -> str:
@@ -74,8 +76,13 @@ def _place(value: object) -> Place | None:
         if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], int)
     }
     token = value.get("token")
+    talks = value.get("conversations")
+    conversations = [name for name in talks if isinstance(name, str)] if isinstance(talks, list) else []
     return Place(
-        rooms, private if isinstance(private, int) and private >= 0 else None, token if isinstance(token, str) else None
+        rooms,
+        private if isinstance(private, int) and private >= 0 else None,
+        token if isinstance(token, str) else None,
+        conversations,
     )
 
 
@@ -91,6 +98,7 @@ def save(path: Path, host: str, port: int, name: str, place: Place, aliases: Ite
         "rooms": [[room, id] for room, id in place.rooms.items()],
         "private": place.private,
         "token": place.token,
+        "conversations": list(place.conversations),
     }
     for each in {name, *aliases}:
         names[_key(host, port, each)] = identity

@@ -7,7 +7,7 @@ No drawing and no network: the completer reads the names the connection already 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -23,10 +23,12 @@ STYLE = Style.from_dict(render.STYLE)
 
 
 class ChatCompleter(Completer):
-    """Commands at the start of a line, user names anywhere."""
+    """Commands at the start of a line, user names anywhere: by default everybody the client knows;
+    given `names`, in the order it says (the room's recent speakers first)."""
 
-    def __init__(self, client: ChatClient) -> None:
+    def __init__(self, client: ChatClient, names: Callable[[], list[str]] | None = None) -> None:
         self.client = client
+        self.names = names
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         word = document.get_word_before_cursor(WORD=True)
@@ -38,7 +40,7 @@ class ChatCompleter(Completer):
             return
         # A name that starts the line is who the line is for: `alice: `, as IRC clients write it.
         ending = ": " if before == word else ""
-        for name in self.client.users:
+        for name in self.names() if self.names is not None else self.client.users:
             if name.casefold().startswith(word.casefold()) and name + ending != word:
                 yield Completion(name + ending, start_position=-len(word), display=name)
 

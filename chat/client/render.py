@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import zlib
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from prompt_toolkit.utils import get_cwidth
 
-from chat.client.connection import ClientEvent, ConnectionLost, Reconnected, Resumed
+from chat.client.connection import ClientEvent, ConnectionLost, PutOut, Reconnected, Resumed, SignedInElsewhere
 from chat.wire.protocol import (
     Action,
     Away,
@@ -64,6 +65,7 @@ STYLE = {
     "bar.mention": "bg:#303030 ansibrightmagenta bold",
     "bar.good": "bg:#303030 ansibrightgreen",
     "bar.bad": "bg:#303030 ansibrightred bold",
+    "search.match": "reverse bold",
 }
 
 #: Name colours; a name always gets the same one.
@@ -121,12 +123,32 @@ def mentions(text: str, name: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) is not None
 
 
-def render(event: ClientEvent, me: str, now: datetime | None = None, *, room: str | None = None) -> Fragments | None:
+@dataclass(frozen=True)
+class Look:
+    """The user's settings that change how lines look: the time's format, the words besides their
+    name that call for them, and whether names are coloured."""
+
+    timestamp_format: str = "%H:%M"
+    highlight_words: tuple[str, ...] = ()
+    nick_colors: bool = True
+
+    def calls(self, text: str, me: str) -> bool:
+        """Whether `text` names `me` or one of the highlight words."""
+        return any(mentions(text, word) for word in (me, *self.highlight_words) if word)
+
+
+#: The defaults.
+LOOK = Look()
+
+
+def render(
+    event: ClientEvent, me: str, now: datetime | None = None, *, room: str | None = None, look: Look = LOOK
+) -> Fragments | None:
     """The fragments for one event as `me`, typing into `room`, sees it; None for events not shown.
 
     A line about another room than `room` starts with that room's name.
     """
-    fragments = _render(event, me, now)
+    fragments = _render(event, me, now, look)
     where = getattr(event, "room", None)
     if fragments is None or where is None or room is None or room_key(where) == room_key(room):
         return fragments
@@ -150,39 +172,40 @@ _MODERATED = {
 }
 
 #: Notices whose text already says which room they are about (or that are about a person, not a room).
-_NAMES_ITS_ROOM = (Welcome, Joined, Left, Topic, Users, Renamed)
+_NAMES_ITS_ROOM = (Welcome, Joined, Left, Topic, Users, Renamed, PutOut)
 
 
-def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | None:
+def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fragments | None:
     match event:
         case ChatMessage(name=name, msg=msg, time=time):
-            return _said(time, "", name, ": ", msg, me, "class:me" if name == me else "class:text")
+            return _said(time, "", name, ": ", msg, me, "class:me" if name == me else "class:text", look)
         case Action(name=name, msg=msg, time=time):
-            return _said(time, "* ", name, " ", msg, me, "class:action")
+            return _said(time, "* ", name, " ", msg, me, "class:action", look)
         case PrivateMessage(name=name, to=to, msg=msg, time=time):
             label = f"[{neutralise(name)} → {neutralise(to)}]"
-            return _lines(_clock(time), [("class:private bold", label)], " ", msg, "class:private")
+            return _lines(_clock(time, look), [("class:private bold", label)], " ", msg, "class:private")
         case Topic(room=where, topic=topic, name=name, time=time):
             if not topic:
-                return _notice(time, f"{neutralise(name)} cleared the topic of {neutralise(where)}")
-            return _notice(time, f"{neutralise(name)} set the topic of {neutralise(where)}: {neutralise(topic)}")
+                return _in(look).notice(time, f"{neutralise(name)} cleared the topic of {neutralise(where)}")
+            text = f"{neutralise(name)} set the topic of {neutralise(where)}: {neutralise(topic)}"
+            return _in(look).notice(time, text)
         case Moderation(room=where, action="mode", name=changes, by=by, time=time):
             text = f"{neutralise(by)} set the modes of {neutralise(where)}: {neutralise(changes)}"
-            return [*_clock(time), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
+            return [*_clock(time, look), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
         case Moderation(room=where, action=action, name=name, by=by, reason=reason, until=until, time=time):
             done = _MODERATED.get(action, f"{action}ed in")
             text = f"{neutralise(name)} was {done} {neutralise(where)} by {neutralise(by)}"
             if until is not None:
                 text += f" until {until.astimezone().strftime('%Y-%m-%d %H:%M')}"
             text += f": {neutralise(reason)}" if reason else ""
-            return [*_clock(time), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
+            return [*_clock(time, look), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
         case Joined(room=where, name=name, time=time):
-            return _notice(time, f"{neutralise(name)} joined {neutralise(where)}")
+            return _in(look).notice(time, f"{neutralise(name)} joined {neutralise(where)}")
         case Left(room=where, name=name, reason=reason, time=time):
             why = "" if reason in ("quit", "part") else f" ({reason.replace('_', ' ')})"
-            return _notice(time, f"{neutralise(name)} left {neutralise(where)}{why}")
+            return _in(look).notice(time, f"{neutralise(name)} left {neutralise(where)}{why}")
         case Renamed(old=old, new=new, time=time):
-            return _notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
+            return _in(look).notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
         case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic, account=account):
             who = neutralise(name) + (" (your account)" if account else " (a guest: /register to own the name)"
                                       if account is False else "")
@@ -199,40 +222,55 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
             # stamped now above them made the times read out of order.
             return [("class:notice", "-- "), (INDENT, ""), ("class:notice", text)]
         case Reset(detail=detail):
-            return error(neutralise(detail), now)
+            return _in(look).error(neutralise(detail), now)
         case Gap(detail=detail):
-            return error(f"missed messages are lost: {neutralise(detail)}", now)
+            return _in(look).error(f"missed messages are lost: {neutralise(detail)}", now)
         case HistoryPage(count=count, more=more):
             if not count:
-                return _notice(now, "no earlier messages")
+                return _in(look).notice(now, "no earlier messages")
             earlier = "1 earlier message" if count == 1 else f"{count} earlier messages"
-            return _notice(now, earlier + (f" ({more} more: /history)" if more else ""))
+            return _in(look).notice(now, earlier + (f" ({more} more: /history)" if more else ""))
         case Users(room=where, users=users, roles=roles, away=away):
             gone = "; away: " + ", ".join(f"{neutralise(n)} ({neutralise(w)})" for n, w in away.items()) if away else ""
-            return _notice(now, f"in {neutralise(where)}: {_names(users, roles)}{gone}")
+            return _in(look).notice(now, f"in {neutralise(where)}: {_names(users, roles)}{gone}")
         case Away(name=name, msg=why):
-            return _notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
+            return _in(look).notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case RoomList(rooms=rooms):
-            listing = "; ".join(
-                f"{neutralise(info.room)} ({info.users})" + (f" {neutralise(info.topic)}" if info.topic else "")
+            if not rooms:
+                return _in(look).notice(now, "rooms: none")
+            # One row per room, the names and counts in columns.
+            wide = min(24, max(get_cwidth(neutralise(info.room)) for info in rooms))
+            rows = [
+                f"  {neutralise(info.room):<{wide}} {info.users:>4}  {neutralise(info.topic)}".rstrip()
                 for info in rooms
-            )
-            return _notice(now, f"rooms: {listing or 'none'}")
+            ]
+            heading = f"{len(rooms)} room{'s' if len(rooms) != 1 else ''}: name, people here, topic"
+            return [*_in(look).notice(now, heading), ("class:notice", "\n" + "\n".join(rows))]
         case ErrorReply(detail=detail):
-            return error(neutralise(detail), now)
+            return _in(look).error(neutralise(detail), now)
         case Shutdown(detail=detail):
-            return error(f"server: {neutralise(detail)}", now)
+            return _in(look).error(f"server: {neutralise(detail)}", now)
         case ServerNotice(detail=detail):
-            return _notice(now, neutralise(detail))
+            return _in(look).notice(now, neutralise(detail))
         case SessionToken(detail=detail):
-            return _notice(now, neutralise(detail))
+            return _in(look).notice(now, neutralise(detail))
         case Notice(delay_ms=delay_ms):
-            return _notice(now, f"slow down: the server is holding your lines back about {delay_ms / 1000:.1f} s")
+            text = f"slow down: the server is holding your lines back about {delay_ms / 1000:.1f} s"
+            return _in(look).notice(now, text)
         case ConnectionLost(detail=detail, retry_in=retry_in):
             then = f"; reconnecting in {retry_in:.1f} s" if retry_in else ""
-            return error(f"connection lost ({neutralise(detail)}){then}", now)
+            return _in(look).error(f"connection lost ({neutralise(detail)}){then}", now)
         case Reconnected():
-            return _notice(now, "reconnected")
+            return _in(look).notice(now, "reconnected")
+        case SignedInElsewhere():
+            text = ("signed in elsewhere: another connection of yours (same name, same session) took over; "
+                    "this one waits. /reconnect takes the session back")
+            return _in(look).error(text, now)
+        case PutOut(room=where, action=action, by=by, reason=reason):
+            done = "kicked from" if action == "kick" else "banned from"
+            why = f" ({neutralise(reason)})" if reason else ""
+            text = f"you were {done} {neutralise(where)} by {neutralise(by)}{why}; its buffer is closed"
+            return _in(look).error(text, now)
         case Resumed(room=where, missed=missed) if missed:
             new = "1 new message" if missed == 1 else f"{missed} new messages"
             return [("class:notice", f"-- {new} in {neutralise(where)} since you left --")]
@@ -241,21 +279,37 @@ def _render(event: ClientEvent, me: str, now: datetime | None) -> Fragments | No
     return None
 
 
-def notice(text: str, now: datetime | None = None) -> Fragments:
+def notice(text: str, now: datetime | None = None, look: Look = LOOK) -> Fragments:
     """A line from the client itself (help, hints)."""
-    return _notice(now, text)
+    return _notice(now, text, look)
 
 
-def error(text: str, now: datetime | None = None) -> Fragments:
+def error(text: str, now: datetime | None = None, look: Look = LOOK) -> Fragments:
     """Something went wrong, in one line."""
-    return [*_clock(now), ("class:error", "! "), (INDENT, ""), ("class:error", text)]
+    return [*_clock(now, look), ("class:error", "! "), (INDENT, ""), ("class:error", text)]
 
 
-def _said(when: datetime, prefix: str, speaker: str, gap: str, msg: str, me: str, style: str) -> Fragments:
-    if speaker != me and mentions(msg, me):
+@dataclass(frozen=True)
+class _in:
+    """notice() and error() in a given look, for _render's many lines."""
+
+    look: Look
+
+    def notice(self, when: datetime | None, text: str) -> Fragments:
+        return _notice(when, text, self.look)
+
+    def error(self, text: str, now: datetime | None = None) -> Fragments:
+        return error(text, now, self.look)
+
+
+def _said(
+    when: datetime, prefix: str, speaker: str, gap: str, msg: str, me: str, style: str, look: Look = LOOK
+) -> Fragments:
+    if speaker != me and look.calls(msg, me):
         style = "class:mention"
-    header = [(style, prefix), (f"{name_colour(speaker)} bold", neutralise(speaker))]
-    return _lines(_clock(when), header, gap, msg, style)
+    colour = name_colour(speaker) if look.nick_colors else ""
+    header = [(style, prefix), (f"{colour} bold".strip(), neutralise(speaker))]
+    return _lines(_clock(when, look), header, gap, msg, style)
 
 
 def _lines(clock: Fragments, header: Fragments, gap: str, msg: str, style: str) -> Fragments:
@@ -268,16 +322,19 @@ def _lines(clock: Fragments, header: Fragments, gap: str, msg: str, style: str) 
     return fragments
 
 
-def _notice(when: datetime | None, text: str) -> Fragments:
-    return [*_clock(when), ("class:notice", "-- "), (INDENT, ""), ("class:notice", text)]
+def _notice(when: datetime | None, text: str, look: Look = LOOK) -> Fragments:
+    return [*_clock(when, look), ("class:notice", "-- "), (INDENT, ""), ("class:notice", text)]
 
 
-def _clock(when: datetime | None) -> Fragments:
-    """`14:05 `, or with the date for a line from another day than today: `2026-11-19 14:05 `."""
+def _clock(when: datetime | None, look: Look = LOOK) -> Fragments:
+    """`14:05 `, or with the date for a line from another day than today: `2026-11-19 14:05 `
+    (in the format of the `timestamp_format` setting; an empty one shows no time)."""
+    if not look.timestamp_format:
+        return []
     local = (when or datetime.now()).astimezone()
     if local.date() != datetime.now().astimezone().date():
-        return [("class:time", local.strftime("%Y-%m-%d %H:%M "))]
-    return [("class:time", local.strftime("%H:%M "))]
+        return [("class:time", local.strftime(f"%Y-%m-%d {look.timestamp_format} "))]
+    return [("class:time", local.strftime(f"{look.timestamp_format} "))]
 
 
 def day_of(event: ClientEvent) -> date | None:
