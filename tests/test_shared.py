@@ -11,8 +11,7 @@ import pytest
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.server.directory import LEASE, RENEW_EVERY
-from chat.server.shared import PLACEHOLDER_ID
+from chat.server.redis.log import PLACEHOLDER_ID
 from chat.testing import TIMEOUT, LineClient, talk_at_once
 from chat.wire.protocol import (
     Away,
@@ -32,6 +31,10 @@ from chat.wire.protocol import (
     Users,
     Welcome,
 )
+
+#: A lease short enough for a test to wait for it to run out (the default is 10 s), still long
+#: enough that a busy machine renews it in time.
+SHORT_LEASE = 3.0
 
 
 @pytest.fixture
@@ -297,12 +300,12 @@ def test_clients_of_a_server_killed_during_traffic_carry_on_with_another_and_mis
 def test_a_name_held_by_a_dead_server_is_free_for_anybody_once_its_lease_runs_out(
     redis_server, chat_server_process, nodes, connect
 ):
-    a = chat_server_process("--redis", redis_server.url)
-    (b,) = nodes(1)
+    a = chat_server_process("--redis", redis_server.url, "--redis-lease", str(SHORT_LEASE), "--redis-renew", "0.5")
+    (b,) = nodes(1, redis_lease=SHORT_LEASE, redis_renew=0.5)
     held = LineClient(a.address)
     held.join("alice")
     # It waits for the dead server's lease to run out and the next renewal to notice.
-    watcher = LineClient(b.address, timeout=LEASE + 2 * RENEW_EVERY + TIMEOUT)
+    watcher = LineClient(b.address, timeout=SHORT_LEASE + 2 * 0.5 + TIMEOUT)
     watcher.join("watcher")
     a.process.kill()
     stranger = connect(b)  # another identity: refused while the dead server's lease lasts
@@ -390,17 +393,17 @@ class _Heard(logging.Handler):
 
 
 def test_after_redis_lost_everything_the_servers_hold_their_names_and_members_again(nodes, connect, redis_server):
-    a, b = nodes(2)
+    a, b = nodes(2, redis_lease=SHORT_LEASE, redis_renew=0.5)
     alice, watcher = connect(a), connect(b)
     alice.join("alice")
     watcher.join("watcher")
     heard = _Heard()
-    logger = logging.getLogger("chat.server.shared")
+    logger = logging.getLogger("chat.server.redis.lease")
     logger.addHandler(heard)
     try:
         redis_server.kill()
         redis_server.start()  # empty: no server's lease, no name, no member is recorded any more
-        assert heard.wait_for("claiming its names again", times=2, timeout=LEASE + TIMEOUT)
+        assert heard.wait_for("claiming its names again", times=2, timeout=SHORT_LEASE + TIMEOUT)
     finally:
         logger.removeHandler(heard)
     stranger = connect(b)

@@ -22,6 +22,10 @@ from chat.wire.protocol import DEFAULT_MAX_LINE
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
+#: With --redis: how long (s) a server's names and members outlive its last renewal, and how
+#: often (s) it renews them (chat.server.redis.lease; here, where no redis import is needed).
+REDIS_LEASE = 10.0
+REDIS_RENEW = 2.5
 
 
 def default_db() -> str:
@@ -112,6 +116,20 @@ class ServerConfig:
         "share rooms with other servers through this Redis (redis://host:6379/0 or unix:///path); "
         "needs the redis extra",
         str,
+    )
+    redis_lease: float = _option(
+        REDIS_LEASE,
+        "--redis-lease",
+        "CHAT_REDIS_LEASE",
+        "with --redis: seconds a server that stopped answering still holds its users' names",
+        float,
+    )
+    redis_renew: float = _option(
+        REDIS_RENEW,
+        "--redis-renew",
+        "CHAT_REDIS_RENEW",
+        "with --redis: seconds between renewals of this server's lease (less than --redis-lease)",
+        float,
     )
     retention: int = _option(
         DEFAULT_RETENTION, "--retention", "CHAT_RETENTION", "messages each room's history keeps", int

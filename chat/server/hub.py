@@ -3,9 +3,12 @@
 The Hub turns each decoded client line into calls on a room or on itself.
 Its own lock guards only its dictionaries (names, sessions, rooms) and is
 never held while a room works, nor taken by a line said in a room, so a busy
-or slow room delays no other; the private-message log has a lock of its own,
-and private lines reach each party through its inbox, a delivery log of one
-subscriber. No sockets and no threads.
+or slow room delays no other. Names, private lines, rules and rooms are the
+Cluster's (chat.server.cluster: this server alone, or several on Redis); the
+hub calls it the same way whichever it is, and hears from it as its
+ClusterEvents. Private lines reach each party through its inbox, a delivery
+log of one subscriber. Lock order: the cluster's private-line lock, then the
+hub's. No sockets and no threads.
 """
 
 from __future__ import annotations
@@ -14,25 +17,24 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Collection, Hashable, Iterable, Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
+from chat.server.cluster import Cluster, LocalCluster
 from chat.server.lines import Line
-from chat.server.log import LocalLog, RoomLog
 from chat.server.room import (
     CHUNK_LINES,
     Delivery,
     HistorySettings,
     Moderate,
     Room,
-    RoomFeed,
     Target,
     stream_chunks,
 )
 from chat.server.session import Holder, Session
-from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Sanction, Store, kept
+from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
     LOBBY,
     Away,
@@ -82,32 +84,10 @@ from chat.wire.text import name_key, name_keys, quoted
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Hashable)
-P_contra = TypeVar("P_contra", bound=Hashable, contravariant=True)
 
 #: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
 SERVER_SCOPE = "\0server"
 
-class SharedServers(Protocol[P_contra]):
-    """What the hub needs when other servers share its rooms, names and private messages
-    (chat.server.shared.SharedRooms). Each call may raise StorageFailed or Refused."""
-
-    def room(self, record: RoomRecord) -> tuple[RoomLog, RoomFeed[P_contra]]: ...
-    def private_log(self) -> RoomLog: ...
-    @property
-    def private_lock(self) -> threading.Lock: ...
-    def private_position(self) -> int: ...
-    def settle_private(self, upto: int) -> None: ...
-    def claim_name(self, keys: Collection[str], claimant: Holder) -> None: ...
-    def release_name(self, keys: Collection[str], identity: str) -> None: ...
-    def holder_of(self, key: str) -> Holder | None: ...
-    @property
-    def rules(self) -> Rules: ...
-    def settle_room(self, room: str, upto: int) -> None: ...
-    def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None: ...
-    def set_away(self, keys: Collection[str], identity: str, why: str | None) -> None: ...
-    def rooms(self) -> dict[str, str]: ...
-    def room_name(self, key: str) -> str | None: ...
-    def add_room(self, key: str, name: str) -> None: ...
 
 
 class Hub(Generic[P]):
@@ -120,14 +100,15 @@ class Hub(Generic[P]):
         settings: HistorySettings | None = None,
         accounts: Accounts | None = None,
         admins: Iterable[str] = (),
-        shared: SharedServers[P] | None = None,
+        cluster: Cluster[P] | None = None,
     ) -> None:
-        """`shared`: the other servers this one shares rooms, names and private messages with."""
+        """`cluster`: where names, private lines, rules and rooms live (default: this server
+        alone, in `store`); it starts telling this hub what other servers do."""
         self._delivery = delivery
-        self._shared = shared
+        self._cluster: Cluster[P] = cluster or LocalCluster(delivery, store)
         self._store = store
-        #: Roles, modes, bans and mutes: the store's, or every server's when rooms are shared.
-        self._rules: Rules = shared.rules if shared is not None else store
+        #: Roles, modes, bans and mutes, as every server has them.
+        self._rules: Rules = self._cluster.rules
         self._accounts = accounts or Accounts(store)
         #: The server operators' identities (`--admin`): they may do anything in any room.
         self._admins = frozenset(f"account:{name_key(name)}" for name in admins)
@@ -141,12 +122,9 @@ class Hub(Generic[P]):
         # Rooms are only ever added, so a reader may look one up without the lock.
         self._rooms: dict[str, Room[P]] = {}
         self._inboxes = itertools.count(1)
-        # Held while private lines reach inboxes, so that a replay's snapshot misses none.
-        self._private_lock = shared.private_lock if shared is not None else threading.Lock()
-        self._private: RoomLog = shared.private_log() if shared is not None else LocalLog(store, PRIVATE_LOG, None)
         # Rooms are found by room_key(name); a room kept by an older release stays
         # under the store key it was saved with (room.key), which may differ.
-        for record in store.rooms():  # StoreError here stops the server at start: that is the right time
+        for record in self._cluster.rooms():  # StoreError here stops the server at start: that is the right time
             key = room_key(record.name)
             if key in self._rooms:
                 shadow = self._rooms[key].name
@@ -155,9 +133,7 @@ class Hub(Generic[P]):
             self._rooms[key] = self._open_room(record)
         if room_key(LOBBY) not in self._rooms:
             self._rooms[room_key(LOBBY)] = self._create_room(LOBBY)
-        if shared is not None:  # the rooms this server knows, every server lists
-            for room in self._rooms.values():
-                shared.add_room(room.key, room.name)
+        self._cluster.start(self)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -179,8 +155,8 @@ class Hub(Generic[P]):
             if session.name is not None:
                 self._free_name_locked(session, session.name)
             self._prove_locked(session, None)
-        if self._shared is not None and session.name is not None and session.identity is not None:
-            self._shared.release_name(name_keys(session.name), session.identity.id)
+        if session.name is not None and session.identity is not None:
+            self._cluster.release_name(name_keys(session.name), session.identity.id)
         for room in self._rooms_of(session):
             room.leave(session, reason)
         session.rooms.clear()
@@ -228,7 +204,7 @@ class Hub(Generic[P]):
             case Nick(name=name):
                 self.rename(session, name)
             case Who(room=room):
-                found = self._rooms.get(room_key(room)) or self._shared_room(room)
+                found = self._rooms.get(room_key(room)) or self._kept_room(room)
                 if found is None:
                     raise Refused("no_such_room", f"there is no room called {room}", room)
                 found.who(session)
@@ -260,15 +236,12 @@ class Hub(Generic[P]):
         self._check_server_bans(session, identity)
         self._take_back(request.name, identity)
         replay = request.private_since
-        if self._shared is not None:
-            self._shared.claim_name(name_keys(request.name), self._holder(session, request.name, identity.id))
+        self._cluster.claim_name(name_keys(request.name), self._holder(session, request.name, identity.id))
         try:
-            snapshot = self._claim(session, request.name, held=replay is not None)
+            snapshot = self._claim(session, request.name, identity, held=replay is not None)
         except Refused:
-            if self._shared is not None:
-                self._shared.release_name(name_keys(request.name), identity.id)
+            self._cluster.release_name(name_keys(request.name), identity.id)
             raise
-        self._prove(session, identity)
         try:
             self._enter(session, request, identity)
         finally:  # a held inbox is released whatever became of the room
@@ -283,9 +256,9 @@ class Hub(Generic[P]):
             raise Refused("name_registered", f"{name} is already registered")
         identity = self._accounts.register(name, password, guest, session.address)
         self._prove(session, identity)
-        if self._shared is not None:  # the name is held by the account now, on every server
-            self._shared.release_name(name_keys(name), guest.id)
-            self._shared.claim_name(name_keys(name), self._holder(session, name, identity.id))
+        # The name is held by the account now, on every server.
+        self._cluster.release_name(name_keys(name), guest.id)
+        self._cluster.claim_name(name_keys(name), self._holder(session, name, identity.id))
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
         self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
@@ -344,14 +317,14 @@ class Hub(Generic[P]):
                     until = time.time() + request.duration if request.duration else None
                     sanction = Sanction(SERVER_SCOPE, held_on, "ban", target_name, until, reason, name)
                     kept(self._rules.save_sanction, sanction)
-                elif target.session is None and (self._shared is None or target.identity is None):
+                elif target.session is None and not target.elsewhere:
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
                 why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
                 if target.session is not None:
                     self._delivery.close(target.session.peer, Line.refusal(Refused("removed", why)), "disconnected")
                     self.disconnect(target.session, "kicked")
-                elif self._shared is not None and target.identity is not None:  # on another server
-                    self._shared.disconnect_elsewhere(name_key(target.name), target.identity, why)
+                elif target.elsewhere and target.identity is not None:
+                    self._cluster.disconnect_elsewhere(name_key(target.name), target.identity, why)
                 banned = isinstance(request, ServerBan)
                 done = f"{target_name} {'is banned from the server' if banned else 'is gone'}"
         log.info("%s: server operator %s: %s", session.label, quoted(name), done)
@@ -382,7 +355,7 @@ class Hub(Generic[P]):
             target = self._by_name.get(name_key(to))
         if target is not None and target.name is not None:
             recipient, recipient_id, away = target.name, _identity_of(target), target.away
-        elif self._shared is not None and (elsewhere := self._shared.holder_of(name_key(to))) is not None:
+        elif (elsewhere := self._cluster.holder_of(name_key(to))) is not None:
             recipient_id, recipient, away = elsewhere.identity, elsewhere.name, elsewhere.away
         else:
             raise Refused("no_such_user", f"nobody called {to} is connected")
@@ -393,22 +366,13 @@ class Hub(Generic[P]):
         def build(id: int) -> Line:
             return Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
 
-        if self._shared is not None:  # the shared reader gives it to both parties, on any server
-            line = self._private.append(build, sender=sender_id, recipient=recipient_id)
-            if target is not session and away is not None:
-                self._shared.settle_private(line.id)  # after the echo, so it reads as the answer
-                self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
-            return
-        assert target is not None
-        with self._private_lock:  # so that each party gets private lines in id order
-            line = self._private.append(build, sender=sender_id, recipient=recipient_id)
-            self._delivery.publish(target.inbox, line)
-            if target is not session:
-                self._delivery.publish(session.inbox, line)
-                if (away := target.away) is not None:  # after the echo, so it reads as the answer
-                    self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
+        # It reaches both parties (here, through private_line) in id order, on whichever server.
+        line = self._cluster.send_private(build, sender_id, recipient_id)
+        if target is not session and away is not None:
+            self._cluster.settle_private(line.id)  # after the echo, so it reads as the answer
+            self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
 
-    # --- what the other servers tell this one (see chat.server.shared.Listener) -----------------
+    # --- what the cluster tells this one (chat.server.cluster.ClusterEvents) ---------------------
 
     def private_line(self, line: Line, sender: str, recipient: str) -> None:
         """A private line kept by any server, in id order: to its parties' inboxes here."""
@@ -451,20 +415,17 @@ class Hub(Generic[P]):
             ).start()
 
     def _removed_elsewhere(self, room: Room[P], member: Session[P], reason: LeaveReason, upto: int) -> None:
-        if self._shared is not None:
-            self._shared.settle_room(room.key, upto)  # the member sees the line that removes them
+        self._cluster.settle_room(room.key, upto)  # the member sees the line that removes them
         if room.leave(member, reason):
             member.rooms.pop(room.key, None)
 
     def lease_lost(self) -> None:
         """The other servers took this one for dead: its names and members are recorded again."""
-        if self._shared is None:
-            return
         for session in self.sessions():
             if session.name is None or session.identity is None:
                 continue
             try:
-                self._shared.claim_name(
+                self._cluster.claim_name(
                     name_keys(session.name), self._holder(session, session.name, session.identity.id)
                 )
             except (Refused, StorageFailed) as exc:
@@ -475,8 +436,8 @@ class Hub(Generic[P]):
     def set_away(self, session: Session[P], why: str) -> None:
         """Away (and why), or back with an empty `why`; said to the session alone."""
         name = self._name_of(session)
-        if self._shared is not None and session.identity is not None:  # answered on every server
-            self._shared.set_away(name_keys(name), session.identity.id, why or None)
+        if session.identity is not None:  # answered on every server
+            self._cluster.set_away(name_keys(name), session.identity.id, why or None)
         session.away = why or None
         said = f"you are away: {why}; private messages get that answer" if why else "you are back"
         self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=said)))
@@ -490,19 +451,19 @@ class Hub(Generic[P]):
         if self._accounts.is_registered(new) and (identity is None or identity.account is None or
                                                   name_key(identity.account) != name_key(new)):
             raise Refused("name_registered", f"{new} is a registered name; only its account may use it")
-        if self._shared is not None and identity is not None:
-            self._shared.claim_name(name_keys(new), self._holder(session, new, identity.id))
+        if identity is not None:
+            self._cluster.claim_name(name_keys(new), self._holder(session, new, identity.id))
         try:
             with self._lock:
                 self._check_free_locked(session, new)
                 self._free_name_locked(session, old)
                 self._take_name_locked(session, new)
         except Refused:
-            if self._shared is not None and identity is not None:
-                self._shared.release_name(name_keys(new), identity.id)
+            if identity is not None:
+                self._cluster.release_name(name_keys(new), identity.id)
             raise
-        if self._shared is not None and identity is not None:
-            self._shared.release_name([key for key in name_keys(old) if key not in name_keys(new)], identity.id)
+        if identity is not None:
+            self._cluster.release_name([key for key in name_keys(old) if key not in name_keys(new)], identity.id)
         rooms = self._rooms_of(session)
         for room in rooms:
             room.rename(session, old, new)
@@ -511,10 +472,14 @@ class Hub(Generic[P]):
         log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
     def room_list(self) -> RoomList:
-        if self._shared is not None:  # rooms other servers created are known here from now on
-            for key, name in self._shared.rooms().items():
-                if key not in self._rooms:
-                    self._known_room(name)
+        try:
+            kept_rooms = self._cluster.rooms()
+        except StoreError as exc:
+            log.warning("could not list every room (listing those open here): %s", exc)
+            kept_rooms = []
+        for record in kept_rooms:  # rooms other servers created are known here from now on
+            if room_key(record.name) not in self._rooms:
+                self._opened(record)
         with self._lock:
             rooms = list(self._rooms.values())
         return RoomList(rooms=sorted((room.info() for room in rooms), key=lambda info: info.room.casefold()))
@@ -535,18 +500,20 @@ class Hub(Generic[P]):
             session.rooms.pop(key, None)
             raise
 
-    def _claim(self, session: Session[P], name: str, held: bool) -> int:
-        """Give `session` the name and open its inbox (held for a replay); the private log's last id then."""
-        with self._lock:
-            self._check_free_locked(session, name)
-            # Under both locks: no private line to this name can be numbered
-            # after the snapshot and miss the inbox.
-            with self._private_lock:
+    def _claim(self, session: Session[P], name: str, identity: Identity, held: bool) -> int:
+        """Give `session` the name and identity, and open its inbox (held for a replay); the last
+        private id handed to inboxes before it opened."""
+
+        def open_inbox() -> None:
+            # While no private line is handed to inboxes: none numbered after the snapshot can
+            # miss this inbox, and none before it reaches it live as well as in the replay.
+            with self._lock:
+                self._check_free_locked(session, name)
                 self._delivery.subscribe(session.peer, session.inbox, held=held)
-                shared = self._shared
-                snapshot = shared.private_position() if shared is not None else self._private.last_id
-            self._take_name_locked(session, name)
-        return snapshot
+                self._take_name_locked(session, name)
+                self._prove_locked(session, identity)
+
+        return self._cluster.open_inbox(open_inbox)
 
     def _target(self, name: str) -> Target[P]:
         """What moderation can hold against `name`: the connection holding it now, and its
@@ -561,11 +528,11 @@ class Hub(Generic[P]):
                 f"address:{holder.address}" if guest else None,
                 holder,
             )
-        elsewhere = self._shared.holder_of(name_key(name)) if self._shared is not None else None
+        elsewhere = self._cluster.holder_of(name_key(name))
         if elsewhere is not None:  # connected to another server
             guest = not elsewhere.identity.startswith("account:")
             address = f"address:{elsewhere.address}" if guest and elsewhere.address else None
-            return Target(elsewhere.name, elsewhere.identity, address)
+            return Target(elsewhere.name, elsewhere.identity, address, elsewhere=True)
         if self._accounts.is_registered(name):
             return Target(name, f"account:{name_key(name)}")
         return Target(name)
@@ -643,9 +610,9 @@ class Hub(Generic[P]):
         key = room_key(name)
         if key in self._rooms:
             return self._rooms[key]
-        elsewhere = self._shared.room_name(key) if self._shared is not None else None
-        if elsewhere is not None:  # another server's room: its spelling, its owner
-            return self._known_room(elsewhere)
+        kept_room = self._cluster.room(key)
+        if kept_room is not None:  # another server's room: its spelling, its owner
+            return self._opened(kept_room)
         return self._known_room(name, creator)
 
     def _known_room(self, name: str, creator: Identity | None = None) -> Room[P]:
@@ -661,24 +628,26 @@ class Hub(Generic[P]):
             return room
 
     def _create_room(self, name: str) -> Room[P]:
-        record = RoomRecord(room_key(name), name)
-        if self._shared is not None:
-            self._shared.add_room(record.key, name)
-        kept(self._store.save_room, record, failure=f"the server could not create the room {name}", room=name)
-        return self._open_room(record)
+        """A new room, kept (with another server's spelling if it kept it first) and opened here."""
+        return self._open_room(self._cluster.add_room(RoomRecord(room_key(name), name)))
 
-    def _shared_room(self, name: str) -> Room[P] | None:
+    def _kept_room(self, name: str) -> Room[P] | None:
         """A room another server created, known here from now on (None if no server has it)."""
-        spelled = self._shared.room_name(room_key(name)) if self._shared is not None else None
-        return self._known_room(spelled) if spelled is not None else None
+        record = self._cluster.room(room_key(name))
+        return self._opened(record) if record is not None else None
+
+    def _opened(self, record: RoomRecord) -> Room[P]:
+        """The room kept as `record`, open on this server (opened now if it is new here)."""
+        key = room_key(record.name)
+        with self._lock:
+            room = self._rooms.get(key)
+            if room is None:
+                room = self._rooms[key] = self._open_room(record)
+            return room
 
     def _open_room(self, record: RoomRecord) -> Room[P]:
-        if self._shared is not None:
-            room_log, feed = self._shared.room(record)
-            room = Room(record, room_log, self._delivery, self._store, self._settings, feed, self._rules)
-        else:
-            room = Room(record, LocalLog(self._store, record.key, record.name), self._delivery, self._store,
-                        self._settings)
+        room_log, feed = self._cluster.open_room(record)
+        room = Room(record, room_log, self._delivery, self._store, self._settings, feed, self._rules)
         room.admins = self._admins
         return room
 
@@ -687,8 +656,9 @@ class Hub(Generic[P]):
         peer, inbox = session.peer, session.inbox
         try:
             viewer = _identity_of(session)
-            span = self._private.missed(since, snapshot, self._settings.replay_limit, viewer)
-            chunks = self._private.lines(span, CHUNK_LINES, viewer)
+            private = self._cluster.private_log
+            span = private.missed(since, snapshot, self._settings.replay_limit, viewer)
+            chunks = private.lines(span, CHUNK_LINES, viewer)
             stream_chunks(self._delivery, peer, chunks, lambda lines: self._delivery.send_held(peer, inbox, *lines))
         finally:
             self._delivery.release_held(peer, inbox)

@@ -123,21 +123,25 @@ class RoomFeed(Protocol[P_contra]):
         ...
 
     def topic(self, kept_here: str) -> str:
-        """The room's topic; `kept_here` is what this server's store has."""
+        """The room's topic; `kept_here` is the one it had when opened, or last set here."""
         ...
 
     def keep_topic(self, topic: str) -> None:
-        """Keep a new topic where every server reads it (StorageFailed if it cannot)."""
+        """Keep a new topic: in this server's store, or where every server reads it (StorageFailed
+        if it cannot)."""
         ...
 
 
 class LocalFeed(Generic[P]):
     """A room whose members are all on this server: its lines go straight to the Delivery."""
 
-    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog) -> None:
+    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog, store: Store, room: str) -> None:
+        """The room `key` (called `room`), whose topic `store` keeps."""
         self._delivery = delivery
         self._key = key
         self._log = room_log
+        self._store = store
+        self._room = room
 
     def enter(self, peer: P, name: str, joined: Line) -> int:
         snapshot = self._log.last_id
@@ -170,7 +174,8 @@ class LocalFeed(Generic[P]):
         return kept_here
 
     def keep_topic(self, topic: str) -> None:
-        """Nothing more to do: the store keeps it."""
+        record = RoomRecord(self._key, self._room, topic)
+        kept(self._store.save_room, record, failure="the server could not keep the topic", room=self._room)
 
     def leave(self, peer: P, name: str, left: Line, sees_it: bool) -> None:
         if sees_it:
@@ -214,8 +219,7 @@ class Room(Generic[P]):
         self._record = record
         self._log = room_log
         self._delivery = delivery
-        self._feed: RoomFeed[P] = feed or LocalFeed(delivery, record.key, room_log)
-        self._store = store
+        self._feed: RoomFeed[P] = feed or LocalFeed(delivery, record.key, room_log, store, record.name)
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._members: dict[Session[P], str] = {}  # session -> the name it has here
@@ -370,7 +374,6 @@ class Room(Generic[P]):
                 raise Refused("not_operator", f"only operators set the topic of {self.name}", self.name)
             record = RoomRecord(self.key, self.name, topic)
             self._feed.keep_topic(topic)
-            kept(self._store.save_room, record, failure="the server could not keep the topic", room=self.name)
             line = self._log.append(
                 lambda id: Line.of(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
             )
@@ -633,6 +636,8 @@ class Target(Generic[P]):
     address: str | None = None
     #: The connection holding the name now, if any.
     session: Session[P] | None = None
+    #: Whether the name is held on another server (rooms shared through Redis).
+    elsewhere: bool = False
 
     def targets(self) -> list[str]:
         return [t for t in (self.identity, self.address) if t]

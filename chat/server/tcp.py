@@ -41,7 +41,7 @@ from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, S
 from chat.wire.text import quoted
 
 if TYPE_CHECKING:  # loaded only with --redis: the redis package is an optional extra
-    from chat.server.shared import SharedRooms
+    from chat.server.redis.cluster import RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -240,15 +240,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.store = open_store(config.db, config.retention, config.max_age, config.retention_bytes)
         self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
         #: The Redis through which rooms are shared with other servers (--redis), if any.
-        self.shared: SharedRooms[Peer] | None = None
+        self.shared: RedisCluster[Peer] | None = None
         try:
             settings = HistorySettings(config.history, config.replay_limit)
-            self.shared = _shared_rooms(config.redis, self.outbox, config.retention) if config.redis else None
+            self.shared = _redis_cluster(config, self.outbox) if config.redis else None
             records = self.shared.accounts if self.shared is not None else None
             accounts = Accounts(self.store, require_account=config.require_account, records=records)
             self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, self.shared)
-            if self.shared is not None:
-                _start_sharing(self.shared, self.hub, config.redis or "")
         except BaseException:
             self._close_storage()
             raise
@@ -545,28 +543,22 @@ class _Listener(socketserver.TCPServer):
         self.main.start_handler(request, client_address, self.listener)
 
 
-def _shared_rooms(url: str, outbox: Outbox, retention: int) -> SharedRooms[Peer]:
+def _redis_cluster(config: ServerConfig, outbox: Outbox) -> RedisCluster[Peer]:
     """The Redis connection and reader for --redis; StoreError (one line for the log) if unusable."""
+    url = config.redis or ""
     try:
-        from chat.server.shared import SharedRooms
+        from chat.server.redis.cluster import RedisCluster
     except ImportError as exc:
         raise StoreError(f"--redis needs the redis package: pip install 'chat[redis]' ({exc})") from exc
     import redis
 
     try:
-        shared: SharedRooms[Peer] = SharedRooms(url, outbox, retention)
-        shared.redis.ping()  # unreachable at start: the server says so and does not start
-        return shared
+        cluster: RedisCluster[Peer] = RedisCluster(
+            url, outbox, config.retention, config.redis_lease, config.redis_renew
+        )
+        cluster.ping()  # unreachable at start: the server says so and does not start
+        return cluster
     except (redis.RedisError, ValueError) as exc:
-        raise StoreError(f"cannot use Redis at {url}: {exc}") from exc
-
-
-def _start_sharing(shared: SharedRooms[Peer], hub: Hub[Peer], url: str) -> None:
-    import redis
-
-    try:
-        shared.start(hub)
-    except redis.RedisError as exc:
         raise StoreError(f"cannot use Redis at {url}: {exc}") from exc
 
 

@@ -1,0 +1,242 @@
+"""Rooms' logs in Redis: each room's lines are a Redis Stream, numbered by Redis, so that every
+server appends to one sequence; the private messages are one more such log.
+
+No server numbers a message itself: one atomic script takes a log's next id and appends the
+line under it, so every member on every server sees one order. Notices (joined, left,
+renamed) go into the same stream between the messages, under `<last id>-<n>`, so they stay in
+place. Logs owns the scripts on the command connection; RedisLog is one log as a room (or the
+hub, for private lines) sees it (chat.server.log.RoomLog).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import cast
+
+import redis
+
+from chat.errors import StorageFailed
+from chat.server.lines import Line
+from chat.server.log import Span
+from chat.server.redis import keys
+from chat.server.redis.reader import Entries, position
+
+log = logging.getLogger(__name__)
+
+#: The id a line is built with before Redis numbers it; the script puts the real one in its place.
+#: It appears in an encoded line only as the `id` field: inside a string a quote is escaped.
+PLACEHOLDER_ID = 9_007_199_254_740_881
+_PLACEHOLDER = f'"id":{PLACEHOLDER_ID}'.encode()
+# Number each template's line, in order, and append it under its id: atomically, so that
+# ids are gap-free and ordered however many servers append. KEYS: meta, log.
+# ARGV: max length, epoch if new, sender, recipient (both '' but in the private log), templates...
+_APPEND = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+local ids = {}
+for i = 5, #ARGV do
+  local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
+  local template = ARGV[i]
+  local at, stop = string.find(template, '"id":PLACEHOLDER', 1, true)
+  local line = string.sub(template, 1, at - 1) .. '"id":' .. id .. string.sub(template, stop + 1)
+  if ARGV[3] == '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line)
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line, 's', ARGV[3], 'r', ARGV[4])
+  end
+  ids[#ids + 1] = id
+end
+return ids
+""".replace("PLACEHOLDER", str(PLACEHOLDER_ID))
+
+# An unnumbered line after the room's last numbered one. KEYS: meta, log.
+# ARGV: max length, line, epoch if new.
+_NOTICE = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
+local last = redis.call('HGET', KEYS[1], 'last') or '0'
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], last .. '-*', 'l', ARGV[2])
+"""
+
+
+
+
+class Logs:
+    """Every log in one Redis, on the command connection; each log keeps about `retention`
+    entries. Every method may raise redis.RedisError."""
+
+    def __init__(self, client: redis.Redis, retention: int) -> None:
+        self._redis = client
+        self._retention = retention
+        self._append = client.register_script(_APPEND)
+        self._notice = client.register_script(_NOTICE)
+
+    def append(self, key: str, templates: Sequence[bytes], parties: tuple[str, str] = ("", "")) -> list[int]:
+        """Number the lines (built with PLACEHOLDER_ID) and append them; their ids."""
+        args: list[bytes | str | int] = [self._retention, secrets.token_hex(8), *parties, *templates]
+        ids = self._append(keys=[keys.meta(key), keys.log(key)], args=args)
+        return [int(number) for number in cast(list[int], ids)]
+
+    def notice(self, key: str, line: bytes) -> tuple[int, int]:
+        """Append an unnumbered line; where it went in the stream."""
+        args: list[bytes | str | int] = [self._retention, line, secrets.token_hex(8)]
+        return position(cast(bytes, self._notice(keys=[keys.meta(key), keys.log(key)], args=args)))
+
+    def epoch(self, key: str) -> bytes | None:
+        """The log's epoch: made with its first line, so a Redis that lost its data has a new one."""
+        return cast(bytes | None, self._redis.hget(keys.meta(key), "epoch"))
+
+    def last_id(self, key: str) -> int:
+        return int(cast(bytes | None, self._redis.hget(keys.meta(key), "last")) or 0)
+
+    def entries(self, key: str, start: str, end: str, count: int) -> Entries:
+        """The log's entries from `start` to `end`, oldest first."""
+        return cast(Entries, self._redis.xrange(keys.log(key), start, end, count=count))
+
+    def entries_back(self, key: str, end: str, start: str, count: int) -> Entries:
+        """The log's entries from `end` back to `start`, newest first."""
+        return cast(Entries, self._redis.xrevrange(keys.log(key), end, start, count=count))
+
+
+def _sees(viewer: str, fields: dict[bytes, bytes]) -> bool:
+    """A private line is seen by its two parties only."""
+    party = viewer.encode()
+    return fields.get(b"s") == party or fields.get(b"r") == party
+
+
+_NOT_READ = "the server could not read its history; try again"
+NOT_STORED = "the server could not store your message, so nobody got it"
+
+
+@contextmanager
+def refused_if_away(detail: str, room: str | None = None) -> Iterator[None]:
+    """Redis failing is the server's storage failing: the request is refused with
+    storage_failed and `detail` (nothing was done that anybody was told of)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("Redis failed (%s): %s", detail, exc)
+        raise StorageFailed("storage_failed", detail, room) from exc
+
+
+class RedisLog:
+    """A room's log in its Redis Stream: numbered there, read from there (see RoomLog)."""
+
+    def __init__(self, logs: Logs, key: str, room: str | None) -> None:
+        """The log `key` of `logs`; `room` (None for private messages) is named in its errors."""
+        self._logs = logs
+        self._key = key
+        self._room = room
+
+    @property
+    def epoch(self) -> str | None:
+        with refused_if_away(_NOT_READ, self._room):
+            epoch = self._logs.epoch(self._key)
+        return epoch.decode() if epoch else None
+
+    @property
+    def last_id(self) -> int:
+        with refused_if_away(_NOT_READ, self._room):
+            return self._logs.last_id(self._key)
+
+    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
+        return self._append_all([build], (sender or "", recipient or ""))[0]
+
+    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
+        return self._append_all(builds, ("", ""))
+
+    def _append_all(self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str]) -> list[Line]:
+        if not builds:
+            return []
+        templates = [build(PLACEHOLDER_ID).json for build in builds]
+        with refused_if_away(NOT_STORED, self._room):
+            ids = self._logs.append(self._key, templates, parties)
+        return [Line(t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1)) for t, n in zip(templates, ids, strict=True)]
+
+    def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
+        if viewer is not None:
+            return self._missed_by(viewer, 0, upto, limit)
+        oldest = self._oldest()
+        if oldest is None or upto < oldest or limit < 1:
+            return Span.empty()
+        first = max(oldest, upto - limit + 1)
+        return Span(first, upto, upto - first + 1)
+
+    def missed(self, since: int, upto: int, limit: int, viewer: str | None = None) -> Span:
+        if since >= upto:
+            return Span.empty()
+        if viewer is not None:
+            return self._missed_by(viewer, since, upto, limit)
+        oldest = self._oldest()
+        first_kept = oldest if oldest is not None else upto + 1
+        gap = (since + 1, first_kept - 1) if since + 1 < first_kept else None
+        first = max(since + 1, first_kept, upto - limit + 1)
+        if first > upto:  # a limit of 0: every missed line is left out, and counted
+            return Span(1, 0, 0, max(0, first - max(since + 1, first_kept)), gap)
+        return Span(first, upto, upto - first + 1, first - max(since + 1, first_kept), gap)
+
+    def before(self, edge: int, limit: int, viewer: str | None = None) -> Span:
+        upto = min(edge - 1, self.last_id)
+        if viewer is not None:
+            return self._missed_by(viewer, 0, upto, limit)
+        oldest = self._oldest()
+        if oldest is None or upto < oldest or limit < 1:
+            return Span.empty()
+        first = max(oldest, upto - limit + 1)
+        return Span(first, upto, upto - first + 1, first - oldest)
+
+    def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
+        start = f"{span.first}-0"
+        pending: list[Line] = []  # numbered lines read, not yet given: never more than `chunk` at once
+        while True:
+            with refused_if_away(_NOT_READ, self._room):
+                entries = self._logs.entries(self._key, start, f"{span.last}-0", chunk * 2)
+            if not entries:
+                break
+            pending += [
+                Line(fields[b"l"]) for entry, fields in entries
+                if position(entry)[1] == 0 and (viewer is None or _sees(viewer, fields))
+            ]
+            while len(pending) >= chunk:
+                yield pending[:chunk]
+                pending = pending[chunk:]
+            last = position(entries[-1][0])
+            start = f"{last[0]}-{last[1] + 1}"
+        if pending:
+            yield pending
+
+    def _missed_by(self, viewer: str, since: int, upto: int, limit: int) -> Span:
+        """The newest `limit` of the viewer's own lines after `since` (read newest first, so a
+        resume costs what it sends and what lies between)."""
+        found: list[int] = []
+        end = f"{upto}-0"
+        with refused_if_away(_NOT_READ, self._room):
+            while len(found) < limit:
+                entries = self._logs.entries_back(self._key, end, f"{since + 1}-0", 256)
+                seen = [position(entry)[0] for entry, fields in entries if _sees(viewer, fields)]
+                found += seen[: limit - len(found)]
+                if len(entries) < 256:
+                    break
+                number, place = position(entries[-1][0])
+                end = f"({number}-{place}"
+        if not found:
+            return Span.empty()
+        return Span(found[-1], found[0], len(found))
+
+    def _oldest(self) -> int | None:
+        """The oldest numbered id the stream still keeps."""
+        start = "-"
+        with refused_if_away(_NOT_READ, self._room):
+            while True:
+                entries = self._logs.entries(self._key, start, "+", 64)
+                if not entries:
+                    return None
+                for entry, _ in entries:
+                    number, place = position(entry)
+                    if place == 0:
+                        return number
+                number, place = position(entries[-1][0])
+                start = f"{number}-{place + 1}"
+
+
