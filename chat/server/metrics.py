@@ -112,7 +112,7 @@ def redis_round_trip(server: ChatServer) -> float | None:
     if shared is None:
         return None
     started = time.monotonic()
-    shared.redis.ping()
+    shared.ping()
     return time.monotonic() - started
 
 
