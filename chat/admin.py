@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from chat.server.config import default_db
 from chat.server.store import StoreError
@@ -49,16 +50,44 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
-    """A room's kept history, oldest first, one JSON object per line (as the protocol sends it)."""
-    if args.redis:
-        print("chat-admin: export reads the SQLite history file; with --redis the history is in Redis, "
-              "which export does not read yet", file=sys.stderr)  # fmt: skip
-        return 1
+    """A room's kept history, oldest first, one JSON object per line (as the protocol sends it):
+    from the SQLite file, or with --redis from the room's stream in Redis."""
+    key = room_key(args.room)
+    lines = _redis_log(args.redis, key, args.since) if args.redis else read_log(args.db, key, args.since)
     out = sys.stdout.buffer
-    for line in read_log(args.db, room_key(args.room), args.since):
+    for line in lines:
         out.write(line if line.endswith(b"\n") else line + b"\n")
     out.flush()
     return 0
+
+
+def _redis_log(url: str, key: str, since: int, batch: int = 1000) -> Iterator[bytes]:
+    """The numbered lines of the room `key`'s stream after id `since`, oldest first (the
+    notices between them, such as joins, are not history); StoreError if Redis cannot say."""
+    try:
+        import redis
+
+        from chat.server.redis import keys
+    except ImportError as exc:
+        raise StoreError(f"--redis needs the redis package: pip install 'chat[redis]' ({exc})") from exc
+    where = url.split("@")[-1]  # no password in a message
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    stream, start = keys.log(key), f"{since + 1}-0"
+    try:
+        if not client.exists(stream):
+            raise StoreError(f"Redis at {where} has no history of the room {key!r}")
+        while True:
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, start, "+", count=batch))
+            for entry, fields in entries:
+                if entry.endswith(b"-0"):  # a numbered line: `<id>-0`
+                    yield fields[b"l"]
+            if len(entries) < batch:
+                return
+            start = "(" + entries[-1][0].decode()
+    except redis.RedisError as exc:
+        raise StoreError(f"cannot read Redis at {where}: {exc}") from exc
+    finally:
+        client.close()
 
 
 COMMANDS = (

@@ -83,6 +83,27 @@ def test_export_prints_a_room_s_history_as_json_lines_since_an_id(start_chat_ser
     assert main(["--db", str(db), "export", "nowhere"]) == 1
 
 
+def test_export_reads_a_room_from_redis_when_the_servers_share_one(start_chat_server, connect, redis_server):
+    server = start_chat_server(ServerConfig(redis=redis_server.url).without_limits())
+    alice = connect(server)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    for text in ("one", "two", "three"):
+        alice.send({"type": "message", "room": "dev", "msg": text})
+    last = alice.expect(ChatMessage, msg="three")
+    result = subprocess.run(
+        [sys.executable, "-m", "chat.admin", "--redis", redis_server.url, "export", "dev", "--since", str(last.id - 2)],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["msg"] for line in result.stdout.splitlines()] == ["two", "three"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "chat.admin", "--redis", redis_server.url, "export", "nowhere"],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "no history of the room 'nowhere'" in missing.stderr
+
+
 def test_problems_are_one_line_and_status_one(tmp_path, capsys):
     (tmp_path / "taken.db").write_text("")
     assert main(["--db", str(tmp_path / "missing.db"), "backup", str(tmp_path / "out.db")]) == 1
