@@ -24,7 +24,7 @@ from chat.server.accounts import Identity
 from chat.server.lines import Line
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
-from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
+from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
     Ban,
     Deop,
@@ -136,7 +136,7 @@ class RoomFeed(Protocol[P_contra]):
 class LocalFeed(Generic[P]):
     """A room whose members are all on this server: its lines go straight to the Delivery."""
 
-    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog, store: Store, room: str) -> None:
+    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog, store: RoomStore, room: str) -> None:
         """The room `key` (called `room`), whose topic `store` keeps."""
         self._delivery = delivery
         self._key = key
