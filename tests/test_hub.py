@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 
 import pytest
@@ -12,8 +13,10 @@ from chat.server.lines import Line
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import MemoryStore, RoomRecord, StoreError
+from chat.testing import TIMEOUT, scaled
 from chat.wire.protocol import (
     Action,
+    Ban,
     ChatMessage,
     ClassicMessage,
     ClientMessage,
@@ -25,10 +28,12 @@ from chat.wire.protocol import (
     Leave,
     Left,
     ListRooms,
+    Moderation,
     Nick,
     Part,
     Ping,
     PrivateMessage,
+    Register,
     Renamed,
     RoomInfo,
     RoomList,
@@ -555,3 +560,34 @@ def test_message_that_cannot_be_stored_reaches_nobody_and_says_why():
     error = h.refused("alice", SendMessage(msg="lost?"))
     assert (error.code, error.room) == ("storage_failed", "lobby")
     assert h.take("bob") == []
+
+
+def test_a_join_sent_the_moment_a_ban_reaches_the_member_is_judged_after_the_ban():
+    # The ban line reaches the member while the room is still taking them out; their join
+    # must wait for that, not find the room still listed on their session (`already_joined`).
+    h = Harness()
+    h.join("alice", "bob")
+    h.send("alice", Register(password="long enough password"))
+    h.join("alice", "bob", room="den")
+    answers: list[str] = []
+
+    def join_again() -> None:
+        try:
+            h.send("bob", Join(room="den"))
+            answers.append("welcome")
+        except RequestFailed as exc:
+            answers.append(exc.code)
+
+    rejoin = threading.Thread(target=join_again)
+    publish = h.delivery.publish
+
+    def publish_then_rejoin(room: str, *lines: Line) -> None:
+        publish(room, *lines)
+        if any(isinstance(line.message, Moderation) for line in lines):
+            rejoin.start()
+            rejoin.join(scaled(0.2))  # a join judged too early is answered at once
+
+    h.delivery.publish = publish_then_rejoin  # type: ignore[method-assign]
+    h.send("alice", Ban(room="den", name="bob"))
+    rejoin.join(TIMEOUT)
+    assert answers == ["banned"]

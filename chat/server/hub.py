@@ -278,9 +278,7 @@ class Hub(Generic[P]):
         room = self._rooms.get(room_key(request.room))
         if room is None:
             raise Refused("no_such_room", f"there is no room called {request.room}", request.room)
-        removed = room.moderate(session, request, self._target(request.name))
-        if removed is not None:
-            removed.rooms.pop(room_key(room.name), None)
+        room.moderate(session, request, self._target(request.name))
 
     def set_admins(self, admins: Iterable[str]) -> None:
         """The server operators from now on (`--admin` reloaded); every room follows at once."""
@@ -344,9 +342,7 @@ class Hub(Generic[P]):
             raise Refused("account_required", "the server takes no new guests right now; log in with an account")
 
     def part(self, session: Session[P], room_name: str) -> None:
-        room = self._room_of(session, room_name)
-        session.rooms.pop(room_key(room_name), None)
-        room.leave(session, "part")
+        self._room_of(session, room_name).leave(session, "part")
 
     def whisper(self, session: Session[P], to: str, text: str) -> None:
         """A private message to `to`, numbered in the private log, echoed to the sender."""
@@ -416,8 +412,7 @@ class Hub(Generic[P]):
 
     def _removed_elsewhere(self, room: Room[P], member: Session[P], reason: LeaveReason, upto: int) -> None:
         self._cluster.settle_room(room.key, upto)  # the member sees the line that removes them
-        if room.leave(member, reason):
-            member.rooms.pop(room.key, None)
+        room.leave(member, reason)
 
     def lease_lost(self) -> None:
         """The other servers took this one for dead: its names and members are recorded again."""
@@ -489,16 +484,9 @@ class Hub(Generic[P]):
     def _enter(self, session: Session[P], request: Join, identity: Identity | None = None) -> None:
         """Join a room; a first join's `identity` puts its token in the welcome."""
         name = self._name_of(session)
-        key = room_key(request.room)
-        room = self._room_for_join(request.room, session.identity)
-        if key in session.rooms:
-            raise Refused("already_joined", f"you are already in {room.name}", room.name)
-        session.rooms[key] = None
-        try:
-            room.join(session, name, request.since, identity)
-        except BaseException:
-            session.rooms.pop(key, None)
-            raise
+        # The room says whether the session is in it already, and lists itself in session.rooms,
+        # under its own lock: a kick being carried out right now is over before this join is judged.
+        self._room_for_join(request.room, session.identity).join(session, name, request.since, identity)
 
     def _claim(self, session: Session[P], name: str, identity: Identity, held: bool) -> int:
         """Give `session` the name and identity, and open its inbox (held for a replay); the last
@@ -603,7 +591,7 @@ class Hub(Generic[P]):
         return room
 
     def _rooms_of(self, session: Session[P]) -> list[Room[P]]:
-        return [self._rooms[key] for key in session.rooms]
+        return [self._rooms[key] for key in list(session.rooms)]  # a room may take itself out meanwhile
 
     def _room_for_join(self, name: str, creator: Identity | None = None) -> Room[P]:
         """The room `name`, created (and kept) if this is its first join: owned by its creator if an account."""

@@ -24,7 +24,7 @@ from chat.server.accounts import Identity
 from chat.server.lines import Line
 from chat.server.log import RoomLog, Span
 from chat.server.session import Session
-from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
+from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
     Ban,
     Deop,
@@ -47,6 +47,7 @@ from chat.wire.protocol import (
     Users,
     Voice,
     Welcome,
+    room_key,
     utc_now,
 )
 from chat.wire.text import name_key, quoted
@@ -135,7 +136,7 @@ class RoomFeed(Protocol[P_contra]):
 class LocalFeed(Generic[P]):
     """A room whose members are all on this server: its lines go straight to the Delivery."""
 
-    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog, store: Store, room: str) -> None:
+    def __init__(self, delivery: Delivery[P], key: str, room_log: RoomLog, store: RoomStore, room: str) -> None:
         """The room `key` (called `room`), whose topic `store` keeps."""
         self._delivery = delivery
         self._key = key
@@ -214,6 +215,9 @@ class Room(Generic[P]):
         """`feed`: how lines reach the members (default: straight to `delivery`); `rules`: where
         its roles, modes, bans and mutes are kept (default: `store`)."""
         self.key = record.key
+        #: The key the session of a member lists this room under (Session.rooms); changed only
+        #: under the room's lock, so that what a member's session says and who is in the room agree.
+        self.listed_as = room_key(record.name)
         #: The room's name as first spelled; every line about the room carries it.
         self.name = record.name
         self._record = record
@@ -268,6 +272,7 @@ class Room(Generic[P]):
             joined = Line.of(Joined(room=self.name, name=name, time=utc_now()))
             snapshot = self._feed.enter(session.peer, name, joined)
             self._members[session] = name
+            session.rooms[self.listed_as] = None
             users = self._sorted_users()
             roles = self._roles_by_name()
             topic = self.topic
@@ -544,6 +549,7 @@ class Room(Generic[P]):
     def _remove_locked(self, session: Session[P], reason: LeaveReason) -> str | None:
         """Take `session` out and tell the others (a part is shown to the one leaving too); its name here."""
         name = self._members.pop(session, None)
+        session.rooms.pop(self.listed_as, None)
         if name is None:
             return None
         left = Line.of(Left(room=self.name, name=name, reason=reason, time=utc_now()))
