@@ -16,13 +16,16 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from chat.paths import state_dir
+from chat.server import config_file, logs, preflight, reload
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
+from chat.server.metrics import MetricsPortError
 from chat.server.store import StoreError
 from chat.server.tcp import ChatServer
 
@@ -107,34 +110,87 @@ def _add_option(parser: argparse.ArgumentParser, dest: str, option: Option, defa
     )
 
 
-def server_parser() -> argparse.ArgumentParser:
-    """The server's flags, one per row of ServerConfig's option table."""
+#: The environment variable that names the configuration file, as --config does.
+CONFIG_ENV = "CHAT_CONFIG"
+#: The flags that are not options of the table: which file, and what to do instead of serving.
+_COMMANDS = ("config", "print_config", "check_config")
+
+
+def server_parser(from_file: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The server's flags, one per row of ServerConfig's option table; `from_file` (the
+    configuration file's values) replaces the defaults, and the environment replaces those."""
     parser = argparse.ArgumentParser(
         prog="chat-server",
         description="Run a chat server. Clients speak one JSON object per line; see protocol.md.",
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"read options from this TOML file, one key per option below (env {CONFIG_ENV}); "
+        "flags and the environment win over it",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the configuration these options make, as TOML, and exit"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration as a start would (files, certificate, history file, Redis, ports) and exit: "
+        "0, or 2 with one line per problem",
+    )
     for name, option, default in options():
-        _add_option(parser, name, option, default)
+        _add_option(parser, name, option, (from_file or {}).get(name, default))
     return parser
 
 
-def server_main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGINT or SIGTERM; returns the exit status."""
-    values = vars(server_parser().parse_args(argv))
+def server_config(argv: Sequence[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    """The configuration the command line, the environment and the configuration file make
+    (in that order of precedence), and the parsed arguments. SystemExit(2) with one line if
+    the file is unusable."""
+    try:
+        return read_server_config(argv)
+    except config_file.ConfigFileError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def read_server_config(argv: Sequence[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    """server_config(), raising ConfigFileError: for a reload, which keeps what runs instead."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    path = first.parse_known_args(argv)[0].config or os.environ.get(CONFIG_ENV)
+    from_file = config_file.read(path) if path else {}
+    args = server_parser(from_file).parse_args(argv)
+    values = {key: value for key, value in vars(args).items() if key not in _COMMANDS}
     for name in [key for key in values if key.endswith("_default")]:  # repeatable options: flags, else the default
         default = values.pop(name)
         given = values[name.removesuffix("_default")]
         values[name.removesuffix("_default")] = tuple(given) if given is not None else default
-    config = ServerConfig(**values)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return ServerConfig(**values), args
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGINT or SIGTERM; returns the exit status."""
+    config, args = server_config(argv)
+    if args.print_config:
+        print(config_file.dump(config), end="")
+        return 0
+    if args.check_config:
+        found = preflight.problems(config)
+        for problem in found:
+            print(f"chat-server: {problem}", file=sys.stderr)
+        if not found:
+            print("chat-server: the configuration is good")
+        return 2 if found else 0
+    logs.configure(config.log_level, config.log_format)
     # Thousands of connections: one file each, and one thread each with a small stack.
     open_files = raise_open_file_limit()
     threading.stack_size(HANDLER_STACK)
     log.info("open-file limit %d: room for about %d connections", open_files, max(0, open_files - 32))
     try:
         server = ChatServer(config)
-    except StoreError as exc:
-        log.error("%s", exc)
+    except (StoreError, MetricsPortError) as exc:
+        log.error("%s", exc.strerror if isinstance(exc, OSError) else exc)
         return 1
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
@@ -154,22 +210,24 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, _note_signal)
     signal.signal(signal.SIGTERM, _note_signal)
-    if server.tls_context is not None:
-        # A renewed certificate is read again without dropping anybody. (Without TLS,
-        # SIGHUP keeps its usual meaning: the terminal went away, so stop.)
-        signal.signal(signal.SIGHUP, _note_signal)
+    # SIGHUP reads the configuration again (a service manager's reload, a renewed certificate)
+    # without dropping anybody; to stop with a closing terminal, there is Ctrl-C.
+    signal.signal(signal.SIGHUP, _note_signal)
     serving = threading.Thread(target=server.serve_forever, name="chat-serve")
     serving.start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%s", host, port)
     plain = [str(host)] if server.tls_context is None else []
+    if server.metrics is not None:
+        log.info("metrics on http://%s:%s/metrics (and /healthz, /readyz)", *_url_host(*server.metrics.address))
     if server.plain_address is not None:
         log.info("plain lines (no TLS) on %s:%s", *server.plain_address)
         plain.append(server.plain_address[0])
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
+    notify_systemd(f"READY=1\nSTATUS=listening on {host!s}:{port}")
     try:
-        _serve_until_stopped(wakeup, server)
+        _serve_until_stopped(wakeup, server, lambda: _reload(server, argv))
     finally:
         server.stop()
         serving.join()
@@ -178,6 +236,10 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         wakeup.close()
         wakeup_writer.close()
     return 0
+
+
+def _url_host(host: str, port: int) -> tuple[str, int]:
+    return (f"[{host}]" if ":" in host else host), port
 
 
 def _note_signal(signum: int, frame: FrameType | None) -> None:
@@ -189,7 +251,37 @@ def _note_signal(signum: int, frame: FrameType | None) -> None:
     """
 
 
-def _serve_until_stopped(wakeup: socket.socket, server: ChatServer) -> None:
+def notify_systemd(state: str) -> bool:
+    """Tell the service manager how the server is (sd_notify: READY=1, RELOADING=1, STOPPING=1)
+    through the datagram socket in $NOTIFY_SOCKET; False when there is none (not a Type=notify
+    unit). A failure is logged, never fatal: the server serves either way."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path  # @: the abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("could not tell the service manager %s: %s", state.split("\n", 1)[0], exc)
+            return False
+    return True
+
+
+def _reload(server: ChatServer, argv: Sequence[str] | None) -> None:
+    """SIGHUP: the same flags, the environment and the configuration file read again, and
+    applied as far as a running server can take them (chat.server.reload says what it did)."""
+    notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    try:
+        config, _ = read_server_config(argv)
+    except config_file.ConfigFileError as exc:
+        log.error("SIGHUP: kept the running configuration: %s", exc)
+    else:
+        reload.apply(server, config)
+    notify_systemd("READY=1")
+
+
+def _serve_until_stopped(wakeup: socket.socket, server: ChatServer, on_hangup: Callable[[], None]) -> None:
     """On the main thread: read the signals' numbers from `wakeup` and act on each, here where
     logging and locks are safe; return at the first SIGINT or SIGTERM."""
     while True:
@@ -199,10 +291,11 @@ def _serve_until_stopped(wakeup: socket.socket, server: ChatServer) -> None:
             return
         for number in numbers:
             if number == signal.SIGHUP:
-                log.info("SIGHUP received: reading the TLS certificate again")
-                server.reload_tls()
+                log.info("SIGHUP received: reading the configuration again")
+                on_hangup()
                 continue
             log.info("%s received", signal.Signals(number).name)
+            notify_systemd("STOPPING=1")
             return
 
 

@@ -263,6 +263,13 @@ class ServerConfig:
         "seconds a stopping server waits for clients to take its notice",
         float,
     )
+    metrics_port: int | None = _option(
+        None,
+        "--metrics-port",
+        "CHAT_METRICS_PORT",
+        "serve /metrics (Prometheus), /healthz and /readyz over HTTP on --host at this port (0 picks one)",
+        lambda text: None if text.lower() in ("", "none") else int(text),
+    )
     log_level: str = _option(
         "INFO",
         "--log-level",
@@ -270,6 +277,14 @@ class ServerConfig:
         "how much to log to stderr",
         str,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
+    log_format: str = _option(
+        "text",
+        "--log-format",
+        "CHAT_LOG_FORMAT",
+        "text for a person, or json: one object per line with time, level, logger, message and fields",
+        str,
+        choices=("text", "json"),
     )
 
     @property

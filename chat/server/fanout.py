@@ -203,6 +203,9 @@ class Fanout(Generic[S]):
         self._trim_candidates: set[str] = set()
         #: Lines ever published, to every log.
         self.published = 0
+        #: Lines handed to subscribers: each published line once per subscriber of its log
+        #: (counted per publish, not per subscriber, so it costs nothing per member).
+        self.fanned_out = 0
 
     # --- what rooms and connections ask for ------------------------------------------
 
@@ -212,6 +215,7 @@ class Fanout(Generic[S]):
         log = self._logs.get(room)
         if log is None:
             return
+        self.fanned_out += len(lines) * len(log.subscribers)
         for line in lines:
             log.append(line)
         self._dirty_logs.add(room)

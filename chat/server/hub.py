@@ -280,6 +280,14 @@ class Hub(Generic[P]):
             raise Refused("no_such_room", f"there is no room called {request.room}", request.room)
         room.moderate(session, request, self._target(request.name))
 
+    def set_admins(self, admins: Iterable[str]) -> None:
+        """The server operators from now on (`--admin` reloaded); every room follows at once."""
+        with self._lock:
+            self._admins = frozenset(f"account:{name_key(name)}" for name in admins)
+            rooms = list(self._rooms.values())
+        for room in rooms:
+            room.admins = self._admins
+
     def administer(self, session: Session[P], request: Disconnect | ServerBan | ServerUnban | Lockdown) -> None:
         """What only server operators (`--admin`) do: disconnect, server-wide bans, lockdown."""
         name = self._name_of(session)

@@ -125,6 +125,13 @@ class AddressBook:
         self._connects: dict[str, TokenBucket] = {}
         self._log: dict[str, TokenBucket] = {}
 
+    def set_policy(self, policy: AddressPolicy) -> None:
+        """Limits from now on (a reload); counts so far are kept, pacing restarts for each address."""
+        exempt = [ipaddress.ip_network(network, strict=False) for network in policy.exempt]
+        with self._lock:
+            self.policy, self._exempt = policy, exempt
+            self._connects.clear()
+
     def admit(self, host: str) -> str | None:
         """Count a new connection from `host`; or the error code why it may not connect."""
         key, exempt = self._key(host)

@@ -141,6 +141,11 @@ class Outbox:
             self._fanout.send_to(peer, data, room)
             self._wake_locked()
 
+    @property
+    def fanned_out(self) -> int:
+        """Room lines handed to connections so far: each line once per member it went to."""
+        return self._fanout.fanned_out
+
     def queued_bytes(self, peer: Peer) -> int:
         """Bytes of `peer`'s own lines (replies, history) not yet sent."""
         with self._lock:

@@ -276,7 +276,8 @@ class Room(Generic[P]):
             users = self._sorted_users()
             roles = self._roles_by_name()
             topic = self.topic
-        log.info("%s joined %s as %s", session.label, quoted(self.name), quoted(name))
+        log.info("%s joined %s as %s", session.label, quoted(self.name), quoted(name),
+                 extra={"address": session.label, "room": self.name, "name_": name})
         peer = session.peer
         failure: StorageFailed | None = None
         try:
@@ -513,7 +514,8 @@ class Room(Generic[P]):
             name = self._remove_locked(session, reason)
             if name is None:
                 return False
-        log.info("%s left %s as %s (%s)", session.label, quoted(self.name), quoted(name), reason)
+        log.info("%s left %s as %s (%s)", session.label, quoted(self.name), quoted(name), reason,
+                 extra={"address": session.label, "room": self.name, "name_": name, "reason": reason})
         return True
 
     # --- inside ------------------------------------------------------------------------

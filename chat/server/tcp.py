@@ -30,13 +30,14 @@ from chat.server.fanout import PeerState
 from chat.server.hub import Hub
 from chat.server.limits import AddressBook, AddressPolicy, parse_networks
 from chat.server.lines import Line
+from chat.server.metrics import MetricsEndpoint, Stats
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import encode_error, error_reply
-from chat.wire.protocol import ErrorReply, LeaveReason, ServerMessage, ServerPing, Shutdown
+from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
 from chat.wire.text import quoted
 
 if TYPE_CHECKING:  # loaded only with --redis: the redis package is an optional extra
@@ -82,15 +83,19 @@ class ChatHandler(socketserver.BaseRequestHandler):
         peer = server.outbox.register(transport, label)
         session = server.hub.connect(peer, label, str(self.client_address[0]))
         reason: LeaveReason = "disconnected"
-        log.info("%s connected", label)
+        log.info("%s connected", label, extra={"address": label})
+        server.stats.connected(self.listener.name, 1)
         try:
             reason = self._serve(session, self.listener.dialect(server.config, tls=self.listener.tls))
         except OSError as exc:
-            log.info("%s: connection lost (%s)", label, exc)
+            log.info("%s: connection lost (%s)", label, exc, extra={"address": label})
         finally:
-            server.hub.disconnect(session, cast("LeaveReason | None", peer.drop_reason) or reason)
+            reason = cast("LeaveReason | None", peer.drop_reason) or reason
+            server.stats.connected(self.listener.name, -1)
+            server.stats.ended(reason)
+            server.hub.disconnect(session, reason)
             server.outbox.release(peer, server.config.shutdown_grace)
-            log.info("%s disconnected", label)
+            log.info("%s disconnected", label, extra={"address": label, "reason": reason})
 
     def _secure(self, label: str) -> TlsTransport | None:
         """The TLS handshake, here in this connection's thread with a deadline, never on the
@@ -141,6 +146,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
         """Do what the connection asks now: send its answers, close if it must, serve the due
         requests. Why the client went, if it did."""
         for answer in connection.answers_to_send():
+            if isinstance(answer, Notice) and answer.code == "rate_limited":
+                self.server.stats.slowed()
             self._send(session.peer, answer)
         if (close := connection.closing) is not None:
             self._close(session.peer, close.final, close.reason)
@@ -180,7 +187,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
         try:
             match request:
                 case Said(room, lines):
+                    started = time.monotonic()
                     server.hub.speak(session, room, lines)
+                    server.stats.kept(len(lines), time.monotonic() - started)
                 case Request(message):
                     if not server.hub.receive(session, message):
                         return False
@@ -225,6 +234,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         # OSError for options that do not make sense together, before anything is opened.
         #: The main listener (this socket's); the others get a socket of their own.
         self.listener, *others = listeners(config)
+        #: What the server counts as it works, for --metrics-port.
+        self.stats = Stats(tuple(listener.name for listener in (self.listener, *others)))
         # StoreError if unusable: the command line turns it into one line and exit status 1.
         self.store = open_store(config.db, config.retention, config.max_age, config.retention_bytes)
         self.outbox = Outbox(max_backlog=config.max_backlog, max_queued=config.max_queued)
@@ -257,6 +268,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._stop_lock = threading.Lock()
         #: The listening sockets beside this one (each a listener of the table), in its order.
         self._others: list[_Listener] = []
+        #: /metrics, /healthz and /readyz over HTTP (--metrics-port), if asked for.
+        self.metrics: MetricsEndpoint | None = None
         try:
             self.address_family = _family(*self.listener.address)
             super().__init__(self.listener.address, ChatHandler)  # closes its socket if it fails
@@ -266,6 +279,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         try:
             for listener in others:
                 self._others.append(_Listener(self, listener))
+            if config.metrics_port is not None:
+                self.metrics = MetricsEndpoint(self, config.host, config.metrics_port)
         except OSError:
             self._close_listeners()
             self._close_storage()
@@ -303,6 +318,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return str(other.server_address[0]), int(other.server_address[1])
         return None
 
+    @property
+    def serving(self) -> bool:
+        """Whether it accepts and serves connections now (serve_forever runs, stop() not begun)."""
+        return self._serving.is_set() and not self.stopping.is_set()
+
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._serving.set()
         if self.stopping.is_set():
@@ -331,6 +351,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(Line.of(Shutdown(detail="the server is shutting down")))
         self._close_listeners()
+        if self.metrics is not None:
+            self.metrics.close()
         self._join_handlers(timeout)
         self._keepalive.join(timeout)
         if self.shared is not None:
@@ -460,6 +482,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
             # unread: the client is alive if it is still reading what it is sent.
             if peer.transport.has_input() and self.outbox.queued_bytes(peer) < SOFT_BACKLOG:
                 session.heard()
+                return
+            # Its handler, woken by the same resume, may have read those lines between the two
+            # looks above (it marks the client heard before it reads): look once more.
+            if now - session.last_heard < config.idle_timeout:
                 return
             log.info("%s: silent for %.0f s; closing", session.label, silent)
             self.outbox.close(peer, Line.of(_TOO_IDLE), reason="timeout")

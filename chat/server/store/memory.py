@@ -132,6 +132,10 @@ class MemoryStore:
             known = self._rooms.get(room.key)
             self._rooms[room.key] = room if known is None else dataclasses.replace(known, topic=room.topic)
 
+    def count_accounts(self) -> int:
+        """How many accounts are registered (for the operator's metrics)."""
+        return len(self._accounts)
+
     def account(self, key: str) -> AccountRecord | None:
         return self._accounts.get(key)
 

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from chat.server.store.protocols import (
@@ -325,6 +325,20 @@ class SqliteStore:
             "cannot lift a ban or mute",
         )
 
+    def count_accounts(self) -> int:
+        """How many accounts are registered (for the operator's metrics)."""
+        return int(self._query("SELECT COUNT(*) FROM accounts", {})[0][0])
+
+    def problem(self) -> str | None:
+        """Why nothing more can be kept (the file was deleted or replaced), or None: for the
+        health check, which notices a lost file before the next message does."""
+        with self._write_lock:
+            try:
+                self._check_file_locked()
+            except StoreError as exc:
+                return str(exc)
+        return None
+
     def _write(self, sql: str, params: tuple[object, ...], what: str) -> None:
         with self._write_lock:
             self._check_file_locked()
@@ -574,3 +588,62 @@ def _read_marks(path: str) -> dict[str, int]:
     if not isinstance(marks, dict) or not all(isinstance(v, int) and 0 <= v < ID_LIMIT for v in marks.values()):
         raise StoreError(f"{path} does not hold last ids; move it away to start the ids over")
     return {str(log): int(last) for log, last in marks.items()}
+
+
+# --- for chat-admin: reading and copying a history file a server may be using -------------
+
+
+def backup_file(path: str, out: str) -> None:
+    """Copy the history file at `path` to `out` (a new file, 0600) while a server may write it:
+    SQLite's online backup, in one step, so the copy is the file as of one moment (in WAL mode the
+    server's writes go on meanwhile). StoreError if either file cannot be used."""
+    try:
+        source = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the history file {path}: {exc}") from exc
+    try:
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        source.close()
+        raise StoreError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    try:
+        target = sqlite3.connect(out)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            target.close()
+    except sqlite3.Error as exc:
+        os.unlink(out)
+        raise StoreError(f"cannot back up {path} to {out}: {exc}") from exc
+    finally:
+        source.close()
+
+
+def read_log(path: str, log: str, since: int = 0, batch: int = 1000) -> Iterator[bytes]:
+    """Every kept line of the log `log` (a room's key) after id `since`, oldest first, each its
+    stored JSON; read-only, in batches, so a long history never holds the file long."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the history file {path}: {exc}") from exc
+    try:
+        row = db.execute("SELECT number FROM logs WHERE log = ?", (log,)).fetchone()
+        if row is None:
+            raise StoreError(f"{path} has no history of the room {log!r}")
+        base = int(row[0]) << _ID_BITS
+        after, last = base + max(0, since), base + ID_LIMIT - 1
+        while True:
+            rows = db.execute(
+                "SELECT key, line FROM lines WHERE key > ? AND key <= ? AND recipient IS NULL ORDER BY key LIMIT ?",
+                (after, last, batch),
+            ).fetchall()
+            for key, line in rows:
+                yield bytes(line) if isinstance(line, (bytes, memoryview)) else str(line).encode()
+                after = key
+            if len(rows) < batch:
+                return
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    finally:
+        db.close()
