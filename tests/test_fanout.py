@@ -188,3 +188,15 @@ def test_lines_left_to_a_leaving_peer_are_queued_in_its_dialect():
     fanout.publish("r", Line(b"x\n"))
     fanout.unsubscribe(peer, "r")
     assert fanout.take(peer) == b"X\n"
+
+
+def test_own_lines_taken_for_sending_are_still_owed_until_the_connection_accepts_them():
+    fanout: Fanout[Subscriber] = Fanout()
+    peer = Subscriber("p")
+    fanout.send_to(peer, b"page\n")
+    data = fanout.take(peer)  # the writer sends it outside the lock: not accepted yet
+    assert fanout.queued_bytes(peer) == 5
+    fanout.accepted(peer, data, 2)
+    assert fanout.queued_bytes(peer) == 3
+    fanout.accepted(peer, peer.pending, 3)
+    assert fanout.queued_bytes(peer) == 0

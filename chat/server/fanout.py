@@ -178,7 +178,8 @@ class Subscriber:
         self.pending: memoryview | bytes = b""
         #: How many of the pending bytes are its own lines (not a log's), at most.
         self.pending_own = 0
-        #: How many bytes of its own lines the last take held.
+        #: How many bytes of its own lines the last take held, until the connection takes them
+        #: (accepted): in flight between the writer's take and its send, they are still owed.
         self.taken_own = 0
         #: Why the server cut this subscriber off (slow_consumer, timeout, shutdown), if it did.
         self.drop_reason: str | None = None
@@ -292,6 +293,7 @@ class Fanout(Generic[S]):
         peer.queued_bytes = 0
         peer.pending = b""
         peer.pending_own = 0
+        peer.taken_own = 0
         peer.state = PeerState.RELEASED
         self._dirty.discard(peer)
 
@@ -342,9 +344,11 @@ class Fanout(Generic[S]):
             own = peer.pending_own if data is peer.pending else peer.taken_own
             peer.pending = memoryview(data)[count:]
             peer.pending_own = min(own, len(peer.pending))
+            peer.taken_own = 0
             return False
         peer.pending = b""
         peer.pending_own = 0
+        peer.taken_own = 0
         if peer.queue:
             return True
         for cursor in peer.cursors.values():
@@ -366,7 +370,7 @@ class Fanout(Generic[S]):
         little is behind on the room, which the backlog limit judges, not on
         answers it asked for.
         """
-        return peer.pending_own + peer.queued_bytes
+        return peer.pending_own + peer.taken_own + peer.queued_bytes
 
     def held_bytes(self, peers: Iterable[S]) -> int:
         """Bytes held for delivery: every log's unforgotten lines and `peers`' own queues."""

@@ -264,6 +264,7 @@ class Outbox:
                         and peer.state is _OPEN
                         and not (peer.pending or peer._watching or peer.give_up)
                     ):
+                        peer.taken_own = 0  # what accepted() would say: nothing of its own is owed
                         continue
                     self._settle_locked(peer, data, count)
                 self._written = published
