@@ -100,3 +100,23 @@ def test_input_read_by_the_handler_while_the_keepalive_looks_is_life(start_chat_
     session.last_heard -= 7200  # silent for longer than the idle timeout, as seen before the freeze
     server._check_alive(session, time.monotonic())  # type: ignore[arg-type]
     assert peer.state is PeerState.OPEN and peer.drop_reason is None
+
+
+class _BeingRead(_ReadMeanwhile):
+    """A connection whose handler was frozen between hearing the client and reading its socket:
+    the bytes are being read now, and the last time it was heard is from before the freeze."""
+
+    def has_input(self) -> bool:
+        return False
+
+
+def test_input_being_read_when_the_keepalive_looks_is_life(start_chat_server):
+    server = start_chat_server(ServerConfig(idle_timeout=3600, ping_interval=3600))
+    transport = _BeingRead()
+    peer = server.outbox.register(transport, "resumed")
+    session: Session[object] = Session(peer, "resumed", "\0inbox test")
+    transport.session = session
+    session.last_heard -= 7200  # heard just before the freeze, which came before its read
+    session.reading = True
+    server._check_alive(session, time.monotonic())  # type: ignore[arg-type]
+    assert peer.state is PeerState.OPEN and peer.drop_reason is None
