@@ -60,16 +60,17 @@ def test_a_wrong_password_and_an_unknown_name_get_the_same_answer(connect):
     assert join(wrong, name="bob").name == "bob"  # the connection stays usable
 
 
-def test_a_token_resumes_without_the_password_and_takes_the_name_back_from_a_dead_connection(connect):
-    first, token = registered(connect)  # stays connected, as a connection that died silently does
+def test_a_token_resumes_without_the_password_beside_the_accounts_other_session(connect):
+    first, token = registered(connect)  # stays connected: another device of the same account
     watcher = connect()
     watcher.join("watcher")
     second = connect()
     welcome = join(second, name="alice", token=token)
     assert isinstance(welcome, Welcome) and welcome.name == "alice"
-    closing = first.expect_closed()
-    assert "session_replaced" in [m.code for m in closing if isinstance(m, ErrorReply)]
-    watcher.expect(Left, name="alice")
+    second.say("from the second device")
+    assert first.expect(ChatMessage, msg="from the second device").name == "alice"
+    assert not [m for m in watcher.seen if isinstance(m, Left)]
+    assert not [m for m in first.seen if isinstance(m, ErrorReply)]
 
 
 def test_a_guest_token_takes_a_guest_name_back(connect):

@@ -7,16 +7,25 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from chat.server.accounts import password_hasher
 from chat.server.config import ServerConfig
+from chat.server.store import AccountRecord
 from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import ChatMessage, ErrorReply, Left, Moderation, ServerNotice, SessionToken, Users, Welcome
+from chat.wire.text import name_key
 
 PASSWORD = "long enough password"
 
 
 def account(connect, name: str, server=None) -> LineClient:
-    """A connection joined (to the lobby) as `name`, registered."""
+    """A connection joined (to the lobby) as `name`, registered (an operator's name, which is
+    reserved, is created beside the server as chat-admin does)."""
     client = connect(server) if server is not None else connect()
+    if server is not None and name in server.config.admin:
+        server.store.save_account(AccountRecord(name_key(name), name, password_hasher().hash(PASSWORD)))
+        client.send({"type": "join", "name": name, "password": PASSWORD})
+        client.token = client.expect(Welcome).token  # type: ignore[attr-defined]
+        return client
     client.join(name)
     client.send({"type": "register", "password": PASSWORD})
     client.token = client.expect(SessionToken).token  # type: ignore[attr-defined]
@@ -63,6 +72,7 @@ def test_a_banned_account_stays_out_through_rejoin_token_and_rename(den, connect
     refusal = enter(bob)
     assert isinstance(refusal, ErrorReply) and refusal.code == "banned" and "spam" in refusal.detail
     bob.send({"type": "nick", "name": "robert"})
+    assert bob.expect(ErrorReply).code == "nick_locked"
     assert enter(bob).code == "banned"
     again = connect()
     again.send({"type": "join", "name": "bob", "password": PASSWORD})

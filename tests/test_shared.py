@@ -530,10 +530,19 @@ def test_a_mode_set_on_one_server_holds_on_the_others(nodes, connect):
     assert bob.expect(ErrorReply).code == "muted"
 
 
-def test_a_server_ban_given_on_one_server_keeps_the_person_off_every_server(nodes, connect):
+def test_a_server_ban_given_on_one_server_keeps_the_person_off_every_server(
+    nodes, connect, redis_server, monkeypatch
+):
+    from chat.admin import main as chat_admin
+
+    monkeypatch.setenv("ALICE_PASSWORD", "correct horse battery")  # the operator's account, made by chat-admin
+    command = ["--redis", redis_server.url, "accounts", "add", "alice", "--password-env", "ALICE_PASSWORD"]
+    assert chat_admin(command) == 0
     a, b = nodes(2, admin=("alice",))
     alice = connect(a)
-    _owner_of_dev(alice)
+    alice.send({"type": "join", "name": "alice", "password": "correct horse battery"})
+    alice.expect(Welcome)
+    _enter(alice, "dev")
     troll = connect(b)
     troll.join("troll")
     alice.send({"type": "server_ban", "name": "troll", "reason": "spam"})

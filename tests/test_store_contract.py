@@ -459,6 +459,34 @@ def test_sessions_are_kept_moved_and_revoked_by_identity(places):
     assert accounts.session("t3") == ("guest:xyz", later)
 
 
+def test_accounts_are_listed_and_a_deleted_one_takes_its_tokens_rooms_and_markers(places):
+    accounts = places.accounts()
+    later = time.time() + 3600
+    accounts.save_account(AccountRecord("bob", "Bob", "hash", 1.0))
+    accounts.save_account(AccountRecord("alice", "alice", "hash", 2.0))
+    assert [record.name for record in accounts.accounts()] == ["alice", "Bob"]
+    accounts.save_session("t1", "account:bob", later)
+    accounts.save_account_room("account:bob", "Dev", True)
+    accounts.save_read_marker("account:bob", "Dev", 7)
+    accounts.drop_account("bob")
+    assert accounts.account("bob") is None and [r.name for r in accounts.accounts()] == ["alice"]
+    assert accounts.session("t1") is None
+    assert accounts.account_rooms("account:bob") == [] and accounts.read_markers("account:bob") == {}
+
+
+def test_an_accounts_rooms_are_kept_in_the_order_joined_and_markers_only_go_forward(places):
+    accounts = places.accounts()
+    for room in ("lobby", "Dev", "ops"):
+        accounts.save_account_room("account:alice", room, True)
+    accounts.save_account_room("account:alice", "lobby", True)
+    accounts.save_account_room("account:alice", "ops", False)
+    assert accounts.account_rooms("account:alice") == ["lobby", "Dev"]
+    assert accounts.account_rooms("account:bob") == []
+    assert accounts.save_read_marker("account:alice", "Dev", 10) is True
+    assert accounts.save_read_marker("account:alice", "Dev", 4) is False
+    assert accounts.read_markers("account:alice") == {"Dev": 10}
+
+
 # --- rooms (the two local stores: several servers list their rooms in the directory) -------
 
 

@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from chat.errors import Refused
 from chat.server.limits import TokenBucket
 from chat.server.store import AccountRecord, AccountStore, HistoryStore, kept
-from chat.wire.text import name_key
+from chat.wire.text import name_key, skeleton
 
 #: How long a session token stays good after its last use.
 TOKEN_LIFETIME = 30 * 24 * 3600.0
@@ -41,6 +42,9 @@ class Identity:
     token: str
     #: The account's name as registered; None for a guest.
     account: str | None = None
+    #: The account's password hash when it proved itself: a session whose account's hash
+    #: changed since (or whose account is gone) is ended.
+    proof: str = ""
 
     def answerable(self, address: str) -> list[str]:
         """What bans and mutes hold against: the identity, and for a guest its address
@@ -64,13 +68,49 @@ class Accounts:
         self._store = store
         self._records: AccountStore = records or store
         self.require_account = require_account
-        self._hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        self._hasher = password_hasher()
         self._hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)
         # A valid hash to verify against when there is no account, so that a
         # wrong name costs as long as a wrong password.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         self._lock = threading.Lock()
         self._attempts: dict[str, TokenBucket] = {}
+        #: Name keys nobody may join under or register (the operators' names while their accounts
+        #: do not exist): `name_reserved`.
+        self.reserved: frozenset[str] = frozenset()
+
+    def is_reserved(self, name: str) -> bool:
+        """Whether `name` (or a look-alike) is an operator's name whose account does not exist yet."""
+        return name_key(name) in self.reserved and self._account(name) is None
+
+    def current(self, identity: Identity) -> bool:
+        """Whether the account `identity` proved itself as still exists with the password it
+        proved (a guest always is)."""
+        if identity.account is None:
+            return True
+        account = self._account(identity.account)
+        return account is not None and _account_id(account.key) == identity.id and (
+            not identity.proof or account.password_hash == identity.proof
+        )
+
+    def record(self, name: str) -> AccountRecord | None:
+        """The account registered under `name` or a look-alike of it, if any."""
+        return self._account(name)
+
+    def rooms_of(self, identity: str) -> list[str]:
+        """The rooms the account is in, whatever device joined them."""
+        return kept(self._records.account_rooms, identity, failure="the server could not read your rooms")
+
+    def joined(self, identity: str, room: str, in_it: bool) -> None:
+        kept(self._records.save_account_room, identity, room, in_it, failure="the server could not keep your rooms")
+
+    def markers(self, identity: str) -> dict[str, int]:
+        return kept(self._records.read_markers, identity, failure="the server could not read your read markers")
+
+    def mark(self, identity: str, room: str, id: int) -> bool:
+        """Move the account's read marker in `room` forward to `id`; False if it was there already."""
+        failure = "the server could not keep your read marker"
+        return kept(self._records.save_read_marker, identity, room, id, failure=failure)
 
     def is_registered(self, name: str) -> bool:
         return self._account(name) is not None
@@ -78,6 +118,8 @@ class Accounts:
     def prove(self, name: str, password: str | None, token: str | None, address: str) -> Identity:
         """The identity `name` may be used under, or Refused: `auth_failed`, `name_registered`, `account_required`."""
         account = self._account(name)
+        if account is None and name_key(name) in self.reserved:
+            raise Refused("name_reserved", f"{name} is reserved for a server operator's account")
         if token is not None:
             found = self._session(token)
             if found is not None:
@@ -85,7 +127,7 @@ class Accounts:
                 if account is None and identity.startswith("guest:"):
                     return self._refresh(identity, token, None)
                 if account is not None and identity == _account_id(account.key):
-                    return self._refresh(identity, token, account.name)
+                    return self._refresh(identity, token, account.name, account.password_hash)
             if account is not None and password is None:
                 raise Refused("auth_failed", "that token is not good for this name (expired or revoked); log in")
         if password is not None:
@@ -96,7 +138,7 @@ class Accounts:
             identity = _account_id(account.key)
             # Private lines an older release kept under the bare name wait for the account's first login.
             kept(self._store.adopt_private, account.name.casefold(), identity, failure=_NOT_KEPT)
-            return self._issue(identity, account.name)
+            return self._issue(identity, account.name, account.password_hash)
         if account is not None:
             raise Refused("name_registered", f"{name} is a registered name: log in with its password")
         if self.require_account:
@@ -109,12 +151,14 @@ class Accounts:
             raise Refused("auth_failed", "too many registrations from your address; try again later")
         if self._account(name) is not None:
             raise Refused("name_registered", f"{name} is already registered")
+        if name_key(name) in self.reserved:
+            raise Refused("name_reserved", f"{name} is reserved for a server operator's account")
         with self._hashing:
             password_hash = self._hasher.hash(password)
         account = AccountRecord(name_key(name), name, password_hash, time.time())
         kept(self._records.save_account, account, failure=_NOT_KEPT)
         kept(self._records.drop_sessions, guest.id, failure=_NOT_KEPT)
-        return self._issue(_account_id(name_key(name)), name)
+        return self._issue(_account_id(name_key(name)), name, password_hash)
 
     def change_password(self, identity: Identity, old: str, new: str, address: str) -> Identity:
         """A new password for the identity's account; every token of it is revoked for one new one."""
@@ -126,12 +170,16 @@ class Accounts:
             password_hash = self._hasher.hash(new)
         kept(self._records.save_account, AccountRecord(account.key, account.name, password_hash), failure=_NOT_KEPT)
         kept(self._records.drop_sessions, identity.id, failure=_NOT_KEPT)
-        return self._issue(identity.id, account.name)
+        return self._issue(identity.id, account.name, password_hash)
 
     # --- inside --------------------------------------------------------------------------
 
     def _account(self, name: str) -> AccountRecord | None:
-        return kept(self._records.account, name_key(name), failure="the server could not read its accounts; try again")
+        failure = "the server could not read its accounts; try again"
+        found = kept(self._records.account, name_key(name), failure=failure)
+        if found is None and (legacy := legacy_name_key(name)) != name_key(name):
+            found = kept(self._records.account, legacy, failure=failure)  # registered by an older release
+        return found
 
     def _session(self, token: str) -> tuple[str, float] | None:
         found = kept(self._records.session, _token_hash(token), failure="the server could not read its sessions")
@@ -161,13 +209,13 @@ class Accounts:
         except VerificationError:
             pass  # the expected outcome: there is no account to match
 
-    def _issue(self, identity: str, account: str | None) -> Identity:
-        return self._refresh(identity, secrets.token_urlsafe(32), account)
+    def _issue(self, identity: str, account: str | None, proof: str = "") -> Identity:
+        return self._refresh(identity, secrets.token_urlsafe(32), account, proof)
 
-    def _refresh(self, identity: str, token: str, account: str | None) -> Identity:
+    def _refresh(self, identity: str, token: str, account: str | None, proof: str = "") -> Identity:
         expires_at = time.time() + TOKEN_LIFETIME
         kept(self._records.save_session, _token_hash(token), identity, expires_at, failure=_NOT_KEPT)
-        return Identity(identity, token, account)
+        return Identity(identity, token, account, proof)
 
     def _take(self, key: str, burst: float, per_second: float) -> bool:
         with self._lock:
@@ -184,6 +232,23 @@ class Accounts:
         with self._lock:
             self._attempts.pop(key, None)
 
+
+
+def password_hasher() -> PasswordHasher:
+    """Argon2id with OWASP's parameters: what the server and chat-admin hash passwords with."""
+    return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+def account_identity(key: str) -> str:
+    """The identity an account's tokens, roles and sanctions are kept under."""
+    return _account_id(key)
+
+
+def legacy_name_key(name: str) -> str:
+    """The key an older release kept accounts under (case folding, then the skeleton): such an
+    account keeps its key, and is found by this one."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", skeleton(folded)).casefold())
 
 
 def _account_id(key: str) -> str:

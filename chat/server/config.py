@@ -249,6 +249,13 @@ class ServerConfig:
         "an account that is a server operator (repeatable; the environment takes a comma-separated list)",
         lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
     )
+    max_sessions: int = _option(
+        10,
+        "--max-sessions",
+        "CHAT_MAX_SESSIONS",
+        "sessions one account may have at once (devices); past it the oldest is closed",
+        int,
+    )
     require_account: bool = _option(
         False,
         "--require-account",

@@ -37,6 +37,7 @@ from chat.server.session import Holder, Session
 from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
     LOBBY,
+    ROOM_PAGE,
     Away,
     Ban,
     ChangePassword,
@@ -51,6 +52,7 @@ from chat.wire.protocol import (
     LeaveReason,
     ListRooms,
     Lockdown,
+    MarkRead,
     Mute,
     Nick,
     Op,
@@ -58,6 +60,7 @@ from chat.wire.protocol import (
     Ping,
     Pong,
     PrivateMessage,
+    ReadMarker,
     Register,
     Renamed,
     RoomList,
@@ -85,6 +88,8 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=Hashable)
 
+#: Sessions one account may have at once by default (--max-sessions).
+DEFAULT_MAX_SESSIONS = 10
 #: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
 SERVER_SCOPE = "\0server"
 
@@ -101,6 +106,7 @@ class Hub(Generic[P]):
         accounts: Accounts | None = None,
         admins: Iterable[str] = (),
         cluster: Cluster[P] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         """`cluster`: where names, private lines, rules and rooms live (default: this server
         alone, in `store`); it starts telling this hub what other servers do."""
@@ -110,8 +116,10 @@ class Hub(Generic[P]):
         #: Roles, modes, bans and mutes, as every server has them.
         self._rules: Rules = self._cluster.rules
         self._accounts = accounts or Accounts(store)
+        #: Sessions one account may have at once; past it the oldest is closed.
+        self.max_sessions = max_sessions
         #: The server operators' identities (`--admin`): they may do anything in any room.
-        self._admins = frozenset(f"account:{name_key(name)}" for name in admins)
+        self._admins = self._operators(admins)
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
@@ -152,10 +160,12 @@ class Hub(Generic[P]):
         """Take `session` out of every room (each tells its members) and free its name."""
         with self._lock:
             self._sessions.discard(session)
+            held = False
             if session.name is not None:
                 self._free_name_locked(session, session.name)
+                held = any(self._by_name.get(key) is not None for key in name_keys(session.name))
             self._prove_locked(session, None)
-        if session.name is not None and session.identity is not None:
+        if session.name is not None and session.identity is not None and not held:
             self._cluster.release_name(name_keys(session.name), session.identity.id)
         for room in self._rooms_of(session):
             room.leave(session, reason)
@@ -208,8 +218,10 @@ class Hub(Generic[P]):
                 if found is None:
                     raise Refused("no_such_room", f"there is no room called {room}", room)
                 found.who(session)
-            case ListRooms():
-                self._delivery.send_to(session.peer, Line.of(self.room_list()))
+            case ListRooms(after=after):
+                self._delivery.send_to(session.peer, Line.of(self.room_list(after)))
+            case MarkRead(room=room, id=id):
+                self.mark_read(session, room, id)
             case Ping():
                 self._delivery.send_to(session.peer, Line.of(ServerPong()))
             case Pong():
@@ -234,7 +246,11 @@ class Hub(Generic[P]):
         # The password hash is checked here, in the joining client's thread, under no lock.
         identity = self._accounts.prove(request.name, request.password, request.token, session.address)
         self._check_server_bans(session, identity)
-        self._take_back(request.name, identity)
+        if identity.account is None:
+            self._take_back(request.name, identity)  # a guest is one session: its ghost goes
+        else:
+            self._make_way(identity)  # an account has several, up to max_sessions
+        first = identity.account is not None and not self._sessions_of(identity.id)
         replay = request.private_since
         self._cluster.claim_name(name_keys(request.name), self._holder(session, request.name, identity.id))
         try:
@@ -243,7 +259,8 @@ class Hub(Generic[P]):
             self._cluster.release_name(name_keys(request.name), identity.id)
             raise
         try:
-            self._enter(session, request, identity)
+            self._enter(session, request, identity, first)
+            self._follow_twins(session)
         finally:  # a held inbox is released whatever became of the room
             if replay is not None:
                 self._replay_private(session, replay, snapshot)
@@ -259,6 +276,8 @@ class Hub(Generic[P]):
         # The name is held by the account now, on every server.
         self._cluster.release_name(name_keys(name), guest.id)
         self._cluster.claim_name(name_keys(name), self._holder(session, name, identity.id))
+        for room in self._rooms_of(session):  # the rooms it is in are the account's from now on
+            self._accounts.joined(identity.id, room.name, True)
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
         self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
@@ -268,9 +287,12 @@ class Hub(Generic[P]):
         if session.identity is None:
             raise Refused("not_registered", "register first: guests have no password to change")
         identity = self._accounts.change_password(session.identity, old, new, session.address)
+        others = [other for other in self._sessions_of(identity.id) if other is not session]
         self._prove(session, identity)
-        detail = "password changed; every other token of this account is revoked"
+        detail = "password changed; every other token of this account is revoked, its other sessions closed"
         self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
+        for other in others:
+            self._replace(other, "the account's password changed; log in again")
 
     def moderate(self, session: Session[P], request: Moderate) -> None:
         """A moderation action in a room, by one of its operators (the room checks who may)."""
@@ -282,8 +304,9 @@ class Hub(Generic[P]):
 
     def set_admins(self, admins: Iterable[str]) -> None:
         """The server operators from now on (`--admin` reloaded); every room follows at once."""
+        operators = self._operators(admins)
         with self._lock:
-            self._admins = frozenset(f"account:{name_key(name)}" for name in admins)
+            self._admins = operators
             rooms = list(self._rooms.values())
         for room in rooms:
             room.admins = self._admins
@@ -318,10 +341,13 @@ class Hub(Generic[P]):
                 elif target.session is None and not target.elsewhere:
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
                 why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
+                removed = set(self._sessions_of(target.identity)) if target.identity else set()
                 if target.session is not None:
-                    self._delivery.close(target.session.peer, Line.refusal(Refused("removed", why)), "disconnected")
-                    self.disconnect(target.session, "kicked")
-                elif target.elsewhere and target.identity is not None:
+                    removed.add(target.session)
+                for gone in removed:  # every device of an account
+                    self._delivery.close(gone.peer, Line.refusal(Refused("removed", why)), "disconnected")
+                    self.disconnect(gone, "kicked")
+                if not removed and target.elsewhere and target.identity is not None:
                     self._cluster.disconnect_elsewhere(name_key(target.name), target.identity, why)
                 banned = isinstance(request, ServerBan)
                 done = f"{target_name} {'is banned from the server' if banned else 'is gone'}"
@@ -342,7 +368,50 @@ class Hub(Generic[P]):
             raise Refused("account_required", "the server takes no new guests right now; log in with an account")
 
     def part(self, session: Session[P], room_name: str) -> None:
-        self._room_of(session, room_name).leave(session, "part")
+        """Leave a room; an account leaves it on every device."""
+        room = self._room_of(session, room_name)
+        twins = [other for other in self._twins(session) if room.listed_as in other.rooms]
+        room.leave(session, "part")
+        for twin in twins:
+            room.leave(twin, "part")
+        if session.identity is not None and session.identity.account is not None:
+            try:
+                self._accounts.joined(session.identity.id, room.name, False)
+            except StorageFailed as exc:
+                log.warning("%s: could not forget room %s of the account: %s", session.label, room.name, exc.detail)
+
+    def mark_read(self, session: Session[P], room_name: str, id: int) -> None:
+        """An account read `room` up to `id`: kept (only forward), and told to its other sessions."""
+        self._name_of(session)
+        identity = session.identity
+        if identity is None or identity.account is None:
+            raise Refused("not_registered", "read markers are kept for accounts: register first")
+        room = self._rooms.get(room_key(room_name))
+        if room is None or room.listed_as not in session.rooms:
+            raise Refused("not_in_room", f"you are not in {room_name}; join it first", room_name)
+        if self._accounts.mark(identity.id, room.name, id):
+            marker = Line.of(ReadMarker(room=room.name, id=id))
+            for twin in self._twins(session):
+                self._delivery.send_to(twin.peer, marker)
+
+    def check_accounts(self) -> None:
+        """End the sessions whose account was deleted or whose password changed since they proved
+        it (`chat-admin accounts passwd|delete` while the server runs)."""
+        with self._lock:
+            sessions = [s for s in self._sessions if s.identity is not None and s.identity.account is not None]
+        verdicts: dict[tuple[str, str], bool] = {}
+        for session in sessions:
+            identity = session.identity
+            if identity is None:
+                continue
+            key = (identity.id, identity.proof)
+            if key not in verdicts:
+                try:
+                    verdicts[key] = self._accounts.current(identity)
+                except StorageFailed:
+                    verdicts[key] = True  # cannot tell now: asked again next time
+            if not verdicts[key]:
+                self._replace(session, "the account's password changed or the account was deleted; log in again")
 
     def whisper(self, session: Session[P], to: str, text: str) -> None:
         """A private message to `to`, numbered in the private log, echoed to the sender."""
@@ -379,6 +448,8 @@ class Hub(Generic[P]):
 
     def taken_elsewhere(self, key: str, identity: str) -> None:
         """The owner of a name connected to another server: its connection here is closed."""
+        if identity.startswith("account:"):
+            return  # an account may be on several servers at once, as on several devices
         with self._lock:
             holder = self._by_name.get(key)
         if holder is not None and holder.identity is not None and holder.identity.id == identity:
@@ -443,9 +514,12 @@ class Hub(Generic[P]):
         if new == old:
             return
         identity = session.identity
-        if self._accounts.is_registered(new) and (identity is None or identity.account is None or
-                                                  name_key(identity.account) != name_key(new)):
+        if identity is not None and identity.account is not None:
+            raise Refused("nick_locked", f"an account appears under its own name: you stay {old}")
+        if self._accounts.is_registered(new):
             raise Refused("name_registered", f"{new} is a registered name; only its account may use it")
+        if self._accounts.is_reserved(new):
+            raise Refused("name_reserved", f"{new} is reserved for a server operator's account")
         if identity is not None:
             self._cluster.claim_name(name_keys(new), self._holder(session, new, identity.id))
         try:
@@ -466,7 +540,7 @@ class Hub(Generic[P]):
             self._delivery.send_to(session.peer, Line.of(Renamed(room=None, old=old, new=new, time=utc_now())))
         log.info("%s renamed %s to %s", session.label, quoted(old), quoted(new))
 
-    def room_list(self) -> RoomList:
+    def room_list(self, after: str | None = None) -> RoomList:
         try:
             kept_rooms = self._cluster.rooms()
         except StoreError as exc:
@@ -476,17 +550,91 @@ class Hub(Generic[P]):
             if room_key(record.name) not in self._rooms:
                 self._opened(record)
         with self._lock:
-            rooms = list(self._rooms.values())
-        return RoomList(rooms=sorted((room.info() for room in rooms), key=lambda info: info.room.casefold()))
+            rooms = sorted(self._rooms.values(), key=lambda room: (room.name.casefold(), room.name))
+        if after is not None:
+            edge = (after.casefold(), after)
+            rooms = [room for room in rooms if (room.name.casefold(), room.name) > edge]
+        page = rooms[:ROOM_PAGE]  # only the page's rooms are asked how many are in them
+        return RoomList(rooms=[room.info() for room in page], more=len(rooms) - len(page))
 
     # --- inside --------------------------------------------------------------------------
 
-    def _enter(self, session: Session[P], request: Join, identity: Identity | None = None) -> None:
-        """Join a room; a first join's `identity` puts its token in the welcome."""
+    def _enter(self, session: Session[P], request: Join, identity: Identity | None = None, first: bool = False) -> None:
+        """Join a room; a first join's `identity` puts its token in the welcome, and the welcome of
+        an account's `first` session its rooms. An account's other sessions join the room too."""
         name = self._name_of(session)
+        account = session.identity if session.identity is not None and session.identity.account else None
+        room = self._room_for_join(request.room, session.identity)
+        rooms = read = None
+        if account is not None:
+            read = self._accounts.markers(account.id).get(room.name, 0)
+            rooms = self._accounts.rooms_of(account.id) if first else None
         # The room says whether the session is in it already, and lists itself in session.rooms,
         # under its own lock: a kick being carried out right now is over before this join is judged.
-        self._room_for_join(request.room, session.identity).join(session, name, request.since, identity)
+        room.join(session, name, request.since, identity, rooms, read)
+        if account is None:
+            return
+        try:
+            self._accounts.joined(account.id, room.name, True)
+        except StorageFailed as exc:
+            log.warning("%s: could not keep room %s of the account: %s", session.label, room.name, exc.detail)
+        for twin in self._twins(session):
+            if room.listed_as not in twin.rooms:
+                try:
+                    room.join(twin, name, None, None, None, read)
+                except (Refused, StorageFailed):
+                    pass  # that device is already on its way in, or out
+
+    def _follow_twins(self, session: Session[P]) -> None:
+        """A new session of an account joins the rooms its other sessions are in."""
+        identity = session.identity
+        name = session.name
+        if identity is None or identity.account is None or name is None:
+            return
+        keys = {key for twin in self._twins(session) for key in list(twin.rooms)} - set(session.rooms)
+        if not keys:
+            return
+        markers = self._accounts.markers(identity.id)
+        for key in keys:
+            room = self._rooms.get(key)
+            if room is None:
+                continue
+            try:
+                room.join(session, name, None, None, None, markers.get(room.name, 0))
+            except (Refused, StorageFailed):
+                pass  # banned there meanwhile, or already in
+
+    def _sessions_of(self, identity: str) -> list[Session[P]]:
+        with self._lock:
+            return list(self._by_identity.get(identity, ()))
+
+    def _twins(self, session: Session[P]) -> list[Session[P]]:
+        """The other sessions of the same account (none for a guest)."""
+        identity = session.identity
+        if identity is None or identity.account is None:
+            return []
+        return [other for other in self._sessions_of(identity.id) if other is not session]
+
+    def _make_way(self, identity: Identity) -> None:
+        """Close the oldest sessions of the account until a new one fits under max_sessions."""
+        sessions = sorted(self._sessions_of(identity.id), key=lambda session: session.connected_at)
+        for oldest in sessions[: max(0, len(sessions) - self.max_sessions + 1)]:
+            self._replace(oldest, f"more than {self.max_sessions} sessions of this account; closing the oldest")
+
+    def _operators(self, admins: Iterable[str]) -> frozenset[str]:
+        """The identities of the accounts named by `--admin`; a name whose account does not exist
+        is reserved until it does, and said once in the log."""
+        identities = set()
+        for name in admins:
+            record = self._accounts.record(name)
+            identities.add(f"account:{record.key if record is not None else name_key(name)}")
+            if record is None:
+                log.warning(
+                    "--admin %s names no account: %s and its look-alikes are reserved until you create it "
+                    "with `chat-admin accounts add %s`", quoted(name), quoted(name), name,
+                )
+        self._accounts.reserved = frozenset(name_key(name) for name in admins)
+        return frozenset(identities)
 
     def _claim(self, session: Session[P], name: str, identity: Identity, held: bool) -> int:
         """Give `session` the name and identity, and open its inbox (held for a replay); the last
@@ -496,7 +644,7 @@ class Hub(Generic[P]):
             # While no private line is handed to inboxes: none numbered after the snapshot can
             # miss this inbox, and none before it reaches it live as well as in the replay.
             with self._lock:
-                self._check_free_locked(session, name)
+                self._check_free_locked(session, name, identity)
                 self._delivery.subscribe(session.peer, session.inbox, held=held)
                 self._take_name_locked(session, name)
                 self._prove_locked(session, identity)
@@ -539,8 +687,8 @@ class Hub(Generic[P]):
         """What other servers know of who holds `name` here (a guest's address: bans hold on it)."""
         return Holder(identity, name, session.away, session.address if identity.startswith("guest:") else None)
 
-    def _replace(self, holder: Session[P]) -> None:
-        replaced = Refused("session_replaced", "you connected again elsewhere; closing this connection")
+    def _replace(self, holder: Session[P], why: str = "you connected again elsewhere; closing this connection") -> None:
+        replaced = Refused("session_replaced", why)
         self._delivery.close(holder.peer, Line.refusal(replaced), "disconnected")
         self.disconnect(holder, "disconnected")
         log.info("%s: replaced by a new connection of the same identity", holder.label)
@@ -560,22 +708,35 @@ class Hub(Generic[P]):
             self._by_identity.setdefault(identity.id, set()).add(session)
             session.identity = identity
 
-    def _check_free_locked(self, session: Session[P], name: str) -> None:
+    def _check_free_locked(self, session: Session[P], name: str, identity: Identity | None = None) -> None:
+        identity = identity or session.identity
         for key in name_keys(name):
             holder = self._by_name.get(key)
-            if holder is not None and holder is not session:
+            same_account = (
+                identity is not None and identity.account is not None
+                and holder is not None and holder.identity is not None and holder.identity.id == identity.id
+            )
+            if holder is not None and holder is not session and not same_account:
                 shown = "" if holder.name is None or holder.name == name else f" (it looks like {holder.name})"
                 raise Refused("name_taken", f"the name {name} is taken{shown}; choose another")
 
     def _take_name_locked(self, session: Session[P], name: str) -> None:
         for key in name_keys(name):
-            self._by_name[key] = session
+            self._by_name.setdefault(key, session)  # an account's other session may hold it already
         session.name = name
 
     def _free_name_locked(self, session: Session[P], name: str) -> None:
+        """`session` no longer holds `name`; another session of its account that has it keeps it."""
+        identity = session.identity
+        twins = [
+            other for other in self._by_identity.get(identity.id, ()) if other is not session and other.name == name
+        ] if identity is not None and identity.account is not None else []
         for key in name_keys(name):
             if self._by_name.get(key) is session:
-                del self._by_name[key]
+                if twins:
+                    self._by_name[key] = twins[0]
+                else:
+                    del self._by_name[key]
 
     def _name_of(self, session: Session[P]) -> str:
         if session.name is None:

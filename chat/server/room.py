@@ -85,9 +85,10 @@ class RoomFeed(Protocol[P_contra]):
     Delivery (LocalFeed), or through a log shared by several servers whose reader delivers them.
     The room calls it with its lock held."""
 
-    def enter(self, peer: P_contra, name: str, joined: Line) -> int:
-        """Tell the members `joined`, then take `peer` in as `name`, holding its live lines back
-        until its history is sent; the last numbered id before it (what that history runs up to)."""
+    def enter(self, peer: P_contra, name: str, joined: Line | None) -> int:
+        """Tell the members `joined` (None: another session of the same account is here already,
+        nobody new arrives), then take `peer` in as `name`, holding its live lines back until its
+        history is sent; the last numbered id before it (what that history runs up to)."""
         ...
 
     def publish(self, lines: Sequence[Line]) -> None:
@@ -98,8 +99,9 @@ class RoomFeed(Protocol[P_contra]):
         """A member is called `new` now; `line` tells every member."""
         ...
 
-    def leave(self, peer: P_contra, name: str, left: Line, sees_it: bool) -> None:
-        """Take `peer` (`name`) out and tell the members `left`; `peer` sees it too if `sees_it` (a part)."""
+    def leave(self, peer: P_contra, name: str, left: Line | None, sees_it: bool) -> None:
+        """Take `peer` (`name`) out and tell the members `left` (None: another session of the same
+        account stays, nobody leaves); `peer` sees it too if `sees_it` (a part)."""
         ...
 
     def present(self, names: list[str]) -> None:
@@ -144,9 +146,10 @@ class LocalFeed(Generic[P]):
         self._store = store
         self._room = room
 
-    def enter(self, peer: P, name: str, joined: Line) -> int:
+    def enter(self, peer: P, name: str, joined: Line | None) -> int:
         snapshot = self._log.last_id
-        self._delivery.publish(self._key, joined)
+        if joined is not None:
+            self._delivery.publish(self._key, joined)
         self._delivery.subscribe(peer, self._key, held=True)
         return snapshot
 
@@ -178,13 +181,14 @@ class LocalFeed(Generic[P]):
         record = RoomRecord(self._key, self._room, topic)
         kept(self._store.save_room, record, failure="the server could not keep the topic", room=self._room)
 
-    def leave(self, peer: P, name: str, left: Line, sees_it: bool) -> None:
-        if sees_it:
+    def leave(self, peer: P, name: str, left: Line | None, sees_it: bool) -> None:
+        if sees_it and left is not None:
             self._delivery.publish(self._key, left)
             self._delivery.unsubscribe(peer, self._key)
         else:
             self._delivery.unsubscribe(peer, self._key)
-            self._delivery.publish(self._key, left)
+            if left is not None:
+                self._delivery.publish(self._key, left)
 
 
 @dataclass(frozen=True)
@@ -252,7 +256,15 @@ class Room(Generic[P]):
             here = list(self._members.values())
         return RoomInfo(room=self.name, users=len(self._feed.users(here)), topic=self.topic)
 
-    def join(self, session: Session[P], name: str, since: int | None = None, identity: Identity | None = None) -> None:
+    def join(
+        self,
+        session: Session[P],
+        name: str,
+        since: int | None = None,
+        identity: Identity | None = None,
+        rooms: list[str] | None = None,
+        read: int | None = None,
+    ) -> None:
         """Welcome `session` as `name`, then history, then every later line of the room.
 
         With `since`, the history is what it missed after that id (preceded
@@ -269,7 +281,8 @@ class Room(Generic[P]):
             guest = session.identity is None or session.identity.account is None
             if "accounts" in self._modes and guest and self.role_of(session) != "admin":
                 raise Refused("account_required", f"{self.name} is for accounts only: register first", self.name)
-            joined = Line.of(Joined(room=self.name, name=name, time=utc_now()))
+            # A second device of an account that is here already: nobody new arrives.
+            joined = None if self._twin_locked(session) else Line.of(Joined(room=self.name, name=name, time=utc_now()))
             snapshot = self._feed.enter(session.peer, name, joined)
             self._members[session] = name
             session.rooms[self.listed_as] = None
@@ -298,6 +311,8 @@ class Room(Generic[P]):
                 roles=roles,
                 modes=sorted(self._modes),
                 epoch=self._log.epoch,
+                rooms=rooms,
+                read=read,
             )
             lead = [Line.of(welcome)]
             if span.gap is not None:
@@ -466,11 +481,15 @@ class Room(Generic[P]):
             duration = request.duration if isinstance(request, Ban | Mute) else None
             until = time.time() + duration if duration is not None else None
             removed: Session[P] | None = None
+            twins: list[Session[P]] = []
             match action:
                 case "kick" | "ban":
                     if action == "ban":
                         self._sanction(target, "ban", until, reason, by)
                     member = target.session if target.session in self._members else None
+                    twins = [m for m in self._members if m is not member and target.identity is not None and
+                             m.identity is not None and m.identity.id == target.identity]
+                    member = member or (twins.pop() if twins else None)
                     if member is None:  # a member on another server (rooms shared through Redis)?
                         elsewhere = next(
                             (name for name in self._feed.users([]) if name_key(name) == name_key(target.name)), None
@@ -504,6 +523,8 @@ class Room(Generic[P]):
             if elsewhere is not None:
                 self._feed.rules_changed(elsewhere, "kicked" if action == "kick" else "banned", upto)
             if removed is not None:
+                for twin in twins:  # every device of the account goes
+                    self._remove_locked(twin, "kicked" if action == "kick" else "banned")
                 self._remove_locked(removed, "kicked" if action == "kick" else "banned")
         log.info("%s: %s %s %s in %s", actor.label, quoted(by), action, quoted(target.name), quoted(self.name))
         return removed
@@ -552,7 +573,15 @@ class Room(Generic[P]):
         session.rooms.pop(self.listed_as, None)
         if name is None:
             return None
-        left = Line.of(Left(room=self.name, name=name, reason=reason, time=utc_now()))
+        # Another device of the account stays: nobody leaves (unless this one parts: it sees that).
+        twin = self._twin_locked(session)
+        left = None if twin and reason != "part" else Line.of(
+            Left(room=self.name, name=name, reason=reason, time=utc_now())
+        )
+        if twin and left is not None:  # the part is shown to the one parting alone
+            self._delivery.send_to(session.peer, left, room=self.key)
+            self._delivery.unsubscribe(session.peer, self.key)
+            return name
         # The one who parts sees it too: that is its confirmation.
         self._feed.leave(session.peer, name, left, sees_it=reason == "part")
         if not self._members:
@@ -627,8 +656,19 @@ class Room(Generic[P]):
         return name
 
     def _sorted_users(self) -> list[str]:
-        """Every member's name, on this server or (shared rooms) any other."""
-        return self._feed.users(sorted(self._members.values(), key=str.casefold))
+        """Every member's name (an account on several devices once), on this server or (shared
+        rooms) any other."""
+        return self._feed.users(sorted(set(self._members.values()), key=str.casefold))
+
+    def _twin_locked(self, session: Session[P]) -> bool:
+        """Whether another session of the same account is a member here."""
+        identity = session.identity
+        if identity is None or identity.account is None:
+            return False
+        return any(
+            member is not session and member.identity is not None and member.identity.id == identity.id
+            for member in self._members
+        )
 
 
 @dataclass(frozen=True)

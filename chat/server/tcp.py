@@ -49,6 +49,8 @@ _TOO_IDLE = ErrorReply(code="idle_timeout", detail="no line from you for too lon
 _NO_JOIN = ErrorReply(code="join_timeout", detail="no join from you in time; closing")
 _TLS_ONLY = "this port speaks TLS only; closing"
 _READ_SIZE = 64 * 1024
+#: Seconds between checks that every account with a session still has the password it proved.
+ACCOUNTS_CHECK_EVERY = 1.0
 
 __all__ = ["ChatHandler", "ChatServer", "Listener", "ServerConfig", "listeners"]
 
@@ -252,7 +254,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.shared = _redis_cluster(config, self.outbox) if config.redis else None
             records = self.shared.accounts if self.shared is not None else None
             accounts = Accounts(self.store, require_account=config.require_account, records=records)
-            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, self.shared)
+            self.hub: Hub[Peer] = Hub(
+                self.outbox, self.store, settings, accounts, config.admin, self.shared, config.max_sessions
+            )
         except BaseException:
             self._close_storage()
             raise
@@ -292,8 +296,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self._close_storage()
             raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
+        self._accounts_watch = threading.Thread(target=self._watch_accounts, name="chat-accounts")
         self.outbox.start()
         self._keepalive.start()
+        self._accounts_watch.start()
 
     def _close_listeners(self) -> None:
         """Close every listening socket: this one and the others opened so far."""
@@ -361,6 +367,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.metrics.close()
         self._join_handlers(timeout)
         self._keepalive.join(timeout)
+        self._accounts_watch.join(timeout)
         if self.shared is not None:
             self.shared.stop(timeout)
         self.outbox.stop(timeout)
@@ -458,6 +465,12 @@ class ChatServer(socketserver.ThreadingTCPServer):
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(thread.is_alive() for thread in handlers):
             log.error("%d handler threads did not end in time", sum(thread.is_alive() for thread in handlers))
+
+    def _watch_accounts(self) -> None:
+        """Now and then: end the sessions of accounts that chat-admin deleted or gave a new
+        password while the server ran (it writes the store, not to this process)."""
+        while not self.stopping.wait(ACCOUNTS_CHECK_EVERY):
+            self.hub.check_accounts()
 
     def _watch_idle(self) -> None:
         config = self.config

@@ -101,6 +101,10 @@ def _check_topic(topic: str) -> str:
     return topic
 
 
+#: Rooms in one `rooms` reply at most; `after` asks for the next page.
+ROOM_PAGE = 100
+
+
 def room_key(room: str) -> str:
     """The key two spellings of one room share: case and look-alike characters do not count."""
     return name_key(room)
@@ -360,9 +364,19 @@ class Who(_ClientWire):
 
 
 class ListRooms(_ClientWire):
-    """Ask for every room, with how many are in it and its topic."""
+    """Ask for the rooms, with how many are in each and its topic: a page of at most
+    ROOM_PAGE, sorted by name; `after` continues after the room so named."""
 
     type: Literal["rooms"] = "rooms"
+    after: str | None = None
+
+
+class MarkRead(_ClientWire):
+    """The account read a room up to the line `id` (only forward): its other sessions are told."""
+
+    type: Literal["read"] = "read"
+    room: RoomName
+    id: int = Field(ge=0)
 
 
 class Ping(_ClientWire):
@@ -422,6 +436,7 @@ ClientMessage = Annotated[
     | Nick
     | Who
     | ListRooms
+    | MarkRead
     | Ping
     | Pong
     | HistoryRequest
@@ -465,6 +480,19 @@ class Welcome(_ServerWire):
     #: With rooms shared through Redis: the room log's epoch. Another epoch than a client saw
     #: before means the log was lost and numbered again: its old ids mean nothing any more.
     epoch: str | None = None
+    #: On an account's first join while none of its sessions is connected: the rooms the account
+    #: is in (kept by the server, whatever device joined them), for the client to join.
+    rooms: list[str] | None = None
+    #: For an account: the id of the last line it marked read in this room (0: none).
+    read: int | None = None
+
+
+class ReadMarker(_ServerWire):
+    """Another session of the same account read `room` up to `id`."""
+
+    type: Literal["read"] = "read"
+    room: str
+    id: int
 
 
 class SessionToken(_ServerWire):
@@ -637,10 +665,12 @@ class RoomInfo(_ServerWire):
 
 
 class RoomList(_ServerWire):
-    """The answer to `rooms`: every room, empty ones too, sorted by name."""
+    """The answer to `rooms`: a page of rooms, empty ones too, sorted by name; `more` says
+    how many come after it (ask again with `after` set to the last name)."""
 
     type: Literal["rooms"] = "rooms"
     rooms: list[RoomInfo]
+    more: int = 0
 
 
 class ServerPing(_ServerWire):
@@ -690,6 +720,9 @@ ErrorCode = Literal[
     "name_invalid",
     "name_taken",
     "name_registered",
+    "name_reserved",
+    "nick_locked",
+    "too_many_rooms",
     "auth_failed",
     "account_required",
     "not_registered",
@@ -764,6 +797,7 @@ ServerMessage = Annotated[
     | Users
     | Away
     | RoomList
+    | ReadMarker
     | ServerPing
     | ServerPong
     | Notice

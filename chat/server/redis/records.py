@@ -20,6 +20,13 @@ import redis
 from chat.server.redis import keys
 from chat.server.store import AccountRecord, RoomRecord, Sanction, StoreError
 
+# Move a read marker forward only. KEYS: markers. ARGV: room, id. 1 if it moved.
+_FORWARD = """
+local now = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > now then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
+return 0
+"""
+
 
 class SharedRoomRecords:
     """Every room any server has (key -> name as first spelled) and each room's topic: in
@@ -76,6 +83,7 @@ class SharedAccounts:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._forward = client.register_script(_FORWARD)
 
     def account(self, key: str) -> AccountRecord | None:
         with _stored():
@@ -91,6 +99,7 @@ class SharedAccounts:
                 pipe.hsetnx(key, "name", account.name)
                 pipe.hsetnx(key, "created", account.created_at or time.time())
                 pipe.hset(key, "hash", account.password_hash)
+                pipe.sadd(keys.ACCOUNTS, account.key)
                 pipe.execute()
 
     def session(self, token_hash: str) -> tuple[str, float] | None:
@@ -117,6 +126,42 @@ class SharedAccounts:
                     pipe.delete(keys.token(token_hash.decode()))
                 pipe.delete(keys.tokens(identity))
                 pipe.execute()
+
+
+    def accounts(self) -> list[AccountRecord]:
+        with _stored():
+            found = sorted(key.decode() for key in cast(set[bytes], self._redis.smembers(keys.ACCOUNTS)))
+        return [record for key in found if (record := self.account(key)) is not None]
+
+    def drop_account(self, key: str) -> None:
+        identity = f"account:{key}"
+        self.drop_sessions(identity)
+        with _stored():
+            with self._redis.pipeline() as pipe:
+                pipe.delete(keys.account(key), keys.account_rooms(identity), keys.read_markers(identity))
+                pipe.srem(keys.ACCOUNTS, key)
+                pipe.execute()
+
+    def account_rooms(self, identity: str) -> list[str]:
+        with _stored():
+            rooms = cast(list[bytes], self._redis.zrange(keys.account_rooms(identity), 0, -1))
+        return [room.decode() for room in rooms]
+
+    def save_account_room(self, identity: str, room: str, in_it: bool) -> None:
+        with _stored():
+            if in_it:
+                self._redis.zadd(keys.account_rooms(identity), {room: time.time()}, nx=True)
+            else:
+                self._redis.zrem(keys.account_rooms(identity), room)
+
+    def read_markers(self, identity: str) -> dict[str, int]:
+        with _stored():
+            found = cast(dict[bytes, bytes], self._redis.hgetall(keys.read_markers(identity)))
+        return {room.decode(): int(id) for room, id in found.items()}
+
+    def save_read_marker(self, identity: str, room: str, id: int) -> bool:
+        with _stored():
+            return bool(self._forward(keys=[keys.read_markers(identity)], args=[room, id]))
 
 
 class SharedRules:

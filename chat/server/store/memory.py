@@ -61,6 +61,8 @@ class MemoryStore:
         self._rooms: dict[str, RoomRecord] = {}
         self._accounts: dict[str, AccountRecord] = {}
         self._sessions: dict[str, tuple[str, float]] = {}
+        self._account_rooms: dict[str, dict[str, None]] = {}
+        self._markers: dict[str, dict[str, int]] = {}
         self._roles: dict[str, dict[str, str]] = {}
         self._modes: dict[str, set[str]] = {}
         self._sanctions: dict[tuple[str, str, str], Sanction] = {}
@@ -197,6 +199,42 @@ class MemoryStore:
         with self._lock:
             for token_hash in [key for key, (owner, _) in self._sessions.items() if owner == identity]:
                 del self._sessions[token_hash]
+
+    def accounts(self) -> list[AccountRecord]:
+        with self._lock:
+            return [self._accounts[key] for key in sorted(self._accounts)]
+
+    def drop_account(self, key: str) -> None:
+        identity = f"account:{key}"
+        self.drop_sessions(identity)
+        with self._lock:
+            self._accounts.pop(key, None)
+            self._account_rooms.pop(identity, None)
+            self._markers.pop(identity, None)
+
+    def account_rooms(self, identity: str) -> list[str]:
+        with self._lock:
+            return list(self._account_rooms.get(identity, {}))
+
+    def save_account_room(self, identity: str, room: str, in_it: bool) -> None:
+        with self._lock:
+            rooms = self._account_rooms.setdefault(identity, {})
+            if in_it:
+                rooms.setdefault(room, None)
+            else:
+                rooms.pop(room, None)
+
+    def read_markers(self, identity: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._markers.get(identity, {}))
+
+    def save_read_marker(self, identity: str, room: str, id: int) -> bool:
+        with self._lock:
+            markers = self._markers.setdefault(identity, {})
+            if markers.get(room, 0) >= id:
+                return False
+            markers[room] = id
+            return True
 
     def close(self) -> None:
         pass

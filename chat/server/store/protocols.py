@@ -146,6 +146,30 @@ class AccountStore(Protocol):
         """Revoke every session token of `identity`."""
         ...
 
+    def accounts(self) -> list[AccountRecord]:
+        """Every account, by key."""
+        ...
+
+    def drop_account(self, key: str) -> None:
+        """Delete the account `key` with its tokens, its rooms and its read markers."""
+        ...
+
+    def account_rooms(self, identity: str) -> list[str]:
+        """The rooms (as named) an account is in, whatever device joined them, in the order joined."""
+        ...
+
+    def save_account_room(self, identity: str, room: str, in_it: bool) -> None:
+        """The account joined the room (`in_it`) or parted it."""
+        ...
+
+    def read_markers(self, identity: str) -> dict[str, int]:
+        """The account's read marker per room: the id of the last line it read there."""
+        ...
+
+    def save_read_marker(self, identity: str, room: str, id: int) -> bool:
+        """Move the account's read marker in `room` forward to `id`; False if it was there or past it."""
+        ...
+
 
 class Rules(Protocol):
     """Who may do what in a room (or, under the server's own scope, on the server): roles, modes,

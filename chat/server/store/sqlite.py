@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
-_SCHEMA_VERSION = 5
+_SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS room_modes (
     room TEXT NOT NULL,
@@ -64,6 +64,18 @@ CREATE TABLE IF NOT EXISTS sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_identity ON sessions (identity);
+CREATE TABLE IF NOT EXISTS account_rooms (
+    identity TEXT NOT NULL,
+    room TEXT NOT NULL,
+    joined_at REAL NOT NULL,
+    PRIMARY KEY (identity, room)
+);
+CREATE TABLE IF NOT EXISTS read_markers (
+    identity TEXT NOT NULL,
+    room TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    PRIMARY KEY (identity, room)
+);
 CREATE TABLE IF NOT EXISTS logs (
     number INTEGER PRIMARY KEY,
     log TEXT NOT NULL UNIQUE
@@ -116,8 +128,12 @@ class SqliteStore:
         max_age: float | None = None,
         busy_timeout: float = 2.0,
         retention_bytes: int = DEFAULT_RETENTION_BYTES,
+        keep_marks: bool = True,
     ) -> None:
+        """`keep_marks`: whether closing keeps each log's last id beside the file (not for a tool
+        that opens the file beside a running server and numbers nothing)."""
         self.path = path
+        self._keep_marks = keep_marks
         self.retention = retention
         self.retention_bytes = retention_bytes
         self.max_age = max_age
@@ -269,6 +285,60 @@ class SqliteStore:
     def drop_sessions(self, identity: str) -> None:
         self._write("DELETE FROM sessions WHERE identity = ? OR expires_at < ?", (identity, time.time()),
                     "cannot revoke sessions")
+
+    def accounts(self) -> list[AccountRecord]:
+        rows = self._query("SELECT account, name, password_hash, created_at FROM accounts ORDER BY account", {})
+        return [AccountRecord(*row) for row in rows]
+
+    def drop_account(self, key: str) -> None:
+        identity = f"account:{key}"
+        with self._write_lock:
+            self._check_file_locked()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM accounts WHERE account = ?", (key,))
+                    for table in ("sessions", "account_rooms", "read_markers"):
+                        self._db.execute(f"DELETE FROM {table} WHERE identity = ?", (identity,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot delete the account {key}: {exc}") from exc
+
+    def account_rooms(self, identity: str) -> list[str]:
+        rows = self._query(
+            "SELECT room FROM account_rooms WHERE identity = :identity ORDER BY joined_at, rowid",
+            {"identity": identity},
+        )
+        return [str(row[0]) for row in rows]
+
+    def save_account_room(self, identity: str, room: str, in_it: bool) -> None:
+        if in_it:
+            self._write("INSERT OR IGNORE INTO account_rooms VALUES (?, ?, ?)", (identity, room, time.time()),
+                        "cannot keep the account's rooms")
+        else:
+            self._write("DELETE FROM account_rooms WHERE identity = ? AND room = ?", (identity, room),
+                        "cannot keep the account's rooms")
+
+    def read_markers(self, identity: str) -> dict[str, int]:
+        rows = self._query("SELECT room, id FROM read_markers WHERE identity = :identity", {"identity": identity})
+        return {str(room): int(id) for room, id in rows}
+
+    def save_read_marker(self, identity: str, room: str, id: int) -> bool:
+        with self._write_lock:
+            self._check_file_locked()
+            try:
+                changed = self._db.execute(
+                    "INSERT INTO read_markers VALUES (?, ?, ?) ON CONFLICT (identity, room) DO UPDATE SET "
+                    "id = excluded.id WHERE excluded.id > read_markers.id",
+                    (identity, room, id),
+                ).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot keep a read marker: {exc}") from exc
+        return changed > 0
 
     def adopt_private(self, legacy: str, identity: str) -> int:
         base = self._base(PRIVATE_LOG)
@@ -455,7 +525,7 @@ class SqliteStore:
         """Keep each log's last id beside the file, where deleting the file does not take it,
         so that ids go on from there even if the history starts over."""
         marks = {**self._marks, **self._last_ids}
-        if not marks:
+        if not marks or not self._keep_marks:
             return
         path = _marks_path(self.path)
         try:

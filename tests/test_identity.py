@@ -1,0 +1,225 @@
+"""Identity over the wire: one name key for live names, accounts and reserved names; the operator
+reservation; several sessions of one account; sanctions that hold on identity and address."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat.server.config import ServerConfig
+from chat.testing import LineClient
+from chat.wire.protocol import (
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    PrivateMessage,
+    ReadMarker,
+    Renamed,
+    RoomList,
+    SessionToken,
+    Welcome,
+)
+
+PASSWORD = "correct horse battery"
+
+
+def join(client: LineClient, **fields: object) -> Welcome | ErrorReply:
+    client.send({"type": "join", **fields})
+    reply = client.next()
+    while not isinstance(reply, Welcome | ErrorReply):
+        reply = client.next()
+    return reply
+
+
+def registered(connect, name: str = "alice", server=None) -> tuple[LineClient, str]:
+    client = connect(server) if server is not None else connect()
+    assert isinstance(join(client, name=name), Welcome)
+    client.send({"type": "register", "password": PASSWORD})
+    return client, client.expect(SessionToken).token
+
+
+@pytest.mark.parametrize(
+    ("live", "look_alike"), [("mallory", "MaIIory"), ("michael", "michaeI"), ("root", "r\u043e\u043et")]
+)
+def test_a_look_alike_of_a_live_name_is_taken(connect, live, look_alike):
+    connect().join(live)
+    assert join(connect(), name=look_alike).code == "name_taken"
+    other = connect()
+    other.join("somebody")
+    other.send({"type": "nick", "name": look_alike})
+    assert other.expect(ErrorReply).code == "name_taken"
+
+
+def test_a_look_alike_of_an_offline_account_is_registered_and_cannot_be_registered_again(connect):
+    alice, _ = registered(connect)
+    alice.send({"type": "leave"})
+    alice.expect_closed()
+    assert join(connect(), name="aIice").code == "name_registered"
+    assert join(connect(), name="a1ice").code == "name_registered"
+    assert isinstance(join(connect(), name="alice", password=PASSWORD), Welcome)
+
+
+def test_an_operator_name_without_its_account_is_reserved_with_one_warning(start_chat_server, connect, caplog):
+    caplog.set_level("WARNING", logger="chat")
+    server = start_chat_server(ServerConfig(admin=("root",)))
+    warnings = [r for r in caplog.records if "chat-admin accounts add root" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    for squat in ("root", "R00T", "r\u043e\u043et"):
+        assert join(connect(server), name=squat).code == "name_reserved"
+        assert join(connect(server), name=squat, password=PASSWORD).code == "name_reserved"
+    guest = connect(server)
+    guest.join("stranger")
+    guest.send({"type": "nick", "name": "root"})
+    assert guest.expect(ErrorReply).code == "name_reserved"
+
+
+def test_chat_admin_creates_the_operator_account_while_the_server_runs(
+    start_chat_server, connect, tmp_path, monkeypatch
+):
+    from chat.admin import main as chat_admin
+
+    db = str(tmp_path / "chat.db")
+    server = start_chat_server(ServerConfig(db=db, admin=("root",)))
+    monkeypatch.setenv("ROOT_PASSWORD", PASSWORD)
+    assert chat_admin(["--db", db, "accounts", "add", "root", "--password-env", "ROOT_PASSWORD"]) == 0
+    root = connect(server)
+    welcome = join(root, name="root", password=PASSWORD)
+    assert isinstance(welcome, Welcome) and welcome.account
+    troll = connect(server)
+    token = troll.join("troll").token
+    root.send({"type": "server_ban", "name": "troll"})
+    troll.expect_closed()
+    assert join(connect(server), name="troll", token=token).code == "banned"
+
+
+def enter(client: LineClient, room: str) -> Welcome | ErrorReply:
+    client.send({"type": "join", "room": room})
+    while True:
+        reply = client.next()
+        if isinstance(reply, Welcome | ErrorReply) and reply.room == room:
+            return reply
+
+
+def test_two_devices_of_one_account_share_rooms_lines_and_private_lines(connect):
+    laptop, token = registered(connect)
+    assert isinstance(enter(laptop, "dev"), Welcome)
+    bob = connect()
+    bob.join("bob")
+    enter(bob, "dev")
+    phone = connect()
+    welcome = join(phone, name="alice", token=token)
+    assert isinstance(welcome, Welcome) and welcome.name == "alice"
+    assert phone.expect(Welcome, room="dev").users == ["alice", "bob"]  # in the account's rooms at once
+    bob.send({"type": "message", "room": "dev", "msg": "hi alice"})
+    laptop.expect(ChatMessage, msg="hi alice")
+    phone.expect(ChatMessage, msg="hi alice")
+    laptop.send({"type": "message", "room": "dev", "msg": "said on the laptop"})
+    assert phone.expect(ChatMessage, msg="said on the laptop").name == "alice"
+    bob.send({"type": "private", "to": "alice", "msg": "psst"})
+    laptop.expect(PrivateMessage, msg="psst")
+    phone.expect(PrivateMessage, msg="psst")
+    phone.send({"type": "private", "to": "bob", "msg": "from the phone"})
+    assert laptop.expect(PrivateMessage, msg="from the phone").to == "bob"
+    bob.expect(PrivateMessage, msg="from the phone")
+    phone.send({"type": "leave"})
+    phone.expect_closed()
+    bob.send({"type": "message", "room": "dev", "msg": "still there?"})
+    laptop.expect(ChatMessage, msg="still there?")
+    assert not [m for m in bob.seen if isinstance(m, Joined | Left) and m.name == "alice"]
+
+
+def test_a_third_device_past_max_sessions_closes_the_oldest(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_sessions=2))
+    first, token = registered(connect, server=server)
+    second = connect(server)
+    assert isinstance(join(second, name="alice", token=token), Welcome)
+    third = connect(server)
+    assert isinstance(join(third, name="alice", password=PASSWORD), Welcome)
+    assert "session_replaced" in [m.code for m in first.expect_closed() if isinstance(m, ErrorReply)]
+    second.say("second stays")
+    third.expect(ChatMessage, msg="second stays")
+
+
+def test_a_new_device_is_told_the_accounts_rooms_and_read_markers(connect):
+    laptop, token = registered(connect)
+    enter(laptop, "dev")
+    laptop.send({"type": "message", "room": "dev", "msg": "one"})
+    said = laptop.expect(ChatMessage, msg="one")
+    enter(laptop, "ops")
+    laptop.send({"type": "part", "room": "ops"})
+    laptop.expect(Left, room="ops")
+    phone = connect()
+    welcome = join(phone, name="alice", token=token)
+    assert welcome.read == 0
+    phone.expect(Welcome, room="dev")
+    phone.send({"type": "read", "room": "dev", "id": said.id})
+    assert laptop.expect(ReadMarker) == ReadMarker(room="dev", id=said.id)
+    phone.send({"type": "read", "room": "dev", "id": 0})  # only forward: nothing happens
+    laptop.send({"type": "leave"})
+    phone.send({"type": "leave"})
+    laptop.expect_closed()
+    phone.expect_closed()
+    tablet = connect()
+    welcome = join(tablet, name="alice", password=PASSWORD)
+    assert welcome.rooms == ["lobby", "dev"]
+    tablet.send({"type": "join", "room": "dev"})
+    assert tablet.expect(Welcome, room="dev").read == said.id
+    assert not [m for m in phone.seen if isinstance(m, ReadMarker)]
+
+
+def test_an_account_keeps_its_name_and_a_guest_keeps_nick(connect):
+    alice, _ = registered(connect)
+    alice.send({"type": "nick", "name": "alicia"})
+    assert alice.expect(ErrorReply).code == "nick_locked"
+    guest = connect()
+    guest.join("wanderer")
+    guest.send({"type": "nick", "name": "wandering"})
+    guest.expect(Renamed, new="wandering")
+
+
+def test_a_password_change_ends_every_other_session_and_token(connect):
+    owner, token = registered(connect)
+    thief = connect()
+    assert isinstance(join(thief, name="alice", token=token), Welcome)
+    owner.send({"type": "password", "old": PASSWORD, "new": "a brand new passphrase"})
+    owner.expect(SessionToken)
+    assert "session_replaced" in [m.code for m in thief.expect_closed() if isinstance(m, ErrorReply)]
+    assert join(connect(), name="alice", token=token).code == "auth_failed"
+
+
+def test_chat_admin_passwd_and_delete_end_the_sessions_of_a_running_server(
+    start_chat_server, connect, tmp_path, monkeypatch, capsys
+):
+    from chat.admin import main as chat_admin
+
+    db = str(tmp_path / "chat.db")
+    server = start_chat_server(ServerConfig(db=db))
+    alice, token = registered(connect, server=server)
+    monkeypatch.setenv("NEW_PASSWORD", "the operator chose this")
+    assert chat_admin(["--db", db, "accounts", "passwd", "aIice", "--password-env", "NEW_PASSWORD"]) == 0
+    assert "session_replaced" in [m.code for m in alice.expect_closed() if isinstance(m, ErrorReply)]
+    assert join(connect(server), name="alice", token=token).code == "auth_failed"
+    again = connect(server)
+    assert isinstance(join(again, name="alice", password="the operator chose this"), Welcome)
+    assert chat_admin(["--db", db, "accounts", "list"]) == 0
+    assert "alice\t" in capsys.readouterr().out
+    assert chat_admin(["--db", db, "accounts", "delete", "alice"]) == 0
+    again.expect_closed()
+    assert isinstance(join(connect(server), name="alice"), Welcome)  # a free name again
+
+
+def test_the_room_list_comes_in_pages_of_100(start_chat_server, connect):
+    server = start_chat_server(ServerConfig().without_limits())
+    maker = connect(server)
+    maker.join("maker")
+    names = [f"room{number:03}" for number in range(120)]
+    for name in names:
+        maker.send({"type": "join", "room": name})
+    maker.expect(Welcome, room=names[-1])
+    maker.send({"type": "rooms"})
+    first = maker.expect(RoomList)
+    assert len(first.rooms) == 100 and first.more == 21  # the lobby and 120 rooms
+    maker.send({"type": "rooms", "after": first.rooms[-1].room})
+    second = maker.expect(RoomList)
+    assert second.more == 0
+    assert sorted(info.room for info in first.rooms + second.rooms) == sorted(["lobby", *names])
