@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from chat.errors import Refused
+from chat.server.accounts import Accounts
 from chat.server.config import ServerConfig
+from chat.server.store import MemoryStore
 from chat.testing import LineClient
 from chat.wire.protocol import (
     ChatMessage,
     ErrorReply,
     Joined,
     Left,
+    Moderation,
     PrivateMessage,
     ReadMarker,
     Renamed,
@@ -223,3 +227,120 @@ def test_the_room_list_comes_in_pages_of_100(start_chat_server, connect):
     second = maker.expect(RoomList)
     assert second.more == 0
     assert sorted(info.room for info in first.rooms + second.rooms) == sorted(["lobby", *names])
+
+
+# --- sanctions hold on identity and address -------------------------------------------------
+
+
+@pytest.fixture
+def strict_server(start_chat_server):
+    """A server that treats loopback as one person's address (no --limit-exempt networks)."""
+    return start_chat_server(ServerConfig(limit_exempt=""))
+
+
+def owner_of(connect, server, room: str = "den") -> LineClient:
+    owner, _ = registered(connect, name="owner", server=server)
+    assert isinstance(enter(owner, room), Welcome)
+    return owner
+
+
+def test_a_muted_guest_that_registers_is_still_muted(strict_server, connect):
+    owner = owner_of(connect, strict_server)
+    loud = connect(strict_server)
+    loud.join("loud")
+    enter(loud, "den")
+    owner.send({"type": "mute", "room": "den", "name": "loud"})
+    loud.expect(Moderation, action="mute")
+    loud.send({"type": "register", "password": PASSWORD})
+    loud.expect(SessionToken)
+    loud.send({"type": "message", "room": "den", "msg": "free again?"})
+    assert loud.expect(ErrorReply).code == "muted"
+
+
+def test_a_banned_guest_that_registers_or_logs_in_stays_out(strict_server, connect):
+    owner = owner_of(connect, strict_server)
+    troll = connect(strict_server)
+    troll.join("troll")
+    enter(troll, "den")
+    owner.send({"type": "ban", "room": "den", "name": "troll"})
+    owner.expect(Left, name="troll")
+    troll.send({"type": "register", "password": PASSWORD})
+    troll.expect(SessionToken)
+    assert enter(troll, "den").code == "banned"
+
+
+def test_a_banned_account_that_comes_back_as_a_guest_stays_out(strict_server, connect):
+    owner = owner_of(connect, strict_server)
+    bob, _ = registered(connect, name="bob", server=strict_server)
+    enter(bob, "den")
+    owner.send({"type": "ban", "room": "den", "name": "bob"})
+    owner.expect(Left, name="bob")
+    bob.send({"type": "leave"})
+    bob.expect_closed()
+    guest = connect(strict_server)
+    guest.join("notbob")
+    assert enter(guest, "den").code == "banned"
+
+
+def test_banning_a_guest_on_a_shared_address_bans_that_guest_only(chat_server, connect):
+    owner = owner_of(connect, chat_server)  # loopback is shared by default (--limit-exempt)
+    troll = connect()
+    token = troll.join("troll").token
+    enter(troll, "den")
+    owner.send({"type": "ban", "room": "den", "name": "troll"})
+    owner.expect(Left, name="troll")
+    troll.close()
+    again = connect()
+    join(again, name="troll", token=token)
+    assert enter(again, "den").code == "banned"
+    bystander = connect()
+    bystander.join("bystander")
+    assert isinstance(enter(bystander, "den"), Welcome)
+
+
+def test_a_banned_or_muted_operator_cannot_lift_its_own_sanction(connect):
+    owner, _ = registered(connect, name="owner")
+    enter(owner, "den")
+    carol, _ = registered(connect, name="carol")
+    enter(carol, "den")
+    owner.send({"type": "op", "room": "den", "name": "carol"})
+    carol.expect(Moderation, action="op")
+    owner.send({"type": "mute", "room": "den", "name": "carol"})
+    carol.expect(Moderation, action="mute")
+    carol.send({"type": "unmute", "room": "den", "name": "carol"})
+    assert carol.expect(ErrorReply).code == "muted"
+    owner.send({"type": "ban", "room": "den", "name": "carol"})
+    owner.expect(Left, name="carol")
+    carol.send({"type": "unban", "room": "den", "name": "carol"})  # from outside the room
+    assert carol.expect(ErrorReply).code == "banned"
+
+
+# --- throttles ---------------------------------------------------------------------------------
+
+
+def test_registrations_from_one_ipv6_64_are_throttled_together():
+    accounts = Accounts(MemoryStore())
+    guest = accounts.prove("guest", None, None, "2001:db8::1")
+    answers = []
+    for number in range(6):
+        try:
+            accounts.register(f"user{number}", PASSWORD, guest, f"2001:db8::{number + 10:x}")
+            answers.append("ok")
+        except Refused as exc:
+            answers.append(exc.code)
+    assert answers[:3] == ["ok"] * 3 and "auth_failed" in answers[3:]
+    accounts.register("elsewhere", PASSWORD, guest, "2001:db8:1::1")  # another /64
+
+
+def test_right_passwords_are_throttled_too_per_account_and_address():
+    accounts = Accounts(MemoryStore())
+    guest = accounts.prove("alice", None, None, "192.0.2.1")
+    accounts.register("alice", PASSWORD, guest, "192.0.2.1")
+    codes = []
+    for number in range(8):
+        try:
+            accounts.prove("alice", PASSWORD, None, f"198.51.100.{number}")
+            codes.append("ok")
+        except Refused as exc:
+            codes.append(exc.code)
+    assert codes.count("ok") == 5 and codes[5:] == ["auth_failed"] * 3

@@ -4,8 +4,8 @@ Accounts proves identities: a registered name only to its password or a
 session token of its account, an unregistered one to anybody (a guest, who
 gets a token of its own). Passwords are hashed with Argon2id (OWASP's
 parameters), at most two at a time, and never under a lock that anybody
-else's messages need; only a token's SHA-256 is stored. Failed attempts are
-paced per address and per account.
+else's messages need; only a token's SHA-256 is stored. Every password check
+is paced per address (IPv6 per /64) and per account, one at a time per account.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from chat.errors import Refused
-from chat.server.limits import TokenBucket
+from chat.server.limits import TokenBucket, address_group
 from chat.server.store import AccountRecord, AccountStore, HistoryStore, kept
 from chat.wire.text import name_key, skeleton
 
@@ -46,10 +46,11 @@ class Identity:
     #: changed since (or whose account is gone) is ended.
     proof: str = ""
 
-    def answerable(self, address: str) -> list[str]:
-        """What bans and mutes hold against: the identity, and for a guest its address
-        too (a guest can take a new identity at will, not a new address)."""
-        return [self.id] if self.account is not None else [self.id, f"address:{address}"]
+    def answerable(self, held_at: str | None) -> list[str]:
+        """What bans and mutes hold against: the identity, and the address it acts from
+        (`held_at`, None for a shared one): a sanction of a guest holds on its address, also once
+        it registers or logs in, and a ban of an account on the addresses it used while banned."""
+        return [self.id] if held_at is None else [self.id, held_at]
 
 
 class AccountsStore(AccountStore, HistoryStore, Protocol):
@@ -75,6 +76,8 @@ class Accounts:
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         self._lock = threading.Lock()
         self._attempts: dict[str, TokenBucket] = {}
+        #: Keys of the accounts whose password is being checked now (one check per account at once).
+        self._checking: set[str] = set()
         #: Name keys nobody may join under or register (the operators' names while their accounts
         #: do not exist): `name_reserved`.
         self.reserved: frozenset[str] = frozenset()
@@ -147,7 +150,7 @@ class Accounts:
 
     def register(self, name: str, password: str, guest: Identity, address: str) -> Identity:
         """Make `name` an account with `password`; the guest's token is revoked for a new one."""
-        if not self._take(f"register {address}", burst=3, per_second=1 / 60):
+        if not self._take(f"register {address_group(address)}", burst=3, per_second=1 / 60):
             raise Refused("auth_failed", "too many registrations from your address; try again later")
         if self._account(name) is not None:
             raise Refused("name_registered", f"{name} is already registered")
@@ -188,21 +191,33 @@ class Accounts:
         return found
 
     def _verify(self, account: AccountRecord, password: str, address: str) -> None:
-        if not (self._take(f"login {address}", burst=5, per_second=1 / 12) and
+        """Check a password: every check counts (a right one too, so that nobody makes the server
+        hash without limit), per address (IPv6 per /64) and per account, and one account has at
+        most one check running, so that other people's logins never queue behind its."""
+        if not (self._take(f"login {address_group(address)}", burst=5, per_second=1 / 12) and
                 self._take(f"account {account.key}", burst=5, per_second=1 / 60)):
-            raise Refused("auth_failed", "too many failed logins; wait a minute and try again")
+            raise Refused("auth_failed", "too many logins; wait a minute and try again")
+        with self._lock:
+            if account.key in self._checking:
+                busy = True
+            else:
+                busy = False
+                self._checking.add(account.key)
+        if busy:
+            raise Refused("auth_failed", "a login of this account is being checked already; try again")
         try:
             with self._hashing:
                 self._hasher.verify(account.password_hash, password)
         except (VerificationError, InvalidHashError):
             raise Refused("auth_failed", f"wrong name or password for {account.name}") from None
-        self._forgive(f"login {address}")
-        self._forgive(f"account {account.key}")
+        finally:
+            with self._lock:
+                self._checking.discard(account.key)
 
     def _verify_nothing(self, password: str, address: str) -> None:
         """As long as a wrong password takes, for a name with no account."""
-        if not self._take(f"login {address}", burst=5, per_second=1 / 12):
-            raise Refused("auth_failed", "too many failed logins; wait a minute and try again")
+        if not self._take(f"login {address_group(address)}", burst=5, per_second=1 / 12):
+            raise Refused("auth_failed", "too many logins; wait a minute and try again")
         try:
             with self._hashing:
                 self._hasher.verify(self._dummy_hash, password)
@@ -226,11 +241,6 @@ class Accounts:
                         del self._attempts[stale]
                 bucket = self._attempts[key] = TokenBucket(per_second, burst)
             return bucket.try_take()
-
-    def _forgive(self, key: str) -> None:
-        """A success: the failures before it no longer count."""
-        with self._lock:
-            self._attempts.pop(key, None)
 
 
 

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.cluster import Cluster, LocalCluster
+from chat.server.limits import in_networks
 from chat.server.lines import Line
 from chat.server.room import (
     CHUNK_LINES,
@@ -107,6 +108,7 @@ class Hub(Generic[P]):
         admins: Iterable[str] = (),
         cluster: Cluster[P] | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        shared_addresses: Iterable[str] = (),
     ) -> None:
         """`cluster`: where names, private lines, rules and rooms live (default: this server
         alone, in `store`); it starts telling this hub what other servers do."""
@@ -118,6 +120,8 @@ class Hub(Generic[P]):
         self._accounts = accounts or Accounts(store)
         #: Sessions one account may have at once; past it the oldest is closed.
         self.max_sessions = max_sessions
+        #: Networks many people share (loopback, a proxy: --limit-exempt): no sanction holds on them.
+        self.shared_addresses = tuple(shared_addresses)
         #: The server operators' identities (`--admin`): they may do anything in any room.
         self._admins = self._operators(admins)
         self._settings = settings or HistorySettings()
@@ -148,6 +152,8 @@ class Hub(Generic[P]):
     def connect(self, peer: P, label: str, address: str = "") -> Session[P]:
         # "\0" starts no room name (those have no control characters): inbox keys never meet rooms.
         session = Session(peer, label, f"\0inbox {next(self._inboxes)}", address)
+        if in_networks(session.address, self.shared_addresses):
+            session.held_at = None  # banning one of them must not ban everybody behind it
         with self._lock:
             self._sessions.add(session)
         return session
@@ -331,13 +337,13 @@ class Hub(Generic[P]):
             case Disconnect(name=target_name, reason=reason) | ServerBan(name=target_name, reason=reason):
                 target = self._target(target_name)
                 if isinstance(request, ServerBan):
-                    account = target.identity if target.identity and target.identity.startswith("account:") else None
-                    held_on = account or target.address
-                    if held_on is None:
+                    held_on = target.targets()  # the identity, and every address it acts from
+                    if not held_on:
                         raise Refused("no_such_user", f"nobody called {target_name} is connected or registered")
                     until = time.time() + request.duration if request.duration else None
-                    sanction = Sanction(SERVER_SCOPE, held_on, "ban", target_name, until, reason, name)
-                    kept(self._rules.save_sanction, sanction)
+                    for held in held_on:
+                        ban = Sanction(SERVER_SCOPE, held, "ban", target_name, until, reason, name)
+                        kept(self._rules.save_sanction, ban)
                 elif target.session is None and not target.elsewhere:
                     raise Refused("no_such_user", f"nobody called {target_name} is connected")
                 why = f"removed from the server by {name}" + (f": {reason}" if reason else "")
@@ -356,12 +362,17 @@ class Hub(Generic[P]):
 
     def _check_server_bans(self, session: Session[P], identity: Identity) -> None:
         now = time.time()
-        targets = identity.answerable(session.address)
+        targets = identity.answerable(session.held_at)
         failure = "the server could not check its bans; try again"
         sanctions = kept(self._rules.sanctions, SERVER_SCOPE, failure=failure)
         lockdown = "lockdown" in kept(self._rules.modes, SERVER_SCOPE, failure=failure)
         for sanction in sanctions:
             if sanction.target in targets and sanction.active(now):
+                held_at = session.held_at
+                if sanction.target.startswith("account:") and held_at is not None:  # tried from here while banned
+                    address_ban = Sanction(SERVER_SCOPE, held_at, "ban", sanction.name, sanction.until,
+                                           sanction.reason, sanction.by)
+                    kept(self._rules.save_sanction, address_ban, failure=failure)
                 reason = f": {sanction.reason}" if sanction.reason else ""
                 raise Refused("banned", f"you are banned from this server{reason}")
         if lockdown and identity.account is None:
@@ -657,20 +668,14 @@ class Hub(Generic[P]):
         with self._lock:
             holder = self._by_name.get(name_key(name))
         if holder is not None and holder.identity is not None:
-            guest = holder.identity.account is None
-            return Target(
-                holder.name or name,
-                holder.identity.id,
-                f"address:{holder.address}" if guest else None,
-                holder,
-            )
+            others = tuple(twin.held_at for twin in self._twins(holder) if twin.held_at)
+            return Target(holder.name or name, holder.identity.id, holder.held_at, holder, addresses=others)
         elsewhere = self._cluster.holder_of(name_key(name))
         if elsewhere is not None:  # connected to another server
-            guest = not elsewhere.identity.startswith("account:")
-            address = f"address:{elsewhere.address}" if guest and elsewhere.address else None
-            return Target(elsewhere.name, elsewhere.identity, address, elsewhere=True)
-        if self._accounts.is_registered(name):
-            return Target(name, f"account:{name_key(name)}")
+            return Target(elsewhere.name, elsewhere.identity, elsewhere.address, elsewhere=True)
+        record = self._accounts.record(name)
+        if record is not None:
+            return Target(name, f"account:{record.key}")
         return Target(name)
 
     def _take_back(self, name: str, identity: Identity) -> None:
@@ -684,8 +689,8 @@ class Hub(Generic[P]):
 
     @staticmethod
     def _holder(session: Session[P], name: str, identity: str) -> Holder:
-        """What other servers know of who holds `name` here (a guest's address: bans hold on it)."""
-        return Holder(identity, name, session.away, session.address if identity.startswith("guest:") else None)
+        """What other servers know of who holds `name` here (the address its bans hold on too)."""
+        return Holder(identity, name, session.away, session.held_at)
 
     def _replace(self, holder: Session[P], why: str = "you connected again elsewhere; closing this connection") -> None:
         replaced = Refused("session_replaced", why)

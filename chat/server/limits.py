@@ -195,6 +195,31 @@ class AddressBook:
             del buckets[key]
 
 
+def address_group(host: str) -> str:
+    """The address limits and sanctions count: an IPv6 address's /64 (one subscriber's block),
+    an IPv4 address (or an IPv4-mapped IPv6 one) as it is; anything else unchanged."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def in_networks(host: str, networks: Iterable[str]) -> bool:
+    """Whether `host` is an address inside one of `networks`."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in ipaddress.ip_network(network) for network in networks)
+
+
 def parse_networks(text: str) -> tuple[str, ...]:
     """A comma-separated list of networks (`127.0.0.0/8,::1`), checked; empty for none."""
     networks: Iterable[str] = (part.strip() for part in text.split(","))

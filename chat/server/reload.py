@@ -64,6 +64,7 @@ def apply(server: ChatServer, new: ServerConfig) -> Reloaded:
         )
     )
     server.hub.set_admins(running.admin)
+    server.hub.shared_addresses = parse_networks(running.limit_exempt)
     if "log_format" in applied:
         logs.configure(running.log_level, running.log_format)
     logging.getLogger().setLevel(running.log_level)

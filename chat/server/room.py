@@ -277,6 +277,7 @@ class Room(Generic[P]):
                 raise Refused("already_joined", f"you are already in {self.name}", self.name)
             ban = self._sanction_on(session, "ban")
             if ban is not None:
+                self._hold_address_locked(session, ban)
                 raise Refused("banned", f"you are banned from {self.name}{_ending(ban)}", self.name)
             guest = session.identity is None or session.identity.account is None
             if "accounts" in self._modes and guest and self.role_of(session) != "admin":
@@ -472,6 +473,7 @@ class Room(Generic[P]):
             if role not in needed:
                 who = "its owner" if action in ("op", "deop") else "its operators"
                 raise Refused("not_operator", f"only {who} may {action} in {self.name}", self.name)
+            self._check_actor_locked(actor, role)
             target_role = self._roles.get(target.identity) if target.identity else None
             protected = target.identity in self.admins or (target_role == "owner" and role != "admin")
             if protected and action not in ("voice", "devoice"):
@@ -557,6 +559,7 @@ class Room(Generic[P]):
         with self._locked():
             if self.role_of(actor) not in _OPERATORS:
                 raise Refused("not_operator", f"only operators set the modes of {self.name}", self.name)
+            self._check_actor_locked(actor, self.role_of(actor))
             changes = [(mode, True) for mode in on if mode not in self._modes]
             changes += [(mode, False) for mode in off if mode in self._modes and mode not in on]
             for mode, turned_on in changes:
@@ -627,12 +630,40 @@ class Room(Generic[P]):
         return None
 
     def _sanction(self, target: Target[P], kind: str, until: float | None, reason: str, by: str) -> None:
-        on = target.identity if target.identity and target.identity.startswith("account:") else target.address
-        if on is None:
+        """Keep a ban or mute on the target's identity and on every address it acts from (a ban of
+        an account: the addresses its sessions use now; more are added as it tries them)."""
+        held_on = target.targets() if kind == "ban" or not _is_account(target.identity) else [target.identity or ""]
+        if not [on for on in held_on if on]:
             raise Refused("no_such_user", f"nobody called {target.name} can be {kind}ned here", self.name)
-        sanction = Sanction(self.key, on, kind, target.name, until, reason, by)
-        kept(self._rules.save_sanction, sanction, room=self.name)
-        self._sanctions[on, kind] = sanction
+        for on in held_on:
+            if on:
+                sanction = Sanction(self.key, on, kind, target.name, until, reason, by)
+                kept(self._rules.save_sanction, sanction, room=self.name)
+                self._sanctions[on, kind] = sanction
+
+    def _hold_address_locked(self, session: Session[P], sanction: Sanction) -> None:
+        """A banned account tried from this address: the ban holds on it too, for its duration."""
+        held_at = session.held_at
+        if held_at is None or not _is_account(sanction.target) or (held_at, sanction.kind) in self._sanctions:
+            return
+        address_ban = Sanction(self.key, held_at, sanction.kind, sanction.name, sanction.until, sanction.reason,
+                               sanction.by)
+        try:
+            self._rules.save_sanction(address_ban)
+        except StoreError as exc:
+            log.warning("could not hold a ban in %s on an address too: %s", quoted(self.name), exc)
+            return
+        self._sanctions[held_at, sanction.kind] = address_ban
+
+    def _check_actor_locked(self, actor: Session[P], role: str | None) -> None:
+        """An operator banned or muted here acts as nobody here: not even to lift its own sanction
+        (from inside the room or out). Server operators cannot be sanctioned."""
+        if role == "admin":
+            return
+        for kind, code in (("ban", "banned"), ("mute", "muted")):
+            found = self._sanction_on(actor, kind)
+            if found is not None:
+                raise Refused(code, f"you are {kind}ned in {self.name}{_ending(found)}", self.name)
 
     def _save_role(self, identity: str, role: str | None) -> None:
         kept(self._rules.save_role, self.key, identity, role, room=self.name)
@@ -678,15 +709,17 @@ class Target(Generic[P]):
     name: str
     #: The identity to hold it against (`account:...` or a guest's), if known.
     identity: str | None = None
-    #: A guest's address (`address:...`): bans and mutes of guests hold on it.
+    #: Where it acts from (`address:...`): bans of anybody and mutes of guests hold on it too.
     address: str | None = None
     #: The connection holding the name now, if any.
     session: Session[P] | None = None
     #: Whether the name is held on another server (rooms shared through Redis).
     elsewhere: bool = False
+    #: More addresses it acts from (the other sessions of an account).
+    addresses: tuple[str, ...] = ()
 
     def targets(self) -> list[str]:
-        return [t for t in (self.identity, self.address) if t]
+        return list(dict.fromkeys(t for t in (self.identity, self.address, *self.addresses) if t))
 
 
 Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop | Voice
@@ -714,8 +747,12 @@ _NOT_KEPT = "the server could not store your message, so nobody got it"
 
 def _targets_of(session: Session[Any]) -> list[str]:
     if session.identity is None:  # not joined yet: only its address says who it is
-        return [f"address:{session.address}"]
-    return session.identity.answerable(session.address)
+        return [session.held_at] if session.held_at else []
+    return session.identity.answerable(session.held_at)
+
+
+def _is_account(identity: str | None) -> bool:
+    return identity is not None and identity.startswith("account:")
 
 
 def _ending(sanction: Sanction) -> str:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from chat.server.limits import address_group
+
 if TYPE_CHECKING:
     from chat.server.accounts import Identity
 
@@ -30,6 +32,9 @@ class Session(Generic[P]):
         self.label = label
         #: Its network address, which login throttles count by.
         self.address = address or label
+        #: What bans and mutes of it hold on besides its identity (`address:` and its address, an
+        #: IPv6 /64); None for an address many people share (loopback, a proxy: --limit-exempt).
+        self.held_at: str | None = f"address:{address_group(self.address)}"
         #: Who it proved to be at its first join (an account, or a guest with a token).
         self.identity: Identity | None = None
         #: The name it joined under; None until its first join.

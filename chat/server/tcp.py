@@ -255,7 +255,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             records = self.shared.accounts if self.shared is not None else None
             accounts = Accounts(self.store, require_account=config.require_account, records=records)
             self.hub: Hub[Peer] = Hub(
-                self.outbox, self.store, settings, accounts, config.admin, self.shared, config.max_sessions
+                self.outbox, self.store, settings, accounts, config.admin, self.shared, config.max_sessions,
+                parse_networks(config.limit_exempt),
             )
         except BaseException:
             self._close_storage()
