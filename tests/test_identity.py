@@ -344,3 +344,22 @@ def test_right_passwords_are_throttled_too_per_account_and_address():
         except Refused as exc:
             codes.append(exc.code)
     assert codes.count("ok") == 5 and codes[5:] == ["auth_failed"] * 3
+
+
+def test_on_a_store_that_takes_no_writes_a_guest_still_joins_and_reads(start_chat_server, connect, tmp_path):
+    path = tmp_path / "chat.db"
+    server = start_chat_server(ServerConfig(db=str(path)))
+    talker = connect(server)
+    talker.join("talker")
+    talker.say_all(["kept before the disk filled"])
+    path.unlink()  # every write fails from now on, as on a full disk
+    guest = connect(server)
+    welcome = join(guest, name="reader")
+    assert isinstance(welcome, Welcome) and welcome.token
+    assert guest.expect(ChatMessage).msg == "kept before the disk filled"
+    guest.say("and this?")
+    refusal = guest.expect(ErrorReply)
+    assert refusal.code == "storage_failed" and "account" not in refusal.detail
+    again = connect(server)
+    guest.close()
+    assert isinstance(join(again, name="reader", token=welcome.token), Welcome)  # its token held in memory

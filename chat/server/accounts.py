@@ -11,6 +11,7 @@ is paced per address (IPv6 per /64) and per account, one at a time per account.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -23,12 +24,16 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from chat.errors import Refused
 from chat.server.limits import TokenBucket, address_group
-from chat.server.store import AccountRecord, AccountStore, HistoryStore, kept
+from chat.server.store import AccountRecord, AccountStore, HistoryStore, StoreError, kept
 from chat.wire.text import name_key, skeleton
+
+log = logging.getLogger(__name__)
 
 #: How long a session token stays good after its last use.
 TOKEN_LIFETIME = 30 * 24 * 3600.0
 _NOT_KEPT = "the server could not keep your account; try again"
+#: Guests' tokens held in memory at most while the store takes no writes.
+UNWRITTEN_TOKENS = 100_000
 #: Password hashes computed at once, at most (each takes about 19 MiB and a core for ~25 ms).
 CONCURRENT_HASHES = 2
 
@@ -76,6 +81,9 @@ class Accounts:
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         self._lock = threading.Lock()
         self._attempts: dict[str, TokenBucket] = {}
+        #: Guests' tokens the store could not take (a full disk), kept here until it can: hash ->
+        #: (identity, expiry), oldest first.
+        self._unwritten: dict[str, tuple[str, float]] = {}
         #: Keys of the accounts whose password is being checked now (one check per account at once).
         self._checking: set[str] = set()
         #: Name keys nobody may join under or register (the operators' names while their accounts
@@ -159,8 +167,9 @@ class Accounts:
         with self._hashing:
             password_hash = self._hasher.hash(password)
         account = AccountRecord(name_key(name), name, password_hash, time.time())
-        kept(self._records.save_account, account, failure=_NOT_KEPT)
-        kept(self._records.drop_sessions, guest.id, failure=_NOT_KEPT)
+        failure = f"the server could not register {name} (it could not write); try again later"
+        kept(self._records.save_account, account, failure=failure)
+        kept(self._records.drop_sessions, guest.id, failure=failure)
         return self._issue(_account_id(name_key(name)), name, password_hash)
 
     def change_password(self, identity: Identity, old: str, new: str, address: str) -> Identity:
@@ -185,7 +194,10 @@ class Accounts:
         return found
 
     def _session(self, token: str) -> tuple[str, float] | None:
-        found = kept(self._records.session, _token_hash(token), failure="the server could not read its sessions")
+        with self._lock:
+            found = self._unwritten.get(_token_hash(token))
+        if found is None:
+            found = kept(self._records.session, _token_hash(token), failure="the server could not read its sessions")
         if found is None or found[1] < time.time():
             return None
         return found
@@ -229,8 +241,35 @@ class Accounts:
 
     def _refresh(self, identity: str, token: str, account: str | None, proof: str = "") -> Identity:
         expires_at = time.time() + TOKEN_LIFETIME
-        kept(self._records.save_session, _token_hash(token), identity, expires_at, failure=_NOT_KEPT)
-        return Identity(identity, token, account, proof)
+        if account is not None:
+            kept(self._records.save_session, _token_hash(token), identity, expires_at, failure=_NOT_KEPT)
+            return Identity(identity, token, account, proof)
+        # A guest joins even when nothing can be written (a full disk): its token waits in memory.
+        try:
+            self._records.save_session(_token_hash(token), identity, expires_at)
+        except StoreError as exc:
+            log.warning("a guest's token is kept in memory until the store takes writes again: %s", exc)
+            with self._lock:
+                if len(self._unwritten) >= UNWRITTEN_TOKENS:
+                    self._unwritten.pop(next(iter(self._unwritten)))
+                self._unwritten[_token_hash(token)] = (identity, expires_at)
+            return Identity(identity, token, None)
+        self._write_unwritten()
+        return Identity(identity, token, None)
+
+    def _write_unwritten(self) -> None:
+        """The store takes writes again: the guests' tokens held in memory are written now."""
+        with self._lock:
+            if not self._unwritten:
+                return
+            waiting, self._unwritten = self._unwritten, {}
+        for number, (token_hash, (identity, expires_at)) in enumerate(waiting.items()):
+            try:
+                self._records.save_session(token_hash, identity, expires_at)
+            except StoreError:
+                with self._lock:
+                    self._unwritten.update(dict(list(waiting.items())[number:]))
+                return
 
     def _take(self, key: str, burst: float, per_second: float) -> bool:
         with self._lock:

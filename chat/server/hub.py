@@ -283,7 +283,10 @@ class Hub(Generic[P]):
         self._cluster.release_name(name_keys(name), guest.id)
         self._cluster.claim_name(name_keys(name), self._holder(session, name, identity.id))
         for room in self._rooms_of(session):  # the rooms it is in are the account's from now on
-            self._accounts.joined(identity.id, room.name, True)
+            try:
+                self._accounts.joined(identity.id, room.name, True)
+            except StorageFailed as exc:
+                log.warning("%s: could not keep room %s of the account: %s", session.label, room.name, exc.detail)
         log.info("%s registered %s", session.label, quoted(name))
         detail = f"{name} is now registered: come back with this token, or log in with your password"
         self._delivery.send_to(session.peer, Line.of(SessionToken(name=name, token=identity.token, detail=detail)))
