@@ -86,6 +86,7 @@ def cluster(kind: str, recorder: Recorder, request: pytest.FixtureRequest) -> It
 
     redis_server = request.getfixturevalue("redis_server")
     shared: RedisCluster[Hashable] = RedisCluster(redis_server.url, recorder, 100, lease=3.0, renew_every=0.5)
+    shared.mark_identity()
     shared.start(recorder)
     try:
         yield shared

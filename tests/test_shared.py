@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+import redis
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
@@ -139,6 +140,9 @@ def test_when_redis_is_down_a_message_is_refused_as_not_stored_and_nobody_gets_i
     again = bob.expect(ChatMessage)
     assert (again.msg, again.id) == ("back again", 1)  # numbered from the start: Redis forgot the rest
     newcomer = connect(b)
+    newcomer.send({"type": "join", "name": "carol"})  # accounts, bans and roles are gone: refused, not served empty
+    assert newcomer.expect(ErrorReply).code == "storage_failed"
+    redis.Redis.from_url(redis_server.url).set("chat:identity", "restarted")  # the operator accepts the loss
     assert newcomer.join("carol").epoch not in (None, first_epoch)
 
 
@@ -406,6 +410,7 @@ def test_after_redis_lost_everything_the_servers_hold_their_names_and_members_ag
         assert heard.wait_for("claiming its names again", times=2, timeout=SHORT_LEASE + TIMEOUT)
     finally:
         logger.removeHandler(heard)
+    redis.Redis.from_url(redis_server.url).set("chat:identity", "restarted")  # the operator accepts the loss
     stranger = connect(b)
     stranger.send({"type": "join", "name": "alice"})
     assert stranger.expect(ErrorReply).code == "name_taken"
@@ -535,10 +540,10 @@ def test_a_server_ban_given_on_one_server_keeps_the_person_off_every_server(
 ):
     from chat.admin import main as chat_admin
 
+    a, b = nodes(2, admin=("alice",), limit_exempt="")  # loopback: one person's address
     monkeypatch.setenv("ALICE_PASSWORD", "correct horse battery")  # the operator's account, made by chat-admin
     command = ["--redis", redis_server.url, "accounts", "add", "alice", "--password-env", "ALICE_PASSWORD"]
     assert chat_admin(command) == 0
-    a, b = nodes(2, admin=("alice",), limit_exempt="")  # loopback: one person's address
     alice = connect(a)
     alice.send({"type": "join", "name": "alice", "password": "correct horse battery"})
     alice.expect(Welcome)
@@ -552,3 +557,33 @@ def test_a_server_ban_given_on_one_server_keeps_the_person_off_every_server(
     again = connect(a)
     again.send({"type": "join", "name": "troll2"})
     assert again.expect(ErrorReply).code == "banned"  # same address, the other server
+
+
+def test_redis_that_lost_its_data_refuses_identity_rather_than_serving_it_empty(nodes, connect, redis_server):
+    a, b = nodes(2, admin=("root",))
+    alice = connect(a)
+    alice.join("alice")
+    alice.send({"type": "register", "password": "correct horse battery"})
+    alice.expect(SessionToken)
+    alice.say("before the flush")
+    redis.Redis.from_url(redis_server.url).flushall()
+    for server, name, extra in ((b, "alice", {"password": "correct horse battery"}), (b, "root", {}), (a, "x", {})):
+        client = connect(server)
+        client.send({"type": "join", "name": name, **extra})
+        assert client.expect(ErrorReply).code == "storage_failed"  # nobody is served an empty table
+    alice.send({"type": "password", "old": "correct horse battery", "new": "another good passphrase"})
+    assert alice.expect(ErrorReply).code == "storage_failed"
+
+
+def test_failed_logins_are_counted_across_servers(nodes, connect):
+    a, b = nodes(2)
+    alice = connect(a)
+    alice.join("alice")
+    alice.send({"type": "register", "password": "correct horse battery"})
+    alice.expect(SessionToken)
+    details = []
+    for number in range(8):
+        client = connect((a, b)[number % 2])
+        client.send({"type": "join", "name": "alice", "password": f"guess {number}"})
+        details.append(client.expect(ErrorReply).detail)
+    assert any("too many" in detail for detail in details[5:])

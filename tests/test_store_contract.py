@@ -58,7 +58,9 @@ def seen(line: Line) -> tuple[int, str]:
 def on_redis(url: str, retention: int) -> RedisCluster[Any]:
     """The Redis-backed stores of one server (its logs, rules and accounts): the one place that
     knows how to make them. Not started: no reader runs, so nothing is delivered anywhere."""
-    return RedisCluster(url, delivery=None, retention=retention)
+    shared: RedisCluster[Any] = RedisCluster(url, delivery=None, retention=retention)
+    shared.mark_identity()  # a new Redis, as a server's start marks it
+    return shared
 
 
 class Places:

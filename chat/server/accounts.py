@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,9 +69,15 @@ class Accounts:
     """Registration, login, tokens and their throttles, over an AccountStore."""
 
     def __init__(
-        self, store: AccountsStore, require_account: bool = False, records: AccountStore | None = None
+        self,
+        store: AccountsStore,
+        require_account: bool = False,
+        records: AccountStore | None = None,
+        shared_take: Callable[[str, float, float], bool] | None = None,
     ) -> None:
-        """`records`: where accounts and tokens are kept, if not in `store`."""
+        """`records`: where accounts and tokens are kept, if not in `store`; `shared_take`: the
+        throttles every server shares (key, burst, per second -> whether one was taken), if any."""
+        self._shared_take = shared_take
         self._store = store
         self._records: AccountStore = records or store
         self.require_account = require_account
@@ -272,6 +279,11 @@ class Accounts:
                 return
 
     def _take(self, key: str, burst: float, per_second: float) -> bool:
+        if self._shared_take is not None:
+            try:
+                return self._shared_take(key, burst, per_second)
+            except StoreError as exc:  # this server's own count, until the shared one answers again
+                log.warning("could not reach the shared login throttles: %s", exc)
         with self._lock:
             bucket = self._attempts.get(key)
             if bucket is None:

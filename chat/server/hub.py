@@ -122,8 +122,9 @@ class Hub(Generic[P]):
         self.max_sessions = max_sessions
         #: Networks many people share (loopback, a proxy: --limit-exempt): no sanction holds on them.
         self.shared_addresses = tuple(shared_addresses)
-        #: The server operators' identities (`--admin`): they may do anything in any room.
-        self._admins = self._operators(admins)
+        #: The server operators' identities (`--admin`): they may do anything in any room (read
+        #: once the cluster has started, below).
+        self._admins: frozenset[str] = frozenset()
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._sessions: set[Session[P]] = set()
@@ -146,6 +147,7 @@ class Hub(Generic[P]):
         if room_key(LOBBY) not in self._rooms:
             self._rooms[room_key(LOBBY)] = self._create_room(LOBBY)
         self._cluster.start(self)
+        self.set_admins(admins)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -640,7 +642,11 @@ class Hub(Generic[P]):
         is reserved until it does, and said once in the log."""
         identities = set()
         for name in admins:
-            record = self._accounts.record(name)
+            try:
+                record = self._accounts.record(name)
+            except StorageFailed as exc:
+                log.error("--admin %s: its account cannot be read now (%s)", quoted(name), exc.detail)
+                record = None
             identities.add(f"account:{record.key if record is not None else name_key(name)}")
             if record is None:
                 log.warning(

@@ -34,7 +34,7 @@ from chat.server.metrics import MetricsEndpoint, Stats
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
-from chat.server.store import StoreError, open_store
+from chat.server.store import Store, StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import encode_error, error_reply
 from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
@@ -251,9 +251,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.shared: RedisCluster[Peer] | None = None
         try:
             settings = HistorySettings(config.history, config.replay_limit)
-            self.shared = _redis_cluster(config, self.outbox) if config.redis else None
+            self.shared = _redis_cluster(config, self.outbox, self.store) if config.redis else None
             records = self.shared.accounts if self.shared is not None else None
-            accounts = Accounts(self.store, require_account=config.require_account, records=records)
+            accounts = Accounts(self.store, require_account=config.require_account, records=records,
+                                shared_take=self.shared.take if self.shared is not None else None)
             self.hub: Hub[Peer] = Hub(
                 self.outbox, self.store, settings, accounts, config.admin, self.shared, config.max_sessions,
                 parse_networks(config.limit_exempt),
@@ -563,7 +564,7 @@ class _Listener(socketserver.TCPServer):
         self.main.start_handler(request, client_address, self.listener)
 
 
-def _redis_cluster(config: ServerConfig, outbox: Outbox) -> RedisCluster[Peer]:
+def _redis_cluster(config: ServerConfig, outbox: Outbox, store: Store) -> RedisCluster[Peer]:
     """The Redis connection and reader for --redis; StoreError (one line for the log) if unusable."""
     url = config.redis or ""
     try:
@@ -574,9 +575,10 @@ def _redis_cluster(config: ServerConfig, outbox: Outbox) -> RedisCluster[Peer]:
 
     try:
         cluster: RedisCluster[Peer] = RedisCluster(
-            url, outbox, config.retention, config.redis_lease, config.redis_renew
+            url, outbox, config.retention, config.redis_lease, config.redis_renew, local=store
         )
         cluster.ping()  # unreachable at start: the server says so and does not start
+        cluster.mark_identity()
         return cluster
     except (redis.RedisError, ValueError) as exc:
         raise StoreError(f"cannot use Redis at {url}: {exc}") from exc

@@ -26,12 +26,12 @@ from chat.server.lines import Line
 from chat.server.log import RoomLog
 from chat.server.redis import keys
 from chat.server.redis.commands import Close, Post, RulesChanged, Taken, WakeCommand
-from chat.server.redis.directory import Directory
+from chat.server.redis.directory import CLOCK, Directory
 from chat.server.redis.feed import RedisFeed
 from chat.server.redis.lease import LEASE, RENEW_EVERY, Lease
 from chat.server.redis.log import Logs, RedisLog, refused_if_away
 from chat.server.redis.reader import READ_BLOCK_MS, Entries, Followed, Reader, guarded
-from chat.server.redis.records import SharedAccounts, SharedRoomRecords, SharedRules
+from chat.server.redis.records import IDENTITY_LOST, SharedAccounts, SharedRoomRecords, SharedRules
 from chat.server.room import Delivery
 from chat.server.session import Holder
 from chat.server.store import RoomRecord, Rules, StoreError, kept
@@ -54,9 +54,13 @@ class RedisCluster(Generic[P]):
         lease: float = LEASE,
         renew_every: float = RENEW_EVERY,
         read_block_ms: int = READ_BLOCK_MS,
+        local: Rules | None = None,
     ) -> None:
         """`retention`: entries each log keeps (about); `lease`, `renew_every`: how long this
-        server's names and members outlive it, and how often it renews them (seconds)."""
+        server's names and members outlive it, and how often it renews them (seconds); `local`:
+        this server's own store, which remembers that it has seen Redis keep identity (so that a
+        Redis that lost it is told from a new one)."""
+        self._local = local
         self._delivery = delivery
         # Commands give up quickly (the sender gets storage_failed); the reader blocks longer.
         self._redis: redis.Redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
@@ -83,6 +87,7 @@ class RedisCluster(Generic[P]):
             functools.partial(self._logs.epoch, keys.PRIVATE),  # nobody to tell: inboxes just start again
         )
         self._rules_stream = Followed(keys.RULES, keys.RULES.encode(), (0, 0), self._deliver_rules)
+        self._take = self._redis.register_script(_TAKE)
 
     def ping(self) -> None:
         """RedisError if Redis cannot be reached."""
@@ -106,6 +111,30 @@ class RedisCluster(Generic[P]):
         self._reader.follow(self._rules_stream)
         self._reader.follow(self._private)
         self._reader.start()
+
+    def take(self, key: str, burst: float, per_second: float) -> bool:
+        """Take one from the throttle `key` that every server shares (a token bucket on Redis'
+        clock); StoreError if Redis cannot say."""
+        try:
+            return bool(self._take(keys=[keys.throttle(key)], args=[burst, per_second]))
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis: {exc}") from exc
+
+    def mark_identity(self) -> None:
+        """Mark a new Redis as keeping identity; a marked one that lost its mark lost its data, and
+        then identity is refused (storage_failed) until it is restored, never served empty.
+        RedisError if Redis cannot be reached; StoreError if the local store cannot say."""
+        seen = self._local is not None and _SEEN in self._local.modes(_LOCAL_SCOPE)
+        if self._redis.exists(keys.IDENTITY):
+            if self._local is not None and not seen:
+                self._local.save_mode(_LOCAL_SCOPE, _SEEN, True)
+            return
+        if seen:
+            log.error("%s", IDENTITY_LOST)
+            return
+        self._redis.set(keys.IDENTITY, self.node, nx=True)
+        if self._local is not None:
+            self._local.save_mode(_LOCAL_SCOPE, _SEEN, True)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._lease.stop(timeout)
@@ -237,6 +266,30 @@ class RedisCluster(Generic[P]):
             name = room
         left = Left(room=name, name=member, reason="disconnected", time=utc_now())
         self._logs.notice(room, encode(left))
+
+
+#: Where this server's own store remembers that it has seen Redis keep identity: a scope no room
+#: has, and one "mode" of it.
+_LOCAL_SCOPE = "\0redis"
+_SEEN = "identity"
+
+# A token bucket on Redis' clock. KEYS: bucket. ARGV: burst, per second. 1 if a token was taken.
+_TAKE = CLOCK + """
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate)
+local taken = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  taken = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return taken
+"""
 
 
 def _in_turn(step: Callable[..., None], *args: Any) -> None:

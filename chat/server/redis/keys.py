@@ -18,6 +18,9 @@ NAMES = "chat:names"
 ROOMS = "chat:rooms"
 #: Where servers tell each other that a room's rules changed (a stream).
 RULES = "chat:rules"
+#: Set once by the first server on a new Redis, and never deleted: while it is missing, Redis
+#: lost its data, and accounts, tokens, roles, bans and modes are refused rather than served empty.
+IDENTITY = "chat:identity"
 #: Every account's key (a set): what `chat-admin accounts list` lists.
 ACCOUNTS = "chat:accounts"
 #: The private messages' log key (the same as the local private log's: no room has it).
@@ -86,3 +89,8 @@ def account_rooms(identity: str) -> str:
 def read_markers(identity: str) -> str:
     """An account's read marker per room (a hash: room -> id)."""
     return f"chat:read:{identity}"
+
+
+def throttle(key: str) -> str:
+    """A login throttle's bucket, shared by every server (a hash: tokens, at)."""
+    return f"chat:throttle:{key}"

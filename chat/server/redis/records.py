@@ -85,15 +85,22 @@ class SharedAccounts:
         self._redis = client
         self._forward = client.register_script(_FORWARD)
 
-    def account(self, key: str) -> AccountRecord | None:
+    @contextmanager
+    def _kept(self) -> Iterator[None]:
+        """Redis, with what identity needs still there (else StoreError: storage_failed)."""
         with _stored():
+            intact(self._redis)
+            yield
+
+    def account(self, key: str) -> AccountRecord | None:
+        with self._kept():
             found = cast(dict[bytes, bytes], self._redis.hgetall(keys.account(key)))
             if not found:
                 return None
             return AccountRecord(key, found[b"name"].decode(), found[b"hash"].decode(), float(found[b"created"]))
 
     def save_account(self, account: AccountRecord) -> None:
-        with _stored():
+        with self._kept():
             key = keys.account(account.key)
             with self._redis.pipeline() as pipe:
                 pipe.hsetnx(key, "name", account.name)
@@ -103,14 +110,14 @@ class SharedAccounts:
                 pipe.execute()
 
     def session(self, token_hash: str) -> tuple[str, float] | None:
-        with _stored():
+        with self._kept():
             found = cast(dict[bytes, bytes], self._redis.hgetall(keys.token(token_hash)))
             if not found:
                 return None
             return found[b"identity"].decode(), float(found[b"expires"])
 
     def save_session(self, token_hash: str, identity: str, expires_at: float) -> None:
-        with _stored():
+        with self._kept():
             key = keys.token(token_hash)
             with self._redis.pipeline() as pipe:
                 pipe.hset(key, mapping={"identity": identity, "expires": expires_at})
@@ -119,7 +126,7 @@ class SharedAccounts:
                 pipe.execute()
 
     def drop_sessions(self, identity: str) -> None:
-        with _stored():
+        with self._kept():
             tokens = cast(set[bytes], self._redis.smembers(keys.tokens(identity)))
             with self._redis.pipeline() as pipe:
                 for token_hash in tokens:
@@ -129,38 +136,38 @@ class SharedAccounts:
 
 
     def accounts(self) -> list[AccountRecord]:
-        with _stored():
+        with self._kept():
             found = sorted(key.decode() for key in cast(set[bytes], self._redis.smembers(keys.ACCOUNTS)))
         return [record for key in found if (record := self.account(key)) is not None]
 
     def drop_account(self, key: str) -> None:
         identity = f"account:{key}"
         self.drop_sessions(identity)
-        with _stored():
+        with self._kept():
             with self._redis.pipeline() as pipe:
                 pipe.delete(keys.account(key), keys.account_rooms(identity), keys.read_markers(identity))
                 pipe.srem(keys.ACCOUNTS, key)
                 pipe.execute()
 
     def account_rooms(self, identity: str) -> list[str]:
-        with _stored():
+        with self._kept():
             rooms = cast(list[bytes], self._redis.zrange(keys.account_rooms(identity), 0, -1))
         return [room.decode() for room in rooms]
 
     def save_account_room(self, identity: str, room: str, in_it: bool) -> None:
-        with _stored():
+        with self._kept():
             if in_it:
                 self._redis.zadd(keys.account_rooms(identity), {room: time.time()}, nx=True)
             else:
                 self._redis.zrem(keys.account_rooms(identity), room)
 
     def read_markers(self, identity: str) -> dict[str, int]:
-        with _stored():
+        with self._kept():
             found = cast(dict[bytes, bytes], self._redis.hgetall(keys.read_markers(identity)))
         return {room.decode(): int(id) for room, id in found.items()}
 
     def save_read_marker(self, identity: str, room: str, id: int) -> bool:
-        with _stored():
+        with self._kept():
             return bool(self._forward(keys=[keys.read_markers(identity)], args=[room, id]))
 
 
@@ -172,42 +179,64 @@ class SharedRules:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def roles(self, room: str) -> dict[str, str]:
+    @contextmanager
+    def _kept(self) -> Iterator[None]:
+        """Redis, with what identity needs still there (else StoreError: storage_failed)."""
         with _stored():
+            intact(self._redis)
+            yield
+
+    def roles(self, room: str) -> dict[str, str]:
+        with self._kept():
             found = cast(dict[bytes, bytes], self._redis.hgetall(keys.roles(room)))
             return {identity.decode(): role.decode() for identity, role in found.items()}
 
     def save_role(self, room: str, identity: str, role: str | None) -> None:
-        with _stored():
+        with self._kept():
             if role is None:
                 self._redis.hdel(keys.roles(room), identity)
             else:
                 self._redis.hset(keys.roles(room), identity, role)
 
     def modes(self, room: str) -> set[str]:
-        with _stored():
+        with self._kept():
             return {mode.decode() for mode in cast(set[bytes], self._redis.smembers(keys.modes(room)))}
 
     def save_mode(self, room: str, mode: str, on: bool) -> None:
-        with _stored():
+        with self._kept():
             if on:
                 self._redis.sadd(keys.modes(room), mode)
             else:
                 self._redis.srem(keys.modes(room), mode)
 
     def sanctions(self, room: str) -> list[Sanction]:
-        with _stored():
+        with self._kept():
             found = cast(dict[bytes, bytes], self._redis.hgetall(keys.sanctions(room)))
             return [Sanction(**json.loads(record)) for record in found.values()]
 
     def save_sanction(self, sanction: Sanction) -> None:
-        with _stored():
+        with self._kept():
             field = f"{sanction.target}\0{sanction.kind}"
             self._redis.hset(keys.sanctions(sanction.room), field, json.dumps(dataclasses.asdict(sanction)))
 
     def drop_sanction(self, room: str, target: str, kind: str) -> None:
-        with _stored():
+        with self._kept():
             self._redis.hdel(keys.sanctions(room), f"{target}\0{kind}")
+
+
+def intact(client: redis.Redis) -> None:
+    """StoreError unless Redis still has what the servers keep of identity (chat:identity marks
+    it): after a FLUSHALL, an eviction or a failover to an empty replica, accounts, tokens, roles,
+    bans and modes are refused with storage_failed until Redis is restored, never served empty."""
+    if not client.exists(keys.IDENTITY):
+        raise StoreError(IDENTITY_LOST)
+
+
+#: Why identity is refused while Redis has lost it.
+IDENTITY_LOST = (
+    "Redis lost the accounts, tokens, roles and bans (chat:identity is gone): restore it from its backup, "
+    "or, to start again without them, set chat:identity (redis-cli SET chat:identity restarted)"
+)
 
 
 @contextmanager
