@@ -3,13 +3,16 @@ reservation; several sessions of one account; sanctions that hold on identity an
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 
 from chat.errors import Refused
 from chat.server.accounts import Accounts
 from chat.server.config import ServerConfig
 from chat.server.store import MemoryStore
-from chat.testing import LineClient
+from chat.testing import TIMEOUT, LineClient
 from chat.wire.protocol import (
     ChatMessage,
     ErrorReply,
@@ -213,7 +216,7 @@ def test_chat_admin_passwd_and_delete_end_the_sessions_of_a_running_server(
 
 
 def test_the_room_list_comes_in_pages_of_100(start_chat_server, connect):
-    server = start_chat_server(ServerConfig().without_limits())
+    server = start_chat_server(dataclasses.replace(ServerConfig().without_limits(), max_rooms_per_user=0))
     maker = connect(server)
     maker.join("maker")
     names = [f"room{number:03}" for number in range(120)]
@@ -363,3 +366,44 @@ def test_on_a_store_that_takes_no_writes_a_guest_still_joins_and_reads(start_cha
     again = connect(server)
     guest.close()
     assert isinstance(join(again, name="reader", token=welcome.token), Welcome)  # its token held in memory
+
+
+# --- rooms: a cap per creator, expiry ------------------------------------------------------------
+
+
+def test_one_identity_creates_at_most_max_rooms_per_user(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(max_rooms_per_user=2))
+    maker = connect(server)
+    maker.join("maker")
+    assert isinstance(enter(maker, "one"), Welcome)
+    assert isinstance(enter(maker, "two"), Welcome)
+    refusal = enter(maker, "three")
+    assert refusal.code == "too_many_rooms"
+    other = connect(server)
+    other.join("other")
+    assert isinstance(enter(other, "three"), Welcome)  # somebody else may
+    assert isinstance(enter(maker, "three"), Welcome)  # and joining a room is not creating it
+
+
+def test_a_room_nobody_uses_is_removed_after_room_expiry(start_chat_server, connect):
+    server = start_chat_server(ServerConfig(room_expiry=0.05))
+    guest = connect(server)
+    guest.join("guest")
+    enter(guest, "brief")
+    guest.send({"type": "message", "room": "brief", "msg": "soon gone"})
+    guest.expect(ChatMessage, msg="soon gone")
+    guest.send({"type": "part", "room": "brief"})
+    guest.expect(Left, room="brief")
+    owner, _ = registered(connect, name="owner", server=server)
+    enter(owner, "kept")  # an account owns it: it stays
+    owner.send({"type": "part", "room": "kept"})
+    owner.expect(Left, room="kept")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        guest.send({"type": "rooms"})
+        names = [info.room for info in guest.expect(RoomList).rooms]
+        if "brief" not in names or time.monotonic() > deadline:
+            break
+    assert names == ["kept", "lobby"]
+    again = enter(guest, "brief")  # a new room of that name: nothing of the old one
+    assert isinstance(again, Welcome) and again.history == 0

@@ -509,3 +509,20 @@ def test_a_room_keeps_its_first_spelling_and_its_latest_topic(room_store):
     assert sorted(room_store.rooms(), key=lambda room: room.key) == [
         RoomRecord("dev", "Dev", "shipping"), RoomRecord("lobby", "lobby", "welcome")
     ]  # fmt: skip
+
+
+def test_a_room_keeps_its_creator_and_a_dropped_room_takes_its_rules_and_lines(places):
+    if places.kind == "redis":
+        pytest.skip("several servers keep their room list in the directory (tests/test_shared.py)")
+    store = places.store()
+    store.save_room(RoomRecord("dev", "Dev", "", "account:alice"))
+    store.save_room(RoomRecord("dev", "Dev", "a topic"))  # a topic change keeps the creator
+    assert store.rooms() == [RoomRecord("dev", "Dev", "a topic", "account:alice")]
+    log = LocalLog(store, "dev", "Dev")
+    fill(log, 3)
+    store.save_role("dev", "account:alice", "owner")
+    store.save_mode("dev", "topic", True)
+    store.drop_room("dev")
+    assert store.rooms() == [] and store.roles("dev") == {} and store.modes("dev") == set()
+    assert store.read("dev", 0, 10, 10) == []
+    assert LocalLog(store, "dev", "Dev").append(said("next")).id == 4  # ids are never used again

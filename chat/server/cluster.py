@@ -129,6 +129,10 @@ class Cluster(Protocol[P_contra]):
         """A room's log, and how its lines reach its members here."""
         ...
 
+    def drop_room(self, key: str) -> None:
+        """Forget a room nobody uses (StoreError if it cannot be)."""
+        ...
+
     def settle_room(self, key: str, upto: int) -> None:
         """Wait (briefly) until this server has delivered the room `key` up to line `upto`."""
         ...
@@ -212,6 +216,9 @@ class LocalCluster(Generic[P]):
             failure = f"the server could not create the room {record.name}"
             kept(self._store.save_room, record, failure=failure, room=record.name)
             return record
+
+    def drop_room(self, key: str) -> None:
+        self._store.drop_room(key)
 
     def open_room(self, record: RoomRecord) -> tuple[RoomLog, RoomFeed[P]]:
         room_log = LocalLog(self._store, record.key, record.name)

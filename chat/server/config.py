@@ -256,6 +256,20 @@ class ServerConfig:
         "sessions one account may have at once (devices); past it the oldest is closed",
         int,
     )
+    max_rooms_per_user: int = _option(
+        20,
+        "--max-rooms-per-user",
+        "CHAT_MAX_ROOMS_PER_USER",
+        "rooms one account or guest may create (0: no limit); more get too_many_rooms",
+        int,
+    )
+    room_expiry: float = _option(
+        30 * 24 * 3600.0,
+        "--room-expiry",
+        "CHAT_ROOM_EXPIRY",
+        "seconds after which a room with no member, no owner account and no line is removed (0: never)",
+        float,
+    )
     require_account: bool = _option(
         False,
         "--require-account",

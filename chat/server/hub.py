@@ -91,6 +91,8 @@ P = TypeVar("P", bound=Hashable)
 
 #: Sessions one account may have at once by default (--max-sessions).
 DEFAULT_MAX_SESSIONS = 10
+#: Rooms one identity may create by default (--max-rooms-per-user).
+DEFAULT_MAX_ROOMS_PER_USER = 20
 #: Where server-wide bans and modes are kept: a key no room can have ("\0" starts no room name).
 SERVER_SCOPE = "\0server"
 
@@ -109,6 +111,7 @@ class Hub(Generic[P]):
         cluster: Cluster[P] | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         shared_addresses: Iterable[str] = (),
+        max_rooms_per_user: int = DEFAULT_MAX_ROOMS_PER_USER,
     ) -> None:
         """`cluster`: where names, private lines, rules and rooms live (default: this server
         alone, in `store`); it starts telling this hub what other servers do."""
@@ -120,6 +123,8 @@ class Hub(Generic[P]):
         self._accounts = accounts or Accounts(store)
         #: Sessions one account may have at once; past it the oldest is closed.
         self.max_sessions = max_sessions
+        #: Rooms one identity may create (0: no limit).
+        self.max_rooms_per_user = max_rooms_per_user
         #: Networks many people share (loopback, a proxy: --limit-exempt): no sanction holds on them.
         self.shared_addresses = tuple(shared_addresses)
         #: The server operators' identities (`--admin`): they may do anything in any room (read
@@ -771,7 +776,7 @@ class Hub(Generic[P]):
     def _room_for_join(self, name: str, creator: Identity | None = None) -> Room[P]:
         """The room `name`, created (and kept) if this is its first join: owned by its creator if an account."""
         key = room_key(name)
-        if key in self._rooms:
+        if key in self._rooms and not self._rooms[key].retired:
             return self._rooms[key]
         kept_room = self._cluster.room(key)
         if kept_room is not None:  # another server's room: its spelling, its owner
@@ -779,20 +784,49 @@ class Hub(Generic[P]):
         return self._known_room(name, creator)
 
     def _known_room(self, name: str, creator: Identity | None = None) -> Room[P]:
-        """The room `name` on this server, opened here now if it is new here."""
+        """The room `name` on this server, opened here now if it is new here (too_many_rooms if
+        its creator created --max-rooms-per-user rooms already)."""
         key = room_key(name)
+        if key not in self._rooms and creator is not None and self.max_rooms_per_user:
+            rooms = kept(self._cluster.rooms, failure="the server could not count your rooms; try again")
+            if sum(1 for record in rooms if record.creator == creator.id) >= self.max_rooms_per_user:
+                raise Refused(
+                    "too_many_rooms", f"you created {self.max_rooms_per_user} rooms already; join one of those", name
+                )
         with self._lock:
             room = self._rooms.get(key)
-            if room is None:
-                room = self._rooms[key] = self._create_room(name)
+            if room is None or room.retired:
+                room = self._rooms[key] = self._create_room(name, creator.id if creator is not None else "")
                 if creator is not None and creator.account is not None:
                     room.make_owner(creator.id)
                 log.info("room %s created", quoted(name))
             return room
 
-    def _create_room(self, name: str) -> Room[P]:
+    def _create_room(self, name: str, creator: str = "") -> Room[P]:
         """A new room, kept (with another server's spelling if it kept it first) and opened here."""
-        return self._open_room(self._cluster.add_room(RoomRecord(room_key(name), name)))
+        return self._open_room(self._cluster.add_room(RoomRecord(room_key(name), name, creator=creator)))
+
+    def expire_rooms(self, expiry: float) -> int:
+        """Remove the rooms with no member, no owner account and no line for `expiry` seconds (never
+        the lobby); how many went."""
+        now = time.time()
+        with self._lock:
+            rooms = [room for key, room in self._rooms.items() if key != room_key(LOBBY)]
+        removed = 0
+        for room in rooms:
+            if not room.retire(now, expiry):
+                continue
+            with self._lock:
+                if self._rooms.get(room.listed_as) is room:
+                    del self._rooms[room.listed_as]
+            try:
+                self._cluster.drop_room(room.key)
+            except StoreError as exc:
+                log.warning("room %s was not removed from the store: %s", quoted(room.name), exc)
+                continue
+            removed += 1
+            log.info("room %s removed: nobody, no owner and no line for %g s", quoted(room.name), expiry)
+        return removed
 
     def _kept_room(self, name: str) -> Room[P] | None:
         """A room another server created, known here from now on (None if no server has it)."""
@@ -804,7 +838,7 @@ class Hub(Generic[P]):
         key = room_key(record.name)
         with self._lock:
             room = self._rooms.get(key)
-            if room is None:
+            if room is None or room.retired:
                 room = self._rooms[key] = self._open_room(record)
             return room
 

@@ -246,6 +246,11 @@ class Room(Generic[P]):
         #: What members said that waits for the room's next write (see speak); its own short lock.
         self._said: list[_Said[P]] = []
         self._said_lock = threading.Lock()
+        #: time.time() of the last thing that happened in the room (since this server opened it).
+        self.active_at = time.time()
+        #: Removed for having nobody, no owner account and no line for --room-expiry: joins go to a
+        #: new room of the name.
+        self.retired = False
 
     @property
     def topic(self) -> str:
@@ -273,8 +278,11 @@ class Room(Generic[P]):
         and sent afterwards, while the member's live lines wait behind it.
         """
         with self._locked():
+            if self.retired:
+                raise Refused("no_such_room", f"{self.name} was just removed; join it again", self.name)
             if session in self._members:
                 raise Refused("already_joined", f"you are already in {self.name}", self.name)
+            self.active_at = time.time()
             ban = self._sanction_on(session, "ban")
             if ban is not None:
                 self._hold_address_locked(session, ban)
@@ -383,6 +391,7 @@ class Room(Generic[P]):
                 turn.failure = exc
             return
         if lines:
+            self.active_at = time.time()
             self._feed.publish(lines)
         for turn in speaking:
             turn.written = True
@@ -432,6 +441,19 @@ class Room(Generic[P]):
             return
         self._roles, self._modes = roles, modes
         self._sanctions = {(s.target, s.kind): s for s in sanctions}
+
+    def retire(self, now: float, expiry: float) -> bool:
+        """Mark the room removed if it has no member (on any server), no owner account and no line
+        for `expiry` seconds; whether it did. Joins racing with it are refused, not lost."""
+        with self._locked():
+            if self.retired:
+                return True
+            if self._members or now - self.active_at < expiry or "owner" in self._roles.values():
+                return False
+            if self._feed.users([]):
+                return False
+            self.retired = True
+            return True
 
     def enter_again(self) -> None:
         """Record this server's members again where other servers see them."""

@@ -51,6 +51,8 @@ _TLS_ONLY = "this port speaks TLS only; closing"
 _READ_SIZE = 64 * 1024
 #: Seconds between checks that every account with a session still has the password it proved.
 ACCOUNTS_CHECK_EVERY = 1.0
+#: Seconds between sweeps for expired rooms, at most.
+ROOMS_SWEEP_EVERY = 600.0
 
 __all__ = ["ChatHandler", "ChatServer", "Listener", "ServerConfig", "listeners"]
 
@@ -257,7 +259,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
                                 shared_take=self.shared.take if self.shared is not None else None)
             self.hub: Hub[Peer] = Hub(
                 self.outbox, self.store, settings, accounts, config.admin, self.shared, config.max_sessions,
-                parse_networks(config.limit_exempt),
+                parse_networks(config.limit_exempt), config.max_rooms_per_user,
             )
         except BaseException:
             self._close_storage()
@@ -470,9 +472,15 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def _watch_accounts(self) -> None:
         """Now and then: end the sessions of accounts that chat-admin deleted or gave a new
-        password while the server ran (it writes the store, not to this process)."""
+        password while the server ran (it writes the store, not to this process), and remove
+        the rooms nobody used for --room-expiry."""
+        swept = time.monotonic()
         while not self.stopping.wait(ACCOUNTS_CHECK_EVERY):
             self.hub.check_accounts()
+            expiry = self.config.room_expiry
+            if expiry and time.monotonic() - swept >= min(expiry / 10, ROOMS_SWEEP_EVERY):
+                swept = time.monotonic()
+                self.hub.expire_rooms(expiry)
 
     def _watch_idle(self) -> None:
         config = self.config

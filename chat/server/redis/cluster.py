@@ -215,6 +215,9 @@ class RedisCluster(Generic[P]):
         failure = f"the server could not create the room {record.name}"
         return kept(self._rooms.add, record, failure=failure, room=record.name)
 
+    def drop_room(self, key: str) -> None:
+        self._rooms.drop(key)
+
     def open_room(self, record: RoomRecord) -> tuple[RoomLog, RedisFeed[P]]:
         feed = RedisFeed(record, self._delivery, self._logs, self._reader, self._directory, self._rooms, self._post)
         return RedisLog(self._logs, record.key, record.name), feed

@@ -41,19 +41,22 @@ class SharedRoomRecords:
             ordered = sorted((key.decode(), name.decode()) for key, name in found.items())
             with self._redis.pipeline(transaction=False) as pipe:
                 for key, _ in ordered:
-                    pipe.hget(keys.meta(key), "topic")
-                topics = cast(list[bytes | None], pipe.execute())
+                    pipe.hmget(keys.meta(key), "topic", "creator")
+                found_meta = cast(list[list[bytes | None]], pipe.execute())
         return [
-            RoomRecord(key, name, (topic or b"").decode()) for (key, name), topic in zip(ordered, topics, strict=True)
+            RoomRecord(key, name, (topic or b"").decode(), (creator or b"").decode())
+            for (key, name), (topic, creator) in zip(ordered, found_meta, strict=True)
         ]
 
     def room(self, key: str) -> RoomRecord | None:
         with _stored():
             with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hget(keys.ROOMS, key)
-                pipe.hget(keys.meta(key), "topic")
-                name, topic = cast(list[bytes | None], pipe.execute())
-        return RoomRecord(key, name.decode(), (topic or b"").decode()) if name is not None else None
+                pipe.hmget(keys.meta(key), "topic", "creator")
+                name, (topic, creator) = cast(tuple[bytes | None, list[bytes | None]], pipe.execute())
+        if name is None:
+            return None
+        return RoomRecord(key, name.decode(), (topic or b"").decode(), (creator or b"").decode())
 
     def name(self, key: str) -> str | None:
         with _stored():
@@ -64,8 +67,19 @@ class SharedRoomRecords:
         """Keep a new room unless a room with its key is kept already: the room as kept."""
         with _stored():
             if self._redis.hsetnx(keys.ROOMS, record.key, record.name):
+                if record.creator:
+                    self._redis.hset(keys.meta(record.key), "creator", record.creator)
                 return record
         return self.room(record.key) or record
+
+    def drop(self, key: str) -> None:
+        """Forget the room `key`: its record, topic, rules and log (a later room of the name
+        starts a new epoch)."""
+        with _stored():
+            with self._redis.pipeline() as pipe:
+                pipe.hdel(keys.ROOMS, key)
+                pipe.delete(keys.meta(key), keys.log(key), keys.roles(key), keys.modes(key), keys.sanctions(key))
+                pipe.execute()
 
     def topic(self, key: str) -> str | None:
         with _stored():

@@ -125,6 +125,18 @@ class MemoryStore:
                     found.append(record)
             return found
 
+    def drop_room(self, key: str) -> None:
+        with self._lock:
+            self._rooms.pop(key, None)
+            self._roles.pop(key, None)
+            self._modes.pop(key, None)
+            for sanction in [s for s in self._sanctions if s[0] == key]:
+                del self._sanctions[sanction]
+            kept = self._logs.get(key)
+            if kept is not None:
+                kept.start = len(kept.ids)
+                kept.kept_bytes = 0
+
     def rooms(self) -> list[RoomRecord]:
         with self._lock:
             return list(self._rooms.values())

@@ -48,11 +48,13 @@ class Record(NamedTuple):
 
 @dataclass(frozen=True)
 class RoomRecord:
-    """A room as the store keeps it: its key, its name as first spelled, its topic."""
+    """A room as the store keeps it: its key, its name as first spelled, its topic, and the
+    identity that created it (`--max-rooms-per-user` counts by it; "" if unknown)."""
 
     key: str
     name: str
     topic: str = ""
+    creator: str = ""
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,11 @@ class RoomStore(Protocol):
 
     def save_room(self, room: RoomRecord) -> None:
         """Create or update a room (only its topic changes); raises StoreError if it could not be kept."""
+        ...
+
+    def drop_room(self, key: str) -> None:
+        """Forget the room `key`: its record, roles, modes, bans and mutes, and its kept lines
+        (its ids are never used again)."""
         ...
 
 

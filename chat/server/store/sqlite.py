@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
-_SCHEMA_VERSION = 6
+_SCHEMA_VERSION = 7
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS room_modes (
     room TEXT NOT NULL,
@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     topic TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    creator TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -241,20 +242,42 @@ class SqliteStore:
         return [Record(int(row[0]) - base, bytes(row[1]), row[2], row[3]) for row in rows]
 
     def rooms(self) -> list[RoomRecord]:
-        rows = self._query("SELECT room, name, topic FROM rooms ORDER BY room", {})
-        return [RoomRecord(row[0], row[1], row[2]) for row in rows]
+        rows = self._query("SELECT room, name, topic, creator FROM rooms ORDER BY room", {})
+        return [RoomRecord(row[0], row[1], row[2], row[3]) for row in rows]
 
     def save_room(self, room: RoomRecord) -> None:
         with self._write_lock:
             self._check_file_locked()
             try:
                 self._db.execute(
-                    "INSERT INTO rooms (room, name, topic, created_at) VALUES (?, ?, ?, ?) "
+                    "INSERT INTO rooms (room, name, topic, created_at, creator) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (room) DO UPDATE SET topic = excluded.topic",
-                    (room.key, room.name, room.topic, time.time()),
+                    (room.key, room.name, room.topic, time.time(), room.creator),
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot save room {room.name}: {exc}") from exc
+
+    def drop_room(self, key: str) -> None:
+        base = self._base(key)
+        with self._write_lock:
+            self._check_file_locked()
+            last = self._last_id_locked(key)  # kept, so that the room's ids go on from there
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM rooms WHERE room = ?", (key,))
+                    for table in ("room_modes", "room_roles", "sanctions"):
+                        self._db.execute(f"DELETE FROM {table} WHERE room = ?", (key,))
+                    self._db.execute("DELETE FROM lines WHERE key BETWEEN ? AND ?", (base, base + last))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot remove the room {key}: {exc}") from exc
+            self._kept_bytes.pop(key, None)
+            self._save_marks_locked()  # its lines are gone: its last id is kept beside the file
 
     def account(self, key: str) -> AccountRecord | None:
         rows = self._query(
@@ -578,6 +601,9 @@ class SqliteStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(rooms)")}
+            if "creator" not in columns:  # a file of version 5 or older
+                self._db.execute("ALTER TABLE rooms ADD COLUMN creator TEXT NOT NULL DEFAULT ''")
             if old_table:
                 moved = _move_single_room_history(self._db)
                 _logger.info("moved %d messages of the single-room history into the lobby", moved)
