@@ -30,6 +30,7 @@ from chat.wire.protocol import (
     Left,
     Nick,
     PrivateMessage,
+    ReadMarker,
     SendMessage,
     SendPrivate,
     SessionToken,
@@ -84,6 +85,7 @@ async def full_screen(
     settings: Settings | None = None,
     settings_path: Path | None = None,
     conversations: tuple[str, ...] = (),
+    password: str | None = None,
 ) -> AsyncIterator[FullScreen]:
     """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
     its prompt; Ctrl-D at the end."""
@@ -92,7 +94,9 @@ async def full_screen(
         output = Screen(asyncio.get_running_loop())
         terminal = Vt100_Output(output, lambda: Size(rows=lines, columns=columns), term="xterm-256color")
         with create_app_session(input=keys, output=terminal):
-            client = ChatClient(*address, name, rooms=rooms, cursors=cursors, conversations=conversations)
+            client = ChatClient(
+                *address, name, rooms=rooms, cursors=cursors, conversations=conversations, password=password
+            )
             await client.connect()
             task = asyncio.create_task(
                 run_screen(
@@ -137,6 +141,37 @@ def test_each_room_has_its_buffer_and_the_status_bar_counts_what_is_unread(chat_
             assert (said.room, said.msg) == ("dev", "yes, here")
             alice.type(CTRL_N)  # round to the first buffer again
             await alice.sees(lambda s: "[lobby] alice>" in s, "lobby typed into")
+
+    run(scenario())
+
+
+def test_what_one_device_of_an_account_reads_is_read_on_the_other(chat_server, connect):
+    laptop = connect()
+    laptop.send({"type": "join", "name": "alice", "room": "dev"})
+    laptop.expect(Welcome)
+    laptop.send({"type": "register", "password": "correct horse battery"})
+    laptop.expect(SessionToken)
+    bob = connect()
+    bob.send({"type": "join", "name": "bob", "room": "dev"})
+    bob.expect(Welcome)
+
+    async def scenario():
+        async with full_screen(
+            chat_server.address, "alice", rooms=("lobby", "dev"), password="correct horse battery"
+        ) as phone:
+            await phone.sees(lambda s: "2:dev" in phone.status, "dev on the status bar")
+            for text in ("first", "second"):
+                await asyncio.to_thread(bob.send, SendMessage(room="dev", msg=text))
+            await phone.sees(lambda s: "2:dev(2)" in phone.status, "two unread on the phone")
+            last = await asyncio.to_thread(laptop.expect, ChatMessage, msg="second")
+            await asyncio.to_thread(laptop.send, {"type": "read", "room": "dev", "id": last.id})
+            await phone.sees(lambda s: "2:dev" in phone.status and "(2" not in phone.status, "read on the laptop")
+            await asyncio.to_thread(bob.send, SendMessage(room="dev", msg="third"))
+            await phone.sees(lambda s: "2:dev(1)" in phone.status, "one new line")
+            phone.type(ALT + "2")  # read on the phone: the laptop is told
+            await phone.sees(lambda s: "bob: third" in s, "dev's buffer")
+            marker = await asyncio.to_thread(laptop.expect, ReadMarker)
+            assert marker.room == "dev" and marker.id == last.id + 1
 
     run(scenario())
 

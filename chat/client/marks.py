@@ -1,13 +1,14 @@
 """Read markers: how far the user has read each buffer, by message id.
 
-Now they are this client's own. When an account may have several sessions (a later change to
-the server), a marker set on one device is to clear the same unread lines on the others: a
-ReadMarkers that also tells the server, and hears from it, takes LocalReadMarkers' place, and
-the screen, which only asks `read_up_to` and tells `read`, stays as it is.
+LocalReadMarkers are this client's own. An account may have several sessions, and a marker set
+on one device clears the same unread lines on the others: SharedReadMarkers also tells the
+server (a `read` line) when the user reads further in a room, and hears from it (`heard`) what
+another device read; the screen only asks `read_up_to` and tells `read`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -37,3 +38,22 @@ class LocalReadMarkers:
 
     def forget(self, key: str) -> None:
         self._marks.pop(key, None)
+
+
+class SharedReadMarkers(LocalReadMarkers):
+    """Markers shared by the devices of one account: reading further tells `tell` (buffer key,
+    id), which sends the server a `read` line; what the server says another device read comes
+    in through `heard`, and is not told back."""
+
+    def __init__(self, tell: Callable[[str, int], None]) -> None:
+        super().__init__()
+        self._tell = tell
+
+    def read(self, key: str, up_to: int) -> None:
+        if up_to > self.read_up_to(key):
+            super().read(key, up_to)
+            self._tell(key, up_to)
+
+    def heard(self, key: str, up_to: int) -> None:
+        """Another device of the account read `key` up to `up_to` (or a welcome said so)."""
+        super().read(key, up_to)

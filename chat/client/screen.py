@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +58,7 @@ from chat.client.connection import (
 )
 from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter
-from chat.client.marks import LocalReadMarkers, ReadMarkers
+from chat.client.marks import SharedReadMarkers
 from chat.client.search import Search
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
@@ -65,8 +66,10 @@ from chat.wire.protocol import (
     Away,
     HistoryPage,
     Left,
+    MarkRead,
     Moderation,
     PrivateMessage,
+    ReadMarker,
     Renamed,
     Reset,
     Users,
@@ -89,6 +92,7 @@ FRAME = 0.04
 
 #: Marks before a member's name for their role in the room, as IRC clients show them, in that order.
 ROLE_MARKS = {"owner": "~", "admin": "&", "op": "@", "voice": "+"}
+log = logging.getLogger(__name__)
 ROLE_ORDER = {role: at for at, role in enumerate(ROLE_MARKS)}
 
 
@@ -160,8 +164,12 @@ class ChatScreen:
         self._outage: tuple[Line, ConnectionLost, datetime] | None = None
         #: The search shown (/search, Ctrl-R), and what was being typed before Ctrl-R.
         self.search: Search | None = None
-        #: How far each buffer has been read (this client's own for now: see marks.py).
-        self.markers: ReadMarkers = LocalReadMarkers()
+        #: How far each buffer has been read: shared with the account's other devices (marks.py).
+        self.markers: SharedReadMarkers = SharedReadMarkers(self._tell_read)
+        #: Whether the session is an account's (only accounts keep read markers on the server).
+        self._account = False
+        #: The read lines being sent (kept so that they are not collected half-way).
+        self._telling: set[asyncio.Task[None]] = set()
         #: Bare mode (Alt-L): only the lines, not indented, no bars, for copying with the mouse.
         self.bare = False
         #: The help shown over the messages (/help), until Esc.
@@ -199,6 +207,9 @@ class ChatScreen:
         me = self.client.name
         for at, event in enumerate(events):
             self._note(event)
+            if isinstance(event, ReadMarker):  # another device of the account read this far
+                self._heard_read(room_buffer(event.room), event.id)
+                continue
             key = buffer_of(event, me)
             if isinstance(event, Renamed) and self._near(event.new):
                 key = self.active_key()  # the client passes a rename on once: shown where the user is
@@ -221,6 +232,10 @@ class ChatScreen:
             # A fresh join's history is context, not news; a resumed one's is what was missed.
             if isinstance(event, Welcome):
                 target.context = event.history
+                if event.account is not None:
+                    self._account = event.account
+                if event.read:
+                    self.markers.heard(target.key, event.read)
             elif isinstance(event, Resumed):
                 target.context = 0
             if isinstance(event, Reconnected) and self._outage is not None and self.state.settings.smart_filter:
@@ -246,6 +261,27 @@ class ChatScreen:
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
         self.app.invalidate()
+
+    def _heard_read(self, key: str, up_to: int) -> None:
+        self.markers.heard(key, up_to)
+        buffer = self.buffers.get(key)
+        if buffer is not None and buffer.last_order <= up_to:
+            buffer.read()
+        self.app.invalidate()
+
+    def _tell_read(self, key: str, up_to: int) -> None:
+        """The user read a room further: its account's other devices are told, through the server."""
+        buffer = self.buffers.get(key)
+        if not self._account or buffer is None or buffer.private or up_to <= 0 or not self.client.connected:
+            return
+        task = asyncio.get_running_loop().create_task(self.client.send(MarkRead(room=buffer.title, id=up_to)))
+        self._telling.add(task)
+        task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task[None]) -> None:
+        self._telling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a read marker was not sent: %s", task.exception())
 
     def _fold_outage(self) -> None:
         """The line that said the connection was lost now also says it is back, and when."""
