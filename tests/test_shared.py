@@ -587,3 +587,23 @@ def test_failed_logins_are_counted_across_servers(nodes, connect):
         client.send({"type": "join", "name": "alice", "password": f"guess {number}"})
         details.append(client.expect(ErrorReply).detail)
     assert any("too many" in detail for detail in details[5:])
+
+
+def test_an_account_on_two_servers_at_once_keeps_both_sessions(nodes, connect):
+    a, b = nodes(2)
+    laptop = connect(a)
+    laptop.join("alice")
+    laptop.send({"type": "register", "password": "correct horse battery"})
+    token = laptop.expect(SessionToken).token
+    phone = connect(b)
+    phone.send({"type": "join", "name": "alice", "token": token})
+    phone.expect(Welcome)
+    bob = connect(a)
+    bob.join("bob")
+    bob.say("hello alice")
+    laptop.expect(ChatMessage, msg="hello alice")
+    phone.expect(ChatMessage, msg="hello alice")
+    bob.send({"type": "private", "to": "alice", "msg": "on both?"})
+    laptop.expect(PrivateMessage, msg="on both?")
+    phone.expect(PrivateMessage, msg="on both?")
+    assert not [m for m in laptop.seen if isinstance(m, ErrorReply)]
