@@ -4,6 +4,7 @@ reservation; several sessions of one account; sanctions that hold on identity an
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 import pytest
@@ -407,3 +408,36 @@ def test_a_room_nobody_uses_is_removed_after_room_expiry(start_chat_server, conn
     assert names == ["kept", "lobby"]
     again = enter(guest, "brief")  # a new room of that name: nothing of the old one
     assert isinstance(again, Welcome) and again.history == 0
+
+
+def test_password_checks_never_queue_behind_one_account():
+    accounts = Accounts(MemoryStore())
+    for name in ("alice", "bob"):
+        accounts.register(name, PASSWORD, accounts.prove(name, None, None, f"192.0.2.{len(name)}"), "192.0.2.9")
+    inside, go_on = threading.Event(), threading.Event()
+    real = accounts._hasher
+
+    class SlowForAlice:
+        """Argon2 as it is, except that alice's first check waits until the test lets it go."""
+
+        hash = real.hash
+
+        @staticmethod
+        def verify(password_hash: str, password: str) -> bool:
+            if threading.current_thread().name == "alice-login":
+                inside.set()
+                go_on.wait(TIMEOUT)
+            return real.verify(password_hash, password)
+
+    accounts._hasher = SlowForAlice()
+    first = threading.Thread(target=accounts.prove, args=("alice", PASSWORD, None, "198.51.100.1"), name="alice-login")
+    first.start()
+    try:
+        assert inside.wait(TIMEOUT)
+        with pytest.raises(Refused) as caught:  # a second check of alice's password is not queued
+            accounts.prove("alice", PASSWORD, None, "198.51.100.2")
+        assert "being checked" in caught.value.detail
+        assert accounts.prove("bob", PASSWORD, None, "198.51.100.3").account == "bob"  # nor is bob's
+    finally:
+        go_on.set()
+        first.join(TIMEOUT)
