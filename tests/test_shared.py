@@ -595,11 +595,11 @@ def test_an_account_on_two_servers_at_once_keeps_both_sessions(nodes, connect):
     laptop.join("alice")
     laptop.send({"type": "register", "password": "correct horse battery"})
     token = laptop.expect(SessionToken).token
-    phone = connect(b)
-    phone.send({"type": "join", "name": "alice", "token": token})
-    phone.expect(Welcome)
     bob = connect(a)
     bob.join("bob")
+    phone = connect(b)  # the second device arrives on the other server: bob sees nobody new
+    phone.send({"type": "join", "name": "alice", "token": token})
+    phone.expect(Welcome)
     bob.say("hello alice")
     laptop.expect(ChatMessage, msg="hello alice")
     phone.expect(ChatMessage, msg="hello alice")
@@ -607,3 +607,14 @@ def test_an_account_on_two_servers_at_once_keeps_both_sessions(nodes, connect):
     laptop.expect(PrivateMessage, msg="on both?")
     phone.expect(PrivateMessage, msg="on both?")
     assert not [m for m in laptop.seen if isinstance(m, ErrorReply)]
+    laptop.send({"type": "leave"})  # the laptop goes; the phone, on the other server, stays
+    laptop.expect_closed()
+    carol = connect(a)
+    carol.join("carol")
+    carol.send({"type": "private", "to": "alice", "msg": "still on the phone?"})  # found on the other server
+    phone.expect(PrivateMessage, msg="still on the phone?")
+    carol.send({"type": "who", "room": "lobby"})
+    assert "alice" in carol.expect(Users).users
+    bob.say("after the laptop left")
+    bob.expect(ChatMessage, msg="after the laptop left")
+    assert not [m for m in bob.seen if isinstance(m, Joined | Left) and m.name == "alice"]

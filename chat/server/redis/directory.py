@@ -24,11 +24,18 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 """
 
-# ... and whether a server's lease (in KEYS[2]) runs.
+# ... and whether a server's lease (in KEYS[2]) runs; whether any of a holder's servers (an account
+# may hold its name on several: `nodes`) does.
 _NOW = CLOCK + """
 local function alive(node)
   local lease = redis.call('ZSCORE', KEYS[2], node)
   return lease and tonumber(lease) > now
+end
+local function any_alive(holder)
+  for _, node in ipairs(holder.nodes or {holder.node}) do
+    if alive(node) then return true end
+  end
+  return false
 end
 """
 
@@ -40,17 +47,26 @@ for i = 4, #ARGV do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held then
     local holder = cjson.decode(held)
-    if holder.identity ~= ARGV[2] and alive(holder.node) then return {0, held} end
+    if holder.identity ~= ARGV[2] and any_alive(holder) then return {0, held} end
   end
 end
 local told = {1}
 for i = 4, #ARGV do
+  local record = cjson.decode(ARGV[3])
+  record.nodes = {ARGV[1]}
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held then
     local holder = cjson.decode(held)
-    if holder.identity == ARGV[2] and holder.node ~= ARGV[1] then told[#told + 1] = holder.node end
+    if holder.identity == ARGV[2] then
+      for _, node in ipairs(holder.nodes or {holder.node}) do
+        if node ~= ARGV[1] and alive(node) then
+          told[#told + 1] = node
+          record.nodes[#record.nodes + 1] = node
+        end
+      end
+    end
   end
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[3])
+  redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(record))
 end
 return told
 """
@@ -61,7 +77,19 @@ for i = 3, #ARGV do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held then
     local holder = cjson.decode(held)
-    if holder.node == ARGV[1] and holder.identity == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+    if holder.identity == ARGV[2] then
+      local rest = {}
+      for _, node in ipairs(holder.nodes or {holder.node}) do
+        if node ~= ARGV[1] then rest[#rest + 1] = node end
+      end
+      if #rest == 0 then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+      elseif #rest < #(holder.nodes or {holder.node}) then
+        holder.nodes = rest
+        holder.node = rest[1]
+        redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(holder))
+      end
+    end
   end
 end
 """
@@ -72,7 +100,7 @@ for i = 4, #ARGV do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held then
     local holder = cjson.decode(held)
-    if holder.node == ARGV[1] and holder.identity == ARGV[2] then
+    if holder.identity == ARGV[2] then
       if ARGV[3] == '' then holder.away = nil else holder.away = ARGV[3] end
       redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(holder))
     end
@@ -83,23 +111,56 @@ end
 # Who holds a name key, if a live server does. KEYS: names, nodes. ARGV: key.
 _HOLDER = _NOW + """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
-if held and alive(cjson.decode(held).node) then return held end
+if held and any_alive(cjson.decode(held)) then return held end
 return false
 """
 
-# A room's members on live servers. KEYS: members, nodes.
+# A room's members on live servers (a member's value: the servers it is on, comma-separated: an
+# account may be in the room from several). KEYS: members, nodes.
 _MEMBERS = _NOW + """
 local all = redis.call('HGETALL', KEYS[1])
 local names = {}
 for i = 1, #all, 2 do
-  if alive(all[i + 1]) then names[#names + 1] = all[i] end
+  for node in string.gmatch(all[i + 1], '[^,]+') do
+    if alive(node) then
+      names[#names + 1] = all[i]
+      break
+    end
+  end
 end
 return names
 """
 
-# Drop a member if the given server still has it there; 1 if it did. KEYS: members. ARGV: name, node.
+# A member is in the room on a server too. KEYS: members. ARGV: name, node.
+_ENTER = """
+local now = redis.call('HGET', KEYS[1], ARGV[1])
+if not now or now == '' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+for node in string.gmatch(now, '[^,]+') do
+  if node == ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], now .. ',' .. ARGV[2])
+return 0
+"""
+
+# A member is no longer in the room on a server; 1 if it is in it on no server now.
+# KEYS: members. ARGV: name, node.
 _DROP_MEMBER = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+local now = redis.call('HGET', KEYS[1], ARGV[1])
+if not now then return 0 end
+local rest = {}
+local found = false
+for node in string.gmatch(now, '[^,]+') do
+  if node == ARGV[2] then found = true else rest[#rest + 1] = node end
+end
+if not found then return 0 end
+if #rest == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+redis.call('HSET', KEYS[1], ARGV[1], table.concat(rest, ','))
 return 0
 """
 
@@ -123,6 +184,7 @@ class Directory:
         self._away = client.register_script(_AWAY)
         self._members = client.register_script(_MEMBERS)
         self._drop_member = client.register_script(_DROP_MEMBER)
+        self._enter = client.register_script(_ENTER)
 
     # --- names -----------------------------------------------------------------------
 
@@ -163,14 +225,15 @@ class Directory:
 
     # --- rooms' members --------------------------------------------------------------------
 
-    def enter(self, room: str, name: str) -> None:
-        with self._redis.pipeline() as pipe:
-            pipe.hset(keys.members(room), name, self.node)
-            pipe.sadd(keys.node_rooms(self.node), room)
-            pipe.execute()
+    def enter(self, room: str, name: str) -> bool:
+        """`name` is in `room` on this server too; whether it is new in the room (on no server
+        before)."""
+        self._redis.sadd(keys.node_rooms(self.node), room)
+        return bool(self._enter(keys=[keys.members(room)], args=[name, self.node]))
 
-    def leave(self, room: str, name: str) -> None:
-        self._drop_member(keys=[keys.members(room)], args=[name, self.node])
+    def leave(self, room: str, name: str) -> bool:
+        """`name` left `room` on this server; whether it is gone from the room (on no server now)."""
+        return bool(self._drop_member(keys=[keys.members(room)], args=[name, self.node]))
 
     def members(self, room: str) -> list[str]:
         """The room's members on every live server."""
@@ -186,7 +249,9 @@ class Directory:
         for room_bytes in cast(set[bytes], self._redis.smembers(keys.node_rooms(node))):
             room = room_bytes.decode()
             for member, where in cast(dict[bytes, bytes], self._redis.hgetall(keys.members(room))).items():
-                if where.decode() == node and self._drop_member(keys=[keys.members(room)], args=[member, node]):
+                if node in where.decode().split(",") and self._drop_member(
+                    keys=[keys.members(room)], args=[member, node]
+                ):
                     gone.append((room, member.decode()))
         self._redis.delete(keys.node_rooms(node))
         for key, held in cast(dict[bytes, bytes], self._redis.hgetall(keys.NAMES)).items():

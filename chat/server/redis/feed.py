@@ -58,8 +58,8 @@ class RedisFeed(Generic[P]):
 
     def enter(self, peer: P, name: str, joined: Line | None) -> int:
         with refused_if_away(NOT_STORED, self._room):
-            self._directory.enter(self._key, name)
-            if joined is not None:
+            new = self._directory.enter(self._key, name)
+            if joined is not None and new:  # not when another device of the account is in it elsewhere
                 at = self._logs.notice(self._key, joined.json)
             else:  # another device of the account is here: nobody is told
                 at = self._reader.newest(self._stream)
@@ -88,7 +88,9 @@ class RedisFeed(Generic[P]):
             self._delivery.unsubscribe(peer, self._key)
         at: tuple[int, int] | None = None
         try:
-            self._directory.leave(self._key, name)
+            gone = self._directory.leave(self._key, name)
+            if not gone and not sees_it:  # another device of the account stays in it elsewhere
+                return
             at = self._logs.notice(self._key, left.json)
             followed = self._follow(at) if sees_it else None
         except redis.RedisError as exc:
