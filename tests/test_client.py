@@ -23,6 +23,7 @@ from chat.wire.protocol import (
     Renamed,
     SendMessage,
     SendPrivate,
+    SessionToken,
     Users,
     Welcome,
     Who,
@@ -331,5 +332,28 @@ def test_a_server_that_stops_answering_is_taken_for_dead_and_the_reason_said():
         finally:
             await client.close()
             server.close()
+
+    run(scenario())
+
+
+def test_a_new_device_of_an_account_joins_the_rooms_the_account_is_in(chat_server, connect):
+    laptop = connect()
+    laptop.send({"type": "join", "name": "alice", "room": "dev"})
+    laptop.expect(Welcome)
+    laptop.send({"type": "register", "password": "correct horse battery"})
+    laptop.expect(SessionToken)
+    laptop.send({"type": "join", "room": "ops"})
+    laptop.expect(Welcome, room="ops")
+    laptop.send({"type": "leave"})
+    laptop.expect_closed()
+
+    async def scenario():
+        phone = ChatClient(*chat_server.address, "alice", password="correct horse battery")
+        await phone.connect()  # asks for the lobby only
+        joined = set()
+        while not {"dev", "ops"} <= joined:  # every welcome is an event too, the lobby's first
+            joined.add((await next_of(phone, Welcome)).room)
+        assert joined == {"lobby", "dev", "ops"}
+        await phone.close()
 
     run(scenario())

@@ -387,6 +387,12 @@ class ChatClient:
             # The other rooms' welcomes come as events; a refusal there is an error line, not fatal.
             for view in others:
                 writer.write(encode(Join(room=view.name, since=self._since(view))))
+            # An account's rooms follow it from device to device: the ones it is in elsewhere too.
+            asked = {room_key(view.name) for view in views}
+            for room in message.rooms or ():
+                if room_key(room) not in asked:
+                    asked.add(room_key(room))
+                    writer.write(encode(Join(room=room)))
             await writer.drain()
         except BaseException:
             writer.close()
