@@ -23,6 +23,7 @@ from chat.wire.protocol import (
     Left,
     Moderation,
     PrivateMessage,
+    ReadMarker,
     Renamed,
     Reset,
     RoomList,
@@ -601,8 +602,10 @@ def test_an_account_on_two_servers_at_once_keeps_both_sessions(nodes, connect):
     phone.send({"type": "join", "name": "alice", "token": token})
     phone.expect(Welcome)
     bob.say("hello alice")
-    laptop.expect(ChatMessage, msg="hello alice")
+    heard = laptop.expect(ChatMessage, msg="hello alice")
     phone.expect(ChatMessage, msg="hello alice")
+    phone.send({"type": "read", "room": "lobby", "id": heard.id})  # read on the phone, marked on the laptop
+    assert laptop.expect(ReadMarker) == ReadMarker(room="lobby", id=heard.id)
     bob.send({"type": "private", "to": "alice", "msg": "on both?"})
     laptop.expect(PrivateMessage, msg="on both?")
     phone.expect(PrivateMessage, msg="on both?")

@@ -48,6 +48,10 @@ class ClusterEvents(Protocol):
         (kicked or banned) once line `upto` reached them."""
         ...
 
+    def read_elsewhere(self, identity: str, room: str, id: int) -> None:
+        """The account `identity` read `room` up to `id` on another server."""
+        ...
+
 
 class Cluster(Protocol[P_contra]):
     """Where names, presence, private lines, rules and rooms live, for this server and any
@@ -82,6 +86,10 @@ class Cluster(Protocol[P_contra]):
 
     def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None:
         """Ask the other servers to close the connection of `identity` holding the name `key`."""
+        ...
+
+    def tell_read(self, identity: str, room: str, id: int) -> None:
+        """Tell the other servers that the account `identity` read `room` up to `id` (never fails)."""
         ...
 
     # --- private lines -------------------------------------------------------------------------
@@ -173,6 +181,9 @@ class LocalCluster(Generic[P]):
 
     def disconnect_elsewhere(self, key: str, identity: str, why: str) -> None:
         """There is nowhere else."""
+
+    def tell_read(self, identity: str, room: str, id: int) -> None:
+        """Nobody else to tell."""
 
     # --- private lines -------------------------------------------------------------------------
 

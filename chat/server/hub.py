@@ -414,6 +414,13 @@ class Hub(Generic[P]):
             marker = Line.of(ReadMarker(room=room.name, id=id))
             for twin in self._twins(session):
                 self._delivery.send_to(twin.peer, marker)
+            self._cluster.tell_read(identity.id, room.name, id)
+
+    def read_elsewhere(self, identity: str, room: str, id: int) -> None:
+        """The account read a room further on another server: its sessions here are told."""
+        marker = Line.of(ReadMarker(room=room, id=id))
+        for session in self._sessions_of(identity):
+            self._delivery.send_to(session.peer, marker)
 
     def check_accounts(self) -> None:
         """End the sessions whose account was deleted or whose password changed since they proved

@@ -25,7 +25,7 @@ from chat.server.cluster import ClusterEvents
 from chat.server.lines import Line
 from chat.server.log import RoomLog
 from chat.server.redis import keys
-from chat.server.redis.commands import Close, Post, RulesChanged, Taken, WakeCommand
+from chat.server.redis.commands import Close, Post, ReadThere, RulesChanged, Taken, WakeCommand
 from chat.server.redis.directory import CLOCK, Directory
 from chat.server.redis.feed import RedisFeed
 from chat.server.redis.lease import LEASE, RENEW_EVERY, Lease
@@ -180,6 +180,14 @@ class RedisCluster(Generic[P]):
                 if node != self.node:
                     self._post.wake(node, Close(key, identity, why))
 
+    def tell_read(self, identity: str, room: str, id: int) -> None:
+        try:
+            for node in self._lease.alive():
+                if node != self.node:
+                    self._post.wake(node, ReadThere(identity, room, id))
+        except redis.RedisError as exc:
+            log.warning("could not tell the other servers of a read marker: %s", exc)
+
     # --- private lines -------------------------------------------------------------------------
 
     @property
@@ -255,6 +263,8 @@ class RedisCluster(Generic[P]):
                 _in_turn(events.taken_elsewhere, key, identity)
             case Close(key=key, identity=identity, why=why):
                 _in_turn(events.disconnected_elsewhere, key, identity, why)
+            case ReadThere(identity=identity, room=room, id=id):
+                events.read_elsewhere(identity, room, id)
 
     def _lease_lost(self) -> None:
         if self._events is not None:

@@ -64,7 +64,19 @@ class Close:
         return {"close": self.key, "identity": self.identity, "why": self.why}
 
 
-WakeCommand = Stop | Follow | Taken | Close
+@dataclass(frozen=True)
+class ReadThere:
+    """The account `identity` read `room` up to `id` on another server: tell its sessions here."""
+
+    identity: str
+    room: str
+    id: int
+
+    def fields(self) -> dict[str, str]:
+        return {"read": self.room, "identity": self.identity, "id": str(self.id)}
+
+
+WakeCommand = Stop | Follow | Taken | Close | ReadThere
 
 
 def wake_command(fields: Fields) -> WakeCommand | None:
@@ -77,6 +89,8 @@ def wake_command(fields: Fields) -> WakeCommand | None:
             return Close(key, identity, why)
         case {"follow": room}:
             return Follow(room)
+        case {"read": room, "identity": identity, "id": id} if id.isdigit():
+            return ReadThere(identity, room, int(id))
         case {"stop": _}:
             return Stop()
     return None
