@@ -566,7 +566,7 @@ def test_redis_that_lost_its_data_refuses_identity_rather_than_serving_it_empty(
     alice.join("alice")
     alice.send({"type": "register", "password": "correct horse battery"})
     alice.expect(SessionToken)
-    alice.say("before the flush")
+    alice.say_all(["before the flush"])  # kept before the flush
     redis.Redis.from_url(redis_server.url).flushall()
     for server, name, extra in ((b, "alice", {"password": "correct horse battery"}), (b, "root", {}), (a, "x", {})):
         client = connect(server)
@@ -574,6 +574,9 @@ def test_redis_that_lost_its_data_refuses_identity_rather_than_serving_it_empty(
         assert client.expect(ErrorReply).code == "storage_failed"  # nobody is served an empty table
     alice.send({"type": "password", "old": "correct horse battery", "new": "another good passphrase"})
     assert alice.expect(ErrorReply).code == "storage_failed"
+    alice.say("after the flush")  # the room's log was lost too: numbered from 1 again, after a reset
+    assert alice.expect(Reset).room == "lobby"
+    assert alice.expect(ChatMessage, msg="after the flush").id == 1
 
 
 def test_failed_logins_are_counted_across_servers(nodes, connect):

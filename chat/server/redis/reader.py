@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: How long (ms) the reader waits for new entries before it looks again at what it follows.
 READ_BLOCK_MS = 1000
+#: Seconds between looks at every followed log's epoch while Redis answers: a Redis that lost its
+#: data without dropping the connection (FLUSHALL, a failover behind a proxy) is noticed so.
+EPOCH_CHECK_EVERY = 2.0
 #: Entries one read takes at most per stream.
 READ_COUNT = 512
 #: How long a join waits for the reader to deliver up to its own `joined` line.
@@ -145,7 +149,10 @@ class Reader:
         wake_position: bytes | str = b"$"
         backoff = 0.1
         recovering = False
+        checked = time.monotonic()
         while not self._stopping.is_set():
+            if time.monotonic() - checked >= EPOCH_CHECK_EVERY:
+                checked, recovering = time.monotonic(), True
             if recovering:
                 try:
                     self._start_over_where_lost()
