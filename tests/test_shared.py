@@ -624,3 +624,26 @@ def test_an_account_on_two_servers_at_once_keeps_both_sessions(nodes, connect):
     bob.say("after the laptop left")
     bob.expect(ChatMessage, msg="after the laptop left")
     assert not [m for m in bob.seen if isinstance(m, Joined | Left) and m.name == "alice"]
+
+
+def test_chat_admin_passwd_on_redis_ends_the_accounts_sessions_on_every_server(
+    nodes, connect, redis_server, monkeypatch
+):
+    from chat.admin import main as chat_admin
+
+    a, b = nodes(2)
+    laptop = connect(a)
+    laptop.join("alice")
+    laptop.send({"type": "register", "password": "correct horse battery"})
+    token = laptop.expect(SessionToken).token
+    phone = connect(b)
+    phone.send({"type": "join", "name": "alice", "token": token})
+    phone.expect(Welcome)
+    monkeypatch.setenv("NEW_PASSWORD", "chosen by the operator")
+    command = ["--redis", redis_server.url, "accounts", "passwd", "alice", "--password-env", "NEW_PASSWORD"]
+    assert chat_admin(command) == 0
+    for device in (laptop, phone):
+        assert "session_replaced" in [m.code for m in device.expect_closed() if isinstance(m, ErrorReply)]
+    again = connect(b)
+    again.send({"type": "join", "name": "alice", "token": token})
+    assert again.expect(ErrorReply).code == "auth_failed"
