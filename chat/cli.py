@@ -444,7 +444,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
                     why += (" (somebody else holds it: this machine has no session of that name that proves"
                             " it is you; a dead connection of yours frees it at the server's idle timeout)")
                 print(f"cannot join: {why}", file=sys.stderr)
-                if exc.code == "name_taken" and interactive:
+                if exc.code in ("name_taken", "name_reserved") and interactive:
                     try:
                         another = await _usable_name(None, True, "try another name: ")
                     except (EOFError, KeyboardInterrupt):

@@ -537,6 +537,11 @@ class ChatClient:
                 with contextlib.suppress(ConnectionClosed):
                     await self.send(Pong())
                 continue
+            if (
+                isinstance(message, ErrorReply) and message.code == "already_joined" and message.room is not None
+                and room_key(message.room) in self.rooms
+            ):
+                continue  # another device of the account put this one in the room first: nothing is wrong
             if isinstance(message, ErrorReply) and message.code == "session_replaced":
                 self.replaced = "signed in elsewhere: another connection of yours took the session over"
                 return self.replaced
