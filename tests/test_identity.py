@@ -163,6 +163,7 @@ def test_a_new_device_is_told_the_accounts_rooms_and_read_markers(connect):
     phone.send({"type": "read", "room": "dev", "id": said.id})
     assert laptop.expect(ReadMarker) == ReadMarker(room="dev", id=said.id)
     phone.send({"type": "read", "room": "dev", "id": 0})  # only forward: nothing happens
+    phone.send({"type": "read", "room": "dev", "id": 10**9})  # never past the room's newest line
     laptop.send({"type": "leave"})
     phone.send({"type": "leave"})
     laptop.expect_closed()

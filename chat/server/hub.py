@@ -410,7 +410,8 @@ class Hub(Generic[P]):
         room = self._rooms.get(room_key(room_name))
         if room is None or room.listed_as not in session.rooms:
             raise Refused("not_in_room", f"you are not in {room_name}; join it first", room_name)
-        if self._accounts.mark(identity.id, room.name, id):
+        id = min(id, room.last_id)  # no marker past what the room has said
+        if id > 0 and self._accounts.mark(identity.id, room.name, id):
             marker = Line.of(ReadMarker(room=room.name, id=id))
             for twin in self._twins(session):
                 self._delivery.send_to(twin.peer, marker)

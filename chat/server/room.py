@@ -253,6 +253,11 @@ class Room(Generic[P]):
         self.retired = False
 
     @property
+    def last_id(self) -> int:
+        """The id of the room's newest numbered line (0: none yet)."""
+        return self._log.last_id
+
+    @property
     def topic(self) -> str:
         return self._feed.topic(self._record.topic)
 
