@@ -382,7 +382,10 @@ class Hub(Generic[P]):
                 if sanction.target.startswith("account:") and held_at is not None:  # tried from here while banned
                     address_ban = Sanction(SERVER_SCOPE, held_at, "ban", sanction.name, sanction.until,
                                            sanction.reason, sanction.by)
-                    kept(self._rules.save_sanction, address_ban, failure=failure)
+                    try:
+                        self._rules.save_sanction(address_ban)
+                    except StoreError as exc:  # the ban holds on the account all the same
+                        log.warning("could not hold a server ban on an address too: %s", exc)
                 reason = f": {sanction.reason}" if sanction.reason else ""
                 raise Refused("banned", f"you are banned from this server{reason}")
         if lockdown and identity.account is None:
