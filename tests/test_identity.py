@@ -129,6 +129,8 @@ def test_two_devices_of_one_account_share_rooms_lines_and_private_lines(connect)
     phone.send({"type": "private", "to": "bob", "msg": "from the phone"})
     assert laptop.expect(PrivateMessage, msg="from the phone").to == "bob"
     bob.expect(PrivateMessage, msg="from the phone")
+    bob.send({"type": "rooms"})
+    assert {info.room: info.users for info in bob.expect(RoomList).rooms}["dev"] == 2  # alice once, and bob
     phone.send({"type": "leave"})
     phone.expect_closed()
     bob.send({"type": "message", "room": "dev", "msg": "still there?"})

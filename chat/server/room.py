@@ -263,7 +263,7 @@ class Room(Generic[P]):
 
     def info(self) -> RoomInfo:
         with self._lock:
-            here = list(self._members.values())
+            here = sorted(set(self._members.values()))  # an account on several devices once
         return RoomInfo(room=self.name, users=len(self._feed.users(here)), topic=self.topic)
 
     def join(
