@@ -182,6 +182,8 @@ def _account_store(args: argparse.Namespace) -> Iterator[AccountStore]:
         finally:
             client.close()
         return
+    if args.action != "add" and not os.path.exists(args.db):  # only `add` may make the file (before a first start)
+        raise StoreError(f"there is no history file at {args.db}: give the server's --db")
     store = SqliteStore(args.db, keep_marks=False)
     try:
         yield store

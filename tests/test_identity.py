@@ -444,3 +444,36 @@ def test_password_checks_never_queue_behind_one_account():
     finally:
         go_on.set()
         first.join(TIMEOUT)
+
+
+def test_chat_admin_creates_the_operator_before_the_first_start_and_lists_nothing_it_has_not(
+    start_chat_server, connect, tmp_path, monkeypatch, capsys
+):
+    from chat.admin import main as chat_admin
+
+    db = str(tmp_path / "new" / "chat.db")
+    assert chat_admin(["--db", db, "accounts", "list"]) == 1  # no file: not made by a list
+    assert "no history file" in capsys.readouterr().err
+    monkeypatch.setenv("ROOT_PASSWORD", PASSWORD)
+    assert chat_admin(["--db", db, "accounts", "add", "root", "--password-env", "ROOT_PASSWORD"]) == 0
+    assert chat_admin(["--db", db, "accounts", "add", "R00T", "--password-env", "ROOT_PASSWORD"]) == 1
+    monkeypatch.setenv("SHORT", "short")
+    assert chat_admin(["--db", db, "accounts", "add", "bob", "--password-env", "SHORT"]) == 1
+    server = start_chat_server(ServerConfig(db=db, admin=("root",)))
+    assert isinstance(join(connect(server), name="root", password=PASSWORD), Welcome)
+
+
+def test_chat_admin_asks_for_the_password_twice_without_echo(tmp_path, monkeypatch, capsys):
+    import getpass
+
+    from chat.admin import main as chat_admin
+
+    db = str(tmp_path / "chat.db")
+    answers = iter(["first choice here", "a different one!"])
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: next(answers))
+    assert chat_admin(["--db", db, "accounts", "add", "alice"]) == 1
+    assert "differ" in capsys.readouterr().err
+    answers = iter([PASSWORD, PASSWORD])
+    assert chat_admin(["--db", db, "accounts", "add", "alice"]) == 0
+    assert chat_admin(["--db", db, "accounts", "list"]) == 0
+    assert capsys.readouterr().out.count("alice\t") == 1
