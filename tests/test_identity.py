@@ -180,6 +180,8 @@ def test_a_new_device_is_told_the_accounts_rooms_and_read_markers(connect):
 
 def test_an_account_keeps_its_name_and_a_guest_keeps_nick(connect):
     alice, _ = registered(connect)
+    shouting = connect()
+    assert join(shouting, name="ALICE", password=PASSWORD).name == "alice"  # its account name, as registered
     alice.send({"type": "nick", "name": "alicia"})
     assert alice.expect(ErrorReply).code == "nick_locked"
     guest = connect()

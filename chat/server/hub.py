@@ -250,7 +250,7 @@ class Hub(Generic[P]):
     def join(self, session: Session[P], request: Join) -> None:
         """Enter a room; the first join also claims the session's name (and may resume its private lines)."""
         if session.name is not None:
-            if request.name is not None and request.name != session.name:
+            if request.name is not None and name_key(request.name) != name_key(session.name):
                 raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
             self._enter(session, request)
             return
@@ -265,11 +265,12 @@ class Hub(Generic[P]):
             self._make_way(identity)  # an account has several, up to max_sessions
         first = identity.account is not None and not self._sessions_of(identity.id)
         replay = request.private_since
-        self._cluster.claim_name(name_keys(request.name), self._holder(session, request.name, identity.id))
+        name = identity.account or request.name  # an account appears under its account name only
+        self._cluster.claim_name(name_keys(name), self._holder(session, name, identity.id))
         try:
-            snapshot = self._claim(session, request.name, identity, held=replay is not None)
+            snapshot = self._claim(session, name, identity, held=replay is not None)
         except Refused:
-            self._cluster.release_name(name_keys(request.name), identity.id)
+            self._cluster.release_name(name_keys(name), identity.id)
             raise
         try:
             self._enter(session, request, identity, first)
