@@ -413,6 +413,7 @@ class Room(Generic[P]):
                 lambda id: Line.of(Topic(room=self.name, topic=topic, name=name, id=id, time=utc_now()))
             )
             self._record = record
+            self.active_at = time.time()
             self._feed.publish([line])
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
@@ -630,6 +631,7 @@ class Room(Generic[P]):
                 )
             )
         )
+        self.active_at = time.time()
         self._feed.publish([line])
         return line.id
 
