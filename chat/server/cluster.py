@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Hashable
 from typing import Generic, Protocol, TypeVar
 
 from chat.server.lines import Line
-from chat.server.log import LocalLog, RoomLog
+from chat.server.log import LocalLog, RoomLog, Tag
 from chat.server.room import Delivery, LocalFeed, RoomFeed
 from chat.server.session import Holder
 from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Store, kept
@@ -97,9 +97,10 @@ class Cluster(Protocol[P_contra]):
         handed to them before (what a replay runs up to)."""
         ...
 
-    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         """Number and keep a private line between two identities, and have it reach their inboxes
-        (through ClusterEvents.private_line, in id order); the line. StorageFailed if not kept."""
+        (through ClusterEvents.private_line, in id order); the line. StorageFailed if not kept.
+        `cid`: the sender's `(identity, cid)`, kept with the line (RoomLog.tagged finds it)."""
         ...
 
     def settle_private(self, upto: int) -> None:
@@ -181,9 +182,9 @@ class LocalCluster(Generic[P]):
             open_it()
             return self._private.last_id
 
-    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         with self._private_lock:
-            line = self._private.append(build, sender=sender, recipient=recipient)
+            line = self._private.append(build, sender=sender, recipient=recipient, cid=cid)
             if self._events is not None:
                 self._events.private_line(line, sender, recipient)
         return line

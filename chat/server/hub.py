@@ -188,7 +188,7 @@ class Hub(Generic[P]):
                     if name is None:
                         raise Refused("not_joined", "join first: send a join line, or a name with your message")
                     self.join(session, Join(name=name))
-                self._room_of(session, LOBBY).speak(session, [("message", text)])
+                self._room_of(session, LOBBY).speak(session, [("message", text, None)])
             case SendMessage(room=room) | SendAction(room=room):
                 self.speak(session, room, [message])
             case SetTopic(room=room, topic=topic):
@@ -197,8 +197,8 @@ class Hub(Generic[P]):
                 self._room_of(session, room).history(session, before, limit)
             case Part(room=room):
                 self.part(session, room)
-            case SendPrivate(to=to, msg=text):
-                self.whisper(session, to, text)
+            case SendPrivate(to=to, msg=text, cid=cid):
+                self.whisper(session, to, text, cid)
             case SetAway(msg=why):
                 self.set_away(session, why)
             case Nick(name=name):
@@ -220,7 +220,7 @@ class Hub(Generic[P]):
 
     def speak(self, session: Session[P], room_name: str, said: Sequence[SendMessage | SendAction]) -> None:
         """Lines `session` said to one room, one after the other: kept and published together."""
-        self._room_of(session, room_name).speak(session, [(line.type, line.msg) for line in said])
+        self._room_of(session, room_name).speak(session, [(line.type, line.msg, line.cid) for line in said])
 
     def join(self, session: Session[P], request: Join) -> None:
         """Enter a room; the first join also claims the session's name (and may resume its private lines)."""
@@ -344,9 +344,17 @@ class Hub(Generic[P]):
     def part(self, session: Session[P], room_name: str) -> None:
         self._room_of(session, room_name).leave(session, "part")
 
-    def whisper(self, session: Session[P], to: str, text: str) -> None:
-        """A private message to `to`, numbered in the private log, echoed to the sender."""
+    def whisper(self, session: Session[P], to: str, text: str, cid: str | None = None) -> None:
+        """A private message to `to`, numbered in the private log, echoed to the sender (with
+        `cid`, if it came with one; a repeat of a `cid` kept before is answered, not sent again)."""
         name = self._name_of(session)
+        if cid is not None:
+            # Checked before the line is numbered, not under the private log's lock: a repeat
+            # sent from two connections of one identity at the same moment may both be kept.
+            kept = self._cluster.private_log.tagged(_identity_of(session), cid)
+            if kept is not None:
+                self._delivery.publish(session.inbox, kept.with_cid(cid))
+                return
         with self._lock:
             target = self._by_name.get(name_key(to))
         if target is not None and target.name is not None:
@@ -360,10 +368,12 @@ class Hub(Generic[P]):
         sender_id = _identity_of(session)
 
         def build(id: int) -> Line:
-            return Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+            line = Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+            return line.echoed(cid, session.peer)
 
         # It reaches both parties (here, through private_line) in id order, on whichever server.
-        line = self._cluster.send_private(build, sender_id, recipient_id)
+        tag = None if cid is None else (sender_id, cid)
+        line = self._cluster.send_private(build, sender_id, recipient_id, tag)
         if target is not session and away is not None:
             self._cluster.settle_private(line.id)  # after the echo, so it reads as the answer
             self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))

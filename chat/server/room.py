@@ -22,7 +22,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
 from chat.server.lines import Line
-from chat.server.log import RoomLog, Span
+from chat.server.log import RoomLog, Span, Tag
 from chat.server.session import Session
 from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
@@ -322,7 +322,7 @@ class Room(Generic[P]):
         self._delivery.send_to(peer, Line.of(header), room=self.key)
         self._stream(peer, span, lambda lines: self._delivery.send_to(peer, *lines, room=self.key))
 
-    def speak(self, session: Session[P], said: Sequence[tuple[Said, str]]) -> None:
+    def speak(self, session: Session[P], said: Sequence[tuple[Said, str, str | None]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
 
         Group commit: what members say while the room writes waits in a
@@ -332,6 +332,10 @@ class Room(Generic[P]):
         mostly per write and per wake-up of the writer, not per byte. A line
         is kept before anyone sees it; if the write fails, every line in it is
         refused with storage_failed and nobody sees any of them.
+
+        Each line may carry its sender's `cid`: kept with the line, it goes back in the
+        sender's echo only; a line whose `(identity, cid)` was kept before is not kept
+        again, and only its sender gets the kept line once more.
         """
         turn = _Said(session, said)
         with self._said_lock:
@@ -352,22 +356,45 @@ class Room(Generic[P]):
         stamp = self._stamper.now()
         builds: list[Callable[[int], Line]] = []
         speaking: list[_Said[P]] = []
-        for turn in queue:
-            try:
-                name = self._speaker(turn.session)
-            except RequestFailed as exc:
-                turn.failure = exc
-                continue
-            builds += [functools.partial(Line.said, kind, self.name, name, text, stamp) for kind, text in turn.said]
-            speaking.append(turn)
+        tags: list[Tag | None] = []
+        # Lines sent with a cid: (index in builds, sender's peer, cid); repeats: (peer, cid, kept line or index).
+        echoes: list[tuple[int, P, str]] = []
+        repeats: list[tuple[P, str, Line | int]] = []
         try:
-            lines = self._log.append_all(builds)
+            for turn in queue:
+                try:
+                    name = self._speaker(turn.session)
+                except RequestFailed as exc:
+                    turn.failure = exc
+                    continue
+                identity = turn.session.identity.id if turn.session.identity is not None else None
+                peer = turn.session.peer
+                for kind, text, cid in turn.said:
+                    tag = None if cid is None or identity is None else (identity, cid)
+                    if tag is not None:
+                        found: Line | int | None = next((i for i, t in enumerate(tags) if t == tag), None)
+                        if found is None:
+                            found = self._log.tagged(*tag)
+                        if found is not None:
+                            repeats.append((peer, tag[1], found))
+                            continue
+                        echoes.append((len(builds), peer, tag[1]))
+                    builds.append(functools.partial(Line.said, kind, self.name, name, text, stamp))
+                    tags.append(tag)
+                speaking.append(turn)
+            lines = self._log.append_all(builds, tags if echoes else ())
         except StorageFailed as exc:
-            for turn in speaking:
-                turn.failure = exc
+            for turn in queue:
+                if turn.failure is None:
+                    turn.failure = exc
             return
+        for index, peer, cid in echoes:
+            lines[index].echoed(cid, peer)
         if lines:
             self._feed.publish(lines)
+        for peer, cid, original in repeats:
+            line = lines[original] if isinstance(original, int) else original
+            self._delivery.send_to(peer, line.with_cid(cid), room=self.key)
         for turn in speaking:
             turn.written = True
 
@@ -661,7 +688,7 @@ class _Said(Generic[P]):
     """Lines one member said together, waiting for the room's next write; then whether they were refused."""
 
     session: Session[P]
-    said: Sequence[tuple[Said, str]]
+    said: Sequence[tuple[Said, str, str | None]]
     #: A member holding the room's lock has taken these lines to write...
     taken: bool = False
     #: ...and they were kept and published; or why not.

@@ -122,6 +122,10 @@ RoomName = Annotated[str, AfterValidator(_check_room)]
 TopicText = Annotated[str, AfterValidator(_check_topic)]
 #: Text a client says: not blank, at most MAX_MSG characters (newlines allowed).
 Text = Annotated[str, AfterValidator(_check_text)]
+#: Longest `cid`, the client's own id for a line it sends.
+MAX_CID = 64
+#: A client's id for a line it sends (1-64 printable ASCII): a repeat is answered, not kept again.
+Cid = Annotated[str, Field(min_length=1, max_length=MAX_CID, pattern=r"^[\x20-\x7e]+$")]
 
 #: A server timestamp: ISO 8601 UTC on the wire, an aware datetime in Python.
 Timestamp = Annotated[AwareDatetime, PlainSerializer(_format_time, return_type=str)]
@@ -298,6 +302,7 @@ class SendMessage(_ClientWire):
     type: Literal["message"] = "message"
     room: RoomName = LOBBY
     msg: Text
+    cid: Cid | None = None
 
 
 class ClassicMessage(_ClientWire):
@@ -316,6 +321,7 @@ class SendAction(_ClientWire):
     type: Literal["action"] = "action"
     room: RoomName = LOBBY
     msg: Text
+    cid: Cid | None = None
 
 
 class SendPrivate(_ClientWire):
@@ -324,6 +330,7 @@ class SendPrivate(_ClientWire):
     type: Literal["private"] = "private"
     to: str = Field(min_length=1, max_length=MAX_NAME)
     msg: Text
+    cid: Cid | None = None
 
 
 class SetAway(_ClientWire):
@@ -517,6 +524,8 @@ class ChatMessage(_ServerWire):
     name: str
     msg: str
     time: Timestamp
+    #: Only on the sender's echo: the `cid` it sent the line with.
+    cid: str | None = None
 
 
 class Action(_ServerWire):
@@ -528,6 +537,8 @@ class Action(_ServerWire):
     name: str
     msg: str
     time: Timestamp
+    #: Only on the sender's echo: the `cid` it sent the line with.
+    cid: str | None = None
 
 
 ModerationAction = Literal["kick", "ban", "unban", "mute", "unmute", "op", "deop", "voice", "devoice", "mode"]
@@ -571,6 +582,8 @@ class PrivateMessage(_ServerWire):
     to: str
     msg: str
     time: Timestamp
+    #: Only on the sender's echo: the `cid` it sent the line with.
+    cid: str | None = None
 
 
 class Joined(_ServerWire):

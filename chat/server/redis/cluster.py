@@ -23,7 +23,7 @@ import redis
 from chat.errors import Refused
 from chat.server.cluster import ClusterEvents
 from chat.server.lines import Line
-from chat.server.log import RoomLog
+from chat.server.log import RoomLog, Tag
 from chat.server.redis import keys
 from chat.server.redis.commands import Close, Post, RulesChanged, Taken, WakeCommand
 from chat.server.redis.directory import Directory
@@ -163,9 +163,9 @@ class RedisCluster(Generic[P]):
             open_it()
             return self._private.position[0]
 
-    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         """Kept in the private stream: the reader hands it to both parties, on any server."""
-        return self._private_log.append(build, sender=sender, recipient=recipient)
+        return self._private_log.append(build, sender=sender, recipient=recipient, cid=cid)
 
     def settle_private(self, upto: int) -> None:
         self._reader.settle(self._private, (upto, 0))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from chat.server.store.memory import MemoryStore
 from chat.server.store.protocols import (
+    CID_KEEP,
     DEFAULT_RETENTION,
     DEFAULT_RETENTION_BYTES,
     PRIVATE_LOG,
@@ -36,6 +37,7 @@ from chat.server.store.protocols import (
 from chat.server.store.sqlite import ID_LIMIT, SqliteStore
 
 __all__ = [
+    "CID_KEEP",
     "DEFAULT_RETENTION",
     "DEFAULT_RETENTION_BYTES",
     "ID_LIMIT",

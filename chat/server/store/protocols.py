@@ -22,6 +22,9 @@ DEFAULT_RETENTION = 100_000
 #: Bytes each log keeps at most: one client saying 8,000 escaped NULs at a time
 #: (48 KB a line) must not be able to fill a small server's disk.
 DEFAULT_RETENTION_BYTES = 32 * 1024 * 1024
+#: Seconds a line's `(identity, cid)` is kept at least, so that a repeat is answered, not kept
+#: again (the protocol promises 10 minutes; a client that reconnects later resends within it).
+CID_KEEP = 3600.0
 #: The log of private messages: not a room name (those are 1 to 32 characters).
 PRIVATE_LOG = ""
 
@@ -41,6 +44,8 @@ class Record(NamedTuple):
     #: Casefolded names of the two parties of a private message; None for a room's line.
     sender: str | None = None
     recipient: str | None = None
+    #: `(identity, cid)` of a line its sender gave a `cid`: kept with it for CID_KEEP seconds.
+    cid: tuple[str, str] | None = None
 
     def visible_to(self, viewer: str | None) -> bool:
         return viewer is None or self.recipient is None or viewer in (self.sender, self.recipient)
@@ -101,6 +106,11 @@ class HistoryStore(Protocol):
 
     def append_all(self, log: str, records: Sequence[Record]) -> None:
         """Keep every one of `records` (in id order) or, raising StoreError, none of them."""
+        ...
+
+    def tagged(self, identity: str, cid: str) -> tuple[str, Record] | None:
+        """The log and the record `identity` kept with `cid` in the last CID_KEEP seconds, if any
+        (the record as it was stored, even if retention has trimmed it from its log since)."""
         ...
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:

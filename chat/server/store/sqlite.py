@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from chat.server.store.protocols import (
+    CID_KEEP,
     DEFAULT_RETENTION,
     DEFAULT_RETENTION_BYTES,
     PRIVATE_LOG,
@@ -29,7 +30,7 @@ _logger = logging.getLogger(__name__)
 
 
 #: Schema version 2: every log's lines in one table, and the rooms.
-_SCHEMA_VERSION = 5
+_SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS room_modes (
     room TEXT NOT NULL,
@@ -81,6 +82,18 @@ CREATE TABLE IF NOT EXISTS rooms (
     topic TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cids (
+    identity TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    log TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    sender TEXT,
+    recipient TEXT,
+    line BLOB NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (identity, cid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cids_by_age ON cids (stored_at);
 """
 
 #: A line's key is its log's number shifted left by this many bits, plus its id:
@@ -127,6 +140,7 @@ class SqliteStore:
         self._appends: dict[str, int] = {}
         self._last_ids: dict[str, int] = {}
         self._bases: dict[str, int] = {}  # log -> its number << _ID_BITS
+        self._cids_trimmed = 0.0  # when cids older than CID_KEEP were last deleted
         #: Why the file can no longer be trusted (deleted or replaced), once it cannot.
         self._lost: str | None = None
         #: Last ids a previous run kept beside the file; ids go on from at least these.
@@ -167,15 +181,26 @@ class SqliteStore:
         base = self._base(log)
         now = time.time()
         rows = [(base + record.id, now, record.sender, record.recipient, record.line) for record in records]
+        # A line sent with a cid keeps (identity, cid) in the same transaction: a repeat finds it.
+        tags = [
+            (*record.cid, log, record.id, record.sender, record.recipient, record.line, now)
+            for record in records
+            if record.cid is not None
+        ]
         with self._write_lock:
             self._check_file_locked()
             try:
-                if len(rows) == 1:
+                if len(rows) == 1 and not tags:
                     self._db.execute("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", rows[0])
                 else:
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
                         self._db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", rows)
+                        if tags:
+                            self._db.executemany("INSERT OR IGNORE INTO cids VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tags)
+                            if now - self._cids_trimmed > 60:
+                                self._db.execute("DELETE FROM cids WHERE stored_at < ?", (now - CID_KEEP,))
+                                self._cids_trimmed = now
                         self._db.execute("COMMIT")
                     except BaseException:
                         if self._db.in_transaction:
@@ -196,6 +221,17 @@ class SqliteStore:
             self._kept_bytes[log] = kept
             if kept > self.retention_bytes:
                 self._trim_bytes(log, base)
+
+    def tagged(self, identity: str, cid: str) -> tuple[str, Record] | None:
+        rows = self._query(
+            "SELECT log, id, line, sender, recipient FROM cids WHERE identity = :identity AND cid = :cid "
+            "AND stored_at >= :since",
+            {"identity": identity, "cid": cid, "since": time.time() - CID_KEEP},
+        )
+        if not rows:
+            return None
+        log, id, line, sender, recipient = rows[0]
+        return str(log), Record(int(id), bytes(line), sender, recipient, (identity, cid))
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         if count <= 0:
