@@ -543,3 +543,13 @@ def test_a_server_ban_given_on_one_server_keeps_the_person_off_every_server(node
     again = connect(a)
     again.send({"type": "join", "name": "troll2"})
     assert again.expect(ErrorReply).code == "banned"  # same address, the other server
+
+
+def test_search_is_unavailable_when_rooms_are_shared_through_redis_even_with_a_history_file(
+    nodes, connect, tmp_path
+):
+    [server] = nodes(1, db=str(tmp_path / "chat.db"))
+    alice = connect(server)
+    alice.join("alice")
+    alice.send({"type": "search", "text": "anything"})
+    assert alice.expect(ErrorReply).code == "search_unavailable"

@@ -34,9 +34,22 @@ from chat.server.room import (
     stream_chunks,
 )
 from chat.server.session import Holder, Session
-from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
+from chat.server.store import (
+    PRIVATE_LOG,
+    RoomRecord,
+    Rules,
+    Sanction,
+    SearchIndex,
+    SearchInvalid,
+    Store,
+    StoreError,
+    kept,
+)
 from chat.wire.protocol import (
+    DEFAULT_SEARCH_RESULTS,
     LOBBY,
+    MAX_SEARCH_RESULTS,
+    MAX_SEARCH_TEXT,
     Away,
     Ban,
     ChangePassword,
@@ -61,6 +74,8 @@ from chat.wire.protocol import (
     Register,
     Renamed,
     RoomList,
+    Search,
+    SearchResults,
     SendAction,
     SendMessage,
     SendPrivate,
@@ -101,9 +116,12 @@ class Hub(Generic[P]):
         accounts: Accounts | None = None,
         admins: Iterable[str] = (),
         cluster: Cluster[P] | None = None,
+        search: SearchIndex | None = None,
     ) -> None:
         """`cluster`: where names, private lines, rules and rooms live (default: this server
-        alone, in `store`); it starts telling this hub what other servers do."""
+        alone, in `store`); it starts telling this hub what other servers do. `search`: the
+        full-text index that answers `search` (None: answered with search_unavailable)."""
+        self._search = search
         self._delivery = delivery
         self._cluster: Cluster[P] = cluster or LocalCluster(delivery, store)
         self._store = store
@@ -193,6 +211,8 @@ class Hub(Generic[P]):
                 self.speak(session, room, [message])
             case SetTopic(room=room, topic=topic):
                 self._room_of(session, room).set_topic(session, topic)
+            case Search() as asked:
+                self.search(session, asked)
             case HistoryRequest(room=room, before=before, limit=limit):
                 self._room_of(session, room).history(session, before, limit)
             case Part(room=room):
@@ -221,6 +241,39 @@ class Hub(Generic[P]):
     def speak(self, session: Session[P], room_name: str, said: Sequence[SendMessage | SendAction]) -> None:
         """Lines `session` said to one room, one after the other: kept and published together."""
         self._room_of(session, room_name).speak(session, [(line.type, line.msg, line.cid) for line in said])
+
+    def search(self, session: Session[P], request: Search) -> None:
+        """Send `session` the newest lines matching a search, among those its identity may read
+        now: the rooms it is in (or the one it names) and its own private lines."""
+        text, room, before = request.text, request.room, request.before
+        limit = DEFAULT_SEARCH_RESULTS if request.limit is None else request.limit
+        if not text.strip() or len(text) > MAX_SEARCH_TEXT:
+            raise Refused("search_invalid", f"a search is 1 to {MAX_SEARCH_TEXT} characters, not all blank", room)
+        if not 1 <= limit <= MAX_SEARCH_RESULTS:
+            raise Refused("search_invalid", f"a search answers 1 to {MAX_SEARCH_RESULTS} lines", room)
+        if before is not None and room is None:
+            raise Refused("search_invalid", "before is an id in one room: name the room too")
+        if self._search is None:
+            raise Refused("search_unavailable", _NO_SEARCH, room)
+        identity = _identity_of(session)
+        with self._lock:
+            sessions = self._by_identity.get(identity, set()) | {session}
+            rooms = {key for each in sessions for key in each.rooms}
+        if room is not None:
+            if room_key(room) not in rooms:
+                raise Refused("not_in_room", f"you are not in {room}; join it first", room)
+            logs = [room_key(room)]
+        else:
+            logs = [*sorted(rooms), PRIVATE_LOG]
+        try:
+            found = self._search.search(text, logs, identity, before, limit)
+        except SearchInvalid as exc:
+            raise Refused("search_invalid", str(exc), room) from exc
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise StorageFailed("storage_failed", "the server could not search its history; try again", room) from exc
+        header = Line.of(SearchResults(text=text, count=len(found.lines), more=found.more))
+        self._delivery.send_to(session.peer, header, *[Line(line) for line in found.lines])
 
     def join(self, session: Session[P], request: Join) -> None:
         """Enter a room; the first join also claims the session's name (and may resume its private lines)."""
@@ -660,6 +713,11 @@ class Hub(Generic[P]):
             stream_chunks(self._delivery, peer, chunks, lambda lines: self._delivery.send_held(peer, inbox, *lines))
         finally:
             self._delivery.release_held(peer, inbox)
+
+
+_NO_SEARCH = (
+    "this server keeps no search index: it keeps history in memory, or shares rooms through Redis"
+)
 
 
 def _identity_of(session: Session[P]) -> str:

@@ -34,7 +34,7 @@ from chat.server.metrics import MetricsEndpoint, Stats
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
-from chat.server.store import StoreError, open_store
+from chat.server.store import SqliteStore, StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import encode_error, error_reply
 from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
@@ -246,7 +246,12 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.shared = _redis_cluster(config, self.outbox) if config.redis else None
             records = self.shared.accounts if self.shared is not None else None
             accounts = Accounts(self.store, require_account=config.require_account, records=records)
-            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, self.shared)
+            # Search needs an index of every line this server may answer with: its SQLite file's.
+            # With --redis the rooms' lines live in Redis, so that file does not hold them.
+            search = self.store if isinstance(self.store, SqliteStore) and self.shared is None else None
+            self.hub: Hub[Peer] = Hub(self.outbox, self.store, settings, accounts, config.admin, self.shared, search)
+            if search is not None:
+                search.start_indexing()
         except BaseException:
             self._close_storage()
             raise

@@ -122,6 +122,10 @@ RoomName = Annotated[str, AfterValidator(_check_room)]
 TopicText = Annotated[str, AfterValidator(_check_topic)]
 #: Text a client says: not blank, at most MAX_MSG characters (newlines allowed).
 Text = Annotated[str, AfterValidator(_check_text)]
+#: Longest search text, in characters; most lines a search answers with.
+MAX_SEARCH_TEXT = 200
+MAX_SEARCH_RESULTS = 100
+DEFAULT_SEARCH_RESULTS = 20
 #: Longest `cid`, the client's own id for a line it sends.
 MAX_CID = 64
 #: A client's id for a line it sends (1-64 printable ASCII): a repeat is answered, not kept again.
@@ -397,6 +401,18 @@ class HistoryRequest(_ClientWire):
     limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE)
 
 
+class Search(_ClientWire):
+    """Search the lines the asker may read: the newest `limit` (1 to 100, default 20) that
+    match `text`, in `room` only, or in every room it is in and its own private lines.
+    `text` and `limit` are checked by the server (`search_invalid`), not here."""
+
+    type: Literal["search"] = "search"
+    text: str
+    room: RoomName | None = None
+    before: int | None = Field(default=None, ge=1, le=MAX_NUMBER)
+    limit: int | None = Field(default=None, le=MAX_NUMBER)
+
+
 class Leave(_ClientWire):
     """A clean goodbye from every room; the server closes the connection after it."""
 
@@ -405,6 +421,7 @@ class Leave(_ClientWire):
 
 ClientMessage = Annotated[
     Join
+    | Search
     | Kick
     | Ban
     | Unban
@@ -729,7 +746,19 @@ ErrorCode = Literal[
     "server_full",
     "too_many_connections",
     "storage_failed",
+    "search_invalid",
+    "search_unavailable",
 ]
+
+
+class SearchResults(_ServerWire):
+    """The answer to `search`: `count` matching numbered lines follow, newest first, each as it
+    is kept (room lines with their `room`); `more` older ones match too."""
+
+    type: Literal["results"] = "results"
+    text: str
+    count: int
+    more: int
 
 
 class ErrorReply(_ServerWire):
@@ -762,6 +791,7 @@ CLOSING_ERRORS = frozenset(
 
 ServerMessage = Annotated[
     Welcome
+    | SearchResults
     | SessionToken
     | Gap
     | Reset

@@ -33,6 +33,27 @@ class StoreError(ChatError):
     """The store could not be opened, read or written (corrupt file, full disk, locked)."""
 
 
+class SearchInvalid(ChatError):
+    """The asker's search text has no word to look for (its fault)."""
+
+
+class Found(NamedTuple):
+    """A search's answer: the matching lines as kept, newest first, and how many older ones match."""
+
+    lines: list[bytes]
+    more: int
+
+
+class SearchIndex(Protocol):
+    """Full-text search over kept lines (SqliteStore's FTS5 index)."""
+
+    def search(self, text: str, logs: Sequence[str], viewer: str, before: int | None, limit: int) -> Found:
+        """The newest `limit` lines of `logs` matching `text` (words, "quoted phrases", `prefix*`,
+        all of them), with id < `before` if given; in PRIVATE_LOG only `viewer`'s own.
+        SearchInvalid if `text` has no word; StoreError if the index cannot be read."""
+        ...
+
+
 class Record(NamedTuple):
     """One stored line: its id in its log, the encoded line, and who may see it.
 
