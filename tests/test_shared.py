@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
 
 import pytest
+import redis
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
@@ -553,3 +555,27 @@ def test_search_is_unavailable_when_rooms_are_shared_through_redis_even_with_a_h
     alice.join("alice")
     alice.send({"type": "search", "text": "anything"})
     assert alice.expect(ErrorReply).code == "search_unavailable"
+
+
+def test_after_a_flushall_during_traffic_every_line_said_reaches_every_member_on_every_server(
+    nodes, connect, redis_server
+):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    alice.join("alice")
+    bob.join("bob")
+    before = alice.say_all([f"before {n}" for n in range(20)])
+    assert bob.expect(ChatMessage, msg=before.msg).id == before.id
+    with contextlib.closing(redis.Redis.from_url(redis_server.url)) as client:
+        client.flushall()  # the connections stay: no error tells the servers
+    alice.say("right after")  # numbered 1 in a new epoch, below every server's read position
+    for person in (alice, bob):
+        assert person.expect(Reset, room="lobby").epoch is not None
+    for n in range(5):
+        alice.say(f"after {n}")
+        bob.say(f"bob after {n}")
+    said = {"right after", *(f"after {n}" for n in range(5)), *(f"bob after {n}" for n in range(5))}
+    for person in (alice, bob):
+        heard = [person.expect(ChatMessage) for _ in range(len(said))]
+        assert {m.msg for m in heard} == said
+        assert [m.id for m in heard] == list(range(1, len(said) + 1))

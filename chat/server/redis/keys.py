@@ -16,6 +16,9 @@ NODES = "chat:nodes"
 NAMES = "chat:names"
 #: Every room: key -> its name as first spelled (a hash).
 ROOMS = "chat:rooms"
+#: A token set once per Redis data set (SET NX): when it is gone or another, Redis lost its data
+#: (FLUSHALL, a restart without it) and every log's lines and numbering with it.
+SENTINEL = "chat:sentinel"
 #: Where servers tell each other that a room's rules changed (a stream).
 RULES = "chat:rules"
 #: The private messages' log key (the same as the local private log's: no room has it).

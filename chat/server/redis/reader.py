@@ -5,12 +5,14 @@ hands each stream's new entries, in stream order, to whoever follows it.
 It knows streams and positions, not rooms: what an entry means is the follower's business
 (`Followed.deliver`). Its own wake stream (chat.server.redis.commands) interrupts a read, to
 follow a new stream at once or to stop, and brings other servers' requests. After Redis was
-away, a stream whose epoch changed (Redis lost its data) is read again from its start.
+away, or as soon as it sees that Redis lost its data while it was still there (its sentinel
+key gone: FLUSHALL), a stream whose epoch changed is read again from its start.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +92,8 @@ class Reader:
         self._followed: dict[bytes, Followed] = {}
         self._followed_lock = threading.Lock()
         self._stopping = threading.Event()
+        #: The sentinel's token as this reader last saw it (None: not read yet).
+        self._sentinel: bytes | None = None
         self._thread = threading.Thread(target=self._read_forever, name="chat-shared-reader", daemon=True)
 
     def start(self) -> None:
@@ -159,9 +163,16 @@ class Reader:
                 }
             streams[self._wake] = wake_position
             try:
-                reply = cast(
-                    list[tuple[bytes, Entries]], self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
-                )
+                # Every read also reads the sentinel (same round trip): a Redis that lost its data
+                # without dropping the connection (FLUSHALL) is noticed within one read's block,
+                # not only after an error; the logs' new ids, from 1, lie below every position.
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.get(keys.SENTINEL)
+                pipe.xread(streams, count=READ_COUNT, block=self._block_ms)
+                sentinel, reply = pipe.execute()
+                if self._data_lost(sentinel):
+                    self._start_over_where_lost()
+                    continue
             except redis.RedisError as exc:
                 if self._stopping.is_set():
                     return
@@ -187,6 +198,18 @@ class Reader:
                     followed.position = position(entries[-1][0])
                     followed.delivered.notify_all()
 
+    def _data_lost(self, sentinel: bytes | None) -> bool:
+        """Whether Redis lost its data since the last read (the sentinel `sentinel` read then is
+        gone or another); sets it again if gone. The first read only learns it."""
+        if sentinel is None:
+            self._redis.set(keys.SENTINEL, secrets.token_hex(8), nx=True)
+            sentinel = cast(bytes | None, self._redis.get(keys.SENTINEL))
+        known, self._sentinel = self._sentinel, sentinel
+        if known is None or sentinel == known:
+            return False
+        log.warning("Redis lost its data (its sentinel key changed): reading every log again from its start")
+        return True
+
     def _start_over_where_lost(self) -> None:
         """After Redis was away: a log whose epoch changed lost its stream (Redis restarted
         without its data), so its new lines are read from the start, and its follower told."""
@@ -194,6 +217,11 @@ class Reader:
             if followed.read_epoch is None:
                 continue
             epoch = followed.read_epoch()
+            if epoch is None and followed.epoch is not None:
+                # Lost, and nothing said there since: its new epoch now (HSETNX, as the append
+                # script does), so that its first new line does not look like a second loss.
+                self._redis.hsetnx(keys.meta(followed.key), "epoch", secrets.token_hex(8))
+                epoch = followed.read_epoch()
             if epoch == followed.epoch:
                 continue
             with followed.delivered:
