@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import threading
 from typing import Any
 
@@ -579,3 +581,28 @@ def test_after_a_flushall_during_traffic_every_line_said_reaches_every_member_on
         heard = [person.expect(ChatMessage) for _ in range(len(said))]
         assert {m.msg for m in heard} == said
         assert [m.id for m in heard] == list(range(1, len(said) + 1))
+
+
+def test_a_line_refused_while_redis_stalled_past_the_command_timeout_is_never_delivered(
+    nodes, connect, redis_server
+):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    alice.join("alice")
+    bob.join("bob")
+    alice.say_all(["before the stall"])
+    bob.expect(ChatMessage, msg="before the stall")
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        alice.say("into the stall")
+        assert alice.expect(ErrorReply).code == "storage_failed"  # after the command timeout
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)  # Redis now runs the stalled append: fenced
+    alice.say("after the stall")
+    assert bob.expect(ChatMessage).msg == "after the stall"  # the refused line came before it, or never
+    assert alice.expect(ChatMessage).msg == "after the stall"
+    carol = connect(b)
+    carol.join("carol")
+    seen = [carol.expect(ChatMessage).msg for _ in range(2)]
+    assert seen == ["before the stall", "after the stall"]  # the history has no trace of it either

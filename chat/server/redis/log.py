@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import cast
@@ -29,14 +30,25 @@ log = logging.getLogger(__name__)
 #: The id a line is built with before Redis numbers it; the script puts the real one in its place.
 #: It appears in an encoded line only as the `id` field: inside a string a quote is escaped.
 PLACEHOLDER_ID = 9_007_199_254_740_881
+#: Seconds after it was sent that Redis still stores an append: half the command timeout (5 s),
+#: so that an append whose answer the server gave up on is never stored later.
+APPEND_FENCE = 2.5
 _PLACEHOLDER = f'"id":{PLACEHOLDER_ID}'.encode()
 # Number each template's line, in order, and append it under its id: atomically, so that
 # ids are gap-free and ordered however many servers append. KEYS: meta, log.
-# ARGV: max length, epoch if new, sender, recipient (both '' but in the private log), templates...
+# ARGV: max length, epoch if new, sender, recipient (both '' but in the private log),
+# deadline (ms, Redis' clock), templates...
+# The deadline fences a late append: one that Redis runs after its server stopped waiting for
+# it (a stall past the command timeout, answered storage_failed) stores nothing, so that a
+# refusal is final. Redis 7 replicates a script's effects, so TIME may come before writes.
 _APPEND = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[5]) then
+  return redis.error_reply('FENCED the append came after its server had stopped waiting for it')
+end
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
 local ids = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
   local template = ARGV[i]
   local at, stop = string.find(template, '"id":PLACEHOLDER', 1, true)
@@ -66,17 +78,35 @@ class Logs:
     """Every log in one Redis, on the command connection; each log keeps about `retention`
     entries. Every method may raise redis.RedisError."""
 
-    def __init__(self, client: redis.Redis, retention: int) -> None:
+    def __init__(self, client: redis.Redis, retention: int, fence: float = APPEND_FENCE) -> None:
+        """`fence`: seconds after it is sent that an append is still stored (see _APPEND); less
+        than the command timeout, after which the server answers storage_failed."""
         self._redis = client
         self._retention = retention
+        self._fence = fence
         self._append = client.register_script(_APPEND)
         self._notice = client.register_script(_NOTICE)
+        #: Redis' clock minus ours (seconds), and when (monotonic) it was measured.
+        self._offset = 0.0
+        self._measured: float | None = None
 
     def append(self, key: str, templates: Sequence[bytes], parties: tuple[str, str] = ("", "")) -> list[int]:
-        """Number the lines (built with PLACEHOLDER_ID) and append them; their ids."""
-        args: list[bytes | str | int] = [self._retention, secrets.token_hex(8), *parties, *templates]
+        """Number the lines (built with PLACEHOLDER_ID) and append them; their ids. A
+        redis.ResponseError (FENCED) if Redis ran it too late to keep it."""
+        deadline = int((time.time() + self._clock_offset() + self._fence) * 1000)
+        args: list[bytes | str | int] = [self._retention, secrets.token_hex(8), *parties, deadline, *templates]
         ids = self._append(keys=[keys.meta(key), keys.log(key)], args=args)
         return [int(number) for number in cast(list[int], ids)]
+
+    def _clock_offset(self) -> float:
+        """Redis' clock minus ours, measured again each minute (clocks drift, slowly)."""
+        if self._measured is None or time.monotonic() - self._measured > 60:
+            before = time.time()
+            seconds, micro = self._redis.time()
+            after = time.time()
+            self._offset = seconds + micro / 1e6 - (before + after) / 2
+            self._measured = time.monotonic()
+        return self._offset
 
     def notice(self, key: str, line: bytes) -> tuple[int, int]:
         """Append an unnumbered line; where it went in the stream."""
