@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import random
+import secrets
 import socket
 import ssl
 from collections import deque
@@ -42,6 +43,9 @@ from chat.wire.protocol import (
     PrivateMessage,
     Renamed,
     Reset,
+    SendAction,
+    SendMessage,
+    SendPrivate,
     ServerMessage,
     ServerPing,
     ServerPong,
@@ -54,6 +58,12 @@ from chat.wire.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Seconds a line without its echo is sent again after a reconnect: the server remembers a
+#: line's cid for at least 10 minutes, and a resend after that could be kept twice.
+RESEND_WITHIN = 600.0
+#: The lines a client says: each carries a cid, and is sent again until its echo comes.
+Said = SendMessage | SendAction | SendPrivate
 
 
 def failure_in_words(exc: OSError) -> str:
@@ -253,6 +263,10 @@ class ChatClient:
         #: nothing is tried again until the user asks (reconnect_now).
         self.replaced: str | None = None
         self._take_back = asyncio.Event()
+        #: The lines sent whose echo has not come, by cid, in the order sent, with when (loop time).
+        self._unechoed: dict[str, tuple[float, Said]] = {}
+        self._cid_prefix = secrets.token_hex(4)
+        self._cids = 0
 
     @property
     def users(self) -> list[str]:
@@ -306,10 +320,18 @@ class ChatClient:
             yield batch
 
     async def send(self, message: BaseModel) -> None:
-        """Send one protocol message; ConnectionClosed if there is no connection now."""
+        """Send one protocol message; ConnectionClosed if there is no connection now.
+
+        A line said (message, action, private) gets a cid, and is kept until its echo comes:
+        if the connection drops first, it is sent again, with the same cid, after the next
+        reconnect, and the server keeps it once whichever copy it got."""
         writer = self._writer
         if writer is None:
             raise ConnectionClosed("not connected to the server right now")
+        if isinstance(message, Said) and message.cid is None:
+            self._cids += 1
+            message = message.model_copy(update={"cid": f"{self._cid_prefix}-{self._cids}"})
+            self._unechoed[f"{self._cid_prefix}-{self._cids}"] = (asyncio.get_running_loop().time(), message)
         try:
             writer.write(encode(message))
             await writer.drain()
@@ -387,6 +409,13 @@ class ChatClient:
             # The other rooms' welcomes come as events; a refusal there is an error line, not fatal.
             for view in others:
                 writer.write(encode(Join(room=view.name, since=self._since(view))))
+            # Then every line said whose echo never came, in order: kept once, shown once.
+            now = asyncio.get_running_loop().time()
+            for cid, (sent, said) in list(self._unechoed.items()):
+                if now - sent > RESEND_WITHIN:
+                    del self._unechoed[cid]
+                    continue
+                writer.write(encode(said))
             await writer.drain()
         except BaseException:
             writer.close()
@@ -534,8 +563,10 @@ class ChatClient:
             if isinstance(message, ErrorReply) and message.code == "session_replaced":
                 self.replaced = "signed in elsewhere: another connection of yours took the session over"
                 return self.replaced
+            if isinstance(message, ChatMessage | Action | PrivateMessage) and message.cid is not None:
+                self._unechoed.pop(message.cid, None)
             if not self._first_sight(message):
-                continue
+                continue  # the echo of a line sent again, seen already (in the history replayed)
             fresh_removal = self._removes_me(message)
             self._track(message)
             if isinstance(message, Renamed) and not self._first_copy(message):
