@@ -170,6 +170,8 @@ class SqliteStore:
         self._index_pending = 0  # lines kept since the indexer last woke (a hint, not a count)
         self._index_stop = False
         self._indexer: threading.Thread | None = None
+        self._search_lock = threading.Lock()
+        self._searcher: sqlite3.Connection | None = None  # opened by the first search
         #: Why the file can no longer be trusted (deleted or replaced), once it cannot.
         self._lost: str | None = None
         #: Last ids a previous run kept beside the file; ids go on from at least these.
@@ -472,8 +474,16 @@ class SqliteStore:
         where = f"search MATCH :q AND ({' OR '.join(conditions)})"
         joined = "FROM search JOIN lines l ON l.key = search.rowid"
         newest = "ORDER BY l.stored_at DESC, l.key DESC LIMIT :limit"
-        rows = self._query(f"SELECT l.line {joined} WHERE {where} {newest}", params)
-        total = self._query(f"SELECT COUNT(*) {joined} WHERE {where}", params)[0][0]
+        # A search of a common word reads every match (to sort and count them): on a connection
+        # of its own, so that it never makes a join or a history page wait for the reader.
+        with self._search_lock:
+            try:
+                if self._searcher is None:
+                    self._searcher = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                rows = self._searcher.execute(f"SELECT l.line {joined} WHERE {where} {newest}", params).fetchall()
+                total = self._searcher.execute(f"SELECT COUNT(*) {joined} WHERE {where}", params).fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot search history: {exc}") from exc
         return Found([bytes(row[0]) for row in rows], int(total) - len(rows))
 
     def _log_numbers(self, logs: Sequence[str]) -> list[tuple[str, int]]:
@@ -529,8 +539,10 @@ class SqliteStore:
             self._index_stop = True
             self._index_wake.set()
             indexer.join()
-        with self._write_lock, self._read_lock:
+        with self._write_lock, self._read_lock, self._search_lock:
             self._save_marks_locked()
+            if self._searcher is not None:
+                self._searcher.close()
             self._reader.close()
             self._db.close()
 
