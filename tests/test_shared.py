@@ -29,6 +29,7 @@ from chat.wire.protocol import (
     Renamed,
     Reset,
     RoomList,
+    SendMessage,
     ServerNotice,
     SessionToken,
     Topic,
@@ -606,3 +607,27 @@ def test_a_line_refused_while_redis_stalled_past_the_command_timeout_is_never_de
     carol.join("carol")
     seen = [carol.expect(ChatMessage).msg for _ in range(2)]
     assert seen == ["before the stall", "after the stall"]  # the history has no trace of it either
+
+
+def test_a_client_does_not_send_again_what_a_server_that_keeps_no_cids_echoed(nodes, connect):
+    a, b = nodes(2)
+    watcher = connect(b)
+    watcher.join("watcher")
+
+    async def scenario() -> None:
+        alice = ChatClient(*a.address, "alice", first_retry=0.05, max_retry=0.05)
+        await alice.connect()
+        for text in ("one", "two", "one"):
+            await alice.send(SendMessage(msg=text))
+        heard = []
+        async for event in alice.events():
+            if isinstance(event, ChatMessage):
+                heard.append(event.msg)
+                if len(heard) == 3:
+                    break
+        assert heard == ["one", "two", "one"]
+        assert alice._unechoed == {}  # matched by name, place and text: Redis mode echoes no cid
+        await alice.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    assert [watcher.expect(ChatMessage).msg for _ in range(3)] == ["one", "two", "one"]

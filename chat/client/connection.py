@@ -563,8 +563,8 @@ class ChatClient:
             if isinstance(message, ErrorReply) and message.code == "session_replaced":
                 self.replaced = "signed in elsewhere: another connection of yours took the session over"
                 return self.replaced
-            if isinstance(message, ChatMessage | Action | PrivateMessage) and message.cid is not None:
-                self._unechoed.pop(message.cid, None)
+            if isinstance(message, ChatMessage | Action | PrivateMessage):
+                self._echoed(message)
             if not self._first_sight(message):
                 continue  # the echo of a line sent again, seen already (in the history replayed)
             fresh_removal = self._removes_me(message)
@@ -608,6 +608,26 @@ class ChatClient:
             view = self.rooms.get(room_key(message.room))
             return view is None or view.seen.first_sight(message.id)
         return True
+
+    def _echoed(self, message: ChatMessage | Action | PrivateMessage) -> None:
+        """Forget the line `message` is the echo of: by its cid, or, for a line of this client's
+        name without one (a server that keeps no cids, or the line in a resumed history), the
+        oldest unechoed line of the same kind, place and text."""
+        if message.cid is not None:
+            self._unechoed.pop(message.cid, None)
+            return
+        if message.name != self.name or not self._unechoed:
+            return
+        for cid, (_, said) in self._unechoed.items():
+            if said.type != message.type or said.msg != message.msg:
+                continue
+            if isinstance(said, SendPrivate) and isinstance(message, PrivateMessage):
+                same_place = said.to.casefold() == message.to.casefold()
+            else:
+                same_place = room_key(getattr(said, "room", LOBBY)) == room_key(getattr(message, "room", LOBBY))
+            if same_place:
+                del self._unechoed[cid]
+                return
 
     def _closed_meanwhile(self) -> bool:
         """Whether close() was called while this task waited (a method: a type checker would take
