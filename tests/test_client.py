@@ -188,6 +188,7 @@ def test_client_started_with_a_cursor_sees_what_was_said_since(chat_server):
     for i in range(5):
         talker.say(f"m{i}")
     seen_before = talker.expect(ChatMessage, msg="m1").id
+    talker.expect(ChatMessage, msg="m4")  # all five kept before bob asks what he missed
 
     async def scenario():
         bob = ChatClient(*chat_server.address, "bob", since=seen_before)

@@ -29,7 +29,7 @@ def ping_all(members: list[LineClient], cut: set[int]) -> None:
 
 def test_members_who_kept_pinging_through_three_freezes_are_never_cut(chat_server_process):
     # Every freeze outlasts the idle timeout; the timers and the freezes scale together.
-    idle = scaled(1.0)
+    idle = scaled(2.0)  # short timers, but not so short that a busy machine's scheduling looks like a cut
     server = chat_server_process("--ping-interval", str(idle / 2), "--idle-timeout", str(idle),
                                  "--max-per-address", "0", "--flood-rate", "0")  # fmt: skip
     members = [LineClient(server.address) for _ in range(MEMBERS)]
@@ -98,5 +98,25 @@ def test_input_read_by_the_handler_while_the_keepalive_looks_is_life(start_chat_
     session: Session[object] = Session(peer, "resumed", "\0inbox test")
     transport.session = session
     session.last_heard -= 7200  # silent for longer than the idle timeout, as seen before the freeze
+    server._check_alive(session, time.monotonic())  # type: ignore[arg-type]
+    assert peer.state is PeerState.OPEN and peer.drop_reason is None
+
+
+class _BeingRead(_ReadMeanwhile):
+    """A connection whose handler was frozen between hearing the client and reading its socket:
+    the bytes are being read now, and the last time it was heard is from before the freeze."""
+
+    def has_input(self) -> bool:
+        return False
+
+
+def test_input_being_read_when_the_keepalive_looks_is_life(start_chat_server):
+    server = start_chat_server(ServerConfig(idle_timeout=3600, ping_interval=3600))
+    transport = _BeingRead()
+    peer = server.outbox.register(transport, "resumed")
+    session: Session[object] = Session(peer, "resumed", "\0inbox test")
+    transport.session = session
+    session.last_heard -= 7200  # heard just before the freeze, which came before its read
+    session.reading = True
     server._check_alive(session, time.monotonic())  # type: ignore[arg-type]
     assert peer.state is PeerState.OPEN and peer.drop_reason is None

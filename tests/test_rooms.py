@@ -117,7 +117,9 @@ def test_a_client_that_never_names_a_room_works_as_before(connect):
 
 
 def test_per_room_resume_during_traffic_in_both_rooms_is_exact(start_chat_server, connect):
-    server = start_chat_server(ServerConfig().without_limits())  # the talkers are floods
+    # The talkers are floods, and may say up to 10,000 lines before the resume is served: a
+    # replay limit above that, so that the resume is whole however slow the machine.
+    server = start_chat_server(ServerConfig(replay_limit=20_000).without_limits())
     talkers = {room: connect(server) for room in ("lobby", "dev")}
     for room, talker in talkers.items():
         talker.join(f"talk-{room}")

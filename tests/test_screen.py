@@ -675,6 +675,7 @@ def test_private_buffers_open_in_the_last_run_are_there_again(chat_server, conne
             await alice.sees(lambda s: "2:@bob" in alice.status, "the conversation")
             conversations = list(alice.client.conversations.values())
         assert conversations == ["bob"]  # what the client remembers (cursors.Place) for the next start
+        await asyncio.to_thread(bob.expect, Left, name="alice")  # the server let go of the name
         async with full_screen(chat_server.address, "alice", conversations=tuple(conversations)) as again:
             await again.sees(lambda s: "2:@bob" in again.status, "the conversation open again")
             again.type(ALT + "2")

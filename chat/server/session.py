@@ -44,6 +44,9 @@ class Session(Generic[P]):
         self.last_heard = self.connected_at
         #: Whether the server has pinged it since it last said anything.
         self.pinged = False
+        #: Its handler is taking bytes out of the socket now: they are life the keepalive can
+        #: no longer see there, and `last_heard` may predate a freeze that fell in between.
+        self.reading = False
 
     def heard(self) -> None:
         """The client said something: it is alive."""

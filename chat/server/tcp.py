@@ -130,10 +130,16 @@ class ChatHandler(socketserver.BaseRequestHandler):
             timeout_ms = None if due is None else max(0, math.ceil((due - time.monotonic()) * 1000))
             if not readable.poll(timeout_ms):
                 continue  # the first waiting request is due
-            # Heard before the bytes leave the socket: the keepalive, which counts unread
-            # input as life, never sees the input gone and the client not yet heard.
+            # Heard before the bytes leave the socket, and reading until they are heard again
+            # after: the keepalive, which counts unread input as life, never sees the input
+            # gone and the client not heard since (a freeze of the server may fall between).
             session.heard()
-            received = self.request.recv(_READ_SIZE)
+            session.reading = True
+            try:
+                received = self.request.recv(_READ_SIZE)
+                session.heard()
+            finally:
+                session.reading = False
             data = self.transport.receive(received) if received else None
             if data is None:
                 connection.receive_eof()
@@ -488,9 +494,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
             if peer.transport.has_input() and self.outbox.queued_bytes(peer) < SOFT_BACKLOG:
                 session.heard()
                 return
-            # Its handler, woken by the same resume, may have read those lines between the two
-            # looks above (it marks the client heard before it reads): look once more.
-            if now - session.last_heard < config.idle_timeout:
+            # Its handler, woken by the same resume, may be reading those lines, or have read
+            # them between the two looks above: look once more.
+            if session.reading or now - session.last_heard < config.idle_timeout:
                 return
             log.info("%s: silent for %.0f s; closing", session.label, silent)
             self.outbox.close(peer, Line.of(_TOO_IDLE), reason="timeout")

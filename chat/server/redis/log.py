@@ -198,11 +198,7 @@ class RedisLog:
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         if viewer is not None:
             return self._missed_by(viewer, 0, upto, limit)
-        oldest = self._oldest()
-        if oldest is None or upto < oldest or limit < 1:
-            return Span.empty()
-        first = max(oldest, upto - limit + 1)
-        return Span(first, upto, upto - first + 1)
+        return self._newest(upto, limit, counting_older=False)
 
     def missed(self, since: int, upto: int, limit: int, viewer: str | None = None) -> Span:
         if since >= upto:
@@ -221,11 +217,16 @@ class RedisLog:
         upto = min(edge - 1, self.last_id)
         if viewer is not None:
             return self._missed_by(viewer, 0, upto, limit)
+        return self._newest(upto, limit, counting_older=True)
+
+    def _newest(self, upto: int, limit: int, counting_older: bool) -> Span:
+        """The newest `limit` kept lines with id <= upto (ids are dense in a room's stream),
+        with how many older ones are still kept if `counting_older`."""
         oldest = self._oldest()
         if oldest is None or upto < oldest or limit < 1:
             return Span.empty()
         first = max(oldest, upto - limit + 1)
-        return Span(first, upto, upto - first + 1, first - oldest)
+        return Span(first, upto, upto - first + 1, first - oldest if counting_older else 0)
 
     def lines(self, span: Span, chunk: int, viewer: str | None = None) -> Iterator[list[Line]]:
         start = f"{span.first}-0"

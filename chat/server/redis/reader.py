@@ -194,8 +194,13 @@ class Reader:
                 if followed is None or not entries:
                     continue
                 with followed.delivered:
-                    guarded(followed.deliver, entries)
-                    followed.position = position(entries[-1][0])
+                    # A read asked from an older place than this follower's (its room was left
+                    # and followed again, from later, while the read was out) delivers only
+                    # what the follower does not have: nothing twice.
+                    fresh = [entry for entry in entries if position(entry[0]) > followed.position]
+                    if fresh:
+                        guarded(followed.deliver, fresh)
+                        followed.position = position(fresh[-1][0])
                     followed.delivered.notify_all()
 
     def _data_lost(self, sentinel: bytes | None) -> bool:
