@@ -1,5 +1,5 @@
 """A line's `cid` over real sockets: a repeat is kept once and answered to its sender only,
-on the memory store and SQLite, after a drop and after a restart."""
+on the memory store, SQLite and Redis, after a drop and after a restart."""
 
 from __future__ import annotations
 
@@ -17,12 +17,16 @@ def first_join(client: LineClient, name: str, **fields: object) -> Welcome:
     return client.expect(Welcome)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def config(request: pytest.FixtureRequest, tmp_path) -> ServerConfig:
+    """Where the lines are kept. Ask for it before start_chat_server: its Redis then stops after
+    the servers that use it."""
+    if request.param == "redis":
+        return ServerConfig(redis=request.getfixturevalue("redis_server").url)
     return ServerConfig(db=":memory:" if request.param == "memory" else str(tmp_path / "chat.db"))
 
 
-def test_a_repeated_cid_is_kept_once_and_answered_to_its_sender_alone(start_chat_server, connect, config):
+def test_a_repeated_cid_is_kept_once_and_answered_to_its_sender_alone(config, start_chat_server, connect):
     server = start_chat_server(config)
     alice, bob = connect(server), connect(server)
     first_join(alice, "alice")
@@ -43,7 +47,7 @@ def test_a_repeated_cid_is_kept_once_and_answered_to_its_sender_alone(start_chat
     assert (welcome.last_id, welcome.history) == (echo.id + 1, 2)
 
 
-def test_the_same_cid_from_another_identity_is_its_own_line(start_chat_server, connect, config):
+def test_the_same_cid_from_another_identity_is_its_own_line(config, start_chat_server, connect):
     server = start_chat_server(config)
     alice, bob = connect(server), connect(server)
     first_join(alice, "alice")
@@ -56,7 +60,7 @@ def test_the_same_cid_from_another_identity_is_its_own_line(start_chat_server, c
     assert alice.expect(ChatMessage, msg="two").cid is None
 
 
-def test_lines_said_together_with_one_cid_are_kept_once(start_chat_server, connect, config):
+def test_lines_said_together_with_one_cid_are_kept_once(config, start_chat_server, connect):
     server = start_chat_server(config)
     alice = connect(server)
     first_join(alice, "alice")
@@ -66,7 +70,7 @@ def test_lines_said_together_with_one_cid_are_kept_once(start_chat_server, conne
     assert {(e.id, e.cid) for e in echoes} == {(1, "burst")}
 
 
-def test_a_drop_before_the_echo_then_a_resend_keeps_one_line(start_chat_server, connect, config):
+def test_a_drop_before_the_echo_then_a_resend_keeps_one_line(config, start_chat_server, connect):
     server = start_chat_server(config)
     alice, bob = connect(server), connect(server)
     token = first_join(alice, "alice").token
@@ -104,7 +108,7 @@ def test_a_repeated_cid_after_a_restart_is_answered_not_kept(start_chat_server, 
     assert again.expect(ChatMessage, msg="new").id == echo.id + 1
 
 
-def test_a_repeated_private_cid_is_answered_to_its_sender_alone(start_chat_server, connect, config):
+def test_a_repeated_private_cid_is_answered_to_its_sender_alone(config, start_chat_server, connect):
     server = start_chat_server(config)
     alice, bob = connect(server), connect(server)
     first_join(alice, "alice")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -15,7 +16,8 @@ import redis
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.server.redis.log import PLACEHOLDER_ID
+from chat.server.lines import Line
+from chat.server.redis.log import PLACEHOLDER_ID, Logs
 from chat.testing import TIMEOUT, LineClient, talk_at_once
 from chat.wire.protocol import (
     Away,
@@ -609,10 +611,56 @@ def test_a_line_refused_while_redis_stalled_past_the_command_timeout_is_never_de
     assert seen == ["before the stall", "after the stall"]  # the history has no trace of it either
 
 
-def test_a_client_does_not_send_again_what_a_server_that_keeps_no_cids_echoed(nodes, connect):
+def test_a_line_resent_with_its_cid_on_another_server_is_kept_once_and_answered_there(nodes, connect):
     a, b = nodes(2)
     watcher = connect(b)
     watcher.join("watcher")
+    alice = connect(a)
+    token = alice.join("alice").token
+    alice.send({"type": "message", "msg": "did it arrive?", "cid": "x-1"})
+    alice.close()  # before reading the echo: the client cannot tell whether it was kept
+    first = watcher.expect(ChatMessage, msg="did it arrive?")
+    again = connect(b)  # back with its token, on the other server
+    again.send({"type": "join", "name": "alice", "token": token})
+    again.expect(Welcome)
+    again.send({"type": "message", "msg": "did it arrive?", "cid": "x-1"})
+    echo = again.expect(ChatMessage, msg="did it arrive?", cid="x-1")
+    assert (echo.id, echo.time) == (first.id, first.time)
+    again.send({"type": "private", "to": "watcher", "msg": "psst", "cid": "x-2"})
+    assert again.expect(PrivateMessage, msg="psst").cid == "x-2"
+    again.send({"type": "private", "to": "watcher", "msg": "psst", "cid": "x-2"})
+    assert again.expect(PrivateMessage, msg="psst").cid == "x-2"
+    again.say("next")
+    assert watcher.expect(PrivateMessage).msg == "psst"
+    assert watcher.expect(ChatMessage).msg == "next"  # the resent line and private reached nobody else
+    carol = connect(a)
+    assert carol.join("carol").history == 2  # "did it arrive?" and "next": kept once
+
+
+def test_a_cid_sent_to_two_servers_at_once_is_kept_by_the_first_and_answered_by_the_second(redis_server):
+    """The check and the append are one script: a repeat that no server had seen yet when it
+    checked is still found in Redis, and answered with the line kept first."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        logs = Logs(client, retention=100)
+        template = Line.said("message", "lobby", "alice", "hello", "2026-12-06T00:00:00.000Z", PLACEHOLDER_ID).json
+        [first] = logs.append("lobby", [template], tags=[(("alice-id", "c-1"), "")])
+        [second, other] = logs.append("lobby", [template, template], tags=[(("alice-id", "c-1"), ""), (None, "")])
+        assert first == 1 and other == 2
+        assert isinstance(second, bytes) and json.loads(second)["id"] == 1
+        assert logs.tagged("alice-id", "c-1") == second
+        assert logs.tagged("bob-id", "c-1") is None  # a cid is its identity's own
+        assert [entry for entry, _ in logs.entries("lobby", "-", "+", 10)] == [b"1-0", b"2-0"]
+    finally:
+        client.close()
+
+
+def test_in_redis_mode_the_echo_carries_its_cid_and_only_the_sender_sees_it(nodes, connect):
+    a, b = nodes(2)
+    watcher = connect(b)
+    neighbour = connect(a)  # on the sender's server, reading the same stream
+    watcher.join("watcher")
+    neighbour.join("neighbour")
 
     async def scenario() -> None:
         alice = ChatClient(*a.address, "alice", first_retry=0.05, max_retry=0.05)
@@ -622,12 +670,15 @@ def test_a_client_does_not_send_again_what_a_server_that_keeps_no_cids_echoed(no
         heard = []
         async for event in alice.events():
             if isinstance(event, ChatMessage):
-                heard.append(event.msg)
+                heard.append(event)
                 if len(heard) == 3:
                     break
-        assert heard == ["one", "two", "one"]
-        assert alice._unechoed == {}  # matched by name, place and text: Redis mode echoes no cid
+        assert [m.msg for m in heard] == ["one", "two", "one"]
+        assert all(m.cid is not None for m in heard) and len({m.cid for m in heard}) == 3
+        assert alice._unechoed == {}
         await alice.close()
 
     asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
-    assert [watcher.expect(ChatMessage).msg for _ in range(3)] == ["one", "two", "one"]
+    for other in (watcher, neighbour):
+        seen = [other.expect(ChatMessage) for _ in range(3)]
+        assert [(m.msg, m.cid) for m in seen] == [("one", None), ("two", None), ("one", None)]

@@ -181,7 +181,6 @@ def test_a_new_log_has_no_lines_and_numbers_from_1_densely(places):
     ]  # fmt: skip
 
 
-@redis_fails("cids are not kept in Redis yet: a repeat there is kept again")
 def test_a_line_kept_with_a_cid_is_found_by_its_identity_and_cid_alone(places):
     log, private = places.log(), places.log(PRIVATE_LOG)
     log.append(said("before"))
@@ -196,8 +195,6 @@ def test_a_line_kept_with_a_cid_is_found_by_its_identity_and_cid_alone(places):
 
 
 def test_a_cid_outlives_the_retention_of_its_line(places):
-    if places.kind == "redis":
-        pytest.skip("cids are not kept in Redis yet")
     log = places.log(retention=3)
     first = log.append(said("old"), cid=("guest:alice", "old"))
     fill(log, 600, batch=1)  # retention trims every so many appends, not at once

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.cluster import Cluster, LocalCluster
-from chat.server.lines import Line
+from chat.server.lines import Line, Repeat
 from chat.server.room import (
     CHUNK_LINES,
     Delivery,
@@ -427,6 +427,9 @@ class Hub(Generic[P]):
         # It reaches both parties (here, through private_line) in id order, on whichever server.
         tag = None if cid is None else (sender_id, cid)
         line = self._cluster.send_private(build, sender_id, recipient_id, tag)
+        if isinstance(line, Repeat) and cid is not None:  # kept meanwhile, by another server
+            self._delivery.publish(session.inbox, line.with_cid(cid))
+            return
         if target is not session and away is not None:
             self._cluster.settle_private(line.id)  # after the echo, so it reads as the answer
             self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))

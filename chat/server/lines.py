@@ -128,6 +128,14 @@ class Line:
         return f"Line({self.json!r})"
 
 
+class Repeat(Line):
+    """A line kept before under its sender's `(identity, cid)`, found only when a log went to
+    keep it again (another server kept it meanwhile): its sender is answered with it, nobody
+    else is sent it."""
+
+    __slots__ = ()
+
+
 def render(lines: Iterable[Line], dialect: Dialect) -> bytes:
     """Several lines in `dialect`'s bytes, as one buffer."""
     if dialect is JSON_LINES:

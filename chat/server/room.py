@@ -21,7 +21,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
-from chat.server.lines import Line
+from chat.server.lines import Line, Repeat
 from chat.server.log import RoomLog, Span, Tag
 from chat.server.session import Session
 from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
@@ -357,8 +357,8 @@ class Room(Generic[P]):
         builds: list[Callable[[int], Line]] = []
         speaking: list[_Said[P]] = []
         tags: list[Tag | None] = []
-        # Lines sent with a cid: (index in builds, sender's peer, cid); repeats: (peer, cid, kept line or index).
-        echoes: list[tuple[int, P, str]] = []
+        # Lines sent with a cid: index in builds -> (sender's peer, cid); repeats: (peer, cid, kept line or index).
+        echoes: dict[int, tuple[P, str]] = {}
         repeats: list[tuple[P, str, Line | int]] = []
         try:
             for turn in queue:
@@ -378,8 +378,12 @@ class Room(Generic[P]):
                         if found is not None:
                             repeats.append((peer, tag[1], found))
                             continue
-                        echoes.append((len(builds), peer, tag[1]))
-                    builds.append(functools.partial(Line.said, kind, self.name, name, text, stamp))
+                        echoes[len(builds)] = (peer, tag[1])
+                        # Built with its echo: a log whose lines reach members through another
+                        # way (Redis' reader) has the sender's echo go with it.
+                        builds.append(functools.partial(_with_echo, kind, self.name, name, text, stamp, tag[1], peer))
+                    else:
+                        builds.append(functools.partial(Line.said, kind, self.name, name, text, stamp))
                     tags.append(tag)
                 speaking.append(turn)
             lines = self._log.append_all(builds, tags if echoes else ())
@@ -388,8 +392,10 @@ class Room(Generic[P]):
                 if turn.failure is None:
                     turn.failure = exc
             return
-        for index, peer, cid in echoes:
-            lines[index].echoed(cid, peer)
+        if echoes and any(isinstance(line, Repeat) for line in lines):
+            # Kept meanwhile under the same cid by another server: answered, not published.
+            repeats += [(*echoes[index], line) for index, line in enumerate(lines) if isinstance(line, Repeat)]
+            lines = [line for line in lines if not isinstance(line, Repeat)]
         if lines:
             self._feed.publish(lines)
         for peer, cid, original in repeats:
@@ -681,6 +687,11 @@ Moderate = Kick | Ban | Unban | Mute | Unmute | Op | Deop | Voice
 _OPERATORS = ("op", "owner", "admin")
 #: The kinds of line a member says: a chat message, or a /me action.
 Said = Literal["message", "action"]
+
+
+def _with_echo(kind: Said, room: str, name: str, text: str, stamp: str, cid: str, peer: object, id: int) -> Line:
+    """A said line, numbered `id`, with its sender's echo carrying `cid` for the peer `peer`."""
+    return Line.said(kind, room, name, text, stamp, id).echoed(cid, peer)
 
 
 @dataclass

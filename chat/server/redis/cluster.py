@@ -203,7 +203,8 @@ class RedisCluster(Generic[P]):
             return
         for _, fields in entries:
             if b"s" in fields:
-                self._events.private_line(Line(fields[b"l"]), fields[b"s"].decode(), fields[b"r"].decode())
+                line = self._logs.echoes.claim(Line(fields[b"l"]), fields)
+                self._events.private_line(line, fields[b"s"].decode(), fields[b"r"].decode())
 
     def _deliver_rules(self, entries: Entries) -> None:
         if self._events is None:

@@ -77,3 +77,9 @@ def token(token_hash: str) -> str:
 def tokens(identity: str) -> str:
     """The token hashes of one identity (a set): what a password change revokes."""
     return f"chat:tokens:{identity}"
+
+
+def cid(identity: str, cid: str) -> str:
+    """The line `identity` sent with `cid` lately (a string that expires): its length first, so
+    that no identity and cid spell another pair's key."""
+    return f"chat:cid:{len(identity)}:{identity}:{cid}"

@@ -45,10 +45,15 @@ def position(entry_id: bytes | str) -> tuple[int, int]:
     return int(first), int(second or 0)
 
 
-def deliver_lines(delivery: Delivery[Any], room: str, entries: Entries) -> None:
+def deliver_lines(
+    delivery: Delivery[Any], room: str, echo: Callable[[Line, dict[bytes, bytes]], Line], entries: Entries
+) -> None:
     """A room's new stream entries to its members here: the one place where what the reader
-    read reaches this server's Delivery."""
-    delivery.publish(room, *[Line(fields[b"l"]) for _, fields in entries])
+    read reaches this server's Delivery. `echo` gives a line whose entry carries an echo token
+    its sender's echo, if this server owes it (chat.server.redis.log.Echoes.claim)."""
+    delivery.publish(
+        room, *[Line(fields[b"l"]) if b"e" not in fields else echo(Line(fields[b"l"]), fields) for _, fields in entries]
+    )
 
 
 @dataclass(eq=False)
