@@ -43,6 +43,8 @@ from chat.wire.protocol import (
     PrivateMessage,
     Renamed,
     Reset,
+    Search,
+    SearchResults,
     SendAction,
     SendMessage,
     SendPrivate,
@@ -125,7 +127,16 @@ class PutOut:
     reason: str = ""
 
 
-ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed | SignedInElsewhere | PutOut
+@dataclass(frozen=True)
+class SearchFound:
+    """The server's answer to a search (`results`) and its matching lines, newest first; each
+    carries its room (a private line its two parties). Not lines of any buffer: a list to read."""
+
+    results: SearchResults
+    lines: list[ChatMessage | Action | PrivateMessage]
+
+
+ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed | SignedInElsewhere | PutOut | SearchFound
 
 #: Seconds between the client's pings, which measure the lag and find a connection that died silently.
 KEEPALIVE = 15.0
@@ -347,6 +358,11 @@ class ChatClient:
         """Leave `room`; the `left` line that answers takes it out of `rooms`."""
         await self.send(Part(room=room))
 
+    async def search(self, text: str, room: str | None = None) -> None:
+        """Ask the server for the newest lines matching `text` in `room` (None: in every room this
+        client is in, and its private lines); a SearchFound answers, or an error line."""
+        await self.send(Search(text=text, room=room))
+
     async def page_back(self, room: str, limit: int) -> None:
         """Ask for `limit` messages of `room` older than the oldest one received there."""
         view = self.rooms.get(room_key(room))
@@ -560,6 +576,20 @@ class ChatClient:
                 with contextlib.suppress(ConnectionClosed):
                     await self.send(Pong())
                 continue
+            if isinstance(message, SearchResults):
+                said: list[ChatMessage | Action | PrivateMessage] = []
+                for _ in range(message.count):
+                    try:
+                        line = await self._read(reader)
+                    except ConnectionClosed as exc:
+                        return str(exc)
+                    except ProtocolError as exc:
+                        log.warning("ignoring a search result the client does not understand: %s", exc)
+                        continue
+                    if isinstance(line, ChatMessage | Action | PrivateMessage):
+                        said.append(line)
+                await self._events.put(SearchFound(message, said))
+                continue  # matches are not news: they go through no room's bookkeeping
             if isinstance(message, ErrorReply) and message.code == "session_replaced":
                 self.replaced = "signed in elsewhere: another connection of yours took the session over"
                 return self.replaced
