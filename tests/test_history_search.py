@@ -144,6 +144,30 @@ def test_lines_that_retention_deleted_are_no_longer_found(start_chat_server, con
     assert indexed <= kept
 
 
+def test_after_retention_trims_and_a_restart_the_index_holds_what_is_kept_and_what_comes(
+    start_chat_server, connect, tmp_path
+):
+    config = ServerConfig(db=str(tmp_path / "chat.db"), retention=10).without_limits()
+    first = start_chat_server(config)
+    alice = connect(first)
+    token = join(alice, "dev", "alice").token
+    say(alice, "dev", *[f"trimmed line {n}" for n in range(600)])  # retention trims every 512 appends
+    alice.close()
+    first.stop()
+    second = start_chat_server(config)
+    again = connect(second)
+    join(again, "dev", "alice", token=token)
+    say(again, "dev", "said after the restart")
+    header, lines = search(again, "line", room="dev", limit=100)
+    assert "trimmed line 0" not in [line["msg"] for line in lines]
+    assert header.count + header.more <= 10 + SqliteStore.TRIM_EVERY
+    assert found(again, "after restart") == ["said after the restart"]
+    with contextlib.closing(sqlite3.connect(tmp_path / "chat.db")) as db:
+        kept = {row[0] for row in db.execute("SELECT key FROM lines")}
+        indexed = {row[0] for row in db.execute("SELECT rowid FROM search")}
+    assert indexed <= kept  # nothing trimmed is left in the index, before or after the restart
+
+
 def test_the_index_survives_a_restart(start_chat_server, connect, tmp_path):
     config = ServerConfig(db=str(tmp_path / "chat.db"))
     first = start_chat_server(config)
