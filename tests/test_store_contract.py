@@ -189,6 +189,8 @@ def test_a_line_kept_with_a_cid_is_found_by_its_identity_and_cid_alone(places):
     assert line is not None and line.json == kept[0].json
     assert log.tagged("guest:bob", "c-1") is None  # another identity's cid is its own
     assert log.tagged("guest:alice", "c-2") is None
+    many = log.tagged_all([("guest:alice", "c-1"), ("guest:bob", "c-1"), ("guest:alice", "c-2")])
+    assert {tag: line.json for tag, line in many.items()} == {("guest:alice", "c-1"): kept[0].json}
     whisper = private.append(said("psst"), sender="guest:alice", recipient="guest:bob", cid=("guest:alice", "p-1"))
     found = private.tagged("guest:alice", "p-1")
     assert found is not None and found.json == whisper.json

@@ -83,6 +83,10 @@ class RoomLog(Protocol):
         """The line `identity` had kept with `cid` lately (in any log), as it was kept; None if none."""
         ...
 
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, Line]:
+        """tagged() for the lines a room writes together, in one read: those found, by tag."""
+        ...
+
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         """The newest `limit` lines with id <= upto."""
         ...
@@ -146,6 +150,10 @@ class LocalLog:
     def tagged(self, identity: str, cid: str) -> Line | None:
         found = self._read(lambda: self._store.tagged(identity, cid))
         return None if found is None else Line(found[1].line)
+
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, Line]:
+        found = self._read(lambda: self._store.tagged_all(tags))
+        return {tag: Line(record.line) for tag, record in found.items()}
 
     def _keep(self, records: list[Record]) -> None:
         try:

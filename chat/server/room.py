@@ -360,7 +360,16 @@ class Room(Generic[P]):
         # Lines sent with a cid: index in builds -> (sender's peer, cid); repeats: (peer, cid, kept line or index).
         echoes: dict[int, tuple[P, str]] = {}
         repeats: list[tuple[P, str, Line | int]] = []
+        in_batch: dict[Tag, int] = {}
         try:
+            wanted = [
+                (turn.session.identity.id, cid)
+                for turn in queue
+                if turn.session.identity is not None
+                for _, _, cid in turn.said
+                if cid is not None
+            ]
+            kept = self._log.tagged_all(wanted) if wanted else {}  # one read for the whole batch
             for turn in queue:
                 try:
                     name = self._speaker(turn.session)
@@ -372,12 +381,13 @@ class Room(Generic[P]):
                 for kind, text, cid in turn.said:
                     tag = None if cid is None or identity is None else (identity, cid)
                     if tag is not None:
-                        found: Line | int | None = next((i for i, t in enumerate(tags) if t == tag), None)
+                        found: Line | int | None = in_batch.get(tag)
                         if found is None:
-                            found = self._log.tagged(*tag)
+                            found = kept.get(tag)
                         if found is not None:
                             repeats.append((peer, tag[1], found))
                             continue
+                        in_batch[tag] = len(builds)
                         echoes[len(builds)] = (peer, tag[1])
                         # Built with its echo: a log whose lines reach members through another
                         # way (Redis' reader) has the sender's echo go with it.
@@ -392,14 +402,14 @@ class Room(Generic[P]):
                 if turn.failure is None:
                     turn.failure = exc
             return
+        answers = [(peer, cid, lines[at] if isinstance(at, int) else at) for peer, cid, at in repeats]
         if echoes and any(isinstance(line, Repeat) for line in lines):
             # Kept meanwhile under the same cid by another server: answered, not published.
-            repeats += [(*echoes[index], line) for index, line in enumerate(lines) if isinstance(line, Repeat)]
+            answers += [(*echoes[index], line) for index, line in enumerate(lines) if isinstance(line, Repeat)]
             lines = [line for line in lines if not isinstance(line, Repeat)]
         if lines:
             self._feed.publish(lines)
-        for peer, cid, original in repeats:
-            line = lines[original] if isinstance(original, int) else original
+        for peer, cid, line in answers:
             self._delivery.send_to(peer, line.with_cid(cid), room=self.key)
         for turn in speaking:
             turn.written = True

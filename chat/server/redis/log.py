@@ -174,6 +174,13 @@ class Logs:
         """The line `identity` kept with `cid` lately (in any log), or None."""
         return cast(bytes | None, self._redis.get(keys.cid(identity, cid)))
 
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, bytes]:
+        """tagged() for many tags, in one round trip: the lines found, by tag."""
+        if not tags:
+            return {}
+        lines = cast(list[bytes | None], self._redis.mget([keys.cid(*tag) for tag in tags]))
+        return {tag: line for tag, line in zip(tags, lines, strict=True) if line is not None}
+
     def _clock_offset(self) -> float:
         """Redis' clock minus ours, measured again each minute (clocks drift, slowly)."""
         if self._measured is None or time.monotonic() - self._measured > 60:
@@ -262,6 +269,11 @@ class RedisLog:
         with refused_if_away(NOT_STORED, self._room):
             line = self._logs.tagged(identity, cid)
         return None if line is None else Line(line)
+
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, Line]:
+        with refused_if_away(NOT_STORED, self._room):
+            found = self._logs.tagged_all(tags)
+        return {tag: Line(line) for tag, line in found.items()}
 
     def _append_all(
         self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str], cids: Sequence[Tag | None]

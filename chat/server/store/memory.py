@@ -102,6 +102,12 @@ class MemoryStore:
                 return None
             return found[0], found[1]
 
+    def tagged_all(self, tags: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        since = time.time() - CID_KEEP
+        with self._lock:
+            found = {tag: self._cids.get(tag) for tag in tags}
+        return {tag: kept[1] for tag, kept in found.items() if kept is not None and kept[2] >= since}
+
     def _forget_cids(self, now: float) -> None:
         """Drop the cids older than CID_KEEP: the dict is in insertion order, so from the front."""
         cids = self._cids

@@ -134,6 +134,10 @@ class HistoryStore(Protocol):
         (the record as it was stored, even if retention has trimmed it from its log since)."""
         ...
 
+    def tagged_all(self, tags: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        """tagged() for many `(identity, cid)` at once (one read): the records found, by tag."""
+        ...
+
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         """The lowest id among the `count` newest visible records with id <= upto (None if there are none)."""
         ...

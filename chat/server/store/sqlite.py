@@ -113,6 +113,8 @@ _SEARCH_TRIGGER = (
 INDEX_BATCH = 500
 #: Seconds the indexer waits for a full batch before it indexes the lines kept meanwhile.
 INDEX_QUIET = 1.0
+#: Tags looked up per read by tagged_all (two parameters each, well under SQLite's limit).
+_TAGS_PER_READ = 400
 #: The kinds of kept line a search finds, by the text people wrote in them.
 _SEARCHED = frozenset({"message", "action", "private"})
 
@@ -269,6 +271,25 @@ class SqliteStore:
             return None
         log, id, line, sender, recipient = rows[0]
         return str(log), Record(int(id), bytes(line), sender, recipient, (identity, cid))
+
+    def tagged_all(self, tags: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        found: dict[tuple[str, str], Record] = {}
+        unique = list(dict.fromkeys(tags))
+        for start in range(0, len(unique), _TAGS_PER_READ):
+            chunk = unique[start : start + _TAGS_PER_READ]
+            values = ", ".join(f"(:i{n}, :c{n})" for n in range(len(chunk)))
+            params: dict[str, object] = {"since": time.time() - CID_KEEP}
+            for n, (identity, cid) in enumerate(chunk):
+                params[f"i{n}"], params[f"c{n}"] = identity, cid
+            rows = self._query(  # a join, so that each tag is a primary key lookup (IN would scan)
+                f"WITH wanted(identity, cid) AS (VALUES {values}) "
+                "SELECT cids.identity, cids.cid, id, line, sender, recipient FROM wanted JOIN cids "
+                "ON cids.identity = wanted.identity AND cids.cid = wanted.cid WHERE stored_at >= :since",
+                params,
+            )
+            for identity, cid, id, line, sender, recipient in rows:
+                found[(identity, cid)] = Record(int(id), bytes(line), sender, recipient, (identity, cid))
+        return found
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         if count <= 0:
