@@ -598,7 +598,7 @@ def test_a_line_refused_while_redis_stalled_past_the_command_timeout_is_never_de
     assert redis_server.process is not None
     os.kill(redis_server.process.pid, signal.SIGSTOP)
     try:
-        alice.say("into the stall")
+        alice.send({"type": "message", "msg": "into the stall", "cid": "stall-1"})
         assert alice.expect(ErrorReply).code == "storage_failed"  # after the command timeout
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)  # Redis now runs the stalled append: fenced
@@ -609,6 +609,13 @@ def test_a_line_refused_while_redis_stalled_past_the_command_timeout_is_never_de
     carol.join("carol")
     seen = [carol.expect(ChatMessage).msg for _ in range(2)]
     assert seen == ["before the stall", "after the stall"]  # the history has no trace of it either
+    # Sent again with its cid, the refused line is kept now, once, after what came meanwhile.
+    alice.send({"type": "message", "msg": "into the stall", "cid": "stall-1"})
+    assert alice.expect(ChatMessage, msg="into the stall").cid == "stall-1"
+    alice.send({"type": "message", "msg": "into the stall", "cid": "stall-1"})
+    assert alice.expect(ChatMessage, msg="into the stall").cid == "stall-1"
+    alice.say("last")
+    assert [bob.expect(ChatMessage).msg for _ in range(2)] == ["into the stall", "last"]
 
 
 def test_a_line_resent_with_its_cid_on_another_server_is_kept_once_and_answered_there(nodes, connect):
