@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Collection, Hashable
 from typing import Generic, Protocol, TypeVar
 
-from chat.server.lines import Line
+from chat.server.lines import Line, Repeat
 from chat.server.log import LocalLog, RoomLog, Tag
 from chat.server.room import Delivery, LocalFeed, RoomFeed
 from chat.server.session import Holder
@@ -100,7 +100,8 @@ class Cluster(Protocol[P_contra]):
     def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         """Number and keep a private line between two identities, and have it reach their inboxes
         (through ClusterEvents.private_line, in id order); the line. StorageFailed if not kept.
-        `cid`: the sender's `(identity, cid)`, kept with the line (RoomLog.tagged finds it)."""
+        `cid`: the sender's `(identity, cid)`, kept with the line (RoomLog.tagged finds it); if
+        a line was kept with it already, that line as a Repeat, and nothing is sent."""
         ...
 
     def settle_private(self, upto: int) -> None:
@@ -184,6 +185,11 @@ class LocalCluster(Generic[P]):
 
     def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         with self._private_lock:
+            # Checked again under the lock that numbers private lines: a repeat sent from two
+            # connections of one identity at once is kept once, and the second is answered.
+            kept = self._private.tagged(*cid) if cid is not None else None
+            if kept is not None:
+                return Repeat(kept.json)
             line = self._private.append(build, sender=sender, recipient=recipient, cid=cid)
             if self._events is not None:
                 self._events.private_line(line, sender, recipient)

@@ -402,8 +402,8 @@ class Hub(Generic[P]):
         `cid`, if it came with one; a repeat of a `cid` kept before is answered, not sent again)."""
         name = self._name_of(session)
         if cid is not None:
-            # Checked before the line is numbered, not under the private log's lock: a repeat
-            # sent from two connections of one identity at the same moment may both be kept.
+            # Most repeats are answered here; one sent from two connections at once is caught
+            # where the line is numbered (send_private answers it with a Repeat).
             kept = self._cluster.private_log.tagged(_identity_of(session), cid)
             if kept is not None:
                 self._delivery.publish(session.inbox, kept.with_cid(cid))
@@ -427,7 +427,7 @@ class Hub(Generic[P]):
         # It reaches both parties (here, through private_line) in id order, on whichever server.
         tag = None if cid is None else (sender_id, cid)
         line = self._cluster.send_private(build, sender_id, recipient_id, tag)
-        if isinstance(line, Repeat) and cid is not None:  # kept meanwhile, by another server
+        if isinstance(line, Repeat) and cid is not None:  # kept meanwhile, from another connection
             self._delivery.publish(session.inbox, line.with_cid(cid))
             return
         if target is not session and away is not None:
