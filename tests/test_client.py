@@ -355,5 +355,27 @@ def test_a_new_device_of_an_account_joins_the_rooms_the_account_is_in(chat_serve
             joined.add((await next_of(phone, Welcome)).room)
         assert joined == {"lobby", "dev", "ops"}
         await phone.close()
+def test_a_line_whose_echo_was_lost_in_a_drop_is_sent_again_kept_once_and_shown_once(start_chat_server, tmp_path):
+    server = start_chat_server(ServerConfig(db=str(tmp_path / "chat.db")))
+
+    async def scenario():
+        alice = ChatClient(*server.address, "alice", first_retry=scaled(0.05), max_retry=scaled(0.05))
+        await alice.connect()
+        bob = LineClient(server.address)
+        await asyncio.to_thread(bob.join, "bob")
+        await alice.send(SendMessage(msg="did it arrive?"))
+        writer = alice._writer  # the connection drops before the echo can come back
+        assert writer is not None
+        writer.transport.abort()
+        await next_of(alice, Reconnected)
+        shown = await next_of(alice, ChatMessage)
+        assert (shown.msg, shown.id) == ("did it arrive?", 1)
+        await alice.send(SendMessage(msg="next"))
+        assert (await next_of(alice, ChatMessage)).msg == "next"  # not "did it arrive?" a second time
+        assert (await asyncio.to_thread(bob.expect, ChatMessage)).msg == "did it arrive?"
+        assert (await asyncio.to_thread(bob.expect, ChatMessage)).msg == "next"  # kept once
+        assert alice._unechoed == {}
+        await alice.close()
+        bob.close()
 
     run(scenario())

@@ -15,7 +15,7 @@ import pytest
 
 from chat.errors import StorageFailed
 from chat.server.cluster import Cluster, LocalCluster
-from chat.server.lines import Line
+from chat.server.lines import Line, Repeat
 from chat.server.session import Holder
 from chat.server.store import MemoryStore, RoomRecord, Sanction
 from chat.wire.protocol import Joined, PrivateMessage, utc_now
@@ -110,6 +110,20 @@ def test_private_lines_are_numbered_in_one_sequence_and_reach_the_hub_in_that_or
     cluster.settle_private(3)
     handed = [(line.json, sender, recipient) for line, sender, recipient in recorder.private]
     assert handed == [(line.json, "account:alice", "account:bob") for line in lines]
+
+
+def test_a_private_line_sent_twice_with_one_cid_is_kept_and_handed_over_once(cluster, recorder):
+    def build(id: int) -> Line:
+        return Line.of(PrivateMessage(id=id, name="alice", to="bob", msg="psst", time=utc_now()))
+
+    tag = ("account:alice", "p-1")
+    first = cluster.send_private(build, "account:alice", "account:bob", tag)
+    again = cluster.send_private(build, "account:alice", "account:bob", tag)  # as from a second connection
+    assert not isinstance(first, Repeat) and isinstance(again, Repeat)
+    assert again.json == first.json
+    assert cluster.private_log.last_id == first.id == 1
+    cluster.settle_private(1)
+    assert [line.json for line, _, _ in recorder.private] == [first.json]
 
 
 def test_an_inbox_opens_while_no_private_line_is_handed_over_and_learns_where_to_replay_up_to(cluster):

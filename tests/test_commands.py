@@ -10,12 +10,14 @@ from chat.client.commands import (
     CloseBuffer,
     Ignore,
     JoinRoom,
+    JumpTo,
     Mistake,
     PartRoom,
     Query,
     Quit,
     RegisterName,
     Reply,
+    SearchText,
     Send,
     ShowHelp,
     ShowTopic,
@@ -157,3 +159,12 @@ def test_in_a_private_conversation_room_commands_are_refused_and_text_goes_priva
     assert parse("/close", "den", "bob") == CloseBuffer("bob")
     assert parse("/close", "den") == CloseBuffer(None)
     assert parse("/part dev", "den", "bob") == PartRoom("dev")
+
+
+def test_search_in_the_buffer_or_everywhere_and_jump_to_a_match():
+    assert parse("/search release checklist", "dev") == SearchText("release checklist")
+    assert parse("/search -all release*", "dev") == SearchText("release*", everywhere=True)
+    assert parse("/search -allowed", "dev") == SearchText("-allowed")  # a word, not the flag
+    assert parse("/jump 3", "dev") == JumpTo(3)
+    for line in ("/search", "/search -all", "/jump", "/jump 0", "/jump x"):
+        assert isinstance(parse(line, "dev"), Mistake)

@@ -756,3 +756,35 @@ def test_close_in_a_room_asks_first_and_then_leaves_it(chat_server, connect):
             await alice.sees(lambda s: "2:dev" not in alice.status and "[lobby] alice>" in s, "dev closed")
 
     run(scenario())
+
+
+def test_search_asks_the_server_and_jump_shows_a_match_where_it_was_said(start_chat_server, connect, tmp_path):
+    server = start_chat_server(ServerConfig(db=str(tmp_path / "chat.db")).without_limits())  # 300 lines at once
+    bob = connect(server)
+    bob.join("bob")
+    bob.send({"type": "join", "room": "dev"})
+    bob.expect(Welcome, room="dev")
+    bob.say("the release checklist is long")
+    bob.say_all([f"filler {n}" for n in range(300)])  # the match is far above what a join shows
+    bob.send({"type": "message", "room": "dev", "msg": "dev has its own release checklist"})
+
+    async def scenario():
+        async with full_screen(server.address, "alice", rooms=("lobby", "dev"), size=(100, 30)) as alice:
+            await alice.sees(lambda s: "2:dev" in alice.status, "both rooms")
+            alice.type("/buffer 1\r")
+            await alice.sees(lambda s: "filler 299" in s, "the newest lines of the lobby")
+            alice.type("/search -all release checklist\r")
+            await alice.sees(lambda s: "2 found" in s, "the server's matches")
+            listed = alice.text.split("2 found")[-1]
+            assert re.search(r"\[1\] \d{4}-\d\d-\d\d \d\d:\d\d #dev bob: dev has its own release checklist", listed)
+            assert re.search(r"\[2\] \d{4}-\d\d-\d\d \d\d:\d\d #lobby bob: the release checklist is long", listed)
+            alice.type("/jump 2\r")  # older than the buffer holds: fetched, then scrolled to
+            await alice.sees(lambda s: "bob: the release checklist is long" in s and "filler 299" not in s, "its place")
+            assert "filler 0" in alice.text  # shown among the lines said around it
+            alice.type("/jump 1\r")
+            await alice.sees(lambda s: "bob: dev has its own release checklist" in s and "1:lobby" in alice.status,
+                             "the dev line, in the dev buffer")
+            alice.type("/search long\r")  # in the buffer shown only: dev has no such line
+            await alice.sees(lambda s: "search 'long': nothing found" in s, "the server's answer for dev")
+
+    run(scenario())

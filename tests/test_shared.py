@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import signal
 import threading
 from typing import Any
 
@@ -12,7 +16,8 @@ import redis
 
 from chat.client.connection import ChatClient
 from chat.server.config import ServerConfig
-from chat.server.redis.log import PLACEHOLDER_ID
+from chat.server.lines import Line
+from chat.server.redis.log import PLACEHOLDER_ID, Logs
 from chat.testing import TIMEOUT, LineClient, talk_at_once
 from chat.wire.protocol import (
     Away,
@@ -27,6 +32,7 @@ from chat.wire.protocol import (
     Renamed,
     Reset,
     RoomList,
+    SendMessage,
     ServerNotice,
     SessionToken,
     Topic,
@@ -647,3 +653,140 @@ def test_chat_admin_passwd_on_redis_ends_the_accounts_sessions_on_every_server(
     again = connect(b)
     again.send({"type": "join", "name": "alice", "token": token})
     assert again.expect(ErrorReply).code == "auth_failed"
+def test_search_is_unavailable_when_rooms_are_shared_through_redis_even_with_a_history_file(
+    nodes, connect, tmp_path
+):
+    [server] = nodes(1, db=str(tmp_path / "chat.db"))
+    alice = connect(server)
+    alice.join("alice")
+    alice.send({"type": "search", "text": "anything"})
+    assert alice.expect(ErrorReply).code == "search_unavailable"
+
+
+def test_after_a_flushall_during_traffic_every_line_said_reaches_every_member_on_every_server(
+    nodes, connect, redis_server
+):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    alice.join("alice")
+    bob.join("bob")
+    before = alice.say_all([f"before {n}" for n in range(20)])
+    assert bob.expect(ChatMessage, msg=before.msg).id == before.id
+    with contextlib.closing(redis.Redis.from_url(redis_server.url)) as client:
+        client.flushall()  # the connections stay: no error tells the servers
+    alice.say("right after")  # numbered 1 in a new epoch, below every server's read position
+    for person in (alice, bob):
+        assert person.expect(Reset, room="lobby").epoch is not None
+    for n in range(5):
+        alice.say(f"after {n}")
+        bob.say(f"bob after {n}")
+    said = {"right after", *(f"after {n}" for n in range(5)), *(f"bob after {n}" for n in range(5))}
+    for person in (alice, bob):
+        heard = [person.expect(ChatMessage) for _ in range(len(said))]
+        assert {m.msg for m in heard} == said
+        assert [m.id for m in heard] == list(range(1, len(said) + 1))
+
+
+def test_a_line_refused_while_redis_stalled_past_the_command_timeout_is_never_delivered(
+    nodes, connect, redis_server
+):
+    a, b = nodes(2)
+    alice, bob = connect(a), connect(b)
+    alice.join("alice")
+    bob.join("bob")
+    alice.say_all(["before the stall"])
+    bob.expect(ChatMessage, msg="before the stall")
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        alice.send({"type": "message", "msg": "into the stall", "cid": "stall-1"})
+        assert alice.expect(ErrorReply).code == "storage_failed"  # after the command timeout
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)  # Redis now runs the stalled append: fenced
+    alice.say("after the stall")
+    assert bob.expect(ChatMessage).msg == "after the stall"  # the refused line came before it, or never
+    assert alice.expect(ChatMessage).msg == "after the stall"
+    carol = connect(b)
+    carol.join("carol")
+    seen = [carol.expect(ChatMessage).msg for _ in range(2)]
+    assert seen == ["before the stall", "after the stall"]  # the history has no trace of it either
+    # Sent again with its cid, the refused line is kept now, once, after what came meanwhile.
+    alice.send({"type": "message", "msg": "into the stall", "cid": "stall-1"})
+    assert alice.expect(ChatMessage, msg="into the stall").cid == "stall-1"
+    alice.send({"type": "message", "msg": "into the stall", "cid": "stall-1"})
+    assert alice.expect(ChatMessage, msg="into the stall").cid == "stall-1"
+    alice.say("last")
+    assert [bob.expect(ChatMessage).msg for _ in range(2)] == ["into the stall", "last"]
+
+
+def test_a_line_resent_with_its_cid_on_another_server_is_kept_once_and_answered_there(nodes, connect):
+    a, b = nodes(2)
+    watcher = connect(b)
+    watcher.join("watcher")
+    alice = connect(a)
+    token = alice.join("alice").token
+    alice.send({"type": "message", "msg": "did it arrive?", "cid": "x-1"})
+    alice.close()  # before reading the echo: the client cannot tell whether it was kept
+    first = watcher.expect(ChatMessage, msg="did it arrive?")
+    again = connect(b)  # back with its token, on the other server
+    again.send({"type": "join", "name": "alice", "token": token})
+    again.expect(Welcome)
+    again.send({"type": "message", "msg": "did it arrive?", "cid": "x-1"})
+    echo = again.expect(ChatMessage, msg="did it arrive?", cid="x-1")
+    assert (echo.id, echo.time) == (first.id, first.time)
+    again.send({"type": "private", "to": "watcher", "msg": "psst", "cid": "x-2"})
+    assert again.expect(PrivateMessage, msg="psst").cid == "x-2"
+    again.send({"type": "private", "to": "watcher", "msg": "psst", "cid": "x-2"})
+    assert again.expect(PrivateMessage, msg="psst").cid == "x-2"
+    again.say("next")
+    assert watcher.expect(PrivateMessage).msg == "psst"
+    assert watcher.expect(ChatMessage).msg == "next"  # the resent line and private reached nobody else
+    carol = connect(a)
+    assert carol.join("carol").history == 2  # "did it arrive?" and "next": kept once
+
+
+def test_a_cid_sent_to_two_servers_at_once_is_kept_by_the_first_and_answered_by_the_second(redis_server):
+    """The check and the append are one script: a repeat that no server had seen yet when it
+    checked is still found in Redis, and answered with the line kept first."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        logs = Logs(client, retention=100)
+        template = Line.said("message", "lobby", "alice", "hello", "2026-12-06T00:00:00.000Z", PLACEHOLDER_ID).json
+        [first] = logs.append("lobby", [template], tags=[(("alice-id", "c-1"), "")])
+        [second, other] = logs.append("lobby", [template, template], tags=[(("alice-id", "c-1"), ""), (None, "")])
+        assert first == 1 and other == 2
+        assert isinstance(second, bytes) and json.loads(second)["id"] == 1
+        assert logs.tagged("alice-id", "c-1") == second
+        assert logs.tagged("bob-id", "c-1") is None  # a cid is its identity's own
+        assert [entry for entry, _ in logs.entries("lobby", "-", "+", 10)] == [b"1-0", b"2-0"]
+    finally:
+        client.close()
+
+
+def test_in_redis_mode_the_echo_carries_its_cid_and_only_the_sender_sees_it(nodes, connect):
+    a, b = nodes(2)
+    watcher = connect(b)
+    neighbour = connect(a)  # on the sender's server, reading the same stream
+    watcher.join("watcher")
+    neighbour.join("neighbour")
+
+    async def scenario() -> None:
+        alice = ChatClient(*a.address, "alice", first_retry=0.05, max_retry=0.05)
+        await alice.connect()
+        for text in ("one", "two", "one"):
+            await alice.send(SendMessage(msg=text))
+        heard = []
+        async for event in alice.events():
+            if isinstance(event, ChatMessage):
+                heard.append(event)
+                if len(heard) == 3:
+                    break
+        assert [m.msg for m in heard] == ["one", "two", "one"]
+        assert all(m.cid is not None for m in heard) and len({m.cid for m in heard}) == 3
+        assert alice._unechoed == {}
+        await alice.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    for other in (watcher, neighbour):
+        seen = [other.expect(ChatMessage) for _ in range(3)]
+        assert [(m.msg, m.cid) for m in seen] == [("one", None), ("two", None), ("one", None)]

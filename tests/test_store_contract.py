@@ -183,6 +183,30 @@ def test_a_new_log_has_no_lines_and_numbers_from_1_densely(places):
     ]  # fmt: skip
 
 
+def test_a_line_kept_with_a_cid_is_found_by_its_identity_and_cid_alone(places):
+    log, private = places.log(), places.log(PRIVATE_LOG)
+    log.append(said("before"))
+    kept = log.append_all([said("tagged"), said("plain")], [("guest:alice", "c-1"), None])
+    line = log.tagged("guest:alice", "c-1")
+    assert line is not None and line.json == kept[0].json
+    assert log.tagged("guest:bob", "c-1") is None  # another identity's cid is its own
+    assert log.tagged("guest:alice", "c-2") is None
+    many = log.tagged_all([("guest:alice", "c-1"), ("guest:bob", "c-1"), ("guest:alice", "c-2")])
+    assert {tag: line.json for tag, line in many.items()} == {("guest:alice", "c-1"): kept[0].json}
+    whisper = private.append(said("psst"), sender="guest:alice", recipient="guest:bob", cid=("guest:alice", "p-1"))
+    found = private.tagged("guest:alice", "p-1")
+    assert found is not None and found.json == whisper.json
+
+
+def test_a_cid_outlives_the_retention_of_its_line(places):
+    log = places.log(retention=3)
+    first = log.append(said("old"), cid=("guest:alice", "old"))
+    fill(log, 600, batch=1)  # retention trims every so many appends, not at once
+    assert log.recent(log.last_id, 10).first > 1
+    found = log.tagged("guest:alice", "old")
+    assert found is not None and found.json == first.json
+
+
 def test_the_line_kept_is_the_line_returned(places):
     log = places.log()
     line = log.append(said("exactly this"))

@@ -28,6 +28,7 @@ from chat.client.commands import (
     CloseBuffer,
     Ignore,
     JoinRoom,
+    JumpTo,
     Mistake,
     PageBack,
     PartRoom,
@@ -46,7 +47,7 @@ from chat.client.commands import (
     help_lines,
     parse,
 )
-from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed
+from chat.client.connection import ChatClient, ClientEvent, PutOut, Reconnected, Resumed, SearchFound
 from chat.client.filters import SmartFilter
 from chat.client.ignored import Ignored
 from chat.client.logs import BufferLogs
@@ -117,6 +118,10 @@ class View(Protocol):
     def show_search(self, text: str) -> str | None:
         """Show the lines of the buffer shown that contain `text`; a sentence if this view cannot."""
 
+    def jump_to(self, line: ChatMessage | Action | PrivateMessage) -> str | None:
+        """Show `line` (a search's match) where it was said, loading older lines up to it if
+        needed; a sentence saying why not if this view cannot."""
+
 
 @dataclass(frozen=True)
 class Where:
@@ -165,6 +170,8 @@ class ChatState:
         self.joining: str | None = None
         #: A room /close was typed in once: typed again there, it parts the room.
         self.close_offer: str | None = None
+        #: The matches of the last search the server answered, as numbered on screen (/jump N).
+        self.found: list[ChatMessage | Action | PrivateMessage] = []
 
     def follow(self, event: ClientEvent) -> None:
         """Keep the room typed into one the client is in, as joins and parts arrive."""
@@ -331,6 +338,8 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             view.draw(shown, quiet)
             shown, quiet = [], set()
             await _send_pending(client, state, view)
+        if isinstance(event, SearchFound):
+            state.found = event.lines
         if isinstance(event, Welcome):
             state.first_welcome = room_key(event.room) not in state.welcomed
             state.welcomed.add(room_key(event.room))
@@ -501,8 +510,19 @@ async def carry_out(
                 except OSError as exc:
                     saved = f" (for this run: {state.settings_path} could not be written: {exc.strerror or exc})"
             view.show(render.notice(f"{key} = {settings.shown(changed, key)}{saved}", look=state.look))
-        case SearchText(text=text):
-            if why := view.show_search(text):
+        case SearchText(text=text, everywhere=everywhere):
+            if not everywhere and (why := view.show_search(text)):
+                view.show(render.error(why))
+            # The server's matches come later (SearchFound), below what the buffer shows now.
+            in_room = None if everywhere or where.private_to is not None else where.room
+            await _send(client.search(text, in_room), view)
+        case JumpTo(number=number):
+            if not state.found:
+                view.show(render.error("no search to jump into: /search TEXT first"))
+            elif number > len(state.found):
+                found = len(state.found)
+                view.show(render.error(f"the last search found {found} lines: /jump 1 to {found}"))
+            elif why := view.jump_to(state.found[number - 1]):
                 view.show(render.error(why))
         case ShowBuffer(target=None):
             for listed in view.list_buffers():

@@ -160,6 +160,27 @@ class Buffer:
         shown = rows[max(0, end - height) : end]
         return [[] for _ in range(height - len(shown))] + shown, at_top
 
+    def holds(self, message_id: int) -> bool:
+        """Whether the line numbered `message_id` is in the buffer."""
+        at = bisect.bisect_left(self._orders, message_id)
+        return at < len(self._orders) and self._orders[at] == message_id
+
+    @property
+    def oldest_order(self) -> int | None:
+        """The id of the oldest numbered line held (None: none)."""
+        return next((order for order in self._orders if order > 0), None)
+
+    def scroll_to(self, message_id: int, height: int) -> bool:
+        """Scroll so that the line numbered `message_id` is in the middle of a view `height` rows
+        high (as far as the newest lines allow); False if the buffer does not hold it."""
+        if not self.holds(message_id):
+            return False
+        at = bisect.bisect_left(self._orders, message_id)
+        width = self._width or 80
+        below = sum(len(line.rows(width)) for line in self.lines[at + 1 :])
+        self.scrolled = max(0, below - (height - len(self.lines[at].rows(width))) // 2)
+        return True
+
     def scroll(self, rows: int) -> None:
         """Scroll up (`rows` > 0) or down; never below the newest line."""
         self.scrolled = max(0, self.scrolled + rows)

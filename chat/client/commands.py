@@ -65,7 +65,10 @@ Commands:
   /away [WHY]       say you are away (private messages get WHY back); alone: you are back
   /me TEXT          an action ("/me waves")
   /history [N]      show N earlier messages of this room (default 20)
-  /search TEXT      show only the lines of this buffer with TEXT (Esc: all again; Ctrl-R types as you go)
+  /search TEXT      show only the lines of this buffer with TEXT (Esc: all again; Ctrl-R types as you go),
+                    and the server's matches in this room's whole history: words, "a phrase", prefix*
+  /search -all TEXT the server's matches in every room you are in and your private lines
+  /jump N           show match N of the last search where it was said (loading older lines if needed)
   /set [KEY [VALUE]]  change a setting (saved in client.toml); alone: list them
   /reconnect        take the session back after it was signed in elsewhere
   /quit             leave (Ctrl-D too)
@@ -108,7 +111,7 @@ def _continued(lines: list[str]) -> list[str]:
 
 
 #: Every command, for completion: the ones HELP lists.
-COMMANDS = tuple(sorted(line.split()[0] for line in HELP.splitlines() if line.startswith("  /")))
+COMMANDS = tuple(sorted({line.split()[0] for line in HELP.splitlines() if line.startswith("  /")}))
 
 
 @dataclass(frozen=True)
@@ -213,9 +216,18 @@ class ShowBuffer:
 
 @dataclass(frozen=True)
 class SearchText:
-    """Show only the lines of the buffer shown that contain `text`."""
+    """Show only the lines of the buffer shown that contain `text`, and ask the server for the
+    matches in its whole history there; `everywhere`: in every room (and private lines) instead."""
 
     text: str
+    everywhere: bool = False
+
+
+@dataclass(frozen=True)
+class JumpTo:
+    """Show the line the last search found as number `number`, where it was said."""
+
+    number: int
 
 
 @dataclass(frozen=True)
@@ -238,7 +250,7 @@ class ClearScreen:
 
 Command = (
     Send | Quit | ShowHelp | PageBack | JoinRoom | PartRoom | SwitchRoom | ShowTopic | RegisterName | Mistake
-    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer | SetOption | SearchText
+    | Query | Reply | Ignore | ClearScreen | Reconnect | CloseBuffer | ShowBuffer | SetOption | SearchText | JumpTo
 )
 
 
@@ -336,7 +348,15 @@ def parse(line: str, room: str = LOBBY, private_to: str | None = None) -> Comman
         case "/buffer" | "/b":
             return ShowBuffer(rest or None) if " " not in rest else Mistake("usage: /buffer [N|NAME]")
         case "/search":
-            return SearchText(rest) if rest else Mistake("usage: /search TEXT (or Ctrl-R, to search as you type)")
+            everywhere = rest == "-all" or rest.startswith("-all ")
+            text = rest.removeprefix("-all").strip() if everywhere else rest
+            if not text:
+                return Mistake("usage: /search [-all] TEXT (or Ctrl-R, to search as you type)")
+            return SearchText(text, everywhere)
+        case "/jump":
+            if not rest.isdigit() or int(rest) < 1:
+                return Mistake("usage: /jump N (a number the last /search showed)")
+            return JumpTo(int(rest))
         case "/set":
             key, _, value = rest.partition(" ")
             return SetOption(key or None, value.strip() or None)

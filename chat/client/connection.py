@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import random
+import secrets
 import socket
 import ssl
 from collections import deque
@@ -42,6 +43,11 @@ from chat.wire.protocol import (
     PrivateMessage,
     Renamed,
     Reset,
+    Search,
+    SearchResults,
+    SendAction,
+    SendMessage,
+    SendPrivate,
     ServerMessage,
     ServerPing,
     ServerPong,
@@ -54,6 +60,12 @@ from chat.wire.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Seconds a line without its echo is sent again after a reconnect: the server remembers a
+#: line's cid for at least 10 minutes, and a resend after that could be kept twice.
+RESEND_WITHIN = 600.0
+#: The lines a client says: each carries a cid, and is sent again until its echo comes.
+Said = SendMessage | SendAction | SendPrivate
 
 
 def failure_in_words(exc: OSError) -> str:
@@ -115,7 +127,16 @@ class PutOut:
     reason: str = ""
 
 
-ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed | SignedInElsewhere | PutOut
+@dataclass(frozen=True)
+class SearchFound:
+    """The server's answer to a search (`results`) and its matching lines, newest first; each
+    carries its room (a private line its two parties). Not lines of any buffer: a list to read."""
+
+    results: SearchResults
+    lines: list[ChatMessage | Action | PrivateMessage]
+
+
+ClientEvent = ServerMessage | ConnectionLost | Reconnected | Resumed | SignedInElsewhere | PutOut | SearchFound
 
 #: Seconds between the client's pings, which measure the lag and find a connection that died silently.
 KEEPALIVE = 15.0
@@ -253,6 +274,10 @@ class ChatClient:
         #: nothing is tried again until the user asks (reconnect_now).
         self.replaced: str | None = None
         self._take_back = asyncio.Event()
+        #: The lines sent whose echo has not come, by cid, in the order sent, with when (loop time).
+        self._unechoed: dict[str, tuple[float, Said]] = {}
+        self._cid_prefix = secrets.token_hex(4)
+        self._cids = 0
 
     @property
     def users(self) -> list[str]:
@@ -306,10 +331,18 @@ class ChatClient:
             yield batch
 
     async def send(self, message: BaseModel) -> None:
-        """Send one protocol message; ConnectionClosed if there is no connection now."""
+        """Send one protocol message; ConnectionClosed if there is no connection now.
+
+        A line said (message, action, private) gets a cid, and is kept until its echo comes:
+        if the connection drops first, it is sent again, with the same cid, after the next
+        reconnect, and the server keeps it once whichever copy it got."""
         writer = self._writer
         if writer is None:
             raise ConnectionClosed("not connected to the server right now")
+        if isinstance(message, Said) and message.cid is None:
+            self._cids += 1
+            message = message.model_copy(update={"cid": f"{self._cid_prefix}-{self._cids}"})
+            self._unechoed[f"{self._cid_prefix}-{self._cids}"] = (asyncio.get_running_loop().time(), message)
         try:
             writer.write(encode(message))
             await writer.drain()
@@ -324,6 +357,11 @@ class ChatClient:
     async def part(self, room: str) -> None:
         """Leave `room`; the `left` line that answers takes it out of `rooms`."""
         await self.send(Part(room=room))
+
+    async def search(self, text: str, room: str | None = None) -> None:
+        """Ask the server for the newest lines matching `text` in `room` (None: in every room this
+        client is in, and its private lines); a SearchFound answers, or an error line."""
+        await self.send(Search(text=text, room=room))
 
     async def page_back(self, room: str, limit: int) -> None:
         """Ask for `limit` messages of `room` older than the oldest one received there."""
@@ -393,6 +431,13 @@ class ChatClient:
                 if room_key(room) not in asked:
                     asked.add(room_key(room))
                     writer.write(encode(Join(room=room)))
+            # Then every line said whose echo never came, in order: kept once, shown once.
+            now = asyncio.get_running_loop().time()
+            for cid, (sent, said) in list(self._unechoed.items()):
+                if now - sent > RESEND_WITHIN:
+                    del self._unechoed[cid]
+                    continue
+                writer.write(encode(said))
             await writer.drain()
         except BaseException:
             writer.close()
@@ -542,11 +587,27 @@ class ChatClient:
                 and room_key(message.room) in self.rooms
             ):
                 continue  # another device of the account put this one in the room first: nothing is wrong
+            if isinstance(message, SearchResults):
+                said: list[ChatMessage | Action | PrivateMessage] = []
+                for _ in range(message.count):
+                    try:
+                        line = await self._read(reader)
+                    except ConnectionClosed as exc:
+                        return str(exc)
+                    except ProtocolError as exc:
+                        log.warning("ignoring a search result the client does not understand: %s", exc)
+                        continue
+                    if isinstance(line, ChatMessage | Action | PrivateMessage):
+                        said.append(line)
+                await self._events.put(SearchFound(message, said))
+                continue  # matches are not news: they go through no room's bookkeeping
             if isinstance(message, ErrorReply) and message.code == "session_replaced":
                 self.replaced = "signed in elsewhere: another connection of yours took the session over"
                 return self.replaced
+            if isinstance(message, ChatMessage | Action | PrivateMessage):
+                self._echoed(message)
             if not self._first_sight(message):
-                continue
+                continue  # the echo of a line sent again, seen already (in the history replayed)
             fresh_removal = self._removes_me(message)
             self._track(message)
             if isinstance(message, Renamed) and not self._first_copy(message):
@@ -588,6 +649,26 @@ class ChatClient:
             view = self.rooms.get(room_key(message.room))
             return view is None or view.seen.first_sight(message.id)
         return True
+
+    def _echoed(self, message: ChatMessage | Action | PrivateMessage) -> None:
+        """Forget the line `message` is the echo of: by its cid, or, for a line of this client's
+        name without one (a server that keeps no cids, or the line in a resumed history), the
+        oldest unechoed line of the same kind, place and text."""
+        if message.cid is not None:
+            self._unechoed.pop(message.cid, None)
+            return
+        if message.name != self.name or not self._unechoed:
+            return
+        for cid, (_, said) in self._unechoed.items():
+            if said.type != message.type or said.msg != message.msg:
+                continue
+            if isinstance(said, SendPrivate) and isinstance(message, PrivateMessage):
+                same_place = said.to.casefold() == message.to.casefold()
+            else:
+                same_place = room_key(getattr(said, "room", LOBBY)) == room_key(getattr(message, "room", LOBBY))
+            if same_place:
+                del self._unechoed[cid]
+                return
 
     def _closed_meanwhile(self) -> bool:
         """Whether close() was called while this task waited (a method: a type checker would take

@@ -15,7 +15,15 @@ from datetime import date, datetime
 
 from prompt_toolkit.utils import get_cwidth
 
-from chat.client.connection import ClientEvent, ConnectionLost, PutOut, Reconnected, Resumed, SignedInElsewhere
+from chat.client.connection import (
+    ClientEvent,
+    ConnectionLost,
+    PutOut,
+    Reconnected,
+    Resumed,
+    SearchFound,
+    SignedInElsewhere,
+)
 from chat.wire.protocol import (
     Action,
     Away,
@@ -271,12 +279,43 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
             why = f" ({neutralise(reason)})" if reason else ""
             text = f"you were {done} {neutralise(where)} by {neutralise(by)}{why}; its buffer is closed"
             return _in(look).error(text, now)
+        case SearchFound(results=results, lines=lines):
+            return _found(results.text, results.more, lines, now, look)
         case Resumed(room=where, missed=missed) if missed:
             new = "1 new message" if missed == 1 else f"{missed} new messages"
             return [("class:notice", f"-- {new} in {neutralise(where)} since you left --")]
         case Resumed(room=where):
             return [("class:notice", f"-- nothing new in {neutralise(where)} since you left --")]
     return None
+
+
+def _found(
+    text: str, more: int, lines: list[ChatMessage | Action | PrivateMessage], now: datetime | None, look: Look
+) -> Fragments:
+    """A search's answer: a heading, then each match numbered (for /jump N), newest first, with
+    its date, its room (or its two parties) and who said it."""
+    older = f", {more} older (/search again with fewer or more words)" if more else ""
+    if not lines:
+        return _in(look).notice(now, f"search {text!r}: nothing found")
+    heading = f"search {text!r}: {len(lines)} found{older}; /jump N shows one where it was said"
+    fragments: Fragments = list(_in(look).notice(now, heading))
+    for number, line in enumerate(lines, 1):
+        when = line.time.astimezone().strftime("%Y-%m-%d %H:%M")
+        if isinstance(line, PrivateMessage):
+            where = f"[{neutralise(line.name)} → {neutralise(line.to)}]"
+            said = f" {neutralise(line.msg)}"
+        else:
+            where = f"#{neutralise(line.room)}"
+            star = "* " if isinstance(line, Action) else ""
+            said = f" {star}{neutralise(line.name)}{' ' if star else ': '}{neutralise(line.msg)}"
+        fragments += [
+            ("", "\n"),
+            ("class:notice", f"  [{number}] "),
+            ("class:time", f"{when} "),
+            ("class:room", where),
+            ("class:text", said.replace("\n", " ")),
+        ]
+    return fragments
 
 
 def notice(text: str, now: datetime | None = None, look: Look = LOOK) -> Fragments:

@@ -63,7 +63,10 @@ from chat.client.search import Search
 from chat.client.settings import Settings
 from chat.errors import ConnectionClosed
 from chat.wire.protocol import (
+    MAX_HISTORY_PAGE,
+    Action,
     Away,
+    ChatMessage,
     HistoryPage,
     Left,
     MarkRead,
@@ -172,6 +175,8 @@ class ChatScreen:
         self._telling: set[asyncio.Task[None]] = set()
         #: Bare mode (Alt-L): only the lines, not indented, no bars, for copying with the mouse.
         self.bare = False
+        #: The line /jump asked for, by buffer key and id, until its buffer holds it.
+        self._jump: tuple[str, int] | None = None
         #: The help shown over the messages (/help), until Esc.
         self.help: list[str] | None = None
         self._draft = ""
@@ -260,6 +265,7 @@ class ChatScreen:
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
+        self._settle_jump()
         self.app.invalidate()
 
     def _heard_read(self, key: str, up_to: int) -> None:
@@ -401,6 +407,56 @@ class ChatScreen:
             self.fetch_older(buffer)
         buffer.scroll(rows)
         self.app.invalidate()
+
+    def jump_to(self, line: ChatMessage | Action | PrivateMessage) -> str | None:
+        if isinstance(line, PrivateMessage):
+            other = line.to if line.name == self.client.name else line.name
+            buffer = self.buffers.get(private_buffer(other))
+            where = f"the conversation with {other}"
+        else:
+            buffer = self.buffers.get(room_buffer(line.room))
+            where = line.room
+        if buffer is None:
+            return f"{where} has no buffer here now (/join it, or /query the person, and /jump again)"
+        self.switch_to(buffer)
+        self._jump = (buffer.key, line.id)
+        self._settle_jump()
+        return None
+
+    def _settle_jump(self) -> None:
+        """Scroll to the line /jump asked for once its buffer holds it; until then ask for the
+        older lines between it and the oldest held, in one page if they fit."""
+        if self._jump is None:
+            return
+        key, message_id = self._jump
+        buffer = self.active()
+        if buffer.key != key:
+            self._jump = None  # the user went elsewhere meanwhile
+            return
+        if buffer.scroll_to(message_id, max(1, self.app.output.get_size().rows - 3)):
+            self._jump = None
+            self.app.invalidate()
+            return
+        if buffer.fetching or buffer.context:
+            return  # a page of older lines is on its way: look again once it is in
+        oldest = buffer.oldest_order
+        if buffer.private or buffer.complete or (oldest is not None and message_id > oldest):
+            self._jump = None  # not in what the buffer holds, and nothing older to ask for
+            buffer.add(render.notice("that line is not in this buffer any more (the server's history may hold it)"))
+            self.app.invalidate()
+            return
+        if not self.client.connected:
+            return
+        buffer.fetching = True
+        wanted = min(MAX_HISTORY_PAGE, (oldest or message_id) - message_id + PAGE)
+
+        async def fetch() -> None:
+            try:
+                await self.client.page_back(buffer.title, wanted)
+            except ConnectionClosed:
+                buffer.fetching = False
+
+        self.app.create_background_task(fetch())
 
     def fetch_older(self, buffer: Buffer) -> None:
         """Ask for the messages above the top of a room's buffer, once at a time."""

@@ -29,6 +29,7 @@ from chat.client.ignored import Ignored
 from chat.client.inputline import STYLE, ChatCompleter, remembered_history
 from chat.client.search import matching
 from chat.client.settings import Settings
+from chat.wire.protocol import Action, ChatMessage, PrivateMessage
 
 #: Lines the plain mode keeps for /search, and how many matches it prints at most.
 SEARCHED_LINES = 5_000
@@ -153,6 +154,9 @@ class PlainView:
             joined += [("", "\n"), *line.fragments]
         show(joined)
         return None
+
+    def jump_to(self, line: ChatMessage | Action | PrivateMessage) -> str | None:
+        return "the plain mode prints lines as they come and cannot scroll back: /history N shows earlier ones"
 
     def show_help(self, lines: list[str]) -> None:
         for line in lines:

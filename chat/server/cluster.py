@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Collection, Hashable
 from typing import Generic, Protocol, TypeVar
 
-from chat.server.lines import Line
-from chat.server.log import LocalLog, RoomLog
+from chat.server.lines import Line, Repeat
+from chat.server.log import LocalLog, RoomLog, Tag
 from chat.server.room import Delivery, LocalFeed, RoomFeed
 from chat.server.session import Holder
 from chat.server.store import PRIVATE_LOG, RoomRecord, Rules, Store, kept
@@ -105,9 +105,11 @@ class Cluster(Protocol[P_contra]):
         handed to them before (what a replay runs up to)."""
         ...
 
-    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         """Number and keep a private line between two identities, and have it reach their inboxes
-        (through ClusterEvents.private_line, in id order); the line. StorageFailed if not kept."""
+        (through ClusterEvents.private_line, in id order); the line. StorageFailed if not kept.
+        `cid`: the sender's `(identity, cid)`, kept with the line (RoomLog.tagged finds it); if
+        a line was kept with it already, that line as a Repeat, and nothing is sent."""
         ...
 
     def settle_private(self, upto: int) -> None:
@@ -196,9 +198,14 @@ class LocalCluster(Generic[P]):
             open_it()
             return self._private.last_id
 
-    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         with self._private_lock:
-            line = self._private.append(build, sender=sender, recipient=recipient)
+            # Checked again under the lock that numbers private lines: a repeat sent from two
+            # connections of one identity at once is kept once, and the second is answered.
+            kept = self._private.tagged(*cid) if cid is not None else None
+            if kept is not None:
+                return Repeat(kept.json)
+            line = self._private.append(build, sender=sender, recipient=recipient, cid=cid)
             if self._events is not None:
                 self._events.private_line(line, sender, recipient)
         return line

@@ -50,6 +50,7 @@ class _Log(Generic[S]):
         "_joined_other",
         "base",
         "base_bytes",
+        "echoes",
         "ends",
         "head",
         "lines",
@@ -71,22 +72,32 @@ class _Log(Generic[S]):
         self._joined: dict[int, bytes] = {}
         self._joined_other: dict[tuple[Dialect, int], bytes] = {}
         self._joined_head = 0
+        #: Reader -> how many lines in the log carry an echo for it alone (a sender's `cid`):
+        #: that reader's slices are joined for it, the shared ones skip its echoes.
+        self.echoes: dict[object, int] = {}
 
     def append(self, line: Line) -> None:
+        if line.echo_to is not None:
+            self.echoes[line.echo_to] = self.echoes.get(line.echo_to, 0) + 1
         self.lines.append(line)
         self.head += 1
         self.published_bytes += len(line.json)
         self.ends.append(self.published_bytes)
 
-    def slice(self, start: int, stop: int, dialect: Dialect) -> bytes:
+    def slice(self, start: int, stop: int, dialect: Dialect, reader: object = None) -> bytes:
         lines = self.lines[start - self.base : stop - self.base]
+        if reader is not None and reader in self.echoes:
+            lines = [line.echo if line.echo is not None and line.echo_to is reader else line for line in lines]
         if dialect is JSON_LINES:
             return b"".join([line.json for line in lines])
         return b"".join([line.encoded(dialect) for line in lines])
 
-    def since(self, start: int, dialect: Dialect) -> bytes:
-        """Every line from `start` to the head in `dialect`, joined once however many ask."""
+    def since(self, start: int, dialect: Dialect, reader: object = None) -> bytes:
+        """Every line from `start` to the head in `dialect`, joined once however many ask
+        (for a reader some of whose echoes are in the log, joined for it alone)."""
         head = self.head
+        if self.echoes and reader in self.echoes:
+            return self.slice(start, head, dialect, reader)
         if head != self._joined_head:
             self._joined.clear()
             self._joined_other.clear()
@@ -109,6 +120,11 @@ class _Log(Generic[S]):
     def forget_before(self, position: int) -> None:
         drop = position - self.base
         self.base_bytes = self.ends[drop - 1]
+        for line in self.lines[:drop]:
+            if line.echo_to is not None:
+                left = self.echoes.pop(line.echo_to, 1) - 1
+                if left > 0:
+                    self.echoes[line.echo_to] = left
         del self.lines[:drop]
         del self.ends[:drop]
         self.base = position
@@ -129,10 +145,10 @@ class Cursor:
         self.position = log.head
         self.held = held
 
-    def advance(self, dialect: Dialect) -> bytes:
+    def advance(self, dialect: Dialect, reader: object = None) -> bytes:
         """Everything from here to the head; the cursor moves to the head."""
         log = self.log
-        data = log.since(self.position, dialect)
+        data = log.since(self.position, dialect, reader)
         self.position = log.head
         return data
 
@@ -257,12 +273,12 @@ class Fanout(Generic[S]):
         for queued in peer.queue:
             if queued.room == room:
                 if cursor.position < queued.position:
-                    queue.append(Queued(None, 0, log.slice(cursor.position, queued.position, peer.dialect)))
+                    queue.append(Queued(None, 0, log.slice(cursor.position, queued.position, peer.dialect, peer)))
                     cursor.position = queued.position
                 queued = Queued(None, 0, queued.line)
             queue.append(queued)
         if cursor.position < log.head:
-            queue.append(Queued(None, 0, log.slice(cursor.position, log.head, peer.dialect)))
+            queue.append(Queued(None, 0, log.slice(cursor.position, log.head, peer.dialect, peer)))
         peer.queue = queue
         peer.queued_bytes = sum(len(queued.line) for queued in queue)
         self._dirty.add(peer)
@@ -328,7 +344,7 @@ class Fanout(Generic[S]):
             log = cursor.log
             if cursor.held or cursor.position >= log.head:
                 continue
-            since = log.since(cursor.position, dialect)
+            since = log.since(cursor.position, dialect, peer)
             cursor.position = log.head
             data = data + since if data else since
         return data
@@ -404,14 +420,14 @@ class Fanout(Generic[S]):
         for queued in peer.queue:
             cursor = peer.cursors.get(queued.room) if queued.room is not None else None
             if cursor is not None and not cursor.held and cursor.position < queued.position:
-                out.append(cursor.log.slice(cursor.position, queued.position, peer.dialect))
+                out.append(cursor.log.slice(cursor.position, queued.position, peer.dialect, peer))
                 cursor.position = queued.position
             out.append(queued.line)
         peer.queue.clear()
         peer.queued_bytes = 0
         for cursor in peer.cursors.values():
             if not cursor.held and cursor.position < cursor.log.head:
-                out.append(cursor.advance(peer.dialect))
+                out.append(cursor.advance(peer.dialect, peer))
         return b"".join(out)
 
     def _detach(self, peer: S, room: str, log: _Log[S]) -> None:

@@ -24,7 +24,7 @@ from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.cluster import Cluster, LocalCluster
 from chat.server.limits import in_networks
-from chat.server.lines import Line
+from chat.server.lines import Line, Repeat
 from chat.server.room import (
     CHUNK_LINES,
     Delivery,
@@ -35,9 +35,22 @@ from chat.server.room import (
     stream_chunks,
 )
 from chat.server.session import Holder, Session
-from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
+from chat.server.store import (
+    PRIVATE_LOG,
+    RoomRecord,
+    Rules,
+    Sanction,
+    SearchIndex,
+    SearchInvalid,
+    Store,
+    StoreError,
+    kept,
+)
 from chat.wire.protocol import (
+    DEFAULT_SEARCH_RESULTS,
     LOBBY,
+    MAX_SEARCH_RESULTS,
+    MAX_SEARCH_TEXT,
     ROOM_PAGE,
     Away,
     Ban,
@@ -65,6 +78,8 @@ from chat.wire.protocol import (
     Register,
     Renamed,
     RoomList,
+    Search,
+    SearchResults,
     SendAction,
     SendMessage,
     SendPrivate,
@@ -112,9 +127,12 @@ class Hub(Generic[P]):
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         shared_addresses: Iterable[str] = (),
         max_rooms_per_user: int = DEFAULT_MAX_ROOMS_PER_USER,
+        search: SearchIndex | None = None,
     ) -> None:
         """`cluster`: where names, private lines, rules and rooms live (default: this server
-        alone, in `store`); it starts telling this hub what other servers do."""
+        alone, in `store`); it starts telling this hub what other servers do. `search`: the
+        full-text index that answers `search` (None: answered with search_unavailable)."""
+        self._search = search
         self._delivery = delivery
         self._cluster: Cluster[P] = cluster or LocalCluster(delivery, store)
         self._store = store
@@ -211,17 +229,19 @@ class Hub(Generic[P]):
                     if name is None:
                         raise Refused("not_joined", "join first: send a join line, or a name with your message")
                     self.join(session, Join(name=name))
-                self._room_of(session, LOBBY).speak(session, [("message", text)])
+                self._room_of(session, LOBBY).speak(session, [("message", text, None)])
             case SendMessage(room=room) | SendAction(room=room):
                 self.speak(session, room, [message])
             case SetTopic(room=room, topic=topic):
                 self._room_of(session, room).set_topic(session, topic)
+            case Search() as asked:
+                self.search(session, asked)
             case HistoryRequest(room=room, before=before, limit=limit):
                 self._room_of(session, room).history(session, before, limit)
             case Part(room=room):
                 self.part(session, room)
-            case SendPrivate(to=to, msg=text):
-                self.whisper(session, to, text)
+            case SendPrivate(to=to, msg=text, cid=cid):
+                self.whisper(session, to, text, cid)
             case SetAway(msg=why):
                 self.set_away(session, why)
             case Nick(name=name):
@@ -245,7 +265,40 @@ class Hub(Generic[P]):
 
     def speak(self, session: Session[P], room_name: str, said: Sequence[SendMessage | SendAction]) -> None:
         """Lines `session` said to one room, one after the other: kept and published together."""
-        self._room_of(session, room_name).speak(session, [(line.type, line.msg) for line in said])
+        self._room_of(session, room_name).speak(session, [(line.type, line.msg, line.cid) for line in said])
+
+    def search(self, session: Session[P], request: Search) -> None:
+        """Send `session` the newest lines matching a search, among those its identity may read
+        now: the rooms it is in (or the one it names) and its own private lines."""
+        text, room, before = request.text, request.room, request.before
+        limit = DEFAULT_SEARCH_RESULTS if request.limit is None else request.limit
+        if not text.strip() or len(text) > MAX_SEARCH_TEXT:
+            raise Refused("search_invalid", f"a search is 1 to {MAX_SEARCH_TEXT} characters, not all blank", room)
+        if not 1 <= limit <= MAX_SEARCH_RESULTS:
+            raise Refused("search_invalid", f"a search answers 1 to {MAX_SEARCH_RESULTS} lines", room)
+        if before is not None and room is None:
+            raise Refused("search_invalid", "before is an id in one room: name the room too")
+        if self._search is None:
+            raise Refused("search_unavailable", _NO_SEARCH, room)
+        identity = _identity_of(session)
+        with self._lock:
+            sessions = self._by_identity.get(identity, set()) | {session}
+            rooms = {key for each in sessions for key in each.rooms}
+        if room is not None:
+            if room_key(room) not in rooms:
+                raise Refused("not_in_room", f"you are not in {room}; join it first", room)
+            logs = [room_key(room)]
+        else:
+            logs = [*sorted(rooms), PRIVATE_LOG]
+        try:
+            found = self._search.search(text, logs, identity, before, limit)
+        except SearchInvalid as exc:
+            raise Refused("search_invalid", str(exc), room) from exc
+        except StoreError as exc:
+            log.error("%s", exc)
+            raise StorageFailed("storage_failed", "the server could not search its history; try again", room) from exc
+        header = Line.of(SearchResults(text=text, count=len(found.lines), more=found.more))
+        self._delivery.send_to(session.peer, header, *[Line(line) for line in found.lines])
 
     def join(self, session: Session[P], request: Join) -> None:
         """Enter a room; the first join also claims the session's name (and may resume its private lines)."""
@@ -446,9 +499,17 @@ class Hub(Generic[P]):
             if not verdicts[key]:
                 self._replace(session, "the account's password changed or the account was deleted; log in again")
 
-    def whisper(self, session: Session[P], to: str, text: str) -> None:
-        """A private message to `to`, numbered in the private log, echoed to the sender."""
+    def whisper(self, session: Session[P], to: str, text: str, cid: str | None = None) -> None:
+        """A private message to `to`, numbered in the private log, echoed to the sender (with
+        `cid`, if it came with one; a repeat of a `cid` kept before is answered, not sent again)."""
         name = self._name_of(session)
+        if cid is not None:
+            # Most repeats are answered here; one sent from two connections at once is caught
+            # where the line is numbered (send_private answers it with a Repeat).
+            kept = self._cluster.private_log.tagged(_identity_of(session), cid)
+            if kept is not None:
+                self._delivery.publish(session.inbox, kept.with_cid(cid))
+                return
         with self._lock:
             target = self._by_name.get(name_key(to))
         if target is not None and target.name is not None:
@@ -462,10 +523,15 @@ class Hub(Generic[P]):
         sender_id = _identity_of(session)
 
         def build(id: int) -> Line:
-            return Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+            line = Line.of(PrivateMessage(id=id, name=name, to=recipient, msg=text, time=utc_now()))
+            return line.echoed(cid, session.peer)
 
         # It reaches both parties (here, through private_line) in id order, on whichever server.
-        line = self._cluster.send_private(build, sender_id, recipient_id)
+        tag = None if cid is None else (sender_id, cid)
+        line = self._cluster.send_private(build, sender_id, recipient_id, tag)
+        if isinstance(line, Repeat) and cid is not None:  # kept meanwhile, from another connection
+            self._delivery.publish(session.inbox, line.with_cid(cid))
+            return
         if target is not session and away is not None:
             self._cluster.settle_private(line.id)  # after the echo, so it reads as the answer
             self._delivery.publish(session.inbox, Line.of(Away(name=recipient, msg=away)))
@@ -871,6 +937,11 @@ class Hub(Generic[P]):
             stream_chunks(self._delivery, peer, chunks, lambda lines: self._delivery.send_held(peer, inbox, *lines))
         finally:
             self._delivery.release_held(peer, inbox)
+
+
+_NO_SEARCH = (
+    "this server keeps no search index: it keeps history in memory, or shares rooms through Redis"
+)
 
 
 def _identity_of(session: Session[P]) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from chat.errors import RequestFailed
-from chat.wire.codec import decode_server, encode, encode_said, error_reply
+from chat.wire.codec import decode_server, encode, encode_said, error_reply, with_cid
 from chat.wire.protocol import ServerMessage
 
 
@@ -56,7 +56,7 @@ class Line:
     makes it twice, never half.
     """
 
-    __slots__ = ("_encoded", "_message", "json")
+    __slots__ = ("_encoded", "_message", "echo", "echo_to", "json")
 
     def __init__(self, json: bytes, message: ServerMessage | None = None) -> None:
         """A line whose JSON encoding is `json` (as stored; ends with a newline); `message`, its
@@ -64,6 +64,10 @@ class Line:
         self.json = json
         self._message = message
         self._encoded: dict[Dialect, bytes] | None = None
+        #: The line as its sender sees it (with the `cid` it was sent with), and to whom (the
+        #: sender's delivery peer): set before the line is published, then never changed.
+        self.echo: Line | None = None
+        self.echo_to: object | None = None
 
     @classmethod
     def of(cls, message: ServerMessage) -> Line:
@@ -80,6 +84,17 @@ class Line:
         """A line said in a room: the hot path, formatted straight from its parts (codec.encode_said).
         The id comes last, so that a log can number a line built from the rest."""
         return cls(encode_said(kind, room, id, name, msg, time))
+
+    def echoed(self, cid: str | None, to: object) -> Line:
+        """This line, with its sender's echo carrying `cid` (if any) for the peer `to` alone."""
+        if cid is not None:
+            self.echo = self.with_cid(cid)
+            self.echo_to = to
+        return self
+
+    def with_cid(self, cid: str) -> Line:
+        """This numbered line as its sender's echo: carrying the `cid` it was sent with."""
+        return Line(with_cid(self.json, cid))
 
     @property
     def message(self) -> ServerMessage:
@@ -111,6 +126,14 @@ class Line:
 
     def __repr__(self) -> str:
         return f"Line({self.json!r})"
+
+
+class Repeat(Line):
+    """A line kept before under its sender's `(identity, cid)`, found only when a log went to
+    keep it again (another server kept it meanwhile): its sender is answered with it, nobody
+    else is sent it."""
+
+    __slots__ = ()
 
 
 def render(lines: Iterable[Line], dialect: Dialect) -> bytes:

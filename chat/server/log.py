@@ -23,6 +23,8 @@ from chat.server.store import HistoryStore, Record, StoreError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: A line's sender and the `cid` it sent it with: `(identity, cid)`.
+Tag = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,33 @@ class RoomLog(Protocol):
         (None where a log cannot be lost without the server knowing it)."""
         ...
 
-    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
+    def append(
+        self,
+        build: Callable[[int], Line],
+        sender: str | None = None,
+        recipient: str | None = None,
+        cid: Tag | None = None,
+    ) -> Line:
         """Number the next line, build it with that id, keep it, and return it.
 
         The id is used only once the line is kept; raises StorageFailed if it
         could not be. Callers serialise appends to one log (the room's lock).
+        `cid`, the sender's `(identity, cid)`, is kept with the line (see tagged).
         """
         ...
 
-    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
+    def append_all(self, builds: Sequence[Callable[[int], Line]], cids: Sequence[Tag | None] = ()) -> list[Line]:
         """append() for lines that arrived together: numbered in order and kept in one
-        write, all of them or (raising StorageFailed) none."""
+        write, all of them or (raising StorageFailed) none. `cids`, if given, has one
+        `(identity, cid)` or None per line."""
+        ...
+
+    def tagged(self, identity: str, cid: str) -> Line | None:
+        """The line `identity` had kept with `cid` lately (in any log), as it was kept; None if none."""
+        ...
+
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, Line]:
+        """tagged() for the lines a room writes together, in one read: those found, by tag."""
         ...
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
@@ -104,19 +122,38 @@ class LocalLog:
     def epoch(self) -> str | None:
         return None  # a lost history file is caught at start (its ids begin again below a client's)
 
-    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
+    def append(
+        self,
+        build: Callable[[int], Line],
+        sender: str | None = None,
+        recipient: str | None = None,
+        cid: Tag | None = None,
+    ) -> Line:
         next_id = self._last_id + 1
         line = build(next_id)
-        self._keep([Record(next_id, line.json, sender, recipient)])
+        self._keep([Record(next_id, line.json, sender, recipient, cid)])
         return line
 
-    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
+    def append_all(self, builds: Sequence[Callable[[int], Line]], cids: Sequence[Tag | None] = ()) -> list[Line]:
         if not builds:
             return []
         first = self._last_id + 1
         lines = [build(id) for id, build in enumerate(builds, first)]
-        self._keep([Record(id, line.json) for id, line in enumerate(lines, first)])
+        if any(cids):
+            numbered = zip(range(first, first + len(lines)), lines, cids, strict=True)
+            records = [Record(id, line.json, None, None, tag) for id, line, tag in numbered]
+        else:
+            records = [Record(id, line.json) for id, line in enumerate(lines, first)]
+        self._keep(records)
         return lines
+
+    def tagged(self, identity: str, cid: str) -> Line | None:
+        found = self._read(lambda: self._store.tagged(identity, cid))
+        return None if found is None else Line(found[1].line)
+
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, Line]:
+        found = self._read(lambda: self._store.tagged_all(tags))
+        return {tag: Line(record.line) for tag, record in found.items()}
 
     def _keep(self, records: list[Record]) -> None:
         try:

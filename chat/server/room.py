@@ -21,8 +21,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
-from chat.server.lines import Line
-from chat.server.log import RoomLog, Span
+from chat.server.lines import Line, Repeat
+from chat.server.log import RoomLog, Span, Tag
 from chat.server.session import Session
 from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
@@ -351,7 +351,7 @@ class Room(Generic[P]):
         self._delivery.send_to(peer, Line.of(header), room=self.key)
         self._stream(peer, span, lambda lines: self._delivery.send_to(peer, *lines, room=self.key))
 
-    def speak(self, session: Session[P], said: Sequence[tuple[Said, str]]) -> None:
+    def speak(self, session: Session[P], said: Sequence[tuple[Said, str, str | None]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
 
         Group commit: what members say while the room writes waits in a
@@ -361,6 +361,10 @@ class Room(Generic[P]):
         mostly per write and per wake-up of the writer, not per byte. A line
         is kept before anyone sees it; if the write fails, every line in it is
         refused with storage_failed and nobody sees any of them.
+
+        Each line may carry its sender's `cid`: kept with the line, it goes back in the
+        sender's echo only; a line whose `(identity, cid)` was kept before is not kept
+        again, and only its sender gets the kept line once more.
         """
         turn = _Said(session, said)
         with self._said_lock:
@@ -381,23 +385,62 @@ class Room(Generic[P]):
         stamp = self._stamper.now()
         builds: list[Callable[[int], Line]] = []
         speaking: list[_Said[P]] = []
-        for turn in queue:
-            try:
-                name = self._speaker(turn.session)
-            except RequestFailed as exc:
-                turn.failure = exc
-                continue
-            builds += [functools.partial(Line.said, kind, self.name, name, text, stamp) for kind, text in turn.said]
-            speaking.append(turn)
+        tags: list[Tag | None] = []
+        # Lines sent with a cid: index in builds -> (sender's peer, cid); repeats: (peer, cid, kept line or index).
+        echoes: dict[int, tuple[P, str]] = {}
+        repeats: list[tuple[P, str, Line | int]] = []
+        in_batch: dict[Tag, int] = {}
         try:
-            lines = self._log.append_all(builds)
+            wanted = [
+                (turn.session.identity.id, cid)
+                for turn in queue
+                if turn.session.identity is not None
+                for _, _, cid in turn.said
+                if cid is not None
+            ]
+            kept = self._log.tagged_all(wanted) if wanted else {}  # one read for the whole batch
+            for turn in queue:
+                try:
+                    name = self._speaker(turn.session)
+                except RequestFailed as exc:
+                    turn.failure = exc
+                    continue
+                identity = turn.session.identity.id if turn.session.identity is not None else None
+                peer = turn.session.peer
+                for kind, text, cid in turn.said:
+                    tag = None if cid is None or identity is None else (identity, cid)
+                    if tag is not None:
+                        found: Line | int | None = in_batch.get(tag)
+                        if found is None:
+                            found = kept.get(tag)
+                        if found is not None:
+                            repeats.append((peer, tag[1], found))
+                            continue
+                        in_batch[tag] = len(builds)
+                        echoes[len(builds)] = (peer, tag[1])
+                        # Built with its echo: a log whose lines reach members through another
+                        # way (Redis' reader) has the sender's echo go with it.
+                        builds.append(functools.partial(_with_echo, kind, self.name, name, text, stamp, tag[1], peer))
+                    else:
+                        builds.append(functools.partial(Line.said, kind, self.name, name, text, stamp))
+                    tags.append(tag)
+                speaking.append(turn)
+            lines = self._log.append_all(builds, tags if echoes else ())
         except StorageFailed as exc:
-            for turn in speaking:
-                turn.failure = exc
+            for turn in queue:
+                if turn.failure is None:
+                    turn.failure = exc
             return
+        answers = [(peer, cid, lines[at] if isinstance(at, int) else at) for peer, cid, at in repeats]
+        if echoes and any(isinstance(line, Repeat) for line in lines):
+            # Kept meanwhile under the same cid by another server: answered, not published.
+            answers += [(*echoes[index], line) for index, line in enumerate(lines) if isinstance(line, Repeat)]
+            lines = [line for line in lines if not isinstance(line, Repeat)]
         if lines:
             self.active_at = time.time()
             self._feed.publish(lines)
+        for peer, cid, line in answers:
+            self._delivery.send_to(peer, line.with_cid(cid), room=self.key)
         for turn in speaking:
             turn.written = True
 
@@ -758,12 +801,17 @@ _OPERATORS = ("op", "owner", "admin")
 Said = Literal["message", "action"]
 
 
+def _with_echo(kind: Said, room: str, name: str, text: str, stamp: str, cid: str, peer: object, id: int) -> Line:
+    """A said line, numbered `id`, with its sender's echo carrying `cid` for the peer `peer`."""
+    return Line.said(kind, room, name, text, stamp, id).echoed(cid, peer)
+
+
 @dataclass
 class _Said(Generic[P]):
     """Lines one member said together, waiting for the room's next write; then whether they were refused."""
 
     session: Session[P]
-    said: Sequence[tuple[Said, str]]
+    said: Sequence[tuple[Said, str, str | None]]
     #: A member holding the room's lock has taken these lines to write...
     taken: bool = False
     #: ...and they were kept and published; or why not.

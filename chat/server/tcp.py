@@ -34,7 +34,7 @@ from chat.server.metrics import MetricsEndpoint, Stats
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
 from chat.server.session import Session
-from chat.server.store import Store, StoreError, open_store
+from chat.server.store import SqliteStore, Store, StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import encode_error, error_reply
 from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
@@ -257,10 +257,18 @@ class ChatServer(socketserver.ThreadingTCPServer):
             records = self.shared.accounts if self.shared is not None else None
             accounts = Accounts(self.store, require_account=config.require_account, records=records,
                                 shared_take=self.shared.take if self.shared is not None else None)
+            # Search needs an index of every line this server may answer with: its SQLite file's.
+            # With --redis the rooms' lines live in Redis, so that file does not hold them.
+            search = self.store if isinstance(self.store, SqliteStore) and self.shared is None else None
             self.hub: Hub[Peer] = Hub(
-                self.outbox, self.store, settings, accounts, config.admin, self.shared, config.max_sessions,
-                parse_networks(config.limit_exempt), config.max_rooms_per_user,
+                self.outbox, self.store, settings, accounts, config.admin, self.shared,
+                max_sessions=config.max_sessions,
+                shared_addresses=parse_networks(config.limit_exempt),
+                max_rooms_per_user=config.max_rooms_per_user,
+                search=search,
             )
+            if search is not None:
+                search.start_indexing()
         except BaseException:
             self._close_storage()
             raise

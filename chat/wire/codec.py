@@ -65,6 +65,11 @@ def encode_said(kind: Literal["message", "action"], room: str, id: int, name: st
     ).encode()
 
 
+def with_cid(line: bytes, cid: str) -> bytes:
+    """A numbered line's JSON encoding (`{...}` and a newline) as its sender's echo: with `cid`."""
+    return line[:-2] + b',"cid":' + _json_string(cid).encode() + b"}\n"
+
+
 def error_reply(failure: RequestFailed) -> ErrorReply:
     """The error that tells a peer why its request was not done.
 

@@ -126,6 +126,14 @@ RoomName = Annotated[str, AfterValidator(_check_room)]
 TopicText = Annotated[str, AfterValidator(_check_topic)]
 #: Text a client says: not blank, at most MAX_MSG characters (newlines allowed).
 Text = Annotated[str, AfterValidator(_check_text)]
+#: Longest search text, in characters; most lines a search answers with.
+MAX_SEARCH_TEXT = 200
+MAX_SEARCH_RESULTS = 100
+DEFAULT_SEARCH_RESULTS = 20
+#: Longest `cid`, the client's own id for a line it sends.
+MAX_CID = 64
+#: A client's id for a line it sends (1-64 printable ASCII): a repeat is answered, not kept again.
+Cid = Annotated[str, Field(min_length=1, max_length=MAX_CID, pattern=r"^[\x20-\x7e]+$")]
 
 #: A server timestamp: ISO 8601 UTC on the wire, an aware datetime in Python.
 Timestamp = Annotated[AwareDatetime, PlainSerializer(_format_time, return_type=str)]
@@ -302,6 +310,7 @@ class SendMessage(_ClientWire):
     type: Literal["message"] = "message"
     room: RoomName = LOBBY
     msg: Text
+    cid: Cid | None = None
 
 
 class ClassicMessage(_ClientWire):
@@ -320,6 +329,7 @@ class SendAction(_ClientWire):
     type: Literal["action"] = "action"
     room: RoomName = LOBBY
     msg: Text
+    cid: Cid | None = None
 
 
 class SendPrivate(_ClientWire):
@@ -328,6 +338,7 @@ class SendPrivate(_ClientWire):
     type: Literal["private"] = "private"
     to: str = Field(min_length=1, max_length=MAX_NAME)
     msg: Text
+    cid: Cid | None = None
 
 
 class SetAway(_ClientWire):
@@ -404,6 +415,18 @@ class HistoryRequest(_ClientWire):
     limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE)
 
 
+class Search(_ClientWire):
+    """Search the lines the asker may read: the newest `limit` (1 to 100, default 20) that
+    match `text`, in `room` only, or in every room it is in and its own private lines.
+    `text` and `limit` are checked by the server (`search_invalid`), not here."""
+
+    type: Literal["search"] = "search"
+    text: str
+    room: RoomName | None = None
+    before: int | None = Field(default=None, ge=1, le=MAX_NUMBER)
+    limit: int | None = Field(default=None, le=MAX_NUMBER)
+
+
 class Leave(_ClientWire):
     """A clean goodbye from every room; the server closes the connection after it."""
 
@@ -412,6 +435,7 @@ class Leave(_ClientWire):
 
 ClientMessage = Annotated[
     Join
+    | Search
     | Kick
     | Ban
     | Unban
@@ -545,6 +569,8 @@ class ChatMessage(_ServerWire):
     name: str
     msg: str
     time: Timestamp
+    #: Only on the sender's echo: the `cid` it sent the line with.
+    cid: str | None = None
 
 
 class Action(_ServerWire):
@@ -556,6 +582,8 @@ class Action(_ServerWire):
     name: str
     msg: str
     time: Timestamp
+    #: Only on the sender's echo: the `cid` it sent the line with.
+    cid: str | None = None
 
 
 ModerationAction = Literal["kick", "ban", "unban", "mute", "unmute", "op", "deop", "voice", "devoice", "mode"]
@@ -599,6 +627,8 @@ class PrivateMessage(_ServerWire):
     to: str
     msg: str
     time: Timestamp
+    #: Only on the sender's echo: the `cid` it sent the line with.
+    cid: str | None = None
 
 
 class Joined(_ServerWire):
@@ -749,7 +779,19 @@ ErrorCode = Literal[
     "server_full",
     "too_many_connections",
     "storage_failed",
+    "search_invalid",
+    "search_unavailable",
 ]
+
+
+class SearchResults(_ServerWire):
+    """The answer to `search`: `count` matching numbered lines follow, newest first, each as it
+    is kept (room lines with their `room`); `more` older ones match too."""
+
+    type: Literal["results"] = "results"
+    text: str
+    count: int
+    more: int
 
 
 class ErrorReply(_ServerWire):
@@ -782,6 +824,7 @@ CLOSING_ERRORS = frozenset(
 
 ServerMessage = Annotated[
     Welcome
+    | SearchResults
     | SessionToken
     | Gap
     | Reset

@@ -23,7 +23,7 @@ import redis
 from chat.errors import Refused
 from chat.server.cluster import ClusterEvents
 from chat.server.lines import Line
-from chat.server.log import RoomLog
+from chat.server.log import RoomLog, Tag
 from chat.server.redis import keys
 from chat.server.redis.commands import Close, Post, ReadThere, RulesChanged, Taken, WakeCommand
 from chat.server.redis.directory import CLOCK, Directory
@@ -200,9 +200,9 @@ class RedisCluster(Generic[P]):
             open_it()
             return self._private.position[0]
 
-    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str) -> Line:
+    def send_private(self, build: Callable[[int], Line], sender: str, recipient: str, cid: Tag | None = None) -> Line:
         """Kept in the private stream: the reader hands it to both parties, on any server."""
-        return self._private_log.append(build, sender=sender, recipient=recipient)
+        return self._private_log.append(build, sender=sender, recipient=recipient, cid=cid)
 
     def settle_private(self, upto: int) -> None:
         self._reader.settle(self._private, (upto, 0))
@@ -243,7 +243,8 @@ class RedisCluster(Generic[P]):
             return
         for _, fields in entries:
             if b"s" in fields:
-                self._events.private_line(Line(fields[b"l"]), fields[b"s"].decode(), fields[b"r"].decode())
+                line = self._logs.echoes.claim(Line(fields[b"l"]), fields)
+                self._events.private_line(line, fields[b"s"].decode(), fields[b"r"].decode())
 
     def _deliver_rules(self, entries: Entries) -> None:
         if self._events is None:

@@ -155,7 +155,7 @@ class RedisFeed(Generic[P]):
                 self._key,
                 self._stream.encode(),
                 after,
-                functools.partial(deliver_lines, self._delivery, self._key),
+                functools.partial(deliver_lines, self._delivery, self._key, self._logs.echoes.claim),
                 functools.partial(self._logs.epoch, self._key),
                 self._lost,
                 self._logs.epoch(self._key),

@@ -16,6 +16,9 @@ NODES = "chat:nodes"
 NAMES = "chat:names"
 #: Every room: key -> its name as first spelled (a hash).
 ROOMS = "chat:rooms"
+#: A token set once per Redis data set (SET NX): when it is gone or another, Redis lost its data
+#: (FLUSHALL, a restart without it) and every log's lines and numbering with it.
+SENTINEL = "chat:sentinel"
 #: Where servers tell each other that a room's rules changed (a stream).
 RULES = "chat:rules"
 #: Set once by the first server on a new Redis, and never deleted: while it is missing, Redis
@@ -94,3 +97,7 @@ def read_markers(identity: str) -> str:
 def throttle(key: str) -> str:
     """A login throttle's bucket, shared by every server (a hash: tokens, at)."""
     return f"chat:throttle:{key}"
+def cid(identity: str, cid: str) -> str:
+    """The line `identity` sent with `cid` lately (a string that expires): its length first, so
+    that no identity and cid spell another pair's key."""
+    return f"chat:cid:{len(identity)}:{identity}:{cid}"

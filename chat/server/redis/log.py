@@ -10,8 +10,11 @@ hub, for private lines) sees it (chat.server.log.RoomLog).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import cast
@@ -19,8 +22,8 @@ from typing import cast
 import redis
 
 from chat.errors import StorageFailed
-from chat.server.lines import Line
-from chat.server.log import Span
+from chat.server.lines import Line, Repeat
+from chat.server.log import Span, Tag
 from chat.server.redis import keys
 from chat.server.redis.reader import Entries, position
 
@@ -29,26 +32,59 @@ log = logging.getLogger(__name__)
 #: The id a line is built with before Redis numbers it; the script puts the real one in its place.
 #: It appears in an encoded line only as the `id` field: inside a string a quote is escaped.
 PLACEHOLDER_ID = 9_007_199_254_740_881
+#: Seconds Redis keeps a line under its sender's (identity, cid): the protocol promises 10
+#: minutes, and a client resends within that (chat.client.connection.RESEND_WITHIN). Less than
+#: a history file keeps them (an hour): in Redis each costs its line's bytes in memory.
+CID_KEEP = 900
+#: Seconds after it was sent that Redis still stores an append: half the command timeout (5 s),
+#: so that an append whose answer the server gave up on is never stored later.
+APPEND_FENCE = 2.5
 _PLACEHOLDER = f'"id":{PLACEHOLDER_ID}'.encode()
 # Number each template's line, in order, and append it under its id: atomically, so that
-# ids are gap-free and ordered however many servers append. KEYS: meta, log.
-# ARGV: max length, epoch if new, sender, recipient (both '' but in the private log), templates...
+# ids are gap-free and ordered however many servers append. KEYS: meta, log, then one key per
+# line: its sender's (identity, cid) key, or '' for a line sent without a cid.
+# ARGV: max length, epoch if new, sender, recipient (both '' but in the private log),
+# deadline (ms, Redis' clock), seconds a cid is kept, then per line: template, echo token ('' for
+# none: the entry's `e` field, by which the sender's server gives the sender its echo).
+# A line whose cid key exists is not kept again: the line kept then is answered in its place
+# (the check and the write in one script, so two servers sent one cid at once keep it once).
+# The deadline fences a late append: one that Redis runs after its server stopped waiting for
+# it (a stall past the command timeout, answered storage_failed) stores nothing, so that a
+# refusal is final. Redis 7 replicates a script's effects, so TIME may come before writes.
 _APPEND = """
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
-local ids = {}
-for i = 5, #ARGV do
-  local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
-  local template = ARGV[i]
-  local at, stop = string.find(template, '"id":PLACEHOLDER', 1, true)
-  local line = string.sub(template, 1, at - 1) .. '"id":' .. id .. string.sub(template, stop + 1)
-  if ARGV[3] == '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line)
-  else
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'l', line, 's', ARGV[3], 'r', ARGV[4])
-  end
-  ids[#ids + 1] = id
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[5]) then
+  return redis.error_reply('FENCED the append came after its server had stopped waiting for it')
 end
-return ids
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+local out = {}
+for i = 1, (#ARGV - 6) / 2 do
+  local template, token, tag = ARGV[5 + 2 * i], ARGV[6 + 2 * i], KEYS[2 + i]
+  local before = false
+  if tag ~= '' then
+    before = redis.call('GET', tag)
+  end
+  if before then
+    out[#out + 1] = before
+  else
+    local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
+    local at, stop = string.find(template, '"id":PLACEHOLDER', 1, true)
+    local line = string.sub(template, 1, at - 1) .. '"id":' .. id .. string.sub(template, stop + 1)
+    local fields = {'l', line}
+    if ARGV[3] ~= '' then
+      fields[3], fields[4], fields[5], fields[6] = 's', ARGV[3], 'r', ARGV[4]
+    end
+    if token ~= '' then
+      fields[#fields + 1], fields[#fields + 2] = 'e', token
+    end
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', unpack(fields))
+    if tag ~= '' then
+      redis.call('SET', tag, line, 'EX', ARGV[6])
+    end
+    out[#out + 1] = id
+  end
+end
+return out
 """.replace("PLACEHOLDER", str(PLACEHOLDER_ID))
 
 # An unnumbered line after the room's last numbered one. KEYS: meta, log.
@@ -62,21 +98,98 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], last .. '-*', 'l', AR
 
 
 
+class Echoes:
+    """The echoes this server owes its senders: a line sent with a `cid` gets a token in its
+    stream entry, and this server's reader, delivering the entry, gives the sender's connection
+    the line with its `cid` (Line.echoed); other servers do not know the token and deliver the
+    line as it is. Thread-safe: appending threads expect, the reader claims."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._count = itertools.count(1)
+        self._waiting: dict[str, tuple[object, str]] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, to: object, cid: str) -> str:
+        """A new token for the echo with `cid` owed to the peer `to`."""
+        token = f"{self._prefix}-{next(self._count)}"
+        with self._lock:
+            self._waiting[token] = (to, cid)
+        return token
+
+    def forget(self, token: str) -> None:
+        """The line with `token` was not appended: no echo is owed."""
+        if token:
+            with self._lock:
+                self._waiting.pop(token, None)
+
+    def claim(self, line: Line, fields: dict[bytes, bytes]) -> Line:
+        """`line`, read from a stream entry with `fields`: with its echo if this server owes it."""
+        token = fields.get(b"e")
+        if token is None:
+            return line
+        with self._lock:
+            owed = self._waiting.pop(token.decode(), None)
+        return line if owed is None else line.echoed(owed[1], owed[0])
+
+
 class Logs:
     """Every log in one Redis, on the command connection; each log keeps about `retention`
     entries. Every method may raise redis.RedisError."""
 
-    def __init__(self, client: redis.Redis, retention: int) -> None:
+    def __init__(self, client: redis.Redis, retention: int, fence: float = APPEND_FENCE) -> None:
+        """`fence`: seconds after it is sent that an append is still stored (see _APPEND); less
+        than the command timeout, after which the server answers storage_failed."""
         self._redis = client
         self._retention = retention
+        self._fence = fence
+        self.echoes = Echoes()
         self._append = client.register_script(_APPEND)
         self._notice = client.register_script(_NOTICE)
+        #: Redis' clock minus ours (seconds), and when (monotonic) it was measured.
+        self._offset = 0.0
+        self._measured: float | None = None
 
-    def append(self, key: str, templates: Sequence[bytes], parties: tuple[str, str] = ("", "")) -> list[int]:
-        """Number the lines (built with PLACEHOLDER_ID) and append them; their ids."""
-        args: list[bytes | str | int] = [self._retention, secrets.token_hex(8), *parties, *templates]
-        ids = self._append(keys=[keys.meta(key), keys.log(key)], args=args)
-        return [int(number) for number in cast(list[int], ids)]
+    def append(
+        self,
+        key: str,
+        templates: Sequence[bytes],
+        parties: tuple[str, str] = ("", ""),
+        tags: Sequence[tuple[Tag | None, str]] = (),
+    ) -> list[int | bytes]:
+        """Number the lines (built with PLACEHOLDER_ID) and append them; per line its id, or, for
+        a line whose `(identity, cid)` tag was kept before, the line kept then. `tags`: per line
+        its tag (or None) and its echo token (or ''). A redis.ResponseError (FENCED) if Redis ran
+        it too late to keep it."""
+        deadline = int((time.time() + self._clock_offset() + self._fence) * 1000)
+        tags = tags or [(None, "")] * len(templates)
+        args: list[bytes | str | int] = [self._retention, secrets.token_hex(8), *parties, deadline, CID_KEEP]
+        for template, (_, token) in zip(templates, tags, strict=True):
+            args += [template, token]
+        cid_keys = ["" if tag is None else keys.cid(*tag) for tag, _ in tags]
+        found = self._append(keys=[keys.meta(key), keys.log(key), *cid_keys], args=args)
+        return [each if isinstance(each, bytes) else int(each) for each in cast(list[int | bytes], found)]
+
+    def tagged(self, identity: str, cid: str) -> bytes | None:
+        """The line `identity` kept with `cid` lately (in any log), or None."""
+        return cast(bytes | None, self._redis.get(keys.cid(identity, cid)))
+
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, bytes]:
+        """tagged() for many tags, in one round trip: the lines found, by tag."""
+        if not tags:
+            return {}
+        lines = cast(list[bytes | None], self._redis.mget([keys.cid(*tag) for tag in tags]))
+        return {tag: line for tag, line in zip(tags, lines, strict=True) if line is not None}
+
+    def _clock_offset(self) -> float:
+        """Redis' clock minus ours, measured again each minute (clocks drift, slowly)."""
+        if self._measured is None or time.monotonic() - self._measured > 60:
+            before = time.time()
+            seconds, micro = self._redis.time()
+            after = time.time()
+            self._offset = seconds + micro / 1e6 - (before + after) / 2
+            self._measured = time.monotonic()
+        return self._offset
 
     def notice(self, key: str, line: bytes) -> tuple[int, int]:
         """Append an unnumbered line; where it went in the stream."""
@@ -140,19 +253,58 @@ class RedisLog:
         with refused_if_away(_NOT_READ, self._room):
             return self._logs.last_id(self._key)
 
-    def append(self, build: Callable[[int], Line], sender: str | None = None, recipient: str | None = None) -> Line:
-        return self._append_all([build], (sender or "", recipient or ""))[0]
+    def append(
+        self,
+        build: Callable[[int], Line],
+        sender: str | None = None,
+        recipient: str | None = None,
+        cid: Tag | None = None,
+    ) -> Line:
+        return self._append_all([build], (sender or "", recipient or ""), [cid])[0]
 
-    def append_all(self, builds: Sequence[Callable[[int], Line]]) -> list[Line]:
-        return self._append_all(builds, ("", ""))
+    def append_all(self, builds: Sequence[Callable[[int], Line]], cids: Sequence[Tag | None] = ()) -> list[Line]:
+        return self._append_all(builds, ("", ""), cids)
 
-    def _append_all(self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str]) -> list[Line]:
+    def tagged(self, identity: str, cid: str) -> Line | None:
+        with refused_if_away(NOT_STORED, self._room):
+            line = self._logs.tagged(identity, cid)
+        return None if line is None else Line(line)
+
+    def tagged_all(self, tags: Sequence[Tag]) -> dict[Tag, Line]:
+        with refused_if_away(NOT_STORED, self._room):
+            found = self._logs.tagged_all(tags)
+        return {tag: Line(line) for tag, line in found.items()}
+
+    def _append_all(
+        self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str], cids: Sequence[Tag | None]
+    ) -> list[Line]:
+        """Keep the lines; a line built with an echo (Line.echoed) gets a token in its stream
+        entry, by which this server's reader gives the sender its echo (see Echoes)."""
         if not builds:
             return []
-        templates = [build(PLACEHOLDER_ID).json for build in builds]
-        with refused_if_away(NOT_STORED, self._room):
-            ids = self._logs.append(self._key, templates, parties)
-        return [Line(t.replace(_PLACEHOLDER, f'"id":{n}'.encode(), 1)) for t, n in zip(templates, ids, strict=True)]
+        built = [build(PLACEHOLDER_ID) for build in builds]
+        templates = [line.json for line in built]
+        tags: list[tuple[Tag | None, str]] = []
+        if any(cids):
+            echoes = self._logs.echoes
+            for line, tag in zip(built, cids, strict=True):
+                token = echoes.expect(line.echo_to, tag[1]) if tag is not None and line.echo_to is not None else ""
+                tags.append((tag, token))
+        try:
+            with refused_if_away(NOT_STORED, self._room):
+                found = self._logs.append(self._key, templates, parties, tags)
+        except StorageFailed:
+            for _, token in tags:
+                self._logs.echoes.forget(token)
+            raise
+        lines: list[Line] = []
+        for template, (_, token), each in zip(templates, tags or [(None, "")] * len(built), found, strict=True):
+            if isinstance(each, bytes):
+                self._logs.echoes.forget(token)  # nothing new in the stream: nothing to echo
+                lines.append(Repeat(each))
+            else:
+                lines.append(Line(template.replace(_PLACEHOLDER, f'"id":{each}'.encode(), 1)))
+        return lines
 
     def recent(self, upto: int, limit: int, viewer: str | None = None) -> Span:
         if viewer is not None:

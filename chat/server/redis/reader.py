@@ -5,14 +5,15 @@ hands each stream's new entries, in stream order, to whoever follows it.
 It knows streams and positions, not rooms: what an entry means is the follower's business
 (`Followed.deliver`). Its own wake stream (chat.server.redis.commands) interrupts a read, to
 follow a new stream at once or to stop, and brings other servers' requests. After Redis was
-away, a stream whose epoch changed (Redis lost its data) is read again from its start.
+away, or as soon as it sees that Redis lost its data while it was still there (its sentinel
+key gone: FLUSHALL), a stream whose epoch changed is read again from its start.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -28,9 +29,6 @@ log = logging.getLogger(__name__)
 
 #: How long (ms) the reader waits for new entries before it looks again at what it follows.
 READ_BLOCK_MS = 1000
-#: Seconds between looks at every followed log's epoch while Redis answers: a Redis that lost its
-#: data without dropping the connection (FLUSHALL, a failover behind a proxy) is noticed so.
-EPOCH_CHECK_EVERY = 2.0
 #: Entries one read takes at most per stream.
 READ_COUNT = 512
 #: How long a join waits for the reader to deliver up to its own `joined` line.
@@ -47,10 +45,15 @@ def position(entry_id: bytes | str) -> tuple[int, int]:
     return int(first), int(second or 0)
 
 
-def deliver_lines(delivery: Delivery[Any], room: str, entries: Entries) -> None:
+def deliver_lines(
+    delivery: Delivery[Any], room: str, echo: Callable[[Line, dict[bytes, bytes]], Line], entries: Entries
+) -> None:
     """A room's new stream entries to its members here: the one place where what the reader
-    read reaches this server's Delivery."""
-    delivery.publish(room, *[Line(fields[b"l"]) for _, fields in entries])
+    read reaches this server's Delivery. `echo` gives a line whose entry carries an echo token
+    its sender's echo, if this server owes it (chat.server.redis.log.Echoes.claim)."""
+    delivery.publish(
+        room, *[Line(fields[b"l"]) if b"e" not in fields else echo(Line(fields[b"l"]), fields) for _, fields in entries]
+    )
 
 
 @dataclass(eq=False)
@@ -94,6 +97,8 @@ class Reader:
         self._followed: dict[bytes, Followed] = {}
         self._followed_lock = threading.Lock()
         self._stopping = threading.Event()
+        #: The sentinel's token as this reader last saw it (None: not read yet).
+        self._sentinel: bytes | None = None
         self._thread = threading.Thread(target=self._read_forever, name="chat-shared-reader", daemon=True)
 
     def start(self) -> None:
@@ -149,10 +154,7 @@ class Reader:
         wake_position: bytes | str = b"$"
         backoff = 0.1
         recovering = False
-        checked = time.monotonic()
         while not self._stopping.is_set():
-            if time.monotonic() - checked >= EPOCH_CHECK_EVERY:
-                checked, recovering = time.monotonic(), True
             if recovering:
                 try:
                     self._start_over_where_lost()
@@ -166,9 +168,16 @@ class Reader:
                 }
             streams[self._wake] = wake_position
             try:
-                reply = cast(
-                    list[tuple[bytes, Entries]], self._redis.xread(streams, count=READ_COUNT, block=self._block_ms)
-                )
+                # Every read also reads the sentinel (same round trip): a Redis that lost its data
+                # without dropping the connection (FLUSHALL) is noticed within one read's block,
+                # not only after an error; the logs' new ids, from 1, lie below every position.
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.get(keys.SENTINEL)
+                pipe.xread(streams, count=READ_COUNT, block=self._block_ms)
+                sentinel, reply = pipe.execute()
+                if self._data_lost(sentinel):
+                    self._start_over_where_lost()
+                    continue
             except redis.RedisError as exc:
                 if self._stopping.is_set():
                     return
@@ -199,6 +208,18 @@ class Reader:
                         followed.position = position(fresh[-1][0])
                     followed.delivered.notify_all()
 
+    def _data_lost(self, sentinel: bytes | None) -> bool:
+        """Whether Redis lost its data since the last read (the sentinel `sentinel` read then is
+        gone or another); sets it again if gone. The first read only learns it."""
+        if sentinel is None:
+            self._redis.set(keys.SENTINEL, secrets.token_hex(8), nx=True)
+            sentinel = cast(bytes | None, self._redis.get(keys.SENTINEL))
+        known, self._sentinel = self._sentinel, sentinel
+        if known is None or sentinel == known:
+            return False
+        log.warning("Redis lost its data (its sentinel key changed): reading every log again from its start")
+        return True
+
     def _start_over_where_lost(self) -> None:
         """After Redis was away: a log whose epoch changed lost its stream (Redis restarted
         without its data), so its new lines are read from the start, and its follower told."""
@@ -206,6 +227,11 @@ class Reader:
             if followed.read_epoch is None:
                 continue
             epoch = followed.read_epoch()
+            if epoch is None and followed.epoch is not None:
+                # Lost, and nothing said there since: its new epoch now (HSETNX, as the append
+                # script does), so that its first new line does not look like a second loss.
+                self._redis.hsetnx(keys.meta(followed.key), "epoch", secrets.token_hex(8))
+                epoch = followed.read_epoch()
             if epoch == followed.epoch:
                 continue
             with followed.delivered:

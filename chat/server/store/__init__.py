@@ -18,17 +18,21 @@ from __future__ import annotations
 
 from chat.server.store.memory import MemoryStore
 from chat.server.store.protocols import (
+    CID_KEEP,
     DEFAULT_RETENTION,
     DEFAULT_RETENTION_BYTES,
     PRIVATE_LOG,
     AccountRecord,
     AccountStore,
+    Found,
     HistoryStore,
     Record,
     RoomRecord,
     RoomStore,
     Rules,
     Sanction,
+    SearchIndex,
+    SearchInvalid,
     Store,
     StoreError,
     kept,
@@ -36,12 +40,14 @@ from chat.server.store.protocols import (
 from chat.server.store.sqlite import ID_LIMIT, SqliteStore
 
 __all__ = [
+    "CID_KEEP",
     "DEFAULT_RETENTION",
     "DEFAULT_RETENTION_BYTES",
     "ID_LIMIT",
     "PRIVATE_LOG",
     "AccountRecord",
     "AccountStore",
+    "Found",
     "HistoryStore",
     "MemoryStore",
     "Record",
@@ -49,6 +55,8 @@ __all__ = [
     "RoomStore",
     "Rules",
     "Sanction",
+    "SearchIndex",
+    "SearchInvalid",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from chat.server.store.protocols import (
+    CID_KEEP,
     DEFAULT_RETENTION,
     DEFAULT_RETENTION_BYTES,
     AccountRecord,
@@ -66,6 +67,8 @@ class MemoryStore:
         self._roles: dict[str, dict[str, str]] = {}
         self._modes: dict[str, set[str]] = {}
         self._sanctions: dict[tuple[str, str, str], Sanction] = {}
+        #: (identity, cid) -> the log and record kept with it, and when (oldest first, as inserted).
+        self._cids: dict[tuple[str, str], tuple[str, Record, float]] = {}
         # Room threads append to different logs at once; one short lock keeps the dicts whole.
         self._lock = threading.Lock()
 
@@ -86,6 +89,35 @@ class MemoryStore:
             kept = self._log(log)
             for record in records:
                 kept.append(record, self.retention, self.retention_bytes)
+            now = 0.0
+            for record in records:
+                if record.cid is not None:
+                    now = now or time.time()
+                    self._cids.setdefault(record.cid, (log, record, now))
+            if now:
+                self._forget_cids(now)
+
+    def tagged(self, identity: str, cid: str) -> tuple[str, Record] | None:
+        with self._lock:
+            found = self._cids.get((identity, cid))
+            if found is None or found[2] < time.time() - CID_KEEP:
+                return None
+            return found[0], found[1]
+
+    def tagged_all(self, tags: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        since = time.time() - CID_KEEP
+        with self._lock:
+            found = {tag: self._cids.get(tag) for tag in tags}
+        return {tag: kept[1] for tag, kept in found.items() if kept is not None and kept[2] >= since}
+
+    def _forget_cids(self, now: float) -> None:
+        """Drop the cids older than CID_KEEP: the dict is in insertion order, so from the front."""
+        cids = self._cids
+        while cids:
+            key = next(iter(cids))
+            if cids[key][2] >= now - CID_KEEP:
+                return
+            del cids[key]
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
         with self._lock:

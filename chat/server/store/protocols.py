@@ -22,12 +22,36 @@ DEFAULT_RETENTION = 100_000
 #: Bytes each log keeps at most: one client saying 8,000 escaped NULs at a time
 #: (48 KB a line) must not be able to fill a small server's disk.
 DEFAULT_RETENTION_BYTES = 32 * 1024 * 1024
+#: Seconds a line's `(identity, cid)` is kept at least, so that a repeat is answered, not kept
+#: again (the protocol promises 10 minutes; a client that reconnects later resends within it).
+CID_KEEP = 3600.0
 #: The log of private messages: not a room name (those are 1 to 32 characters).
 PRIVATE_LOG = ""
 
 
 class StoreError(ChatError):
     """The store could not be opened, read or written (corrupt file, full disk, locked)."""
+
+
+class SearchInvalid(ChatError):
+    """The asker's search text has no word to look for (its fault)."""
+
+
+class Found(NamedTuple):
+    """A search's answer: the matching lines as kept, newest first, and how many older ones match."""
+
+    lines: list[bytes]
+    more: int
+
+
+class SearchIndex(Protocol):
+    """Full-text search over kept lines (SqliteStore's FTS5 index)."""
+
+    def search(self, text: str, logs: Sequence[str], viewer: str, before: int | None, limit: int) -> Found:
+        """The newest `limit` lines of `logs` matching `text` (words, "quoted phrases", `prefix*`,
+        all of them), with id < `before` if given; in PRIVATE_LOG only `viewer`'s own.
+        SearchInvalid if `text` has no word; StoreError if the index cannot be read."""
+        ...
 
 
 class Record(NamedTuple):
@@ -41,6 +65,8 @@ class Record(NamedTuple):
     #: Casefolded names of the two parties of a private message; None for a room's line.
     sender: str | None = None
     recipient: str | None = None
+    #: `(identity, cid)` of a line its sender gave a `cid`: kept with it for CID_KEEP seconds.
+    cid: tuple[str, str] | None = None
 
     def visible_to(self, viewer: str | None) -> bool:
         return viewer is None or self.recipient is None or viewer in (self.sender, self.recipient)
@@ -103,6 +129,15 @@ class HistoryStore(Protocol):
 
     def append_all(self, log: str, records: Sequence[Record]) -> None:
         """Keep every one of `records` (in id order) or, raising StoreError, none of them."""
+        ...
+
+    def tagged(self, identity: str, cid: str) -> tuple[str, Record] | None:
+        """The log and the record `identity` kept with `cid` in the last CID_KEEP seconds, if any
+        (the record as it was stored, even if retention has trimmed it from its log since)."""
+        ...
+
+    def tagged_all(self, tags: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        """tagged() for many `(identity, cid)` at once (one read): the records found, by tag."""
         ...
 
     def newest_start(self, log: str, upto: int, count: int, viewer: str | None = None) -> int | None:
