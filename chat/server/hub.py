@@ -33,7 +33,7 @@ from chat.server.room import (
     Target,
     stream_chunks,
 )
-from chat.server.session import Holder, Session
+from chat.server.session import Holder, Presence, Session
 from chat.server.store import RoomRecord, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
     LOBBY,
@@ -229,6 +229,38 @@ class Hub(Generic[P]):
                 raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
             self._enter(session, request)
             return
+        identity, snapshot = self._log_in(session, request)
+        replay = request.private_since
+        try:
+            self._enter(session, request, identity)
+        finally:  # a held inbox is released whatever became of the room
+            if replay is not None:
+                self._replay_private(session, replay, snapshot)
+
+    def log_in(self, session: Session[P], request: Join) -> Identity:
+        """Claim the session's name (the first half of a first join), before any room: a front
+        door whose connections are named before they join (IRC's registration)."""
+        if session.name is not None:
+            raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
+        identity, _ = self._log_in(session, request)
+        log.info("%s logged in as %s", session.label, quoted(session.name or ""))
+        return identity
+
+    def presence(self, name: str) -> Presence | None:
+        """Who holds `name` on this server now (or on another, where rooms are shared), if anybody."""
+        with self._lock:
+            holder = self._by_name.get(name_key(name))
+        if holder is not None and holder.name is not None:
+            account = holder.identity.account if holder.identity is not None else None
+            return Presence(holder.name, account, holder.away, tuple(holder.rooms))
+        elsewhere = self._cluster.holder_of(name_key(name))
+        if elsewhere is None:
+            return None
+        account = elsewhere.name if elsewhere.identity.startswith("account:") else None
+        return Presence(elsewhere.name, account, elsewhere.away, ())
+
+    def _log_in(self, session: Session[P], request: Join) -> tuple[Identity, int]:
+        """Prove and claim the name a first join carries; the identity, and the inbox's snapshot."""
         if request.name is None:
             raise Refused("not_joined", "your first join must carry a name")
         # The password hash is checked here, in the joining client's thread, under no lock.
@@ -242,11 +274,7 @@ class Hub(Generic[P]):
         except Refused:
             self._cluster.release_name(name_keys(request.name), identity.id)
             raise
-        try:
-            self._enter(session, request, identity)
-        finally:  # a held inbox is released whatever became of the room
-            if replay is not None:
-                self._replay_private(session, replay, snapshot)
+        return identity, snapshot
 
     def register(self, session: Session[P], password: str) -> None:
         """Make the session's name an account; it gets a new token for it."""

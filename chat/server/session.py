@@ -66,3 +66,15 @@ class Holder:
     name: str
     away: str | None = None
     address: str | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    """What the server tells any connection about a connected name (IRC's WHOIS, ISON, account tags)."""
+
+    name: str
+    #: The account's name as registered; None for a guest.
+    account: str | None
+    away: str | None
+    #: The rooms it is in, as each is spelled.
+    rooms: tuple[str, ...]

@@ -1,0 +1,179 @@
+"""The IRC front door over real sockets: registration, channels, JSON and IRC clients seeing each
+other, history on join, limits, SASL and moderation."""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+
+import pytest
+
+from chat.server.config import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+from chat.testing_irc import IrcClient
+from chat.wire.protocol import ChatMessage, Joined, Left, PrivateMessage, SessionToken, Welcome
+
+
+@pytest.fixture
+def irc_server(start_chat_server):
+    return start_chat_server(ServerConfig(irc_port=0, db=":memory:"))
+
+
+def irc(server) -> IrcClient:
+    return IrcClient(server.address_of("irc"))
+
+
+def test_registration_answers_001_to_005_with_the_pinned_isupport_and_a_motd(irc_server):
+    client = irc(irc_server)
+    lines = client.register("bob")
+    numerics = [line.split()[1] for line in lines]
+    assert numerics[:4] == ["001", "002", "003", "004"]
+    isupport = " ".join(line for line in lines if " 005 " in line)
+    for token in ("CHANTYPES=#", "PREFIX=(qov)~@+", "CASEMAPPING=", "NICKLEN=", "CHANNELLEN=", "TOPICLEN=",
+                  "UTF8ONLY", "CHATHISTORY=", "MSGREFTYPES="):
+        assert token in isupport
+    assert lines[-1].split()[1] == "376"
+
+
+def test_cap_ls_302_offers_the_pinned_caps_and_registration_waits_for_cap_end(irc_server):
+    client = irc(irc_server)
+    client.send("CAP LS 302", "NICK bob", "USER bob 0 * :Bob")
+    offered = client.expect("CAP * LS").split(":", 2)[2].split()
+    for cap in ("server-time", "message-tags", "echo-message", "sasl=PLAIN", "batch", "draft/chathistory",
+                "account-tag", "extended-join", "away-notify", "multi-prefix"):
+        assert cap in offered
+    client.send("CAP REQ :server-time bogus-cap")
+    assert "NAK" in client.expect("CAP * ")
+    client.send("PING sync")
+    assert "001" not in " ".join(client.until("PONG"))
+    client.send("CAP END")
+    client.expect(" 001 bob ")
+
+
+def test_commands_before_registration_get_451(irc_server):
+    client = irc(irc_server)
+    client.send("JOIN :")
+    assert " 451 " in client.read()
+
+
+def test_an_irc_and_a_json_client_talk_in_a_room_and_privately(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("JOIN #lobby")
+    names = bob.expect(" 353 ")
+    assert "alice" in names and "bob" in names
+    alice.expect(Joined, name="bob")
+    bob.send("PRIVMSG #lobby :hello from irc")
+    assert alice.expect(ChatMessage, msg="hello from irc").name == "bob"
+    alice.say("hello from json")
+    assert bob.expect("PRIVMSG #lobby").endswith(":hello from json")
+    alice.send({"type": "private", "to": "bob", "msg": "psst"})
+    assert bob.expect("PRIVMSG bob").startswith(":alice!")
+    bob.send("PRIVMSG alice :psst back")
+    assert alice.expect(PrivateMessage, name="bob").msg == "psst back"
+    bob.send("PART #lobby")
+    assert alice.expect(Left, name="bob").reason == "part"
+
+
+def test_an_irc_sender_gets_its_own_line_only_with_echo_message(irc_server):
+    plain, echoing = irc(irc_server), irc(irc_server)
+    plain.register("plain")
+    echoing.register("echoing", "echo-message")
+    for client in (plain, echoing):
+        client.send("JOIN #dev")
+        client.expect(" 366 ")
+    plain.send("PRIVMSG #dev :one", "PING sync")
+    assert not any("PRIVMSG" in line for line in plain.until("PONG"))
+    echoing.send("PRIVMSG #dev :two")
+    assert echoing.expect("PRIVMSG #dev", "two").startswith(":echoing!")
+
+
+def test_joining_replays_history_with_time_and_msgid_in_a_batch(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    said = alice.say_all(["first", "second"])
+    bob = irc(irc_server)
+    bob.register("bob", "server-time message-tags batch")
+    bob.send("JOIN #lobby")
+    lines = bob.until("BATCH -")
+    start = next(line for line in lines if "BATCH +" in line)
+    batch = start.split()[2][1:]
+    assert "chathistory #lobby" in start
+    replayed = [line for line in lines if "PRIVMSG" in line]
+    assert [line.rsplit(":", 1)[1] for line in replayed] == ["first", "second"]
+    assert f"msgid={said.id}" in replayed[-1] and f"batch={batch}" in replayed[-1]
+    stamp = re.search(r"time=([^;]+)", replayed[-1])
+    assert stamp is not None and stamp.group(1) == said.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_nick_in_use_gets_433_and_the_client_may_choose_another(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    bob = irc(irc_server)
+    bob.send("NICK alice", "USER x 0 * :x")
+    assert " 433 " in bob.expect(" 433 ")
+    bob.send("NICK bob")
+    bob.expect(" 001 bob ")
+
+
+def test_an_erroneous_nick_is_refused_with_432_never_mangled(irc_server):
+    bob = irc(irc_server)
+    bob.send("NICK #bob")
+    assert " 432 " in bob.read()
+
+
+def test_a_line_over_512_bytes_gets_417_and_the_connection_goes_on(irc_server):
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("PRIVMSG #lobby :" + "x" * 600, "PING after")
+    assert " 417 " in bob.read()
+    assert "PONG" in bob.read()
+
+
+def test_sasl_plain_logs_into_an_account_with_a_password_or_a_token(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "register", "password": "correct horse"})
+    token = alice.expect(SessionToken).token
+    alice.close()
+    first = irc(irc_server)
+    lines = first.register("alice", password="correct horse")
+    assert any(" 900 " in line for line in lines)
+    first.send("QUIT")
+    first.until("ERROR")
+    second = irc(irc_server)
+    second.register("alice", password=token)
+    wrong = irc(irc_server)
+    wrong.send("CAP LS 302", "NICK alice", "USER a 0 * :a", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    wrong.expect("AUTHENTICATE +")
+    wrong.send("AUTHENTICATE " + base64.b64encode(b"alice\0alice\0wrong password").decode())
+    assert " 904 " in wrong.expect(" 90")
+
+
+def test_a_json_owner_kicks_an_irc_user(irc_server):
+    owner = LineClient(irc_server.address)
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.expect(SessionToken)
+    owner.send({"type": "join", "room": "dev"})
+    owner.expect(Welcome, room="dev")
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("JOIN #dev")
+    assert "~owner" in bob.expect(" 353 ")
+    owner.send({"type": "kick", "room": "dev", "name": "bob", "reason": "out"})
+    kick = bob.expect("KICK")
+    assert kick.startswith(":owner!") and "#dev bob :out" in kick
+
+
+def test_the_registration_deadline_closes_a_silent_connection(start_chat_server):
+    server = start_chat_server(ServerConfig(irc_port=0, db=":memory:", join_timeout=0.2))
+    client = irc(server)
+    assert client.expect("ERROR").startswith("ERROR")
+    client.sock.settimeout(TIMEOUT)
+    with pytest.raises((ConnectionError, socket.timeout, OSError)):
+        while True:
+            client.read()
