@@ -140,8 +140,8 @@ def test_sasl_plain_logs_into_an_account_with_a_password_or_a_token(irc_server):
     token = alice.expect(SessionToken).token
     alice.close()
     first = irc(irc_server)
-    lines = first.register("alice", password="correct horse")
-    assert any(" 900 " in line for line in lines)
+    first.register("alice", password="correct horse")
+    assert any(" 900 " in line and "alice" in line for line in first.seen)
     first.send("QUIT")
     first.until("ERROR")
     second = irc(irc_server)

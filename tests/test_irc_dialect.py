@@ -12,7 +12,7 @@ from chat.errors import Refused
 from chat.server.config import ServerConfig
 from chat.server.dialects.base import Handled, LogIn, Request, Said
 from chat.server.dialects.irc import IrcConnection, IrcLine, nick_problem, room_of
-from chat.server.dialects.ircwire import MAX_BODY, MAX_TAGS, IrcFramer, TooLong, parse
+from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, IrcFramer, TooLong, parse
 from chat.server.session import Presence
 from chat.wire.protocol import Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
 
@@ -61,6 +61,8 @@ def test_the_framer_cuts_on_lf_drops_cr_and_reports_over_long_lines():
     assert framer.feed(b"NG c\r\n") == [b"PING c"]
     assert framer.feed(b"x" * MAX_BODY + b"\r\n") == [TooLong(False)]
     assert framer.feed(b"@" + b"t" * MAX_TAGS + b" PING x\r\n") == [TooLong(True)]
+    assert framer.feed(b"@" + b"t" * (MAX_CLIENT_TAGS + 1) + b" PING x\r\n") == [TooLong(True)]
+    assert framer.feed(b"@" + b"t" * MAX_CLIENT_TAGS + b" PING x\r\n") == [b"@" + b"t" * MAX_CLIENT_TAGS + b" PING x"]
     assert framer.feed(b"@" + b"t" * 100 + b" PING x\r\n") == [b"@" + b"t" * 100 + b" PING x"]
 
 
@@ -118,6 +120,7 @@ def test_sasl_plain_becomes_a_login_with_the_password_also_tried_as_a_token():
 
 def test_each_command_maps_to_the_hubs_request():
     conn = registered()
+    conn.writer.joined.add("dev")  # as its welcome to #dev would have
     cases = {
         "JOIN #dev": Join(room="dev"),
         "PART #dev": Part(room="dev"),
@@ -133,6 +136,12 @@ def test_each_command_maps_to_the_hubs_request():
         [due] = feed(conn, command)
         got = due.lines[0] if isinstance(due, Said) else due.message  # type: ignore[union-attr]
         assert got == expected, command
+
+
+def test_lines_to_a_channel_not_joined_get_404_and_a_part_of_it_442():
+    conn = registered()
+    feed(conn, "PRIVMSG #dev :hi", "NOTICE #dev :quiet", "PART #dev")
+    assert [line.split()[1] for line in said(conn)] == ["404", "442"]
 
 
 def test_join_of_several_channels_is_one_request_each():

@@ -242,6 +242,13 @@ class ServerConfig:
         "also speak IRC over TLS (--tls-cert, --tls-key) on this port of --host (0 picks one)",
         lambda text: None if text.lower() in ("", "none") else int(text),
     )
+    irc_server_name: str = _option(
+        "chat",
+        "--irc-server-name",
+        "CHAT_IRC_SERVER_NAME",
+        "the name the IRC listeners give the server (the source of their numerics)",
+        str,
+    )
     allow_plaintext: bool = _option(
         False,
         "--allow-plaintext",

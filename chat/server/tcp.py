@@ -550,11 +550,11 @@ def listeners(config: ServerConfig) -> list[Listener]:
         host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
         found.append(Listener("plain", (host, config.plain_port), False, JsonLinesConnection))
     if config.irc_port is not None:
-        found.append(Listener("irc", (config.host, config.irc_port), False, IrcDialect()))
+        found.append(Listener("irc", (config.host, config.irc_port), False, IrcDialect(config.irc_server_name)))
     if config.irc_tls_port is not None:
         if not tls:
             raise OSError("--irc-tls-port is for a server that speaks TLS (--tls-cert, --tls-key)")
-        found.append(Listener("irc-tls", (config.host, config.irc_tls_port), True, IrcDialect()))
+        found.append(Listener("irc-tls", (config.host, config.irc_tls_port), True, IrcDialect(config.irc_server_name)))
     return found
 
 

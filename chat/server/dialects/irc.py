@@ -93,11 +93,12 @@ from chat.wire.protocol import (
     Voice,
     Welcome,
     Who,
+    room_key,
 )
 from chat.wire.text import has_invisible, is_visible
 
-#: The name the server gives itself on IRC (the source of its numerics).
-SERVER = "chat"
+#: The host part of every user's hostmask (the server keeps no idents or hosts).
+USER_HOST = "chat"
 #: The capabilities offered (`CAP LS`), each honoured.
 CAPS = (
     "server-time",
@@ -110,6 +111,7 @@ CAPS = (
     "extended-join",
     "away-notify",
     "multi-prefix",
+    "userhost-in-names",
 )
 #: Their values for `CAP LS 302`.
 CAP_VALUES = {"sasl": "PLAIN"}
@@ -155,7 +157,7 @@ _ERROR_NUMERICS = {
 
 def hostmask(nick: str) -> str:
     """The source an IRC line gives a user (every user looks alike: the server keeps no idents)."""
-    return f"{nick}!~u@{SERVER}"
+    return f"{nick}!~u@{USER_HOST}"
 
 
 def channel(room: str) -> str:
@@ -214,7 +216,9 @@ class IrcDialect:
     """What an IRC listener makes each connection with; the renderers its connections share
     (one per set of capabilities that changes how a room's lines look)."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: str = "chat") -> None:
+        #: The name the server gives itself (--irc-server-name): the source of numerics.
+        self.server = server
         self._renderers: dict[frozenset[str], IrcRender] = {}
         self._lock = threading.Lock()
 
@@ -227,7 +231,7 @@ class IrcDialect:
         with self._lock:
             found = self._renderers.get(wanted)
             if found is None:
-                found = self._renderers[wanted] = IrcRender(wanted, directory)
+                found = self._renderers[wanted] = IrcRender(wanted, directory, self.server)
             return found
 
 
@@ -281,8 +285,10 @@ class IrcConnection(Connection):
                 continue
             try:
                 message = parse(framed)
-            except IrcSyntaxError:
-                continue  # as most servers do: a garbled line is dropped without a word
+            except IrcSyntaxError as exc:
+                if exc.utf8:
+                    self._answers.append(self._line("FAIL", "*", "INVALID_UTF8", "Lines are UTF-8 here"))
+                continue  # as most servers do, any other garbled line is dropped without a word
             if not self._admit(message, len(framed), now):
                 return
 
@@ -347,11 +353,16 @@ class IrcConnection(Connection):
     # --- replies ------------------------------------------------------------------------
 
     @property
+    def server(self) -> str:
+        """The name the server gives itself (the source of numerics)."""
+        return self._dialect.server
+
+    @property
     def me(self) -> str:
         return self.nick if self.registered and self.nick else "*"
 
-    def _line(self, command: str, *params: str, source: str = SERVER) -> IrcLine:
-        return IrcLine(line(command, *params, source=source))
+    def _line(self, command: str, *params: str, source: str | None = None) -> IrcLine:
+        return IrcLine(line(command, *params, source=self.server if source is None else source))
 
     def _numeric(self, numeric: str, *params: str) -> IrcLine:
         return self._line(numeric, self.me, *params)
@@ -391,7 +402,7 @@ class IrcConnection(Connection):
 
     def _on_ping(self, params: list[str]) -> None:
         self._need(params, 1, "PING")
-        self._answers.append(self._line("PONG", SERVER, params[0]))
+        self._answers.append(self._line("PONG", self.server, params[0]))
 
     def _on_pong(self, params: list[str]) -> None:
         return None  # any line keeps a connection alive
@@ -467,7 +478,7 @@ class IrcConnection(Connection):
     def _on_user(self, params: list[str]) -> LogIn | None:
         if self.registered:
             raise _Numeric("462", "You may not reregister")
-        if len(params) < 4 or not params[0]:
+        if len(params) < 4 or not params[0] or not params[3]:
             raise _Numeric("461", "USER", "Not enough parameters")
         self._user = (params[0], params[3])
         return self._try_register()
@@ -562,9 +573,9 @@ class IrcConnection(Connection):
         self.registered = True
         nick = self.nick or "*"
         self._reply("001", f"Welcome to the chat IRC network, {hostmask(nick)}")
-        self._reply("002", f"Your host is {SERVER}, running chat")
+        self._reply("002", f"Your host is {self.server}, running chat")
         self._reply("003", "This server was created some time ago")
-        self._answers.append(self._line("004", nick, SERVER, "chat", "i", "bmtov"))
+        self._answers.append(self._line("004", nick, self.server, "chat", "i", "bmtov"))
         tokens = list(ISUPPORT)
         while tokens:
             self._answers.append(self._line("005", nick, *tokens[:12], "are supported by this server"))
@@ -572,7 +583,7 @@ class IrcConnection(Connection):
         self._motd()
 
     def _motd(self) -> None:
-        self._reply("375", f"- {SERVER} Message of the day -")
+        self._reply("375", f"- {self.server} Message of the day -")
         self._reply("372", "- Rooms are channels: #lobby, #dev, ... History replays on join.")
         self._reply("376", "End of /MOTD command.")
 
@@ -588,6 +599,10 @@ class IrcConnection(Connection):
 
     def _on_part(self, params: list[str]) -> ClientMessage | None:
         self._need(params, 1, "PART")
+        for target in params[0].split(","):
+            room = room_of(target)
+            if room is not None and room_key(room) not in self.writer.joined:
+                raise _Numeric("442", target, "You're not on that channel")
         return self._each([t for t in params[0].split(",") if t], "PART", lambda room: Part(room=room))
 
     def _each(self, targets: list[str], command: str, make: object) -> ClientMessage | None:
@@ -636,6 +651,8 @@ class IrcConnection(Connection):
             room = room_of(target)
             if room is None:
                 raise _Numeric("403", target, "No such channel")
+            if room_key(room) not in self.writer.joined:
+                raise _Numeric("404", target, "Cannot send to channel: join it first")
             if action:
                 return SendAction(room=room, msg=text[8:-1])
             return SendMessage(room=room, msg=text)
@@ -666,7 +683,7 @@ class IrcConnection(Connection):
         if found is not None:
             first = next(iter(found.rooms), None)
             self._reply(
-                "352", channel(first) if first else "*", "~u", SERVER, SERVER, found.name,
+                "352", channel(first) if first else "*", "~u", self.server, self.server, found.name,
                 "G" if found.away else "H", f"0 {found.name}",
             )
         self._reply("315", mask, "End of /WHO list")
@@ -680,10 +697,11 @@ class IrcConnection(Connection):
             self._reply("401", nick, "No such nick/channel")
             self._reply("318", nick, "End of /WHOIS list")
             return
-        self._reply("311", found.name, "~u", SERVER, "*", found.name)
+        user, real = self._user if found.name == self.nick and self._user else ("~u", found.name)
+        self._reply("311", found.name, user, USER_HOST, "*", real)
         if found.rooms:
             self._reply("319", found.name, " ".join(channel(room) for room in found.rooms))
-        self._reply("312", found.name, SERVER, "chat")
+        self._reply("312", found.name, self.server, "chat")
         if found.account is not None:
             self._reply("330", found.name, found.account, "is logged in as")
         if found.away:
@@ -705,7 +723,7 @@ class IrcConnection(Connection):
         for nick in params[:5]:
             found = self.directory.presence(nick) if self.directory is not None else None
             if found is not None:
-                replies.append(f"{found.name}={'-' if found.away else '+'}~u@{SERVER}")
+                replies.append(f"{found.name}={'-' if found.away else '+'}~u@{self.server}")
         self._reply("302", " ".join(replies))
 
     def _on_list(self, params: list[str]) -> ClientMessage:
@@ -853,8 +871,9 @@ class IrcRender:
     RENDERING = frozenset({"server-time", "message-tags", "account-tag", "extended-join"})
     name = "irc"
 
-    def __init__(self, caps: frozenset[str], directory: Directory | None) -> None:
+    def __init__(self, caps: frozenset[str], directory: Directory | None, server: str = "chat") -> None:
         self.caps = caps
+        self.server = server
         self.directory = directory
         self._time = "server-time" in caps
         self._msgid = "message-tags" in caps
@@ -903,7 +922,7 @@ class IrcRender:
                 if message.reason == "kicked":
                     return b""  # the kick's own line said it
                 if message.reason == "banned":
-                    return line_of("KICK", channel(message.room), message.name, "banned", source=SERVER, tags=tags)
+                    return line_of("KICK", channel(message.room), message.name, "banned", source=self.server, tags=tags)
                 return line_of("QUIT", _quit_reason(message.reason), source=hostmask(message.name), tags=tags)
             case Renamed():
                 return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(_time(message)))
@@ -941,10 +960,10 @@ class IrcRender:
                     if mode_letter is not None:
                         letters += change[0] + mode_letter
                 if not letters:
-                    return line_of("NOTICE", target, f"{message.by} set {message.name}", source=SERVER, tags=tags)
+                    return line_of("NOTICE", target, f"{message.by} set {message.name}", source=self.server, tags=tags)
                 return line_of("MODE", target, letters, source=source, tags=tags)
         said = f"{message.by} {message.action}d {message.name}" + (f": {message.reason}" if message.reason else "")
-        return line_of("NOTICE", target, said, source=SERVER, tags=tags)
+        return line_of("NOTICE", target, said, source=self.server, tags=tags)
 
 
 def line_of(command: str, *params: str, source: str, tags: dict[str, str]) -> bytes:
@@ -995,6 +1014,8 @@ class IrcWriter:
         self._renamed: dict[str, str] = {}
         #: Each joined room's modes, as its welcome and later mode lines said.
         self.modes: dict[str, tuple[str, ...]] = {}
+        #: The keys of the rooms the client is in.
+        self.joined: set[str] = set()
 
     def caps_changed(self) -> None:
         self._render = None
@@ -1011,7 +1032,7 @@ class IrcWriter:
         return f"h{next(self._batches)}"
 
     def _numeric(self, numeric: str, *params: str) -> bytes:
-        return line(numeric, self._connection.me, *params, source=SERVER)
+        return line(numeric, self._connection.me, *params, source=self._connection.server)
 
     def encode(self, item: Line) -> bytes:
         if isinstance(item, IrcLine):
@@ -1044,6 +1065,7 @@ class IrcWriter:
                     self._quit.add(message.name)
                 if message.name == me:
                     self.modes.pop(message.room, None)
+                    self.joined.discard(room_key(message.room))
                 return item.encoded(self.render)
             case Renamed():
                 if self._renamed.get(message.old) == message.new:
@@ -1067,21 +1089,21 @@ class IrcWriter:
                     if asked.target:
                         return self._numeric("306", "You have been marked as being away")
                     return self._numeric("305", "You are no longer marked as being away")
-                return line("NOTICE", me or "*", message.detail, source=SERVER)
+                return line("NOTICE", me or "*", message.detail, source=self._connection.server)
             case Away():
                 return self._numeric("301", message.name, message.msg)
             case ErrorReply():
                 if message.code in CLOSING_ERRORS:
                     return line("ERROR", message.detail)
-                return line("NOTICE", me or "*", message.detail, source=SERVER)
+                return line("NOTICE", me or "*", message.detail, source=self._connection.server)
             case Shutdown():
                 return line("ERROR", message.detail)
             case ServerPing():
-                return line("PING", SERVER)
+                return line("PING", self._connection.server)
             case ServerPong():
-                return line("PONG", SERVER, SERVER, source=SERVER)
+                return line("PONG", self._connection.server, self._connection.server, source=self._connection.server)
             case Notice() | SessionToken() | Gap() | Reset():
-                return line("NOTICE", me or "*", message.detail, source=SERVER)
+                return line("NOTICE", me or "*", message.detail, source=self._connection.server)
 
     def _moderated(self, message: Moderation, me: str | None) -> None:
         if message.action == "mode":
@@ -1091,6 +1113,7 @@ class IrcWriter:
             self.modes[message.room] = tuple(sorted(modes))
         elif message.action in ("kick", "ban") and message.name == me:
             self.modes.pop(message.room, None)
+            self.joined.discard(room_key(message.room))
 
     def _historic(self, item: Line, room: str, batch: str | None, left: int) -> bytes:
         """One line of a replay (called under the lock): in its batch, and the batch's end after the last."""
@@ -1109,16 +1132,16 @@ class IrcWriter:
         else:
             del self._history[room]
             if batch:
-                data += line("BATCH", f"-{batch}", source=SERVER)
+                data += line("BATCH", f"-{batch}", source=self._connection.server)
         return data
 
     def _open_history(self, room: str, count: int, kind: str = "chathistory") -> bytes:
         """Expect `count` history lines of `room`; the batch's start, if the client takes batches."""
         batched = "batch" in self._connection.caps
         batch = self.new_batch() if batched else None
-        start = line("BATCH", f"+{batch}", kind, channel(room), source=SERVER) if batch else b""
+        start = line("BATCH", f"+{batch}", kind, channel(room), source=self._connection.server) if batch else b""
         if count <= 0:
-            return start + (line("BATCH", f"-{batch}", source=SERVER) if batch else b"")
+            return start + (line("BATCH", f"-{batch}", source=self._connection.server) if batch else b"")
         with self._lock:
             self._history[room] = (batch, count)
         return start
@@ -1128,6 +1151,7 @@ class IrcWriter:
         me = welcome.name
         conn.nick = me
         self.modes[welcome.room] = tuple(welcome.modes)
+        self.joined.add(room_key(welcome.room))
         target = channel(welcome.room)
         if "extended-join" in conn.caps:
             joined = line("JOIN", target, conn.account or "*", me, source=hostmask(me))
@@ -1141,7 +1165,8 @@ class IrcWriter:
         return b"".join(parts)
 
     def _names(self, target: str, users: list[str], roles: dict[str, str]) -> bytes:
-        shown = [_PREFIXES.get(roles.get(user, ""), "") + user for user in users]
+        full = "userhost-in-names" in self._connection.caps
+        shown = [_PREFIXES.get(roles.get(user, ""), "") + (hostmask(user) if full else user) for user in users]
         out: list[bytes] = []
         chunk: list[str] = []
         for name in shown:
@@ -1161,7 +1186,8 @@ class IrcWriter:
             out = []
             for user in users.users:
                 flags = ("G" if user in users.away else "H") + _PREFIXES.get(users.roles.get(user, ""), "")
-                out.append(self._numeric("352", target, "~u", SERVER, SERVER, user, flags, f"0 {user}"))
+                server = self._connection.server
+                out.append(self._numeric("352", target, "~u", USER_HOST, server, user, flags, f"0 {user}"))
             out.append(self._numeric("315", asked.target or target, "End of /WHO list"))
             return b"".join(out)
         return self._names(target, users.users, users.roles)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 #: Most bytes of a line without its tags, CRLF included (RFC 1459).
 MAX_BODY = 512
-#: Most bytes of a client's tags, the leading `@` and the space after them included (IRCv3 message-tags).
+#: Most bytes of a line's tags, the leading `@` and the space after them included (IRCv3 message-tags).
 MAX_TAGS = 8191
+#: Most bytes of the tag data a client may send (IRCv3 message-tags: 4094, without `@` and the space).
+MAX_CLIENT_TAGS = 4094
 #: Most bytes the framer holds of a line that has no end yet.
 MAX_PENDING = MAX_BODY + MAX_TAGS
 
@@ -25,7 +27,12 @@ _TAG_UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
 
 
 class IrcSyntaxError(ValueError):
-    """A line that is no IRC message (the client's fault): answered, never raised past the dialect."""
+    """A line that is no IRC message (the client's fault): answered, never raised past the dialect.
+    `utf8`: it is not UTF-8 (an IRCv3 UTF8ONLY server says so)."""
+
+    def __init__(self, detail: str, utf8: bool = False) -> None:
+        super().__init__(detail)
+        self.utf8 = utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,7 @@ def _too_long(line: bytes) -> TooLong | None:
     if line.startswith(b"@"):
         space = line.find(b" ")
         tags_size = (space if space >= 0 else len(line)) + 1
-        if tags_size > MAX_TAGS:
+        if tags_size - 2 > MAX_CLIENT_TAGS:
             return TooLong(True)
         body = line[tags_size:]
     return TooLong(False) if len(body) + 2 > MAX_BODY else None
@@ -100,7 +107,7 @@ def parse(line: bytes) -> IrcMessage:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise IrcSyntaxError("the line is not UTF-8") from exc
+        raise IrcSyntaxError("the line is not UTF-8", utf8=True) from exc
     if "\0" in text or "\r" in text:
         raise IrcSyntaxError("the line has a NUL or a lone CR")
     tags: dict[str, str] = {}
