@@ -97,6 +97,10 @@ class ChatController(BaseServerController, DirectoryBasedController):  # type: i
             ]
         )
 
+    def wait_for_services(self) -> None:
+        """Accounts are the server's own: there are no services to wait for."""
+        self.wait_for_port()
+
     def registerUser(self, case: Any, username: str, password: str | None = None) -> None:
         """Make `username` an account with `password`, in the server's own file, through our
         Accounts (irctest's passwords are shorter than a client may choose: this is the operator's door)."""

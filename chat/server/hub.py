@@ -237,12 +237,14 @@ class Hub(Generic[P]):
             if replay is not None:
                 self._replay_private(session, replay, snapshot)
 
-    def log_in(self, session: Session[P], request: Join) -> Identity:
+    def log_in(self, session: Session[P], request: Join, user_name: str = "", real_name: str = "") -> Identity:
         """Claim the session's name (the first half of a first join), before any room: a front
-        door whose connections are named before they join (IRC's registration)."""
+        door whose connections are named before they join (IRC's registration, with its USER's
+        user and real names)."""
         if session.name is not None:
             raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
         identity, _ = self._log_in(session, request)
+        session.user_name, session.real_name = user_name, real_name
         log.info("%s logged in as %s", session.label, quoted(session.name or ""))
         return identity
 
@@ -252,7 +254,9 @@ class Hub(Generic[P]):
             holder = self._by_name.get(name_key(name))
         if holder is not None and holder.name is not None:
             account = holder.identity.account if holder.identity is not None else None
-            return Presence(holder.name, account, holder.away, tuple(holder.rooms))
+            return Presence(
+                holder.name, account, holder.away, tuple(holder.rooms), holder.user_name, holder.real_name
+            )
         elsewhere = self._cluster.holder_of(name_key(name))
         if elsewhere is None:
             return None

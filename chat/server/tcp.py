@@ -204,8 +204,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
             match request:
                 case Handled():
                     return True
-                case Request(LogIn(join)):
-                    server.hub.log_in(session, join)
+                case Request(LogIn(join, user_name, real_name)):
+                    server.hub.log_in(session, join, user_name, real_name)
                 case Said(room, lines):
                     started = time.monotonic()
                     server.hub.speak(session, room, lines)

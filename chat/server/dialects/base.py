@@ -81,6 +81,9 @@ class LogIn:
     (`join`'s name and credentials; its room is not entered)."""
 
     join: Join
+    #: What the client says it is (IRC's USER): shown to others who ask.
+    user_name: str = ""
+    real_name: str = ""
 
 
 #: What a connection gives out when a request is due.

@@ -46,6 +46,7 @@ from chat.server.dialects.ircwire import (
     split_text,
 )
 from chat.server.lines import Line
+from chat.server.session import Presence
 from chat.wire.protocol import (
     CLOSING_ERRORS,
     MAX_NAME,
@@ -256,6 +257,7 @@ class IrcConnection(Connection):
         self.caps: frozenset[str] = frozenset()
         self._sasl: list[str] | None = None  # the AUTHENTICATE payload so far, while one runs
         self._sasl_login: tuple[str, str] | None = None
+        self._wanted: str | None = None  # the nick asked for, when SASL logged in under another
         #: The request being served, for the wording of its reply.
         self.asking: _Asked | None = None
         self._asked: dict[int, _Asked] = {}
@@ -326,6 +328,9 @@ class IrcConnection(Connection):
         asked = self.asking or _Asked("")
         if isinstance(due, Request) and isinstance(due.message, LogIn):
             return self._logged_in(due.message.join, failure)
+        if asked.command == "REGISTER":  # the nick asked for beside a SASL login: taken or not, welcome
+            self._welcome()
+            return () if failure is None else [self._line("NOTICE", self.me, f"you stay {self.me}: {failure.detail}")]
         if failure is None:
             return None
         if asked.command == "NOTICE":
@@ -356,6 +361,10 @@ class IrcConnection(Connection):
     def server(self) -> str:
         """The name the server gives itself (the source of numerics)."""
         return self._dialect.server
+
+    @property
+    def real_name(self) -> str:
+        return self._user[1] if self._user else ""
 
     @property
     def me(self) -> str:
@@ -412,7 +421,7 @@ class IrcConnection(Connection):
         self._answers.append(IrcLine(line("ERROR", f"Closing link: {why}")))
         return Leave()
 
-    def _on_cap(self, params: list[str]) -> LogIn | None:
+    def _on_cap(self, params: list[str]) -> ClientMessage | LogIn | None:
         self._need(params, 1, "CAP")
         sub = params[0].upper()
         me = self.nick if self.registered and self.nick else "*"
@@ -448,6 +457,9 @@ class IrcConnection(Connection):
         elif sub == "END":
             if not self.registered:
                 self._negotiating = False
+                if self._sasl is not None:  # registration ends an unfinished SASL exchange
+                    self._sasl = None
+                    self._reply("906", "SASL authentication aborted")
                 return self._try_register()
         else:
             raise _Numeric("410", params[0], "Invalid CAP command")
@@ -470,12 +482,13 @@ class IrcConnection(Connection):
             if nick == self.nick:
                 return None
             return self._ask(Nick(name=nick), "NICK", nick)
-        if self.logged_in:  # SASL named the connection already: its account is its nick
+        if self.logged_in:  # SASL named the connection already: this nick is taken at the end of registration
+            self._wanted = nick
             return None
         self.nick = nick
         return self._try_register()
 
-    def _on_user(self, params: list[str]) -> LogIn | None:
+    def _on_user(self, params: list[str]) -> ClientMessage | LogIn | None:
         if self.registered:
             raise _Numeric("462", "You may not reregister")
         if len(params) < 4 or not params[0] or not params[3]:
@@ -483,11 +496,14 @@ class IrcConnection(Connection):
         self._user = (params[0], params[3])
         return self._try_register()
 
-    def _try_register(self) -> LogIn | None:
+    def _try_register(self) -> ClientMessage | LogIn | None:
         """Registration ends once NICK, USER and any CAP negotiation are done: the name is claimed."""
         if self.registered or self._negotiating or self._user is None or self.nick is None or self._sasl is not None:
             return None
         if self.logged_in:
+            wanted, self._wanted = self._wanted, None
+            if wanted is not None and wanted != self.nick:
+                return self._ask(Nick(name=wanted), "REGISTER", wanted)
             self._welcome()
             return None
         return self._login(self.nick, self._password, None)
@@ -536,7 +552,8 @@ class IrcConnection(Connection):
         try:
             if token is not None and len(token) > 256:
                 token = None
-            return LogIn(Join(name=name, password=password, token=token))
+            user, real = self._user or ("", "")
+            return LogIn(Join(name=name, password=password, token=token), user[:MAX_NAME], real[:MAX_TOPIC])
         except ValidationError:
             numeric = "904" if self._sasl_login is not None else "464"
             self._sasl_login = None
@@ -557,11 +574,12 @@ class IrcConnection(Connection):
                 return [self._numeric("432", name, failure.detail)]
             self._close_with(failure.detail)
             return [self._numeric("465", failure.detail)]
-        self.nick = name
+        previous, self.nick = self.nick, name
         self.logged_in = True
         found = self.directory.presence(name) if self.directory is not None else None
         self.account = found.account if found is not None else None
         if sasl:  # registration goes on with CAP END
+            self._wanted = previous if previous and previous != name else None
             self._reply("900", hostmask(name), self.account or name, f"You are now logged in as {name}")
             self._reply("903", "SASL authentication successful")
             return ()
@@ -683,8 +701,8 @@ class IrcConnection(Connection):
         if found is not None:
             first = next(iter(found.rooms), None)
             self._reply(
-                "352", channel(first) if first else "*", "~u", self.server, self.server, found.name,
-                "G" if found.away else "H", f"0 {found.name}",
+                "352", channel(first) if first else "*", _user_of(found), USER_HOST, self.server, found.name,
+                "G" if found.away else "H", f"0 {found.real_name or found.name}",
             )
         self._reply("315", mask, "End of /WHO list")
         return None
@@ -697,8 +715,7 @@ class IrcConnection(Connection):
             self._reply("401", nick, "No such nick/channel")
             self._reply("318", nick, "End of /WHOIS list")
             return
-        user, real = self._user if found.name == self.nick and self._user else ("~u", found.name)
-        self._reply("311", found.name, user, USER_HOST, "*", real)
+        self._reply("311", found.name, _user_of(found), USER_HOST, "*", found.real_name or found.name)
         if found.rooms:
             self._reply("319", found.name, " ".join(channel(room) for room in found.rooms))
         self._reply("312", found.name, self.server, "chat")
@@ -832,6 +849,10 @@ class IrcConnection(Connection):
         return self._ask(HistoryRequest(room=room, before=before, limit=limit), "CHATHISTORY", target)
 
 
+def _user_of(found: Presence) -> str:
+    return f"~{found.user_name}" if found.user_name else "~u"
+
+
 class _Numeric(Exception):
     """A command refused with a numeric (or a FAIL), answered in its turn."""
 
@@ -911,8 +932,10 @@ class IrcRender:
             case Joined():
                 tags = self.tags(_time(message), None, message.name)
                 if "extended-join" in self.caps:
-                    account = self.account_of(message.name) or "*"
-                    return line_of("JOIN", channel(message.room), account, message.name,
+                    found = self.directory.presence(message.name) if self.directory is not None else None
+                    account = (found.account if found is not None else None) or "*"
+                    real = (found.real_name if found is not None else "") or message.name
+                    return line_of("JOIN", channel(message.room), account, real,
                                    source=hostmask(message.name), tags=tags)
                 return line_of("JOIN", channel(message.room), source=hostmask(message.name), tags=tags)
             case Left():
@@ -971,7 +994,9 @@ def line_of(command: str, *params: str, source: str, tags: dict[str, str]) -> by
 
 
 def _privmsg(source: str, target: str, text: str, tags: dict[str, str]) -> bytes:
-    room = MAX_BODY - 14 - len(source.encode()) - len(target.encode())
+    # A line an IRC client could send in one line goes on in one line (a little over 512 bytes with
+    # our prefix, as other servers do); longer text is cut to fit.
+    room = max(MAX_BODY - 14 - len(source.encode()) - len(target.encode()), MAX_BODY - 2)
     return b"".join(line("PRIVMSG", target, part, source=source, tags=tags) for part in split_text(text, room))
 
 
@@ -1068,6 +1093,9 @@ class IrcWriter:
                     self.joined.discard(room_key(message.room))
                 return item.encoded(self.render)
             case Renamed():
+                if message.old == me and not conn.registered:  # the nick asked for at registration
+                    conn.nick = message.new
+                    return b""
                 if self._renamed.get(message.old) == message.new:
                     return b""
                 self._renamed[message.old] = message.new
@@ -1154,7 +1182,7 @@ class IrcWriter:
         self.joined.add(room_key(welcome.room))
         target = channel(welcome.room)
         if "extended-join" in conn.caps:
-            joined = line("JOIN", target, conn.account or "*", me, source=hostmask(me))
+            joined = line("JOIN", target, conn.account or "*", conn.real_name or me, source=hostmask(me))
         else:
             joined = line("JOIN", target, source=hostmask(me))
         parts = [joined]
@@ -1184,10 +1212,13 @@ class IrcWriter:
         target = channel(users.room)
         if asked is not None and asked.command == "WHO":
             out = []
+            directory = self._connection.directory
+            server = self._connection.server
             for user in users.users:
                 flags = ("G" if user in users.away else "H") + _PREFIXES.get(users.roles.get(user, ""), "")
-                server = self._connection.server
-                out.append(self._numeric("352", target, "~u", USER_HOST, server, user, flags, f"0 {user}"))
+                found = directory.presence(user) if directory is not None else None
+                ident, real = (_user_of(found), found.real_name or user) if found is not None else ("~u", user)
+                out.append(self._numeric("352", target, ident, USER_HOST, server, user, flags, f"0 {real}"))
             out.append(self._numeric("315", asked.target or target, "End of /WHO list"))
             return b"".join(out)
         return self._names(target, users.users, users.roles)
@@ -1206,6 +1237,8 @@ class IrcWriter:
         for info in rooms.rooms:
             if wanted and channel(info.room).casefold() not in wanted:
                 continue
+            if not info.users and not wanted:
+                continue  # as IRC has it, a channel with nobody in it is not listed (it is joinable)
             out.append(self._numeric("322", channel(info.room), str(info.users), info.topic))
         out.append(self._numeric("323", "End of /LIST"))
         return b"".join(out)
