@@ -24,7 +24,18 @@ from typing import TYPE_CHECKING, Any, cast
 from chat.errors import Refused, RequestFailed
 from chat.server.accounts import Accounts
 from chat.server.config import ServerConfig
-from chat.server.dialects.base import Answer, Connection, Dialect, Due, Handled, LogIn, Refusal, Request, Said
+from chat.server.dialects.base import (
+    Answer,
+    Connection,
+    Describe,
+    Dialect,
+    Due,
+    Handled,
+    LogIn,
+    Refusal,
+    Request,
+    Said,
+)
 from chat.server.dialects.irc import IrcDialect
 from chat.server.dialects.jsonlines import JsonLinesConnection
 from chat.server.fanout import PeerState
@@ -206,12 +217,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     return True
                 case Request(LogIn(join, user_name, real_name)):
                     server.hub.log_in(session, join, user_name, real_name)
+                case Request(Describe(user_name, real_name)):
+                    session.user_name, session.real_name = user_name, real_name
                 case Said(room, lines):
                     started = time.monotonic()
                     server.hub.speak(session, room, lines)
                     server.stats.kept(len(lines), time.monotonic() - started)
                 case Request(message):
-                    assert not isinstance(message, LogIn)
+                    assert not isinstance(message, LogIn | Describe)
                     if not server.hub.receive(session, message):
                         return False
                 case Refusal(refused):

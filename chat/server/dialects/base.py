@@ -49,7 +49,7 @@ MAX_BATCH = 64
 class Request:
     """One request due now, for the hub to act on."""
 
-    message: ClientMessage | ClassicMessage | LogIn
+    message: ClientMessage | ClassicMessage | LogIn | Describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,14 @@ class LogIn:
     #: What the client says it is (IRC's USER): shown to others who ask.
     user_name: str = ""
     real_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """What a client says it is, told after its name was claimed (IRC's USER after a SASL login)."""
+
+    user_name: str
+    real_name: str
 
 
 #: What a connection gives out when a request is due.

@@ -26,6 +26,7 @@ from chat.server.dialects.base import (
     Answer,
     Close,
     Connection,
+    Describe,
     Directory,
     Due,
     Handled,
@@ -403,7 +404,7 @@ class IrcConnection(Connection):
         self._asked[id(request)] = _Asked(command, target)
         return request
 
-    def _follow(self, requests: list[ClientMessage]) -> None:
+    def _follow(self, requests: Sequence[ClientMessage | Describe]) -> None:
         """Queue requests right behind the one being served (the other channels of one JOIN):
         due at once, as the line that asked for them was charged already."""
         for request in reversed(requests):
@@ -501,6 +502,8 @@ class IrcConnection(Connection):
         if self.registered or self._negotiating or self._user is None or self.nick is None or self._sasl is not None:
             return None
         if self.logged_in:
+            user, real = self._user
+            self._follow([Describe(user[:MAX_NAME], real[:MAX_TOPIC])])
             wanted, self._wanted = self._wanted, None
             if wanted is not None and wanted != self.nick:
                 return self._ask(Nick(name=wanted), "REGISTER", wanted)
