@@ -147,6 +147,7 @@ def test_irssi_in_tmux_joins_with_sasl_talks_sees_history_and_is_kicked(irc_room
 
     try:
         wait_for("irssi's SASL login", showing("SASL authentication succeeded"))
+        wait_for("the end of irssi's registration", showing("End of /MOTD"))
         type_line("/join #dev")
         owner.expect(Joined, room="dev", name="ircuser")
         replayed = wait_for("the replayed line on irssi's screen", showing("said before you came"))
