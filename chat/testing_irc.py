@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
 
 from chat.testing import TIMEOUT
 
@@ -12,8 +13,9 @@ from chat.testing import TIMEOUT
 class IrcClient:
     """One IRC connection, with a timeout on every read; `seen` keeps every line read."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(self, address: tuple[str, int], timeout: float = TIMEOUT, tls: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(address, timeout=timeout)
+        self.sock = tls.wrap_socket(sock, server_hostname=address[0]) if tls is not None else sock
         self._buffer = bytearray()
         self.seen: list[str] = []
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import ssl
 
 import pytest
+import trustme
 
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
@@ -177,3 +179,23 @@ def test_the_registration_deadline_closes_a_silent_connection(start_chat_server)
     with pytest.raises((ConnectionError, socket.timeout, OSError)):
         while True:
             client.read()
+
+
+def test_the_irc_tls_port_speaks_irc_over_tls(start_chat_server, tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    server = start_chat_server(ServerConfig(tls_cert=str(chain), tls_key=str(key), irc_tls_port=0, db=":memory:"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    client = IrcClient(server.address_of("irc-tls"), tls=context)
+    assert client.register("secure")[0].startswith(":chat 001 secure ")
+
+
+def test_irc_tls_port_without_a_certificate_is_refused():
+    from chat.server.tcp import listeners
+
+    with pytest.raises(OSError, match="irc-tls-port"):
+        listeners(ServerConfig(irc_tls_port=0))
