@@ -14,7 +14,7 @@ import trustme
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.testing_irc import IrcClient
-from chat.wire.protocol import ChatMessage, Joined, Left, PrivateMessage, SessionToken, Welcome
+from chat.wire.protocol import ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Welcome
 
 
 @pytest.fixture
@@ -199,3 +199,37 @@ def test_irc_tls_port_without_a_certificate_is_refused():
 
     with pytest.raises(OSError, match="irc-tls-port"):
         listeners(ServerConfig(irc_tls_port=0))
+
+
+def test_an_irc_owner_moderates_with_kick_and_mode_and_a_guest_gets_482(irc_server):
+    owner = LineClient(irc_server.address)
+    owner.join("boss")
+    owner.send({"type": "register", "password": "boss password"})
+    owner.expect(SessionToken)
+    owner.close()
+    boss = irc(irc_server)
+    boss.register("boss", password="boss password")
+    boss.send("JOIN #ops")
+    assert "~boss" in boss.expect(" 353 ")
+    guest = LineClient(irc_server.address)
+    guest.join("guest")
+    guest.send({"type": "join", "room": "ops"})
+    guest.expect(Welcome, room="ops")
+    other = irc(irc_server)
+    other.register("other")
+    other.send("JOIN #ops")
+    other.expect(" 366 ")
+    other.send("KICK #ops guest :no")
+    assert " 482 " in other.expect(" 482 ")
+    boss.send("MODE #ops +m")
+    assert other.expect("MODE #ops").endswith("+m")
+    boss.send("KICK #ops guest :out")
+    assert guest.expect(Moderation, action="kick").by == "boss"
+    assert "KICK #ops guest :out" in other.expect("KICK")
+    guest.send({"type": "join", "room": "ops"})
+    guest.expect(Welcome, room="ops")
+    boss.send("MODE #ops +b guest")
+    assert guest.expect(Moderation, action="ban").name == "guest"
+    assert "MODE #ops +b guest!*@*" in other.expect("MODE #ops +b")
+    boss.send("MODE #ops")
+    assert boss.expect(" 324 ").endswith("+m")
