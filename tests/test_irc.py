@@ -233,3 +233,22 @@ def test_an_irc_owner_moderates_with_kick_and_mode_and_a_guest_gets_482(irc_serv
     assert "MODE #ops +b guest!*@*" in other.expect("MODE #ops +b")
     boss.send("MODE #ops")
     assert boss.expect(" 324 ").endswith("+m")
+
+
+def test_chathistory_latest_and_before_answer_from_the_rooms_history_in_a_batch(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    last = alice.say_all([f"line {n}" for n in range(1, 6)])
+    bob = irc(irc_server)
+    bob.register("bob", "server-time message-tags batch draft/chathistory")
+    bob.send("JOIN #lobby")
+    bob.until("BATCH -")
+    bob.send("CHATHISTORY LATEST #lobby * 2")
+    lines = bob.until("BATCH -")
+    assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 4", "line 5"]
+    assert any("BATCH +" in line and "chathistory #lobby" in line for line in lines)
+    bob.send(f"CHATHISTORY BEFORE #lobby msgid={last.id - 1} 2")
+    lines = bob.until("BATCH -")
+    assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 2", "line 3"]
+    bob.send("CHATHISTORY AROUND #lobby msgid=1 2")
+    assert "FAIL CHATHISTORY" in bob.expect("FAIL")

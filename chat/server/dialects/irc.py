@@ -1035,8 +1035,10 @@ class IrcWriter:
         self._connection = connection
         self._render: IrcRender | None = None
         self._lock = threading.Lock()
-        #: Per room: the history lines still to come after a welcome or a history page, and their batch.
-        self._history: dict[str, tuple[str | None, int]] = {}
+        #: Per room: the history lines still to come after a welcome or a history page, their batch,
+        #: and the thread that queues them (a history is rendered as it is queued, by the thread that
+        #: asked for it; the room's live lines, by the outbox's writer, are never taken for history).
+        self._history: dict[str, tuple[str | None, int, int]] = {}
         self._batches = itertools.count(1)
         self._quit: set[str] = set()
         self._renamed: dict[str, str] = {}
@@ -1072,8 +1074,8 @@ class IrcWriter:
             case ChatMessage() | Action() | Topic() | Moderation():
                 with self._lock:
                     pending = self._history.get(message.room)
-                    if pending is not None:
-                        return self._historic(item, message.room, *pending)
+                    if pending is not None and pending[2] == threading.get_ident():
+                        return self._historic(item, message.room, pending[0], pending[1])
                 if isinstance(message, ChatMessage | Action) and message.name == me and "echo-message" not in conn.caps:
                     return b""
                 if isinstance(message, Moderation):
@@ -1159,7 +1161,7 @@ class IrcWriter:
                 data = b"".join(_with_tags(part, extra) for part in data.split(b"\r\n") if part)
         left -= 1
         if left > 0:
-            self._history[room] = (batch, left)
+            self._history[room] = (batch, left, threading.get_ident())
         else:
             del self._history[room]
             if batch:
@@ -1174,7 +1176,7 @@ class IrcWriter:
         if count <= 0:
             return start + (line("BATCH", f"-{batch}", source=self._connection.server) if batch else b"")
         with self._lock:
-            self._history[room] = (batch, count)
+            self._history[room] = (batch, count, threading.get_ident())
         return start
 
     def _welcome(self, welcome: Welcome) -> bytes:
