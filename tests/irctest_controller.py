@@ -101,7 +101,7 @@ class ChatController(BaseServerController, DirectoryBasedController):  # type: i
         self.proc = self.execute(
             [
                 sys.executable, "-m", "chat",
-                "--host", hostname,
+                "--host", "127.0.0.1",  # loopback only, whatever irctest picks (it connects there either way)
                 "--port", str(self.json_port),
                 "--irc-port", str(port),
                 "--db", str(self.directory / "chat.db"),
