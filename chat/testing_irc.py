@@ -1,5 +1,6 @@
-"""What tests of the IRC front door share: a raw IRC client over a real socket, which sends lines and
-waits for the one that matches (every read under the tests' one timeout)."""
+"""What tests of the IRC front door share: a raw IRC client over a real socket.
+
+It sends lines and waits for the one that matches, every read under the tests' one timeout."""
 
 from __future__ import annotations
 

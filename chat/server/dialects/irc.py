@@ -1,4 +1,5 @@
 """The IRC front door: an IRC client's commands as the hub's requests, and the hub's Lines as IRC lines.
+It owns registration, capabilities, the mapping of each command and the wording of every reply.
 
 IrcConnection is a base.Connection: bytes in (CRLF framing, IRCv3 tags), the
 registration and CAP/SASL state machine, each command mapped to the client
@@ -6,7 +7,8 @@ model the hub takes (or answered here: PING, CAP, WHOIS, ...), paced by the same
 token bucket as JSON lines. Its IrcWriter is the Lines dialect its peer is
 written in: room lines come from an IrcRender shared by every client with the
 same capabilities (made once per line), replies to this client's own requests
-are worded with what it asked. Pure: no sockets, threads or clocks.
+are worded with what it asked. No sockets or clocks: the writer is called from
+the outbox's thread and the client's handler, and a lock guards what both touch.
 """
 
 from __future__ import annotations
