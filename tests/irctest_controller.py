@@ -1,6 +1,12 @@
 """The irctest controller for our server: a fresh server per test on the IRC port irctest picks, and
 registerUser through our accounts (chat.server.accounts, on the server's own history file).
 
+Measured on the selection below (2026-12-07, irctest pinned in ../shared/irctest): ours 100 passed,
+0 failed, 61 skipped (irctest's own skips: labeled-response, a cap chathistory's tests need; caps
+and modes we do not offer), 3 xpassed; Debian's ngIRCd 26.1 through irctest's own controller on the
+same selection: 66 passed, 1 failed (testEmptyPrivmsg), 37 skipped, 7 xfailed, 53 errors (the
+services-marked tests: it has no accounts).
+
 irctest imports it by name (`pytest --controller tests.irctest_controller`, from the pinned copy of
 irctest with this repository on PYTHONPATH); tests/test_irctest.py runs it, with the selection below.
 """

@@ -203,3 +203,11 @@ def test_any_command_with_any_params_never_raises(commands, params):
         while (due := conn.next_request(0.0)) is not None:
             conn.served(due, Refused("not_in_room", "no"))
         conn.answers_to_send()
+
+
+def test_a_sasl_exchange_that_never_ends_is_refused_not_kept():
+    conn = connection()
+    feed(conn, "CAP LS 302", "NICK x", "USER x 0 * :x", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    said(conn)
+    feed(conn, *["AUTHENTICATE " + "A" * 400] * 20)
+    assert any(" 904 " in line for line in said(conn))

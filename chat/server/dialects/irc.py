@@ -138,6 +138,9 @@ ISUPPORT = (
     "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
     "NETWORK=chat",
 )
+#: Most 400-byte AUTHENTICATE chunks one PLAIN exchange may take (a name, a password of 1024
+#: characters and a token fit in far fewer): more is refused, never kept.
+_MAX_SASL_CHUNKS = 12
 #: Commands a client may send before it is registered.
 _BEFORE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "AUTHENTICATE", "PING", "PONG", "QUIT"})
 #: Characters a nick may not hold, and may not start with.
@@ -535,6 +538,9 @@ class IrcConnection(Connection):
             raise _Numeric("905", "SASL message too long")
         if word != "+":
             self._sasl.append(word)
+        if len(self._sasl) > _MAX_SASL_CHUNKS:  # more than any name and password of ours can take
+            self._sasl = None
+            raise _Numeric("904", "SASL authentication failed: the message is too long")
         if len(word) == 400:
             return None  # more follows
         payload, self._sasl = "".join(self._sasl), None
