@@ -223,6 +223,11 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if server.plain_address is not None:
         log.info("plain lines (no TLS) on %s:%s", *server.plain_address)
         plain.append(server.plain_address[0])
+    for listener, shown in (("irc", "IRC"), ("irc-tls", "IRC over TLS")):
+        if (address := server.address_of(listener)) is not None:
+            log.info("%s listening on %s:%s", shown, *address)
+            if listener == "irc":
+                plain.append(address[0])
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     notify_systemd(f"READY=1\nSTATUS=listening on {host!s}:{port}")

@@ -228,6 +228,27 @@ class ServerConfig:
         "with TLS: also serve plain lines on this port, on loopback only (0 picks one)",
         lambda text: None if text.lower() in ("", "none") else int(text),
     )
+    irc_port: int | None = _option(
+        None,
+        "--irc-port",
+        "CHAT_IRC_PORT",
+        "also speak IRC on this port of --host (0 picks one; the log says which)",
+        lambda text: None if text.lower() in ("", "none") else int(text),
+    )
+    irc_tls_port: int | None = _option(
+        None,
+        "--irc-tls-port",
+        "CHAT_IRC_TLS_PORT",
+        "also speak IRC over TLS (--tls-cert, --tls-key) on this port of --host (0 picks one)",
+        lambda text: None if text.lower() in ("", "none") else int(text),
+    )
+    irc_server_name: str = _option(
+        "chat",
+        "--irc-server-name",
+        "CHAT_IRC_SERVER_NAME",
+        "the name the IRC listeners give the server (the source of their numerics)",
+        str,
+    )
     allow_plaintext: bool = _option(
         False,
         "--allow-plaintext",

@@ -34,7 +34,7 @@ from chat.server.room import (
     Target,
     stream_chunks,
 )
-from chat.server.session import Holder, Session
+from chat.server.session import Holder, Presence, Session
 from chat.server.store import (
     PRIVATE_LOG,
     RoomRecord,
@@ -307,6 +307,44 @@ class Hub(Generic[P]):
                 raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
             self._enter(session, request)
             return
+        identity, snapshot, first = self._log_in(session, request)
+        replay = request.private_since
+        try:
+            self._enter(session, request, identity, first)
+            self._follow_twins(session)
+        finally:  # a held inbox is released whatever became of the room
+            if replay is not None:
+                self._replay_private(session, replay, snapshot)
+
+    def log_in(self, session: Session[P], request: Join, user_name: str = "", real_name: str = "") -> Identity:
+        """Claim the session's name (the first half of a first join), before any room: a front
+        door whose connections are named before they join (IRC's registration, with its USER's
+        user and real names)."""
+        if session.name is not None:
+            raise Refused("already_joined", f"you are already {session.name}; use nick to change your name")
+        identity, _, _ = self._log_in(session, request)
+        session.user_name, session.real_name = user_name, real_name
+        log.info("%s logged in as %s", session.label, quoted(session.name or ""))
+        return identity
+
+    def presence(self, name: str) -> Presence | None:
+        """Who holds `name` on this server now (or on another, where rooms are shared), if anybody."""
+        with self._lock:
+            holder = self._by_name.get(name_key(name))
+        if holder is not None and holder.name is not None:
+            account = holder.identity.account if holder.identity is not None else None
+            return Presence(
+                holder.name, account, holder.away, tuple(holder.rooms), holder.user_name, holder.real_name
+            )
+        elsewhere = self._cluster.holder_of(name_key(name))
+        if elsewhere is None:
+            return None
+        account = elsewhere.name if elsewhere.identity.startswith("account:") else None
+        return Presence(elsewhere.name, account, elsewhere.away, ())
+
+    def _log_in(self, session: Session[P], request: Join) -> tuple[Identity, int, bool]:
+        """Prove and claim the name a first join carries: the identity, the inbox's snapshot, and
+        whether this is the account's first session (its welcome lists the account's rooms)."""
         if request.name is None:
             raise Refused("not_joined", "your first join must carry a name")
         # The password hash is checked here, in the joining client's thread, under no lock.
@@ -325,12 +363,7 @@ class Hub(Generic[P]):
         except Refused:
             self._cluster.release_name(name_keys(name), identity.id)
             raise
-        try:
-            self._enter(session, request, identity, first)
-            self._follow_twins(session)
-        finally:  # a held inbox is released whatever became of the room
-            if replay is not None:
-                self._replay_private(session, replay, snapshot)
+        return identity, snapshot, first
 
     def register(self, session: Session[P], password: str) -> None:
         """Make the session's name an account; it gets a new token for it."""

@@ -116,6 +116,8 @@ class Line:
         """The line in `dialect`'s bytes, made once per dialect."""
         if dialect is JSON_LINES:
             return self.json
+        if getattr(dialect, "per_peer", False):
+            return dialect.encode(self)  # one peer's words (IRC's replies): not kept on the line
         encoded = self._encoded
         if encoded is None:
             encoded = self._encoded = {}

@@ -43,6 +43,9 @@ class Session(Generic[P]):
         self.rooms: dict[str, None] = {}
         #: Why it said it is away, if it is (`away`); private messages to it get an `away` line back.
         self.away: str | None = None
+        #: What an IRC client said it is at registration (USER): its user name and real name.
+        self.user_name = ""
+        self.real_name = ""
         #: time.monotonic() of the connect: a first join is due within the join timeout.
         self.connected_at = time.monotonic()
         #: time.monotonic() of the last bytes received; the reader keeps it fresh.
@@ -71,3 +74,18 @@ class Holder:
     name: str
     away: str | None = None
     address: str | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    """What the server tells any connection about a connected name (IRC's WHOIS, ISON, account tags)."""
+
+    name: str
+    #: The account's name as registered; None for a guest.
+    account: str | None
+    away: str | None
+    #: The rooms it is in, as each is spelled.
+    rooms: tuple[str, ...]
+    #: What an IRC client gave at registration ("" for others).
+    user_name: str = ""
+    real_name: str = ""

@@ -24,12 +24,24 @@ from typing import TYPE_CHECKING, Any, cast
 from chat.errors import Refused, RequestFailed
 from chat.server.accounts import Accounts
 from chat.server.config import ServerConfig
-from chat.server.dialects.base import Connection, Dialect, Due, Refusal, Request, Said
+from chat.server.dialects.base import (
+    Answer,
+    Connection,
+    Describe,
+    Dialect,
+    Due,
+    Handled,
+    LogIn,
+    Refusal,
+    Request,
+    Said,
+)
+from chat.server.dialects.irc import IrcDialect
 from chat.server.dialects.jsonlines import JsonLinesConnection
 from chat.server.fanout import PeerState
 from chat.server.hub import Hub
 from chat.server.limits import AddressBook, AddressPolicy, parse_networks
-from chat.server.lines import Line
+from chat.server.lines import JSON_LINES, Line
 from chat.server.metrics import MetricsEndpoint, Stats
 from chat.server.outbox import SOFT_BACKLOG, Outbox, Peer
 from chat.server.room import HistorySettings
@@ -37,7 +49,7 @@ from chat.server.session import Session
 from chat.server.store import SqliteStore, Store, StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
 from chat.wire.codec import encode_error, error_reply
-from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
+from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerPing, Shutdown
 from chat.wire.text import quoted
 
 if TYPE_CHECKING:  # loaded only with --redis: the redis package is an optional extra
@@ -84,13 +96,15 @@ class ChatHandler(socketserver.BaseRequestHandler):
         if transport is None:
             return
         self.transport: Transport = transport
-        peer = server.outbox.register(transport, label)
+        connection = self.listener.dialect(server.config, tls=self.listener.tls)
+        peer = server.outbox.register(transport, label, connection.writes or JSON_LINES)
+        connection.attach(server.hub)
         session = server.hub.connect(peer, label, str(self.client_address[0]))
         reason: LeaveReason = "disconnected"
         log.info("%s connected", label, extra={"address": label})
         server.stats.connected(self.listener.name, 1)
         try:
-            reason = self._serve(session, self.listener.dialect(server.config, tls=self.listener.tls))
+            reason = self._serve(session, connection)
         except OSError as exc:
             log.info("%s: connection lost (%s)", label, exc, extra={"address": label})
         finally:
@@ -176,8 +190,13 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 return True
             # Taken after any wait above: lines said meanwhile join the batch.
             request = connection.next_request(time.monotonic())
-            if request is not None and not self._serve_request(session, request):
+            for answer in connection.answers_to_send():  # what the dialect said on taking it out
+                self._send(peer, answer)
+            if request is not None and not self._serve_request(session, connection, request):
                 return False
+            # What the dialect says about it, right after what the hub said.
+            for answer in connection.answers_to_send():
+                self._send(peer, answer)
         return True
 
     def _serve_rest(self, session: Session[Peer], connection: Connection) -> LeaveReason:
@@ -190,40 +209,58 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 return "quit"
         return "disconnected"
 
-    def _serve_request(self, session: Session[Peer], request: Due) -> bool:
+    def _serve_request(self, session: Session[Peer], connection: Connection, request: Due) -> bool:
         """Serve one request (lines said to a room as one batch); False when the client said
-        goodbye. Each line refused is answered with its own error, as if served alone."""
+        goodbye. Each line refused is answered with its own error, as if served alone (or as
+        the dialect words it)."""
         server = self.server
+        failure: RequestFailed | None = None
         try:
             match request:
+                case Handled():
+                    return True
+                case Request(LogIn(join, user_name, real_name)):
+                    server.hub.log_in(session, join, user_name, real_name)
+                case Request(Describe(user_name, real_name)):
+                    session.user_name, session.real_name = user_name, real_name
                 case Said(room, lines):
                     started = time.monotonic()
                     server.hub.speak(session, room, lines)
                     server.stats.kept(len(lines), time.monotonic() - started)
                 case Request(message):
+                    assert not isinstance(message, LogIn | Describe)
                     if not server.hub.receive(session, message):
                         return False
-                case Refusal(failure):
-                    self._answer_failure(session, failure)
+                case Refusal(refused):
+                    self._answer_failure(session, refused)
         except RequestFailed as exc:
-            self._answer_failure(session, exc, len(request.lines) if isinstance(request, Said) else 1)
+            failure = exc
+        worded = connection.served(request, failure)
+        if failure is not None:
+            if worded is None:
+                self._answer_failure(session, failure, len(request.lines) if isinstance(request, Said) else 1)
+            else:
+                self._log_failure(session, failure)
+                self._send(session.peer, *worded)
         server.outbox.wait_for_writer(timeout=1.0)
         return True
 
     def _answer_failure(self, session: Session[Peer], failure: RequestFailed, lines: int = 1) -> None:
         """Tell the client why its request (or each of `lines` requests) was not done."""
-        server = self.server
-        if server.addresses.may_log(str(self.client_address[0])):
-            log.info("%s: %s", session.label, quoted(str(failure), 200))
+        self._log_failure(session, failure)
         self._send(session.peer, *[error_reply(failure)] * lines)
+
+    def _log_failure(self, session: Session[Peer], failure: RequestFailed) -> None:
+        if self.server.addresses.may_log(str(self.client_address[0])):
+            log.info("%s: %s", session.label, quoted(str(failure), 200))
 
     # --- answers leave as Lines: the outbox writes them in the peer's dialect ---------------
 
-    def _send(self, peer: Peer, *answers: ServerMessage) -> None:
-        self.server.outbox.send_to(peer, *[Line.of(answer) for answer in answers])
+    def _send(self, peer: Peer, *answers: Answer) -> None:
+        self.server.outbox.send_to(peer, *[_line(answer) for answer in answers])
 
-    def _close(self, peer: Peer, final: ServerMessage, reason: str | None) -> None:
-        self.server.outbox.close(peer, Line.of(final), reason=reason)
+    def _close(self, peer: Peer, final: Answer, reason: str | None) -> None:
+        self.server.outbox.close(peer, _line(final), reason=reason)
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
@@ -337,8 +374,12 @@ class ChatServer(socketserver.ThreadingTCPServer):
     @property
     def plain_address(self) -> tuple[str, int] | None:
         """Where the plaintext listener beside the TLS one listens, if there is one."""
+        return self.address_of("plain")
+
+    def address_of(self, listener: str) -> tuple[str, int] | None:
+        """Where the listener called `listener` (`plain`, `irc`, `irc-tls`) listens, if there is one."""
         for other in self._others:
-            if other.listener.name == "plain":
+            if other.listener.name == listener:
                 return str(other.server_address[0]), int(other.server_address[1])
         return None
 
@@ -552,6 +593,12 @@ def listeners(config: ServerConfig) -> list[Listener]:
             raise OSError("--plain-port is for a server that speaks TLS (--tls-cert, --tls-key)")
         host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
         found.append(Listener("plain", (host, config.plain_port), False, JsonLinesConnection))
+    if config.irc_port is not None:
+        found.append(Listener("irc", (config.host, config.irc_port), False, IrcDialect(config.irc_server_name)))
+    if config.irc_tls_port is not None:
+        if not tls:
+            raise OSError("--irc-tls-port is for a server that speaks TLS (--tls-cert, --tls-key)")
+        found.append(Listener("irc-tls", (config.host, config.irc_tls_port), True, IrcDialect(config.irc_server_name)))
     return found
 
 
@@ -578,6 +625,10 @@ class _Listener(socketserver.TCPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.main.start_handler(request, client_address, self.listener)
+
+
+def _line(answer: Answer) -> Line:
+    return answer if isinstance(answer, Line) else Line.of(answer)
 
 
 def _redis_cluster(config: ServerConfig, outbox: Outbox, store: Store) -> RedisCluster[Peer]:

@@ -20,10 +20,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from chat.errors import Refused, RequestFailed
 from chat.server.limits import TokenBucket, request_cost
+from chat.server.lines import Dialect as Writing
+from chat.server.lines import Line
+from chat.server.session import Presence
 from chat.wire.codec import error_reply
 from chat.wire.protocol import (
     ClassicMessage,
     ClientMessage,
+    Join,
     LeaveReason,
     Notice,
     SendAction,
@@ -45,7 +49,7 @@ MAX_BATCH = 64
 class Request:
     """One request due now, for the hub to act on."""
 
-    message: ClientMessage | ClassicMessage
+    message: ClientMessage | ClassicMessage | LogIn | Describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +69,44 @@ class Refusal:
     failure: RequestFailed
 
 
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """A request the dialect answered itself in its turn (IRC's PING, CAP, WHOIS): nothing for the
+    hub; its answers wait in `answers_to_send`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogIn:
+    """Claim a name before any room (IRC's registration): the first half of a first join
+    (`join`'s name and credentials; its room is not entered)."""
+
+    join: Join
+    #: What the client says it is (IRC's USER): shown to others who ask.
+    user_name: str = ""
+    real_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """What a client says it is, told after its name was claimed (IRC's USER after a SASL login)."""
+
+    user_name: str
+    real_name: str
+
+
 #: What a connection gives out when a request is due.
-Due = Request | Said | Refusal
+Due = Request | Said | Refusal | Handled
+
+#: What a connection sends its peer: a server message, or a Line already made (in the dialect's own words).
+Answer = ServerMessage | Line
+
+
+class Directory(Protocol):
+    """What a dialect may ask the server about other connections (the hub answers)."""
+
+    def presence(self, name: str) -> Presence | None:
+        """Who holds `name` now, if anybody."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +114,7 @@ class Close:
     """The connection is over: send `final`, then close. `reason` is why the server cut it off
     (None: it simply goes, "disconnected"); `log` and `level` say it for the server's log."""
 
-    final: ServerMessage
+    final: Answer
     reason: LeaveReason | None
     log: str
     level: int = logging.WARNING
@@ -83,7 +123,7 @@ class Close:
 @dataclass(slots=True)
 class _Waiting:
     due: float
-    message: ClientMessage | ClassicMessage | RequestFailed
+    message: ClientMessage | ClassicMessage | RequestFailed | LogIn | object
 
 
 class Connection(ABC):
@@ -104,7 +144,7 @@ class Connection(ABC):
         # The bucket reads the time it is given here: this object has no clock of its own.
         self._bucket = TokenBucket(rate, burst, clock=lambda: self._now)
         self._waiting: deque[_Waiting] = deque()
-        self._answers: list[ServerMessage] = []
+        self._answers: list[Answer] = []
         self._slowed = False
         #: Set once the connection must close; nothing more is served or read after it.
         self.closing: Close | None = None
@@ -122,7 +162,8 @@ class Connection(ABC):
         """Bytes received after the last complete request (dropped if the input ends here)."""
         return 0
 
-    def _admit(self, message: ClientMessage | ClassicMessage | RequestFailed, size: int, now: float) -> bool:
+    def _admit(self, message: ClientMessage | ClassicMessage | RequestFailed | LogIn | object, size: int,
+               now: float) -> bool:
         """Charge one request of `size` bytes that arrived at `now` and queue it in its turn;
         False if it put the client so far ahead of its rate that it is cut off."""
         self._now = now
@@ -154,7 +195,7 @@ class Connection(ABC):
         """The peer ended its input; what it sent before still comes due, an unfinished rest is dropped."""
         self.ended = True
 
-    def answers_to_send(self) -> Sequence[ServerMessage]:
+    def answers_to_send(self) -> Sequence[Answer]:
         """What to send the peer now, in order (before any request due now is served)."""
         if not self._answers:
             return ()  # the usual case, asked after every read: no list made
@@ -183,7 +224,7 @@ class Connection(ABC):
         if isinstance(message, RequestFailed):
             return Refusal(message)
         if not isinstance(message, SendMessage | SendAction):
-            return Request(message)
+            return self._request(message)
         said = [message]
         while len(said) < MAX_BATCH and self.due(now):
             follower = self._waiting[0].message
@@ -192,6 +233,24 @@ class Connection(ABC):
             said.append(follower)
             self._waiting.popleft()
         return Said(message.room, tuple(said))
+
+    def _request(self, message: object) -> Due:
+        """The due request for a waiting one that is no line said to a room (a dialect that queues
+        its own commands serves them here, and gives out Handled)."""
+        return Request(message)  # type: ignore[arg-type]  # what _admit queued: this base queues only requests
+
+    def served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
+        """The hub served `due` (refused with `failure`, if it was): what to tell the peer about
+        the failure in the dialect's own words (None: the usual error line for each request)."""
+        return None
+
+    @property
+    def writes(self) -> Writing | None:
+        """How Lines are written to this connection's peer (None: as JSON lines)."""
+        return None
+
+    def attach(self, directory: Directory) -> None:  # noqa: B027  # most dialects ask nothing
+        """The server this connection talks to, for the dialect's questions about others."""
 
     def drop_waiting(self) -> None:
         """Forget every waiting request (the connection is closing: nobody to answer)."""

@@ -1,0 +1,1274 @@
+"""The IRC front door: an IRC client's commands as the hub's requests, and the hub's Lines as IRC lines.
+It owns registration, capabilities, the mapping of each command and the wording of every reply.
+
+IrcConnection is a base.Connection: bytes in (CRLF framing, IRCv3 tags), the
+registration and CAP/SASL state machine, each command mapped to the client
+model the hub takes (or answered here: PING, CAP, WHOIS, ...), paced by the same
+token bucket as JSON lines. Its IrcWriter is the Lines dialect its peer is
+written in: room lines come from an IrcRender shared by every client with the
+same capabilities (made once per line), replies to this client's own requests
+are worded with what it asked. No sockets or clocks: the writer is called from
+the outbox's thread and the client's handler, and a lock guards what both touch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from chat.errors import RequestFailed
+from chat.server.config import ServerConfig
+from chat.server.dialects.base import (
+    Answer,
+    Close,
+    Connection,
+    Describe,
+    Directory,
+    Due,
+    Handled,
+    LogIn,
+    Request,
+    Said,
+    _Waiting,
+)
+from chat.server.dialects.ircwire import (
+    MAX_BODY,
+    IrcFramer,
+    IrcMessage,
+    IrcSyntaxError,
+    TooLong,
+    format_tags,
+    line,
+    parse,
+    split_text,
+)
+from chat.server.lines import Line
+from chat.server.session import Presence
+from chat.wire.protocol import (
+    CLOSING_ERRORS,
+    MAX_NAME,
+    MAX_ROOM,
+    MAX_TOPIC,
+    Action,
+    Away,
+    Ban,
+    ChatMessage,
+    ClientMessage,
+    Deop,
+    ErrorReply,
+    Gap,
+    HistoryPage,
+    HistoryRequest,
+    Join,
+    Joined,
+    Kick,
+    Leave,
+    Left,
+    ListRooms,
+    Moderation,
+    Nick,
+    Notice,
+    Op,
+    Part,
+    PrivateMessage,
+    ReadMarker,
+    Renamed,
+    Reset,
+    RoomList,
+    SearchResults,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    ServerNotice,
+    ServerPing,
+    ServerPong,
+    SessionToken,
+    SetAway,
+    SetModes,
+    SetTopic,
+    Shutdown,
+    Topic,
+    Unban,
+    Users,
+    Voice,
+    Welcome,
+    Who,
+    room_key,
+)
+from chat.wire.text import has_invisible, is_visible
+
+#: The host part of every user's hostmask (the server keeps no idents or hosts).
+USER_HOST = "chat"
+#: The capabilities offered (`CAP LS`), each honoured.
+CAPS = (
+    "server-time",
+    "message-tags",
+    "echo-message",
+    "sasl",
+    "batch",
+    "draft/chathistory",
+    "account-tag",
+    "extended-join",
+    "away-notify",
+    "multi-prefix",
+    "userhost-in-names",
+)
+#: Their values for `CAP LS 302`.
+CAP_VALUES = {"sasl": "PLAIN"}
+#: Most lines CHATHISTORY answers at once (and ISUPPORT's CHATHISTORY).
+CHATHISTORY_LIMIT = 500
+#: RPL_ISUPPORT's tokens.
+ISUPPORT = (
+    "CASEMAPPING=ascii",
+    "CHANTYPES=#",
+    "PREFIX=(qov)~@+",
+    "CHANMODES=b,,,mt",
+    f"NICKLEN={MAX_NAME}",
+    f"CHANNELLEN={MAX_ROOM + 1}",
+    f"TOPICLEN={MAX_TOPIC}",
+    f"AWAYLEN={MAX_TOPIC}",
+    f"KICKLEN={MAX_TOPIC}",
+    "UTF8ONLY",
+    f"CHATHISTORY={CHATHISTORY_LIMIT}",
+    "MSGREFTYPES=msgid,timestamp",
+    "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
+    "NETWORK=chat",
+)
+#: Most 400-byte AUTHENTICATE chunks one PLAIN exchange may take (a name, a password of 1024
+#: characters and a token fit in far fewer): more is refused, never kept.
+_MAX_SASL_CHUNKS = 12
+#: Commands a client may send before it is registered.
+_BEFORE_REGISTRATION = frozenset({"CAP", "NICK", "USER", "PASS", "AUTHENTICATE", "PING", "PONG", "QUIT"})
+#: Characters a nick may not hold, and may not start with.
+_NOT_IN_NICK = frozenset(" ,*?!@.:\0")
+_NOT_FIRST_IN_NICK = frozenset("#&$:~%+0123456789-'")
+_PREFIXES = {"owner": "~", "admin": "~", "op": "@", "voice": "+"}
+_MODE_LETTERS = {"topic": "t", "moderated": "m"}
+_LETTER_MODES = {letter: mode for mode, letter in _MODE_LETTERS.items()}
+_ERROR_NUMERICS = {
+    "banned": "474",
+    "account_required": "477",
+    "room_invalid": "479",
+    "not_operator": "482",
+    "cannot_moderate": "482",
+    "muted": "404",
+    "no_such_user": "401",
+    "no_such_room": "403",
+    "not_in_room": "442",
+}
+
+
+def hostmask(nick: str) -> str:
+    """The source an IRC line gives a user (every user looks alike: the server keeps no idents)."""
+    return f"{nick}!~u@{USER_HOST}"
+
+
+def channel(room: str) -> str:
+    return "#" + room
+
+
+def nick_problem(nick: str) -> str | None:
+    """Why `nick` cannot be an IRC client's name (None: it can)."""
+    if not nick:
+        return "a nick cannot be empty"
+    if len(nick) > MAX_NAME:
+        return f"a nick is at most {MAX_NAME} characters"
+    if nick[0] in _NOT_FIRST_IN_NICK or any(char in _NOT_IN_NICK for char in nick):
+        return "a nick cannot start with a digit or #&$:~%+-, nor hold spaces or ,*?!@.:"
+    if has_invisible(nick) or not is_visible(nick):
+        return "a nick cannot hold control or invisible characters"
+    return None
+
+
+def room_of(target: str) -> str | None:
+    """The room a channel name stands for (None: it is no channel of ours)."""
+    if not target.startswith("#") or len(target) < 2 or len(target) > MAX_ROOM + 1:
+        return None
+    room = target[1:]
+    if has_invisible(room) or not is_visible(room) or "," in room:
+        return None
+    return room
+
+
+class IrcLine(Line):
+    """A line made in IRC's own words for one IRC peer (numerics, CAP, PONG): never stored or sent
+    to another dialect."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(b"")
+        self.raw = raw
+
+    def encoded(self, dialect: object) -> bytes:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"IrcLine({self.raw!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What an IRC command that became a hub request asked, so that the reply is worded for it."""
+
+    command: str
+    target: str = ""
+
+
+class IrcDialect:
+    """What an IRC listener makes each connection with; the renderers its connections share
+    (one per set of capabilities that changes how a room's lines look)."""
+
+    def __init__(self, server: str = "chat") -> None:
+        #: The name the server gives itself (--irc-server-name): the source of numerics.
+        self.server = server
+        self._renderers: dict[frozenset[str], IrcRender] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, config: ServerConfig, *, tls: bool) -> IrcConnection:
+        return IrcConnection(config, self, tls=tls)
+
+    def renderer(self, caps: frozenset[str], directory: Directory | None) -> IrcRender:
+        """The renderer for clients with `caps` (only those that change room lines count)."""
+        wanted = caps & IrcRender.RENDERING
+        with self._lock:
+            found = self._renderers.get(wanted)
+            if found is None:
+                found = self._renderers[wanted] = IrcRender(wanted, directory, self.server)
+            return found
+
+
+class IrcConnection(Connection):
+    """One IRC client: registration (NICK, USER, CAP, SASL PLAIN), then its commands as requests."""
+
+    def __init__(self, config: ServerConfig, dialect: IrcDialect | None = None, *, tls: bool = False) -> None:
+        super().__init__(config.flood_rate, config.flood_burst, config.flood_max_delay)
+        self._dialect = dialect or IrcDialect()
+        self._framer = IrcFramer()
+        self.directory: Directory | None = None
+        #: The client's nick once registered (also the hub's name for it); before, the one it asked for.
+        self.nick: str | None = None
+        self.registered = False
+        self.logged_in = False
+        self.account: str | None = None
+        self._user: tuple[str, str] | None = None
+        self._password: str | None = None
+        self._negotiating = False
+        self._version = 301
+        #: Capabilities the client enabled.
+        self.caps: frozenset[str] = frozenset()
+        self._sasl: list[str] | None = None  # the AUTHENTICATE payload so far, while one runs
+        self._sasl_login: tuple[str, str] | None = None
+        self._wanted: str | None = None  # the nick asked for, when SASL logged in under another
+        #: The request being served, for the wording of its reply.
+        self.asking: _Asked | None = None
+        self._asked: dict[int, _Asked] = {}
+        self.writer = IrcWriter(self)
+
+    # --- base.Connection -------------------------------------------------------------------
+
+    @property
+    def writes(self) -> IrcWriter:
+        return self.writer
+
+    def attach(self, directory: Directory) -> None:
+        self.directory = directory
+
+    @property
+    def unfinished(self) -> int:
+        return self._framer.unfinished
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        if self.closing is not None or self.ended or not data:
+            return
+        for framed in self._framer.feed(data):
+            if isinstance(framed, TooLong):
+                self._reply("417", "Input line was too long")
+                continue
+            if not framed.strip():
+                continue
+            try:
+                message = parse(framed)
+            except IrcSyntaxError as exc:
+                if exc.utf8:
+                    self._answers.append(self._line("FAIL", "*", "INVALID_UTF8", "Lines are UTF-8 here"))
+                continue  # as most servers do, any other garbled line is dropped without a word
+            if not self._admit(message, len(framed), now):
+                return
+
+    def _request(self, message: object) -> Due:
+        self.asking = None
+        try:
+            mapped = self._command(message) if isinstance(message, IrcMessage) else message
+        except _Numeric as refusal:
+            if refusal.numeric == "FAIL":
+                self._answers.append(self._line("FAIL", *refusal.params))
+            else:
+                self._answers.append(self._numeric(refusal.numeric, *refusal.params))
+            return Handled()
+        except ValidationError as exc:  # a param our models refuse (a topic with control characters, ...)
+            command = message.command if isinstance(message, IrcMessage) else "*"
+            if command != "NOTICE":
+                detail = str(exc.errors()[0].get("msg", "invalid parameters"))
+                self._answers.append(self._line("FAIL", command, "INVALID_PARAMS", detail))
+            return Handled()
+        if mapped is None:
+            return Handled()
+        command = message.command if isinstance(message, IrcMessage) else ""
+        self.asking = self._asked.pop(id(mapped), _Asked(command))
+        if isinstance(mapped, SendMessage | SendAction):
+            return Said(mapped.room, (mapped,))
+        return Request(mapped)  # type: ignore[arg-type]  # only requests are queued here
+
+    def next_request(self, now: float) -> Due | None:
+        due = super().next_request(now)
+        if isinstance(due, Said):
+            self.asking = _Asked("PRIVMSG", channel(due.room))
+        return due
+
+    def served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
+        asked = self.asking or _Asked("")
+        if isinstance(due, Request) and isinstance(due.message, LogIn):
+            return self._logged_in(due.message.join, failure)
+        if asked.command == "REGISTER":  # the nick asked for beside a SASL login: taken or not, welcome
+            self._welcome()
+            return () if failure is None else [self._line("NOTICE", self.me, f"you stay {self.me}: {failure.detail}")]
+        if failure is None:
+            return None
+        if asked.command == "NOTICE":
+            return ()  # a NOTICE is never answered with an error
+        if asked.command == "NICK":
+            numeric = "433" if failure.code in ("name_taken", "name_registered") else "432"
+            return [self._numeric(numeric, asked.target, failure.detail)]
+        if asked.command == "JOIN" and failure.code == "already_joined":
+            return ()
+        if asked.command in ("NAMES",):
+            return [self._numeric("366", asked.target, "End of /NAMES list")]
+        if asked.command == "WHO":
+            return [self._numeric("315", asked.target, "End of /WHO list")]
+        if asked.command in ("TOPIC", "PART", "KICK", "MODE") and failure.code == "not_in_room":
+            return [self._numeric("442", asked.target, failure.detail)]
+        if asked.command == "KICK" and failure.code == "no_such_user":
+            return [self._numeric("441", asked.target, failure.detail)]
+        if asked.command == "CHATHISTORY":
+            return [self._line("FAIL", "CHATHISTORY", "INVALID_TARGET", asked.target, failure.detail)]
+        worded = _ERROR_NUMERICS.get(failure.code)
+        if worded is not None and asked.target:
+            return [self._numeric(worded, asked.target, failure.detail)]
+        return [self._line("NOTICE", self.nick or "*", failure.detail)]
+
+    # --- replies ------------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        """The name the server gives itself (the source of numerics)."""
+        return self._dialect.server
+
+    @property
+    def real_name(self) -> str:
+        return self._user[1] if self._user else ""
+
+    @property
+    def me(self) -> str:
+        return self.nick if self.registered and self.nick else "*"
+
+    def _line(self, command: str, *params: str, source: str | None = None) -> IrcLine:
+        return IrcLine(line(command, *params, source=self.server if source is None else source))
+
+    def _numeric(self, numeric: str, *params: str) -> IrcLine:
+        return self._line(numeric, self.me, *params)
+
+    def _reply(self, numeric: str, *params: str) -> None:
+        self._answers.append(self._numeric(numeric, *params))
+
+    def _close_with(self, why: str) -> None:
+        self._close(Close(IrcLine(line("ERROR", why)), None, why))
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _command(self, message: IrcMessage) -> ClientMessage | LogIn | None:
+        """The hub request a command maps to (None: answered here); _Numeric to refuse it."""
+        command, params = message.command, message.params
+        if not self.registered and command not in _BEFORE_REGISTRATION:
+            raise _Numeric("451", "You have not registered")
+        handler = getattr(self, f"_on_{command.lower()}", None)
+        if handler is None:
+            raise _Numeric("421", command, "Unknown command")
+        result: ClientMessage | LogIn | None = handler(params)
+        return result
+
+    def _need(self, params: list[str], count: int, command: str) -> None:
+        if len(params) < count or not params[0]:
+            raise _Numeric("461", command, "Not enough parameters")
+
+    def _ask(self, request: ClientMessage, command: str, target: str = "") -> ClientMessage:
+        self._asked[id(request)] = _Asked(command, target)
+        return request
+
+    def _follow(self, requests: Sequence[ClientMessage | Describe]) -> None:
+        """Queue requests right behind the one being served (the other channels of one JOIN):
+        due at once, as the line that asked for them was charged already."""
+        for request in reversed(requests):
+            self._waiting.appendleft(_Waiting(0.0, request))
+
+    def _on_ping(self, params: list[str]) -> None:
+        self._need(params, 1, "PING")
+        self._answers.append(self._line("PONG", self.server, params[0]))
+
+    def _on_pong(self, params: list[str]) -> None:
+        return None  # any line keeps a connection alive
+
+    def _on_quit(self, params: list[str]) -> ClientMessage:
+        why = params[0] if params else "Client Quit"
+        self._answers.append(IrcLine(line("ERROR", f"Closing link: {why}")))
+        return Leave()
+
+    def _on_cap(self, params: list[str]) -> ClientMessage | LogIn | None:
+        self._need(params, 1, "CAP")
+        sub = params[0].upper()
+        me = self.nick if self.registered and self.nick else "*"
+        if sub == "LS":
+            if not self.registered:
+                self._negotiating = True
+            if len(params) > 1 and params[1].isdigit():
+                self._version = max(self._version, int(params[1]))
+            offered = [
+                f"{cap}={CAP_VALUES[cap]}" if self._version >= 302 and cap in CAP_VALUES else cap for cap in CAPS
+            ]
+            self._answers.append(self._line("CAP", me, "LS", " ".join(offered)))
+        elif sub == "LIST":
+            self._answers.append(self._line("CAP", me, "LIST", " ".join(sorted(self.caps))))
+        elif sub == "REQ":
+            if not self.registered:
+                self._negotiating = True
+            asked = params[1] if len(params) > 1 else ""
+            wanted = set(self.caps)
+            ok = True
+            for cap in asked.split():
+                name = cap.removeprefix("-")
+                if name not in CAPS:
+                    ok = False
+                elif cap.startswith("-"):
+                    wanted.discard(name)
+                else:
+                    wanted.add(name)
+            if ok and asked.strip():
+                self.caps = frozenset(wanted)
+                self.writer.caps_changed()
+            self._answers.append(self._line("CAP", me, "ACK" if ok and asked.strip() else "NAK", asked))
+        elif sub == "END":
+            if not self.registered:
+                self._negotiating = False
+                if self._sasl is not None:  # registration ends an unfinished SASL exchange
+                    self._sasl = None
+                    self._reply("906", "SASL authentication aborted")
+                return self._try_register()
+        else:
+            raise _Numeric("410", params[0], "Invalid CAP command")
+        return None
+
+    def _on_pass(self, params: list[str]) -> None:
+        self._need(params, 1, "PASS")
+        if self.registered:
+            raise _Numeric("462", "You may not reregister")
+        self._password = params[0]
+
+    def _on_nick(self, params: list[str]) -> ClientMessage | LogIn | None:
+        if not params or not params[0]:
+            raise _Numeric("431", "No nickname given")
+        nick = params[0]
+        problem = nick_problem(nick)
+        if problem is not None:
+            raise _Numeric("432", nick, f"Erroneous nickname: {problem}")
+        if self.registered:
+            if nick == self.nick:
+                return None
+            return self._ask(Nick(name=nick), "NICK", nick)
+        if self.logged_in:  # SASL named the connection already: this nick is taken at the end of registration
+            self._wanted = nick
+            return None
+        self.nick = nick
+        return self._try_register()
+
+    def _on_user(self, params: list[str]) -> ClientMessage | LogIn | None:
+        if self.registered:
+            raise _Numeric("462", "You may not reregister")
+        if len(params) < 4 or not params[0] or not params[3]:
+            raise _Numeric("461", "USER", "Not enough parameters")
+        self._user = (params[0], params[3])
+        return self._try_register()
+
+    def _try_register(self) -> ClientMessage | LogIn | None:
+        """Registration ends once NICK, USER and any CAP negotiation are done: the name is claimed."""
+        if self.registered or self._negotiating or self._user is None or self.nick is None or self._sasl is not None:
+            return None
+        if self.logged_in:
+            user, real = self._user
+            self._follow([Describe(user[:MAX_NAME], real[:MAX_TOPIC])])
+            wanted, self._wanted = self._wanted, None
+            if wanted is not None and wanted != self.nick:
+                return self._ask(Nick(name=wanted), "REGISTER", wanted)
+            self._welcome()
+            return None
+        return self._login(self.nick, self._password, None)
+
+    def _on_authenticate(self, params: list[str]) -> LogIn | None:
+        self._need(params, 1, "AUTHENTICATE")
+        if "sasl" not in self.caps:
+            raise _Numeric("904", "SASL authentication failed: request the sasl capability first")
+        if self.logged_in:
+            raise _Numeric("907", "You have already authenticated")
+        word = params[0]
+        if word == "*":
+            self._sasl = None
+            raise _Numeric("906", "SASL authentication aborted")
+        if self._sasl is None:
+            if word.upper() != "PLAIN":
+                self._answers.append(self._numeric("908", "PLAIN", "are available SASL mechanisms"))
+                raise _Numeric("904", "SASL authentication failed")
+            self._sasl = []
+            self._answers.append(self._line("AUTHENTICATE", "+", source=""))
+            return None
+        if len(word) > 400:
+            self._sasl = None
+            raise _Numeric("905", "SASL message too long")
+        if word != "+":
+            self._sasl.append(word)
+        if len(self._sasl) > _MAX_SASL_CHUNKS:  # more than any name and password of ours can take
+            self._sasl = None
+            raise _Numeric("904", "SASL authentication failed: the message is too long")
+        if len(word) == 400:
+            return None  # more follows
+        payload, self._sasl = "".join(self._sasl), None
+        try:
+            fields = base64.b64decode(payload, validate=True).decode("utf-8").split("\0")
+        except (binascii.Error, UnicodeDecodeError):
+            raise _Numeric("904", "SASL authentication failed: not base64 PLAIN") from None
+        if len(fields) != 3 or not fields[1] or not fields[2]:
+            raise _Numeric("904", "SASL authentication failed: not PLAIN")
+        authzid, account, password = fields
+        if authzid and authzid != account:
+            raise _Numeric("904", "SASL authentication failed: no other authorization identity")
+        if self.registered:
+            raise _Numeric("904", "SASL authentication failed: log in before registering")
+        self._sasl_login = (account, password)
+        # A password, or a session token a welcome gave this account.
+        return self._login(account, password, password)
+
+    def _login(self, name: str, password: str | None, token: str | None) -> LogIn:
+        try:
+            if token is not None and len(token) > 256:
+                token = None
+            user, real = self._user or ("", "")
+            return LogIn(Join(name=name, password=password, token=token), user[:MAX_NAME], real[:MAX_TOPIC])
+        except ValidationError:
+            numeric = "904" if self._sasl_login is not None else "464"
+            self._sasl_login = None
+            raise _Numeric(numeric, "That password cannot be one of ours") from None
+
+    def _logged_in(self, login: Join, failure: RequestFailed | None) -> Sequence[Answer]:
+        name = login.name or "*"
+        sasl = self._sasl_login is not None
+        self._sasl_login = None
+        if failure is not None:
+            if sasl:
+                return [self._numeric("904", f"SASL authentication failed: {failure.detail}")]
+            if failure.code in ("name_taken", "name_registered"):
+                return [self._numeric("433", name, failure.detail)]
+            if failure.code == "auth_failed":
+                return [self._numeric("464", failure.detail)]
+            if failure.code == "name_invalid" or failure.code.startswith("name_"):
+                return [self._numeric("432", name, failure.detail)]
+            self._close_with(failure.detail)
+            return [self._numeric("465", failure.detail)]
+        previous, self.nick = self.nick, name
+        self.logged_in = True
+        found = self.directory.presence(name) if self.directory is not None else None
+        self.account = found.account if found is not None else None
+        if sasl:  # registration goes on with CAP END
+            self._wanted = previous if previous and previous != name else None
+            self._reply("900", hostmask(name), self.account or name, f"You are now logged in as {name}")
+            self._reply("903", "SASL authentication successful")
+            return ()
+        self._welcome()
+        return ()
+
+    def _welcome(self) -> None:
+        """The registration burst: 001-005 and the MOTD."""
+        self.registered = True
+        nick = self.nick or "*"
+        self._reply("001", f"Welcome to the chat IRC network, {hostmask(nick)}")
+        self._reply("002", f"Your host is {self.server}, running chat")
+        self._reply("003", "This server was created some time ago")
+        self._answers.append(self._line("004", nick, self.server, "chat", "i", "bmtov"))
+        tokens = list(ISUPPORT)
+        while tokens:
+            self._answers.append(self._line("005", nick, *tokens[:12], "are supported by this server"))
+            tokens = tokens[12:]
+        self._motd()
+
+    def _motd(self) -> None:
+        self._reply("375", f"- {self.server} Message of the day -")
+        self._reply("372", "- Rooms are channels: #lobby, #dev, ... History replays on join.")
+        self._reply("376", "End of /MOTD command.")
+
+    def _on_motd(self, params: list[str]) -> None:
+        self._motd()
+
+    def _on_join(self, params: list[str]) -> ClientMessage | None:
+        self._need(params, 1, "JOIN")
+        if params[0] == "0":
+            raise _Numeric("421", "JOIN", "JOIN 0 is not supported: PART each channel")
+        joins = [target for target in params[0].split(",") if target]
+        return self._each(joins, "JOIN", lambda room: Join(room=room))
+
+    def _on_part(self, params: list[str]) -> ClientMessage | None:
+        self._need(params, 1, "PART")
+        for target in params[0].split(","):
+            room = room_of(target)
+            if room is not None and room_key(room) not in self.writer.joined:
+                raise _Numeric("442", target, "You're not on that channel")
+        return self._each([t for t in params[0].split(",") if t], "PART", lambda room: Part(room=room))
+
+    def _each(self, targets: list[str], command: str, make: object) -> ClientMessage | None:
+        """One request per channel: the first is returned, the rest queued behind it."""
+        requests: list[ClientMessage] = []
+        for target in targets:
+            room = room_of(target)
+            if room is None:
+                self._reply("403", target, "No such channel")
+                continue
+            requests.append(self._ask(make(room), command, target))  # type: ignore[operator]
+        if not requests:
+            return None
+        self._follow(requests[1:])
+        return requests[0]
+
+    def _on_privmsg(self, params: list[str], command: str = "PRIVMSG") -> ClientMessage | None:
+        quiet = command == "NOTICE"
+        if not params or not params[0]:
+            if quiet:
+                return None
+            raise _Numeric("411", f"No recipient given ({command})")
+        if len(params) < 2 or not params[1].strip():
+            if quiet:
+                return None
+            raise _Numeric("412", "No text to send")
+        text = params[1]
+        action = text.startswith("\x01ACTION") and text.endswith("\x01") and len(text) > 9
+        requests: list[ClientMessage] = []
+        for target in params[0].split(",")[:4]:
+            try:
+                requests.append(self._ask(self._said(target, text, action), command, target))
+            except _Numeric as refusal:
+                if not quiet:
+                    self._answers.append(self._numeric(refusal.numeric, *refusal.params))
+            except ValueError:
+                if not quiet:
+                    self._reply("412", "No text to send")
+        if not requests:
+            return None
+        self._follow(requests[1:])
+        return requests[0]
+
+    def _said(self, target: str, text: str, action: bool) -> ClientMessage:
+        if target.startswith("#"):
+            room = room_of(target)
+            if room is None:
+                raise _Numeric("403", target, "No such channel")
+            if room_key(room) not in self.writer.joined:
+                raise _Numeric("404", target, "Cannot send to channel: join it first")
+            if action:
+                return SendAction(room=room, msg=text[8:-1])
+            return SendMessage(room=room, msg=text)
+        if nick_problem(target) is not None and len(target) > MAX_NAME:
+            raise _Numeric("401", target, "No such nick/channel")
+        return SendPrivate(to=target, msg=text)
+
+    def _on_notice(self, params: list[str]) -> ClientMessage | None:
+        return self._on_privmsg(params, "NOTICE")
+
+    def _on_names(self, params: list[str]) -> ClientMessage | None:
+        if not params or not params[0]:
+            self._reply("366", "*", "End of /NAMES list")
+            return None
+        target = params[0].split(",")[0]
+        room = room_of(target)
+        if room is None:
+            self._reply("366", target, "End of /NAMES list")
+            return None
+        return self._ask(Who(room=room), "NAMES", target)
+
+    def _on_who(self, params: list[str]) -> ClientMessage | None:
+        mask = params[0] if params and params[0] else "*"
+        room = room_of(mask)
+        if room is not None:
+            return self._ask(Who(room=room), "WHO", mask)
+        found = self.directory.presence(mask) if self.directory is not None and mask != "*" else None
+        if found is not None:
+            first = next(iter(found.rooms), None)
+            self._reply(
+                "352", channel(first) if first else "*", _user_of(found), USER_HOST, self.server, found.name,
+                "G" if found.away else "H", f"0 {found.real_name or found.name}",
+            )
+        self._reply("315", mask, "End of /WHO list")
+        return None
+
+    def _on_whois(self, params: list[str]) -> None:
+        self._need(params, 1, "WHOIS")
+        nick = params[-1].split(",")[0]
+        found = self.directory.presence(nick) if self.directory is not None else None
+        if found is None:
+            self._reply("401", nick, "No such nick/channel")
+            self._reply("318", nick, "End of /WHOIS list")
+            return
+        self._reply("311", found.name, _user_of(found), USER_HOST, "*", found.real_name or found.name)
+        if found.rooms:
+            self._reply("319", found.name, " ".join(channel(room) for room in found.rooms))
+        self._reply("312", found.name, self.server, "chat")
+        if found.account is not None:
+            self._reply("330", found.name, found.account, "is logged in as")
+        if found.away:
+            self._reply("301", found.name, found.away)
+        self._reply("318", found.name, "End of /WHOIS list")
+
+    def _on_ison(self, params: list[str]) -> None:
+        self._need(params, 1, "ISON")
+        online = []
+        for nick in " ".join(params).split()[:32]:
+            found = self.directory.presence(nick) if self.directory is not None else None
+            if found is not None:
+                online.append(found.name)
+        self._reply("303", " ".join(online))
+
+    def _on_userhost(self, params: list[str]) -> None:
+        self._need(params, 1, "USERHOST")
+        replies = []
+        for nick in params[:5]:
+            found = self.directory.presence(nick) if self.directory is not None else None
+            if found is not None:
+                replies.append(f"{found.name}={'-' if found.away else '+'}~u@{self.server}")
+        self._reply("302", " ".join(replies))
+
+    def _on_list(self, params: list[str]) -> ClientMessage:
+        return self._ask(ListRooms(), "LIST", params[0] if params else "")
+
+    def _on_topic(self, params: list[str]) -> ClientMessage | None:
+        self._need(params, 1, "TOPIC")
+        room = room_of(params[0])
+        if room is None:
+            raise _Numeric("403", params[0], "No such channel")
+        if len(params) == 1:
+            return self._ask(ListRooms(), "TOPIC", params[0])
+        if len(params[1]) > MAX_TOPIC or any(not char.isprintable() for char in params[1]):
+            raise _Numeric("417", "Topic too long or not printable")
+        return self._ask(SetTopic(room=room, topic=params[1]), "TOPIC", params[0])
+
+    def _on_away(self, params: list[str]) -> ClientMessage:
+        why = params[0] if params else ""
+        return self._ask(SetAway(msg=why[:MAX_TOPIC].replace("\t", " ")), "AWAY", why)
+
+    def _on_kick(self, params: list[str]) -> ClientMessage | None:
+        self._need(params, 2, "KICK")
+        room = room_of(params[0])
+        if room is None:
+            raise _Numeric("403", params[0], "No such channel")
+        reason = params[2] if len(params) > 2 else ""
+        nick = params[1].split(",")[0]
+        return self._ask(Kick(room=room, name=nick[:MAX_NAME], reason=reason[:MAX_TOPIC]), "KICK", params[0])
+
+    def _on_mode(self, params: list[str]) -> ClientMessage | None:
+        self._need(params, 1, "MODE")
+        target = params[0]
+        if not target.startswith("#"):
+            if self.nick is None or target.casefold() != self.nick.casefold():
+                raise _Numeric("502", "Can't change mode for other users")
+            if len(params) > 1:
+                self._answers.append(self._line("MODE", self.me, params[1], source=hostmask(self.me)))
+            else:
+                self._reply("221", "+i")
+            return None
+        room = room_of(target)
+        if room is None:
+            raise _Numeric("403", target, "No such channel")
+        if len(params) == 1:
+            modes = self.writer.modes.get(room, ())
+            self._reply("324", target, "+" + "".join(sorted(_MODE_LETTERS[m] for m in modes if m in _MODE_LETTERS)))
+            return None
+        changes = _mode_changes(params[1], params[2:])
+        if changes is None:
+            raise _Numeric("472", params[1], "is an unknown mode char to me")
+        requests: list[ClientMessage] = []
+        on: list[str] = []
+        off: list[str] = []
+        for sign, letter, argument in changes:
+            if letter == "b" and argument is None:
+                self._reply("368", target, "End of channel ban list")
+                continue
+            if letter in _LETTER_MODES:
+                (on if sign == "+" else off).append(_LETTER_MODES[letter])
+                continue
+            if argument is None:
+                raise _Numeric("461", "MODE", "Not enough parameters")
+            name = argument.split("!")[0][:MAX_NAME] or argument[:MAX_NAME]
+            match sign, letter:
+                case "+", "o":
+                    requests.append(Op(room=room, name=name))
+                case "-", "o":
+                    requests.append(Deop(room=room, name=name))
+                case "+", "v":
+                    requests.append(Voice(room=room, name=name, type="voice"))
+                case "-", "v":
+                    requests.append(Voice(room=room, name=name, type="devoice"))
+                case "+", "b":
+                    requests.append(Ban(room=room, name=name))
+                case _:
+                    requests.append(Unban(room=room, name=name))
+        if on or off:
+            requests.insert(0, SetModes(room=room, on=on, off=off))  # type: ignore[arg-type]
+        requests = [self._ask(request, "MODE", target) for request in requests]
+        if not requests:
+            return None
+        self._follow(requests[1:])
+        return requests[0]
+
+    def _on_chathistory(self, params: list[str]) -> ClientMessage | None:
+        self._need(params, 2, "CHATHISTORY")
+        sub = params[0].upper()
+        if sub == "TARGETS":
+            batch = self.writer.new_batch()
+            self._answers.append(self._line("BATCH", f"+{batch}", "draft/chathistory-targets"))
+            self._answers.append(self._line("BATCH", f"-{batch}"))
+            return None
+        target = params[1]
+        room = room_of(target)
+        if room is None:
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_TARGET", target, "Only channels keep history here")
+        limit_text = params[-1]
+        limit = min(int(limit_text), CHATHISTORY_LIMIT) if limit_text.isdigit() and int(limit_text) > 0 else 50
+        before: int | None = None
+        if sub == "BEFORE" and len(params) >= 4:
+            before = _msgid(params[2])
+            if before is None:
+                raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", params[2], "Give msgid=<id>")
+        elif sub != "LATEST":
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", sub, "Only LATEST and BEFORE are answered")
+        return self._ask(HistoryRequest(room=room, before=before, limit=limit), "CHATHISTORY", target)
+
+
+def _user_of(found: Presence) -> str:
+    return f"~{found.user_name}" if found.user_name else "~u"
+
+
+class _Numeric(Exception):
+    """A command refused with a numeric (or a FAIL), answered in its turn."""
+
+    def __init__(self, numeric: str, *params: str) -> None:
+        super().__init__(numeric)
+        self.numeric = numeric
+        self.params = params
+
+
+def _msgid(reference: str) -> int | None:
+    kind, _, value = reference.partition("=")
+    if kind == "msgid" and value.isdigit():
+        return int(value)
+    return None
+
+
+def _mode_changes(modes: str, arguments: list[str]) -> list[tuple[str, str, str | None]] | None:
+    """(sign, letter, argument) for each letter of a MODE string; None if one is not ours."""
+    changes: list[tuple[str, str, str | None]] = []
+    sign = "+"
+    queue = list(arguments)
+    for letter in modes:
+        if letter in "+-":
+            sign = letter
+            continue
+        if letter not in "bovmt":
+            return None
+        argument = queue.pop(0) if letter in "bov" and queue else None
+        changes.append((sign, letter, argument))
+    return changes
+
+
+class IrcRender:
+    """Writes a room's lines as IRC for every client with the same rendering capabilities, once per line."""
+
+    #: The capabilities that change how a room's lines look.
+    RENDERING = frozenset({"server-time", "message-tags", "account-tag", "extended-join"})
+    name = "irc"
+
+    def __init__(self, caps: frozenset[str], directory: Directory | None, server: str = "chat") -> None:
+        self.caps = caps
+        self.server = server
+        self.directory = directory
+        self._time = "server-time" in caps
+        self._msgid = "message-tags" in caps
+        self._account = "account-tag" in caps
+
+    def tags(self, time: str | None, msgid: str | None = None, name: str | None = None) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        if self._time and time:
+            tags["time"] = time
+        if self._msgid and msgid:
+            tags["msgid"] = msgid
+        if self._account and name is not None:
+            account = self.account_of(name)
+            if account:
+                tags["account"] = account
+        return tags
+
+    def account_of(self, name: str) -> str | None:
+        found = self.directory.presence(name) if self.directory is not None else None
+        return found.account if found is not None else None
+
+    def encode(self, line: Line) -> bytes:
+        message = line.message
+        match message:
+            case ChatMessage() | Action():
+                return self.said(message, channel(message.room))
+            case PrivateMessage():
+                tags = self.tags(_time(message), f"p{message.id}", message.name)
+                return _privmsg(hostmask(message.name), message.to, message.msg, tags)
+            case Topic():
+                tags = self.tags(_time(message), str(message.id))
+                return line_of("TOPIC", channel(message.room), message.topic, source=hostmask(message.name), tags=tags)
+            case Moderation():
+                return self.moderation(message)
+            case Joined():
+                tags = self.tags(_time(message), None, message.name)
+                if "extended-join" in self.caps:
+                    found = self.directory.presence(message.name) if self.directory is not None else None
+                    account = (found.account if found is not None else None) or "*"
+                    real = (found.real_name if found is not None else "") or message.name
+                    return line_of("JOIN", channel(message.room), account, real,
+                                   source=hostmask(message.name), tags=tags)
+                return line_of("JOIN", channel(message.room), source=hostmask(message.name), tags=tags)
+            case Left():
+                tags = self.tags(_time(message))
+                if message.reason == "part":
+                    return line_of("PART", channel(message.room), source=hostmask(message.name), tags=tags)
+                if message.reason == "kicked":
+                    return b""  # the kick's own line said it
+                if message.reason == "banned":
+                    return line_of("KICK", channel(message.room), message.name, "banned", source=self.server, tags=tags)
+                return line_of("QUIT", _quit_reason(message.reason), source=hostmask(message.name), tags=tags)
+            case Renamed():
+                return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(_time(message)))
+        return b""
+
+    def said(self, message: ChatMessage | Action, target: str, extra: dict[str, str] | None = None) -> bytes:
+        tags = self.tags(_time(message), str(message.id), message.name)
+        if extra:
+            tags.update(extra)
+        text = message.msg
+        if isinstance(message, Action):
+            return b"".join(
+                line("PRIVMSG", target, f"\x01ACTION {part}\x01", source=hostmask(message.name), tags=tags)
+                for part in split_text(text, MAX_BODY - 120 - len(target.encode()))
+            )
+        return _privmsg(hostmask(message.name), target, text, tags)
+
+    def moderation(self, message: Moderation) -> bytes:
+        tags = self.tags(_time(message), str(message.id), message.by)
+        target, source = channel(message.room), hostmask(message.by)
+        match message.action:
+            case "kick":
+                return line_of("KICK", target, message.name, message.reason or message.by, source=source, tags=tags)
+            case "ban" | "unban":
+                sign = "+" if message.action == "ban" else "-"
+                return line_of("MODE", target, f"{sign}b", f"{message.name}!*@*", source=source, tags=tags)
+            case "op" | "deop" | "voice" | "devoice":
+                sign = "+" if message.action in ("op", "voice") else "-"
+                letter = "o" if message.action in ("op", "deop") else "v"
+                return line_of("MODE", target, f"{sign}{letter}", message.name, source=source, tags=tags)
+            case "mode":
+                letters = ""
+                for change in message.name.split():
+                    mode_letter = _MODE_LETTERS.get(change[1:])
+                    if mode_letter is not None:
+                        letters += change[0] + mode_letter
+                if not letters:
+                    return line_of("NOTICE", target, f"{message.by} set {message.name}", source=self.server, tags=tags)
+                return line_of("MODE", target, letters, source=source, tags=tags)
+        said = f"{message.by} {message.action}d {message.name}" + (f": {message.reason}" if message.reason else "")
+        return line_of("NOTICE", target, said, source=self.server, tags=tags)
+
+
+def line_of(command: str, *params: str, source: str, tags: dict[str, str]) -> bytes:
+    return line(command, *params, source=source, tags=tags)
+
+
+def _privmsg(source: str, target: str, text: str, tags: dict[str, str]) -> bytes:
+    # A line an IRC client could send in one line goes on in one line (a little over 512 bytes with
+    # our prefix, as other servers do); longer text is cut to fit.
+    room = max(MAX_BODY - 14 - len(source.encode()) - len(target.encode()), MAX_BODY - 2)
+    return b"".join(line("PRIVMSG", target, part, source=source, tags=tags) for part in split_text(text, room))
+
+
+def _time(message: object) -> str | None:
+    stamp = getattr(message, "time", None)
+    if stamp is None:
+        return None
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"  # type: ignore[no-any-return]
+
+
+def _quit_reason(reason: str) -> str:
+    return {
+        "quit": "Quit",
+        "disconnected": "Connection closed",
+        "timeout": "Ping timeout",
+        "slow_consumer": "Slow consumer",
+        "excess_flood": "Excess flood",
+        "shutdown": "Server shutting down",
+    }.get(reason, reason)
+
+
+class IrcWriter:
+    """How Lines are written to one IRC client: a room's lines through the shared renderer for its
+    capabilities, the rest (replies, its own JOIN, history batches) in its own words.
+
+    A Line keeps no bytes for this object (`per_peer`): it is one client's, and its words change.
+    """
+
+    name = "irc"
+    per_peer = True
+
+    def __init__(self, connection: IrcConnection) -> None:
+        self._connection = connection
+        self._render: IrcRender | None = None
+        self._lock = threading.Lock()
+        #: Per room: the history lines still to come after a welcome or a history page, their batch,
+        #: and the thread that queues them (a history is rendered as it is queued, by the thread that
+        #: asked for it; the room's live lines, by the outbox's writer, are never taken for history).
+        self._history: dict[str, tuple[str | None, int, int]] = {}
+        self._batches = itertools.count(1)
+        self._quit: set[str] = set()
+        self._renamed: dict[str, str] = {}
+        #: Each joined room's modes, as its welcome and later mode lines said.
+        self.modes: dict[str, tuple[str, ...]] = {}
+        #: The keys of the rooms the client is in.
+        self.joined: set[str] = set()
+
+    def caps_changed(self) -> None:
+        self._render = None
+
+    @property
+    def render(self) -> IrcRender:
+        found = self._render
+        if found is None:
+            conn = self._connection
+            found = self._render = conn._dialect.renderer(conn.caps, conn.directory)
+        return found
+
+    def new_batch(self) -> str:
+        return f"h{next(self._batches)}"
+
+    def _numeric(self, numeric: str, *params: str) -> bytes:
+        return line(numeric, self._connection.me, *params, source=self._connection.server)
+
+    def encode(self, item: Line) -> bytes:
+        if isinstance(item, IrcLine):
+            return item.raw
+        message = item.message
+        conn = self._connection
+        me = conn.nick
+        match message:
+            case ChatMessage() | Action() | Topic() | Moderation():
+                with self._lock:
+                    pending = self._history.get(message.room)
+                    if pending is not None and pending[2] == threading.get_ident():
+                        return self._historic(item, message.room, pending[0], pending[1])
+                if isinstance(message, ChatMessage | Action) and message.name == me and "echo-message" not in conn.caps:
+                    return b""
+                if isinstance(message, Moderation):
+                    self._moderated(message, me)
+                return item.encoded(self.render)
+            case PrivateMessage():
+                if message.name == me and "echo-message" not in conn.caps:
+                    return b""
+                return item.encoded(self.render)
+            case Joined():
+                self._quit.discard(message.name)
+                return item.encoded(self.render)
+            case Left():
+                if message.reason not in ("part", "kicked", "banned"):
+                    if message.name in self._quit:
+                        return b""
+                    self._quit.add(message.name)
+                if message.name == me:
+                    self.modes.pop(message.room, None)
+                    self.joined.discard(room_key(message.room))
+                return item.encoded(self.render)
+            case Renamed():
+                if message.old == me and not conn.registered:  # the nick asked for at registration
+                    conn.nick = message.new
+                    return b""
+                if self._renamed.get(message.old) == message.new:
+                    return b""
+                self._renamed[message.old] = message.new
+                self._renamed.pop(message.new, None)
+                if message.old == me:
+                    conn.nick = message.new
+                return item.encoded(self.render)
+            case Welcome():
+                return self._welcome(message)
+            case Users():
+                return self._users(message)
+            case RoomList():
+                return self._rooms(message)
+            case HistoryPage():
+                return self._page(message)
+            case ServerNotice():
+                asked = conn.asking
+                if asked is not None and asked.command == "AWAY":
+                    if asked.target:
+                        return self._numeric("306", "You have been marked as being away")
+                    return self._numeric("305", "You are no longer marked as being away")
+                return line("NOTICE", me or "*", message.detail, source=self._connection.server)
+            case Away():
+                return self._numeric("301", message.name, message.msg)
+            case ErrorReply():
+                if message.code in CLOSING_ERRORS:
+                    return line("ERROR", message.detail)
+                return line("NOTICE", me or "*", message.detail, source=self._connection.server)
+            case Shutdown():
+                return line("ERROR", message.detail)
+            case ServerPing():
+                return line("PING", self._connection.server)
+            case ServerPong():
+                return line("PONG", self._connection.server, self._connection.server, source=self._connection.server)
+            case Notice() | SessionToken() | Gap() | Reset():
+                return line("NOTICE", me or "*", message.detail, source=self._connection.server)
+            case ReadMarker() | SearchResults():
+                # Answers to JSON requests (`read`, `search`) that no IRC command asks for; another
+                # device's read marker has no IRC form until draft/read-marker is offered.
+                return b""
+
+    def _moderated(self, message: Moderation, me: str | None) -> None:
+        if message.action == "mode":
+            modes = set(self.modes.get(message.room, ()))
+            for change in message.name.split():
+                (modes.add if change.startswith("+") else modes.discard)(change[1:])
+            self.modes[message.room] = tuple(sorted(modes))
+        elif message.action in ("kick", "ban") and message.name == me:
+            self.modes.pop(message.room, None)
+            self.joined.discard(room_key(message.room))
+
+    def _historic(self, item: Line, room: str, batch: str | None, left: int) -> bytes:
+        """One line of a replay (called under the lock): in its batch, and the batch's end after the last."""
+        message = item.message
+        extra = {"batch": batch} if batch else {}
+        render = self.render
+        if isinstance(message, ChatMessage | Action):
+            data = render.said(message, channel(room), extra)
+        else:
+            data = item.encoded(render)
+            if batch:
+                data = b"".join(_with_tags(part, extra) for part in data.split(b"\r\n") if part)
+        left -= 1
+        if left > 0:
+            self._history[room] = (batch, left, threading.get_ident())
+        else:
+            del self._history[room]
+            if batch:
+                data += line("BATCH", f"-{batch}", source=self._connection.server)
+        return data
+
+    def _open_history(self, room: str, count: int, kind: str = "chathistory") -> bytes:
+        """Expect `count` history lines of `room`; the batch's start, if the client takes batches."""
+        batched = "batch" in self._connection.caps
+        batch = self.new_batch() if batched else None
+        start = line("BATCH", f"+{batch}", kind, channel(room), source=self._connection.server) if batch else b""
+        if count <= 0:
+            return start + (line("BATCH", f"-{batch}", source=self._connection.server) if batch else b"")
+        with self._lock:
+            self._history[room] = (batch, count, threading.get_ident())
+        return start
+
+    def _welcome(self, welcome: Welcome) -> bytes:
+        conn = self._connection
+        me = welcome.name
+        conn.nick = me
+        self.modes[welcome.room] = tuple(welcome.modes)
+        self.joined.add(room_key(welcome.room))
+        target = channel(welcome.room)
+        if "extended-join" in conn.caps:
+            joined = line("JOIN", target, conn.account or "*", conn.real_name or me, source=hostmask(me))
+        else:
+            joined = line("JOIN", target, source=hostmask(me))
+        parts = [joined]
+        if welcome.topic:
+            parts.append(self._numeric("332", target, welcome.topic))
+        parts.append(self._names(target, welcome.users, welcome.roles))
+        parts.append(self._open_history(welcome.room, welcome.history))
+        return b"".join(parts)
+
+    def _names(self, target: str, users: list[str], roles: dict[str, str]) -> bytes:
+        full = "userhost-in-names" in self._connection.caps
+        shown = [_PREFIXES.get(roles.get(user, ""), "") + (hostmask(user) if full else user) for user in users]
+        out: list[bytes] = []
+        chunk: list[str] = []
+        for name in shown:
+            chunk.append(name)
+            if len(chunk) >= 20:
+                out.append(self._numeric("353", "=", target, " ".join(chunk)))
+                chunk = []
+        if chunk:
+            out.append(self._numeric("353", "=", target, " ".join(chunk)))
+        out.append(self._numeric("366", target, "End of /NAMES list"))
+        return b"".join(out)
+
+    def _users(self, users: Users) -> bytes:
+        asked = self._connection.asking
+        target = channel(users.room)
+        if asked is not None and asked.command == "WHO":
+            out = []
+            directory = self._connection.directory
+            server = self._connection.server
+            for user in users.users:
+                flags = ("G" if user in users.away else "H") + _PREFIXES.get(users.roles.get(user, ""), "")
+                found = directory.presence(user) if directory is not None else None
+                ident, real = (_user_of(found), found.real_name or user) if found is not None else ("~u", user)
+                out.append(self._numeric("352", target, ident, USER_HOST, server, user, flags, f"0 {real}"))
+            out.append(self._numeric("315", asked.target or target, "End of /WHO list"))
+            return b"".join(out)
+        return self._names(target, users.users, users.roles)
+
+    def _rooms(self, rooms: RoomList) -> bytes:
+        asked = self._connection.asking
+        if asked is not None and asked.command == "TOPIC":
+            for info in rooms.rooms:
+                if channel(info.room).casefold() == asked.target.casefold():
+                    if info.topic:
+                        return self._numeric("332", channel(info.room), info.topic)
+                    return self._numeric("331", channel(info.room), "No topic is set")
+            return self._numeric("403", asked.target, "No such channel")
+        wanted = {target.casefold() for target in asked.target.split(",") if target} if asked else set()
+        out = [self._numeric("321", "Channel", "Users  Name")]
+        for info in rooms.rooms:
+            if wanted and channel(info.room).casefold() not in wanted:
+                continue
+            if not info.users and not wanted:
+                continue  # as IRC has it, a channel with nobody in it is not listed (it is joinable)
+            out.append(self._numeric("322", channel(info.room), str(info.users), info.topic))
+        out.append(self._numeric("323", "End of /LIST"))
+        return b"".join(out)
+
+    def _page(self, page: HistoryPage) -> bytes:
+        return self._open_history(page.room, page.count)
+
+
+def _with_tags(data: bytes, extra: dict[str, str]) -> bytes:
+    """An IRC line (without its CRLF) with more tags; the CRLF put back."""
+    added = format_tags(extra).encode("utf-8")  # b"@k=v "
+    if data.startswith(b"@"):
+        return added[:-1] + b";" + data[1:] + b"\r\n"
+    return added + data + b"\r\n"

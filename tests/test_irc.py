@@ -1,0 +1,254 @@
+"""The IRC front door over real sockets: registration, channels, JSON and IRC clients seeing each
+other, history on join, limits, SASL and moderation."""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+import ssl
+
+import pytest
+import trustme
+
+from chat.server.config import ServerConfig
+from chat.testing import TIMEOUT, LineClient
+from chat.testing_irc import IrcClient
+from chat.wire.protocol import ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Welcome
+
+
+@pytest.fixture
+def irc_server(start_chat_server):
+    return start_chat_server(ServerConfig(irc_port=0, db=":memory:"))
+
+
+def irc(server) -> IrcClient:
+    return IrcClient(server.address_of("irc"))
+
+
+def test_registration_answers_001_to_005_with_the_pinned_isupport_and_a_motd(irc_server):
+    client = irc(irc_server)
+    lines = client.register("bob")
+    numerics = [line.split()[1] for line in lines]
+    assert numerics[:4] == ["001", "002", "003", "004"]
+    isupport = " ".join(line for line in lines if " 005 " in line)
+    for token in ("CHANTYPES=#", "PREFIX=(qov)~@+", "CASEMAPPING=", "NICKLEN=", "CHANNELLEN=", "TOPICLEN=",
+                  "UTF8ONLY", "CHATHISTORY=", "MSGREFTYPES="):
+        assert token in isupport
+    assert lines[-1].split()[1] == "376"
+
+
+def test_cap_ls_302_offers_the_pinned_caps_and_registration_waits_for_cap_end(irc_server):
+    client = irc(irc_server)
+    client.send("CAP LS 302", "NICK bob", "USER bob 0 * :Bob")
+    offered = client.expect("CAP * LS").split(":", 2)[2].split()
+    for cap in ("server-time", "message-tags", "echo-message", "sasl=PLAIN", "batch", "draft/chathistory",
+                "account-tag", "extended-join", "away-notify", "multi-prefix"):
+        assert cap in offered
+    client.send("CAP REQ :server-time bogus-cap")
+    assert "NAK" in client.expect("CAP * ")
+    client.send("PING sync")
+    assert "001" not in " ".join(client.until("PONG"))
+    client.send("CAP END")
+    client.expect(" 001 bob ")
+
+
+def test_commands_before_registration_get_451(irc_server):
+    client = irc(irc_server)
+    client.send("JOIN :")
+    assert " 451 " in client.read()
+
+
+def test_an_irc_and_a_json_client_talk_in_a_room_and_privately(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("JOIN #lobby")
+    names = bob.expect(" 353 ")
+    assert "alice" in names and "bob" in names
+    alice.expect(Joined, name="bob")
+    bob.send("PRIVMSG #lobby :hello from irc")
+    assert alice.expect(ChatMessage, msg="hello from irc").name == "bob"
+    alice.say("hello from json")
+    assert bob.expect("PRIVMSG #lobby").endswith(":hello from json")
+    alice.send({"type": "private", "to": "bob", "msg": "psst"})
+    assert bob.expect("PRIVMSG bob").startswith(":alice!")
+    bob.send("PRIVMSG alice :psst back")
+    assert alice.expect(PrivateMessage, name="bob").msg == "psst back"
+    bob.send("PART #lobby")
+    assert alice.expect(Left, name="bob").reason == "part"
+
+
+def test_an_irc_sender_gets_its_own_line_only_with_echo_message(irc_server):
+    plain, echoing = irc(irc_server), irc(irc_server)
+    plain.register("plain")
+    echoing.register("echoing", "echo-message")
+    for client in (plain, echoing):
+        client.send("JOIN #dev")
+        client.expect(" 366 ")
+    plain.send("PRIVMSG #dev :one", "PING sync")
+    assert not any("PRIVMSG" in line for line in plain.until("PONG"))
+    echoing.send("PRIVMSG #dev :two")
+    assert echoing.expect("PRIVMSG #dev", "two").startswith(":echoing!")
+
+
+def test_joining_replays_history_with_time_and_msgid_in_a_batch(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    said = alice.say_all(["first", "second"])
+    bob = irc(irc_server)
+    bob.register("bob", "server-time message-tags batch")
+    bob.send("JOIN #lobby")
+    lines = bob.until("BATCH -")
+    start = next(line for line in lines if "BATCH +" in line)
+    batch = start.split()[2][1:]
+    assert "chathistory #lobby" in start
+    replayed = [line for line in lines if "PRIVMSG" in line]
+    assert [line.rsplit(":", 1)[1] for line in replayed] == ["first", "second"]
+    assert f"msgid={said.id}" in replayed[-1] and f"batch={batch}" in replayed[-1]
+    stamp = re.search(r"time=([^;]+)", replayed[-1])
+    assert stamp is not None and stamp.group(1) == said.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_nick_in_use_gets_433_and_the_client_may_choose_another(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    bob = irc(irc_server)
+    bob.send("NICK alice", "USER x 0 * :x")
+    assert " 433 " in bob.expect(" 433 ")
+    bob.send("NICK bob")
+    bob.expect(" 001 bob ")
+
+
+def test_an_erroneous_nick_is_refused_with_432_never_mangled(irc_server):
+    bob = irc(irc_server)
+    bob.send("NICK #bob")
+    assert " 432 " in bob.read()
+
+
+def test_a_line_over_512_bytes_gets_417_and_the_connection_goes_on(irc_server):
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("PRIVMSG #lobby :" + "x" * 600, "PING after")
+    assert " 417 " in bob.read()
+    assert "PONG" in bob.read()
+
+
+def test_sasl_plain_logs_into_an_account_with_a_password_or_a_token(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "register", "password": "correct horse"})
+    token = alice.expect(SessionToken).token
+    alice.close()
+    first = irc(irc_server)
+    first.register("alice", password="correct horse")
+    assert any(" 900 " in line and "alice" in line for line in first.seen)
+    first.send("QUIT")
+    first.until("ERROR")
+    second = irc(irc_server)
+    second.register("alice", password=token)
+    wrong = irc(irc_server)
+    wrong.send("CAP LS 302", "NICK alice", "USER a 0 * :a", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    wrong.expect("AUTHENTICATE +")
+    wrong.send("AUTHENTICATE " + base64.b64encode(b"alice\0alice\0wrong password").decode())
+    assert " 904 " in wrong.expect(" 90")
+
+
+def test_a_json_owner_kicks_an_irc_user(irc_server):
+    owner = LineClient(irc_server.address)
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.expect(SessionToken)
+    owner.send({"type": "join", "room": "dev"})
+    owner.expect(Welcome, room="dev")
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("JOIN #dev")
+    assert "~owner" in bob.expect(" 353 ")
+    owner.send({"type": "kick", "room": "dev", "name": "bob", "reason": "out"})
+    kick = bob.expect("KICK")
+    assert kick.startswith(":owner!") and "#dev bob :out" in kick
+
+
+def test_the_registration_deadline_closes_a_silent_connection(start_chat_server):
+    server = start_chat_server(ServerConfig(irc_port=0, db=":memory:", join_timeout=0.2))
+    client = irc(server)
+    assert client.expect("ERROR").startswith("ERROR")
+    client.sock.settimeout(TIMEOUT)
+    with pytest.raises((ConnectionError, socket.timeout, OSError)):
+        while True:
+            client.read()
+
+
+def test_the_irc_tls_port_speaks_irc_over_tls(start_chat_server, tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    server = start_chat_server(ServerConfig(tls_cert=str(chain), tls_key=str(key), irc_tls_port=0, db=":memory:"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    client = IrcClient(server.address_of("irc-tls"), tls=context)
+    assert client.register("secure")[0].startswith(":chat 001 secure ")
+
+
+def test_irc_tls_port_without_a_certificate_is_refused():
+    from chat.server.tcp import listeners
+
+    with pytest.raises(OSError, match="irc-tls-port"):
+        listeners(ServerConfig(irc_tls_port=0))
+
+
+def test_an_irc_owner_moderates_with_kick_and_mode_and_a_guest_gets_482(irc_server):
+    owner = LineClient(irc_server.address)
+    owner.join("boss")
+    owner.send({"type": "register", "password": "boss password"})
+    owner.expect(SessionToken)
+    owner.close()
+    boss = irc(irc_server)
+    boss.register("boss", password="boss password")
+    boss.send("JOIN #ops")
+    assert "~boss" in boss.expect(" 353 ")
+    guest = LineClient(irc_server.address)
+    guest.join("guest")
+    guest.send({"type": "join", "room": "ops"})
+    guest.expect(Welcome, room="ops")
+    other = irc(irc_server)
+    other.register("other")
+    other.send("JOIN #ops")
+    other.expect(" 366 ")
+    other.send("KICK #ops guest :no")
+    assert " 482 " in other.expect(" 482 ")
+    boss.send("MODE #ops +m")
+    assert other.expect("MODE #ops").endswith("+m")
+    boss.send("KICK #ops guest :out")
+    assert guest.expect(Moderation, action="kick").by == "boss"
+    assert "KICK #ops guest :out" in other.expect("KICK")
+    guest.send({"type": "join", "room": "ops"})
+    guest.expect(Welcome, room="ops")
+    boss.send("MODE #ops +b guest")
+    assert guest.expect(Moderation, action="ban").name == "guest"
+    assert "MODE #ops +b guest!*@*" in other.expect("MODE #ops +b")
+    boss.send("MODE #ops")
+    assert boss.expect(" 324 ").endswith("+m")
+
+
+def test_chathistory_latest_and_before_answer_from_the_rooms_history_in_a_batch(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    last = alice.say_all([f"line {n}" for n in range(1, 6)])
+    bob = irc(irc_server)
+    bob.register("bob", "server-time message-tags batch draft/chathistory")
+    bob.send("JOIN #lobby")
+    bob.until("BATCH -")
+    bob.send("CHATHISTORY LATEST #lobby * 2")
+    lines = bob.until("BATCH -")
+    assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 4", "line 5"]
+    assert any("BATCH +" in line and "chathistory #lobby" in line for line in lines)
+    bob.send(f"CHATHISTORY BEFORE #lobby msgid={last.id - 1} 2")
+    lines = bob.until("BATCH -")
+    assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 2", "line 3"]
+    bob.send("CHATHISTORY AROUND #lobby msgid=1 2")
+    assert "FAIL CHATHISTORY" in bob.expect("FAIL")

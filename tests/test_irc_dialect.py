@@ -1,0 +1,213 @@
+"""The IRC dialect without sockets: framing and limits, registration and CAP, each command's
+request or numerics, and any bytes in giving numerics or requests, never an exception."""
+
+from __future__ import annotations
+
+import base64
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chat.errors import Refused
+from chat.server.config import ServerConfig
+from chat.server.dialects.base import Handled, LogIn, Request, Said
+from chat.server.dialects.irc import IrcConnection, IrcLine, nick_problem, room_of
+from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, IrcFramer, TooLong, parse
+from chat.server.session import Presence
+from chat.wire.protocol import Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
+
+
+class Directory:
+    def __init__(self, *names: str) -> None:
+        self.names = {name.casefold(): name for name in names}
+
+    def presence(self, name: str) -> Presence | None:
+        found = self.names.get(name.casefold())
+        return Presence(found, None, None, ("dev",)) if found else None
+
+
+def connection(*others: str) -> IrcConnection:
+    conn = IrcConnection(ServerConfig(flood_rate=0))
+    conn.attach(Directory(*others))
+    return conn
+
+
+def feed(conn: IrcConnection, *lines: str) -> list[object]:
+    """Every request due after `lines`, with each one's served (successfully); the answers stay queued."""
+    conn.receive_data(b"".join(line.encode() + b"\r\n" for line in lines), 0.0)
+    out: list[object] = []
+    while (due := conn.next_request(0.0)) is not None:
+        out.append(due)
+        conn.served(due, None)
+    return out
+
+
+def said(conn: IrcConnection) -> list[str]:
+    return [answer.raw.decode() for answer in conn.answers_to_send() if isinstance(answer, IrcLine)]
+
+
+def registered(nick: str = "bob", *others: str) -> IrcConnection:
+    conn = connection(*others)
+    [due] = [d for d in feed(conn, f"NICK {nick}", f"USER {nick} 0 * :{nick}") if not isinstance(d, Handled)]
+    assert isinstance(due, Request) and isinstance(due.message, LogIn)
+    assert due.message.join.name == nick
+    said(conn)
+    return conn
+
+
+def test_the_framer_cuts_on_lf_drops_cr_and_reports_over_long_lines():
+    framer = IrcFramer()
+    assert framer.feed(b"PING a\r\nPING b\nPI") == [b"PING a", b"PING b"]
+    assert framer.feed(b"NG c\r\n") == [b"PING c"]
+    assert framer.feed(b"x" * MAX_BODY + b"\r\n") == [TooLong(False)]
+    assert framer.feed(b"@" + b"t" * MAX_TAGS + b" PING x\r\n") == [TooLong(True)]
+    assert framer.feed(b"@" + b"t" * (MAX_CLIENT_TAGS + 1) + b" PING x\r\n") == [TooLong(True)]
+    assert framer.feed(b"@" + b"t" * MAX_CLIENT_TAGS + b" PING x\r\n") == [b"@" + b"t" * MAX_CLIENT_TAGS + b" PING x"]
+    assert framer.feed(b"@" + b"t" * 100 + b" PING x\r\n") == [b"@" + b"t" * 100 + b" PING x"]
+
+
+def test_parse_reads_tags_source_command_and_trailing():
+    message = parse(b"@a=b\\sc;d :src privmsg #dev :hello there")
+    assert message.tags == {"a": "b c", "d": ""}
+    assert message.source == "src"
+    assert message.command == "PRIVMSG"
+    assert message.params == ["#dev", "hello there"]
+
+
+def test_registration_waits_for_cap_end_and_welcomes_after_the_login():
+    conn = connection()
+    assert all(isinstance(d, Handled) for d in feed(conn, "CAP LS 302", "NICK bob", "USER b 0 * :B"))
+    assert any("CAP * LS" in line and "sasl=PLAIN" in line for line in said(conn))
+    feed(conn, "CAP REQ :server-time batch")
+    assert any("ACK" in line for line in said(conn))
+    [due] = feed(conn, "CAP END")
+    assert isinstance(due, Request) and isinstance(due.message, LogIn)
+    welcome = said(conn)
+    assert [line.split()[1] for line in welcome[:5]] == ["001", "002", "003", "004", "005"]
+    assert conn.caps == {"server-time", "batch"}
+
+
+def test_commands_before_registration_get_451():
+    conn = connection()
+    feed(conn, "JOIN :", "PRIVMSG #dev :x")
+    assert [line.split()[1] for line in said(conn)] == ["451", "451"]
+
+
+def test_a_refused_login_is_433_and_registration_may_go_on():
+    conn = connection()
+    conn.receive_data(b"NICK alice\r\nUSER a 0 * :a\r\n", 0.0)
+    assert isinstance(conn.next_request(0.0), Handled)
+    due = conn.next_request(0.0)
+    assert isinstance(due, Request) and isinstance(due.message, LogIn)
+    [refusal] = conn.served(due, Refused("name_taken", "taken")) or []
+    assert isinstance(refusal, IrcLine) and refusal.raw.split()[1] == b"433"
+    [due] = feed(conn, "NICK bob")
+    assert isinstance(due, Request) and isinstance(due.message, LogIn)
+
+
+def test_sasl_plain_becomes_a_login_with_the_password_also_tried_as_a_token():
+    conn = connection()
+    feed(conn, "CAP LS 302", "NICK x", "USER x 0 * :x", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    assert "AUTHENTICATE +\r\n" in said(conn)
+    payload = base64.b64encode(b"alice\0alice\0secret password").decode()
+    [due] = feed(conn, f"AUTHENTICATE {payload}")
+    assert isinstance(due, Request) and isinstance(due.message, LogIn)
+    assert due.message.join == Join(name="alice", password="secret password", token="secret password")
+    assert [line.split()[1] for line in said(conn)] == ["900", "903"]
+    feed(conn, "CAP END")
+    assert said(conn)[0].startswith(":chat 001 alice ")
+
+
+def test_each_command_maps_to_the_hubs_request():
+    conn = registered()
+    conn.writer.joined.add("dev")  # as its welcome to #dev would have
+    cases = {
+        "JOIN #dev": Join(room="dev"),
+        "PART #dev": Part(room="dev"),
+        "PRIVMSG #dev :hi": SendMessage(room="dev", msg="hi"),
+        "PRIVMSG #dev :\x01ACTION waves\x01": SendAction(room="dev", msg="waves"),
+        "PRIVMSG alice :psst": SendPrivate(to="alice", msg="psst"),
+        "NAMES #dev": Who(room="dev"),
+        "WHO #dev": Who(room="dev"),
+        "KICK #dev alice :go": Kick(room="dev", name="alice", reason="go"),
+        "MODE #dev +m": SetModes(room="dev", on=["moderated"]),
+    }
+    for command, expected in cases.items():
+        [due] = feed(conn, command)
+        got = due.lines[0] if isinstance(due, Said) else due.message  # type: ignore[union-attr]
+        assert got == expected, command
+
+
+def test_lines_to_a_channel_not_joined_get_404_and_a_part_of_it_442():
+    conn = registered()
+    feed(conn, "PRIVMSG #dev :hi", "NOTICE #dev :quiet", "PART #dev")
+    assert [line.split()[1] for line in said(conn)] == ["404", "442"]
+
+
+def test_join_of_several_channels_is_one_request_each():
+    conn = registered()
+    dues = feed(conn, "JOIN #a,#b,bad")
+    assert [d.message for d in dues if isinstance(d, Request)] == [Join(room="a"), Join(room="b")]
+    assert any(" 403 " in line for line in said(conn))
+
+
+def test_numerics_answered_here():
+    conn = registered("bob", "alice")
+    feed(conn, "PING tok", "ISON alice carol", "USERHOST alice", "WHOIS carol", "FROB", "PRIVMSG #dev")
+    lines = said(conn)
+    assert lines[0] == ":chat PONG chat tok\r\n"
+    assert lines[1] == ":chat 303 bob alice\r\n"
+    assert lines[2].startswith(":chat 302 bob alice=+")
+    assert [line.split()[1] for line in lines[3:]] == ["401", "318", "421", "412"]
+
+
+def test_nicks_and_channels_irc_cannot_carry_are_refused():
+    assert nick_problem("bob") is None
+    for bad in ("#bob", "b ob", "1bob", "bo,b", "", "x" * 40):
+        assert nick_problem(bad) is not None
+    assert room_of("#dev") == "dev"
+    assert room_of("dev") is None
+    assert room_of("#" + "x" * 40) is None
+
+
+def test_a_line_over_the_limit_is_417_and_the_next_line_is_read():
+    conn = registered()
+    conn.receive_data(b"PRIVMSG #dev :" + b"x" * 600 + b"\r\nPING x\r\n", 0.0)
+    assert said(conn)[0].split()[1] == "417"
+    assert isinstance(conn.next_request(0.0), Handled)
+    assert "PONG" in said(conn)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=600), max_size=8), st.booleans())
+def test_any_bytes_give_numerics_or_requests_never_an_exception(chunks, register_first):
+    conn = registered() if register_first else connection()
+    for chunk in chunks:
+        conn.receive_data(chunk, 0.0)
+        while (due := conn.next_request(0.0)) is not None:
+            assert isinstance(due, Request | Said | Handled)
+            conn.served(due, None)
+        for answer in conn.answers_to_send():
+            assert isinstance(answer, IrcLine) or answer is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["NICK", "USER", "CAP", "JOIN", "PRIVMSG", "MODE", "KICK", "AUTHENTICATE",
+                                  "CHATHISTORY", "TOPIC", "WHO", "AWAY", "PART", "NAMES", "LIST"]), max_size=6),
+       st.lists(st.text(max_size=40), max_size=5))
+def test_any_command_with_any_params_never_raises(commands, params):
+    conn = registered()
+    for command in commands:
+        text = " ".join([command, *[p.replace("\r", "").replace("\n", "") for p in params]])
+        conn.receive_data(text.encode() + b"\r\n", 0.0)
+        while (due := conn.next_request(0.0)) is not None:
+            conn.served(due, Refused("not_in_room", "no"))
+        conn.answers_to_send()
+
+
+def test_a_sasl_exchange_that_never_ends_is_refused_not_kept():
+    conn = connection()
+    feed(conn, "CAP LS 302", "NICK x", "USER x 0 * :x", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    said(conn)
+    feed(conn, *["AUTHENTICATE " + "A" * 400] * 20)
+    assert any(" 904 " in line for line in said(conn))
