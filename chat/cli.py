@@ -223,6 +223,10 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     if server.plain_address is not None:
         log.info("plain lines (no TLS) on %s:%s", *server.plain_address)
         plain.append(server.plain_address[0])
+    if server.web_address is not None:
+        log.info("web listening on %s:%s", *_url_host(*server.web_address))
+        if server.tls_context is None:
+            plain.append(server.web_address[0])
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     notify_systemd(f"READY=1\nSTATUS=listening on {host!s}:{port}")

@@ -36,6 +36,8 @@ from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
+from chat.server.web import WebSite, package_files
+from chat.server.webtransport import WsTransport
 from chat.wire.codec import encode_error, error_reply
 from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
 from chat.wire.text import quoted
@@ -76,7 +78,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
         label = peer_label(self.client_address)
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = self._secure(label) if self.listener.tls else TcpTransport(self.request)
+        transport: Transport | None
+        if self.listener.web:
+            transport = self._open_web(label)
+        else:
+            transport = self._secure(label) if self.listener.tls else TcpTransport(self.request)
         if transport is None:
             return
         self.transport: Transport = transport
@@ -114,6 +120,22 @@ class ChatHandler(socketserver.BaseRequestHandler):
             log.info("%s: TLS handshake failed (%s); closing", label, exc)
             return None
         return transport
+
+    def _open_web(self, label: str) -> WsTransport | None:
+        """The web port: TLS if it speaks it, then the HTTP request by a deadline. A page or a
+        refusal is answered here and the connection ends (None); /ws becomes a WebSocket."""
+        server = self.server
+        inner = self._secure(label) if self.listener.tls else TcpTransport(self.request)
+        if inner is None:
+            return None
+        transport = WsTransport(inner, max_message=4 * server.config.max_line)
+        try:
+            deadline = time.monotonic() + server.config.tls_handshake_timeout
+            if transport.handshake(server.web_site, deadline, secure=self.listener.tls):
+                return transport
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.info("%s: no WebSocket (%s); closing", label, exc)
+        return None
 
     def _serve(self, session: Session[Peer], connection: Connection) -> LeaveReason:
         """Read and serve requests until the client leaves or is cut off; why it went."""
@@ -264,6 +286,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 exempt=parse_networks(config.limit_exempt),
             )
         )
+        #: What the web port serves (--web-port): the page's files, and which origins' WebSockets it takes.
+        self.web_site = WebSite(package_files() if config.web_port is not None else {}, config.web_origin)
         #: The TLS settings new connections get (None: plaintext); reload_tls() swaps it.
         self.tls_context = self._load_tls() if config.tls_cert or config.tls_key else None
         self._handlers: set[threading.Thread] = set()
@@ -321,6 +345,14 @@ class ChatServer(socketserver.ThreadingTCPServer):
         """Where the plaintext listener beside the TLS one listens, if there is one."""
         for other in self._others:
             if other.listener.name == "plain":
+                return str(other.server_address[0]), int(other.server_address[1])
+        return None
+
+    @property
+    def web_address(self) -> tuple[str, int] | None:
+        """Where the web client is served (--web-port), if it is."""
+        for other in self._others:
+            if other.listener.web:
                 return str(other.server_address[0]), int(other.server_address[1])
         return None
 
@@ -506,6 +538,8 @@ class Listener:
     address: tuple[str, int]
     tls: bool
     dialect: Dialect
+    #: Its connections open with HTTP: the web client's files, or a WebSocket carrying the dialect.
+    web: bool = False
 
 
 def listeners(config: ServerConfig) -> list[Listener]:
@@ -521,6 +555,8 @@ def listeners(config: ServerConfig) -> list[Listener]:
             raise OSError("--plain-port is for a server that speaks TLS (--tls-cert, --tls-key)")
         host = config.host if config.allow_plaintext else ("::1" if ":" in config.host else "127.0.0.1")
         found.append(Listener("plain", (host, config.plain_port), False, JsonLinesConnection))
+    if config.web_port is not None:
+        found.append(Listener("web", (config.host, config.web_port), tls, JsonLinesConnection, web=True))
     return found
 
 

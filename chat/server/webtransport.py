@@ -1,0 +1,177 @@
+"""A WebSocket over a socket's transport (plain or TLS): an HTTP request by a deadline, then lines in frames.
+
+The handler thread reads (`handshake`, then `receive`: frames in, line bytes out) and the
+outbox's writer sends (`try_send`: whole lines in, one text frame out, never blocking),
+through one small lock around the WebSocketStream; frame bytes the socket would not take
+yet wait here, as TLS records wait in TlsTransport.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+
+from chat.server.transport import TcpTransport
+from chat.server.web import WebSite, WebSocketStream
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+
+
+class WsTransport:
+    """The Transport of a WebSocket connection, over `inner` (a TcpTransport or TlsTransport)."""
+
+    buffers = True
+    #: Line bytes framed per call at most, so that a slow reader's frames stay small.
+    MAX_FRAME = 256 * 1024
+
+    def __init__(self, inner: TcpTransport, max_message: int) -> None:
+        self.inner = inner
+        self.sock = inner.sock
+        self._stream = WebSocketStream(max_message)
+        self._lock = threading.Lock()
+        self._wire = bytearray()  # frame bytes the inner transport has not taken yet
+        self._early = b""  # line bytes that came with the HTTP request
+        self._broken = False
+        self._read_shut = False
+
+    # --- the handler thread ------------------------------------------------------------------
+
+    def handshake(self, site: WebSite, deadline: float, secure: bool) -> bool:
+        """Read the HTTP request by `deadline` (time.monotonic()) and answer it: True once upgraded
+        to a WebSocket, False if it got a page or a refusal (then close). Raises TimeoutError,
+        or ConnectionError if the peer closes first."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        data = self.inner.receive(b"")  # bytes that came with the end of a TLS handshake
+        while True:
+            with self._lock:
+                if data:
+                    self._early += self._stream.receive_data(data)
+                request = self._stream.request
+                if request is None and self._stream.eof:
+                    self._wire += self._stream.data_to_send()  # a 4xx for what was no HTTP request
+                    break
+            if request is not None:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                raise TimeoutError("no complete HTTP request in time")
+            raw = self.sock.recv(_READ_SIZE)
+            if not raw:
+                raise ConnectionError("the peer closed before its HTTP request was complete")
+            received = self.inner.receive(raw)
+            if received is None:
+                raise ConnectionError("the peer closed TLS before its HTTP request was complete")
+            data = received
+        upgraded = False
+        if request is not None:
+            response = site.respond(request, secure)
+            with self._lock:
+                if response is None:
+                    upgraded = self._stream.accept(request)
+                else:
+                    self._stream.respond(response)
+                self._wire += self._stream.data_to_send()
+            log.debug("%s %s -> %s", request.path[:200], "upgrade" if response is None else response.status_code,
+                      "open" if upgraded else "closing")
+        self._send_all(deadline)
+        return upgraded
+
+    def receive(self, data: bytes) -> bytes | None:
+        """The line bytes in `data` just received (b"" if none is complete yet); None once the WebSocket is closed."""
+        plain = self.inner.receive(data)
+        with self._lock:
+            early, self._early = self._early, b""
+            lines = early + (self._stream.receive_data(plain) if plain else b"")
+            if plain is None:
+                lines += self._stream.receive_eof()
+            closed = self._stream.closed
+            self._wire += self._stream.data_to_send()
+            self._flush_locked()
+        if closed and not lines:
+            return None
+        if closed and not self._read_shut:
+            # What came with the close still counts; then the handler reads the end of input.
+            self._read_shut = True
+            try:
+                self.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # already gone: the next read says so
+        return lines
+
+    # --- the writer thread -------------------------------------------------------------------
+
+    def try_send(self, data: memoryview | bytes) -> int | None:
+        with self._lock:
+            if not self._flush_locked():
+                return None
+            if self._wire or not data:
+                return 0  # the socket still has the last frame to take: no more yet
+            if not self._stream.open:
+                return None  # closing: no more frames may go out
+            chunk = bytes(data[: self.MAX_FRAME])
+            end = chunk.rfind(b"\n") + 1
+            if 0 < end < len(chunk):
+                chunk = chunk[:end]  # whole lines per frame; a longer line goes out whole
+            elif end == 0 and len(chunk) < len(data):
+                tail = bytes(data[len(chunk) :])
+                chunk += tail[: tail.find(b"\n") + 1] if b"\n" in tail else tail
+            self._stream.send_lines(chunk)
+            self._wire += self._stream.data_to_send()
+            if not self._flush_locked():
+                return None
+            return len(chunk)
+
+    def wants_write(self) -> bool:
+        return (bool(self._wire) or self.inner.wants_write()) and not self._broken
+
+    def shutdown(self) -> None:
+        """Say goodbye with a close frame if it fits now, then stop both directions."""
+        with self._lock:
+            if not self._broken and not self._wire:
+                self._stream.close()
+                self._wire += self._stream.data_to_send()
+                self._flush_locked()
+        self.inner.shutdown()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def has_input(self) -> bool:
+        return self.inner.has_input()
+
+    # --- inside ---------------------------------------------------------------------------------
+
+    def _flush_locked(self) -> bool:
+        """Hand waiting frame bytes to the inner transport; False once it is broken."""
+        if self._broken:
+            return False
+        while self._wire or self.inner.wants_write():
+            with memoryview(self._wire) as view:
+                sent = self.inner.try_send(view)
+            if sent is None:
+                self._broken = True
+                return False
+            if not sent:
+                break
+            del self._wire[:sent]
+        return True
+
+    def _send_all(self, deadline: float) -> None:
+        """During the handshake only (nothing else writes yet): send the answer by `deadline`."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        while True:
+            with self._lock:
+                if not self._flush_locked():
+                    raise ConnectionError("the connection broke while its HTTP answer was sent")
+                if not self.wants_write():
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                raise TimeoutError("the HTTP answer was not taken in time")
