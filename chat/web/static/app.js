@@ -357,10 +357,7 @@
     buf.sinceSent = false;
     if (m.more === 0 && m.history === 0 && !buf.lines.length) buf.more = 0;
     const saved = loadSaved();
-    if (state.fresh && saved && saved.readIds && saved.readIds[m.room] && buf.marker === null) {
-      buf.readId = saved.readIds[m.room];
-      if (m.last_id > buf.readId) buf.marker = buf.readId;
-    }
+    if (state.fresh && buf.readId && m.last_id > buf.readId && buf.marker === null) buf.marker = buf.readId;
     send({ type: 'who', room: m.room });
     if (first) {
       if (state.registerWith) {
@@ -650,12 +647,12 @@
       time.dateTime = line.time;
       time.title = date.toLocaleString();
     }
-    row.append(time);
+    row.append(time, document.createTextNode(' '));
     const nick = (name) => el('span', 'nick', name);
     switch (line.kind) {
       case 'message':
       case 'private':
-        row.append(nick(line.name), el('span', 'sep', ' '), text(line.msg));
+        row.append(nick(line.name), document.createTextNode(': '), text(line.msg));
         if (fold(line.name) !== fold(state.me) && mentions(line.msg)) row.classList.add('mention');
         break;
       case 'action':
@@ -820,7 +817,7 @@
 
   function activate(key) {
     const previous = state.buffers.get(state.active);
-    if (previous) previous.marker = null;
+    if (previous && previous.key !== key) previous.marker = null;
     const buf = state.buffers.get(key);
     if (!buf) return;
     state.active = key;
@@ -1176,7 +1173,12 @@
     }
     $('name').value = saved.name;
     $('me-name').textContent = saved.name;
-    for (const room of saved.rooms || []) buffer('room', room).wanted = true;
+    for (const room of saved.rooms || []) {
+      const buf = buffer('room', room);
+      buf.wanted = true;
+      buf.lastId = (saved.lastIds || {})[room] || 0; // the resume's `since`
+      buf.readId = (saved.readIds || {})[room] || 0; // where "new since you left" goes
+    }
     for (const name of saved.conversations || []) buffer('private', name);
     if (saved.active && state.buffers.has(saved.active)) activate(saved.active);
     showApp();
