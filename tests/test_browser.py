@@ -7,6 +7,7 @@ without a browser, except where CHAT_REQUIRE_BROWSER says it must run (.ci/run s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,13 @@ def web(start_chat_server: Callable[..., Any], browser: Any) -> Iterator[Callabl
             if name is not None:
                 login(page, name)
             return page
+
+        def restart(self) -> None:
+            """Stop the server and start it again on the same ports, with the same configuration."""
+            old = self.server
+            old.stop(TIMEOUT)
+            config = dataclasses.replace(old.config, web_port=old.web_address[1])
+            self.server = start_chat_server(config, port=old.port)
 
         def client(self, name: str) -> LineClient:
             client = LineClient(self.server.address)
@@ -329,3 +337,59 @@ def test_an_account_registers_from_the_page_and_logs_in_again_after_logging_out(
     login(alice, "alice", "correct horse battery")
     say(alice, "back with my account")
     expect(log_lines(alice).last).to_contain_text("alice: back with my account")
+
+
+def test_scrolling_back_fetches_older_history_and_keeps_the_page_bounded(web):
+    from playwright.sync_api import expect
+
+    site = web(flood_rate=0, history=50)
+    carol = site.client("carol")
+    carol.say_all(f"old {i}" for i in range(1200))
+    alice = site.page("alice")
+    log = alice.get_by_role("log")
+    expect(log.locator(".line").last).to_contain_text("old 1199")
+    expect(log.get_by_text("old 1150", exact=True)).to_have_count(1)
+    scroller = alice.locator("#scroller")
+    most = 0
+    for _ in range(200):  # each step back shows or fetches a page; bounded however it goes
+        if log.get_by_text("old 0", exact=True).count():
+            break
+        scroller.evaluate("node => { node.scrollTop = 0; node.dispatchEvent(new Event('scroll')); }")
+        alice.wait_for_function("document.getElementById('log').querySelector('.line')")
+        most = max(most, log.locator(".line").count())
+    expect(log.get_by_text("old 0", exact=True)).to_be_visible()
+    assert most <= 400, f"{most} lines in the page at once"
+    ids = [int(i) for i in log.locator(".line[data-id]").evaluate_all("nodes => nodes.map(n => n.dataset.id)")]
+    assert ids == sorted(ids) and len(ids) == len(set(ids)), "older pages land in order, each line once"
+    expect(log.get_by_role("separator").first).to_be_attached()  # the day the history starts
+    alice.keyboard.press("Alt+1")  # the room again: back to its newest line, following it
+    carol.say("new at the bottom")
+    expect(log.locator(".line").last).to_contain_text("carol: new at the bottom")
+    assert log.locator(".line").count() <= 400
+
+
+def test_the_page_shows_it_is_offline_and_resumes_after_a_server_restart(web, tmp_path):
+    from playwright.sync_api import expect
+
+    site = web(db=str(tmp_path / "chat.db"))
+    alice = site.page("alice")
+    carol = site.client("carol")
+    carol.say("before the restart")
+    expect(log_lines(alice).last).to_contain_text("before the restart")
+    carol.close()
+    alice.evaluate("""() => {
+        window.__states = [];
+        const state = document.getElementById('state');
+        new MutationObserver(() => window.__states.push(state.dataset.state))
+            .observe(state, { attributes: true, attributeFilter: ['data-state'] });
+    }""")
+    site.restart()
+    state = alice.get_by_role("status")
+    alice.wait_for_function("window.__states.includes('offline')")
+    expect(state).to_have_attribute("data-state", "connected")
+    assert alice.evaluate("window.__states")[-1] == "connected"
+    carol = site.client("carol")
+    carol.say("after the restart")
+    log = alice.get_by_role("log")
+    expect(log_lines(alice).last).to_contain_text("after the restart")
+    expect(log.get_by_text("before the restart")).to_have_count(1)

@@ -209,3 +209,25 @@ def test_the_web_port_speaks_https_and_wss_only_with_tls(web_server, ca, tmp_pat
         get(server, "/").read()
     bob.close()
     alice.close()
+
+
+def test_the_per_address_limit_holds_on_the_web_port_and_says_so_in_http(web_server):
+    server = web_server(max_per_address=1, limit_exempt="")
+    alice = WebClient(ws_url(server))
+    alice.send({"type": "join", "name": "alice"})
+    alice.expect("welcome")
+    refused = socket.create_connection(server.web_address, timeout=TIMEOUT)
+    answer = refused.recv(4096)  # sent at once, before any request: it is refused on accepting
+    assert answer.startswith(b"HTTP/1.1 429 ") and b"too_many_connections" in answer
+    refused.close()
+    alice.send({"type": "message", "msg": "still here"})
+    assert alice.expect("message")["msg"] == "still here"
+
+
+def test_the_log_says_where_the_web_client_is(chat_server_process):
+    process = chat_server_process("--web-port", "0")
+    line = process.wait_for_log(r"web listening on 127\.0\.0\.1:\d+")
+    port = int(line.rsplit(":", 1)[1])
+    page = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    page.request("GET", "/")
+    assert page.getresponse().status == 200

@@ -36,7 +36,7 @@ from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
-from chat.server.web import WebSite, package_files
+from chat.server.web import WebSite, http_refusal, package_files
 from chat.server.webtransport import WsTransport
 from chat.wire.codec import encode_error, error_reply
 from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerMessage, ServerPing, Shutdown
@@ -426,8 +426,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
         _serve_both_families(self.socket)
         super().server_bind()
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """On the accepting thread: whether this connection gets a handler. Never blocks."""
+    def verify_request(self, request: Any, client_address: Any, listener: Listener | None = None) -> bool:
+        """On the accepting thread: whether this connection gets a handler (on `listener`, this
+        server's own if None). Never blocks."""
         sock = cast(socket.socket, request)
         host = str(client_address[0])
         try:
@@ -448,7 +449,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             return True
         if self.addresses.may_log(host):
             log.warning("%s refused: %s", peer_label(client_address), refusal.code)
-        _refuse(sock, encode_error(refusal))
+        web = listener is not None and listener.web
+        _refuse(sock, http_refusal(refusal) if web else encode_error(refusal))
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -579,7 +581,7 @@ class _Listener(socketserver.TCPServer):
         super().server_bind()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.main.verify_request(request, client_address)
+        return self.main.verify_request(request, client_address, self.listener)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.main.start_handler(request, client_address, self.listener)

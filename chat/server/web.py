@@ -22,6 +22,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from chat.errors import Refused
+
 log = logging.getLogger(__name__)
 
 #: Where the WebSocket is; every other path is a file of the page.
@@ -110,6 +112,14 @@ class WebSite:
 def text_response(status: http.HTTPStatus, text: str) -> Response:
     """A short plain-text answer, then the connection closes."""
     return _response(status, [("Content-Type", "text/plain; charset=utf-8")], text.encode())
+
+
+def http_refusal(refusal: Refused) -> bytes:
+    """A connection refused before it was read (too many from its address, a full server), in HTTP."""
+    status = http.HTTPStatus.TOO_MANY_REQUESTS if refusal.code == "too_many_connections" else (
+        http.HTTPStatus.SERVICE_UNAVAILABLE
+    )
+    return text_response(status, f"{refusal.code}: {refusal}\n").serialize()
 
 
 def _response(status: http.HTTPStatus, headers: list[tuple[str, str]], body: bytes) -> Response:

@@ -584,7 +584,9 @@
       log.replaceChildren();
       return;
     }
-    const stick = atBottom() || kind === 'all-bottom';
+    if (kind === 'all-bottom' || log.bufferKey !== buf.key) buf.following = true;
+    // Following: the reader is at the newest line, and stays there as lines come.
+    const stick = buf.following !== false;
     if (kind === 'append' && log.lastRendered !== undefined && log.bufferKey === buf.key) {
       const fragment = document.createDocumentFragment();
       let day = log.lastDay;
@@ -606,12 +608,15 @@
       let day = '';
       const end = Math.min(buf.lines.length, buf.shownFrom + MAX_DOM);
       for (let i = buf.shownFrom; i < end; i += 1) day = renderLine(fragment, buf, i, day);
-      const before = scroller.scrollHeight - scroller.scrollTop;
+      // Scrolled back, the line at the top of the view stays where it is while lines come and go.
+      const anchor = stick ? null : [...log.children].find((node) => node.dataset.id && node.offsetTop >= scroller.scrollTop);
+      const offset = anchor ? anchor.offsetTop - scroller.scrollTop : 0;
       log.replaceChildren(fragment);
       log.lastRendered = end - 1;
       log.lastDay = day;
       log.bufferKey = buf.key;
-      if (!stick) scroller.scrollTop = scroller.scrollHeight - before;
+      const again = anchor ? log.querySelector(`[data-id="${Number(anchor.dataset.id)}"]`) : null;
+      if (again) scroller.scrollTop = again.offsetTop - offset;
     }
     $('older').hidden = !(buf.kind === 'room' && (buf.shownFrom > 0 || buf.more !== 0));
     if (stick) scroller.scrollTop = scroller.scrollHeight;
@@ -1127,11 +1132,14 @@
   });
   $('older').addEventListener('click', () => showOlder());
 
+  // Back in time: lines kept here first, then pages fetched from the server; the window of lines
+  // in the page moves, so however far back one scrolls, the page holds at most MAX_DOM of them.
   function showOlder() {
     const buf = state.buffers.get(state.active);
     if (!buf) return;
     if (buf.shownFrom > 0) {
       buf.shownFrom = Math.max(0, buf.shownFrom - PAGE);
+      buf.following = false;
       scheduleRender('all');
     } else {
       fetchOlder(buf);
@@ -1140,12 +1148,20 @@
 
   $('scroller').addEventListener('scroll', () => {
     const scroller = $('scroller');
-    if (scroller.scrollTop < 40) showOlder();
-    if (atBottom()) {
-      const buf = state.buffers.get(state.active);
-      if (buf && buf.shownFrom + MAX_DOM < buf.lines.length) scheduleRender('all-bottom');
-      else if (buf && !document.hidden) markRead(buf);
+    const buf = state.buffers.get(state.active);
+    const log = $('log');
+    if (!buf || log.bufferKey !== buf.key) return;
+    if (scroller.scrollTop < 40 && scroller.scrollHeight > scroller.clientHeight) showOlder();
+    const bottom = atBottom();
+    if (bottom && buf.following === false && log.lastRendered < buf.lines.length - 1) {
+      // Forward again: the window moves down a page; at the newest line it follows once more.
+      buf.shownFrom = Math.min(Math.max(0, buf.lines.length - MAX_DOM), buf.shownFrom + PAGE);
+      buf.following = buf.shownFrom + MAX_DOM >= buf.lines.length;
+      scheduleRender(buf.following ? 'all-bottom' : 'all');
+    } else {
+      buf.following = bottom;
     }
+    if (buf.following && !document.hidden) markRead(buf);
   }, { passive: true });
 
   document.addEventListener('visibilitychange', () => {
