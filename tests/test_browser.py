@@ -73,12 +73,14 @@ def web(start_chat_server: Callable[..., Any], browser: Any) -> Iterator[Callabl
                 login(page, name)
             return page
 
-        def restart(self) -> None:
-            """Stop the server and start it again on the same ports, with the same configuration."""
-            old = self.server
-            old.stop(TIMEOUT)
-            config = dataclasses.replace(old.config, web_port=old.web_address[1])
-            self.server = start_chat_server(config, port=old.port)
+        def stop(self) -> None:
+            self.stopped = (self.server.config, self.server.port, self.server.web_address[1])
+            self.server.stop(TIMEOUT)
+
+        def start(self) -> None:
+            """Start the stopped server again on the same ports, with the same configuration."""
+            config, port, web_port = self.stopped
+            self.server = start_chat_server(dataclasses.replace(config, web_port=web_port), port=port)
 
         def client(self, name: str) -> LineClient:
             client = LineClient(self.server.address)
@@ -383,13 +385,53 @@ def test_the_page_shows_it_is_offline_and_resumes_after_a_server_restart(web, tm
         new MutationObserver(() => window.__states.push(state.dataset.state))
             .observe(state, { attributes: true, attributeFilter: ['data-state'] });
     }""")
-    site.restart()
+    site.stop()
     state = alice.get_by_role("status")
-    alice.wait_for_function("window.__states.includes('offline')")
+    expect(state).to_have_attribute("data-state", "offline")
+    say(alice, "typed while offline")
+    expect(log_lines(alice).last).to_contain_text("offline: this line will be sent")
+    site.start()
     expect(state).to_have_attribute("data-state", "connected")
+    log = alice.get_by_role("log")
+    expect(log.locator(".line.message").last).to_contain_text("alice: typed while offline")
     assert alice.evaluate("window.__states")[-1] == "connected"
     carol = site.client("carol")
     carol.say("after the restart")
-    log = alice.get_by_role("log")
     expect(log_lines(alice).last).to_contain_text("after the restart")
     expect(log.get_by_text("before the restart")).to_have_count(1)
+    expect(log.get_by_text("typed while offline", exact=True)).to_have_count(1)
+
+
+RECORD_NOTIFICATIONS = """
+window.__notes = [];
+window.Notification = class {
+    static permission = 'granted';
+    static requestPermission() { return Promise.resolve('granted'); }
+    constructor(title, options) { window.__notes.push([title, options.body]); }
+};
+Object.defineProperty(document, 'hidden', { get: () => window.__hidden === true });
+"""
+
+
+def test_mentions_and_private_lines_notify_while_the_tab_is_hidden(web):
+    from playwright.sync_api import expect
+
+    site = web()
+    context = site.context()
+    context.add_init_script(RECORD_NOTIFICATIONS)  # the browser's own prompt cannot be clicked here
+    alice = site.page("alice", context=context)
+    alice.get_by_role("button", name="Notify me").click()
+    expect(alice.get_by_role("button", name="Notifications on")).to_be_visible()
+    carol = site.client("carol")
+    carol.say("alice: while you look")
+    expect(log_lines(alice).last).to_contain_text("while you look")
+    alice.evaluate("window.__hidden = true")
+    carol.say("nothing to see here")
+    carol.say("alice: are you back?")
+    carol.send({"type": "private", "to": "alice", "msg": "just us"})
+    alice.wait_for_function("window.__notes.length >= 2")
+    assert sorted(alice.evaluate("window.__notes")) == [  # rooms and private lines have no order between them
+        ["carol (private)", "just us"],
+        ["carol in #lobby", "alice: are you back?"],
+    ]
+    expect(alice).to_have_title("(3) chat")

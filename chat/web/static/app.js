@@ -223,7 +223,7 @@
         return;
       }
       if (was) state.retry = 0;
-      const delay = Math.min(30, 2 ** state.retry) * (state.retry ? 1000 : 300);
+      const delay = [0.3, 1, 2, 4, 8, 15, 30][Math.min(state.retry, 6)] * 1000;
       state.retry += 1;
       setState('offline', `offline — reconnecting in ${Math.round(delay / 1000) || 1} s`);
       state.retryTimer = setTimeout(connect, delay);
@@ -355,7 +355,7 @@
     buf.replay = m.history;
     buf.replayMissed = Boolean(buf.sinceSent);
     buf.sinceSent = false;
-    if (m.more === 0 && m.history === 0 && !buf.lines.length) buf.more = 0;
+    if (!buf.replayMissed && m.history >= m.last_id) buf.more = 0; // the whole room came with the welcome
     const saved = loadSaved();
     if (state.fresh && buf.readId && m.last_id > buf.readId && buf.marker === null) buf.marker = buf.readId;
     send({ type: 'who', room: m.room });
@@ -618,7 +618,9 @@
       const again = anchor ? log.querySelector(`[data-id="${Number(anchor.dataset.id)}"]`) : null;
       if (again) scroller.scrollTop = again.offsetTop - offset;
     }
-    $('older').hidden = !(buf.kind === 'room' && (buf.shownFrom > 0 || buf.more !== 0));
+    const first = buf.lines.find((line) => line.id);
+    const older = buf.shownFrom > 0 || (buf.more !== 0 && !(first && first.id === 1));
+    $('older').hidden = !(buf.kind === 'room' && older);
     if (stick) scroller.scrollTop = scroller.scrollHeight;
     if (stick && !document.hidden) markRead(buf);
   }
@@ -726,6 +728,7 @@
     list.replaceChildren();
     let index = 0;
     let heading = null;
+    if (state.order.length) list.append(el('li', 'heading', 'Rooms'));
     for (const key of state.order) {
       const buf = state.buffers.get(key);
       index += 1;
