@@ -413,6 +413,15 @@
   function onModeration(m) {
     const buf = buffer('room', m.room);
     numbered(m, buf, 'moderation', { action: m.action, by: m.by, reason: m.reason, until: m.until });
+    if ((m.action === 'kick' || m.action === 'ban') && fold(m.name) === fold(state.me) && buf.joined) {
+      buf.joined = false;
+      buf.wanted = false;
+      buf.users.clear();
+      info(buf, `you are out of ${m.room}${m.action === 'ban' ? ' (banned)' : ''}; /join ${m.room} to come back`);
+      renderRooms();
+      if (buf.key === state.active) renderMembers();
+      save();
+    }
     if (['op', 'deop', 'voice', 'devoice'].includes(m.action)) send({ type: 'who', room: m.room });
   }
 
@@ -435,6 +444,7 @@
     const buf = buffer('room', m.room);
     buf.users.delete(fold(m.name));
     if (fold(m.name) === fold(state.me)) {
+      if (!buf.joined && m.reason !== 'part') return; // told already, by the moderation line
       buf.joined = false;
       if (m.reason === 'part') {
         buf.wanted = false;
@@ -464,9 +474,20 @@
       addLine(buf, { time: m.time, kind: 'renamed', name: m.old, to: m.new }, false);
       if (buf.key === state.active) renderMembers();
     }
+    // A conversation follows its person to the new name (once, however many rooms say it).
     const talk = state.buffers.get(keyOf('private', m.old));
-    if (talk && m.room === undefined) {
+    if (talk && fold(m.old) !== fold(m.new) && !state.buffers.has(keyOf('private', m.new))) {
+      state.buffers.delete(talk.key);
+      const key = keyOf('private', m.new);
+      state.order = state.order.map((k) => (k === talk.key ? key : k));
+      if (state.active === talk.key) state.active = key;
+      talk.key = key;
+      talk.name = m.new;
+      state.buffers.set(key, talk);
       addLine(talk, { time: m.time, kind: 'renamed', name: m.old, to: m.new }, false);
+      renderRooms();
+      renderHeader();
+      save();
     }
   }
 
@@ -669,7 +690,13 @@
         row.append(text(line.msg ? `${line.name} set the topic: ${line.msg}` : `${line.name} cleared the topic`));
         break;
       case 'moderation': {
-        let said = `${line.by} did ${line.action} to ${line.name}`;
+        const did = {
+          kick: `kicked ${line.name}`, ban: `banned ${line.name}`, unban: `lifted the ban on ${line.name}`,
+          mute: `muted ${line.name}`, unmute: `unmuted ${line.name}`, op: `made ${line.name} an operator`,
+          deop: `took operator from ${line.name}`, voice: `gave ${line.name} a voice`,
+          devoice: `took the voice of ${line.name}`, mode: `set the room's modes ${line.name}`,
+        }[line.action] || `did ${line.action} to ${line.name}`;
+        let said = `${line.by} ${did}`;
         if (line.reason) said += ` (${line.reason})`;
         if (line.until) said += ` until ${new Date(line.until).toLocaleString()}`;
         row.append(text(said));
