@@ -205,8 +205,8 @@ def test_the_web_port_speaks_https_and_wss_only_with_tls(web_server, ca, tmp_pat
     alice.expect("joined", name="bob")
     bob.say("over wss")
     assert alice.expect("message", name="bob")["msg"] == "over wss"
-    with pytest.raises(Exception):  # noqa: B017 - a plain http request to the https port gets no page
-        get(server, "/").read()
+    plain = get(server, "/")  # plain http to the https port: told so in plain http
+    assert plain.status == 400 and b"TLS" in plain.read()
     bob.close()
     alice.close()
 
@@ -231,3 +231,20 @@ def test_the_log_says_where_the_web_client_is(chat_server_process):
     page = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     page.request("GET", "/")
     assert page.getresponse().status == 200
+
+
+def test_the_pages_files_come_over_one_kept_alive_connection(web_server):
+    server = web_server()
+    connection = http.client.HTTPConnection(*server.web_address, timeout=TIMEOUT)
+    for path in ("/", "/app.css", "/app.js", "/favicon.svg"):
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        assert answer.status == 200 and answer.read()
+        assert answer.getheader("Connection") == "keep-alive"
+        if path == "/":
+            first = connection.sock
+        assert connection.sock is first, "the same connection answered every file"
+    connection.request("GET", "/app.js", headers={"Connection": "close"})
+    answer = connection.getresponse()
+    assert answer.status == 200 and answer.getheader("Connection") == "close"
+    answer.read()

@@ -113,8 +113,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
             transport.handshake(time.monotonic() + server.config.tls_handshake_timeout)
         except ssl.SSLError as exc:
             log.info("%s: no TLS (%s); closing", label, exc.reason or exc)
-            # Most likely a plaintext client: tell it in plaintext.
-            _refuse(self.request, encode_error(Refused("tls_required", _TLS_ONLY)))
+            # Most likely a plaintext client: tell it in plaintext (in HTTP, on the web port).
+            refusal = Refused("tls_required", _TLS_ONLY)
+            _refuse(self.request, http_refusal(refusal) if self.listener.web else encode_error(refusal))
             return None
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.info("%s: TLS handshake failed (%s); closing", label, exc)

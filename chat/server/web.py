@@ -115,10 +115,11 @@ def text_response(status: http.HTTPStatus, text: str) -> Response:
 
 
 def http_refusal(refusal: Refused) -> bytes:
-    """A connection refused before it was read (too many from its address, a full server), in HTTP."""
-    status = http.HTTPStatus.TOO_MANY_REQUESTS if refusal.code == "too_many_connections" else (
-        http.HTTPStatus.SERVICE_UNAVAILABLE
-    )
+    """A connection refused before it was served (too many from its address, a full server, no TLS), in HTTP."""
+    status = {
+        "too_many_connections": http.HTTPStatus.TOO_MANY_REQUESTS,
+        "tls_required": http.HTTPStatus.BAD_REQUEST,  # plain http to the https port
+    }.get(refusal.code, http.HTTPStatus.SERVICE_UNAVAILABLE)
     return text_response(status, f"{refusal.code}: {refusal}\n").serialize()
 
 
@@ -219,7 +220,8 @@ class WebSocketStream:
                 self.request = event
             elif isinstance(event, Frame):
                 self._take_frame(event, lines)
-        if self._protocol.parser_exc is not None or self._protocol.close_rcvd is not None or self._protocol.eof_sent:
+        protocol = self._protocol
+        if protocol.parser_exc is not None or protocol.close_rcvd is not None or protocol.handshake_exc is not None:
             self.closed = True
         return b"".join(lines)
 

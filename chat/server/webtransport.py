@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 
+from websockets.http11 import Request
+
 from chat.server.transport import TcpTransport
 from chat.server.web import WebSite, WebSocketStream
 
@@ -28,10 +30,15 @@ class WsTransport:
     buffers = True
     #: Line bytes framed per call at most, so that a slow reader's frames stay small.
     MAX_FRAME = 256 * 1024
+    #: Seconds a connection that was answered a file may wait for its next request.
+    KEEP_ALIVE = 2.0
+    #: Requests answered on one connection at most (the page has a handful of files).
+    MAX_REQUESTS = 32
 
     def __init__(self, inner: TcpTransport, max_message: int) -> None:
         self.inner = inner
         self.sock = inner.sock
+        self._max_message = max_message
         self._stream = WebSocketStream(max_message)
         self._lock = threading.Lock()
         self._wire = bytearray()  # frame bytes the inner transport has not taken yet
@@ -42,22 +49,62 @@ class WsTransport:
     # --- the handler thread ------------------------------------------------------------------
 
     def handshake(self, site: WebSite, deadline: float, secure: bool) -> bool:
-        """Read the HTTP request by `deadline` (time.monotonic()) and answer it: True once upgraded
-        to a WebSocket, False if it got a page or a refusal (then close). Raises TimeoutError,
-        or ConnectionError if the peer closes first."""
+        """Read HTTP requests and answer them: True once one is upgraded to a WebSocket, False
+        when the connection ends with a page or a refusal. The first request must be complete
+        by `deadline` (time.monotonic()), else TimeoutError (ConnectionError if the peer closes
+        first); the page's files may follow on the same connection (keep-alive), each within
+        KEEP_ALIVE seconds of the last answer, MAX_REQUESTS at most."""
+        data = self.inner.receive(b"") or b""  # bytes that came with the end of a TLS handshake
+        served = 0
+        while True:
+            try:
+                request = self._read_request(data, deadline)
+            except (TimeoutError, ConnectionError):
+                if served:
+                    return False  # an idle keep-alive connection ends quietly
+                raise
+            data = b""
+            if request is None:  # what was no HTTP request got its 4xx
+                self._send_all(deadline)
+                return False
+            response = site.respond(request, secure)
+            keep = (
+                response is not None
+                and served + 1 < self.MAX_REQUESTS
+                and response.status_code in (200, 304, 404)
+                and "close" not in request.headers.get("Connection", "").lower()
+            )
+            with self._lock:
+                if response is None:
+                    upgraded = self._stream.accept(request)
+                else:
+                    if keep:
+                        del response.headers["Connection"]
+                        response.headers["Connection"] = "keep-alive"
+                    self._stream.respond(response)
+                    upgraded = False
+                self._wire += self._stream.data_to_send()
+            log.debug("%s -> %s", request.path[:200], "upgrade" if response is None else response.status_code)
+            self._send_all(deadline)
+            if upgraded or not keep:
+                return upgraded
+            served += 1
+            self._stream = WebSocketStream(self._max_message)  # a fresh parser for the next request
+            deadline = time.monotonic() + self.KEEP_ALIVE
+
+    def _read_request(self, data: bytes, deadline: float) -> Request | None:
+        """The next HTTP request, read by `deadline`; None if what came was none (its 4xx waits to be sent)."""
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        data = self.inner.receive(b"")  # bytes that came with the end of a TLS handshake
         while True:
             with self._lock:
                 if data:
                     self._early += self._stream.receive_data(data)
-                request = self._stream.request
-                if request is None and self._stream.eof:
-                    self._wire += self._stream.data_to_send()  # a 4xx for what was no HTTP request
-                    break
-            if request is not None:
-                break
+                if self._stream.request is not None:
+                    return self._stream.request
+                if self._stream.eof or self._stream.closed:
+                    self._wire += self._stream.data_to_send()
+                    return None
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not poller.poll(remaining * 1000):
                 raise TimeoutError("no complete HTTP request in time")
@@ -68,19 +115,6 @@ class WsTransport:
             if received is None:
                 raise ConnectionError("the peer closed TLS before its HTTP request was complete")
             data = received
-        upgraded = False
-        if request is not None:
-            response = site.respond(request, secure)
-            with self._lock:
-                if response is None:
-                    upgraded = self._stream.accept(request)
-                else:
-                    self._stream.respond(response)
-                self._wire += self._stream.data_to_send()
-            log.debug("%s %s -> %s", request.path[:200], "upgrade" if response is None else response.status_code,
-                      "open" if upgraded else "closing")
-        self._send_all(deadline)
-        return upgraded
 
     def receive(self, data: bytes) -> bytes | None:
         """The line bytes in `data` just received (b"" if none is complete yet); None once the WebSocket is closed."""
