@@ -435,3 +435,34 @@ def test_mentions_and_private_lines_notify_while_the_tab_is_hidden(web):
         ["carol in #lobby", "alice: are you back?"],
     ]
     expect(alice).to_have_title("(3) chat")
+
+
+def test_an_owner_moderates_from_the_page_and_the_member_list_shows_roles_and_away(web):
+    from playwright.sync_api import expect
+
+    site = web()
+    alice = site.page()
+    alice.get_by_role("textbox", name="Name").fill("alice")
+    alice.get_by_label("Password", exact=True).fill("correct horse battery")
+    alice.get_by_role("checkbox").check()
+    alice.get_by_role("button", name="Join").click()
+    expect(alice.get_by_role("log").get_by_text("registered", exact=False)).to_be_visible()
+    say(alice, "/join dev")  # an account's new room is its own
+    members = alice.get_by_role("complementary", name="Members")
+    expect(members.get_by_role("listitem").filter(has_text="alice")).to_contain_text("owner")
+    bob = site.page()
+    bob.get_by_role("textbox", name="Name").fill("bob")
+    bob.get_by_label("Room", exact=True).fill("dev")
+    bob.get_by_role("button", name="Join").click()
+    expect(members.get_by_text("bob", exact=True)).to_be_visible()
+    say(bob, "/away making tea")
+    expect(bob.get_by_role("log")).to_contain_text("away")
+    say(alice, "/who")
+    expect(members.get_by_role("listitem").filter(has_text="bob")).to_contain_text("(away)")
+    say(alice, "/kick bob cool off")
+    expect(alice.get_by_role("log")).to_contain_text("alice kicked bob (cool off)")
+    expect(log_lines(alice).last).to_contain_text("bob left (kicked)")
+    expect(log_lines(bob).last).to_contain_text("you are out of dev")
+    expect(members.get_by_text("bob", exact=True)).to_have_count(0)
+    say(bob, "still here?")
+    expect(log_lines(bob).last).to_contain_text("not in dev")
