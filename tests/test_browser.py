@@ -94,7 +94,7 @@ def web(start_chat_server: Callable[..., Any], browser: Any) -> Iterator[Callabl
     yield start
     for context in contexts:
         for page in context.pages:
-            assert not page.crashes, f"the page's script failed: {page.crashes}"
+            assert not getattr(page, "crashes", []), f"the page's script failed: {page.crashes}"
         context.close()
     for client in clients:
         client.close()
@@ -466,3 +466,15 @@ def test_an_owner_moderates_from_the_page_and_the_member_list_shows_roles_and_aw
     expect(members.get_by_text("bob", exact=True)).to_have_count(0)
     say(bob, "still here?")
     expect(log_lines(bob).last).to_contain_text("not in dev")
+
+
+def test_the_page_follows_the_systems_light_or_dark_theme(web, browser):
+    site = web()
+    backgrounds = {}
+    for scheme in ("light", "dark"):
+        context = site.context()
+        page = context.new_page()
+        page.emulate_media(color_scheme=scheme)
+        page.goto(site.url)
+        backgrounds[scheme] = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert backgrounds == {"light": "rgb(255, 255, 255)", "dark": "rgb(23, 25, 30)"}
