@@ -28,6 +28,7 @@ class WebClient:
     def __init__(self, url: str, **options: Any) -> None:
         self.ws: ClientConnection = connect(url, open_timeout=TIMEOUT, legacy=True, **options)
         self._lines: list[dict[str, Any]] = []
+        self.frames = 0
 
     def send(self, message: dict[str, Any]) -> None:
         self.ws.send(json.dumps(message))
@@ -37,6 +38,7 @@ class WebClient:
             frame = self.ws.recv(timeout=TIMEOUT)
             assert isinstance(frame, str), "the server sends text frames"
             assert frame.endswith("\n"), "each frame carries whole lines"
+            self.frames += 1
             self._lines += [json.loads(line) for line in frame.splitlines()]
         return self._lines.pop(0)
 
@@ -248,3 +250,19 @@ def test_the_pages_files_come_over_one_kept_alive_connection(web_server):
     answer = connection.getresponse()
     assert answer.status == 200 and answer.getheader("Connection") == "close"
     answer.read()
+
+
+def test_a_reply_bigger_than_one_frame_comes_in_frames_of_whole_lines(web_server, connect):
+    server = web_server(flood_rate=0)
+    carol = connect(server)
+    carol.join("carol")
+    last = carol.say_all(f"{i} " + "z" * 2000 for i in range(400))  # 800 KB: several frames' worth
+    alice = WebClient(ws_url(server))
+    alice.send({"type": "join", "name": "alice"})
+    alice.expect("welcome")
+    alice.send({"type": "history", "room": "lobby", "before": last.id + 1, "limit": 400})
+    header = alice.expect("history")
+    assert header["count"] == 400
+    texts = [alice.expect("message")["msg"].split(" ")[0] for _ in range(400)]  # WebClient checks each frame's end
+    assert texts == [str(i) for i in range(400)]
+    assert alice.frames >= 3, "the page was split into frames"
