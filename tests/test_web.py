@@ -266,3 +266,16 @@ def test_a_reply_bigger_than_one_frame_comes_in_frames_of_whole_lines(web_server
     texts = [alice.expect("message")["msg"].split(" ")[0] for _ in range(400)]  # WebClient checks each frame's end
     assert texts == [str(i) for i in range(400)]
     assert alice.frames >= 3, "the page was split into frames"
+
+
+def test_stopping_ends_a_web_connection_that_waits_for_its_request(web_server):
+    server = web_server(tls_handshake_timeout=scaled(120))  # far longer than stop() waits
+    silent = socket.create_connection(server.web_address, timeout=TIMEOUT)
+    silent.sendall(b"GET / HTTP/1.1\r\n")
+    alice = WebClient(ws_url(server))  # served after the silent one was accepted
+    alice.send({"type": "join", "name": "alice"})
+    alice.expect("welcome")
+    server.stop(TIMEOUT)
+    assert silent.recv(1024) == b""
+    assert not [thread for thread in server._handlers if thread.is_alive()]
+    silent.close()

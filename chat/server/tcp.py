@@ -130,12 +130,20 @@ class ChatHandler(socketserver.BaseRequestHandler):
         if inner is None:
             return None
         transport = WsTransport(inner, max_message=4 * server.config.max_line)
+        with server._handlers_lock:
+            if server.stopping.is_set():
+                return None
+            server.opening.add(self.request)
         try:
             deadline = time.monotonic() + server.config.tls_handshake_timeout
             if transport.handshake(server.web_site, deadline, secure=self.listener.tls):
                 return transport
         except (TimeoutError, ConnectionError, OSError) as exc:
-            log.info("%s: no WebSocket (%s); closing", label, exc)
+            if not server.stopping.is_set():
+                log.info("%s: no WebSocket (%s); closing", label, exc)
+        finally:
+            with server._handlers_lock:
+                server.opening.discard(self.request)
         return None
 
     def _serve(self, session: Session[Peer], connection: Connection) -> LeaveReason:
@@ -293,6 +301,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.tls_context = self._load_tls() if config.tls_cert or config.tls_key else None
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
+        #: Web connections still in their HTTP request (under _handlers_lock): stop() wakes them.
+        self.opening: set[socket.socket] = set()
         self._serving = threading.Event()
         #: Set once stop() begins: handlers waiting out a client's pace stop waiting.
         self.stopping = threading.Event()
@@ -386,6 +396,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return
             self.stopping.set()
         log.info("stopping")
+        with self._handlers_lock:
+            for sock in self.opening:
+                _shutdown(sock)  # a web connection waiting for its request (keep-alive) ends now
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(Line.of(Shutdown(detail="the server is shutting down")))
@@ -625,6 +638,13 @@ def peer_label(address: tuple[Any, ...]) -> str:
     """`host:port` as a log shows a peer, with an IPv6 host in brackets."""
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already: nothing to wake
 
 
 def _refuse(sock: socket.socket, line: bytes) -> None:
