@@ -68,6 +68,8 @@ def web(start_chat_server: Callable[..., Any], browser: Any) -> Iterator[Callabl
             page = (context or self.context(width)).new_page()
             page.crashes = []
             page.on("pageerror", lambda error: page.crashes.append(str(error)))
+            # Anything the page's own policy blocked is a bug of the page (an inline style or script).
+            page.on("console", lambda m: "Content Security Policy" in m.text and page.crashes.append(m.text))
             page.goto(self.url)
             if name is not None:
                 login(page, name)

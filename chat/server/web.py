@@ -31,7 +31,7 @@ SOCKET_PATH = "/ws"
 
 #: No inline script or style, nothing from another origin; the socket is the page's own (or an allowed one).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 #: Sent with every answer of the web port.
