@@ -373,6 +373,7 @@
     } else if (!state.active) {
       activate(buf.key);
     }
+    renderRooms();
     if (buf.key === state.active) {
       renderHeader();
       renderMembers();
