@@ -59,6 +59,12 @@ def main() -> int:
                 expect(page.get_by_role("status")).to_have_attribute("data-state", "connected")
                 me = "dana" if width > 400 else "erin"
                 if width > 400:
+                    box = page.get_by_role("textbox", name="Message")
+                    box.fill("/join lobby")
+                    box.press("Enter")
+                    expect(page.get_by_role("heading", name="#lobby")).to_be_visible()
+                    page.keyboard.press("Alt+1")  # back to #dev: the lobby's lines below count as unread
+                    expect(page.get_by_role("heading", name="#dev")).to_be_visible()
                     for speaker, text in (
                         (alice, "morning! the build is green again"),
                         (bob, "nice. changelog draft: https://example.org/chat/changes"),
@@ -79,8 +85,7 @@ def main() -> int:
                     expect(page.get_by_role("log").locator(".line").last).to_contain_text("on my phone")
                 page.wait_for_function("document.fonts.ready.then(() => true)")
                 page.screenshot(path=str(DOCS / name))
-                page.context.close()
-            browser.close()
+            browser.close()  # the desktop page stays in the room while the phone's is taken
     finally:
         for line in clients:
             line.close()
