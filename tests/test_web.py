@@ -279,3 +279,14 @@ def test_stopping_ends_a_web_connection_that_waits_for_its_request(web_server):
     assert silent.recv(1024) == b""
     assert not [thread for thread in server._handlers if thread.is_alive()]
     silent.close()
+
+
+def test_a_page_that_sends_too_fast_is_paced_like_any_client(web_server):
+    server = web_server(flood_burst=5, flood_rate=50)
+    alice = WebClient(ws_url(server))
+    alice.send({"type": "join", "name": "alice"})
+    alice.expect("welcome")
+    alice.ws.send("".join(json.dumps({"type": "message", "msg": f"n{i}"}) + "\n" for i in range(20)))  # one frame
+    notice = alice.expect("notice", code="rate_limited")
+    assert notice["delay_ms"] > 0
+    assert [alice.expect("message")["msg"] for _ in range(20)] == [f"n{i}" for i in range(20)]  # late, not lost

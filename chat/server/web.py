@@ -3,7 +3,7 @@
 WebSite decides what an HTTP request gets (the page's files with ETags and security headers, a
 refusal, or the upgrade at /ws, whose Origin it checks); WebSocketStream turns a WebSocket's text
 frames into the JSON-line bytes the dialect reads and lines into frames, through websockets'
-sans-I/O ServerProtocol. No sockets, threads or clocks: bytes and requests in, bytes and decisions out.
+sans-I/O ServerProtocol (no sockets, threads or clocks: bytes and requests in, bytes and decisions out).
 """
 
 from __future__ import annotations
