@@ -83,7 +83,7 @@ def main() -> int:
                     page.get_by_role("textbox", name="Message").fill("on my phone now, looks good")
                     page.get_by_role("textbox", name="Message").press("Enter")
                     expect(page.get_by_role("log").locator(".line").last).to_contain_text("on my phone")
-                page.wait_for_function("document.fonts.ready.then(() => true)")
+                page.evaluate("() => document.fonts.ready.then(() => true)")
                 page.screenshot(path=str(DOCS / name))
             browser.close()  # the desktop page stays in the room while the phone's is taken
     finally:

@@ -358,7 +358,8 @@
     if (!buf.replayMissed && m.history >= m.last_id) buf.more = 0; // the whole room came with the welcome
     const saved = loadSaved();
     if (state.fresh && buf.readId && m.last_id > buf.readId && buf.marker === null) buf.marker = buf.readId;
-    send({ type: 'who', room: m.room });
+    buf.whoAt = 0; // the welcome has names and roles; away marks come with the next `who`
+    buf.contextAsked = false;
     if (first) {
       if (state.registerWith) {
         send({ type: 'register', password: state.registerWith });
@@ -379,10 +380,7 @@
       renderMembers();
       scheduleRender('all');
     }
-    // Context above what was missed: older lines, behind the "new since you left" marker.
-    if (m.history < 20 && m.last_id > m.history) {
-      setTimeout(() => fetchOlder(buf, 50 - m.history), 0);
-    }
+    if (buf.key === state.active) freshen(buf);
     save();
   }
 
@@ -423,7 +421,12 @@
       if (buf.key === state.active) renderMembers();
       save();
     }
-    if (['op', 'deop', 'voice', 'devoice'].includes(m.action)) send({ type: 'who', room: m.room });
+    const role = { op: 'op', deop: '', voice: 'voice', devoice: '' }[m.action];
+    const user = buf.users.get(fold(m.name));
+    if (role !== undefined && user && !['owner', 'admin'].includes(user.role)) {
+      user.role = role;
+      if (buf.key === state.active) renderMembers();
+    }
   }
 
   function onPrivate(m) {
@@ -547,6 +550,22 @@
       buf = state.buffers.get(state.active);
     }
     addLine(buf, { time: new Date().toISOString(), kind, msg: String(text) }, false);
+  }
+
+  // What an opened room asks the server for, at most now and then: every request is paced by the
+  // rate limit like a line said, so switching rooms must not cost the next line its turn.
+  function freshen(buf) {
+    if (buf.kind !== 'room' || !buf.joined || !state.connected) return;
+    if (!buf.whoAt || Date.now() - buf.whoAt > 60000) {
+      buf.whoAt = Date.now();
+      send({ type: 'who', room: buf.name }); // away marks, and roles changed meanwhile
+    }
+    // Context above what was missed (a resume): older lines, behind the "new since you left" marker.
+    const numberedLines = buf.lines.filter((line) => line.id).length;
+    if (!buf.contextAsked && numberedLines < 20 && buf.lastId > numberedLines && buf.more !== 0) {
+      buf.contextAsked = true;
+      fetchOlder(buf, 50 - numberedLines);
+    }
   }
 
   function fetchOlder(buf, limit = PAGE) {
@@ -862,7 +881,7 @@
     renderHeader();
     renderMembers();
     scheduleRender('all-bottom');
-    if (buf.kind === 'room' && buf.joined && state.connected) send({ type: 'who', room: buf.name });
+    freshen(buf);
     save();
   }
 
