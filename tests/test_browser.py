@@ -484,3 +484,22 @@ def test_the_page_follows_the_systems_light_or_dark_theme(web, browser):
         page.goto(site.url)
         backgrounds[scheme] = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert backgrounds == {"light": "rgb(255, 255, 255)", "dark": "rgb(23, 25, 30)"}
+
+
+def test_a_room_whose_history_started_over_shows_its_new_lines(web):
+    from playwright.sync_api import expect
+
+    site = web()  # history in memory: a restart forgets it, and ids start from 1 again
+    alice = site.page("alice")
+    carol = site.client("carol")
+    for i in range(3):
+        carol.say(f"old {i}")
+    expect(log_lines(alice).last).to_contain_text("old 2")
+    carol.close()
+    site.stop()
+    site.start()
+    expect(alice.get_by_role("status")).to_have_attribute("data-state", "connected")
+    expect(alice.get_by_role("log")).to_contain_text("history started over")
+    carol = site.client("carol")
+    carol.say("new 0")  # id 1 again: not taken for the old id 1
+    expect(log_lines(alice).last).to_contain_text("carol: new 0")

@@ -313,6 +313,7 @@
         buf.lastId = 0;
         buf.readId = 0;
         buf.shownFrom = 0;
+        buf.epoch = m.epoch;
         info(buf, m.detail);
         return;
       }
@@ -352,6 +353,18 @@
     buf.wanted = true;
     buf.topic = m.topic || '';
     buf.users = new Map(m.users.map((name) => [fold(name), { name, role: (m.roles || {})[name] || '', away: '' }]));
+    const epochChanged = m.epoch != null && buf.epoch != null && m.epoch !== buf.epoch;
+    if (m.last_id < buf.lastId || epochChanged) {
+      // The room started over (a new history, a lost Redis log): its old ids mean nothing now.
+      buf.lines = [];
+      buf.lastId = 0;
+      buf.readId = 0;
+      buf.marker = null;
+      buf.shownFrom = 0;
+      buf.more = null;
+      info(buf, `${m.room}'s history started over`);
+    }
+    if (m.epoch != null) buf.epoch = m.epoch;
     buf.replay = m.history;
     buf.replayMissed = Boolean(buf.sinceSent);
     buf.sinceSent = false;
