@@ -128,7 +128,9 @@
     let index = lines.length;
     if (line.id) {
       while (index > 0 && lines[index - 1].at > line.at) index -= 1;
-      if (index > 0 && lines[index - 1].at === line.at) return false; // seen already
+      const same = index > 0 ? lines[index - 1] : null;
+      // Seen already (a resume's overlap); the same id with other words is a numbering that started over.
+      if (same && same.at === line.at && same.name === line.name && same.msg === line.msg) return false;
       if (line.id > buf.lastId) buf.lastId = line.id;
     }
     lines.splice(index, 0, line);
