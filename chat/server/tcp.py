@@ -18,6 +18,8 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -130,20 +132,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
         if inner is None:
             return None
         transport = WsTransport(inner, max_message=4 * server.config.max_line)
-        with server._handlers_lock:
-            if server.stopping.is_set():
-                return None
-            server.opening.add(self.request)
-        try:
-            deadline = time.monotonic() + server.config.tls_handshake_timeout
-            if transport.handshake(server.web_site, deadline, secure=self.listener.tls):
-                return transport
-        except (TimeoutError, ConnectionError, OSError) as exc:
-            if not server.stopping.is_set():
-                log.info("%s: no WebSocket (%s); closing", label, exc)
-        finally:
-            with server._handlers_lock:
-                server.opening.discard(self.request)
+        with server.opening(self.request) as open_:
+            try:
+                deadline = time.monotonic() + server.config.tls_handshake_timeout
+                if open_ and transport.handshake(server.web_site, deadline, secure=self.listener.tls):
+                    return transport
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                if not server.stopping.is_set():
+                    log.info("%s: no WebSocket (%s); closing", label, exc)
         return None
 
     def _serve(self, session: Session[Peer], connection: Connection) -> LeaveReason:
@@ -302,7 +298,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
         #: Web connections still in their HTTP request (under _handlers_lock): stop() wakes them.
-        self.opening: set[socket.socket] = set()
+        self._opening: set[socket.socket] = set()
         self._serving = threading.Event()
         #: Set once stop() begins: handlers waiting out a client's pace stop waiting.
         self.stopping = threading.Event()
@@ -359,6 +355,20 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return str(other.server_address[0]), int(other.server_address[1])
         return None
 
+    @contextmanager
+    def opening(self, sock: socket.socket) -> Iterator[bool]:
+        """While a web connection waits for its HTTP request, stop() shuts it down rather than
+        wait for its deadline; False if the server is stopping already (serve nothing)."""
+        with self._handlers_lock:
+            admitted = not self.stopping.is_set()
+            if admitted:
+                self._opening.add(sock)
+        try:
+            yield admitted
+        finally:
+            with self._handlers_lock:
+                self._opening.discard(sock)
+
     @property
     def web_address(self) -> tuple[str, int] | None:
         """Where the web client is served (--web-port), if it is."""
@@ -397,7 +407,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.stopping.set()
         log.info("stopping")
         with self._handlers_lock:
-            for sock in self.opening:
+            for sock in self._opening:
                 _shutdown(sock)  # a web connection waiting for its request (keep-alive) ends now
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
