@@ -194,7 +194,7 @@ class WebSocketStream:
         """Answer with a page or a refusal; the connection closes once it is sent."""
         self._protocol.send_response(response)
 
-    def send_lines(self, data: bytes) -> bool:
+    def send_lines(self, data: bytes | memoryview) -> bool:
         """Queue whole lines as one text message; False if the socket is no longer open."""
         try:
             self._protocol.send_text(data)

@@ -148,18 +148,25 @@ class WsTransport:
                 return 0  # the socket still has the last frame to take: no more yet
             if not self._stream.open:
                 return None  # closing: no more frames may go out
-            chunk = bytes(data[: self.MAX_FRAME])
-            end = chunk.rfind(b"\n") + 1
-            if 0 < end < len(chunk):
-                chunk = chunk[:end]  # whole lines per frame; a longer line goes out whole
-            elif end == 0 and len(chunk) < len(data):
-                tail = bytes(data[len(chunk) :])
-                chunk += tail[: tail.find(b"\n") + 1] if b"\n" in tail else tail
+            chunk = data if len(data) <= self.MAX_FRAME else self._whole_lines(data)
             self._stream.send_lines(chunk)
-            self._wire += self._stream.data_to_send()
-            if not self._flush_locked():
+            frame = self._stream.data_to_send()
+            sent = self.inner.try_send(frame) if not self.inner.wants_write() else 0
+            if sent is None:
+                self._broken = True
                 return None
+            if sent < len(frame):
+                self._wire += memoryview(frame)[sent:]  # the rest waits for room in the socket
             return len(chunk)
+
+    def _whole_lines(self, data: memoryview | bytes) -> bytes:
+        """The longest start of `data` that is whole lines and fits a frame; a longer line goes out whole."""
+        head = bytes(data[: self.MAX_FRAME])
+        end = head.rfind(b"\n") + 1
+        if end:
+            return head[:end]
+        tail = bytes(data[len(head) :])
+        return head + (tail[: tail.find(b"\n") + 1] if b"\n" in tail else tail)
 
     def wants_write(self) -> bool:
         return (bool(self._wire) or self.inner.wants_write()) and not self._broken
