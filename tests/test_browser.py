@@ -313,6 +313,10 @@ def test_the_keyboard_alone_logs_in_sends_switches_and_completes(web):
     alice.keyboard.type("hi")
     alice.keyboard.press("Enter")
     assert carol.expect(ChatMessage, name="alice").msg == "carol: hi"
+    alice.keyboard.press("Tab")  # nothing to complete in an empty box: the focus moves on, no trap
+    expect(alice.get_by_role("button", name="Send")).to_be_focused()
+    alice.keyboard.press("Shift+Tab")
+    expect(alice.get_by_role("textbox", name="Message")).to_be_focused()
     alice.keyboard.press("Control+k")
     alice.keyboard.type("dev")
     alice.keyboard.press("Enter")

@@ -1062,7 +1062,7 @@
       const upto = box.value.slice(0, box.selectionStart);
       const start = upto.search(/\S*$/);
       const prefix = fold(upto.slice(start));
-      if (!prefix) return;
+      if (!prefix) return false;
       const buf = state.buffers.get(state.active);
       let words;
       if (start === 0 && prefix.startsWith('/')) {
@@ -1074,7 +1074,7 @@
           .sort((a, b) => a.localeCompare(b))
           .map((name) => (start === 0 && !name.startsWith('#') ? `${name}: ` : `${name} `));
       }
-      if (!words.length) return;
+      if (!words.length) return false;
       completion.words = words;
       completion.index = 0;
       completion.start = start;
@@ -1086,6 +1086,7 @@
     box.value = box.value.slice(0, completion.start) + word + box.value.slice(completion.end);
     completion.end = completion.start + word.length;
     box.setSelectionRange(completion.end, completion.end);
+    return true;
   }
 
   function resizeBox() {
@@ -1095,9 +1096,9 @@
   }
 
   $('message').addEventListener('keydown', (event) => {
-    if (event.key === 'Tab' && !event.shiftKey && !event.altKey && !event.ctrlKey) {
+    // Tab completes a name; with nothing to complete it moves the focus on, as everywhere.
+    if (event.key === 'Tab' && !event.shiftKey && !event.altKey && !event.ctrlKey && complete(event.target)) {
       event.preventDefault();
-      complete(event.target);
       return;
     }
     completion.words = null;
