@@ -149,7 +149,7 @@ def test_rooms_show_unread_counts_and_mentions_until_opened(web):
 
     site = web()
     alice = site.page("alice")
-    say(alice, "/join dev")
+    say(alice, "/join #dev")  # the # is how rooms are shown; it is no part of the name
     expect(alice.get_by_role("heading", name="#dev")).to_be_visible()
     expect(alice.get_by_role("complementary", name="Members").get_by_text("alice")).to_be_visible()
     expect(alice.locator("#rooms li.parted")).to_have_count(0)  # both rooms shown as joined

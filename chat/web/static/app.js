@@ -266,7 +266,6 @@
     if (since) join.since = since;
     buffer('room', join.room).sinceSent = Boolean(since);
     if (state.privateSince) join.private_since = state.privateSince;
-    state.joining = join.name;
     send(join);
   }
 
@@ -969,19 +968,21 @@
       return room;
     };
     switch (command.toLowerCase()) {
-      case '/join':
-        if (!first) return info(buf, 'usage: /join ROOM', 'error');
-        if (state.buffers.has(keyOf('room', first)) && state.buffers.get(keyOf('room', first)).joined) {
-          return activate(keyOf('room', first));
-        }
-        buffer('room', first).wanted = true;
-        activate(keyOf('room', first));
-        return say({ type: 'join', room: first.replace(/^#/, '') });
+      case '/join': {
+        const name = first.replace(/^#/, '');
+        if (!name) return info(buf, 'usage: /join ROOM', 'error');
+        const existing = state.buffers.get(keyOf('room', name));
+        if (existing && existing.joined) return activate(existing.key);
+        buffer('room', name).wanted = true;
+        activate(keyOf('room', name));
+        // Offline, the room is joined with the others when the connection is back.
+        return state.connected ? send({ type: 'join', room: name }) : undefined;
+      }
       case '/part':
       case '/close':
         if (buf && buf.kind === 'private' && !first) return removeBuffer(buf.key);
         if (!(first || needRoom())) return undefined;
-        return send({ type: 'part', room: first || room });
+        return send({ type: 'part', room: first.replace(/^#/, '') || room });
       case '/msg':
       case '/query': {
         if (!first) return info(buf, `usage: ${command} NAME [TEXT]`, 'error');
@@ -1022,7 +1023,7 @@
       case '/back':
         return send({ type: 'away' });
       case '/who':
-        return needRoom() && send({ type: 'who', room: first || room });
+        return needRoom() && send({ type: 'who', room: first.replace(/^#/, '') || room });
       case '/list':
         return send({ type: 'rooms' });
       case '/search':
