@@ -225,7 +225,9 @@
         return;
       }
       if (was) state.retry = 0;
-      const delay = [0.3, 1, 2, 4, 8, 15, 30][Math.min(state.retry, 6)] * 1000;
+      // Soon at first (a restart takes seconds), then less and less often.
+      const steps = [0.3, 1, 2, 3, 5, 5, 5, 10, 15, 30];
+      const delay = steps[Math.min(state.retry, steps.length - 1)] * 1000;
       state.retry += 1;
       setState('offline', `offline — reconnecting in ${Math.round(delay / 1000) || 1} s`);
       state.retryTimer = setTimeout(connect, delay);
