@@ -174,6 +174,7 @@ def test_an_oversize_message_closes_with_1009() -> None:
 def test_a_binary_frame_is_refused_with_1003() -> None:
     server, client = opened()
     client.send_binary(b'{"type":"ping"}\n')
+    client.send_text(b'{"type":"rooms"}\n')  # in the same read: not taken after the refusal
     assert to_server(client, server) == b""
     assert server.closed
     to_client(server, client)

@@ -144,7 +144,6 @@ class WebSocketStream:
 
     def __init__(self, max_message: int) -> None:
         self._protocol = ServerProtocol(max_size=max_message, logger=log)
-        self._in_text: bool | None = None  # the kind of the message whose fragments are arriving
         self._ends_line = True
         #: The HTTP request the connection opened with, once it is complete.
         self.request: Request | None = None
@@ -226,13 +225,14 @@ class WebSocketStream:
         return b"".join(lines)
 
     def _take_frame(self, frame: Frame, lines: list[bytes]) -> None:
-        if frame.opcode is Opcode.BINARY or (frame.opcode is Opcode.CONT and self._in_text is False):
+        if self.closed:
+            return  # nothing after a refusal counts
+        if frame.opcode is Opcode.BINARY:
             self._protocol.fail(CloseCode.UNSUPPORTED_DATA, "binary frames are refused: send JSON lines as text")
             self.closed = True
             return
         if frame.opcode not in (Opcode.TEXT, Opcode.CONT):
             return  # ping (answered by the protocol), pong, close (taken in _take_events)
-        self._in_text = None if frame.fin else True
         if frame.data:
             payload = bytes(frame.data)
             lines.append(payload)
