@@ -127,16 +127,16 @@ class WsTransport:
             closed = self._stream.closed
             self._wire += self._stream.data_to_send()
             self._flush_locked()
-        if closed and not lines:
-            return None
         if closed and not self._read_shut:
-            # What came with the close still counts; then the handler reads the end of input.
             self._read_shut = True
-            try:
-                self.sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass  # already gone: the next read says so
-        return lines
+            log.debug("WebSocket %s", self._stream.close_reason)
+            if lines:
+                # What came with the close still counts; then the handler reads the end of input.
+                try:
+                    self.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass  # already gone: the next read says so
+        return None if closed and not lines else lines
 
     # --- the writer thread -------------------------------------------------------------------
 
