@@ -22,6 +22,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from chat.cli import raise_open_file_limit
 from chat.server.config import NO_LIMIT_FLAGS
@@ -38,6 +45,8 @@ class Dialect:
     echoes = True
     #: How many clients may be connecting and joining at once.
     connect_at_once = 200
+    #: Whether its lines travel in WebSocket text frames (the web port) rather than straight on TCP.
+    websocket = False
 
     def room(self, index: int | None) -> bytes:
         return b"lobby" if index is None else b"r%d" % index
@@ -97,7 +106,14 @@ class IrcDialect(Dialect):
         return None, line[text + 2 :].rstrip(b"\r").decode() if text >= 0 else ""
 
 
-DIALECTS: dict[str, Dialect] = {"chat": Dialect(), "irc": IrcDialect()}
+class WebDialect(Dialect):
+    """Our JSON lines in WebSocket text frames through the web port (--web-port): what a browser page costs."""
+
+    name = "web"
+    websocket = True
+
+
+DIALECTS: dict[str, Dialect] = {"chat": Dialect(), "irc": IrcDialect(), "web": WebDialect()}
 
 
 class Receiver(asyncio.Protocol):
@@ -277,11 +293,84 @@ async def _join(
     dialect = dialect or DIALECTS["chat"]
     loop = asyncio.get_running_loop()
     channel = dialect.room(room)
-    _, protocol = await loop.create_connection(lambda: Receiver(sampled, dialect, channel), host, port)
+    protocol: Receiver
+    if dialect.websocket:
+        _, adapter = await loop.create_connection(
+            lambda: WebSocketClient(Receiver(sampled, dialect, channel), host, port), host, port
+        )
+        protocol = adapter.inner
+    else:
+        _, protocol = await loop.create_connection(lambda: Receiver(sampled, dialect, channel), host, port)
     assert protocol.transport is not None
     protocol.transport.write(dialect.hello(name, channel))
     await protocol.welcomed.wait()
     return protocol
+
+
+class WebSocketClient(asyncio.Protocol):
+    """A Receiver behind a WebSocket (websockets' sans-I/O ClientProtocol): the HTTP upgrade first,
+    then each write one text frame, and each frame's payload the bytes the Receiver reads."""
+
+    def __init__(self, inner: Receiver, host: str, port: int) -> None:
+        self.inner = inner
+        self.protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}/ws"), max_size=None)
+        self.transport: asyncio.Transport | None = None
+        self._waiting: list[bytes] = []  # written before the upgrade was answered
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        self.inner.connection_made(cast(asyncio.BaseTransport, _Framed(self)))  # write, close, get_extra_info suffice
+
+    def write(self, data: bytes) -> None:
+        if self.protocol.state is not State.OPEN:
+            self._waiting.append(data)
+            return
+        self.protocol.send_text(data)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):
+                if event.status_code != 101:
+                    raise SystemExit(f"the web port refused the WebSocket: {event.status_code}")
+                waiting, self._waiting = self._waiting, []
+                for chunk in waiting:
+                    self.write(chunk)
+            elif isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.CONT):
+                self.inner.data_received(bytes(event.data))
+        self._flush()  # pongs, close replies
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+
+
+class _Framed:
+    """What a Receiver behind a WebSocket takes for its transport: writes become frames."""
+
+    def __init__(self, client: WebSocketClient) -> None:
+        self.client = client
+
+    def write(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def is_closing(self) -> bool:
+        return self.client.transport is None or self.client.transport.is_closing()
+
+    def close(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.client.transport.get_extra_info(name, default) if self.client.transport is not None else default
 
 
 #: In max mode a sampled receiver parses one read per this many ns (latency is sampled, not exact).
@@ -707,6 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         pass
 
+    if args.proto == "web" and (args.nodes > 1 or args.also):
+        parser.error("--proto web measures one server's web port")
     if args.nodes > 1 and not (args.spawn and args.redis):
         parser.error("--nodes needs --spawn and --redis")
     if args.rooms and (args.nodes > 1 or args.also):
@@ -724,9 +815,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.redis:
             command += ["--redis", args.redis]
             label = f"chat, {args.nodes} server{'s' if args.nodes > 1 else ''} on Redis"
+    web_port = _free_port() if args.spawn and args.proto == "web" else None
+    if web_port is not None:
+        command += ["--web-port", str(web_port)]
+        label += ", WebSocket"
     with serving(command, args.nodes if args.spawn else 0) as servers:
         if servers:
-            host, port = "127.0.0.1", servers[0].port
+            host, port = "127.0.0.1", web_port or servers[0].port
             also = [("127.0.0.1", server.port) for server in servers[1:]]
         server_pid = servers[0].process.pid if servers else None
         if args.rooms:

@@ -228,6 +228,10 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             log.info("%s listening on %s:%s", shown, *address)
             if listener == "irc":
                 plain.append(address[0])
+    if server.web_address is not None:
+        log.info("web listening on %s:%s", *_url_host(*server.web_address))
+        if server.tls_context is None:
+            plain.append(server.web_address[0])
     if any(not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in plain):
         log.warning("listening beyond loopback without TLS: names and messages cross the network in clear")
     notify_systemd(f"READY=1\nSTATUS=listening on {host!s}:{port}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -32,6 +33,19 @@ def test_small_run_against_a_real_server_loses_nothing(unlimited_server):
     assert (result.lost, result.duplicated, result.out_of_order, result.dropped_clients) == (0, 0, 0, 0)
     assert result.latency_ms["p50"] >= 0
     assert "| 5 | 200/s |" in format_table([result])
+
+
+def test_a_run_over_the_web_port_loses_nothing(start_chat_server):
+    server = start_chat_server(dataclasses.replace(ServerConfig().without_limits(), web_port=0))
+    host, port = server.web_address
+    result = asyncio.run(
+        asyncio.wait_for(
+            run_bench(host, port, 5, 2, 200.0, 0.5, sampled=2, progress=False, dialect=DIALECTS["web"]), TIMEOUT
+        )
+    )
+    assert result.messages_in > 0
+    assert result.deliveries == 5 * result.messages_in
+    assert (result.lost, result.duplicated, result.out_of_order, result.dropped_clients) == (0, 0, 0, 0)
 
 
 def test_command_line_spawns_a_server_and_prints_json():

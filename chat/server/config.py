@@ -260,8 +260,24 @@ class ServerConfig:
         10.0,
         "--tls-handshake-timeout",
         "CHAT_TLS_HANDSHAKE_TIMEOUT",
-        "seconds a new connection has to finish its TLS handshake",
+        "seconds a new connection has to finish its TLS handshake (a web one, also its HTTP request)",
         float,
+    )
+    web_port: int | None = _option(
+        None,
+        "--web-port",
+        "CHAT_WEB_PORT",
+        "serve the web client at / and a WebSocket at /ws on --host at this port (0 picks one); "
+        "https/wss only with --tls-cert",
+        lambda text: None if text.lower() in ("", "none") else int(text),
+    )
+    web_origin: tuple[str, ...] = _option(
+        (),
+        "--web-origin",
+        "CHAT_WEB_ORIGIN",
+        "another page origin (https://example.org) whose WebSockets --web-port accepts "
+        "(repeatable; the environment takes a comma-separated list)",
+        lambda text: tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip()),
     )
     admin: tuple[str, ...] = _option(
         (),

@@ -18,6 +18,8 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -48,6 +50,8 @@ from chat.server.room import HistorySettings
 from chat.server.session import Session
 from chat.server.store import SqliteStore, Store, StoreError, open_store
 from chat.server.transport import TcpTransport, TlsTransport, Transport
+from chat.server.web import WebSite, http_refusal, package_files
+from chat.server.webtransport import WsTransport
 from chat.wire.codec import encode_error, error_reply
 from chat.wire.protocol import ErrorReply, LeaveReason, Notice, ServerPing, Shutdown
 from chat.wire.text import quoted
@@ -92,7 +96,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
         label = peer_label(self.client_address)
         # The outbox coalesces lines itself; Nagle would only add latency.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = self._secure(label) if self.listener.tls else TcpTransport(self.request)
+        transport: Transport | None
+        if self.listener.web:
+            transport = self._open_web(label)
+        else:
+            transport = self._secure(label) if self.listener.tls else TcpTransport(self.request)
         if transport is None:
             return
         self.transport: Transport = transport
@@ -125,13 +133,32 @@ class ChatHandler(socketserver.BaseRequestHandler):
             transport.handshake(time.monotonic() + server.config.tls_handshake_timeout)
         except ssl.SSLError as exc:
             log.info("%s: no TLS (%s); closing", label, exc.reason or exc)
-            # Most likely a plaintext client: tell it in plaintext.
-            _refuse(self.request, encode_error(Refused("tls_required", _TLS_ONLY)))
+            # Most likely a plaintext client: tell it in plaintext (in HTTP, on the web port).
+            refusal = Refused("tls_required", _TLS_ONLY)
+            _refuse(self.request, http_refusal(refusal) if self.listener.web else encode_error(refusal))
             return None
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.info("%s: TLS handshake failed (%s); closing", label, exc)
             return None
         return transport
+
+    def _open_web(self, label: str) -> WsTransport | None:
+        """The web port: TLS if it speaks it, then the HTTP request by a deadline. A page or a
+        refusal is answered here and the connection ends (None); /ws becomes a WebSocket."""
+        server = self.server
+        inner = self._secure(label) if self.listener.tls else TcpTransport(self.request)
+        if inner is None:
+            return None
+        transport = WsTransport(inner, max_message=4 * server.config.max_line)
+        with server.opening(self.request) as open_:
+            try:
+                deadline = time.monotonic() + server.config.tls_handshake_timeout
+                if open_ and transport.handshake(server.web_site, deadline, secure=self.listener.tls):
+                    return transport
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                if not server.stopping.is_set():
+                    log.info("%s: no WebSocket (%s); closing", label, exc)
+        return None
 
     def _serve(self, session: Session[Peer], connection: Connection) -> LeaveReason:
         """Read and serve requests until the client leaves or is cut off; why it went."""
@@ -317,10 +344,14 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 exempt=parse_networks(config.limit_exempt),
             )
         )
+        #: What the web port serves (--web-port): the page's files, and which origins' WebSockets it takes.
+        self.web_site = WebSite(package_files() if config.web_port is not None else {}, config.web_origin)
         #: The TLS settings new connections get (None: plaintext); reload_tls() swaps it.
         self.tls_context = self._load_tls() if config.tls_cert or config.tls_key else None
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
+        #: Web connections still in their HTTP request (under _handlers_lock): stop() wakes them.
+        self._opening: set[socket.socket] = set()
         self._serving = threading.Event()
         #: Set once stop() begins: handlers waiting out a client's pace stop waiting.
         self.stopping = threading.Event()
@@ -383,6 +414,28 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return str(other.server_address[0]), int(other.server_address[1])
         return None
 
+    @contextmanager
+    def opening(self, sock: socket.socket) -> Iterator[bool]:
+        """While a web connection waits for its HTTP request, stop() shuts it down rather than
+        wait for its deadline; False if the server is stopping already (serve nothing)."""
+        with self._handlers_lock:
+            admitted = not self.stopping.is_set()
+            if admitted:
+                self._opening.add(sock)
+        try:
+            yield admitted
+        finally:
+            with self._handlers_lock:
+                self._opening.discard(sock)
+
+    @property
+    def web_address(self) -> tuple[str, int] | None:
+        """Where the web client is served (--web-port), if it is."""
+        for other in self._others:
+            if other.listener.web:
+                return str(other.server_address[0]), int(other.server_address[1])
+        return None
+
     @property
     def serving(self) -> bool:
         """Whether it accepts and serves connections now (serve_forever runs, stop() not begun)."""
@@ -412,6 +465,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 return
             self.stopping.set()
         log.info("stopping")
+        with self._handlers_lock:
+            for sock in self._opening:
+                _shutdown(sock)  # a web connection waiting for its request (keep-alive) ends now
         if self._serving.is_set():
             self.shutdown()  # stop accepting; must not run on the serve_forever thread
         self.outbox.close_all(Line.of(Shutdown(detail="the server is shutting down")))
@@ -454,8 +510,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
         _serve_both_families(self.socket)
         super().server_bind()
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """On the accepting thread: whether this connection gets a handler. Never blocks."""
+    def verify_request(self, request: Any, client_address: Any, listener: Listener | None = None) -> bool:
+        """On the accepting thread: whether this connection gets a handler (on `listener`, this
+        server's own if None). Never blocks."""
         sock = cast(socket.socket, request)
         host = str(client_address[0])
         try:
@@ -476,7 +533,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             return True
         if self.addresses.may_log(host):
             log.warning("%s refused: %s", peer_label(client_address), refusal.code)
-        _refuse(sock, encode_error(refusal))
+        web = listener is not None and listener.web
+        _refuse(sock, http_refusal(refusal) if web else encode_error(refusal))
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -578,6 +636,8 @@ class Listener:
     address: tuple[str, int]
     tls: bool
     dialect: Dialect
+    #: Its connections open with HTTP: the web client's files, or a WebSocket carrying the dialect.
+    web: bool = False
 
 
 def listeners(config: ServerConfig) -> list[Listener]:
@@ -599,6 +659,8 @@ def listeners(config: ServerConfig) -> list[Listener]:
         if not tls:
             raise OSError("--irc-tls-port is for a server that speaks TLS (--tls-cert, --tls-key)")
         found.append(Listener("irc-tls", (config.host, config.irc_tls_port), True, IrcDialect(config.irc_server_name)))
+    if config.web_port is not None:
+        found.append(Listener("web", (config.host, config.web_port), tls, JsonLinesConnection, web=True))
     return found
 
 
@@ -621,7 +683,7 @@ class _Listener(socketserver.TCPServer):
         super().server_bind()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.main.verify_request(request, client_address)
+        return self.main.verify_request(request, client_address, self.listener)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.main.start_handler(request, client_address, self.listener)
@@ -669,6 +731,13 @@ def peer_label(address: tuple[Any, ...]) -> str:
     """`host:port` as a log shows a peer, with an IPv6 host in brackets."""
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already: nothing to wake
 
 
 def _refuse(sock: socket.socket, line: bytes) -> None:
