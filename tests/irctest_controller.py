@@ -74,6 +74,9 @@ DESELECTED: dict[str, str] = {
     "AwayNotify": "away is said to nobody in our rooms (as IRC's AWAY), so there is no AWAY to pass on yet",
     "testInvite": "INVITE is no command of ours (our rooms have no invite-only mode)",
     "PostRegistration": "SASL after registration: a connection's identity is settled when it registers",
+    "testWhoisAccount or testPlainReAuthenticate":
+        "a logged-in account appears under its own name (force-nick-equals-account, as Ergo can): these"
+        " tests log in as one account and expect to keep another nick",
 }
 
 
