@@ -78,6 +78,17 @@ def test_every_problem_is_one_line_and_status_two(tmp_path, ca):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--irc-port", "--web-port"])
+def test_a_taken_port_is_named_by_the_option_that_asked_for_it(option):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = ServerConfig(port=0, **{option.removeprefix("--").replace("-", "_"): port})
+        [said] = [line for line in preflight.problems(config) if "cannot listen" in line]
+    assert said.startswith(f"{option}: cannot listen on 127.0.0.1:{port}")
+
+
 @pytest.mark.parametrize(
     ("settings", "says"),
     [

@@ -28,7 +28,7 @@ def problems(config: ServerConfig) -> list[str]:
 
 def addresses(config: ServerConfig) -> list[tuple[str, str, int]]:
     """Every (what, host, port) a server with `config` listens on, its front doors and the rest."""
-    found = [(f"--port ({listener.name})", *listener.address) for listener in listeners(config)]
+    found = [(listener.option, *listener.address) for listener in listeners(config)]
     if config.metrics_port is not None:
         found.append(("--metrics-port", config.host, config.metrics_port))
     return found

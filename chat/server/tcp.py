@@ -639,6 +639,11 @@ class Listener:
     #: Its connections open with HTTP: the web client's files, or a WebSocket carrying the dialect.
     web: bool = False
 
+    @property
+    def option(self) -> str:
+        """The command-line option that asked for it (what an operator is told to change)."""
+        return "--port" if self.name == "main" else f"--{self.name}-port"
+
 
 def listeners(config: ServerConfig) -> list[Listener]:
     """Every socket `config` asks the server to listen on, the main one first.
