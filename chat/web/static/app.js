@@ -14,6 +14,10 @@
     '/search', '/logout', '/help'];
   const ROLE_RANK = { admin: 0, owner: 1, op: 2, voice: 3 };
   const ROLE_MARK = { admin: '&', owner: '~', op: '@', voice: '+' };
+  // A line said is sent again after a reconnect until its echo comes, but not once the server may
+  // have forgotten its cid (10 minutes at least): then it could be kept twice.
+  const RESEND_WITHIN = 600000;
+  const READ_EVERY = 1500; // read markers go to the server at most this often (each line is paced)
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
@@ -51,13 +55,15 @@
     order: [], // keys in the sidebar's order
     active: null,
     privateSince: 0,
-    pending: [], // lines typed while offline, sent once the rooms are joined again
+    // Lines said whose echo has not come (typed offline, or sent as the socket dropped), by cid in
+    // the order said: each is sent again after the rooms are joined again, and kept once by its cid.
+    unechoed: new Map(),
+    cidPrefix: Math.random().toString(36).slice(2, 8),
+    cids: 0,
+    readTimer: null,
+    search: null, // the search whose lines are coming: {text, room, left, lines}
     fresh: true, // the first connection of this page: the "new since you left" markers come from storage
   };
-  // HOOK(read-markers): when the server syncs read markers across an account's devices, send the
-  // buffer's read position on change here and take the others' from the server's line.
-  // HOOK(cid): when the server takes a client id per line, give each pending line a cid so that a
-  // line sent just before a drop is neither lost nor doubled.
 
   function save() {
     if (!state.me) return;
@@ -162,6 +168,7 @@
   function countUnread(buf, line, live) {
     const said = ['message', 'action', 'private'].includes(line.kind);
     if (!said || fold(line.name) === fold(state.me)) return;
+    if (buf.kind === 'room' && line.id && line.id <= buf.readId) return; // read already, here or elsewhere
     const mentioned = line.kind === 'private' || mentions(line.msg);
     const seen = buf.key === state.active && !document.hidden && atBottom();
     if (!seen) {
@@ -242,11 +249,39 @@
     return false;
   }
 
-  // A line a person typed: sent now, or kept until the rooms are joined again.
+  // A line a person typed, with a cid: sent now and kept until its echo comes, so that whether the
+  // socket drops before it leaves or before its echo arrives, the reconnect sends it again, once.
   function say(message) {
+    state.cids += 1;
+    message.cid = `${state.cidPrefix}-${state.cids}`;
+    state.unechoed.set(message.cid, { message, at: Date.now() });
     if (state.connected && send(message)) return;
-    state.pending.push(message);
     info(state.buffers.get(state.active), 'offline: this line will be sent when the connection is back');
+  }
+
+  // One of our lines came back: forget it by its cid, or (a server that keeps no cids, a resume's
+  // history) the oldest line said of the same kind, place and text.
+  function echoed(m) {
+    if (!state.me || fold(m.name) !== fold(state.me)) return;
+    if (m.cid) {
+      state.unechoed.delete(m.cid);
+      return;
+    }
+    for (const [cid, { message }] of state.unechoed) {
+      const place = m.type === 'private' ? fold(message.to || '') === fold(m.to) : fold(message.room || '') === fold(m.room);
+      if (message.type === m.type && message.msg === m.msg && place) {
+        state.unechoed.delete(cid);
+        return;
+      }
+    }
+  }
+
+  function resendUnechoed() {
+    const now = Date.now();
+    for (const [cid, { message, at }] of state.unechoed) {
+      if (now - at > RESEND_WITHIN) state.unechoed.delete(cid);
+      else send(message);
+    }
   }
 
   function firstJoin() {
@@ -271,14 +306,18 @@
     send(join);
   }
 
-  function rejoinOthers() {
+  function rejoinOthers(accountRooms) {
     const saved = loadSaved();
     const rooms = new Set();
     for (const buf of state.buffers.values()) if (buf.kind === 'room' && buf.wanted) rooms.add(buf.name);
+    // An account's rooms follow it from device to device: the ones it joined elsewhere too.
+    for (const room of accountRooms || []) {
+      if (![...rooms].some((known) => fold(known) === fold(room))) rooms.add(room);
+    }
     if (state.fresh && saved && saved.name && fold(saved.name) === fold(state.me)) {
       for (const room of saved.rooms || []) rooms.add(room);
     }
-    rooms.delete(state.firstRoom);
+    for (const room of [...rooms]) if (fold(room) === fold(state.firstRoom)) rooms.delete(room);
     for (const room of rooms) {
       const buf = state.buffers.get(keyOf('room', room));
       const since = buf && buf.lastId ? buf.lastId : saved && saved.lastIds ? saved.lastIds[room] : 0;
@@ -288,14 +327,19 @@
       send(join);
     }
     state.fresh = false;
-    const pending = state.pending;
-    state.pending = [];
-    for (const message of pending) send(message);
+    resendUnechoed();
   }
 
   // --- what the server says -------------------------------------------------------------------
 
   function handle(m) {
+    if (state.search && state.search.left > 0 && ['message', 'action', 'private'].includes(m.type)) {
+      // A search's matches: a list to read, not news of any room.
+      state.search.lines.push(m);
+      state.search.left -= 1;
+      if (!state.search.left) renderSearch();
+      return undefined;
+    }
     switch (m.type) {
       case 'welcome': return onWelcome(m);
       case 'message':
@@ -308,8 +352,23 @@
       case 'renamed': return onRenamed(m);
       case 'users': return onUsers(m);
       case 'rooms': return onRooms(m);
+      case 'results':
+        if (!state.search) state.search = { text: m.text, room: null };
+        state.search.left = m.count;
+        state.search.more = m.more;
+        state.search.lines = [];
+        if (!m.count) renderSearch();
+        return undefined;
       case 'history': return onHistory(m);
       case 'gap': return info(buffer('room', m.room), m.detail);
+      case 'read': {
+        const buf = state.buffers.get(keyOf('room', m.room));
+        if (buf) {
+          buf.toldRead = Math.max(buf.toldRead || 0, m.id);
+          heardRead(buf, m.id);
+        }
+        return;
+      }
       case 'reset': {
         const buf = buffer('room', m.room);
         buf.lines = [];
@@ -368,6 +427,12 @@
       info(buf, `${m.room}'s history started over`);
     }
     if (m.epoch != null) buf.epoch = m.epoch;
+    if (m.read != null) {
+      // An account's marker, whichever device set it: lines up to it are read here too.
+      buf.readKnown = true;
+      buf.toldRead = Math.max(buf.toldRead || 0, m.read);
+      if (m.read > buf.readId) heardRead(buf, m.read);
+    }
     buf.replay = m.history;
     buf.replayMissed = Boolean(buf.sinceSent);
     buf.sinceSent = false;
@@ -386,7 +451,7 @@
       }
       const want = saved && saved.active && state.buffers.has(saved.active) ? saved.active : null;
       activate(state.active || want || buf.key);
-      rejoinOthers();
+      rejoinOthers(m.rooms);
     } else if (!state.active) {
       activate(buf.key);
     }
@@ -407,14 +472,22 @@
       live = false;
     } else if (buf.replay > 0) {
       buf.replay -= 1;
-      live = buf.replayMissed ? 'missed' : false; // a resume's lines were missed; a join's are history
+      // A resume's lines were missed; a join's are history, unread past the account's marker.
+      live = buf.replayMissed || (buf.readKnown && m.id > buf.readId) ? 'missed' : false;
     }
     const line = { id: m.id, time: m.time, kind, name: m.name, msg: m.msg, ...extra };
     const added = addLine(buf, line, live);
     if (added) save();
+    if (buf.jump && buf.jumpAfter !== undefined && buf.older === 0) {
+      const id = buf.jump;
+      buf.jump = null;
+      buf.jumpAfter = undefined;
+      if (buf.key === state.active) jumpTo(buf, id);
+    }
   }
 
   function onSaid(m) {
+    echoed(m);
     numbered(m, buffer('room', m.room), m.type);
   }
 
@@ -446,6 +519,7 @@
   }
 
   function onPrivate(m) {
+    echoed(m);
     const other = fold(m.name) === fold(state.me) ? m.to : m.name;
     const buf = buffer('private', other);
     if (m.id > state.privateSince) state.privateSince = m.id;
@@ -534,6 +608,7 @@
     buf.more = m.more;
     buf.fetching = false;
     if (m.count === 0) scheduleRender('all');
+    if (buf.jump) buf.jumpAfter = m.count; // the page's lines come next; then the jump lands
   }
 
   function onError(m) {
@@ -550,6 +625,15 @@
       if (state.ws) state.ws.close();
       localStorage.removeItem(STORE_KEY);
       showLogin(sayWhy[m.code] || m.detail);
+      return;
+    }
+    if (m.code === 'already_joined' && m.room && state.buffers.has(keyOf('room', m.room))) {
+      return; // another device of the account put this one in the room first: nothing is wrong
+    }
+    if (m.code === 'search_unavailable' || (m.code === 'search_invalid' && state.search)) {
+      showSearch(m.code === 'search_unavailable'
+        ? 'This server cannot search: it keeps no history file, or shares its rooms with other servers.'
+        : `Nothing to search for: ${m.detail}`);
       return;
     }
     if (m.code === 'session_replaced' || m.code === 'removed') {
@@ -783,6 +867,42 @@
       renderRooms();
       renderTitle();
     }
+    if (state.account && buf.kind === 'room' && buf.readId > (buf.toldRead || 0)) tellRead();
+    save();
+  }
+
+  // The account's other devices learn what was read here: one `read` per room that moved, now and
+  // then rather than per line (each line to the server spends the rate limit like a line said).
+  function tellRead() {
+    if (state.readTimer) return;
+    state.readTimer = setTimeout(() => {
+      state.readTimer = null;
+      if (!state.connected) return;
+      for (const buf of state.buffers.values()) {
+        if (buf.kind !== 'room' || !buf.joined || buf.readId <= (buf.toldRead || 0)) continue;
+        if (send({ type: 'read', room: buf.name, id: buf.readId })) buf.toldRead = buf.readId;
+      }
+    }, READ_EVERY);
+  }
+
+  // Another device of the account read `buf` up to `id` (or a welcome said so): what it read is not
+  // unread here, and "new since you left" moves past it.
+  function heardRead(buf, id) {
+    if (id <= buf.readId) return;
+    buf.readId = id;
+    let unread = 0;
+    let mention = false;
+    for (const line of buf.lines) {
+      if (!line.id || line.id <= id || !['message', 'action'].includes(line.kind) || fold(line.name) === fold(state.me)) continue;
+      unread += 1;
+      if (mentions(line.msg)) mention = true;
+    }
+    buf.unread = Math.min(buf.unread, unread);
+    if (!buf.unread) buf.mention = false;
+    else buf.mention = buf.mention && mention;
+    if (buf.marker !== null) buf.marker = id;
+    if (buf.key === state.active) scheduleRender('all');
+    scheduleChrome();
     save();
   }
 
@@ -900,6 +1020,73 @@
     freshen(buf);
     save();
   }
+
+  // --- search results: a panel above the log, each result a button that opens its place --------
+
+  function showSearch(status) {
+    const scope = state.search && state.search.room ? ` in #${state.search.room}` : ' everywhere';
+    $('search-title').textContent = state.search ? `Search for “${state.search.text}”${scope}` : 'Search';
+    $('search-status').textContent = status;
+    $('search-results').replaceChildren();
+    $('search').hidden = false;
+  }
+
+  function renderSearch() {
+    const found = state.search;
+    const count = found.lines.length;
+    showSearch(count ? `${count} line${count === 1 ? '' : 's'} found, newest first${found.more ? `; ${found.more} older not shown` : ''}`
+      : 'No line found.');
+    const list = $('search-results');
+    for (const m of found.lines) {
+      const item = el('li', 'result');
+      const button = el('button', 'result-button');
+      button.type = 'button';
+      const date = new Date(m.time);
+      const when = el('time', 'when', isNaN(date) ? '' : date.toLocaleString([], {
+        year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', hourCycle: 'h23',
+      }));
+      if (!isNaN(date)) when.dateTime = m.time;
+      const other = m.type === 'private' ? (fold(m.name) === fold(state.me) ? m.to : m.name) : null;
+      const place = el('span', 'where', m.type === 'private' ? `@${other}` : `#${m.room}`);
+      const said = m.type === 'action' ? ` * ${m.name} ` : ` ${m.name}: `;
+      button.append(when, document.createTextNode(' '), place, document.createTextNode(said), el('span', 'text', m.msg));
+      button.addEventListener('click', () => jumpTo(m.type === 'private' ? buffer('private', other) : buffer('room', m.room), m.id));
+      item.append(button);
+      list.append(item);
+    }
+  }
+
+  function closeSearch() {
+    $('search').hidden = true;
+    state.search = null;
+  }
+
+  // Open a result's place with the line in view; a line older than those kept is fetched first.
+  function jumpTo(buf, id) {
+    activate(buf.key);
+    const index = buf.lines.findIndex((line) => line.id === id);
+    if (index < 0) {
+      const first = buf.lines.find((line) => line.id);
+      if (buf.kind === 'room' && state.connected && !buf.fetching && (!first || id < first.id)) {
+        buf.jump = id;
+        buf.fetching = true;
+        send({ type: 'history', room: buf.name, before: id + 1, limit: 50 });
+      }
+      return;
+    }
+    buf.jump = null;
+    buf.shownFrom = Math.max(0, index - 20);
+    buf.following = false;
+    scheduleRender('all');
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      const node = $('log').querySelector(`[data-id="${id}"]`);
+      if (!node) return;
+      node.classList.add('found');
+      node.scrollIntoView({ block: 'center' });
+    }));
+  }
+
+  $('search-close').addEventListener('click', closeSearch);
 
   function notify(buf, line) {
     if (!('Notification' in window) || Notification.permission !== 'granted') return;
@@ -1028,9 +1215,18 @@
         return needRoom() && send({ type: 'who', room: first.replace(/^#/, '') || room });
       case '/list':
         return send({ type: 'rooms' });
-      case '/search':
-        // HOOK(search): when the server answers searches, send {"type": "search", ...} here.
-        return info(buf, 'this server does not offer search yet', 'error');
+      case '/search': {
+        // /search TEXT: this room (or everywhere, from a conversation); /search -all TEXT: everywhere.
+        const everywhere = first === '-all' || !room;
+        const words = first === '-all' ? after : args;
+        if (!words) return info(buf, 'usage: /search [-all] TEXT', 'error');
+        if (!state.connected) return info(buf, 'offline: search again when the connection is back', 'error');
+        state.search = { text: words, room: everywhere ? null : room, left: 0, lines: [] };
+        showSearch('searching…');
+        const asked = { type: 'search', text: words, limit: 50 };
+        if (!everywhere) asked.room = room;
+        return send(asked);
+      }
       case '/logout':
         return logout();
       case '/help':
