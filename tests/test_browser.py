@@ -676,4 +676,7 @@ def test_a_server_that_cannot_search_says_so(web):
     site = web()  # no history file: no index
     alice = site.page("alice")
     say(alice, "/search anything")
-    expect(alice.get_by_role("region").get_by_role("status")).to_contain_text("This server cannot search")
+    panel = alice.get_by_role("region", name="Search for “anything” in #lobby")
+    expect(panel.get_by_role("status")).to_contain_text("This server cannot search")
+    alice.keyboard.press("Escape")
+    expect(panel).to_be_hidden()

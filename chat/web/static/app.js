@@ -608,7 +608,8 @@
     buf.more = m.more;
     buf.fetching = false;
     if (m.count === 0) scheduleRender('all');
-    if (buf.jump) buf.jumpAfter = m.count; // the page's lines come next; then the jump lands
+    if (buf.jump && m.count) buf.jumpAfter = m.count; // the page's lines come next; then the jump lands
+    else buf.jump = null; // nothing older is kept: the line is gone (retention)
   }
 
   function onError(m) {
@@ -1337,6 +1338,7 @@
       openPanel('sidebar');
       $('new-room').focus();
     } else if (event.key === 'Escape') {
+      if (!$('search').hidden) closeSearch();
       closePanels();
       $('message').focus();
     }
