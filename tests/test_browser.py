@@ -585,6 +585,10 @@ def test_an_account_on_a_page_and_in_the_terminal_client_agrees_on_what_is_read(
         terminal.run(terminal.client.send(MarkRead(room="lobby", id=four.id)))
         expect(room_entry(alice, "#lobby")).to_have_accessible_name("#lobby")
         expect(alice).to_have_title("chat")
+        alice.keyboard.press("Alt+1")  # what the terminal read is not "new since you left" here
+        expect(alice.get_by_role("heading", name="#lobby")).to_be_visible()
+        expect(log_lines(alice).last).to_contain_text("carol: alice: four")
+        expect(alice.get_by_role("log").locator(".marker")).to_have_count(0)
         # A new device of the account starts where the others are: nothing of the lobby unread.
         phone = site.page(width=390)
         login(phone, "alice", "correct horse battery")
