@@ -684,3 +684,35 @@ def test_a_server_that_cannot_search_says_so(web):
     expect(panel.get_by_role("status")).to_contain_text("This server cannot search")
     alice.keyboard.press("Escape")
     expect(panel).to_be_hidden()
+
+
+DROP_A_LINE_AND_STAY_OFFLINE = DROP_A_LINE.replace(
+    "this.close();", "window.__offline = true; this.close();"
+) + """
+const RealWebSocket = window.WebSocket;
+window.WebSocket = class extends RealWebSocket {
+    // Offline until the page is loaded again: every reconnect goes to a port nobody listens on.
+    constructor(url, protocols) { super(window.__offline ? 'ws://127.0.0.1:9/' : url, protocols); }
+};
+"""
+
+
+def test_a_line_unechoed_when_the_page_is_reloaded_is_sent_once_by_the_reloaded_page(web):
+    from playwright.sync_api import expect
+
+    site = web()
+    context = site.context()
+    context.add_init_script(DROP_A_LINE_AND_STAY_OFFLINE)
+    alice = site.page("alice", context=context)
+    carol = site.client("carol")
+    alice.evaluate("() => { window.__drop = { text: 'lost in the drop', reaches: false }; }")
+    say(alice, "lost in the drop")
+    expect(alice.get_by_role("status")).to_have_attribute("data-state", "offline")
+    alice.reload()
+    expect(alice.get_by_role("status")).to_have_attribute("data-state", "connected")
+    say(alice, "after the reload")
+    assert carol.expect(ChatMessage, name="alice").msg == "lost in the drop"
+    assert carol.expect(ChatMessage, name="alice").msg == "after the reload"
+    log = alice.get_by_role("log")
+    expect(log.locator(".line.message").last).to_contain_text("alice: after the reload")
+    expect(log.get_by_text("lost in the drop", exact=True)).to_have_count(1)

@@ -85,6 +85,7 @@
     localStorage.setItem(STORE_KEY, JSON.stringify({
       name: state.me, token: state.token, rooms, lastIds, readIds, conversations,
       privateSince: state.privateSince, active: active ? active.key : null,
+      unechoed: [...state.unechoed.values()],
     }));
   }
 
@@ -255,6 +256,7 @@
     state.cids += 1;
     message.cid = `${state.cidPrefix}-${state.cids}`;
     state.unechoed.set(message.cid, { message, at: Date.now() });
+    save(); // a reload or a closed tab still sends it, with the same cid
     if (state.connected && send(message)) return;
     info(state.buffers.get(state.active), 'offline: this line will be sent when the connection is back');
   }
@@ -264,13 +266,14 @@
   function echoed(m) {
     if (!state.me || fold(m.name) !== fold(state.me)) return;
     if (m.cid) {
-      state.unechoed.delete(m.cid);
+      if (state.unechoed.delete(m.cid)) save();
       return;
     }
     for (const [cid, { message }] of state.unechoed) {
       const place = m.type === 'private' ? fold(message.to || '') === fold(m.to) : fold(message.room || '') === fold(m.room);
       if (message.type === m.type && message.msg === m.msg && place) {
         state.unechoed.delete(cid);
+        save();
         return;
       }
     }
@@ -1463,6 +1466,10 @@
       buf.readId = (saved.readIds || {})[room] || 0; // where "new since you left" goes
     }
     for (const name of saved.conversations || []) buffer('private', name);
+    // Lines said whose echo never came keep their cids; this page's own lines get new ones.
+    for (const kept of saved.unechoed || []) {
+      if (kept && kept.message && typeof kept.message.cid === 'string') state.unechoed.set(kept.message.cid, kept);
+    }
     if (saved.active && state.buffers.has(saved.active)) activate(saved.active);
     showApp();
     connect();
