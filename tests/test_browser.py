@@ -670,6 +670,9 @@ def test_search_finds_a_line_in_the_users_rooms_and_none_of_a_room_it_is_not_in(
     found = alice.get_by_role("log").locator(".line.found")
     expect(found).to_contain_text("carol: the needle is in the lobby")
     expect(found).to_be_in_viewport()
+    ids = [int(i) for i in alice.get_by_role("log").locator(".line[data-id]").evaluate_all(
+        "nodes => nodes.map(n => n.dataset.id)")]
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) > 100, ids  # no hole between it and the rest
     panel.get_by_role("button", name="Close search results").click()
     expect(panel).to_be_hidden()
 

@@ -18,6 +18,8 @@
   // have forgotten its cid (10 minutes at least): then it could be kept twice.
   const RESEND_WITHIN = 600000;
   const READ_EVERY = 1500; // read markers go to the server at most this often (each line is paced)
+  const JUMP_PAGE = 500; // the most history lines one request brings (the server's limit)
+  const JUMP_FARTHEST = 2000; // a search result further back than this is not fetched line by line
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
@@ -61,7 +63,8 @@
     cidPrefix: Math.random().toString(36).slice(2, 8),
     cids: 0,
     readTimer: null,
-    search: null, // the search whose lines are coming: {text, room, left, lines}
+    search: null, // the search in the panel: {text, room, more, lines}
+    searchLeft: 0, // matching lines still to come: never news of a room, even with the panel closed
     fresh: true, // the first connection of this page: the "new since you left" markers come from storage
   };
 
@@ -336,11 +339,13 @@
   // --- what the server says -------------------------------------------------------------------
 
   function handle(m) {
-    if (state.search && state.search.left > 0 && ['message', 'action', 'private'].includes(m.type)) {
+    if (state.searchLeft > 0 && ['message', 'action', 'private'].includes(m.type)) {
       // A search's matches: a list to read, not news of any room.
-      state.search.lines.push(m);
-      state.search.left -= 1;
-      if (!state.search.left) renderSearch();
+      state.searchLeft -= 1;
+      if (state.search) {
+        state.search.lines.push(m);
+        if (!state.searchLeft) renderSearch();
+      }
       return undefined;
     }
     switch (m.type) {
@@ -356,11 +361,12 @@
       case 'users': return onUsers(m);
       case 'rooms': return onRooms(m);
       case 'results':
-        if (!state.search) state.search = { text: m.text, room: null };
-        state.search.left = m.count;
-        state.search.more = m.more;
-        state.search.lines = [];
-        if (!m.count) renderSearch();
+        state.searchLeft = m.count;
+        if (state.search) {
+          state.search.more = m.more;
+          state.search.lines = [];
+          if (!m.count) renderSearch();
+        }
         return undefined;
       case 'history': return onHistory(m);
       case 'gap': return info(buffer('room', m.room), m.detail);
@@ -729,7 +735,12 @@
       log.replaceChildren();
       return;
     }
-    if (kind === 'all-bottom' || log.bufferKey !== buf.key) buf.following = true;
+    if (buf.holdView) {
+      buf.holdView = false;
+      buf.following = false;
+    } else if (kind === 'all-bottom' || log.bufferKey !== buf.key) {
+      buf.following = true;
+    }
     // Following: the reader is at the newest line, and stays there as lines come.
     const stick = buf.following !== false;
     if (kind === 'append' && log.lastRendered !== undefined && log.bufferKey === buf.key) {
@@ -1065,22 +1076,27 @@
     state.search = null;
   }
 
-  // Open a result's place with the line in view; a line older than those kept is fetched first.
+  // Open a result's place with the line in view. A line older than those kept is fetched first,
+  // every line between it and them too (scrolling back goes on from the oldest line kept).
   function jumpTo(buf, id) {
-    activate(buf.key);
+    if (state.active !== buf.key) activate(buf.key);
     const index = buf.lines.findIndex((line) => line.id === id);
     if (index < 0) {
       const first = buf.lines.find((line) => line.id);
-      if (buf.kind === 'room' && state.connected && !buf.fetching && (!first || id < first.id)) {
-        buf.jump = id;
-        buf.fetching = true;
-        send({ type: 'history', room: buf.name, before: id + 1, limit: 50 });
+      const before = first ? first.id : buf.lastId + 1;
+      if (buf.kind !== 'room' || !state.connected || buf.fetching || id >= before) return;
+      if (before - id > JUMP_FARTHEST) {
+        info(buf, `that line is ${before - id} lines back: scroll up to reach it`);
+        return;
       }
+      buf.jump = id;
+      buf.fetching = true;
+      send({ type: 'history', room: buf.name, before, limit: Math.min(JUMP_PAGE, before - id + 20) });
       return;
     }
     buf.jump = null;
     buf.shownFrom = Math.max(0, index - 20);
-    buf.following = false;
+    buf.holdView = true; // this render shows the found line, not the newest
     scheduleRender('all');
     requestAnimationFrame(() => requestAnimationFrame(() => {
       const node = $('log').querySelector(`[data-id="${id}"]`);
@@ -1225,7 +1241,7 @@
         const words = first === '-all' ? after : args;
         if (!words) return info(buf, 'usage: /search [-all] TEXT', 'error');
         if (!state.connected) return info(buf, 'offline: search again when the connection is back', 'error');
-        state.search = { text: words, room: everywhere ? null : room, left: 0, lines: [] };
+        state.search = { text: words, room: everywhere ? null : room, more: 0, lines: [] };
         showSearch('searching…');
         const asked = { type: 'search', text: words, limit: 50 };
         if (!everywhere) asked.room = room;
