@@ -711,6 +711,8 @@ def test_a_line_unechoed_when_the_page_is_reloaded_is_sent_once_by_the_reloaded_
     alice.evaluate("() => { window.__drop = { text: 'lost in the drop', reaches: false }; }")
     say(alice, "lost in the drop")
     expect(alice.get_by_role("status")).to_have_attribute("data-state", "offline")
+    unsent = alice.get_by_role("list", name="Not sent yet")
+    expect(unsent.get_by_role("listitem")).to_have_text("alice: lost in the drop not sent yet")
     alice.reload()
     expect(alice.get_by_role("status")).to_have_attribute("data-state", "connected")
     say(alice, "after the reload")
@@ -719,3 +721,4 @@ def test_a_line_unechoed_when_the_page_is_reloaded_is_sent_once_by_the_reloaded_
     log = alice.get_by_role("log")
     expect(log.locator(".line.message").last).to_contain_text("alice: after the reload")
     expect(log.get_by_text("lost in the drop", exact=True)).to_have_count(1)
+    expect(unsent).to_be_hidden()  # kept by the server: in the log, no longer waiting below it

@@ -241,6 +241,7 @@
       const delay = steps[Math.min(state.retry, steps.length - 1)] * 1000;
       state.retry += 1;
       setState('offline', `offline — reconnecting in ${Math.round(delay / 1000) || 1} s`);
+      renderOutbox();
       state.retryTimer = setTimeout(connect, delay);
     };
   }
@@ -260,6 +261,7 @@
     message.cid = `${state.cidPrefix}-${state.cids}`;
     state.unechoed.set(message.cid, { message, at: Date.now() });
     save(); // a reload or a closed tab still sends it, with the same cid
+    renderOutbox();
     if (state.connected && send(message)) return;
     info(state.buffers.get(state.active), 'offline: this line will be sent when the connection is back');
   }
@@ -269,7 +271,10 @@
   function echoed(m) {
     if (!state.me || fold(m.name) !== fold(state.me)) return;
     if (m.cid) {
-      if (state.unechoed.delete(m.cid)) save();
+      if (state.unechoed.delete(m.cid)) {
+        save();
+        renderOutbox();
+      }
       return;
     }
     for (const [cid, { message }] of state.unechoed) {
@@ -277,6 +282,7 @@
       if (message.type === m.type && message.msg === m.msg && place) {
         state.unechoed.delete(cid);
         save();
+        renderOutbox();
         return;
       }
     }
@@ -288,6 +294,29 @@
       if (now - at > RESEND_WITHIN) state.unechoed.delete(cid);
       else send(message);
     }
+    renderOutbox();
+  }
+
+  // The shown buffer's lines said but not yet kept by the server, below its log until their echo.
+  function renderOutbox() {
+    const buf = state.buffers.get(state.active);
+    const box = $('outbox');
+    box.replaceChildren();
+    if (buf) {
+      for (const { message } of state.unechoed.values()) {
+        const here = buf.kind === 'private'
+          ? message.type === 'private' && fold(message.to) === fold(buf.name)
+          : message.type !== 'private' && fold(message.room) === fold(buf.name);
+        if (!here) continue;
+        const row = el('li', 'unsent');
+        if (message.type === 'action') row.append(el('span', 'star', '* '), el('span', 'nick', state.me), document.createTextNode(' '));
+        else row.append(el('span', 'nick', state.me), document.createTextNode(': '));
+        row.append(text(message.msg), el('span', 'unsent-mark', state.connected ? ' sending…' : ' not sent yet'));
+        box.append(row);
+      }
+    }
+    box.hidden = !box.childElementCount;
+    if (buf && buf.following !== false) $('scroller').scrollTop = $('scroller').scrollHeight;
   }
 
   function firstJoin() {
@@ -1031,6 +1060,7 @@
     renderRooms();
     renderHeader();
     renderMembers();
+    renderOutbox();
     scheduleRender('all-bottom');
     freshen(buf);
     save();
