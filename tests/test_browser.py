@@ -680,11 +680,14 @@ def test_search_finds_a_line_in_the_users_rooms_and_none_of_a_room_it_is_not_in(
 def test_a_server_that_cannot_search_says_so(web):
     from playwright.sync_api import expect
 
-    site = web()  # no history file: no index
+    site = web(flood_rate=0)  # no history file: no index
     alice = site.page("alice")
+    site.client("carol").say_all(f"line {i}" for i in range(60))
+    expect(log_lines(alice).last).to_contain_text("carol: line 59")
     say(alice, "/search anything")
     panel = alice.get_by_role("region", name="Search for “anything” in #lobby")
     expect(panel.get_by_role("status")).to_contain_text("This server cannot search")
+    expect(log_lines(alice).last).to_be_in_viewport()  # the panel took room, the newest line stays in view
     alice.keyboard.press("Escape")
     expect(panel).to_be_hidden()
 

@@ -1068,7 +1068,18 @@
 
   // --- search results: a panel above the log, each result a button that opens its place --------
 
+  // The panel takes room from the log: a reader at the newest line stays there.
+  function keepingBottom(change) {
+    const bottom = atBottom();
+    change();
+    if (bottom) $('scroller').scrollTop = $('scroller').scrollHeight;
+  }
+
   function showSearch(status) {
+    keepingBottom(() => fillSearch(status));
+  }
+
+  function fillSearch(status) {
     const scope = state.search && state.search.room ? ` in #${state.search.room}` : ' everywhere';
     $('search-title').textContent = state.search ? `Search for “${state.search.text}”${scope}` : 'Search';
     $('search-status').textContent = status;
@@ -1077,9 +1088,13 @@
   }
 
   function renderSearch() {
+    keepingBottom(listResults);
+  }
+
+  function listResults() {
     const found = state.search;
     const count = found.lines.length;
-    showSearch(count ? `${count} line${count === 1 ? '' : 's'} found, newest first${found.more ? `; ${found.more} older not shown` : ''}`
+    fillSearch(count ? `${count} line${count === 1 ? '' : 's'} found, newest first${found.more ? `; ${found.more} older not shown` : ''}`
       : 'No line found.');
     const list = $('search-results');
     for (const m of found.lines) {
@@ -1093,8 +1108,8 @@
       if (!isNaN(date)) when.dateTime = m.time;
       const other = m.type === 'private' ? (fold(m.name) === fold(state.me) ? m.to : m.name) : null;
       const place = el('span', 'where', m.type === 'private' ? `@${other}` : `#${m.room}`);
-      const said = m.type === 'action' ? ` * ${m.name} ` : ` ${m.name}: `;
-      button.append(when, document.createTextNode(' '), place, document.createTextNode(said), el('span', 'text', m.msg));
+      button.append(when, document.createTextNode(' '), place, document.createTextNode(m.type === 'action' ? ' * ' : ' '),
+        el('span', 'nick', m.name), document.createTextNode(m.type === 'action' ? ' ' : ': '), el('span', 'text', m.msg));
       button.addEventListener('click', () => jumpTo(m.type === 'private' ? buffer('private', other) : buffer('room', m.room), m.id));
       item.append(button);
       list.append(item);
@@ -1102,7 +1117,9 @@
   }
 
   function closeSearch() {
-    $('search').hidden = true;
+    keepingBottom(() => {
+      $('search').hidden = true;
+    });
     state.search = null;
   }
 
