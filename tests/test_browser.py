@@ -21,7 +21,7 @@ from chat.client.connection import ChatClient
 from chat.client.marks import SharedReadMarkers
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
-from chat.wire.protocol import ChatMessage, MarkRead, PrivateMessage, ReadMarker
+from chat.wire.protocol import ChatMessage, Left, MarkRead, PrivateMessage, ReadMarker
 
 T = TypeVar("T")
 
@@ -725,3 +725,24 @@ def test_a_line_unechoed_when_the_page_is_reloaded_is_sent_once_by_the_reloaded_
     expect(log.locator(".line.message").last).to_contain_text("alice: after the reload")
     expect(log.get_by_text("lost in the drop", exact=True)).to_have_count(1)
     expect(unsent).to_be_hidden()  # kept by the server: in the log, no longer waiting below it
+
+
+def test_an_account_logging_in_on_a_new_device_is_put_back_in_its_rooms(web):
+    from playwright.sync_api import expect
+
+    site = web()
+    laptop = site.page()
+    register(laptop, "alice", "correct horse battery")
+    say(laptop, "/join dev")
+    expect(laptop.get_by_role("heading", name="#dev")).to_be_visible()
+    carol = site.client("carol")
+    carol.send({"type": "join", "room": "dev"})
+    carol.send({"type": "message", "room": "dev", "msg": "see you tomorrow"})
+    expect(log_lines(laptop).last).to_contain_text("carol: see you tomorrow")
+    laptop.context.close()
+    carol.expect(Left, name="alice", room="dev")  # the account has no session left
+    phone = site.page()
+    login(phone, "alice", "correct horse battery")
+    expect(room_entry(phone, "#dev")).to_be_visible()
+    room_entry(phone, "#dev").click()
+    expect(log_lines(phone).last).to_contain_text("carol: see you tomorrow")
