@@ -730,7 +730,9 @@ def test_a_line_unechoed_when_the_page_is_reloaded_is_sent_once_by_the_reloaded_
 def test_an_account_logging_in_on_a_new_device_is_put_back_in_its_rooms(web):
     from playwright.sync_api import expect
 
-    site = web()
+    # No pacing: the page's first lines (join, register, who...) would hold its read back, and a
+    # line still waiting for its turn when the connection ends is not this page's to keep.
+    site = web(flood_rate=0)
     laptop = site.page()
     register(laptop, "alice", "correct horse battery")
     say(laptop, "/join dev")
@@ -739,10 +741,10 @@ def test_an_account_logging_in_on_a_new_device_is_put_back_in_its_rooms(web):
     carol.send({"type": "join", "room": "dev"})
     carol.send({"type": "message", "room": "dev", "msg": "see you tomorrow"})
     expect(log_lines(laptop).last).to_contain_text("carol: see you tomorrow")
-    laptop.context.close()
+    laptop.goto("about:blank")  # away at once: what it showed is read all the same
     carol.expect(Left, name="alice", room="dev")  # the account has no session left
     phone = site.page()
     login(phone, "alice", "correct horse battery")
-    expect(room_entry(phone, "#dev")).to_be_visible()
+    expect(room_entry(phone, "#dev")).to_have_accessible_name("#dev")  # put back in it, nothing unread
     room_entry(phone, "#dev").click()
     expect(log_lines(phone).last).to_contain_text("carol: see you tomorrow")

@@ -63,6 +63,7 @@
     cidPrefix: Math.random().toString(36).slice(2, 8),
     cids: 0,
     readTimer: null,
+    readSentAt: 0, // when a read marker last went to the server
     search: null, // the search in the panel: {text, room, more, lines}
     searchLeft: 0, // matching lines still to come: never news of a room, even with the panel closed
     fresh: true, // the first connection of this page: the "new since you left" markers come from storage
@@ -915,18 +916,27 @@
     save();
   }
 
-  // The account's other devices learn what was read here: one `read` per room that moved, now and
-  // then rather than per line (each line to the server spends the rate limit like a line said).
+  // The account's other devices learn what was read here: at once, then (while lines keep coming)
+  // at most every READ_EVERY ms, one `read` per room that moved, since each line to the server
+  // spends the rate limit like a line said. What is still waiting goes when the page is hidden.
   function tellRead() {
     if (state.readTimer) return;
-    state.readTimer = setTimeout(() => {
-      state.readTimer = null;
-      if (!state.connected) return;
-      for (const buf of state.buffers.values()) {
-        if (buf.kind !== 'room' || !buf.joined || buf.readId <= (buf.toldRead || 0)) continue;
-        if (send({ type: 'read', room: buf.name, id: buf.readId })) buf.toldRead = buf.readId;
+    const wait = (state.readSentAt || 0) + READ_EVERY - Date.now();
+    if (wait <= 0) flushRead();
+    else state.readTimer = setTimeout(flushRead, wait);
+  }
+
+  function flushRead() {
+    clearTimeout(state.readTimer);
+    state.readTimer = null;
+    if (!state.connected || !state.account) return;
+    for (const buf of state.buffers.values()) {
+      if (buf.kind !== 'room' || !buf.joined || buf.readId <= (buf.toldRead || 0)) continue;
+      if (send({ type: 'read', room: buf.name, id: buf.readId })) {
+        buf.toldRead = buf.readId;
+        state.readSentAt = Date.now();
       }
-    }, READ_EVERY);
+    }
   }
 
   // Another device of the account read `buf` up to `id` (or a welcome said so): what it read is not
@@ -1500,7 +1510,9 @@
   document.addEventListener('visibilitychange', () => {
     const buf = state.buffers.get(state.active);
     if (!document.hidden && buf && atBottom()) markRead(buf);
+    if (document.hidden) flushRead();
   });
+  window.addEventListener('pagehide', flushRead);
   window.addEventListener('online', () => {
     if (state.me && !state.ws && state.wanted) {
       state.retry = 0;
