@@ -697,8 +697,9 @@ DROP_A_LINE_AND_STAY_OFFLINE = DROP_A_LINE.replace(
 ) + """
 const RealWebSocket = window.WebSocket;
 window.WebSocket = class extends RealWebSocket {
-    // Offline until the page is loaded again: every reconnect goes to a port nobody listens on.
-    constructor(url, protocols) { super(window.__offline ? 'ws://127.0.0.1:9/' : url, protocols); }
+    // Offline until the page is loaded again: every reconnect asks for a path the server refuses
+    // (its own origin, as the page's policy allows).
+    constructor(url, protocols) { super(window.__offline ? url.slice(0, -'/ws'.length) + '/offline' : url, protocols); }
 };
 """
 
