@@ -7,17 +7,23 @@ without a browser, except where CHAT_REQUIRE_BROWSER says it must run (.ci/run s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
+from chat.client.connection import ChatClient
+from chat.client.marks import SharedReadMarkers
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
-from chat.wire.protocol import ChatMessage, PrivateMessage
+from chat.wire.protocol import ChatMessage, Left, MarkRead, PrivateMessage, ReadMarker
+
+T = TypeVar("T")
 
 CHROMIUM = os.environ.get("CHAT_CHROMIUM", "/usr/bin/chromium")
 #: What the browser is started with: no sandbox (CI runs as root in a container), no GPU, no traffic of its own.
@@ -507,3 +513,239 @@ def test_a_room_whose_history_started_over_shows_its_new_lines(web):
     carol = site.client("carol")
     carol.say("new 0")  # id 1 again: not taken for the old id 1
     expect(log_lines(alice).last).to_contain_text("carol: new 0")
+
+
+class TerminalClient:
+    """The terminal client's connection (ChatClient) on an event loop of its own thread, so that a
+    test driving the page with Playwright's synchronous API can use both at once."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="terminal-client", daemon=True)
+        self.thread.start()
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(TIMEOUT)
+
+    def next_of(self, kind: type[T], **fields: Any) -> T:
+        async def wait() -> T:
+            async for event in self.client.events():
+                if isinstance(event, kind) and all(getattr(event, k) == v for k, v in fields.items()):
+                    return event
+            raise AssertionError(f"events ended before a {kind.__name__}")
+
+        return self.run(wait())
+
+    def close(self) -> None:
+        self.run(self.client.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(TIMEOUT)
+        self.loop.close()
+
+
+def register(page: Any, name: str, password: str) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("textbox", name="Name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("checkbox").check()
+    page.get_by_role("button", name="Join").click()
+    expect(page.get_by_role("log").get_by_text("registered", exact=False)).to_be_visible()
+
+
+def test_an_account_on_a_page_and_in_the_terminal_client_agrees_on_what_is_read(web):
+    from playwright.sync_api import expect
+
+    site = web()
+    alice = site.page()
+    register(alice, "alice", "correct horse battery")
+    terminal = TerminalClient(ChatClient(*site.server.address, "alice", password="correct horse battery"))
+    try:
+        welcome = terminal.run(terminal.client.connect())
+        assert welcome.account
+        markers = SharedReadMarkers(lambda room, up_to: None)
+        carol = site.client("carol")
+        carol.say("one")
+        carol.say("two")
+        said = carol.expect(ChatMessage, msg="two")
+        # The page shows the lobby: what it shows is read, and the terminal hears it.
+        expect(log_lines(alice).last).to_contain_text("carol: two")
+        heard = terminal.next_of(ReadMarker, room="lobby", id=said.id)
+        markers.heard("lobby", heard.id)
+        assert markers.read_up_to("lobby") == said.id
+        # Elsewhere on the page, the lobby's new lines are unread there until the terminal reads them.
+        say(alice, "/join dev")
+        expect(alice.get_by_role("heading", name="#dev")).to_be_visible()
+        carol.say("three")
+        carol.say("alice: four")
+        four = carol.expect(ChatMessage, msg="alice: four")
+        expect(room_entry(alice, "#lobby 2 unread, mentioned")).to_be_visible()
+        expect(alice).to_have_title("(2) chat")
+        terminal.run(terminal.client.send(MarkRead(room="lobby", id=four.id)))
+        expect(room_entry(alice, "#lobby")).to_have_accessible_name("#lobby")
+        expect(alice).to_have_title("chat")
+        alice.keyboard.press("Alt+1")  # what the terminal read is not "new since you left" here
+        expect(alice.get_by_role("heading", name="#lobby")).to_be_visible()
+        expect(log_lines(alice).last).to_contain_text("carol: alice: four")
+        expect(alice.get_by_role("log").locator(".marker")).to_have_count(0)
+        # A new device of the account starts where the others are: nothing of the lobby unread.
+        phone = site.page(width=390)
+        login(phone, "alice", "correct horse battery")
+        phone.get_by_role("button", name="Rooms and conversations").click()
+        expect(room_entry(phone, "#dev")).to_be_visible()  # the account's rooms follow it
+        expect(room_entry(phone, "#lobby")).to_have_accessible_name("#lobby")
+    finally:
+        terminal.close()
+
+
+DROP_A_LINE = """
+window.__drop = null;
+const realSend = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+    const drop = window.__drop;
+    if (drop && String(data).includes(drop.text)) {
+        window.__drop = null;
+        if (drop.reaches) realSend.call(this, data);
+        this.close();  // the echo (if any) never reaches the page
+        return;
+    }
+    realSend.call(this, data);
+};
+"""
+
+
+@pytest.mark.parametrize("reaches", [True, False], ids=["line-reached-the-server", "line-lost-on-the-way"])
+def test_a_line_typed_as_the_socket_drops_is_kept_once_after_the_reconnect(web, reaches):
+    from playwright.sync_api import expect
+
+    site = web()
+    context = site.context()
+    context.add_init_script(DROP_A_LINE)
+    alice = site.page("alice", context=context)
+    carol = site.client("carol")
+    alice.evaluate("reaches => { window.__drop = { text: 'as the socket drops', reaches }; }", reaches)
+    say(alice, "typed as the socket drops")
+    state = alice.get_by_role("status")
+    expect(state).to_have_attribute("data-state", "connected")
+    say(alice, "and after it")
+    assert carol.expect(ChatMessage, name="alice").msg == "typed as the socket drops"
+    assert carol.expect(ChatMessage, name="alice").msg == "and after it"  # nothing between: kept once
+    log = alice.get_by_role("log")
+    expect(log.locator(".line.message").last).to_contain_text("alice: and after it")
+    expect(log.get_by_text("typed as the socket drops", exact=True)).to_have_count(1)
+    dave = LineClient(site.server.address)  # somebody who comes later sees the room's history
+    try:
+        welcome = dave.join("dave")
+        kept = [m.msg for m in (dave.next() for _ in range(welcome.history)) if isinstance(m, ChatMessage)]
+    finally:
+        dave.close()
+    assert kept.count("typed as the socket drops") == 1, kept
+
+
+def test_search_finds_a_line_in_the_users_rooms_and_none_of_a_room_it_is_not_in(web, tmp_path):
+    from playwright.sync_api import expect
+
+    site = web(db=str(tmp_path / "chat.db"), flood_rate=0)  # search needs the history file's index
+    carol = site.client("carol")
+    carol.say("the needle is in the lobby")
+    carol.say_all(f"hay {i}" for i in range(120))  # the found line is older than the page keeps
+    carol.send({"type": "join", "room": "secret"})
+    carol.send({"type": "message", "room": "secret", "msg": "a needle in a secret room"})
+    assert carol.expect(ChatMessage, room="secret").msg == "a needle in a secret room"
+    alice = site.page("alice")
+    say(alice, "/join dev")
+    expect(alice.get_by_role("heading", name="#dev")).to_be_visible()
+    say(alice, "/search needle")  # this room only: nothing here
+    panel = alice.get_by_role("region", name="Search for “needle” in #dev")
+    expect(panel.get_by_role("status")).to_have_text("No line found.")
+    say(alice, "/search -all needle")
+    panel = alice.get_by_role("region", name="Search for “needle” everywhere")
+    results = panel.get_by_role("list", name="Search results").get_by_role("button")
+    expect(results).to_have_count(1)
+    expect(results.first).to_contain_text("#lobby carol: the needle is in the lobby")
+    expect(panel).not_to_contain_text("secret")
+    results.first.click()
+    expect(alice.get_by_role("heading", name="#lobby")).to_be_visible()
+    found = alice.get_by_role("log").locator(".line.found")
+    expect(found).to_contain_text("carol: the needle is in the lobby")
+    expect(found).to_be_in_viewport()
+    ids = [int(i) for i in alice.get_by_role("log").locator(".line[data-id]").evaluate_all(
+        "nodes => nodes.map(n => n.dataset.id)")]
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) > 100, ids  # no hole between it and the rest
+    panel.get_by_role("button", name="Close search results").click()
+    expect(panel).to_be_hidden()
+
+
+def test_a_server_that_cannot_search_says_so(web):
+    from playwright.sync_api import expect
+
+    site = web(flood_rate=0)  # no history file: no index
+    alice = site.page("alice")
+    site.client("carol").say_all(f"line {i}" for i in range(60))
+    expect(log_lines(alice).last).to_contain_text("carol: line 59")
+    say(alice, "/search anything")
+    panel = alice.get_by_role("region", name="Search for “anything” in #lobby")
+    expect(panel.get_by_role("status")).to_contain_text("This server cannot search")
+    expect(log_lines(alice).last).to_be_in_viewport()  # the panel took room, the newest line stays in view
+    alice.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+
+
+DROP_A_LINE_AND_STAY_OFFLINE = DROP_A_LINE.replace(
+    "this.close();", "window.__offline = true; this.close();"
+) + """
+const RealWebSocket = window.WebSocket;
+window.WebSocket = class extends RealWebSocket {
+    // Offline until the page is loaded again: every reconnect asks for a path the server refuses
+    // (its own origin, as the page's policy allows).
+    constructor(url, protocols) { super(window.__offline ? url.slice(0, -'/ws'.length) + '/offline' : url, protocols); }
+};
+"""
+
+
+def test_a_line_unechoed_when_the_page_is_reloaded_is_sent_once_by_the_reloaded_page(web):
+    from playwright.sync_api import expect
+
+    site = web()
+    context = site.context()
+    context.add_init_script(DROP_A_LINE_AND_STAY_OFFLINE)
+    alice = site.page("alice", context=context)
+    carol = site.client("carol")
+    alice.evaluate("() => { window.__drop = { text: 'lost in the drop', reaches: false }; }")
+    say(alice, "lost in the drop")
+    expect(alice.get_by_role("status")).to_have_attribute("data-state", "offline")
+    unsent = alice.get_by_role("list", name="Not sent yet")
+    expect(unsent.get_by_role("listitem")).to_have_text("alice: lost in the drop not sent yet")
+    alice.reload()
+    expect(alice.get_by_role("status")).to_have_attribute("data-state", "connected")
+    say(alice, "after the reload")
+    assert carol.expect(ChatMessage, name="alice").msg == "lost in the drop"
+    assert carol.expect(ChatMessage, name="alice").msg == "after the reload"
+    log = alice.get_by_role("log")
+    expect(log.locator(".line.message").last).to_contain_text("alice: after the reload")
+    expect(log.get_by_text("lost in the drop", exact=True)).to_have_count(1)
+    expect(unsent).to_be_hidden()  # kept by the server: in the log, no longer waiting below it
+
+
+def test_an_account_logging_in_on_a_new_device_is_put_back_in_its_rooms(web):
+    from playwright.sync_api import expect
+
+    # No pacing: the page's first lines (join, register, who...) would hold its read back, and a
+    # line still waiting for its turn when the connection ends is not this page's to keep.
+    site = web(flood_rate=0)
+    laptop = site.page()
+    register(laptop, "alice", "correct horse battery")
+    say(laptop, "/join dev")
+    expect(laptop.get_by_role("heading", name="#dev")).to_be_visible()
+    carol = site.client("carol")
+    carol.send({"type": "join", "room": "dev"})
+    carol.send({"type": "message", "room": "dev", "msg": "see you tomorrow"})
+    expect(log_lines(laptop).last).to_contain_text("carol: see you tomorrow")
+    laptop.goto("about:blank")  # away at once: what it showed is read all the same
+    carol.expect(Left, name="alice", room="dev")  # the account has no session left
+    phone = site.page()
+    login(phone, "alice", "correct horse battery")
+    expect(room_entry(phone, "#dev")).to_have_accessible_name("#dev")  # put back in it, nothing unread
+    room_entry(phone, "#dev").click()
+    expect(log_lines(phone).last).to_contain_text("carol: see you tomorrow")

@@ -14,6 +14,12 @@
     '/search', '/logout', '/help'];
   const ROLE_RANK = { admin: 0, owner: 1, op: 2, voice: 3 };
   const ROLE_MARK = { admin: '&', owner: '~', op: '@', voice: '+' };
+  // A line said is sent again after a reconnect until its echo comes, but not once the server may
+  // have forgotten its cid (10 minutes at least): then it could be kept twice.
+  const RESEND_WITHIN = 600000;
+  const READ_EVERY = 1500; // read markers go to the server at most this often (each line is paced)
+  const JUMP_PAGE = 500; // the most history lines one request brings (the server's limit)
+  const JUMP_FARTHEST = 2000; // a search result further back than this is not fetched line by line
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
@@ -51,13 +57,17 @@
     order: [], // keys in the sidebar's order
     active: null,
     privateSince: 0,
-    pending: [], // lines typed while offline, sent once the rooms are joined again
+    // Lines said whose echo has not come (typed offline, or sent as the socket dropped), by cid in
+    // the order said: each is sent again after the rooms are joined again, and kept once by its cid.
+    unechoed: new Map(),
+    cidPrefix: Math.random().toString(36).slice(2, 8),
+    cids: 0,
+    readTimer: null,
+    readSentAt: 0, // when a read marker last went to the server
+    search: null, // the search in the panel: {text, room, more, lines}
+    searchLeft: 0, // matching lines still to come: never news of a room, even with the panel closed
     fresh: true, // the first connection of this page: the "new since you left" markers come from storage
   };
-  // HOOK(read-markers): when the server syncs read markers across an account's devices, send the
-  // buffer's read position on change here and take the others' from the server's line.
-  // HOOK(cid): when the server takes a client id per line, give each pending line a cid so that a
-  // line sent just before a drop is neither lost nor doubled.
 
   function save() {
     if (!state.me) return;
@@ -79,6 +89,7 @@
     localStorage.setItem(STORE_KEY, JSON.stringify({
       name: state.me, token: state.token, rooms, lastIds, readIds, conversations,
       privateSince: state.privateSince, active: active ? active.key : null,
+      unechoed: [...state.unechoed.values()],
     }));
   }
 
@@ -162,6 +173,7 @@
   function countUnread(buf, line, live) {
     const said = ['message', 'action', 'private'].includes(line.kind);
     if (!said || fold(line.name) === fold(state.me)) return;
+    if (buf.kind === 'room' && line.id && line.id <= buf.readId) return; // read already, here or elsewhere
     const mentioned = line.kind === 'private' || mentions(line.msg);
     const seen = buf.key === state.active && !document.hidden && atBottom();
     if (!seen) {
@@ -230,6 +242,7 @@
       const delay = steps[Math.min(state.retry, steps.length - 1)] * 1000;
       state.retry += 1;
       setState('offline', `offline — reconnecting in ${Math.round(delay / 1000) || 1} s`);
+      renderOutbox();
       state.retryTimer = setTimeout(connect, delay);
     };
   }
@@ -242,11 +255,69 @@
     return false;
   }
 
-  // A line a person typed: sent now, or kept until the rooms are joined again.
+  // A line a person typed, with a cid: sent now and kept until its echo comes, so that whether the
+  // socket drops before it leaves or before its echo arrives, the reconnect sends it again, once.
   function say(message) {
+    state.cids += 1;
+    message.cid = `${state.cidPrefix}-${state.cids}`;
+    state.unechoed.set(message.cid, { message, at: Date.now() });
+    save(); // a reload or a closed tab still sends it, with the same cid
+    renderOutbox();
     if (state.connected && send(message)) return;
-    state.pending.push(message);
     info(state.buffers.get(state.active), 'offline: this line will be sent when the connection is back');
+  }
+
+  // One of our lines came back: forget it by its cid, or (a server that keeps no cids, a resume's
+  // history) the oldest line said of the same kind, place and text.
+  function echoed(m) {
+    if (!state.me || fold(m.name) !== fold(state.me)) return;
+    if (m.cid) {
+      if (state.unechoed.delete(m.cid)) {
+        save();
+        renderOutbox();
+      }
+      return;
+    }
+    for (const [cid, { message }] of state.unechoed) {
+      const place = m.type === 'private' ? fold(message.to || '') === fold(m.to) : fold(message.room || '') === fold(m.room);
+      if (message.type === m.type && message.msg === m.msg && place) {
+        state.unechoed.delete(cid);
+        save();
+        renderOutbox();
+        return;
+      }
+    }
+  }
+
+  function resendUnechoed() {
+    const now = Date.now();
+    for (const [cid, { message, at }] of state.unechoed) {
+      if (now - at > RESEND_WITHIN) state.unechoed.delete(cid);
+      else send(message);
+    }
+    renderOutbox();
+  }
+
+  // The shown buffer's lines said but not yet kept by the server, below its log until their echo.
+  function renderOutbox() {
+    const buf = state.buffers.get(state.active);
+    const box = $('outbox');
+    box.replaceChildren();
+    if (buf) {
+      for (const { message } of state.unechoed.values()) {
+        const here = buf.kind === 'private'
+          ? message.type === 'private' && fold(message.to) === fold(buf.name)
+          : message.type !== 'private' && fold(message.room) === fold(buf.name);
+        if (!here) continue;
+        const row = el('li', 'unsent');
+        if (message.type === 'action') row.append(el('span', 'star', '* '), el('span', 'nick', state.me), document.createTextNode(' '));
+        else row.append(el('span', 'nick', state.me), document.createTextNode(': '));
+        row.append(text(message.msg), el('span', 'unsent-mark', state.connected ? ' sending…' : ' not sent yet'));
+        box.append(row);
+      }
+    }
+    box.hidden = !box.childElementCount;
+    if (buf && buf.following !== false) $('scroller').scrollTop = $('scroller').scrollHeight;
   }
 
   function firstJoin() {
@@ -271,14 +342,18 @@
     send(join);
   }
 
-  function rejoinOthers() {
+  function rejoinOthers(accountRooms) {
     const saved = loadSaved();
     const rooms = new Set();
     for (const buf of state.buffers.values()) if (buf.kind === 'room' && buf.wanted) rooms.add(buf.name);
+    // An account's rooms follow it from device to device: the ones it joined elsewhere too.
+    for (const room of accountRooms || []) {
+      if (![...rooms].some((known) => fold(known) === fold(room))) rooms.add(room);
+    }
     if (state.fresh && saved && saved.name && fold(saved.name) === fold(state.me)) {
       for (const room of saved.rooms || []) rooms.add(room);
     }
-    rooms.delete(state.firstRoom);
+    for (const room of [...rooms]) if (fold(room) === fold(state.firstRoom)) rooms.delete(room);
     for (const room of rooms) {
       const buf = state.buffers.get(keyOf('room', room));
       const since = buf && buf.lastId ? buf.lastId : saved && saved.lastIds ? saved.lastIds[room] : 0;
@@ -288,14 +363,21 @@
       send(join);
     }
     state.fresh = false;
-    const pending = state.pending;
-    state.pending = [];
-    for (const message of pending) send(message);
+    resendUnechoed();
   }
 
   // --- what the server says -------------------------------------------------------------------
 
   function handle(m) {
+    if (state.searchLeft > 0 && ['message', 'action', 'private'].includes(m.type)) {
+      // A search's matches: a list to read, not news of any room.
+      state.searchLeft -= 1;
+      if (state.search) {
+        state.search.lines.push(m);
+        if (!state.searchLeft) renderSearch();
+      }
+      return undefined;
+    }
     switch (m.type) {
       case 'welcome': return onWelcome(m);
       case 'message':
@@ -308,8 +390,24 @@
       case 'renamed': return onRenamed(m);
       case 'users': return onUsers(m);
       case 'rooms': return onRooms(m);
+      case 'results':
+        state.searchLeft = m.count;
+        if (state.search) {
+          state.search.more = m.more;
+          state.search.lines = [];
+          if (!m.count) renderSearch();
+        }
+        return undefined;
       case 'history': return onHistory(m);
       case 'gap': return info(buffer('room', m.room), m.detail);
+      case 'read': {
+        const buf = state.buffers.get(keyOf('room', m.room));
+        if (buf) {
+          buf.toldRead = Math.max(buf.toldRead || 0, m.id);
+          heardRead(buf, m.id);
+        }
+        return;
+      }
       case 'reset': {
         const buf = buffer('room', m.room);
         buf.lines = [];
@@ -368,6 +466,12 @@
       info(buf, `${m.room}'s history started over`);
     }
     if (m.epoch != null) buf.epoch = m.epoch;
+    if (m.read != null) {
+      // An account's marker, whichever device set it: lines up to it are read here too.
+      buf.readKnown = true;
+      buf.toldRead = Math.max(buf.toldRead || 0, m.read);
+      if (m.read > buf.readId) heardRead(buf, m.read);
+    }
     buf.replay = m.history;
     buf.replayMissed = Boolean(buf.sinceSent);
     buf.sinceSent = false;
@@ -386,7 +490,7 @@
       }
       const want = saved && saved.active && state.buffers.has(saved.active) ? saved.active : null;
       activate(state.active || want || buf.key);
-      rejoinOthers();
+      rejoinOthers(m.rooms);
     } else if (!state.active) {
       activate(buf.key);
     }
@@ -407,14 +511,22 @@
       live = false;
     } else if (buf.replay > 0) {
       buf.replay -= 1;
-      live = buf.replayMissed ? 'missed' : false; // a resume's lines were missed; a join's are history
+      // A resume's lines were missed; a join's are history, unread past the account's marker.
+      live = buf.replayMissed || (buf.readKnown && m.id > buf.readId) ? 'missed' : false;
     }
     const line = { id: m.id, time: m.time, kind, name: m.name, msg: m.msg, ...extra };
     const added = addLine(buf, line, live);
     if (added) save();
+    if (buf.jump && buf.jumpAfter !== undefined && buf.older === 0) {
+      const id = buf.jump;
+      buf.jump = null;
+      buf.jumpAfter = undefined;
+      if (buf.key === state.active) jumpTo(buf, id);
+    }
   }
 
   function onSaid(m) {
+    echoed(m);
     numbered(m, buffer('room', m.room), m.type);
   }
 
@@ -446,6 +558,7 @@
   }
 
   function onPrivate(m) {
+    echoed(m);
     const other = fold(m.name) === fold(state.me) ? m.to : m.name;
     const buf = buffer('private', other);
     if (m.id > state.privateSince) state.privateSince = m.id;
@@ -534,6 +647,8 @@
     buf.more = m.more;
     buf.fetching = false;
     if (m.count === 0) scheduleRender('all');
+    if (buf.jump && m.count) buf.jumpAfter = m.count; // the page's lines come next; then the jump lands
+    else buf.jump = null; // nothing older is kept: the line is gone (retention)
   }
 
   function onError(m) {
@@ -550,6 +665,15 @@
       if (state.ws) state.ws.close();
       localStorage.removeItem(STORE_KEY);
       showLogin(sayWhy[m.code] || m.detail);
+      return;
+    }
+    if (m.code === 'already_joined' && m.room && state.buffers.has(keyOf('room', m.room))) {
+      return; // another device of the account put this one in the room first: nothing is wrong
+    }
+    if (m.code === 'search_unavailable' || (m.code === 'search_invalid' && state.search)) {
+      showSearch(m.code === 'search_unavailable'
+        ? 'This server cannot search: it keeps no history file, or shares its rooms with other servers.'
+        : `Nothing to search for: ${m.detail}`);
       return;
     }
     if (m.code === 'session_replaced' || m.code === 'removed') {
@@ -641,7 +765,12 @@
       log.replaceChildren();
       return;
     }
-    if (kind === 'all-bottom' || log.bufferKey !== buf.key) buf.following = true;
+    if (buf.holdView) {
+      buf.holdView = false;
+      buf.following = false;
+    } else if (kind === 'all-bottom' || log.bufferKey !== buf.key) {
+      buf.following = true;
+    }
     // Following: the reader is at the newest line, and stays there as lines come.
     const stick = buf.following !== false;
     if (kind === 'append' && log.lastRendered !== undefined && log.bufferKey === buf.key) {
@@ -783,6 +912,51 @@
       renderRooms();
       renderTitle();
     }
+    if (state.account && buf.kind === 'room' && buf.readId > (buf.toldRead || 0)) tellRead();
+    save();
+  }
+
+  // The account's other devices learn what was read here: at once, then (while lines keep coming)
+  // at most every READ_EVERY ms, one `read` per room that moved, since each line to the server
+  // spends the rate limit like a line said. What is still waiting goes when the page is hidden.
+  function tellRead() {
+    if (state.readTimer) return;
+    const wait = (state.readSentAt || 0) + READ_EVERY - Date.now();
+    if (wait <= 0) flushRead();
+    else state.readTimer = setTimeout(flushRead, wait);
+  }
+
+  function flushRead() {
+    clearTimeout(state.readTimer);
+    state.readTimer = null;
+    if (!state.connected || !state.account) return;
+    for (const buf of state.buffers.values()) {
+      if (buf.kind !== 'room' || !buf.joined || buf.readId <= (buf.toldRead || 0)) continue;
+      if (send({ type: 'read', room: buf.name, id: buf.readId })) {
+        buf.toldRead = buf.readId;
+        state.readSentAt = Date.now();
+      }
+    }
+  }
+
+  // Another device of the account read `buf` up to `id` (or a welcome said so): what it read is not
+  // unread here, and "new since you left" moves past it.
+  function heardRead(buf, id) {
+    if (id <= buf.readId) return;
+    buf.readId = id;
+    let unread = 0;
+    let mention = false;
+    for (const line of buf.lines) {
+      if (!line.id || line.id <= id || !['message', 'action'].includes(line.kind) || fold(line.name) === fold(state.me)) continue;
+      unread += 1;
+      if (mentions(line.msg)) mention = true;
+    }
+    buf.unread = Math.min(buf.unread, unread);
+    if (!buf.unread) buf.mention = false;
+    else buf.mention = buf.mention && mention;
+    if (buf.marker !== null) buf.marker = id;
+    if (buf.key === state.active) scheduleRender('all');
+    scheduleChrome();
     save();
   }
 
@@ -896,10 +1070,100 @@
     renderRooms();
     renderHeader();
     renderMembers();
+    renderOutbox();
     scheduleRender('all-bottom');
     freshen(buf);
     save();
   }
+
+  // --- search results: a panel above the log, each result a button that opens its place --------
+
+  // The panel takes room from the log: a reader at the newest line stays there.
+  function keepingBottom(change) {
+    const bottom = atBottom();
+    change();
+    if (bottom) $('scroller').scrollTop = $('scroller').scrollHeight;
+  }
+
+  function showSearch(status) {
+    keepingBottom(() => fillSearch(status));
+  }
+
+  function fillSearch(status) {
+    const scope = state.search && state.search.room ? ` in #${state.search.room}` : ' everywhere';
+    $('search-title').textContent = state.search ? `Search for “${state.search.text}”${scope}` : 'Search';
+    $('search-status').textContent = status;
+    $('search-results').replaceChildren();
+    $('search').hidden = false;
+  }
+
+  function renderSearch() {
+    keepingBottom(listResults);
+  }
+
+  function listResults() {
+    const found = state.search;
+    const count = found.lines.length;
+    fillSearch(count ? `${count} line${count === 1 ? '' : 's'} found, newest first${found.more ? `; ${found.more} older not shown` : ''}`
+      : 'No line found.');
+    const list = $('search-results');
+    for (const m of found.lines) {
+      const item = el('li', 'result');
+      const button = el('button', 'result-button');
+      button.type = 'button';
+      const date = new Date(m.time);
+      const when = el('time', 'when', isNaN(date) ? '' : date.toLocaleString([], {
+        year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', hourCycle: 'h23',
+      }));
+      if (!isNaN(date)) when.dateTime = m.time;
+      const other = m.type === 'private' ? (fold(m.name) === fold(state.me) ? m.to : m.name) : null;
+      const place = el('span', 'where', m.type === 'private' ? `@${other}` : `#${m.room}`);
+      button.append(when, document.createTextNode(' '), place, document.createTextNode(m.type === 'action' ? ' * ' : ' '),
+        el('span', 'nick', m.name), document.createTextNode(m.type === 'action' ? ' ' : ': '), el('span', 'text', m.msg));
+      button.addEventListener('click', () => jumpTo(m.type === 'private' ? buffer('private', other) : buffer('room', m.room), m.id));
+      item.append(button);
+      list.append(item);
+    }
+  }
+
+  function closeSearch() {
+    keepingBottom(() => {
+      $('search').hidden = true;
+    });
+    state.search = null;
+  }
+
+  // Open a result's place with the line in view. A line older than those kept is fetched first,
+  // every line between it and them too (scrolling back goes on from the oldest line kept).
+  function jumpTo(buf, id) {
+    if (state.active !== buf.key) activate(buf.key);
+    const index = buf.lines.findIndex((line) => line.id === id);
+    if (index < 0) {
+      const first = buf.lines.find((line) => line.id);
+      const before = first ? first.id : buf.lastId + 1;
+      if (buf.kind !== 'room' || !state.connected || buf.fetching || id >= before) return;
+      if (before - id > JUMP_FARTHEST) {
+        info(buf, `that line is ${before - id} lines back: scroll up to reach it`);
+        return;
+      }
+      buf.jump = id;
+      buf.fetching = true;
+      send({ type: 'history', room: buf.name, before, limit: Math.min(JUMP_PAGE, before - id + 20) });
+      return;
+    }
+    buf.jump = null;
+    buf.shownFrom = Math.max(0, index - 20);
+    buf.holdView = true; // this render shows the found line, not the newest
+    scheduleRender('all');
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      const node = $('log').querySelector(`[data-id="${id}"]`);
+      if (!node) return;
+      node.classList.add('found');
+      node.scrollIntoView({ block: 'center' });
+    }));
+  }
+
+  $('search-close').addEventListener('click', closeSearch);
 
   function notify(buf, line) {
     if (!('Notification' in window) || Notification.permission !== 'granted') return;
@@ -1028,9 +1292,18 @@
         return needRoom() && send({ type: 'who', room: first.replace(/^#/, '') || room });
       case '/list':
         return send({ type: 'rooms' });
-      case '/search':
-        // HOOK(search): when the server answers searches, send {"type": "search", ...} here.
-        return info(buf, 'this server does not offer search yet', 'error');
+      case '/search': {
+        // /search TEXT: this room (or everywhere, from a conversation); /search -all TEXT: everywhere.
+        const everywhere = first === '-all' || !room;
+        const words = first === '-all' ? after : args;
+        if (!words) return info(buf, 'usage: /search [-all] TEXT', 'error');
+        if (!state.connected) return info(buf, 'offline: search again when the connection is back', 'error');
+        state.search = { text: words, room: everywhere ? null : room, more: 0, lines: [] };
+        showSearch('searching…');
+        const asked = { type: 'search', text: words, limit: 50 };
+        if (!everywhere) asked.room = room;
+        return send(asked);
+      }
       case '/logout':
         return logout();
       case '/help':
@@ -1141,6 +1414,7 @@
       openPanel('sidebar');
       $('new-room').focus();
     } else if (event.key === 'Escape') {
+      if (!$('search').hidden) closeSearch();
       closePanels();
       $('message').focus();
     }
@@ -1236,7 +1510,9 @@
   document.addEventListener('visibilitychange', () => {
     const buf = state.buffers.get(state.active);
     if (!document.hidden && buf && atBottom()) markRead(buf);
+    if (document.hidden) flushRead();
   });
+  window.addEventListener('pagehide', flushRead);
   window.addEventListener('online', () => {
     if (state.me && !state.ws && state.wanted) {
       state.retry = 0;
@@ -1265,6 +1541,10 @@
       buf.readId = (saved.readIds || {})[room] || 0; // where "new since you left" goes
     }
     for (const name of saved.conversations || []) buffer('private', name);
+    // Lines said whose echo never came keep their cids; this page's own lines get new ones.
+    for (const kept of saved.unechoed || []) {
+      if (kept && kept.message && typeof kept.message.cid === 'string') state.unechoed.set(kept.message.cid, kept);
+    }
     if (saved.active && state.buffers.has(saved.active)) activate(saved.active);
     showApp();
     connect();
