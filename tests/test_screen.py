@@ -86,6 +86,7 @@ async def full_screen(
     settings_path: Path | None = None,
     conversations: tuple[str, ...] = (),
     password: str | None = None,
+    private_since: int | None = None,
 ) -> AsyncIterator[FullScreen]:
     """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
     its prompt; Ctrl-D at the end."""
@@ -95,7 +96,13 @@ async def full_screen(
         terminal = Vt100_Output(output, lambda: Size(rows=lines, columns=columns), term="xterm-256color")
         with create_app_session(input=keys, output=terminal):
             client = ChatClient(
-                *address, name, rooms=rooms, cursors=cursors, conversations=conversations, password=password
+                *address,
+                name,
+                rooms=rooms,
+                cursors=cursors,
+                conversations=conversations,
+                password=password,
+                private_since=private_since,
             )
             await client.connect()
             task = asyncio.create_task(
@@ -715,6 +722,45 @@ def test_private_buffers_open_in_the_last_run_are_there_again(chat_server, conne
             await again.sees(lambda s: "2:@bob" in again.status, "the conversation open again")
             again.type(ALT + "2")
             await again.sees(lambda s: "private conversation with bob" in again.rows[0], "and shown")
+
+    run(scenario())
+
+
+def test_private_buffers_come_back_after_a_restart_with_their_recent_lines(chat_server, connect):
+    laptop = connect()
+    laptop.send({"type": "join", "name": "alice"})
+    laptop.expect(Welcome)
+    laptop.send({"type": "register", "password": "correct horse battery"})
+    laptop.expect(SessionToken)
+    bob, carol = connect(), connect()
+    bob.join("bob")
+    carol.join("carol")
+    bob.send(SendPrivate(to="alice", msg="remember the keys"))
+    carol.send(SendPrivate(to="alice", msg="a chat alice closed"))
+    laptop.expect(PrivateMessage, msg="a chat alice closed")
+    laptop.send(SendPrivate(to="bob", msg="I will"))
+    seen = laptop.expect(PrivateMessage, msg="I will").id
+    laptop.send({"type": "leave"})
+    bob.expect(Left, name="alice")
+
+    async def scenario():
+        async with full_screen(
+            chat_server.address,
+            "alice",
+            conversations=("bob",),
+            private_since=seen,
+            password="correct horse battery",
+        ) as alice:
+            await alice.sees(lambda s: "2:@bob" in alice.status, "the conversation open again")
+            await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="welcome back"))
+            await alice.sees(lambda s: "2:@bob(1!)" in alice.status, "one unread: the lines read before are not")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "welcome back" in s, "the new line")
+            text = alice.text
+            assert text.index("remember the keys") < text.index("I will") < text.index("welcome back")
+            alice.type(PAGE_UP)  # the server pages back rooms only: the top says where older lines are
+            await alice.sees(lambda s: "/search -all WORDS finds them" in s, "where older private lines are")
+            assert "@carol" not in alice.status and "a chat alice closed" not in text  # closed stays closed
 
     run(scenario())
 

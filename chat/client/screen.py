@@ -262,6 +262,8 @@ class ChatScreen:
                 self._outage = (target.lines[-1], event, datetime.now())
             if numbered is not None and numbered <= self.markers.read_up_to(target.key):
                 news = False  # read already (on another device, once markers are shared)
+            if isinstance(event, PrivateMessage) and event.id <= self.client.recalled_private:
+                news = False  # read in an earlier run: recalled to fill the conversation again
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
@@ -460,6 +462,12 @@ class ChatScreen:
 
     def fetch_older(self, buffer: Buffer) -> None:
         """Ask for the messages above the top of a room's buffer, once at a time."""
+        if buffer.private and not buffer.complete:  # the server pages back rooms only
+            buffer.complete = True
+            older = "older private lines than these: /search -all WORDS finds them on the server"
+            buffer.add(render.notice(older, look=self.state.look), 0)
+            self.app.invalidate()
+            return
         if buffer.private or buffer.fetching or buffer.complete or not self.client.connected:
             return
         buffer.fetching = True
