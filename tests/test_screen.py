@@ -757,10 +757,40 @@ def test_private_buffers_come_back_after_a_restart_with_their_recent_lines(chat_
             alice.type(ALT + "2")
             await alice.sees(lambda s: "welcome back" in s, "the new line")
             text = alice.text
+            assert "remember the keys" in text and "I will" in text, text
             assert text.index("remember the keys") < text.index("I will") < text.index("welcome back")
             alice.type(PAGE_UP)  # the server pages back rooms only: the top says where older lines are
             await alice.sees(lambda s: "/search -all WORDS finds them" in s, "where older private lines are")
             assert "@carol" not in alice.status and "a chat alice closed" not in text  # closed stays closed
+
+    run(scenario())
+
+
+def test_a_marker_line_shows_where_reading_stopped_in_a_buffer_left_for_another(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+    bob.send({"type": "join", "room": "dev"})
+    bob.expect(Welcome, room="dev")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev")) as alice:
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "[dev] alice>" in s, "dev shown")
+            await asyncio.to_thread(bob.send, SendMessage(room="dev", msg="read this one"))
+            await alice.sees(lambda s: "bob: read this one" in s, "a line read")
+            assert not any(set(row.split("│")[0].strip()) == {"─"} for row in alice.rows)  # nothing unread: no marker
+            alice.type(ALT + "1")
+            await alice.sees(lambda s: "[lobby] alice>" in s, "lobby shown")
+            for text in ("missed one", "missed two"):
+                await asyncio.to_thread(bob.send, SendMessage(room="dev", msg=text))
+            await alice.sees(lambda s: "2:dev(2)" in alice.status, "two unread")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "bob: missed two" in s, "dev again")
+            rows = alice.rows
+            read = next(at for at, row in enumerate(rows) if "read this one" in row)
+            missed = next(at for at, row in enumerate(rows) if "missed one" in row)
+            between = [set(row.split("│")[0].strip()) for row in rows[read + 1 : missed]]
+            assert between == [{"─"}]  # the marker, left of the member list
 
     run(scenario())
 

@@ -257,6 +257,7 @@ class ChatScreen:
             if numbered is not None and target.context:
                 target.context -= 1
                 news = False
+            read_before = target.lines[-1] if target.lines else None
             target.add(fragments, numbered, render.day_of(event))
             if isinstance(event, ConnectionLost):
                 self._outage = (target.lines[-1], event, datetime.now())
@@ -265,6 +266,8 @@ class ChatScreen:
             if isinstance(event, PrivateMessage) and event.id <= self.client.recalled_private:
                 news = False  # read in an earlier run: recalled to fill the conversation again
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
+                if not target.unread:
+                    target.unread_from(read_before)
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
         self._settle_jump()
