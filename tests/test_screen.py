@@ -754,6 +754,8 @@ def test_private_buffers_come_back_after_a_restart_with_their_recent_lines(chat_
             await alice.sees(lambda s: "2:@bob" in alice.status, "the conversation open again")
             await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="welcome back"))
             await alice.sees(lambda s: "2:@bob(1!)" in alice.status, "one unread: the lines read before are not")
+            raw = alice.output.getvalue()
+            assert "\x1b]2;chat: 1 for you\x07" in raw and "\x1b]2;chat: 2" not in raw  # nor do they call
             alice.type(ALT + "2")
             await alice.sees(lambda s: "welcome back" in s, "the new line")
             text = alice.text
@@ -810,6 +812,7 @@ def test_lines_shown_for_context_after_a_restart_are_not_counted_as_unread(chat_
             await alice.sees(lambda s: "old in dev" in s, "dev's lines for context")
             alice.type("/history 1\r")  # answered after lobby's context: the connection keeps the order
             await alice.sees(lambda s: "no earlier messages" in s, "the answer")
+            assert not re.search(r"\d earlier message", alice.text)  # the context needs no header
             assert "2:lobby " in alice.status + " " and "2:lobby(" not in alice.status
 
     run(scenario())
