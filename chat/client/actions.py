@@ -356,8 +356,10 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
         if isinstance(event, Resumed) and not event.missed and state.first_welcome:
             # Back after a restart with nothing missed: a few earlier lines, so the screen is not empty.
             state.context_asked.add(room_key(event.room))
-            with contextlib.suppress(ConnectionClosed):
+            try:
                 await client.page_back(event.room, CONTEXT_LINES)
+            except ConnectionClosed:
+                state.context_asked.discard(room_key(event.room))  # no page is coming
     view.draw(shown, quiet)
     if failed := state.flush_logs():
         view.show(render.error(failed))
