@@ -586,6 +586,27 @@ def test_search_shows_the_matching_lines_and_ctrl_r_narrows_them_as_you_type(cha
     run(scenario())
 
 
+def test_tab_in_a_search_completes_a_name_to_look_for_not_a_line_addressed_to_it(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", size=(80, 24)) as alice:
+            await asyncio.to_thread(bob.say, "bob was here")
+            await alice.sees(lambda s: "bob was here" in s, "the line")
+            alice.type("\x12")  # Ctrl-R
+            await alice.sees(lambda s: "[search in lobby]" in s, "the query prompt")
+            alice.type("b\t")
+            await alice.sees(lambda s: "search 'bob'" in alice.status, "the name completed")
+            assert "bob:" not in alice.rows[-1]
+            alice.type(ALT)
+            await alice.sees(lambda s: "[search in lobby]" not in s, "search left")
+            alice.type("b\t")  # typing a line again: a name at its start addresses it
+            await alice.sees(lambda s: "alice> bob:" in s, "the line addressed")
+
+    run(scenario())
+
+
 def test_a_server_restart_is_one_line_and_silent_peoples_joins_and_parts_are_hidden(start_chat_server, tmp_path):
     config = ServerConfig(db=str(tmp_path / "chat.db"))
     first = start_chat_server(config)

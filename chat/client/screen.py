@@ -181,7 +181,9 @@ class ChatScreen:
         self.help: list[str] | None = None
         self._draft = ""
         self.input = InputBuffer(
-            completer=ChatCompleter(client, state.names_for_completion),
+            completer=ChatCompleter(
+                client, state.names_for_completion, lambda: self.search is None or not self.search.typing
+            ),
             complete_while_typing=False,
             history=history,
             multiline=True,  # a pasted text keeps its line ends; Enter is bound to send
