@@ -5,7 +5,9 @@
 # alice types, a server restart with a line typed during the outage, alice's
 # terminal closed and reopened ("new since you left"), a name change, an
 # escape sequence neutralised and names in colour; carol at 80x24 in 16 rooms with the
-# hotlist, Alt-A, /buffer 14 and Alt-J; then prints what each saw.
+# hotlist, Alt-A, /buffer 14 and Alt-J; erin's account on two devices, a laptop at 80x24 and a
+# phone at 200x50, reading on one and the other agreeing, and the laptop started again with its
+# private conversation and its lines; then prints what each saw.
 # Needs tmux; run from the repository root after README's install command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,12 @@ S=${S:-chat-scenario}
 DB=$(mktemp -d)/scenario.db  # a fresh history, kept across the restart below
 export XDG_STATE_HOME=$(mktemp -d) HOME=$(mktemp -d) XDG_CONFIG_HOME=$(mktemp -d)  # clients that remember no earlier run
 tmux kill-session -t $S 2>/dev/null || true
-trap 'tmux kill-session -t $S 2>/dev/null || true' EXIT
+stop() {  # the server first (SIGHUP, which killing the session sends, only reloads it)
+  tmux send-keys -t $S:server C-c 2>/dev/null || true
+  for _ in $(seq 100); do tmux capture-pane -p -t $S:server 2>/dev/null | grep -qF "stopped" && break; sleep 0.05; done
+  tmux kill-session -t $S 2>/dev/null || true
+}
+trap stop EXIT
 
 wait_for() {  # wait_for WINDOW TEXT: until TEXT is on WINDOW's screen (10 s at most)
   for _ in $(seq 200); do
@@ -157,7 +164,48 @@ tmux send-keys -t $S:carol M-a; wait_for carol "[1:lobby]"
 type_line carol "/buffer 14"; wait_for carol "[14:r14]"
 tmux send-keys -t $S:carol M-j 1 6; wait_for carol "[16:r16]"
 
-for window in alice bob carol server; do
+# erin's account on two devices at once: a laptop at 80x24 and a phone at 200x50, each with a home
+# of its own. What the phone reads is read on the laptop; a private buffer comes back, with its
+# lines and nothing unread, when the laptop's terminal is closed and opened again.
+export ERIN_PW="erin has a long passphrase"
+$PY -m chat.admin --db "$DB" accounts add erin --password-env ERIN_PW
+LAPTOP=$(mktemp -d) PHONE=$(mktemp -d)
+device() {  # device WINDOW HOME COLUMNS ROWS: erin's full-screen client there
+  tmux new-window -d -t $S -n "$1"; tmux resize-window -t "$S:$1" -x "$3" -y "$4"
+  tmux send-keys -t "$S:$1" "ERIN_PW='$ERIN_PW' HOME=$2 XDG_STATE_HOME=$2/state XDG_CONFIG_HOME=$2/config $PY client.py --port $PORT --name erin --password-env ERIN_PW --room lobby --room dev" Enter
+}
+device laptop "$LAPTOP" 80 24; wait_for laptop "2:dev"
+device phone "$PHONE" 200 50; wait_for phone "2:dev"
+$PY - "$PORT" <<'PYEOF'
+import json, socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
+    reader = s.makefile("rb")
+    def send(**message):
+        s.sendall(json.dumps(message).encode() + b"\n")
+    send(type="join", name="frank", room="dev")
+    send(type="message", room="dev", msg="erin: two lines for you")
+    send(type="message", room="dev", msg="and the second")
+    send(type="private", to="erin", msg="just between us")
+    while json.loads(reader.readline()).get("msg") != "just between us":  # its echo: kept and sent
+        pass
+    send(type="leave")
+    while s.recv(65536):
+        pass
+PYEOF
+wait_for laptop "2:dev(2!)"; wait_for phone "2:dev(2!)"; wait_for laptop "3:@frank(1!)"
+tmux send-keys -t $S:phone M-2; wait_for phone "frank: and the second"  # read on the phone...
+for _ in $(seq 200); do  # ...and read on the laptop too
+  tmux capture-pane -p -J -t "$S:laptop" | grep -qF "2:dev(2" || break
+  sleep 0.05
+done
+tmux capture-pane -p -J -t "$S:laptop" | grep -qF "2:dev(2" && { echo "FAILED: dev still unread on the laptop"; exit 1; }
+tmux send-keys -t $S:laptop M-3; wait_for laptop "[frank → erin] just between us"
+tmux kill-window -t $S:laptop  # the laptop's terminal closes, and opens again
+device laptop "$LAPTOP" 80 24; wait_for laptop "3:@frank"
+tmux capture-pane -p -J -t "$S:laptop" | grep -qF "3:@frank(" && { echo "FAILED: read lines counted again"; exit 1; }
+tmux send-keys -t $S:laptop M-3; wait_for laptop "[frank → erin] just between us"
+
+for window in alice bob carol laptop phone server; do
   echo "=== $window sees:"; tmux capture-pane -p -J -t "$S:$window" 2>/dev/null | grep -v '^$' || true
 done
 echo "scenario passed"

@@ -86,6 +86,7 @@ async def full_screen(
     settings_path: Path | None = None,
     conversations: tuple[str, ...] = (),
     password: str | None = None,
+    private_since: int | None = None,
 ) -> AsyncIterator[FullScreen]:
     """One person's full-screen client on an emulated `size` (columns, rows) terminal, once it shows
     its prompt; Ctrl-D at the end."""
@@ -95,7 +96,13 @@ async def full_screen(
         terminal = Vt100_Output(output, lambda: Size(rows=lines, columns=columns), term="xterm-256color")
         with create_app_session(input=keys, output=terminal):
             client = ChatClient(
-                *address, name, rooms=rooms, cursors=cursors, conversations=conversations, password=password
+                *address,
+                name,
+                rooms=rooms,
+                cursors=cursors,
+                conversations=conversations,
+                password=password,
+                private_since=private_since,
             )
             await client.connect()
             task = asyncio.create_task(
@@ -579,6 +586,27 @@ def test_search_shows_the_matching_lines_and_ctrl_r_narrows_them_as_you_type(cha
     run(scenario())
 
 
+def test_tab_in_a_search_completes_a_name_to_look_for_not_a_line_addressed_to_it(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", size=(80, 24)) as alice:
+            await asyncio.to_thread(bob.say, "bob was here")
+            await alice.sees(lambda s: "bob was here" in s, "the line")
+            alice.type("\x12")  # Ctrl-R
+            await alice.sees(lambda s: "[search in lobby]" in s, "the query prompt")
+            alice.type("b\t")
+            await alice.sees(lambda s: "search 'bob'" in alice.status, "the name completed")
+            assert "bob:" not in alice.rows[-1]
+            alice.type(ALT)
+            await alice.sees(lambda s: "[search in lobby]" not in s, "search left")
+            alice.type("b\t")  # typing a line again: a name at its start addresses it
+            await alice.sees(lambda s: "alice> bob:" in s, "the line addressed")
+
+    run(scenario())
+
+
 def test_a_server_restart_is_one_line_and_silent_peoples_joins_and_parts_are_hidden(start_chat_server, tmp_path):
     config = ServerConfig(db=str(tmp_path / "chat.db"))
     first = start_chat_server(config)
@@ -719,6 +747,77 @@ def test_private_buffers_open_in_the_last_run_are_there_again(chat_server, conne
     run(scenario())
 
 
+def test_private_buffers_come_back_after_a_restart_with_their_recent_lines(chat_server, connect):
+    laptop = connect()
+    laptop.send({"type": "join", "name": "alice"})
+    laptop.expect(Welcome)
+    laptop.send({"type": "register", "password": "correct horse battery"})
+    laptop.expect(SessionToken)
+    bob, carol = connect(), connect()
+    bob.join("bob")
+    carol.join("carol")
+    bob.send(SendPrivate(to="alice", msg="remember the keys"))
+    bob.expect(PrivateMessage, msg="remember the keys")  # its echo: kept before alice leaves
+    carol.send(SendPrivate(to="alice", msg="a chat alice closed"))
+    carol.expect(PrivateMessage, msg="a chat alice closed")
+    laptop.send(SendPrivate(to="bob", msg="I will"))
+    seen = laptop.expect(PrivateMessage, msg="I will").id
+    laptop.send({"type": "leave"})
+    bob.expect(Left, name="alice")
+
+    async def scenario():
+        async with full_screen(
+            chat_server.address,
+            "alice",
+            conversations=("bob",),
+            private_since=seen,
+            password="correct horse battery",
+        ) as alice:
+            await alice.sees(lambda s: "2:@bob" in alice.status, "the conversation open again")
+            await asyncio.to_thread(bob.send, SendPrivate(to="alice", msg="welcome back"))
+            await alice.sees(lambda s: "2:@bob(1!)" in alice.status, "one unread: the lines read before are not")
+            raw = alice.output.getvalue()
+            assert "\x1b]2;chat: 1 for you\x07" in raw and "\x1b]2;chat: 2" not in raw  # nor do they call
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "welcome back" in s, "the new line")
+            text = alice.text
+            assert text.index("remember the keys") < text.index("I will") < text.index("welcome back")
+            alice.type(PAGE_UP)  # the server pages back rooms only: the top says where older lines are
+            await alice.sees(lambda s: "/search -all WORDS finds them" in s, "where older private lines are")
+            assert "@carol" not in alice.status and "a chat alice closed" not in text  # closed stays closed
+
+    run(scenario())
+
+
+def test_a_marker_line_shows_where_reading_stopped_in_a_buffer_left_for_another(chat_server, connect):
+    bob = connect()
+    bob.join("bob")
+    bob.send({"type": "join", "room": "dev"})
+    bob.expect(Welcome, room="dev")
+
+    async def scenario():
+        async with full_screen(chat_server.address, "alice", rooms=("lobby", "dev")) as alice:
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "[dev] alice>" in s, "dev shown")
+            await asyncio.to_thread(bob.send, SendMessage(room="dev", msg="read this one"))
+            await alice.sees(lambda s: "bob: read this one" in s, "a line read")
+            assert not any(set(row.split("│")[0].strip()) == {"─"} for row in alice.rows)  # nothing unread: no marker
+            alice.type(ALT + "1")
+            await alice.sees(lambda s: "[lobby] alice>" in s, "lobby shown")
+            for text in ("missed one", "missed two"):
+                await asyncio.to_thread(bob.send, SendMessage(room="dev", msg=text))
+            await alice.sees(lambda s: "2:dev(2)" in alice.status, "two unread")
+            alice.type(ALT + "2")
+            await alice.sees(lambda s: "bob: missed two" in s, "dev again")
+            rows = alice.rows
+            read = next(at for at, row in enumerate(rows) if "read this one" in row)
+            missed = next(at for at, row in enumerate(rows) if "missed one" in row)
+            between = [set(row.split("│")[0].strip()) for row in rows[read + 1 : missed]]
+            assert between == [{"─"}]  # the marker, left of the member list
+
+    run(scenario())
+
+
 def test_lines_shown_for_context_after_a_restart_are_not_counted_as_unread(chat_server, connect):
     bob = connect()
     bob.join("bob")
@@ -734,6 +833,7 @@ def test_lines_shown_for_context_after_a_restart_are_not_counted_as_unread(chat_
             await alice.sees(lambda s: "old in dev" in s, "dev's lines for context")
             alice.type("/history 1\r")  # answered after lobby's context: the connection keeps the order
             await alice.sees(lambda s: "no earlier messages" in s, "the answer")
+            assert not re.search(r"\d earlier message", alice.text)  # the context needs no header
             assert "2:lobby " in alice.status + " " and "2:lobby(" not in alice.status
 
     run(scenario())

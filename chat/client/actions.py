@@ -165,6 +165,8 @@ class ChatState:
         #: whether the last welcome was its room's first.
         self.welcomed: set[str] = set()
         self.first_welcome = False
+        #: Rooms (by key) whose lines of context were asked for: their page comes without a header.
+        self.context_asked: set[str] = set()
         self.room = next(iter(client.rooms.values())).name if client.rooms else LOBBY
         #: A room the user asked to join: typing switches to it once it is welcomed.
         self.joining: str | None = None
@@ -313,6 +315,11 @@ def prompt(client: ChatClient, state: ChatState) -> FormattedText:
     )
 
 
+def _recalled(event: ClientEvent, client: ChatClient) -> bool:
+    """Whether `event` is a private line read in an earlier run, recalled to fill its conversation."""
+    return isinstance(event, PrivateMessage) and event.id <= client.recalled_private
+
+
 async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState, view: View) -> None:
     """Draw what arrived (less what the user hides), ring for what calls for them, and once the
     connection is back send what was typed while it was down."""
@@ -322,7 +329,7 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
     for event in batch:
         state.follow(event)
         state.spoke(event)
-        context = state.is_context(event)
+        context = state.is_context(event) or _recalled(event, client)
         if from_ignored(event, state.ignored):
             continue
         if isinstance(event, PrivateMessage) and event.name != client.name:
@@ -333,6 +340,9 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             state.log(event, client.name)  # the log keeps what the smart filter hides
         if state.smart.hides(event, client.name) and state.settings.smart_filter:
             quiet.add(len(shown))
+        if isinstance(event, HistoryPage) and room_key(event.room) in state.context_asked:
+            state.context_asked.discard(room_key(event.room))
+            quiet.add(len(shown))  # "-- nothing new since you left --" says what the lines are
         shown.append(event)
         if isinstance(event, Reconnected) and state.pending:
             view.draw(shown, quiet)
@@ -345,8 +355,11 @@ async def take_in(batch: list[ClientEvent], client: ChatClient, state: ChatState
             state.welcomed.add(room_key(event.room))
         if isinstance(event, Resumed) and not event.missed and state.first_welcome:
             # Back after a restart with nothing missed: a few earlier lines, so the screen is not empty.
-            with contextlib.suppress(ConnectionClosed):
+            state.context_asked.add(room_key(event.room))
+            try:
                 await client.page_back(event.room, CONTEXT_LINES)
+            except ConnectionClosed:
+                state.context_asked.discard(room_key(event.room))  # no page is coming
     view.draw(shown, quiet)
     if failed := state.flush_logs():
         view.show(render.error(failed))

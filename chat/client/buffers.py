@@ -95,6 +95,9 @@ class Buffer:
     _orders: list[int] = field(default_factory=list)
     #: The width last drawn at: how many rows a line appended while scrolled up moves the view.
     _width: int = 0
+    #: The last line read before the first unread one (WeeChat's read marker): a rule is drawn
+    #: under it while lines follow it.
+    marker: Line | None = None
 
     @property
     def private(self) -> bool:
@@ -148,8 +151,11 @@ class Buffer:
         wanted = self.scrolled + height
         rows: list[Fragments] = []
         at_top = True
-        for at in range(len(self.lines) - 1, -1, -1):
-            rows[:0] = self.lines[at].rows(width, bare)
+        newest = len(self.lines) - 1
+        for at in range(newest, -1, -1):
+            line = self.lines[at]
+            marked = line is self.marker and at < newest and not bare
+            rows[:0] = line.rows(width, bare) + ([marker_row(width)] if marked else [])
             if len(rows) >= wanted:
                 at_top = at == 0
                 break
@@ -185,9 +191,18 @@ class Buffer:
         """Scroll up (`rows` > 0) or down; never below the newest line."""
         self.scrolled = max(0, self.scrolled + rows)
 
+    def unread_from(self, line: Line | None) -> None:
+        """A line after `line` is the first one unread: the read marker goes under `line`."""
+        self.marker = line
+
     def read(self) -> None:
         """The user is looking at this buffer: nothing in it is unread."""
         self.unread, self.mentioned = 0, False
+
+
+def marker_row(width: int) -> Fragments:
+    """The rule under the last line read."""
+    return [("class:marker", "─" * width)]
 
 
 class Buffers:

@@ -249,6 +249,10 @@ class ChatClient:
         self.conversations: dict[str, str] = {name.casefold(): name for name in conversations}
         self._renames: dict[str, str] = {}  # old name -> new name, for renames passed on
         self._private_resume = private_since is not None
+        #: Private lines up to this id were read in an earlier run: the first connection asks for the
+        #: recent ones again (private_since 0) to fill the conversations still open, not as news.
+        self.recalled_private = private_since or 0
+        self._recall_private = private_since is not None and bool(self.conversations)
         #: Rooms whose join asked to resume and whose welcome has not come yet.
         self._resuming: set[str] = set()
         #: The session token the server gave: every reconnect proves who we are with it.
@@ -401,6 +405,8 @@ class ChatClient:
         first, *others = views
         try:
             private_since = self.private.last_id if self._private_resume else None
+            if self._recall_private:
+                private_since, self._recall_private = 0, False
             writer.write(
                 encode(
                     Join(
@@ -606,6 +612,8 @@ class ChatClient:
                 return self.replaced
             if isinstance(message, ChatMessage | Action | PrivateMessage):
                 self._echoed(message)
+            if self._closed_conversation(message):
+                continue  # recalled for the conversations open in the last run, and not one of them
             if not self._first_sight(message):
                 continue  # the echo of a line sent again, seen already (in the history replayed)
             fresh_removal = self._removes_me(message)
@@ -649,6 +657,13 @@ class ChatClient:
             view = self.rooms.get(room_key(message.room))
             return view is None or view.seen.first_sight(message.id)
         return True
+
+    def _closed_conversation(self, message: ServerMessage) -> bool:
+        """Whether `message` is a private line read in an earlier run, of a conversation since closed."""
+        if not isinstance(message, PrivateMessage) or message.id > self.recalled_private:
+            return False
+        other = message.to if message.name == self.name else message.name
+        return other.casefold() not in self.conversations
 
     def _echoed(self, message: ChatMessage | Action | PrivateMessage) -> None:
         """Forget the line `message` is the echo of: by its cid, or, for a line of this client's

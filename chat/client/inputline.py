@@ -26,20 +26,29 @@ class ChatCompleter(Completer):
     """Commands at the start of a line, user names anywhere: by default everybody the client knows;
     given `names`, in the order it says (the room's recent speakers first)."""
 
-    def __init__(self, client: ChatClient, names: Callable[[], list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        client: ChatClient,
+        names: Callable[[], list[str]] | None = None,
+        typing_a_line: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`typing_a_line` says whether the input is a line to send (else a search's query: no
+        commands, and a name at its start is what to look for, not whom the line is for)."""
         self.client = client
         self.names = names
+        self.typing_a_line = typing_a_line
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         word = document.get_word_before_cursor(WORD=True)
         before = document.text_before_cursor
-        if word.startswith("/") and before == word:
+        a_line = self.typing_a_line()
+        if a_line and word.startswith("/") and before == word:
             for command in COMMANDS:
                 if command.startswith(word.casefold()) and command != word:
                     yield Completion(command, start_position=-len(word))
             return
         # A name that starts the line is who the line is for: `alice: `, as IRC clients write it.
-        ending = ": " if before == word else ""
+        ending = ": " if a_line and before == word else ""
         for name in self.names() if self.names is not None else self.client.users:
             if name.casefold().startswith(word.casefold()) and name + ending != word:
                 yield Completion(name + ending, start_position=-len(word), display=name)

@@ -62,6 +62,7 @@ STYLE = {
     "private": "ansimagenta",
     "action": "italic",
     "notice": "#888888 italic",
+    "marker": "#aa4444",
     "moderation": "ansiyellow bold",
     "error": "ansired bold",
     "room": "ansicyan",

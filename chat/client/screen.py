@@ -181,7 +181,9 @@ class ChatScreen:
         self.help: list[str] | None = None
         self._draft = ""
         self.input = InputBuffer(
-            completer=ChatCompleter(client, state.names_for_completion),
+            completer=ChatCompleter(
+                client, state.names_for_completion, lambda: self.search is None or not self.search.typing
+            ),
             complete_while_typing=False,
             history=history,
             multiline=True,  # a pasted text keeps its line ends; Enter is bound to send
@@ -257,12 +259,17 @@ class ChatScreen:
             if numbered is not None and target.context:
                 target.context -= 1
                 news = False
+            read_before = target.lines[-1] if target.lines else None
             target.add(fragments, numbered, render.day_of(event))
             if isinstance(event, ConnectionLost):
                 self._outage = (target.lines[-1], event, datetime.now())
             if numbered is not None and numbered <= self.markers.read_up_to(target.key):
                 news = False  # read already (on another device, once markers are shared)
+            if isinstance(event, PrivateMessage) and event.id <= self.client.recalled_private:
+                news = False  # read in an earlier run: recalled to fill the conversation again
             if news and target is not self.active() and is_talk(event) and getattr(event, "name", me) != me:
+                if not target.unread:
+                    target.unread_from(read_before)
                 target.unread += 1
                 target.mentioned = target.mentioned or calls_for(event, me, self.state.look)
         self._settle_jump()
@@ -460,6 +467,12 @@ class ChatScreen:
 
     def fetch_older(self, buffer: Buffer) -> None:
         """Ask for the messages above the top of a room's buffer, once at a time."""
+        if buffer.private and not buffer.complete:  # the server pages back rooms only
+            buffer.complete = True
+            older = "older private lines than these: /search -all WORDS finds them on the server"
+            buffer.add(render.notice(older, look=self.state.look), 0)
+            self.app.invalidate()
+            return
         if buffer.private or buffer.fetching or buffer.complete or not self.client.connected:
             return
         buffer.fetching = True
