@@ -252,3 +252,12 @@ def test_chathistory_latest_and_before_answer_from_the_rooms_history_in_a_batch(
     assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 2", "line 3"]
     bob.send("CHATHISTORY AROUND #lobby msgid=1 2")
     assert "FAIL CHATHISTORY" in bob.expect("FAIL")
+
+
+def test_a_topic_an_irc_client_sets_comes_back_to_it_without_echo_message(irc_server):
+    bar = irc(irc_server)
+    bar.register("bar")
+    bar.send("JOIN #test")
+    bar.until(" 366 ", "#test")
+    bar.send("TOPIC #test :new topic")
+    assert bar.expect("TOPIC").startswith(":bar!")
