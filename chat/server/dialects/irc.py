@@ -32,6 +32,7 @@ from chat.server.dialects.base import (
     Directory,
     Due,
     Handled,
+    JoinTwinRooms,
     LogIn,
     Request,
     Said,
@@ -612,6 +613,10 @@ class IrcConnection(Connection):
             self._answers.append(self._line("005", nick, *tokens[:12], "are supported by this server"))
             tokens = tokens[12:]
         self._motd()
+        if self.account is not None:
+            # Then, first of what is due, the rooms the account's other devices are in (their
+            # JOINs come after this burst: never before 001).
+            self._waiting.appendleft(_Waiting(self._now, JoinTwinRooms()))
 
     def _motd(self) -> None:
         self._reply("375", f"- {self.server} Message of the day -")
