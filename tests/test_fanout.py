@@ -265,3 +265,10 @@ def test_a_senders_own_lines_are_left_to_its_writer_only_while_they_are_in_its_s
     assert fanout.take(other) == said(1).json.upper() + said(2).json.upper() + said(3).json.upper()
     fanout.publish("r", said(4))
     assert fanout.take(sender) is fanout.take(other) == said(4).json.upper()
+
+
+def test_a_json_sender_without_a_cid_shares_the_joined_buffer():
+    fanout: Fanout[Subscriber] = Fanout()
+    sender, other = peer_in(fanout, "r", label="s"), peer_in(fanout, "r", label="o")
+    fanout.publish("r", said(1, sender), said(2))
+    assert fanout.take(sender) is fanout.take(other)

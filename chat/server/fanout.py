@@ -56,6 +56,7 @@ class _Log(Generic[S]):
         "lines",
         "personal_at",
         "published_bytes",
+        "said_by",
         "subscribers",
     )
 
@@ -73,16 +74,22 @@ class _Log(Generic[S]):
         self._joined: dict[int, bytes] = {}
         self._joined_other: dict[tuple[Dialect, int], bytes] = {}
         self._joined_head = 0
-        #: Reader -> the number of the last line it sent (its echo, with its `cid`, is for it
-        #: alone): a slice holding one is joined for that reader, the shared ones skip its echoes.
+        #: Reader -> the number of the last line it sent with a `cid` (its echo is for it alone):
+        #: a slice holding one is joined for that reader, the shared ones skip its echoes.
         self.echoes: dict[object, int] = {}
+        #: Reader -> the number of the last line it sent at all: a writer of one peer writes a
+        #: slice holding one itself (IRC leaves its client's own lines out without echo-message).
+        self.said_by: dict[object, int] = {}
         #: The number of the last line that is not a SaidLine (a join, a part, a topic, ...): a
         #: writer of one peer writes a slice holding one itself (it may track state, as IRC's does).
         self.personal_at = -1
 
     def append(self, line: Line) -> None:
-        if line.echo_to is not None:
-            self.echoes[line.echo_to] = self.head
+        sender = line.echo_to
+        if sender is not None:
+            self.said_by[sender] = self.head
+            if line.echo is not None:
+                self.echoes[sender] = self.head
         if type(line) is not SaidLine:
             self.personal_at = self.head
         self.lines.append(line)
@@ -108,8 +115,8 @@ class _Log(Generic[S]):
             return self.slice(start, head, dialect, reader)
         if dialect is not JSON_LINES and getattr(dialect, "per_peer", False):
             shared: Dialect | None = getattr(dialect, "shared", None)
-            if shared is None or start <= self.personal_at:
-                return self.slice(start, head, dialect)
+            if shared is None or start <= self.personal_at or self.said_by.get(reader, -1) >= start:
+                return self.slice(start, head, dialect, reader)
             dialect = shared
         if head != self._joined_head:
             self._joined.clear()
@@ -135,6 +142,8 @@ class _Log(Generic[S]):
         self.base_bytes = self.ends[drop - 1]
         if self.echoes:
             self.echoes = {reader: last for reader, last in self.echoes.items() if last >= position}
+        if self.said_by:
+            self.said_by = {reader: last for reader, last in self.said_by.items() if last >= position}
         del self.lines[:drop]
         del self.ends[:drop]
         self.base = position
