@@ -1,6 +1,6 @@
 """Our server against the code before a change, with ../shared/bench/compare.py's generator, interleaved.
 
-Adds `before` to compare.py's servers: server.py of another checkout (`--before DIR`, e.g. a
+Adds `before` (and `before-irc`, through its IRC listener) to compare.py's servers: server.py of another checkout (`--before DIR`, e.g. a
 `git archive main | tar -x -C DIR`), started as `ours` is (SQLite history in a fresh file), so
 that `--servers before,ours` measures the two in one run. Everything else is compare.py's.
 
@@ -33,6 +33,10 @@ def main() -> int:
         found["before"] = ("jsonl", lambda port: [py, server, "--host", "127.0.0.1", "--port", str(port), "--db",
                                                   os.path.join(work, f"before-{port}.db"), "--log-level", "WARNING",
                                                   *extra])
+        found["before-irc"] = ("irc", lambda port: [py, server, "--host", "127.0.0.1", "--port", str(compare.free_port()),
+                                                    "--irc-port", str(port), "--db",
+                                                    os.path.join(work, f"before-irc-{port}.db"), "--log-level",
+                                                    "WARNING", *extra])
         return found
 
     compare.servers = servers

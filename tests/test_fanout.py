@@ -200,3 +200,75 @@ def test_own_lines_taken_for_sending_are_still_owed_until_the_connection_accepts
     assert fanout.queued_bytes(peer) == 3
     fanout.accepted(peer, peer.pending, 3)
     assert fanout.queued_bytes(peer) == 0
+
+
+class PeerWriter:
+    """A dialect of one peer (as IRC's writer): a room's said lines come from the shared dialect."""
+
+    name = "peer"
+    per_peer = True
+
+    def __init__(self, shared: CountingDialect) -> None:
+        self.shared = shared
+        self.encodes = 0
+
+    def encode(self, line: Line) -> bytes:
+        self.encodes += 1
+        return b"" if line.echo_to is not None and line.echo_to is self.peer else line.encoded(self.shared)
+
+    peer: object = None
+
+
+def said(n: int, to: object = None) -> Line:
+    return Line.said("message", "r", "ann", f"m{n}", "2026-12-07T00:00:00Z", n).echoed(None, to)
+
+
+def writers_in(fanout: Fanout[Subscriber], shared: CountingDialect, count: int) -> list[Subscriber]:
+    peers = []
+    for i in range(count):
+        writer = PeerWriter(shared)
+        peer = writer.peer = Subscriber(f"w{i}", writer)
+        fanout.subscribe(peer, "r")
+        peers.append(peer)
+    return peers
+
+
+def test_per_peer_writers_share_one_buffer_for_said_lines():
+    fanout: Fanout[Subscriber] = Fanout()
+    shared = CountingDialect()
+    first, second = writers_in(fanout, shared, 2)
+    fanout.publish("r", said(1), said(2))
+    fanout.due()
+    assert fanout.take(first) is fanout.take(second)
+    assert shared.encodes == 2
+    assert (first.dialect.encodes, second.dialect.encodes) == (0, 0)  # type: ignore[attr-defined]
+
+
+def test_a_line_that_is_not_said_is_written_by_each_peers_own_writer():
+    fanout: Fanout[Subscriber] = Fanout()
+    shared = CountingDialect()
+    first, second = writers_in(fanout, shared, 2)
+    fanout.publish("r", said(1), Line(b'{"type":"joined"}\n'), said(2))
+    expected = said(1).json.upper() + b'{"TYPE":"JOINED"}\n' + said(2).json.upper()
+    assert fanout.take(first) == fanout.take(second) == expected
+    assert (first.dialect.encodes, second.dialect.encodes) == (3, 3)  # type: ignore[attr-defined]
+    fanout.publish("r", said(3))
+    assert fanout.take(first) is fanout.take(second)  # past it, shared again
+
+
+def test_a_senders_own_lines_are_left_to_its_writer_only_while_they_are_in_its_slice():
+    fanout: Fanout[Subscriber] = Fanout()
+    shared = CountingDialect()
+    sender, other = writers_in(fanout, shared, 2)
+    fanout.publish("r", said(1), said(2, sender), said(3))
+    assert fanout.take(sender) == said(1).json.upper() + said(3).json.upper()
+    assert fanout.take(other) == said(1).json.upper() + said(2).json.upper() + said(3).json.upper()
+    fanout.publish("r", said(4))
+    assert fanout.take(sender) is fanout.take(other) == said(4).json.upper()
+
+
+def test_a_json_sender_without_a_cid_shares_the_joined_buffer():
+    fanout: Fanout[Subscriber] = Fanout()
+    sender, other = peer_in(fanout, "r", label="s"), peer_in(fanout, "r", label="o")
+    fanout.publish("r", said(1, sender), said(2))
+    assert fanout.take(sender) is fanout.take(other)

@@ -252,3 +252,55 @@ def test_chathistory_latest_and_before_answer_from_the_rooms_history_in_a_batch(
     assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 2", "line 3"]
     bob.send("CHATHISTORY AROUND #lobby msgid=1 2")
     assert "FAIL CHATHISTORY" in bob.expect("FAIL")
+
+
+def registered_account(server, name: str, password: str) -> LineClient:
+    """A JSON device of the account `name` (registered with `password`), in #dev."""
+    phone = LineClient(server.address)
+    phone.join(name)
+    phone.send({"type": "register", "password": password})
+    phone.expect(SessionToken)
+    phone.send({"type": "join", "room": "dev"})
+    phone.expect(Welcome, room="dev")
+    return phone
+
+
+def test_a_json_device_and_an_irc_device_of_one_account_see_each_others_lines(irc_server):
+    phone = registered_account(irc_server, "alice", "correct horse")
+    laptop = irc(irc_server)
+    burst = laptop.register("alice", password="correct horse")
+    assert not any(" JOIN " in line for line in burst)  # nothing joined before the welcome burst
+    assert laptop.expect("JOIN", "#dev").startswith(":alice!")
+    laptop.until(" 366 ", "#dev")
+    phone.send({"type": "message", "room": "dev", "msg": "sent from the phone"})
+    assert laptop.expect("PRIVMSG").endswith("PRIVMSG #dev :sent from the phone")
+    laptop.send("PRIVMSG #dev :sent from the laptop", "PING done")
+    seen = phone.expect(ChatMessage, msg="sent from the laptop")
+    assert (seen.name, seen.room) == ("alice", "dev")
+    assert not any("sent from the laptop" in line for line in laptop.until("PONG"))  # its own, without echo-message
+
+
+def test_two_irc_devices_of_one_account_both_stay_and_hear_each_other(irc_server):
+    registered_account(irc_server, "alice", "correct horse").close()
+    first = irc(irc_server)
+    first.register("alice", password="correct horse")
+    first.send("JOIN #dev")
+    first.until(" 366 ", "#dev")
+    second = irc(irc_server)
+    second.register("alice", password="correct horse")
+    second.until(" 366 ", "#dev")  # in the room its other device is in
+    second.send("PRIVMSG #dev :from the second")
+    assert first.expect("PRIVMSG").endswith("PRIVMSG #dev :from the second")
+    first.send("PRIVMSG #dev :from the first", "PING still here")
+    assert second.expect("PRIVMSG").endswith("PRIVMSG #dev :from the first")
+    lines = first.until("PONG")
+    assert not any(line.startswith("ERROR") or "from the first" in line for line in lines)
+
+
+def test_a_topic_an_irc_client_sets_comes_back_to_it_without_echo_message(irc_server):
+    bar = irc(irc_server)
+    bar.register("bar")
+    bar.send("JOIN #test")
+    bar.until(" 366 ", "#test")
+    bar.send("TOPIC #test :new topic")
+    assert bar.expect("TOPIC").startswith(":bar!")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from chat.server.lines import JSON_LINES, Dialect, Line
+from chat.server.lines import JSON_LINES, Dialect, Line, SaidLine
 
 #: A log is looked at for trimming once it holds this many lines.
 TRIM_AT = 2048
@@ -54,7 +54,9 @@ class _Log(Generic[S]):
         "ends",
         "head",
         "lines",
+        "personal_at",
         "published_bytes",
+        "said_by",
         "subscribers",
     )
 
@@ -72,13 +74,24 @@ class _Log(Generic[S]):
         self._joined: dict[int, bytes] = {}
         self._joined_other: dict[tuple[Dialect, int], bytes] = {}
         self._joined_head = 0
-        #: Reader -> how many lines in the log carry an echo for it alone (a sender's `cid`):
-        #: that reader's slices are joined for it, the shared ones skip its echoes.
+        #: Reader -> the number of the last line it sent with a `cid` (its echo is for it alone):
+        #: a slice holding one is joined for that reader, the shared ones skip its echoes.
         self.echoes: dict[object, int] = {}
+        #: Reader -> the number of the last line it sent at all: a writer of one peer writes a
+        #: slice holding one itself (IRC leaves its client's own lines out without echo-message).
+        self.said_by: dict[object, int] = {}
+        #: The number of the last line that is not a SaidLine (a join, a part, a topic, ...): a
+        #: writer of one peer writes a slice holding one itself (it may track state, as IRC's does).
+        self.personal_at = -1
 
     def append(self, line: Line) -> None:
-        if line.echo_to is not None:
-            self.echoes[line.echo_to] = self.echoes.get(line.echo_to, 0) + 1
+        sender = line.echo_to
+        if sender is not None:
+            self.said_by[sender] = self.head
+            if line.echo is not None:
+                self.echoes[sender] = self.head
+        if type(line) is not SaidLine:
+            self.personal_at = self.head
         self.lines.append(line)
         self.head += 1
         self.published_bytes += len(line.json)
@@ -86,7 +99,7 @@ class _Log(Generic[S]):
 
     def slice(self, start: int, stop: int, dialect: Dialect, reader: object = None) -> bytes:
         lines = self.lines[start - self.base : stop - self.base]
-        if reader is not None and reader in self.echoes:
+        if reader is not None and self.echoes.get(reader, -1) >= start:
             lines = [line.echo if line.echo is not None and line.echo_to is reader else line for line in lines]
         if dialect is JSON_LINES:
             return b"".join([line.json for line in lines])
@@ -94,10 +107,17 @@ class _Log(Generic[S]):
 
     def since(self, start: int, dialect: Dialect, reader: object = None) -> bytes:
         """Every line from `start` to the head in `dialect`, joined once however many ask
-        (for a reader some of whose echoes are in the log, joined for it alone)."""
+        (for a reader some of whose echoes are in it, joined for it alone). A writer of one
+        peer (`per_peer`) shares its `shared` dialect's slice while the slice holds said lines
+        only, and writes it itself otherwise."""
         head = self.head
-        if self.echoes and reader in self.echoes:
+        if self.echoes and self.echoes.get(reader, -1) >= start:
             return self.slice(start, head, dialect, reader)
+        if dialect is not JSON_LINES and getattr(dialect, "per_peer", False):
+            shared: Dialect | None = getattr(dialect, "shared", None)
+            if shared is None or start <= self.personal_at or self.said_by.get(reader, -1) >= start:
+                return self.slice(start, head, dialect, reader)
+            dialect = shared
         if head != self._joined_head:
             self._joined.clear()
             self._joined_other.clear()
@@ -120,11 +140,10 @@ class _Log(Generic[S]):
     def forget_before(self, position: int) -> None:
         drop = position - self.base
         self.base_bytes = self.ends[drop - 1]
-        for line in self.lines[:drop]:
-            if line.echo_to is not None:
-                left = self.echoes.pop(line.echo_to, 1) - 1
-                if left > 0:
-                    self.echoes[line.echo_to] = left
+        if self.echoes:
+            self.echoes = {reader: last for reader, last in self.echoes.items() if last >= position}
+        if self.said_by:
+            self.said_by = {reader: last for reader, last in self.said_by.items() if last >= position}
         del self.lines[:drop]
         del self.ends[:drop]
         self.base = position

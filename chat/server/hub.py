@@ -327,6 +327,11 @@ class Hub(Generic[P]):
         log.info("%s logged in as %s", session.label, quoted(session.name or ""))
         return identity
 
+    def join_twin_rooms(self, session: Session[P]) -> None:
+        """Enter the rooms the account's other sessions are in: the rest of a log_in, once the
+        front door has welcomed the session (IRC, after its registration burst)."""
+        self._follow_twins(session)
+
     def presence(self, name: str) -> Presence | None:
         """Who holds `name` on this server now (or on another, where rooms are shared), if anybody."""
         with self._lock:

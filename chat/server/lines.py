@@ -83,13 +83,15 @@ class Line:
     def said(cls, kind: Literal["message", "action"], room: str, name: str, msg: str, time: str, id: int) -> Line:
         """A line said in a room: the hot path, formatted straight from its parts (codec.encode_said).
         The id comes last, so that a log can number a line built from the rest."""
-        return cls(encode_said(kind, room, id, name, msg, time))
+        return SaidLine(encode_said(kind, room, id, name, msg, time))
 
     def echoed(self, cid: str | None, to: object) -> Line:
-        """This line, with its sender's echo carrying `cid` (if any) for the peer `to` alone."""
+        """This line, sent by the peer `to`, with its sender's echo carrying `cid` (if any) for it alone.
+        Without a cid the sender's copy is the line itself; a dialect that writes its peer's own lines
+        otherwise (IRC without echo-message) knows them by `echo_to`."""
         if cid is not None:
             self.echo = self.with_cid(cid)
-            self.echo_to = to
+        self.echo_to = to
         return self
 
     def with_cid(self, cid: str) -> Line:
@@ -113,7 +115,7 @@ class Line:
         return number
 
     def encoded(self, dialect: Dialect) -> bytes:
-        """The line in `dialect`'s bytes, made once per dialect."""
+        """The line in `dialect`'s bytes, made once per dialect (each time, for a writer of one peer)."""
         if dialect is JSON_LINES:
             return self.json
         if getattr(dialect, "per_peer", False):
@@ -128,6 +130,13 @@ class Line:
 
     def __repr__(self) -> str:
         return f"Line({self.json!r})"
+
+
+class SaidLine(Line):
+    """A line said in a room (Line.said): it looks the same to every reader of a dialect, but for
+    its sender's own copy, so that a dialect with a writer per peer shares one rendering of it."""
+
+    __slots__ = ()
 
 
 class Repeat(Line):

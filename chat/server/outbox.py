@@ -91,6 +91,9 @@ class Outbox:
     def register(self, transport: Transport, label: str, dialect: Dialect = JSON_LINES) -> Peer:
         """A new connection, written in `dialect`; it gets its own lines at once, a room's once subscribed."""
         peer = Peer(transport, label, dialect)
+        attach = getattr(dialect, "attach_peer", None)
+        if attach is not None:  # a writer of one peer (IRC's): it knows its peer's own lines by it
+            attach(peer)
         with self._lock:
             self._peers.add(peer)
             if self._closing_all is not None:

@@ -421,8 +421,8 @@ class Room(Generic[P]):
                         # Built with its echo: a log whose lines reach members through another
                         # way (Redis' reader) has the sender's echo go with it.
                         builds.append(functools.partial(_with_echo, kind, self.name, name, text, stamp, tag[1], peer))
-                    else:
-                        builds.append(functools.partial(Line.said, kind, self.name, name, text, stamp))
+                    else:  # its sender's peer still known: a dialect may write its own lines otherwise
+                        builds.append(functools.partial(_with_echo, kind, self.name, name, text, stamp, None, peer))
                     tags.append(tag)
                 speaking.append(turn)
             lines = self._log.append_all(builds, tags if echoes else ())
@@ -801,8 +801,9 @@ _OPERATORS = ("op", "owner", "admin")
 Said = Literal["message", "action"]
 
 
-def _with_echo(kind: Said, room: str, name: str, text: str, stamp: str, cid: str, peer: object, id: int) -> Line:
-    """A said line, numbered `id`, with its sender's echo carrying `cid` for the peer `peer`."""
+def _with_echo(kind: Said, room: str, name: str, text: str, stamp: str, cid: str | None, peer: object,
+               id: int) -> Line:
+    """A said line, numbered `id`, sent by the peer `peer` (its echo carrying `cid`, if any)."""
     return Line.said(kind, room, name, text, stamp, id).echoed(cid, peer)
 
 

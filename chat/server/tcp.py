@@ -33,6 +33,7 @@ from chat.server.dialects.base import (
     Dialect,
     Due,
     Handled,
+    JoinTwinRooms,
     LogIn,
     Refusal,
     Request,
@@ -250,12 +251,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     server.hub.log_in(session, join, user_name, real_name)
                 case Request(Describe(user_name, real_name)):
                     session.user_name, session.real_name = user_name, real_name
+                case Request(JoinTwinRooms()):
+                    server.hub.join_twin_rooms(session)
                 case Said(room, lines):
                     started = time.monotonic()
                     server.hub.speak(session, room, lines)
                     server.stats.kept(len(lines), time.monotonic() - started)
                 case Request(message):
-                    assert not isinstance(message, LogIn | Describe)
+                    assert not isinstance(message, LogIn | Describe | JoinTwinRooms)
                     if not server.hub.receive(session, message):
                         return False
                 case Refusal(refused):

@@ -49,7 +49,7 @@ MAX_BATCH = 64
 class Request:
     """One request due now, for the hub to act on."""
 
-    message: ClientMessage | ClassicMessage | LogIn | Describe
+    message: ClientMessage | ClassicMessage | LogIn | Describe | JoinTwinRooms
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,12 @@ class Describe:
 
     user_name: str
     real_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTwinRooms:
+    """Enter the rooms the account's other sessions are in (IRC's registration, once its welcome
+    burst is out: a JSON client's first join does it by itself)."""
 
 
 #: What a connection gives out when a request is due.

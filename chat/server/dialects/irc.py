@@ -32,6 +32,7 @@ from chat.server.dialects.base import (
     Directory,
     Due,
     Handled,
+    JoinTwinRooms,
     LogIn,
     Request,
     Said,
@@ -612,6 +613,10 @@ class IrcConnection(Connection):
             self._answers.append(self._line("005", nick, *tokens[:12], "are supported by this server"))
             tokens = tokens[12:]
         self._motd()
+        if self.account is not None:
+            # Then, first of what is due, the rooms the account's other devices are in (their
+            # JOINs come after this burst: never before 001).
+            self._waiting.appendleft(_Waiting(self._now, JoinTwinRooms()))
 
     def _motd(self) -> None:
         self._reply("375", f"- {self.server} Message of the day -")
@@ -1036,6 +1041,9 @@ class IrcWriter:
     capabilities, the rest (replies, its own JOIN, history batches) in its own words.
 
     A Line keeps no bytes for this object (`per_peer`): it is one client's, and its words change.
+    The fan-out takes a room's said lines from `shared` instead, joined once for every client with
+    the same capabilities, unless a slice holds this client's own line or a line that changes
+    what the writer tracks (a join, a part, a nick, a mode): those slices come through `encode`.
     """
 
     name = "irc"
@@ -1044,6 +1052,8 @@ class IrcWriter:
     def __init__(self, connection: IrcConnection) -> None:
         self._connection = connection
         self._render: IrcRender | None = None
+        #: The outbox's peer for this client (attach_peer), once registered with the outbox.
+        self.peer: object = None
         self._lock = threading.Lock()
         #: Per room: the history lines still to come after a welcome or a history page, their batch,
         #: and the thread that queues them (a history is rendered as it is queued, by the thread that
@@ -1059,6 +1069,16 @@ class IrcWriter:
 
     def caps_changed(self) -> None:
         self._render = None
+
+    def attach_peer(self, peer: object) -> None:
+        """The outbox's peer this writer writes for: lines whose `echo_to` is it are the client's own."""
+        self.peer = peer
+
+    @property
+    def shared(self) -> IrcRender:
+        """What a room's said lines look like to this client: the renderer every client with the
+        same capabilities shares (the fan-out joins its slices once for them all)."""
+        return self.render
 
     @property
     def render(self) -> IrcRender:
@@ -1086,13 +1106,14 @@ class IrcWriter:
                     pending = self._history.get(message.room)
                     if pending is not None and pending[2] == threading.get_ident():
                         return self._historic(item, message.room, pending[0], pending[1])
-                if isinstance(message, ChatMessage | Action) and message.name == me and "echo-message" not in conn.caps:
+                own = isinstance(message, ChatMessage | Action) and self._own(item, message.name, me)
+                if own and "echo-message" not in conn.caps:
                     return b""
                 if isinstance(message, Moderation):
                     self._moderated(message, me)
                 return item.encoded(self.render)
             case PrivateMessage():
-                if message.name == me and "echo-message" not in conn.caps:
+                if "echo-message" not in conn.caps and self._own(item, message.name, me):
                     return b""
                 return item.encoded(self.render)
             case Joined():
@@ -1151,6 +1172,15 @@ class IrcWriter:
                 # Answers to JSON requests (`read`, `search`) that no IRC command asks for; another
                 # device's read marker has no IRC form until draft/read-marker is offered.
                 return b""
+
+    def _own(self, item: Line, name: str, me: str | None) -> bool:
+        """Whether `item` is this connection's own line (another device of its account says lines
+        under the same nick, and those are shown). A line read back through another server's log
+        (Redis) does not say which connection sent it: one under this nick is taken for its own."""
+        sender = item.echo_to
+        if sender is not None:
+            return sender is self.peer
+        return name == me and type(item) is Line
 
     def _moderated(self, message: Moderation, me: str | None) -> None:
         if message.action == "mode":
