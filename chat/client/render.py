@@ -278,7 +278,8 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
         case PutOut(room=where, action=action, by=by, reason=reason):
             done = "kicked from" if action == "kick" else "banned from"
             why = f" ({neutralise(reason)})" if reason else ""
-            text = f"you were {done} {neutralise(where)} by {neutralise(by)}{why}; its buffer is closed"
+            back = f"; /join {neutralise(where)} to go back in" if action == "kick" else ""  # a ban keeps you out
+            text = f"you were {done} {neutralise(where)} by {neutralise(by)}{why}{back}"
             return _in(look).error(text, now)
         case SearchFound(results=results, lines=lines):
             return _found(results.text, results.more, lines, now, look)
