@@ -4,6 +4,7 @@ brings a file made by an older release up to date when it opens it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -249,19 +250,13 @@ class SqliteStore:
                 if len(rows) == 1 and not tags:
                     self._db.execute("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", rows[0])
                 else:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
+                    with self._transaction():
                         self._db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?, ?)", rows)
                         if tags:
                             self._db.executemany("INSERT OR IGNORE INTO cids VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tags)
                             if now - self._cids_trimmed > 60:
                                 self._db.execute("DELETE FROM cids WHERE stored_at < ?", (now - CID_KEEP,))
                                 self._cids_trimmed = now
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        if self._db.in_transaction:
-                            self._db.execute("ROLLBACK")
-                        raise
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot store {what} of {where}: {exc}") from exc
             self._last_ids[log] = records[-1].id
@@ -361,17 +356,11 @@ class SqliteStore:
             self._check_file_locked()
             last = self._last_id_locked(key)  # kept, so that the room's ids go on from there
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     self._db.execute("DELETE FROM rooms WHERE room = ?", (key,))
                     for table in ("room_modes", "room_roles", "sanctions"):
                         self._db.execute(f"DELETE FROM {table} WHERE room = ?", (key,))
                     self._db.execute("DELETE FROM lines WHERE key BETWEEN ? AND ?", (base, base + last))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot remove the room {key}: {exc}") from exc
             self._kept_bytes.pop(key, None)
@@ -416,16 +405,10 @@ class SqliteStore:
         with self._write_lock:
             self._check_file_locked()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     self._db.execute("DELETE FROM accounts WHERE account = ?", (key,))
                     for table in ("sessions", "account_rooms", "read_markers"):
                         self._db.execute(f"DELETE FROM {table} WHERE identity = ?", (identity,))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot delete the account {key}: {exc}") from exc
 
@@ -627,15 +610,9 @@ class SqliteStore:
         if not rows:
             return 0
         entries = [(key, text) for key, line in rows if (text := _searchable(bytes(line))) is not None]
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", entries)
             self._db.execute("INSERT OR REPLACE INTO search_marks VALUES (?, ?)", (number, rows[-1][0]))
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
         self._indexed[number] = rows[-1][0]
         return len(rows)
 
@@ -740,6 +717,19 @@ class SqliteStore:
             self._db.execute("INSERT INTO logs (log) VALUES (?)", ("\0write probe",))
         finally:
             self._db.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE, the body, COMMIT (called under the write lock); rolled back if the
+        body or the commit fails, and the error goes on to the caller."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _check_file_locked(self) -> None:
         """Refuse to acknowledge a line into a file that is no longer the one at `path`."""
