@@ -1,8 +1,9 @@
 """Our server against the code before a change, with ../shared/bench/compare.py's generator, interleaved.
 
-Adds `before` (and `before-irc`, through its IRC listener) to compare.py's servers: server.py of another checkout (`--before DIR`, e.g. a
-`git archive main | tar -x -C DIR`), started as `ours` is (SQLite history in a fresh file), so
-that `--servers before,ours` measures the two in one run. Everything else is compare.py's.
+Adds `before` (and `before-irc`, through its IRC listener) to compare.py's servers: server.py
+of another checkout (`--before DIR`, e.g. a `git archive main | tar -x -C DIR`), started as
+`ours` is (SQLite history in a fresh file), so that `--servers before,ours` measures the two
+in one run. Everything else is compare.py's.
 
   python3 bench/compare_before.py --before /tmp/main-copy --servers before,ours -n 10,100,500
   (from the project's root; --compare PATH if compare.py is not at ../shared/bench/compare.py)
@@ -30,13 +31,40 @@ def main() -> int:
     def servers(py: str, checkout: str, work: str, extra: list[str]) -> dict[str, object]:
         found = table(py, checkout, work, extra)
         server = os.path.join(os.path.abspath(known.before), "server.py")
-        found["before"] = ("jsonl", lambda port: [py, server, "--host", "127.0.0.1", "--port", str(port), "--db",
-                                                  os.path.join(work, f"before-{port}.db"), "--log-level", "WARNING",
-                                                  *extra])
-        found["before-irc"] = ("irc", lambda port: [py, server, "--host", "127.0.0.1", "--port", str(compare.free_port()),
-                                                    "--irc-port", str(port), "--db",
-                                                    os.path.join(work, f"before-irc-{port}.db"), "--log-level",
-                                                    "WARNING", *extra])
+        found["before"] = (
+            "jsonl",
+            lambda port: [
+                py,
+                server,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--db",
+                os.path.join(work, f"before-{port}.db"),
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+        )
+        found["before-irc"] = (
+            "irc",
+            lambda port: [
+                py,
+                server,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(compare.free_port()),
+                "--irc-port",
+                str(port),
+                "--db",
+                os.path.join(work, f"before-irc-{port}.db"),
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+        )
         return found
 
     compare.servers = servers

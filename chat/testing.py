@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import re
 import socket
 import ssl
@@ -62,6 +63,28 @@ def scaled(seconds: float) -> float:
 TIMEOUT = scaled(10.0)
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def restartable_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port below the kernel's ephemeral range, for a test that stops a server and
+    starts it again on the same port. A port handed out for port 0 goes back to the kernel's
+    pool while the server is down, and any process's bind(0) may take it in that gap; nothing
+    hands out a port below the range unasked."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below {low} on {host}")
 
 
 class RecordingChatServer(ChatServer):

@@ -20,7 +20,7 @@ import pytest
 from chat.client.connection import ChatClient
 from chat.client.marks import SharedReadMarkers
 from chat.server.config import ServerConfig
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, restartable_port
 from chat.wire.protocol import ChatMessage, Left, MarkRead, PrivateMessage, ReadMarker
 
 T = TypeVar("T")
@@ -96,8 +96,13 @@ def web(start_chat_server: Callable[..., Any], browser: Any) -> Iterator[Callabl
             client.join(name)
             return client
 
-    def start(**config: Any) -> Web:
-        return Web(start_chat_server(ServerConfig(web_port=0, **config)))
+    def start(restartable: bool = False, **config: Any) -> Web:
+        """A server with the web client; `restartable`: on ports that stay free while it is stopped."""
+        if restartable:
+            server = start_chat_server(ServerConfig(web_port=restartable_port(), **config), port=restartable_port())
+        else:
+            server = start_chat_server(ServerConfig(web_port=0, **config))
+        return Web(server)
 
     yield start
     for context in contexts:
@@ -389,7 +394,7 @@ def test_scrolling_back_fetches_older_history_and_keeps_the_page_bounded(web):
 def test_the_page_shows_it_is_offline_and_resumes_after_a_server_restart(web, tmp_path):
     from playwright.sync_api import expect
 
-    site = web(db=str(tmp_path / "chat.db"))
+    site = web(restartable=True, db=str(tmp_path / "chat.db"))
     alice = site.page("alice")
     carol = site.client("carol")
     carol.say("before the restart")
@@ -499,7 +504,7 @@ def test_the_page_follows_the_systems_light_or_dark_theme(web, browser):
 def test_a_room_whose_history_started_over_shows_its_new_lines(web):
     from playwright.sync_api import expect
 
-    site = web()  # history in memory: a restart forgets it, and ids start from 1 again
+    site = web(restartable=True)  # history in memory: a restart forgets it, and ids start from 1 again
     alice = site.page("alice")
     carol = site.client("carol")
     for i in range(3):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from chat.server.config import options
-from chat.testing import TIMEOUT, LineClient
+from chat.testing import TIMEOUT, LineClient, restartable_port
 from chat.wire.protocol import ChatMessage, Shutdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def test_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path):
 
 
 def test_restart_on_the_same_port_works_at_once(server_script, chat_server_process):
-    first = server_script()
+    first = server_script("--port", str(restartable_port()))
     client = LineClient(first.address)
     client.join("alice")  # a live connection leaves TIME_WAIT behind on the server side
     assert first.stop() == 0

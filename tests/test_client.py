@@ -11,7 +11,7 @@ import pytest
 from chat.client.connection import ChatClient, ConnectionLost, PutOut, Reconnected, SignedInElsewhere
 from chat.errors import ConnectionClosed, JoinRefused
 from chat.server.tcp import ServerConfig
-from chat.testing import TIMEOUT, LineClient, scaled
+from chat.testing import TIMEOUT, LineClient, restartable_port, scaled
 from chat.wire.codec import encode
 from chat.wire.protocol import (
     ChatMessage,
@@ -127,8 +127,8 @@ def test_unreachable_server_is_an_oserror():
 
 
 def test_reconnects_and_rejoins_after_the_server_restarts(start_chat_server):
-    server = start_chat_server()
-    port = server.port
+    port = restartable_port()
+    server = start_chat_server(port=port)
 
     async def scenario():
         alice = ChatClient("127.0.0.1", port, "alice", first_retry=0.05)
@@ -150,8 +150,8 @@ def test_reconnects_and_rejoins_after_the_server_restarts(start_chat_server):
 
 def test_reconnect_resumes_with_what_was_said_while_away(start_chat_server, tmp_path):
     config = ServerConfig(db=str(tmp_path / "chat.db"), history=0)  # no history: only a resume brings them
-    server = start_chat_server(config)
-    port = server.port
+    port = restartable_port()
+    server = start_chat_server(config, port)
 
     async def scenario():
         # The squatter must take the name between two of bob's tries: on this machine's time.

@@ -12,7 +12,7 @@ from chat.client.connection import ChatClient, Reconnected
 from chat.errors import ConnectionClosed
 from chat.server.config import NO_LIMIT_FLAGS
 from chat.server.store import ID_LIMIT, SqliteStore
-from chat.testing import TIMEOUT
+from chat.testing import TIMEOUT, restartable_port
 from chat.wire.protocol import ChatMessage, SendMessage
 
 
@@ -33,8 +33,8 @@ def test_kill_9_mid_traffic_then_restart_loses_and_repeats_nothing(chat_server_p
     # than the default replay limit (1,000), past which a resume rightly starts later. A limit
     # above what they can say keeps every resume whole, so that any line lost is one the test sees.
     flags = (*NO_LIMIT_FLAGS, "--replay-limit", "1000000")
-    first = chat_server_process(*flags, env={"CHAT_DB": db})
-    port = first.port
+    port = restartable_port()
+    first = chat_server_process("--port", str(port), *flags, env={"CHAT_DB": db})
 
     async def scenario() -> tuple[list[list[int]], int]:
         clients = [ChatClient("127.0.0.1", port, f"user{i}", first_retry=0.05) for i in range(3)]

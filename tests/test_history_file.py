@@ -63,7 +63,7 @@ def test_a_deleted_file_is_noticed_messages_are_refused_and_ids_never_go_back(ch
     server.wait_for_log("ERROR .*deleted")
     alice.close()
     server.stop()
-    again = chat_server_process("--port", str(server.port), env={"CHAT_DB": str(path)})
+    again = chat_server_process(env={"CHAT_DB": str(path)})
     bob = LineClient(again.address)
     bob.join("bob")
     bob.say("after the restart")
