@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from chat.server.fanout import TRIM_AT, Fanout, PeerState, Subscriber
 from chat.server.lines import Line
 
@@ -265,6 +267,25 @@ def test_a_senders_own_lines_are_left_to_its_writer_only_while_they_are_in_its_s
     assert fanout.take(other) == said(1).json.upper() + said(2).json.upper() + said(3).json.upper()
     fanout.publish("r", said(4))
     assert fanout.take(sender) is fanout.take(other) == said(4).json.upper()
+
+
+@pytest.mark.parametrize("hides_own", [True, False])
+def test_a_writer_that_says_how_it_shows_own_lines_never_writes_a_said_slice_itself(hides_own):
+    fanout: Fanout[Subscriber] = Fanout()
+    shared = CountingDialect()
+    sender, other = writers_in(fanout, shared, 2)
+    for peer in (sender, other):
+        peer.dialect.hides_own = hides_own  # type: ignore[attr-defined]
+    fanout.publish("r", said(1), said(2, sender), said(3))
+    everything = said(1).json.upper() + said(2).json.upper() + said(3).json.upper()
+    seen = fanout.take(other)
+    assert seen == everything
+    if hides_own:
+        assert fanout.take(sender) == said(1).json.upper() + said(3).json.upper()
+    else:
+        assert fanout.take(sender) is seen  # the one buffer joined for both
+    assert (sender.dialect.encodes, other.dialect.encodes) == (0, 0)  # type: ignore[attr-defined]
+    assert shared.encodes == 3
 
 
 def test_a_json_sender_without_a_cid_shares_the_joined_buffer():

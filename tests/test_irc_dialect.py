@@ -211,3 +211,23 @@ def test_a_sasl_exchange_that_never_ends_is_refused_not_kept():
     said(conn)
     feed(conn, *["AUTHENTICATE " + "A" * 400] * 20)
     assert any(" 904 " in line for line in said(conn))
+
+
+@settings(max_examples=60)
+@given(
+    caps=st.sets(st.sampled_from(["server-time", "message-tags", "account-tag", "extended-join"])),
+    kind=st.sampled_from(["message", "action"]),
+    text=st.text(min_size=1, max_size=700).filter(lambda t: t.strip()),
+)
+def test_a_said_line_is_written_from_its_parts_as_its_model_would_be(caps, kind, text):
+    from datetime import UTC, datetime
+
+    from chat.server.dialects.irc import IrcRender
+    from chat.server.lines import Line
+    from chat.wire.protocol import Action, ChatMessage, format_time
+
+    stamp = datetime(2026, 12, 7, 3, 4, 5, 678000, tzinfo=UTC)
+    model = (ChatMessage if kind == "message" else Action)(room="dev", id=7, name="ann", msg=text, time=stamp)
+    render = IrcRender(frozenset(caps), None)
+    from_parts = Line.said(kind, "dev", "ann", text, format_time(stamp), 7)
+    assert from_parts.encoded(render) == Line.of(model).encoded(render)

@@ -109,14 +109,23 @@ class _Log(Generic[S]):
         """Every line from `start` to the head in `dialect`, joined once however many ask
         (for a reader some of whose echoes are in it, joined for it alone). A writer of one
         peer (`per_peer`) shares its `shared` dialect's slice while the slice holds said lines
-        only, and writes it itself otherwise."""
+        only (leaving out the reader's own, if its `hides_own`), and writes it itself otherwise."""
         head = self.head
         if self.echoes and self.echoes.get(reader, -1) >= start:
             return self.slice(start, head, dialect, reader)
         if dialect is not JSON_LINES and getattr(dialect, "per_peer", False):
             shared: Dialect | None = getattr(dialect, "shared", None)
-            if shared is None or start <= self.personal_at or self.said_by.get(reader, -1) >= start:
+            if shared is None or start <= self.personal_at:
                 return self.slice(start, head, dialect, reader)
+            if self.said_by.get(reader, -1) >= start:
+                # Said lines only, some of them the reader's own: shown as everybody sees them,
+                # or left out (the others still as everybody with its capabilities sees them).
+                hides_own: bool | None = getattr(dialect, "hides_own", None)
+                if hides_own is None:
+                    return self.slice(start, head, dialect, reader)
+                if hides_own:
+                    lines = self.lines[start - self.base : head - self.base]
+                    return b"".join([line.encoded(shared) for line in lines if line.echo_to is not reader])
             dialect = shared
         if head != self._joined_head:
             self._joined.clear()

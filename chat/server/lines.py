@@ -12,7 +12,7 @@ Pure: no sockets, threads or locks.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from chat.errors import RequestFailed
 from chat.wire.codec import decode_server, encode, encode_said, error_reply, with_cid
@@ -83,7 +83,7 @@ class Line:
     def said(cls, kind: Literal["message", "action"], room: str, name: str, msg: str, time: str, id: int) -> Line:
         """A line said in a room: the hot path, formatted straight from its parts (codec.encode_said).
         The id comes last, so that a log can number a line built from the rest."""
-        return SaidLine(encode_said(kind, room, id, name, msg, time))
+        return SaidLine(encode_said(kind, room, id, name, msg, time), SaidParts(kind, room, id, name, msg, time))
 
     def echoed(self, cid: str | None, to: object) -> Line:
         """This line, sent by the peer `to`, with its sender's echo carrying `cid` (if any) for it alone.
@@ -132,11 +132,27 @@ class Line:
         return f"Line({self.json!r})"
 
 
+class SaidParts(NamedTuple):
+    """The parts of a line said in a room, as its JSON carries them (`time` in wire form)."""
+
+    kind: Literal["message", "action"]
+    room: str
+    id: int
+    name: str
+    msg: str
+    time: str
+
+
 class SaidLine(Line):
     """A line said in a room (Line.said): it looks the same to every reader of a dialect, but for
-    its sender's own copy, so that a dialect with a writer per peer shares one rendering of it."""
+    its sender's own copy, so that a dialect with a writer per peer shares one rendering of it.
+    It keeps its parts, so that another dialect writes it without decoding its JSON again."""
 
-    __slots__ = ()
+    __slots__ = ("parts",)
+
+    def __init__(self, json: bytes, parts: SaidParts) -> None:
+        super().__init__(json)
+        self.parts = parts
 
 
 class Repeat(Line):

@@ -42,8 +42,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _format_time(value: datetime) -> str:
-    # "2026-11-20T12:00:00.123Z": millisecond precision, always UTC.
+def format_time(value: datetime) -> str:
+    """The wire's timestamp for `value` ("2026-11-20T12:00:00.123Z": milliseconds, always UTC)."""
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -136,7 +136,7 @@ MAX_CID = 64
 Cid = Annotated[str, Field(min_length=1, max_length=MAX_CID, pattern=r"^[\x20-\x7e]+$")]
 
 #: A server timestamp: ISO 8601 UTC on the wire, an aware datetime in Python.
-Timestamp = Annotated[AwareDatetime, PlainSerializer(_format_time, return_type=str)]
+Timestamp = Annotated[AwareDatetime, PlainSerializer(format_time, return_type=str)]
 
 
 class _ClientWire(BaseModel):

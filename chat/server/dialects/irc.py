@@ -49,7 +49,7 @@ from chat.server.dialects.ircwire import (
     parse,
     split_text,
 )
-from chat.server.lines import Line
+from chat.server.lines import Line, SaidLine, SaidParts
 from chat.server.session import Presence
 from chat.wire.protocol import (
     CLOSING_ERRORS,
@@ -100,6 +100,7 @@ from chat.wire.protocol import (
     Voice,
     Welcome,
     Who,
+    format_time,
     room_key,
 )
 from chat.wire.text import has_invisible, is_visible
@@ -934,21 +935,28 @@ class IrcRender:
         found = self.directory.presence(name) if self.directory is not None else None
         return found.account if found is not None else None
 
+    def stamp(self, message: object) -> str | None:
+        """`message`'s time as the server-time tag writes it, if these clients asked for it."""
+        return _time(message) if self._time else None
+
     def encode(self, line: Line) -> bytes:
+        if type(line) is SaidLine:  # the hot path: written from its parts, its JSON never decoded
+            parts = line.parts
+            return self.said_parts(parts, "#" + parts.room, parts.time if self._time else None)
         message = line.message
         match message:
             case ChatMessage() | Action():
                 return self.said(message, channel(message.room))
             case PrivateMessage():
-                tags = self.tags(_time(message), f"p{message.id}", message.name)
+                tags = self.tags(self.stamp(message), f"p{message.id}", message.name)
                 return _privmsg(hostmask(message.name), message.to, message.msg, tags)
             case Topic():
-                tags = self.tags(_time(message), str(message.id))
+                tags = self.tags(self.stamp(message), str(message.id))
                 return line_of("TOPIC", channel(message.room), message.topic, source=hostmask(message.name), tags=tags)
             case Moderation():
                 return self.moderation(message)
             case Joined():
-                tags = self.tags(_time(message), None, message.name)
+                tags = self.tags(self.stamp(message), None, message.name)
                 if "extended-join" in self.caps:
                     found = self.directory.presence(message.name) if self.directory is not None else None
                     account = (found.account if found is not None else None) or "*"
@@ -957,7 +965,7 @@ class IrcRender:
                                    source=hostmask(message.name), tags=tags)
                 return line_of("JOIN", channel(message.room), source=hostmask(message.name), tags=tags)
             case Left():
-                tags = self.tags(_time(message))
+                tags = self.tags(self.stamp(message))
                 if message.reason == "part":
                     return line_of("PART", channel(message.room), source=hostmask(message.name), tags=tags)
                 if message.reason == "kicked":
@@ -966,23 +974,27 @@ class IrcRender:
                     return line_of("KICK", channel(message.room), message.name, "banned", source=self.server, tags=tags)
                 return line_of("QUIT", _quit_reason(message.reason), source=hostmask(message.name), tags=tags)
             case Renamed():
-                return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(_time(message)))
+                return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(self.stamp(message)))
         return b""
 
     def said(self, message: ChatMessage | Action, target: str, extra: dict[str, str] | None = None) -> bytes:
-        tags = self.tags(_time(message), str(message.id), message.name)
+        said = SaidParts(message.type, message.room, message.id, message.name, message.msg, "")
+        return self.said_parts(said, target, self.stamp(message), extra)
+
+    def said_parts(self, said: SaidParts, target: str, stamp: str | None, extra: dict[str, str] | None = None) -> bytes:
+        """A line said in a room, to `target`, from its parts (`stamp`: its server-time tag, if any)."""
+        tags = self.tags(stamp, str(said.id), said.name)
         if extra:
             tags.update(extra)
-        text = message.msg
-        if isinstance(message, Action):
+        if said.kind == "action":
             return b"".join(
-                line("PRIVMSG", target, f"\x01ACTION {part}\x01", source=hostmask(message.name), tags=tags)
-                for part in split_text(text, MAX_BODY - 120 - len(target.encode()))
+                line("PRIVMSG", target, f"\x01ACTION {part}\x01", source=hostmask(said.name), tags=tags)
+                for part in split_text(said.msg, MAX_BODY - 120 - len(target.encode()))
             )
-        return _privmsg(hostmask(message.name), target, text, tags)
+        return _privmsg(hostmask(said.name), target, said.msg, tags)
 
     def moderation(self, message: Moderation) -> bytes:
-        tags = self.tags(_time(message), str(message.id), message.by)
+        tags = self.tags(self.stamp(message), str(message.id), message.by)
         target, source = channel(message.room), hostmask(message.by)
         match message.action:
             case "kick":
@@ -1022,7 +1034,7 @@ def _time(message: object) -> str | None:
     stamp = getattr(message, "time", None)
     if stamp is None:
         return None
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"  # type: ignore[no-any-return]
+    return format_time(stamp)
 
 
 def _quit_reason(reason: str) -> str:
@@ -1042,8 +1054,9 @@ class IrcWriter:
 
     A Line keeps no bytes for this object (`per_peer`): it is one client's, and its words change.
     The fan-out takes a room's said lines from `shared` instead, joined once for every client with
-    the same capabilities, unless a slice holds this client's own line or a line that changes
-    what the writer tracks (a join, a part, a nick, a mode): those slices come through `encode`.
+    the same capabilities (without the client's own lines if it `hides_own`), unless a slice holds
+    a line that changes what the writer tracks (a join, a part, a nick, a mode): those slices come
+    through `encode`.
     """
 
     name = "irc"
@@ -1094,9 +1107,24 @@ class IrcWriter:
     def _numeric(self, numeric: str, *params: str) -> bytes:
         return line(numeric, self._connection.me, *params, source=self._connection.server)
 
+    @property
+    def hides_own(self) -> bool:
+        """Whether the client's own lines are left out (it has not asked for echo-message)."""
+        return "echo-message" not in self._connection.caps
+
     def encode(self, item: Line) -> bytes:
         if isinstance(item, IrcLine):
             return item.raw
+        if type(item) is SaidLine:  # the hot path: no model decoded
+            room = item.parts.room
+            if self._history:  # only the thread that queued a history finds its own entry: no race
+                with self._lock:
+                    pending = self._history.get(room)
+                    if pending is not None and pending[2] == threading.get_ident():
+                        return self._historic(item, room, pending[0], pending[1])
+            if item.echo_to is not None and item.echo_to is self.peer and self.hides_own:
+                return b""
+            return item.encoded(self.render)
         message = item.message
         conn = self._connection
         me = conn.nick
