@@ -77,6 +77,9 @@ def has_invisible(text: str) -> bool:
     )
 
 
+# Every line said to a room looks its room up by key (and an IRC line its channel too): the
+# key of a name met before is remembered. Bounded, so that names nobody uses again fall out.
+@functools.lru_cache(maxsize=4096)
 def name_key(name: str) -> str:
     """The one key two names share when a reader could take one for the other.
 
