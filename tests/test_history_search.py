@@ -5,9 +5,12 @@ while the server answers."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat.server.config import ServerConfig
 from chat.server.store import Record, SqliteStore
@@ -226,3 +229,38 @@ def test_search_text_becomes_an_fts5_expression_with_no_operator_left():
     assert match_expression('a "b" OR NEAR(c) "unclosed') == '"a" "b" "OR" "NEAR(c)" "unclosed"'
     assert match_expression('say "hi""') == '"say" "hi"'
     assert match_expression("?! *") is None
+
+
+@settings(max_examples=200)
+@given(
+    kind=st.sampled_from(["message", "action"]),
+    room=st.text(min_size=1, max_size=20),
+    name=st.text(min_size=1, max_size=20),
+    msg=st.text(min_size=1, max_size=200),
+)
+def test_the_text_indexed_for_a_said_line_is_what_its_json_says(kind, room, name, msg):
+    from chat.server.store.sqlite import _searchable
+    from chat.wire.codec import encode_said
+
+    line = encode_said(kind, room, 7, name, msg, "2026-12-07T00:00:00.000Z")
+    assert _searchable(line) == json.loads(line)["msg"] == msg
+    spaced = json.dumps(json.loads(line)).encode()  # another writer's spelling: parsed whole
+    assert _searchable(spaced) == msg
+
+
+def test_a_private_line_is_indexed_by_its_text():
+    from datetime import UTC, datetime
+
+    from chat.server.lines import Line
+    from chat.server.store.sqlite import _searchable
+
+    private = PrivateMessage(id=3, name="ann", to="bob", msg='say "msg":"no"', time=datetime.now(UTC))
+    assert _searchable(Line.of(private).json) == 'say "msg":"no"'
+
+
+def test_lines_nobody_wrote_are_not_indexed():
+    from chat.server.store.sqlite import _searchable
+
+    assert _searchable(b'{"type":"joined","room":"dev","name":"a\\"msg\\":\\"x","time":"t"}\n') is None
+    assert _searchable(b'{"type":"topic","room":"dev","topic":"msg","id":1}\n') is None
+    assert _searchable(b"\xff not json") is None

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from json.decoder import scanstring  # type: ignore[attr-defined]  # in C, not in the stubs
 from typing import Any
 
 from chat.server.store.protocols import (
@@ -826,13 +827,31 @@ class SqliteStore:
 def _searchable(line: bytes) -> str | None:
     """The text a search finds a kept line by (what somebody wrote), or None for other lines."""
     try:
-        value = json.loads(line)
+        text = line.decode()
+    except UnicodeDecodeError:
+        return None
+    # Every line is indexed once, so a line as this server writes it (compact, "type" first) is
+    # read for its type and its "msg" alone: a key cannot occur inside a JSON string (its quotes
+    # would be escaped there), so the first '"msg":"' is the key. Other spellings are parsed whole.
+    if text.startswith('{"type":"'):
+        end = text.find('"', 9)
+        if text[9:end] not in _SEARCHED:
+            return None
+        at = text.find('"msg":"', end)
+        if at >= 0:
+            try:
+                found: str = scanstring(text, at + 7)[0]
+            except ValueError:
+                return None
+            return found
+    try:
+        value = json.loads(text)
     except ValueError:
         return None
     if not isinstance(value, dict) or value.get("type") not in _SEARCHED:
         return None
-    text = value.get("msg")
-    return text if isinstance(text, str) else None
+    said = value.get("msg")
+    return said if isinstance(said, str) else None
 
 
 def _move_single_room_history(db: sqlite3.Connection) -> int:
