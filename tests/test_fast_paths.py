@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chat.wire.codec import encode, encode_said
-from chat.wire.protocol import Action, ChatMessage, Stamper, _format_time, format_millis
+from chat.wire.protocol import Action, ChatMessage, Stamper, format_millis, format_time
 from chat.wire.text import has_invisible, is_visible
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -28,7 +28,7 @@ def test_a_said_line_is_the_models_own_encoding(kind, room, id, name, msg, at):
 
 @given(at=millis)
 def test_timestamps_are_formatted_as_the_models_format_them(at):
-    assert format_millis(at) == _format_time(EPOCH + timedelta(milliseconds=at))
+    assert format_millis(at) == format_time(EPOCH + timedelta(milliseconds=at))
 
 
 def test_the_stamper_gives_the_current_millisecond():
