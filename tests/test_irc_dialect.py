@@ -231,3 +231,21 @@ def test_a_said_line_is_written_from_its_parts_as_its_model_would_be(caps, kind,
     render = IrcRender(frozenset(caps), None)
     from_parts = Line.said(kind, "dev", "ann", text, format_time(stamp), 7)
     assert from_parts.encoded(render) == Line.of(model).encoded(render)
+
+
+@settings(max_examples=200)
+@given(
+    text=st.one_of(st.text(max_size=600), st.text(alphabet="ab \r\n\\;", max_size=30)),
+    tags=st.dictionaries(st.sampled_from(["time", "msgid", "account", "batch"]), st.text(max_size=12), max_size=4),
+    nick=st.sampled_from(["ann", "bob_1", "x" * 30]),
+)
+def test_a_privmsg_written_straight_is_what_the_general_writer_makes(text, tags, nick):
+    from chat.server.dialects.irc import _privmsg, hostmask
+    from chat.server.dialects.ircwire import escape_tag, line, split_text
+
+    source, target = hostmask(nick), "#dev"
+    room = max(MAX_BODY - 14 - len(source.encode()) - len(target.encode()), MAX_BODY - 2)
+    general = b"".join(line("PRIVMSG", target, part, source=source, tags=tags) for part in split_text(text, room))
+    assert _privmsg(source, target, text, tags) == general
+    escapes = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+    assert escape_tag(text) == "".join(escapes.get(c, c) for c in text)

@@ -1027,6 +1027,12 @@ def _privmsg(source: str, target: str, text: str, tags: dict[str, str]) -> bytes
     # A line an IRC client could send in one line goes on in one line (a little over 512 bytes with
     # our prefix, as other servers do); longer text is cut to fit.
     room = max(MAX_BODY - 14 - len(source.encode()) - len(target.encode()), MAX_BODY - 2)
+    data = text.encode()
+    if len(data) <= room and "\n" not in text and "\r" not in text and text.strip():
+        # The usual line, one line long, written straight (what line() would make of it).
+        head = f"{format_tags(tags)}:{source} PRIVMSG {target} :"
+        if "\r" not in head and "\n" not in head:
+            return head.encode() + data + b"\r\n"
     return b"".join(line("PRIVMSG", target, part, source=source, tags=tags) for part in split_text(text, room))
 
 

@@ -23,6 +23,7 @@ MAX_PENDING = MAX_BODY + MAX_TAGS
 TEXT_COMMANDS = frozenset({"PRIVMSG", "NOTICE", "TOPIC", "KICK", "QUIT", "ERROR", "AWAY"})
 
 _TAG_ESCAPES = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+_TAG_TABLE = str.maketrans(_TAG_ESCAPES)
 _TAG_UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
 
 
@@ -140,7 +141,7 @@ def parse(line: bytes) -> IrcMessage:
 
 
 def escape_tag(value: str) -> str:
-    return "".join(_TAG_ESCAPES.get(char, char) for char in value)
+    return value.translate(_TAG_TABLE)
 
 
 def unescape_tag(value: str) -> str:
