@@ -70,6 +70,16 @@ def test_rooms_run_delivers_each_rooms_lines_to_its_members_only(unlimited_serve
     assert (result.lost, result.duplicated, result.dropped_clients) == (0, 0, 0)
 
 
+def test_rooms_run_over_irc_loses_nothing(start_chat_server):
+    server = start_chat_server(dataclasses.replace(ServerConfig().without_limits(), irc_port=0))
+    host, port = server.address_of("irc")
+    irc = DIALECTS["irc"]
+    result = asyncio.run(asyncio.wait_for(run_rooms_bench(host, port, 3, 3, 0.3, dialect=irc), TIMEOUT))
+    assert result.messages_in > 0
+    assert result.deliveries == 2 * result.messages_in  # IRC echoes nothing: each line to the two others
+    assert (result.lost, result.duplicated, result.dropped_clients) == (0, 0, 0)
+
+
 def test_max_mode_run_loses_nothing(unlimited_server):
     host, port = unlimited_server.address
     result = asyncio.run(
