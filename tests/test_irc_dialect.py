@@ -249,3 +249,19 @@ def test_a_privmsg_written_straight_is_what_the_general_writer_makes(text, tags,
     assert _privmsg(source, target, text, tags) == general
     escapes = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
     assert escape_tag(text) == "".join(escapes.get(c, c) for c in text)
+
+
+def test_privmsgs_to_one_channel_read_together_are_one_batch_as_json_lines_are():
+    conn = registered("bob")
+    conn.writer.joined.update({"dev", "ops"})  # as its welcomes would have
+    lines = ["PRIVMSG #dev :one", "PRIVMSG #Dev :\x01ACTION two\x01", "PRIVMSG #dev :three", "PRIVMSG #ops :four",
+             "PRIVMSG #dev :five", "PRIVMSG #nowhere :six", "PRIVMSG #dev :seven"]  # fmt: skip
+    due = feed(conn, *lines)
+    batches = [[(type(line).__name__, line.room, line.msg) for line in d.lines] for d in due if isinstance(d, Said)]
+    assert batches == [
+        [("SendMessage", "dev", "one"), ("SendAction", "Dev", "two"), ("SendMessage", "dev", "three")],
+        [("SendMessage", "ops", "four")],
+        [("SendMessage", "dev", "five")],  # a line to a channel it is not in is not taken along
+        [("SendMessage", "dev", "seven")],
+    ]
+    assert b"404" in b"".join(answer.raw for answer in conn.answers_to_send() if isinstance(answer, IrcLine))

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from chat.errors import RequestFailed
 from chat.server.config import ServerConfig
 from chat.server.dialects.base import (
+    MAX_BATCH,
     Answer,
     Close,
     Connection,
@@ -331,8 +332,34 @@ class IrcConnection(Connection):
     def next_request(self, now: float) -> Due | None:
         due = super().next_request(now)
         if isinstance(due, Said):
+            due = self._with_following_lines(due, now)
             self.asking = _Asked("PRIVMSG", channel(due.room))
         return due
+
+    def _with_following_lines(self, due: Said, now: float) -> Said:
+        """`due` with the PRIVMSGs to the same channel due right after it (as JSON lines to one
+        room are batched: one write and one publish for all). Stops at anything else, or at a
+        line that would be refused, which is then served on its own."""
+        said = list(due.lines)
+        key = room_key(due.room)
+        while len(said) < MAX_BATCH and self.due(now):
+            message = self._waiting[0].message
+            if not isinstance(message, IrcMessage) or message.command != "PRIVMSG" or len(message.params) < 2:
+                break
+            target, text = message.params[0], message.params[1]
+            room = room_of(target) if target.startswith("#") else None
+            if room is None or room_key(room) != key or not text.strip():
+                break
+            action = text.startswith("\x01ACTION") and text.endswith("\x01") and len(text) > 9
+            try:
+                mapped = self._said(target, text, action)
+            except (_Numeric, ValueError):  # ValidationError is a ValueError
+                break
+            if not isinstance(mapped, SendMessage | SendAction):
+                break
+            self._waiting.popleft()
+            said.append(mapped)
+        return due if len(said) == len(due.lines) else Said(due.room, tuple(said))
 
     def served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
         asked = self.asking or _Asked("")
