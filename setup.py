@@ -37,10 +37,12 @@ class BuildWithSources(build_ext):
     """build_ext, then the record of which sources the extensions were compiled from."""
 
     def run(self) -> None:
+        in_place = self.inplace or getattr(self, "editable_mode", False)
+        if in_place:
+            remove_in_place_build()  # also the modules an earlier build compiled and this one does not
         super().run()
         if not self.extensions:
             return
-        in_place = self.inplace or getattr(self, "editable_mode", False)
         package = os.path.join(HERE if in_place else self.build_lib, "chat")
         os.makedirs(package, exist_ok=True)
         with open(os.path.join(package, compiled.SOURCES_FILE), "w") as record:
@@ -56,12 +58,13 @@ class BuildWithSources(build_ext):
 def remove_in_place_build() -> None:
     """An editable install without CHAT_MYPYC=1 is pure: take away what an earlier one compiled
     beside the sources (it would shadow them, stale after the next edit)."""
-    for path in compiled.MODULES:
-        stem = os.path.join(HERE, path.removesuffix(".py"))
-        for suffix in EXTENSION_SUFFIXES:
-            if os.path.exists(stem + suffix):
-                os.remove(stem + suffix)
-    for name in (os.path.join("chat", compiled.SOURCES_FILE), *glob.glob("chat_native__mypyc*", root_dir=HERE)):
+    built = [
+        name
+        for suffix in EXTENSION_SUFFIXES
+        for name in glob.glob(f"chat/**/*{suffix}", root_dir=HERE, recursive=True)  # chat has no other C code
+    ]
+    built += glob.glob("chat_native__mypyc*", root_dir=HERE)
+    for name in {*built, os.path.join("chat", compiled.SOURCES_FILE)}:
         if os.path.exists(os.path.join(HERE, name)):
             os.remove(os.path.join(HERE, name))
 

@@ -34,7 +34,6 @@ MODULES = (
     "chat/server/dialects/irc.py",
     "chat/server/dialects/ircwire.py",
     "chat/wire/codec.py",
-    "chat/wire/text.py",
 )
 #: Written by the build into the `chat` package: module path -> SHA-256 of the source compiled.
 SOURCES_FILE = "compiled-sources.json"
