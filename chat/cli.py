@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import chat
 from chat.paths import state_dir
 from chat.server import config_file, logs, preflight, reload
 from chat.server.config import DEFAULT_HOST, DEFAULT_PORT, Option, ServerConfig, options
@@ -216,6 +217,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     serving = threading.Thread(target=server.serve_forever, name="chat-serve")
     serving.start()
     host, port = server.server_address[:2]
+    log.info("chat %s, %s", chat.__version__, chat.BUILD.describe())
     log.info("listening on %s:%s", host, port)
     plain = [str(host)] if server.tls_context is None else []
     if server.metrics is not None:

@@ -135,7 +135,7 @@ def start_outbox() -> Iterator[Callable[..., Harness]]:
     yield start
     for harness in harnesses:
         harness.outbox.stop(TIMEOUT)
-        assert not harness.outbox._thread.is_alive(), "the writer did not stop"
+        assert not harness.outbox._writer_thread.is_alive(), "the writer did not stop"
         for transport in harness.transports:
             transport.close()
         assert harness.outbox.failure is None, f"the writer crashed: {harness.outbox.failure!r}"

@@ -79,14 +79,15 @@ class Outbox:
         self._wake_reader.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_reader, selectors.EVENT_READ)
-        self._thread = threading.Thread(target=self._run, name="chat-outbox")
+        # Not `_thread`: mypyc would name its C field `__thread`, which is a keyword to GCC.
+        self._writer_thread = threading.Thread(target=self._run, name="chat-outbox")
         #: What crashed the writer thread, if anything did (a bug).
         self.failure: BaseException | None = None
 
     # --- used by rooms, the hub and the handlers ----------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        self._writer_thread.start()
 
     def register(self, transport: Transport, label: str, dialect: Dialect = JSON_LINES) -> Peer:
         """A new connection, written in `dialect`; it gets its own lines at once, a room's once subscribed."""
@@ -190,7 +191,7 @@ class Outbox:
         if peer.released.wait(timeout):
             return
         with self._lock:
-            if self._thread.is_alive() and not self._stopping:
+            if self._writer_thread.is_alive() and not self._stopping:
                 peer.give_up = True
                 self._fanout.mark_due(peer)
                 self._wake_locked()
@@ -216,8 +217,8 @@ class Outbox:
             self._stopping = True
             self._wake_locked()
             self._pass_done.notify_all()
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
+        if self._writer_thread.ident is not None:
+            self._writer_thread.join(timeout)
         with self._lock:
             for peer in list(self._peers):
                 self._forget_locked(peer)

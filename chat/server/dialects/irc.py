@@ -19,6 +19,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import ValidationError
 
@@ -935,7 +936,7 @@ class IrcRender:
     """Writes a room's lines as IRC for every client with the same rendering capabilities, once per line."""
 
     #: The capabilities that change how a room's lines look.
-    RENDERING = frozenset({"server-time", "message-tags", "account-tag", "extended-join"})
+    RENDERING: ClassVar[frozenset[str]] = frozenset({"server-time", "message-tags", "account-tag", "extended-join"})
     name = "irc"
 
     def __init__(self, caps: frozenset[str], directory: Directory | None, server: str = "chat") -> None:
