@@ -70,6 +70,18 @@ def test_rooms_run_delivers_each_rooms_lines_to_its_members_only(unlimited_serve
     assert (result.lost, result.duplicated, result.dropped_clients) == (0, 0, 0)
 
 
+def test_rooms_run_over_irc_counts_what_each_member_is_owed(start_chat_server):
+    """`--proto irc --rooms`: the same small rooms through our IRC listener (and so against an IRC
+    server); a sender does not hear its own lines over IRC, so each line reaches the two others."""
+    server = start_chat_server(dataclasses.replace(ServerConfig().without_limits(), irc_port=0))
+    host, port = server.address_of("irc")
+    measured = run_rooms_bench(host, port, rooms=4, per_room=3, seconds=0.3, dialect=DIALECTS["irc"])
+    result = asyncio.run(asyncio.wait_for(measured, TIMEOUT))
+    assert result.messages_in > 0
+    assert result.deliveries == 2 * result.messages_in
+    assert (result.lost, result.duplicated, result.dropped_clients) == (0, 0, 0)
+
+
 def test_max_mode_run_loses_nothing(unlimited_server):
     host, port = unlimited_server.address
     result = asyncio.run(
