@@ -802,6 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--also", action="append", default=[], help="another server HOST:PORT sharing the room (repeatable)"
     )
+    parser.add_argument(
+        "--server-pid", type=int, default=None, help="without --spawn: the server's process, for its CPU and memory"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
@@ -841,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if servers:
             host, port = "127.0.0.1", web_port or servers[0].port
             also = [("127.0.0.1", server.port) for server in servers[1:]]
-        server_pid = servers[0].process.pid if servers else None
+        server_pid = servers[0].process.pid if servers else args.server_pid
         if args.rooms:
             per_room = max(2, args.clients // args.rooms)
             measured = run_rooms_bench(
