@@ -363,6 +363,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         #: Connections handed to spare handlers, and how many spares wait for one (under the lock).
         self._spares: queue.SimpleQueue[tuple[Any, Any, Listener] | None] = queue.SimpleQueue()
         self._idle_spares = 0
+        self._starting_spares = 0
         #: Web connections still in their HTTP request (under _handlers_lock): stop() wakes them.
         self._opening: set[socket.socket] = set()
         self._serving = threading.Event()
@@ -593,17 +594,27 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self._handlers.discard(threading.current_thread())
 
     def _add_spare(self) -> None:
-        """Start a spare handler if fewer than SPARE_HANDLERS wait (a connection just took one)."""
-        if self._idle_spares < SPARE_HANDLERS and not self.stopping.is_set():
+        """Start a spare handler if fewer than SPARE_HANDLERS wait or are starting (a connection
+        just took one)."""
+        with self._handlers_lock:
+            if self._idle_spares + self._starting_spares >= SPARE_HANDLERS or self.stopping.is_set():
+                return
+            self._starting_spares += 1
+        try:
             self._start_thread(self._wait_as_spare, ())
+        except BaseException:
+            with self._handlers_lock:
+                self._starting_spares -= 1
+            raise
 
     def _wait_as_spare(self) -> None:
         """A spare handler: wait for a connection, and handle it (None: the server stops)."""
         with self._handlers_lock:
-            spare = self._idle_spares < SPARE_HANDLERS and not self.stopping.is_set()
+            self._starting_spares -= 1
+            spare = not self.stopping.is_set()
             if spare:
                 self._idle_spares += 1
-            else:  # enough wait already (several connections topped them up at once), or stopping
+            else:
                 self._handlers.discard(threading.current_thread())
         if not spare:
             return
