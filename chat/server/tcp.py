@@ -364,6 +364,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._spares: queue.SimpleQueue[tuple[Any, Any, Listener] | None] = queue.SimpleQueue()
         self._idle_spares = 0
         self._starting_spares = 0
+        #: Told when a spare was taken (or the server stops): the spawner starts the next one.
+        self._spares_wanted = threading.Condition(self._handlers_lock)
         #: Web connections still in their HTTP request (under _handlers_lock): stop() wakes them.
         self._opening: set[socket.socket] = set()
         self._serving = threading.Event()
@@ -391,9 +393,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
             raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
         self._accounts_watch = threading.Thread(target=self._watch_accounts, name="chat-accounts")
+        self._spawner = threading.Thread(target=self._keep_spares, name="chat-spawner")
         self.outbox.start()
         self._keepalive.start()
         self._accounts_watch.start()
+        self._spawner.start()
 
     def _close_listeners(self) -> None:
         """Close every listening socket: this one and the others opened so far."""
@@ -571,6 +575,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
             if self._idle_spares:
                 self._idle_spares -= 1
                 self._spares.put(connection)
+                self._spares_wanted.notify()
                 return
         self._start_thread(self._handle_connection, connection)
 
@@ -582,7 +587,6 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def _handle_connection(self, request: Any, client_address: Any, listener: Listener) -> None:
         try:
-            self._add_spare()  # in this thread: the accepting one never waits for a thread to start
             self.finish_request(request, client_address, listener)
         except Exception:
             self.handle_error(request, client_address)
@@ -593,19 +597,26 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self._connections -= 1
                 self._handlers.discard(threading.current_thread())
 
-    def _add_spare(self) -> None:
-        """Start a spare handler if fewer than SPARE_HANDLERS wait or are starting (a connection
-        just took one)."""
-        with self._handlers_lock:
-            if self._idle_spares + self._starting_spares >= SPARE_HANDLERS or self.stopping.is_set():
-                return
-            self._starting_spares += 1
-        try:
-            self._start_thread(self._wait_as_spare, ())
-        except BaseException:
-            with self._handlers_lock:
-                self._starting_spares -= 1
-            raise
+    def _keep_spares(self) -> None:
+        """The spawner thread: keeps SPARE_HANDLERS handler threads waiting for a connection,
+        starting each here, so that neither the accepting thread nor a connection's own handler
+        waits for a thread to start."""
+        while True:
+            with self._spares_wanted:
+                self._spares_wanted.wait_for(
+                    lambda: self.stopping.is_set() or self._idle_spares + self._starting_spares < SPARE_HANDLERS
+                )
+                if self.stopping.is_set():
+                    return
+                self._starting_spares += 1
+            try:
+                self._start_thread(self._wait_as_spare, ())
+            except RuntimeError as exc:  # no more threads now: connections get one started for them
+                log.warning("could not start a spare handler thread: %s", exc)
+                with self._handlers_lock:
+                    self._starting_spares -= 1
+                if self.stopping.wait(1.0):
+                    return
 
     def _wait_as_spare(self) -> None:
         """A spare handler: wait for a connection, and handle it (None: the server stops)."""
@@ -627,6 +638,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def _join_handlers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        with self._spares_wanted:
+            self._spares_wanted.notify_all()  # the spawner sees the server stopping, and ends
+        self._spawner.join(timeout)
         with self._handlers_lock:
             for _ in range(self._idle_spares):
                 self._spares.put(None)  # no connection will come: end
