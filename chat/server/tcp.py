@@ -577,13 +577,23 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self._spares.put(connection)
                 self._spares_wanted.notify()
                 return
-        self._start_thread(self._handle_connection, connection)
+        try:
+            self._start_thread(self._handle_connection, connection)
+        except BaseException:  # no thread: socketserver closes the connection, which is not counted
+            with self._handlers_lock:
+                self._connections -= 1
+            raise
 
     def _start_thread(self, target: Any, args: tuple[Any, ...]) -> None:
         thread = threading.Thread(target=target, args=args, name="chat-handler", daemon=True)
         with self._handlers_lock:
             self._handlers.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # never started: stop() must not wait for it
+            with self._handlers_lock:
+                self._handlers.discard(thread)
+            raise
 
     def _handle_connection(self, request: Any, client_address: Any, listener: Listener) -> None:
         try:
