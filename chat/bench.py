@@ -154,6 +154,9 @@ class Receiver(asyncio.Protocol):
             self.flow.top_up()
 
     def _take(self, data: bytes) -> None:
+        if self.welcomed.is_set() and not self.started.is_set():
+            self._await_start(data)
+            return
         if not self.started.is_set() or not self.welcomed.is_set():
             self._parse(data)
             return
@@ -182,6 +185,18 @@ class Receiver(asyncio.Protocol):
         else:
             self.count += data.count(b"\n", 0, max(0, end - len(self._previous)))
             self.ended.set()
+
+    def _await_start(self, data: bytes) -> None:
+        """Between the welcome and START only the marker matters: find it in the bytes rather
+        than split every line (in a connect storm each client is sent a joined line for every
+        client after it, N^2/2 lines in all, which made the generator the limit)."""
+        window = self._tail + data
+        at = window.find(START)
+        if at < 0:
+            self._tail = window[window.rfind(b"\n") + 1 :]  # the last line, unfinished, may hold it
+            return
+        self._tail = b""
+        self._parse(window[window.rfind(b"\n", 0, at) + 1 :])  # from the START line on
 
     def _parse(self, data: bytes) -> None:
         lines = (self._tail + data).split(b"\n")

@@ -106,7 +106,9 @@ def test_a_sampled_receiver_counts_every_line_however_reads_split_them(dialect, 
     receiver = Receiver(True, DIALECTS[dialect], DIALECTS[dialect].room(None))
     receiver.welcomed.set()
     receiver.parse_every_ns = 10**15  # parse the first read only, count every other one
-    said = [speaker.dialect.say(speaker.room, START + b" 0")]
+    said = [b'{"type":"joined","room":"lobby","name":"bench%d"}' % i for i in range(30)]  # joins before START
+    said = [line + (b"\r\n" if dialect == "irc" else b"\n") for line in said]
+    said += [speaker.dialect.say(speaker.room, START + b" 0")]
     said += [speaker.message() for _ in range(40)]
     said += [speaker.dialect.say(speaker.room, END + b" 0")]
     if dialect == "irc":  # what the server relays carries the sender's prefix

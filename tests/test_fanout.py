@@ -293,3 +293,17 @@ def test_a_json_sender_without_a_cid_shares_the_joined_buffer():
     sender, other = peer_in(fanout, "r", label="s"), peer_in(fanout, "r", label="o")
     fanout.publish("r", said(1, sender), said(2))
     assert fanout.take(sender) is fanout.take(other)
+
+
+def test_due_alone_hands_out_peers_owed_their_own_lines_but_not_busy_ones_nor_a_rooms_readers():
+    fanout: Fanout[Subscriber] = Fanout()
+    member = peer_in(fanout, "lobby", label="member")
+    joiner = peer_in(fanout, label="joiner")
+    busy = peer_in(fanout, label="busy")
+    fanout.due()
+    fanout.publish("lobby", Line(b"said\n"))
+    fanout.send_to(joiner, b"welcome\n")
+    fanout.send_to(busy, b"reply\n")
+    assert fanout.due_alone({busy}) == {joiner}  # the room's reader waits for the pass
+    assert fanout.take(joiner) == b"welcome\n"
+    assert fanout.due() == {member, busy}  # still due, in the next pass

@@ -30,6 +30,7 @@ from chat.wire.protocol import (
     ListRooms,
     Moderation,
     Nick,
+    Op,
     Part,
     Ping,
     PrivateMessage,
@@ -591,3 +592,43 @@ def test_a_join_sent_the_moment_a_ban_reaches_the_member_is_judged_after_the_ban
     h.send("alice", Ban(room="den", name="bob"))
     rejoin.join(TIMEOUT)
     assert answers == ["banned"]
+
+
+# --- a room's member list, kept sorted as members come and go ------------------------------
+
+
+def test_the_welcome_lists_every_name_once_sorted_as_members_join_rename_and_leave(h):
+    h.join("carol", "Bob", "dave", "alice")
+    h.send("dave", Nick(name="Aaron"))
+    h.disconnect("carol")
+    h.send("eve", Join(name="eve"))
+    [welcome] = h.take("eve")
+    assert isinstance(welcome, Welcome)
+    assert welcome.users == ["Aaron", "alice", "Bob", "eve"]
+    assert h.users() == ["Aaron", "alice", "Bob", "eve"]
+
+
+def test_a_member_who_registers_in_a_room_is_one_member_with_its_next_device():
+    h = Harness()
+    h.join("alice", "bob")
+    h.send("alice", Register(password="long enough password"))
+    h.take("alice")
+    h.send("phone", Join(name="alice", password="long enough password"))
+    [welcome] = [m for m in h.take("phone") if isinstance(m, Welcome)]
+    assert welcome.users == ["alice", "bob"]
+    assert not [m for m in h.take("bob") if isinstance(m, Joined)]  # the same account: nobody new
+    h.disconnect("alice")
+    assert not [m for m in h.take("bob") if isinstance(m, Left)]  # its phone stays
+
+
+def test_the_welcome_names_the_roles_of_the_members_who_have_one():
+    h = Harness()
+    h.join("alice")
+    h.send("alice", Register(password="long enough password"))
+    h.join("alice", room="den")  # an account's new room is its own
+    h.join("bob", "carol", room="den")
+    h.send("bob", Register(password="long enough password too"))
+    h.send("alice", Op(room="den", name="bob"))
+    h.send("dave", Join(name="dave", room="den"))
+    [welcome] = [m for m in h.take("dave") if isinstance(m, Welcome)]  # history follows it
+    assert welcome.roles == {"alice": "owner", "bob": "op"}

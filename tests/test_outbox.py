@@ -11,7 +11,7 @@ import pytest
 
 from chat.server.fanout import PeerState
 from chat.server.lines import Line
-from chat.server.outbox import Outbox, Peer
+from chat.server.outbox import SEND_CHUNK, Outbox, Peer
 from chat.testing import TIMEOUT
 
 
@@ -265,3 +265,51 @@ def test_a_held_subscription_sends_its_history_first_then_what_was_said_meanwhil
     box.outbox.release_held(joiner, "lobby")
     box.outbox.publish("lobby", Line(b"live 3\n"))
     transport.wait_until_read(b"history 1\nhistory 2\nwelcome\nlive 1\nlive 2\nlive 3\n")
+
+
+class RecordingTransport(FakeTransport):
+    """A FakeTransport that notes each send in a list shared by several, and may run `hook` on
+    its first send (from the writer thread, between sends: as a handler queueing a line would)."""
+
+    def __init__(self, label: str, order: list[str], hook: Callable[[], None] | None = None) -> None:
+        super().__init__(None)
+        self.label, self.order, self.hook = label, order, hook
+
+    def try_send(self, data: memoryview | bytes) -> int | None:
+        self.order.append(self.label)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return super().try_send(data)
+
+
+def test_a_line_of_its_own_queued_during_a_long_pass_goes_out_before_the_pass_ends(start_outbox):
+    """A joiner's welcome does not wait for a pass over a room of thousands: every SEND_CHUNK sends
+    the writer serves what connections outside the pass are owed alone. One in the pass is taken
+    once per pass, so its own line still comes after the room's line queued before it."""
+    box = start_outbox()
+    order: list[str] = []
+    newcomer = RecordingTransport("newcomer", order)
+    box.transports.append(newcomer)
+    newcomer_peer = box.outbox.register(newcomer, "newcomer")
+    members: list[tuple[Peer, RecordingTransport]] = []
+    fired = threading.Event()
+
+    def queue_lines_once() -> None:  # on the pass's first send, as handlers would meanwhile
+        if not fired.is_set():
+            fired.set()
+            box.outbox.send_to(newcomer_peer, Line(b"welcome\n"))
+            for peer, _ in members:
+                box.outbox.send_to(peer, Line(b"reply\n"))
+
+    for i in range(2 * SEND_CHUNK + 10):
+        transport = RecordingTransport(f"m{i}", order, queue_lines_once)
+        box.transports.append(transport)
+        peer = box.outbox.register(transport, f"m{i}")
+        box.outbox.subscribe(peer, "lobby")
+        members.append((peer, transport))
+    box.outbox.publish("lobby", Line(b"said\n"))
+    newcomer.wait_until_read(b"welcome\n")
+    for _, transport in members:
+        transport.wait_until_read(b"said\nreply\n")
+    assert order.index("newcomer") == SEND_CHUNK  # at the first stop, not after the whole room

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from chat.server.tcp import ServerConfig
+from chat.server.tcp import SPARE_HANDLERS, ServerConfig
 from chat.testing import TIMEOUT, LineClient, admitted_client, scaled, talk_at_once
 from chat.wire.protocol import (
     Action,
@@ -376,6 +376,17 @@ def test_stop_tells_every_client_then_closes(start_chat_server, connect):
     server.stop()
     assert isinstance(alice.expect_closed()[-1], Shutdown)
     assert isinstance(lurker.expect_closed()[-1], Shutdown)
+
+
+def test_every_connection_has_a_handler_thread_of_its_own_beyond_the_spares(start_chat_server, connect):
+    """Spare handlers wait for connections so that accepting never waits for a thread to start;
+    each connection still gets a thread of its own, and stop() (the fixture) ends spares too."""
+    server = start_chat_server()
+    clients = [connect(server) for _ in range(2 * SPARE_HANDLERS + 3)]
+    for i, client in enumerate(clients):
+        assert client.join(f"c{i}").name == f"c{i}"
+    handlers = [t for t in threading.enumerate() if t.name == "chat-handler"]
+    assert len(handlers) >= len(clients)
 
 
 def test_many_servers_live_in_one_process(start_chat_server, connect):

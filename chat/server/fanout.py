@@ -356,6 +356,13 @@ class Fanout(Generic[S]):
         self._dirty_logs.clear()
         return batch
 
+    def due_alone(self, busy: set[S]) -> set[S]:
+        """Who may be owed lines of its own (a welcome, a reply) since the last look, but those in
+        `busy`: a writer in the middle of a long pass serves them in between. The rest stay due."""
+        found = self._dirty - busy
+        self._dirty -= found
+        return found
+
     def take(self, peer: S) -> bytes:
         """Everything owed to `peer` now, in order, as one buffer; advances its cursors.
 

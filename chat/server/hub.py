@@ -382,6 +382,7 @@ class Hub(Generic[P]):
         self._cluster.release_name(name_keys(name), guest.id)
         self._cluster.claim_name(name_keys(name), self._holder(session, name, identity.id))
         for room in self._rooms_of(session):  # the rooms it is in are the account's from now on
+            room.identity_changed(session)
             try:
                 self._accounts.joined(identity.id, room.name, True)
             except StorageFailed as exc:

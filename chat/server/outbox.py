@@ -32,6 +32,10 @@ SOFT_BACKLOG = 256 * 1024
 _OPEN = PeerState.OPEN
 #: How often, at most, the writer adds up what every client is owed.
 BUDGET_CHECK_INTERVAL = 0.25
+#: In a pass over more connections than this, the writer stops after each this many sends to
+#: serve those owed lines of their own meanwhile (a joiner's welcome): in a room of thousands a
+#: pass takes a second, and a connect storm's joiners waited a pass each for their welcome.
+SEND_CHUNK = 256
 
 
 class Peer(Subscriber):
@@ -51,6 +55,10 @@ class Peer(Subscriber):
         self._watching = False  # registered with the selector for EVENT_WRITE
         #: The transport keeps no bytes of its own (plain TCP): a complete send leaves nothing to watch.
         self.plain = not transport.buffers
+
+
+#: One send of a pass: to whom, what, and how many bytes went (None: the connection is lost).
+_Sent = tuple[Peer, memoryview | bytes, int | None]
 
 
 class Outbox:
@@ -254,10 +262,13 @@ class Outbox:
                 work = self._collect(batch, writable)
             # The sends, and only the sends, happen outside the lock; then one
             # acquisition settles every peer, instead of one per peer.
-            sent = [
-                (peer, data, peer.transport.try_send(data) if data or peer.transport.wants_write() else 0)
-                for peer, data in work
-            ]
+            if len(work) <= SEND_CHUNK:
+                sent = [
+                    (peer, data, peer.transport.try_send(data) if data or peer.transport.wants_write() else 0)
+                    for peer, data in work
+                ]
+            else:
+                sent = self._send_in_chunks(work)
             with self._lock:
                 for peer, data, count in sent:
                     # The common case, decided in one line: all of a fresh take went, nothing waits.
@@ -275,6 +286,22 @@ class Outbox:
                 self._fanout.trim()
                 self._keep_to_budget_locked()
                 self._pass_done.notify_all()
+
+    def _send_in_chunks(self, work: list[tuple[Peer, memoryview | bytes]]) -> list[_Sent]:
+        """A long pass's sends, outside the lock; after every SEND_CHUNK of them, what the peers
+        outside this pass are owed alone (welcomes, replies) is taken and sent at once. A peer is
+        never taken twice in a pass (its first send is not settled yet): it waits for the next."""
+        sent: list[_Sent] = []
+        busy = {peer for peer, _ in work}
+        for index, (peer, data) in enumerate(work):
+            if index and not index % SEND_CHUNK:
+                with self._lock:
+                    alone = self._collect(self._fanout.due_alone(busy), set())
+                for other, extra in alone:
+                    busy.add(other)
+                    sent.append((other, extra, _try_send(other, extra)))
+            sent.append((peer, data, _try_send(peer, data)))
+        return sent
 
     def _keep_to_budget_locked(self) -> None:
         """Past `max_queued` bytes owed in all, drop the peers owed most until back under it."""
@@ -387,3 +414,8 @@ class Outbox:
                 pass
         except BlockingIOError:
             pass  # drained
+
+
+def _try_send(peer: Peer, data: memoryview | bytes) -> int | None:
+    """Send what a pass took for `peer` (nothing to send: 0, unless its transport holds bytes)."""
+    return peer.transport.try_send(data) if data or peer.transport.wants_write() else 0

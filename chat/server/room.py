@@ -9,6 +9,7 @@ bounded chunks. No sockets and no threads of its own.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import threading
@@ -231,6 +232,8 @@ class Room(Generic[P]):
         self._settings = settings or HistorySettings()
         self._lock = threading.Lock()
         self._members: dict[Session[P], str] = {}  # session -> the name it has here
+        #: The same members indexed for a join: names sorted, sessions by identity (no walk over all).
+        self._roster: _Roster[P] = _Roster()
         self._rules: Rules = rules or store
         #: Identity -> `owner` or `op`, as kept in the store.
         self._roles = self._rules.roles(record.key)
@@ -299,6 +302,7 @@ class Room(Generic[P]):
             joined = None if self._twin_locked(session) else Line.of(Joined(room=self.name, name=name, time=utc_now()))
             snapshot = self._feed.enter(session.peer, name, joined)
             self._members[session] = name
+            self._roster.add(session, name)
             session.rooms[self.listed_as] = None
             users = self._sorted_users()
             roles = self._roles_by_name()
@@ -461,9 +465,11 @@ class Room(Generic[P]):
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._locked():
-            if session not in self._members:
+            old_here = self._members.get(session)
+            if old_here is None:
                 return
             self._members[session] = new
+            self._roster.rename(old_here, new)
             self._feed.rename(old, new, Line.of(Renamed(room=self.name, old=old, new=new, time=utc_now())))
 
     def rules_changed(self) -> None:
@@ -647,6 +653,7 @@ class Room(Generic[P]):
         session.rooms.pop(self.listed_as, None)
         if name is None:
             return None
+        self._roster.remove(session, name)
         # Another device of the account stays: nobody leaves (unless this one parts: it sees that).
         twin = self._twin_locked(session)
         left = None if twin and reason != "part" else Line.of(
@@ -745,12 +752,23 @@ class Room(Generic[P]):
             self._roles[identity] = role
 
     def _roles_by_name(self) -> dict[str, str]:
+        """The names of the members with a role (what role_of says of each), found through the
+        identities that have one: a join into a big room walks its few roles, not its members."""
         roles: dict[str, str] = {}
-        for member, name in self._members.items():
-            role = self.role_of(member)
-            if role is not None:
-                roles[name] = role
+        for identity in (*self._roles, *self.admins):
+            for member in self._roster.of_identity(identity):
+                role = self.role_of(member)
+                name = self._members.get(member)
+                if role is not None and name is not None:
+                    roles[name] = role
         return roles
+
+    def identity_changed(self, session: Session[P]) -> None:
+        """`session` proved another identity while in the room (a guest registered): its role
+        and its twins are looked up under the new one from now on."""
+        with self._locked():
+            if session in self._members:
+                self._roster.reindex(session)
 
     def _member(self, session: Session[P]) -> str:
         name = self._members.get(session)
@@ -761,17 +779,94 @@ class Room(Generic[P]):
     def _sorted_users(self) -> list[str]:
         """Every member's name (an account on several devices once), on this server or (shared
         rooms) any other."""
-        return self._feed.users(sorted(set(self._members.values()), key=str.casefold))
+        return self._feed.users(self._roster.sorted_names())
 
     def _twin_locked(self, session: Session[P]) -> bool:
         """Whether another session of the same account is a member here."""
         identity = session.identity
         if identity is None or identity.account is None:
             return False
-        return any(
-            member is not session and member.identity is not None and member.identity.id == identity.id
-            for member in self._members
-        )
+        return any(member is not session for member in self._roster.of_identity(identity.id))
+
+
+class _Roster(Generic[P]):
+    """A room's members indexed for the work a join does under the room's lock: their names
+    sorted (an account on several devices once), kept sorted as members come and go, and the
+    sessions of each identity, so that a join into a room of thousands walks none of them."""
+
+    __slots__ = ("_by_identity", "_counts", "_indexed_as", "_names")
+
+    def __init__(self) -> None:
+        #: Each name once, sorted as `users` lists them (case-insensitively).
+        self._names: list[str] = []
+        #: How many member sessions have each name (an account's devices share one).
+        self._counts: dict[str, int] = {}
+        #: Identity -> its member sessions; and each member's identity as indexed.
+        self._by_identity: dict[str, dict[Session[P], None]] = {}
+        self._indexed_as: dict[Session[P], str | None] = {}
+
+    def add(self, session: Session[P], name: str) -> None:
+        self._add_name(name)
+        self._index(session)
+
+    def remove(self, session: Session[P], name: str) -> None:
+        self._remove_name(name)
+        self._unindex(session)
+
+    def rename(self, old: str, new: str) -> None:
+        self._remove_name(old)
+        self._add_name(new)
+
+    def reindex(self, session: Session[P]) -> None:
+        """The session's identity changed: index it under the new one."""
+        self._unindex(session)
+        self._index(session)
+
+    def sorted_names(self) -> list[str]:
+        return list(self._names)
+
+    def of_identity(self, identity: str | None) -> list[Session[P]]:
+        """The member sessions that are `identity` now."""
+        found = self._by_identity.get(identity) if identity is not None else None
+        if not found:
+            return []
+        return [member for member in found if member.identity is not None and member.identity.id == identity]
+
+    def _add_name(self, name: str) -> None:
+        count = self._counts.get(name, 0)
+        self._counts[name] = count + 1
+        if not count:
+            bisect.insort(self._names, name, key=str.casefold)
+
+    def _remove_name(self, name: str) -> None:
+        count = self._counts.get(name, 0)
+        if count > 1:
+            self._counts[name] = count - 1
+            return
+        self._counts.pop(name, None)
+        key = name.casefold()
+        at = bisect.bisect_left(self._names, key, key=str.casefold)
+        while at < len(self._names) and self._names[at].casefold() == key:
+            if self._names[at] == name:
+                del self._names[at]
+                return
+            at += 1
+
+    def _index(self, session: Session[P]) -> None:
+        identity = session.identity.id if session.identity is not None else None
+        self._indexed_as[session] = identity
+        if identity is not None:
+            self._by_identity.setdefault(identity, {})[session] = None
+
+    def _unindex(self, session: Session[P]) -> None:
+        identity = self._indexed_as.pop(session, None)
+        if identity is None:
+            return
+        sessions = self._by_identity.get(identity)
+        if sessions is not None:
+            sessions.pop(session, None)
+            if not sessions:
+                del self._by_identity[identity]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import select
 import socket
 import socketserver
@@ -70,6 +71,10 @@ _READ_SIZE = 64 * 1024
 ACCOUNTS_CHECK_EVERY = 1.0
 #: Seconds between sweeps for expired rooms, at most.
 ROOMS_SWEEP_EVERY = 600.0
+#: Handler threads started ahead, each waiting for a connection of its own: the accepting thread
+#: hands one over instead of starting a thread and waiting until it runs (with the GIL busy, that
+#: wait took milliseconds per connect and set the pace of a connect storm).
+SPARE_HANDLERS = 8
 
 __all__ = ["ChatHandler", "ChatServer", "Listener", "ServerConfig", "listeners"]
 
@@ -353,6 +358,14 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.tls_context = self._load_tls() if config.tls_cert or config.tls_key else None
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
+        #: Connections with a handler now (under _handlers_lock; read without it to refuse).
+        self._connections = 0
+        #: Connections handed to spare handlers, and how many spares wait for one (under the lock).
+        self._spares: queue.SimpleQueue[tuple[Any, Any, Listener] | None] = queue.SimpleQueue()
+        self._idle_spares = 0
+        self._starting_spares = 0
+        #: Told when a spare was taken (or the server stops): the spawner starts the next one.
+        self._spares_wanted = threading.Condition(self._handlers_lock)
         #: Web connections still in their HTTP request (under _handlers_lock): stop() wakes them.
         self._opening: set[socket.socket] = set()
         self._serving = threading.Event()
@@ -380,9 +393,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
             raise
         self._keepalive = threading.Thread(target=self._watch_idle, name="chat-keepalive")
         self._accounts_watch = threading.Thread(target=self._watch_accounts, name="chat-accounts")
+        self._spawner = threading.Thread(target=self._keep_spares, name="chat-spawner")
         self.outbox.start()
         self._keepalive.start()
         self._accounts_watch.start()
+        self._spawner.start()
 
     def _close_listeners(self) -> None:
         """Close every listening socket: this one and the others opened so far."""
@@ -529,7 +544,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         code = self.addresses.admit(host)
         if code is not None:
             refusal = Refused(code, "too many connections from your address; closing")
-        elif len(self._handlers) >= self.config.max_clients:
+        elif self._connections >= self.config.max_clients:
             self.addresses.release(host)
             refusal = Refused("server_full", f"the server takes at most {self.config.max_clients} connections")
         if refusal is None:
@@ -552,13 +567,33 @@ class ChatServer(socketserver.ThreadingTCPServer):
     # --- inside --------------------------------------------------------------------------
 
     def start_handler(self, request: Any, client_address: Any, listener: Listener) -> None:
-        """A thread of its own for a connection accepted on `listener` (this server's or another)."""
-        thread = threading.Thread(
-            target=self._handle_connection, args=(request, client_address, listener), name="chat-handler", daemon=True
-        )
+        """A thread of its own for a connection accepted on `listener` (this server's or another):
+        a spare one that waits for a connection if there is one, else one started now."""
+        connection = (request, client_address, listener)
+        with self._handlers_lock:
+            self._connections += 1
+            if self._idle_spares:
+                self._idle_spares -= 1
+                self._spares.put(connection)
+                self._spares_wanted.notify()
+                return
+        try:
+            self._start_thread(self._handle_connection, connection)
+        except BaseException:  # no thread: socketserver closes the connection, which is not counted
+            with self._handlers_lock:
+                self._connections -= 1
+            raise
+
+    def _start_thread(self, target: Any, args: tuple[Any, ...]) -> None:
+        thread = threading.Thread(target=target, args=args, name="chat-handler", daemon=True)
         with self._handlers_lock:
             self._handlers.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # never started: stop() must not wait for it
+            with self._handlers_lock:
+                self._handlers.discard(thread)
+            raise
 
     def _handle_connection(self, request: Any, client_address: Any, listener: Listener) -> None:
         try:
@@ -569,11 +604,57 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.shutdown_request(request)
             self.addresses.release(str(client_address[0]))
             with self._handlers_lock:
+                self._connections -= 1
                 self._handlers.discard(threading.current_thread())
+
+    def _keep_spares(self) -> None:
+        """The spawner thread: keeps SPARE_HANDLERS handler threads waiting for a connection,
+        starting each here, so that neither the accepting thread nor a connection's own handler
+        waits for a thread to start."""
+        while True:
+            with self._spares_wanted:
+                self._spares_wanted.wait_for(
+                    lambda: self.stopping.is_set() or self._idle_spares + self._starting_spares < SPARE_HANDLERS
+                )
+                if self.stopping.is_set():
+                    return
+                self._starting_spares += 1
+            try:
+                self._start_thread(self._wait_as_spare, ())
+            except RuntimeError as exc:  # no more threads now: connections get one started for them
+                log.warning("could not start a spare handler thread: %s", exc)
+                with self._handlers_lock:
+                    self._starting_spares -= 1
+                if self.stopping.wait(1.0):
+                    return
+
+    def _wait_as_spare(self) -> None:
+        """A spare handler: wait for a connection, and handle it (None: the server stops)."""
+        with self._handlers_lock:
+            self._starting_spares -= 1
+            spare = not self.stopping.is_set()
+            if spare:
+                self._idle_spares += 1
+            else:
+                self._handlers.discard(threading.current_thread())
+        if not spare:
+            return
+        connection = self._spares.get()
+        if connection is None:
+            with self._handlers_lock:
+                self._handlers.discard(threading.current_thread())
+            return
+        self._handle_connection(*connection)
 
     def _join_handlers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        with self._spares_wanted:
+            self._spares_wanted.notify_all()  # the spawner sees the server stopping, and ends
+        self._spawner.join(timeout)
         with self._handlers_lock:
+            for _ in range(self._idle_spares):
+                self._spares.put(None)  # no connection will come: end
+            self._idle_spares = 0
             handlers = list(self._handlers)
         for thread in handlers:
             thread.join(max(0.0, deadline - time.monotonic()))
