@@ -14,7 +14,7 @@ import trustme
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.testing_irc import IrcClient
-from chat.wire.protocol import ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Welcome
+from chat.wire.protocol import ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Topic, Welcome
 
 
 @pytest.fixture
@@ -250,8 +250,49 @@ def test_chathistory_latest_and_before_answer_from_the_rooms_history_in_a_batch(
     bob.send(f"CHATHISTORY BEFORE #lobby msgid={last.id - 1} 2")
     lines = bob.until("BATCH -")
     assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 2", "line 3"]
-    bob.send("CHATHISTORY AROUND #lobby msgid=1 2")
-    assert "FAIL CHATHISTORY" in bob.expect("FAIL")
+    bob.send("CHATHISTORY LATEST #elsewhere * 2")
+    assert "FAIL CHATHISTORY INVALID_TARGET LATEST #elsewhere" in bob.expect("FAIL")
+
+
+def test_chathistory_after_around_and_between_by_msgid_and_by_timestamp(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    sent = [alice.say_all([f"line {n}"]) for n in range(10)]
+    alice.send({"type": "topic", "room": "lobby", "topic": "not a message"})
+    alice.expect(Topic)
+    bob = irc(irc_server)
+    bob.register("bob", "server-time message-tags batch draft/chathistory")
+    bob.send("JOIN #lobby")
+    bob.until("BATCH -")
+
+    def asked(command: str) -> list[str]:
+        bob.send(command)
+        lines = bob.until("BATCH -")
+        assert any("BATCH +" in line and "chathistory #lobby" in line for line in lines)
+        assert not any(" TOPIC " in line for line in lines)  # messages only, as without event-playback
+        return [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line]
+
+    every = [f"line {n}" for n in range(10)]
+    ids = [f"msgid={line.id}" for line in sent]
+    assert asked(f"CHATHISTORY AFTER #lobby {ids[3]} 20") == every[4:]
+    assert asked(f"CHATHISTORY AFTER #lobby {ids[3]} 3") == every[4:7]
+    assert asked(f"CHATHISTORY AROUND #lobby {ids[7]} 1") == every[7:8]
+    assert asked(f"CHATHISTORY AROUND #lobby {ids[7]} 3") == every[6:9]
+    assert asked(f"CHATHISTORY BETWEEN #lobby {ids[0]} {ids[-1]} 20") == every[1:-1]
+    assert asked(f"CHATHISTORY BETWEEN #lobby {ids[-1]} {ids[0]} 3") == every[-4:-1]
+    assert asked(f"CHATHISTORY LATEST #lobby {ids[8]} 20") == every[9:]
+    assert asked(f"CHATHISTORY AFTER #lobby {ids[9]} 20") == []  # an empty batch
+    # By time: lines said within one millisecond share a time, so what a time names comes from the times sent.
+    stamp = {line.msg: "timestamp=" + line.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+             for line in sent}
+    after_3 = [line.msg for line in sent if line.time > sent[3].time]
+    before_6 = [line.msg for line in sent if line.time < sent[6].time]
+    assert asked(f"CHATHISTORY AFTER #lobby {stamp['line 3']} 3") == after_3[:3]
+    assert asked(f"CHATHISTORY BEFORE #lobby {stamp['line 6']} 2") == before_6[-2:]
+    between = [line.msg for line in sent if sent[0].time < line.time < sent[-1].time]
+    assert asked(f"CHATHISTORY BETWEEN #lobby {stamp['line 9']} {stamp['line 0']} 3") == between[-3:]
+    center = next(n for n, line in enumerate(sent) if line.time >= sent[7].time)  # the first said at that time
+    assert asked(f"CHATHISTORY AROUND #lobby {stamp['line 7']} 3") == every[max(0, center - 1):center + 2]
 
 
 def registered_account(server, name: str, password: str) -> LineClient:

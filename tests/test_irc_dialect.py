@@ -4,6 +4,7 @@ request or numerics, and any bytes in giving numerics or requests, never an exce
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 from chat.errors import Refused
 from chat.server.config import ServerConfig
 from chat.server.dialects.base import Handled, LogIn, Request, Said
-from chat.server.dialects.irc import IrcConnection, IrcLine, nick_problem, room_of
+from chat.server.dialects.irc import CHATHISTORY_LIMIT, IrcConnection, IrcLine, nick_problem, room_of
 from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, IrcFramer, TooLong, parse
+from chat.server.history import HistoryQuery
 from chat.server.session import Presence
 from chat.wire.protocol import Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
 
@@ -211,3 +213,49 @@ def test_a_sasl_exchange_that_never_ends_is_refused_not_kept():
     said(conn)
     feed(conn, *["AUTHENTICATE " + "A" * 400] * 20)
     assert any(" 904 " in line for line in said(conn))
+
+
+def chathistory(conn: IrcConnection, command: str) -> object:
+    """What one CHATHISTORY line becomes: its HistoryQuery, or the FAIL it was answered with."""
+    [due] = feed(conn, command)
+    if isinstance(due, Request):
+        return due.message
+    [answer] = said(conn)
+    return answer.split(" :")[0].split(" ", 1)[1]
+
+
+def test_chathistory_subcommands_become_queries_by_id_or_time():
+    conn = registered()
+    stamp = datetime(2026, 12, 7, 3, 4, 5, 123000, tzinfo=UTC)
+    cases = {
+        "CHATHISTORY LATEST #dev * 10": HistoryQuery("dev", "latest", (), 10),
+        "CHATHISTORY latest #dev msgid=7 10": HistoryQuery("dev", "latest", (7,), 10),
+        "CHATHISTORY BEFORE #dev timestamp=2026-12-07T03:04:05.123Z 2": HistoryQuery("dev", "before", (stamp,), 2),
+        "CHATHISTORY AFTER #dev msgid=3 600": HistoryQuery("dev", "after", (3,), CHATHISTORY_LIMIT),
+        "CHATHISTORY AROUND #dev msgid=3 0": HistoryQuery("dev", "around", (3,), CHATHISTORY_LIMIT),
+        "CHATHISTORY BETWEEN #dev msgid=9 timestamp=2026-12-07T03:04:05.123Z 3":
+            HistoryQuery("dev", "between", (9, stamp), 3),
+    }
+    for command, expected in cases.items():
+        assert chathistory(conn, command) == expected, command
+
+
+def test_chathistory_that_cannot_be_answered_fails_as_the_spec_words_it():
+    conn = registered()
+    cases = {
+        "CHATHISTORY FROB #dev * 1": "FAIL CHATHISTORY UNKNOWN_COMMAND FROB",
+        "CHATHISTORY BETWEEN #dev msgid=1 2": "FAIL CHATHISTORY NEED_MORE_PARAMS BETWEEN",
+        "CHATHISTORY AFTER #dev msgid=x 2": "FAIL CHATHISTORY INVALID_PARAMS msgid=x",
+        "CHATHISTORY BEFORE #dev * 2": "FAIL CHATHISTORY INVALID_PARAMS *",
+        "CHATHISTORY AFTER #dev timestamp=yesterday 2": "FAIL CHATHISTORY INVALID_PARAMS timestamp=yesterday",
+        "CHATHISTORY LATEST #dev * ten": "FAIL CHATHISTORY INVALID_PARAMS ten",
+        "CHATHISTORY LATEST alice * 10": "FAIL CHATHISTORY INVALID_TARGET LATEST alice",
+    }
+    for command, expected in cases.items():
+        assert chathistory(conn, command) == expected, command
+    conn.receive_data(b"CHATHISTORY LATEST #dev * 10\r\n", 0.0)
+    due = conn.next_request(0.0)
+    assert due is not None
+    [refusal] = conn.served(due, Refused("not_in_room", "you are not in dev")) or []
+    assert isinstance(refusal, IrcLine)
+    assert refusal.raw.startswith(b":chat FAIL CHATHISTORY INVALID_TARGET LATEST #dev :")

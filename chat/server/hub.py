@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.cluster import Cluster, LocalCluster
+from chat.server.history import HistoryQuery
 from chat.server.limits import in_networks
 from chat.server.lines import Line, Repeat
 from chat.server.room import (
@@ -326,6 +327,10 @@ class Hub(Generic[P]):
         session.user_name, session.real_name = user_name, real_name
         log.info("%s logged in as %s", session.label, quoted(session.name or ""))
         return identity
+
+    def history_query(self, session: Session[P], query: HistoryQuery) -> None:
+        """Send `session` the lines of a room it is in that a query by reference names (IRC's CHATHISTORY)."""
+        self._room_of(session, query.room).history_query(session, query)
 
     def join_twin_rooms(self, session: Session[P]) -> None:
         """Enter the rooms the account's other sessions are in: the rest of a log_in, once the

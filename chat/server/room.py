@@ -21,6 +21,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
+from chat.server.history import HistoryQuery, select
 from chat.server.lines import Line, Repeat
 from chat.server.log import RoomLog, Span, Tag
 from chat.server.session import Session
@@ -350,6 +351,17 @@ class Room(Generic[P]):
         peer = session.peer
         self._delivery.send_to(peer, Line.of(header), room=self.key)
         self._stream(peer, span, lambda lines: self._delivery.send_to(peer, *lines, room=self.key))
+
+    def history_query(self, session: Session[P], query: HistoryQuery) -> None:
+        """Send `session` the lines a query by reference names (IRC's CHATHISTORY): a HistoryPage
+        counting them, then the lines, oldest first."""
+        self._member(session)
+        lines = select(self._log, query)
+        edge = lines[-1].id + 1 if lines else self._log.last_id + 1
+        header = HistoryPage(room=self.name, before=edge, count=len(lines), more=0)
+        peer = session.peer
+        self._delivery.send_to(peer, Line.of(header), room=self.key)
+        stream_chunks(self._delivery, peer, [lines], lambda piece: self._delivery.send_to(peer, *piece, room=self.key))
 
     def speak(self, session: Session[P], said: Sequence[tuple[Said, str, str | None]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from chat.errors import Refused, RequestFailed
+from chat.server.history import HistoryQuery
 from chat.server.limits import TokenBucket, request_cost
 from chat.server.lines import Dialect as Writing
 from chat.server.lines import Line
@@ -49,7 +50,7 @@ MAX_BATCH = 64
 class Request:
     """One request due now, for the hub to act on."""
 
-    message: ClientMessage | ClassicMessage | LogIn | Describe | JoinTwinRooms
+    message: ClientMessage | ClassicMessage | LogIn | Describe | JoinTwinRooms | HistoryQuery
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
@@ -49,6 +50,7 @@ from chat.server.dialects.ircwire import (
     parse,
     split_text,
 )
+from chat.server.history import HistoryQuery, Ref
 from chat.server.lines import Line
 from chat.server.session import Presence
 from chat.wire.protocol import (
@@ -65,7 +67,6 @@ from chat.wire.protocol import (
     ErrorReply,
     Gap,
     HistoryPage,
-    HistoryRequest,
     Join,
     Joined,
     Kick,
@@ -124,6 +125,8 @@ CAPS = (
 CAP_VALUES = {"sasl": "PLAIN"}
 #: Most lines CHATHISTORY answers at once (and ISUPPORT's CHATHISTORY).
 CHATHISTORY_LIMIT = 500
+#: CHATHISTORY's subcommands that read a channel's history, and how many references each takes.
+_CHATHISTORY_REFS = {"LATEST": 1, "BEFORE": 1, "AFTER": 1, "AROUND": 1, "BETWEEN": 2}
 #: RPL_ISUPPORT's tokens.
 ISUPPORT = (
     "CASEMAPPING=ascii",
@@ -220,6 +223,8 @@ class _Asked:
 
     command: str
     target: str = ""
+    #: The subcommand (CHATHISTORY's), for a reply that names it.
+    sub: str = ""
 
 
 class IrcDialect:
@@ -358,7 +363,8 @@ class IrcConnection(Connection):
         if asked.command == "KICK" and failure.code == "no_such_user":
             return [self._numeric("441", asked.target, failure.detail)]
         if asked.command == "CHATHISTORY":
-            return [self._line("FAIL", "CHATHISTORY", "INVALID_TARGET", asked.target, failure.detail)]
+            code = "MESSAGE_ERROR" if failure.code == "storage_failed" else "INVALID_TARGET"
+            return [self._line("FAIL", "CHATHISTORY", code, asked.sub or "*", asked.target, failure.detail)]
         worded = _ERROR_NUMERICS.get(failure.code)
         if worded is not None and asked.target:
             return [self._numeric(worded, asked.target, failure.detail)]
@@ -393,7 +399,7 @@ class IrcConnection(Connection):
 
     # --- commands ------------------------------------------------------------------------
 
-    def _command(self, message: IrcMessage) -> ClientMessage | LogIn | None:
+    def _command(self, message: IrcMessage) -> ClientMessage | LogIn | HistoryQuery | None:
         """The hub request a command maps to (None: answered here); _Numeric to refuse it."""
         command, params = message.command, message.params
         if not self.registered and command not in _BEFORE_REGISTRATION:
@@ -401,7 +407,7 @@ class IrcConnection(Connection):
         handler = getattr(self, f"_on_{command.lower()}", None)
         if handler is None:
             raise _Numeric("421", command, "Unknown command")
-        result: ClientMessage | LogIn | None = handler(params)
+        result: ClientMessage | LogIn | HistoryQuery | None = handler(params)
         return result
 
     def _need(self, params: list[str], count: int, command: str) -> None:
@@ -843,28 +849,40 @@ class IrcConnection(Connection):
         self._follow(requests[1:])
         return requests[0]
 
-    def _on_chathistory(self, params: list[str]) -> ClientMessage | None:
-        self._need(params, 2, "CHATHISTORY")
-        sub = params[0].upper()
+    def _on_chathistory(self, params: list[str]) -> HistoryQuery | None:
+        sub = params[0].upper() if params else ""
+        if not sub:
+            raise _Numeric("FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "*", "CHATHISTORY needs a subcommand")
+        if sub not in _CHATHISTORY_REFS and sub != "TARGETS":
+            raise _Numeric("FAIL", "CHATHISTORY", "UNKNOWN_COMMAND", params[0], "Unknown CHATHISTORY subcommand")
         if sub == "TARGETS":
             batch = self.writer.new_batch()
             self._answers.append(self._line("BATCH", f"+{batch}", "draft/chathistory-targets"))
             self._answers.append(self._line("BATCH", f"-{batch}"))
             return None
-        target = params[1]
+        wanted = _CHATHISTORY_REFS[sub] + 2  # the target, the references, the limit
+        if len(params) - 1 < wanted:
+            raise _Numeric("FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", sub, f"{sub} takes {wanted} parameters")
+        target, refs, limit_text = params[1], params[2:wanted], params[wanted]
         room = room_of(target)
         if room is None:
-            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_TARGET", target, "Only channels keep history here")
-        limit_text = params[-1]
-        limit = min(int(limit_text), CHATHISTORY_LIMIT) if limit_text.isdigit() and int(limit_text) > 0 else 50
-        before: int | None = None
-        if sub == "BEFORE" and len(params) >= 4:
-            before = _msgid(params[2])
-            if before is None:
-                raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", params[2], "Give msgid=<id>")
-        elif sub != "LATEST":
-            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", sub, "Only LATEST and BEFORE are answered")
-        return self._ask(HistoryRequest(room=room, before=before, limit=limit), "CHATHISTORY", target)
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_TARGET", sub, target, "Only channels keep history here")
+        if not limit_text.isdigit():
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", limit_text, "The limit is a number")
+        limit = int(limit_text)
+        limit = CHATHISTORY_LIMIT if limit == 0 or limit > CHATHISTORY_LIMIT else limit  # as Ergo: 0 is the most
+        references: list[Ref] = []
+        for text in refs:
+            if sub == "LATEST" and text == "*":
+                continue
+            reference = _reference(text)
+            if reference is None:
+                either = "msgid=<id> or timestamp=<YYYY-MM-DDThh:mm:ss.sssZ>" + (" or *" if sub == "LATEST" else "")
+                raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", text, f"A reference is {either}")
+            references.append(reference)
+        query = HistoryQuery(room=room, kind=sub.lower(), refs=tuple(references), limit=limit)  # type: ignore[arg-type]
+        self._asked[id(query)] = _Asked("CHATHISTORY", target, sub)
+        return query
 
 
 def _user_of(found: Presence) -> str:
@@ -880,11 +898,19 @@ class _Numeric(Exception):
         self.params = params
 
 
-def _msgid(reference: str) -> int | None:
-    kind, _, value = reference.partition("=")
-    if kind == "msgid" and value.isdigit():
-        return int(value)
-    return None
+def _reference(text: str) -> Ref | None:
+    """A CHATHISTORY reference: `msgid=` a room line's id, or `timestamp=` an ISO 8601 time (UTC if
+    it names no zone); None if it is neither."""
+    kind, _, value = text.partition("=")
+    if kind == "msgid":
+        return int(value) if value.isdigit() and len(value) < 19 else None
+    if kind != "timestamp":
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+        return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time, or one UTC cannot hold (year 1 east of Greenwich)
+        return None
 
 
 def _mode_changes(modes: str, arguments: list[str]) -> list[tuple[str, str, str | None]] | None:
