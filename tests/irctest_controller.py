@@ -71,7 +71,6 @@ DESELECTED: dict[str, str] = {
     "Oper": "OPER: server operators are --admin accounts here, there is no OPER",
     "testWhoStar or testWhoInvisible": "WHO with a wildcard mask finds nobody: our directory finds names, not masks",
     "MessageTagsTestCase": "client-only tags (+tag) are not relayed: our lines carry no client tags",
-    "AwayNotify": "away is said to nobody in our rooms (as IRC's AWAY), so there is no AWAY to pass on yet",
     "testInvite": "INVITE is no command of ours (our rooms have no invite-only mode)",
     "PostRegistration": "SASL after registration: a connection's identity is settled when it registers",
     "testWhoisAccount or testPlainReAuthenticate":

@@ -14,7 +14,7 @@ import trustme
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.testing_irc import IrcClient
-from chat.wire.protocol import ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Topic, Welcome
+from chat.wire.protocol import Away, ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Topic, Welcome
 
 
 @pytest.fixture
@@ -345,3 +345,46 @@ def test_a_topic_an_irc_client_sets_comes_back_to_it_without_echo_message(irc_se
     bar.until(" 366 ", "#test")
     bar.send("TOPIC #test :new topic")
     assert bar.expect("TOPIC").startswith(":bar!")
+
+
+def test_away_and_back_reach_irc_members_with_away_notify_once_and_json_members_per_room(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    alice.expect(Welcome, room="dev")
+    watcher, plain = irc(irc_server), irc(irc_server)
+    watcher.register("watcher", "away-notify")
+    plain.register("plain")
+    for client in (watcher, plain):
+        client.send("JOIN #lobby,#dev")
+        client.until(" 366 ", "#dev")
+    plain.send("AWAY :lunch")
+    assert " 306 plain " in plain.expect(" 306 ")
+    assert watcher.expect("AWAY") == ":plain!~u@chat AWAY :lunch"
+    assert {alice.expect(Away, name="plain", msg="lunch").room for _ in range(2)} == {"lobby", "dev"}
+    alice.send({"type": "away"})  # back without having gone: no change, nothing said
+    alice.send({"type": "away", "msg": "in a meeting"})
+    assert watcher.expect("AWAY") == ":alice!~u@chat AWAY :in a meeting"
+    plain.send("AWAY", "PING after")
+    assert " 305 plain " in plain.expect(" 305 ")
+    assert watcher.expect("AWAY") == ":plain!~u@chat AWAY"  # once, though two rooms say it
+    assert alice.expect(Away, name="plain", msg="").room in ("lobby", "dev")
+    lines = plain.until("PONG")
+    assert not any(" AWAY" in line for line in lines)  # neither its own nor others': no away-notify
+    watcher.send("PING sync")
+    assert not any(" AWAY" in line for line in watcher.until("PONG"))  # no second AWAY for plain
+
+
+def test_who_joins_while_away_is_followed_by_its_away_for_away_notify(irc_server):
+    watcher = irc(irc_server)
+    watcher.register("watcher", "away-notify")
+    watcher.send("JOIN #dev")
+    watcher.until(" 366 ", "#dev")
+    late = irc(irc_server)
+    late.register("late")
+    late.send("AWAY :not here yet", "JOIN #dev")
+    assert late.expect(" 366 ", "#dev")
+    assert watcher.until("JOIN")[-1].startswith(":late!")
+    assert watcher.read() == ":late!~u@chat AWAY :not here yet"
+    late.send("PING sync")
+    assert not any(" AWAY" in line for line in late.until("PONG"))

@@ -15,8 +15,9 @@ from chat.server.dialects.base import Handled, LogIn, Request, Said
 from chat.server.dialects.irc import CHATHISTORY_LIMIT, IrcConnection, IrcLine, nick_problem, room_of
 from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, IrcFramer, TooLong, parse
 from chat.server.history import HistoryQuery
+from chat.server.lines import Line
 from chat.server.session import Presence
-from chat.wire.protocol import Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
+from chat.wire.protocol import Away, Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
 
 
 class Directory:
@@ -259,3 +260,22 @@ def test_chathistory_that_cannot_be_answered_fails_as_the_spec_words_it():
     [refusal] = conn.served(due, Refused("not_in_room", "you are not in dev")) or []
     assert isinstance(refusal, IrcLine)
     assert refusal.raw.startswith(b":chat FAIL CHATHISTORY INVALID_TARGET LATEST #dev :")
+
+
+def test_away_notify_says_each_change_once_however_many_rooms_tell_it():
+    conn = registered("bob")
+    plain = conn.writer.encode(Line.of(Away(room="dev", name="alice", msg="lunch")))
+    assert plain == b""  # without away-notify
+    conn.caps = frozenset({"away-notify"})
+    conn.writer.caps_changed()
+    lines = [
+        conn.writer.encode(Line.of(away))
+        for away in (
+            Away(room="dev", name="alice", msg="lunch"),
+            Away(room="lobby", name="alice", msg="lunch"),  # the same change, told by a second room
+            Away(room="dev", name="bob", msg="gone"),  # its own: answered with 306 already
+            Away(room="dev", name="alice", msg=""),
+        )
+    ]
+    assert lines == [b":alice!~u@chat AWAY :lunch\r\n", b"", b"", b":alice!~u@chat AWAY\r\n"]
+    assert conn.writer.encode(Line.of(Away(name="alice", msg="lunch"))) == b":chat 301 bob alice lunch\r\n"

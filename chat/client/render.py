@@ -242,6 +242,12 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
         case Users(room=where, users=users, roles=roles, away=away):
             gone = "; away: " + ", ".join(f"{neutralise(n)} ({neutralise(w)})" for n, w in away.items()) if away else ""
             return _in(look).notice(now, f"in {neutralise(where)}: {_names(users, roles)}{gone}")
+        case Away(room=str(), name=name, msg=why):  # a member of a room went away or came back
+            if name == me:
+                return None  # its own away was answered already (done)
+            if not why:
+                return _in(look).notice(now, f"{neutralise(name)} is back")
+            return _in(look).notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case Away(name=name, msg=why):
             return _in(look).notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case RoomList(rooms=rooms):

@@ -642,11 +642,16 @@ class Hub(Generic[P]):
             room.enter_again()
 
     def set_away(self, session: Session[P], why: str) -> None:
-        """Away (and why), or back with an empty `why`; said to the session alone."""
+        """Away (and why), or back with an empty `why`: the session is told, and its rooms (an
+        `away` line with the room) if that changed anything."""
         name = self._name_of(session)
         if session.identity is not None:  # answered on every server
             self._cluster.set_away(name_keys(name), session.identity.id, why or None)
+        changed = (session.away or "") != why
         session.away = why or None
+        if changed:  # the rooms are told before the session hears it is done
+            for room in self._rooms_of(session):
+                room.away_changed(session, why)
         said = f"you are away: {why}; private messages get that answer" if why else "you are back"
         self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=said)))
 

@@ -27,6 +27,7 @@ from chat.server.log import RoomLog, Span, Tag
 from chat.server.session import Session
 from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
+    Away,
     Ban,
     Deop,
     Gap,
@@ -100,6 +101,10 @@ class RoomFeed(Protocol[P_contra]):
         """A member is called `new` now; `line` tells every member."""
         ...
 
+    def notice(self, line: Line) -> None:
+        """An unnumbered, unkept line for every member (a member's away changed)."""
+        ...
+
     def leave(self, peer: P_contra, name: str, left: Line | None, sees_it: bool) -> None:
         """Take `peer` (`name`) out and tell the members `left` (None: another session of the same
         account stays, nobody leaves); `peer` sees it too if `sees_it` (a part)."""
@@ -158,6 +163,9 @@ class LocalFeed(Generic[P]):
         self._delivery.publish(self._key, *lines)
 
     def rename(self, old: str, new: str, line: Line) -> None:
+        self._delivery.publish(self._key, line)
+
+    def notice(self, line: Line) -> None:
         self._delivery.publish(self._key, line)
 
     def present(self, names: list[str]) -> None:
@@ -299,6 +307,8 @@ class Room(Generic[P]):
             # A second device of an account that is here already: nobody new arrives.
             joined = None if self._twin_locked(session) else Line.of(Joined(room=self.name, name=name, time=utc_now()))
             snapshot = self._feed.enter(session.peer, name, joined)
+            if joined is not None and session.away:  # who arrives away says so, as away-notify has it
+                self._feed.notice(Line.of(Away(room=self.name, name=name, msg=session.away)))
             self._members[session] = name
             session.rooms[self.listed_as] = None
             users = self._sorted_users()
@@ -470,6 +480,13 @@ class Room(Generic[P]):
             self._record = record
             self.active_at = time.time()
             self._feed.publish([line])
+
+    def away_changed(self, session: Session[P], why: str) -> None:
+        """A member went away (`why`) or came back (""): every member is told (IRC's away-notify)."""
+        with self._locked():
+            name = self._members.get(session)
+            if name is not None:
+                self._feed.notice(Line.of(Away(room=self.name, name=name, msg=why)))
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._locked():

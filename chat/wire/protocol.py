@@ -679,9 +679,11 @@ class Users(_ServerWire):
 
 
 class Away(_ServerWire):
-    """To the sender of a private message: its recipient said they are away, and why."""
+    """To the sender of a private message: its recipient said they are away, and why. With
+    `room`: to that room's members, a member went away (`msg`: why) or came back (`msg` "")."""
 
     type: Literal["away"] = "away"
+    room: str | None = None
     name: str
     msg: str
 

@@ -144,6 +144,8 @@ ISUPPORT = (
     "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
     "NETWORK=chat",
 )
+#: Most nicks an IrcWriter remembers the away text of (away-notify said once per change).
+_MAX_AWAY_KEPT = 4096
 #: Most 400-byte AUTHENTICATE chunks one PLAIN exchange may take (a name, a password of 1024
 #: characters and a token fit in far fewer): more is refused, never kept.
 _MAX_SASL_CHUNKS = 12
@@ -993,6 +995,9 @@ class IrcRender:
                 return line_of("QUIT", _quit_reason(message.reason), source=hostmask(message.name), tags=tags)
             case Renamed():
                 return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(_time(message)))
+            case Away(room=str()):
+                why = [message.msg] if message.msg else []
+                return line_of("AWAY", *why, source=hostmask(message.name), tags={})
         return b""
 
     def said(self, message: ChatMessage | Action, target: str, extra: dict[str, str] | None = None) -> bytes:
@@ -1088,6 +1093,8 @@ class IrcWriter:
         self._batches = itertools.count(1)
         self._quit: set[str] = set()
         self._renamed: dict[str, str] = {}
+        #: Per nick, the away text last said to the client (away-notify: once, however many rooms share it).
+        self._away: dict[str, str] = {}
         #: Each joined room's modes, as its welcome and later mode lines said.
         self.modes: dict[str, tuple[str, ...]] = {}
         #: The keys of the rooms the client is in.
@@ -1144,6 +1151,8 @@ class IrcWriter:
                 return item.encoded(self.render)
             case Joined():
                 self._quit.discard(message.name)
+                with self._lock:
+                    self._away.pop(message.name, None)  # an away line follows if it arrives away
                 return item.encoded(self.render)
             case Left():
                 if message.reason not in ("part", "kicked", "banned"):
@@ -1180,8 +1189,18 @@ class IrcWriter:
                         return self._numeric("306", "You have been marked as being away")
                     return self._numeric("305", "You are no longer marked as being away")
                 return line("NOTICE", me or "*", message.detail, source=self._connection.server)
-            case Away():
+            case Away(room=None):
                 return self._numeric("301", message.name, message.msg)
+            case Away():
+                if "away-notify" not in conn.caps or message.name == me:
+                    return b""  # its own away was answered with 305/306
+                with self._lock:
+                    if self._away.get(message.name) == message.msg:
+                        return b""  # told already, in another room both are in
+                    if len(self._away) >= _MAX_AWAY_KEPT:
+                        self._away.clear()  # at worst an AWAY is said twice
+                    self._away[message.name] = message.msg
+                return item.encoded(self.render)
             case ErrorReply():
                 if message.code in CLOSING_ERRORS:
                     return line("ERROR", message.detail)
