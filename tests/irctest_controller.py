@@ -61,8 +61,6 @@ DESELECTED: dict[str, str] = {
     "Passworded": "a server password (PASS before registration) is no option of ours",
     "testNotice or (testEchoMessage and NOTICE)":
         "a NOTICE reaches others as an ordinary message: our lines have no notice kind",
-    "testPartMessage or testBasicPartRfc2812": "a PART's reason is not carried: our part line has none",
-    "testQuit": "a QUIT's reason is not carried: our left line has a reason code, not the client's words",
     "testWhoNick or testWhoChan or testWhoisNumerics or testKickPrivileges or testNames2812 or testNamesModern"
     " or testTopicMode or testTopicPrivileges or MultiPrefix or BanModeTestCase or ModeratedModeTestCase"
     " or ChannelOperatorModeTestCase":

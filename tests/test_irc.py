@@ -14,7 +14,18 @@ import trustme
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.testing_irc import IrcClient
-from chat.wire.protocol import Away, ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Topic, Welcome
+from chat.wire.protocol import (
+    Away,
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    Moderation,
+    PrivateMessage,
+    SessionToken,
+    Topic,
+    Welcome,
+)
 
 
 @pytest.fixture
@@ -388,3 +399,48 @@ def test_who_joins_while_away_is_followed_by_its_away_for_away_notify(irc_server
     assert watcher.read() == ":late!~u@chat AWAY :not here yet"
     late.send("PING sync")
     assert not any(" AWAY" in line for line in late.until("PONG"))
+
+
+def test_part_and_quit_reasons_reach_json_and_irc_members_as_one_clean_line(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    alice.expect(Welcome, room="dev")
+    watcher, leaver = irc(irc_server), irc(irc_server)
+    watcher.register("watcher")
+    leaver.register("leaver")
+    for client in (watcher, leaver):
+        client.send("JOIN #lobby,#dev")
+        client.until(" 366 ", "#dev")
+    leaver.send("PART #dev :\x0304off\x03 to\tlunch")
+    assert leaver.expect("PART") == ":leaver!~u@chat PART #dev :off to lunch"  # its own part, with its words
+    assert watcher.expect("PART") == ":leaver!~u@chat PART #dev :off to lunch"
+    left = alice.expect(Left, name="leaver")
+    assert (left.room, left.reason, left.msg) == ("dev", "part", "off to lunch")
+    leaver.send("QUIT :see you tomorrow")
+    assert watcher.expect("QUIT") == ":leaver!~u@chat QUIT :Quit: see you tomorrow"
+    left = alice.expect(Left, name="leaver")
+    assert (left.room, left.reason, left.msg) == ("lobby", "quit", "see you tomorrow")
+
+    alice.send({"type": "part", "room": "dev", "msg": "back\nlater"})
+    assert watcher.expect("PART") == ":alice!~u@chat PART #dev :back later"
+    alice.send({"type": "part", "room": "lobby", "msg": "x" * 391})
+    assert alice.expect(ErrorReply).code == "invalid_field"  # too long: refused, and alice stays
+    alice.send({"type": "leave", "msg": "good night"})
+    assert watcher.expect("QUIT") == ":alice!~u@chat QUIT :Quit: good night"
+
+
+def test_a_part_without_words_and_a_drop_carry_none(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    quiet = irc(irc_server)
+    quiet.register("quiet")
+    quiet.send("JOIN #lobby")
+    quiet.until(" 366 ")
+    quiet.send("PART #lobby")
+    assert alice.expect(Left, name="quiet").msg is None
+    quiet.send("JOIN #lobby")
+    alice.expect(Joined, name="quiet")
+    quiet.close()
+    left = alice.expect(Left, name="quiet")
+    assert (left.reason, left.msg) == ("disconnected", None)

@@ -17,7 +17,7 @@ from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, Ir
 from chat.server.history import HistoryQuery
 from chat.server.lines import Line
 from chat.server.session import Presence
-from chat.wire.protocol import Away, Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
+from chat.wire.protocol import Away, Join, Kick, Leave, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
 
 
 class Directory:
@@ -127,6 +127,9 @@ def test_each_command_maps_to_the_hubs_request():
     cases = {
         "JOIN #dev": Join(room="dev"),
         "PART #dev": Part(room="dev"),
+        "PART #dev :\x02bye\x02 \x0304,01all": Part(room="dev", msg="bye all"),  # IRC's formatting left out
+        "QUIT :later": Leave(msg="later"),
+        "QUIT": Leave(),
         "PRIVMSG #dev :hi": SendMessage(room="dev", msg="hi"),
         "PRIVMSG #dev :\x01ACTION waves\x01": SendAction(room="dev", msg="waves"),
         "PRIVMSG alice :psst": SendPrivate(to="alice", msg="psst"),

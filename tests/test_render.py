@@ -195,3 +195,10 @@ def test_a_room_members_away_and_back_read_as_such_and_ones_own_is_not_shown_twi
     assert render(Away(room="dev", name="alice", msg="lunch"), "alice", room="dev") is None
     answer = render(Away(name="bob", msg="lunch"), "alice", room="dev")  # after a private line to bob
     assert answer is not None and text_of(answer).endswith("bob is away: lunch")
+
+
+def test_parting_words_follow_the_left_line():
+    words = render(Left(room="dev", name="bob", reason="part", msg="off to lunch", time=WHEN), "alice", room="dev")
+    assert words is not None and text_of(words).endswith("bob left dev: off to lunch")
+    plain = render(Left(room="dev", name="bob", reason="timeout", time=WHEN), "alice", room="dev")
+    assert plain is not None and text_of(plain).endswith("bob left dev (timeout)")

@@ -210,9 +210,10 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
             return [*_clock(time, look), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
         case Joined(room=where, name=name, time=time):
             return _in(look).notice(time, f"{neutralise(name)} joined {neutralise(where)}")
-        case Left(room=where, name=name, reason=reason, time=time):
+        case Left(room=where, name=name, reason=reason, msg=words, time=time):
             why = "" if reason in ("quit", "part") else f" ({reason.replace('_', ' ')})"
-            return _in(look).notice(time, f"{neutralise(name)} left {neutralise(where)}{why}")
+            said = f": {neutralise(words)}" if words else ""
+            return _in(look).notice(time, f"{neutralise(name)} left {neutralise(where)}{why}{said}")
         case Renamed(old=old, new=new, time=time):
             return _in(look).notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
         case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic, account=account):

@@ -50,6 +50,7 @@ from chat.server.store import (
 from chat.wire.protocol import (
     DEFAULT_SEARCH_RESULTS,
     LOBBY,
+    MAX_REASON,
     MAX_SEARCH_RESULTS,
     MAX_SEARCH_TEXT,
     ROOM_PAGE,
@@ -99,7 +100,7 @@ from chat.wire.protocol import (
     room_key,
     utc_now,
 )
-from chat.wire.text import name_key, name_keys, quoted
+from chat.wire.text import name_key, name_keys, one_line, quoted
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,9 @@ class Hub(Generic[P]):
             self._prove_locked(session, None)
         if session.name is not None and session.identity is not None and not held:
             self._cluster.release_name(name_keys(session.name), session.identity.id)
+        words = session.parting if reason == "quit" else None
         for room in self._rooms_of(session):
-            room.leave(session, reason)
+            room.leave(session, reason, words)
         session.rooms.clear()
         self._delivery.unsubscribe(session.peer, session.inbox)
 
@@ -239,8 +241,8 @@ class Hub(Generic[P]):
                 self.search(session, asked)
             case HistoryRequest(room=room, before=before, limit=limit):
                 self._room_of(session, room).history(session, before, limit)
-            case Part(room=room):
-                self.part(session, room)
+            case Part(room=room, msg=words):
+                self.part(session, room, words)
             case SendPrivate(to=to, msg=text, cid=cid):
                 self.whisper(session, to, text, cid)
             case SetAway(msg=why):
@@ -260,7 +262,8 @@ class Hub(Generic[P]):
                 self._delivery.send_to(session.peer, Line.of(ServerPong()))
             case Pong():
                 pass  # any line keeps a connection alive; the reader noted it
-            case Leave():
+            case Leave(msg=words):
+                session.parting = parting_words(words)
                 return False
         return True
 
@@ -488,13 +491,14 @@ class Hub(Generic[P]):
         if lockdown and identity.account is None:
             raise Refused("account_required", "the server takes no new guests right now; log in with an account")
 
-    def part(self, session: Session[P], room_name: str) -> None:
-        """Leave a room; an account leaves it on every device."""
+    def part(self, session: Session[P], room_name: str, words: str | None = None) -> None:
+        """Leave a room (saying `words`, if any); an account leaves it on every device."""
         room = self._room_of(session, room_name)
         twins = [other for other in self._twins(session) if room.listed_as in other.rooms]
-        room.leave(session, "part")
+        said = parting_words(words)
+        room.leave(session, "part", said)
         for twin in twins:
-            room.leave(twin, "part")
+            room.leave(twin, "part", said)
         if session.identity is not None and session.identity.account is not None:
             try:
                 self._accounts.joined(session.identity.id, room.name, False)
@@ -997,3 +1001,11 @@ def _identity_of(session: Session[P]) -> str:
     if session.identity is None:
         raise Refused("not_joined", "join first")
     return session.identity.id
+
+
+def parting_words(words: str | None) -> str | None:
+    """A member's parting words as its rooms show them, whichever door they came through: one line
+    of at most MAX_REASON characters (see text.one_line); None if nothing visible is left."""
+    if words is None:
+        return None
+    return one_line(words, MAX_REASON) or None

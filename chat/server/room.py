@@ -631,10 +631,11 @@ class Room(Generic[P]):
         log.info("%s: %s %s %s in %s", actor.label, quoted(by), action, quoted(target.name), quoted(self.name))
         return removed
 
-    def leave(self, session: Session[P], reason: LeaveReason) -> bool:
-        """Forget `session` and tell the others (and, for a part, the one leaving); False if it was not here."""
+    def leave(self, session: Session[P], reason: LeaveReason, words: str | None = None) -> bool:
+        """Forget `session` and tell the others (and, for a part, the one leaving), with its parting
+        `words` if any; False if it was not here."""
         with self._locked():
-            name = self._remove_locked(session, reason)
+            name = self._remove_locked(session, reason, words)
             if name is None:
                 return False
         log.info("%s left %s as %s (%s)", session.label, quoted(self.name), quoted(name), reason,
@@ -670,8 +671,9 @@ class Room(Generic[P]):
                 self._feed.rules_changed()
             self._record_locked("mode", summary, self._members.get(actor) or actor.name or "?")
 
-    def _remove_locked(self, session: Session[P], reason: LeaveReason) -> str | None:
-        """Take `session` out and tell the others (a part is shown to the one leaving too); its name here."""
+    def _remove_locked(self, session: Session[P], reason: LeaveReason, words: str | None = None) -> str | None:
+        """Take `session` out and tell the others (a part is shown to the one leaving too), with its
+        parting `words` (one line, MAX_REASON characters at most, as `parting_words` makes them); its name here."""
         name = self._members.pop(session, None)
         session.rooms.pop(self.listed_as, None)
         if name is None:
@@ -679,7 +681,7 @@ class Room(Generic[P]):
         # Another device of the account stays: nobody leaves (unless this one parts: it sees that).
         twin = self._twin_locked(session)
         left = None if twin and reason != "part" else Line.of(
-            Left(room=self.name, name=name, reason=reason, time=utc_now())
+            Left(room=self.name, name=name, reason=reason, msg=words, time=utc_now())
         )
         if twin and left is not None:  # the part is shown to the one parting alone
             self._delivery.send_to(session.peer, left, room=self.key)

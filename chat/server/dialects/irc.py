@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from chat.server.session import Presence
 from chat.wire.protocol import (
     CLOSING_ERRORS,
     MAX_NAME,
+    MAX_REASON,
     MAX_ROOM,
     MAX_TOPIC,
     Action,
@@ -143,6 +145,15 @@ ISUPPORT = (
     "MSGREFTYPES=msgid,timestamp",
     "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
     "NETWORK=chat",
+)
+#: Most bytes of parting words in a PART or QUIT line (what a member said on leaving, as KICKLEN's
+#: reasons: the rest of the 512 is the command, channel and source).
+_MAX_WORDS_BYTES = 300
+#: IRC's formatting codes: colours (mIRC's, with their numbers; hex ones), bold, italics, reset...
+_FORMATTING = re.compile(
+    r"\x03(?:\d{1,2}(?:,\d{1,2})?)?"  # a colour: foreground, background
+    r"|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?"  # a hex colour
+    r"|[\x02\x0f\x11\x16\x1d\x1e\x1f]"  # bold, reset, monospace, reverse, italics, strike, underline
 )
 #: Most nicks an IrcWriter remembers the away text of (away-notify said once per change).
 _MAX_AWAY_KEPT = 4096
@@ -436,7 +447,7 @@ class IrcConnection(Connection):
     def _on_quit(self, params: list[str]) -> ClientMessage:
         why = params[0] if params else "Client Quit"
         self._answers.append(IrcLine(line("ERROR", f"Closing link: {why}")))
-        return Leave()
+        return Leave(msg=_unformatted(params[0])[:MAX_REASON] if params and params[0] else None)
 
     def _on_cap(self, params: list[str]) -> ClientMessage | LogIn | None:
         self._need(params, 1, "CAP")
@@ -647,7 +658,8 @@ class IrcConnection(Connection):
             room = room_of(target)
             if room is not None and room_key(room) not in self.writer.joined:
                 raise _Numeric("442", target, "You're not on that channel")
-        return self._each([t for t in params[0].split(",") if t], "PART", lambda room: Part(room=room))
+        words = _unformatted(params[1])[:MAX_REASON] if len(params) > 1 and params[1] else None
+        return self._each([t for t in params[0].split(",") if t], "PART", lambda room: Part(room=room, msg=words))
 
     def _each(self, targets: list[str], command: str, make: object) -> ClientMessage | None:
         """One request per channel: the first is returned, the rest queued behind it."""
@@ -986,13 +998,16 @@ class IrcRender:
                 return line_of("JOIN", channel(message.room), source=hostmask(message.name), tags=tags)
             case Left():
                 tags = self.tags(_time(message))
+                words = _fitted(message.msg) if message.msg else None
                 if message.reason == "part":
-                    return line_of("PART", channel(message.room), source=hostmask(message.name), tags=tags)
+                    return line_of("PART", channel(message.room), *([words] if words else []),
+                                   source=hostmask(message.name), tags=tags)
                 if message.reason == "kicked":
                     return b""  # the kick's own line said it
                 if message.reason == "banned":
                     return line_of("KICK", channel(message.room), message.name, "banned", source=self.server, tags=tags)
-                return line_of("QUIT", _quit_reason(message.reason), source=hostmask(message.name), tags=tags)
+                said = f"Quit: {words}" if words and message.reason == "quit" else _quit_reason(message.reason)
+                return line_of("QUIT", said, source=hostmask(message.name), tags=tags)
             case Renamed():
                 return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(_time(message)))
             case Away(room=str()):
@@ -1054,6 +1069,16 @@ def _time(message: object) -> str | None:
     if stamp is None:
         return None
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"  # type: ignore[no-any-return]
+
+
+def _fitted(words: str) -> str:
+    """Parting words cut to fit one IRC line beside its command, channel and source."""
+    return split_text(words, _MAX_WORDS_BYTES)[0] if words.strip() else ""
+
+
+def _unformatted(text: str) -> str:
+    """IRC text without its colour and formatting codes (mIRC colours with their digits, bold, ...)."""
+    return _FORMATTING.sub("", text)
 
 
 def _quit_reason(reason: str) -> str:

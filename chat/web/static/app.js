@@ -588,7 +588,7 @@
       info(buf, `you left ${m.room} (${m.reason}); /join ${m.room} to come back`);
       save();
     } else {
-      addLine(buf, { time: m.time, kind: 'left', name: m.name, reason: m.reason }, false);
+      addLine(buf, { time: m.time, kind: 'left', name: m.name, reason: m.reason, msg: m.msg || '' }, false);
     }
     if (buf.key === state.active) renderMembers();
   }
@@ -880,7 +880,7 @@
         row.append(text(`${line.name} joined`));
         break;
       case 'left':
-        row.append(text(`${line.name} left (${line.reason})`));
+        row.append(text(`${line.name} left (${line.reason})${line.msg ? ': ' + line.msg : ''}`));
         break;
       case 'renamed':
         row.append(text(`${line.name} is now ${line.to}`));
