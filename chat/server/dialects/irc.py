@@ -1164,14 +1164,14 @@ class IrcWriter:
                     pending = self._history.get(message.room)
                     if pending is not None and pending[2] == threading.get_ident():
                         return self._historic(item, message.room, pending[0], pending[1])
-                own = isinstance(message, ChatMessage | Action) and self._own(item, message.name, me)
+                own = isinstance(message, ChatMessage | Action) and self._own(item)
                 if own and "echo-message" not in conn.caps:
                     return b""
                 if isinstance(message, Moderation):
                     self._moderated(message, me)
                 return item.encoded(self.render)
             case PrivateMessage():
-                if "echo-message" not in conn.caps and self._own(item, message.name, me):
+                if "echo-message" not in conn.caps and self._own(item):
                     return b""
                 return item.encoded(self.render)
             case Joined():
@@ -1243,14 +1243,12 @@ class IrcWriter:
                 # device's read marker has no IRC form until draft/read-marker is offered.
                 return b""
 
-    def _own(self, item: Line, name: str, me: str | None) -> bool:
-        """Whether `item` is this connection's own line (another device of its account says lines
-        under the same nick, and those are shown). A line read back through another server's log
-        (Redis) does not say which connection sent it: one under this nick is taken for its own."""
-        sender = item.echo_to
-        if sender is not None:
-            return sender is self.peer
-        return name == me and type(item) is Line
+    def _own(self, item: Line) -> bool:
+        """Whether `item` is this connection's own line: every line a connection says carries its
+        sender (`echo_to`; with --redis, set again by this server's reader for the lines its own
+        connections said), so another device of its account, saying lines under the same nick
+        here or on another server, is shown."""
+        return item.echo_to is not None and item.echo_to is self.peer
 
     def _moderated(self, message: Moderation, me: str | None) -> None:
         if message.action == "mode":
