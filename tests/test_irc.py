@@ -444,3 +444,28 @@ def test_a_part_without_words_and_a_drop_carry_none(irc_server):
     quiet.close()
     left = alice.expect(Left, name="quiet")
     assert (left.reason, left.msg) == ("disconnected", None)
+
+
+def test_chathistory_targets_names_the_joined_channels_by_their_newest_line(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    alice.expect(Welcome, room="dev")
+    lobby = alice.say_all(["in the lobby"])
+    alice.send({"type": "message", "room": "dev", "msg": "in dev"})
+    dev = alice.expect(ChatMessage, msg="in dev")
+    bob = irc(irc_server)
+    bob.register("bob", "batch draft/chathistory")
+    bob.send("JOIN #dev,#lobby,#empty")
+    bob.until(" 366 ", "#empty")
+    bob.until("BATCH -")  # #empty's history: none
+    bob.send("CHATHISTORY TARGETS timestamp=2020-01-01T00:00:00.000Z timestamp=2262-01-01T00:00:00.000Z 10")
+    lines = bob.until("BATCH -")
+    targets = [line.split()[-2:] for line in lines if "CHATHISTORY TARGETS" in line]
+
+    def stamp(message: ChatMessage) -> str:
+        return message.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    assert targets == [["#lobby", stamp(lobby)], ["#dev", stamp(dev)]] or (
+        lobby.time == dev.time and sorted(targets) == [["#dev", stamp(dev)], ["#lobby", stamp(lobby)]]
+    )

@@ -24,9 +24,15 @@ class Directory:
     def __init__(self, *names: str) -> None:
         self.names = {name.casefold(): name for name in names}
 
+        #: When each room last said something (CHATHISTORY TARGETS).
+        self.said: dict[str, datetime] = {}
+
     def presence(self, name: str) -> Presence | None:
         found = self.names.get(name.casefold())
         return Presence(found, None, None, ("dev",)) if found else None
+
+    def newest_said(self, room: str) -> datetime | None:
+        return self.said.get(room)
 
 
 def connection(*others: str) -> IrcConnection:
@@ -282,3 +288,28 @@ def test_away_notify_says_each_change_once_however_many_rooms_tell_it():
     ]
     assert lines == [b":alice!~u@chat AWAY :lunch\r\n", b"", b"", b":alice!~u@chat AWAY\r\n"]
     assert conn.writer.encode(Line.of(Away(name="alice", msg="lunch"))) == b":chat 301 bob alice lunch\r\n"
+
+
+def test_chathistory_targets_lists_the_channels_it_is_in_by_their_newest_line_between_two_times():
+    conn = registered()
+    conn.caps = frozenset({"batch"})
+    directory = Directory()
+    conn.attach(directory)
+    start = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    for room, minutes in (("dev", 2), ("ops", 1), ("quiet", 9), ("elsewhere", 3)):
+        directory.said[room] = start.replace(minute=minutes)
+    for room in ("dev", "ops", "quiet", "idle"):  # not in "elsewhere"; nothing said in "idle"
+        conn.writer.modes[room] = ()
+    feed(conn, "CHATHISTORY TARGETS timestamp=2026-12-07T03:00:00.000Z timestamp=2026-12-07T03:05:00.000Z 10")
+    lines = said(conn)
+    assert lines[0].startswith(":chat BATCH +") and lines[0].endswith(" draft/chathistory-targets\r\n")
+    batch = lines[0].split()[2][1:]
+    assert lines[1:-1] == [
+        f"@batch={batch} :chat CHATHISTORY TARGETS #ops 2026-12-07T03:01:00.000Z\r\n",
+        f"@batch={batch} :chat CHATHISTORY TARGETS #dev 2026-12-07T03:02:00.000Z\r\n",
+    ]
+    assert lines[-1] == f":chat BATCH -{batch}\r\n"
+    feed(conn, "CHATHISTORY TARGETS timestamp=2026-12-07T03:05:00.000Z timestamp=2026-12-07T03:01:00.000Z 1")
+    assert [line.split()[-2] for line in said(conn)[1:-1]] == ["#dev"]  # either order; the limit; both ends left out
+    feed(conn, "CHATHISTORY TARGETS msgid=1 timestamp=2026-12-07T03:01:00.000Z 1")
+    assert said(conn)[0].startswith(":chat FAIL CHATHISTORY INVALID_PARAMS msgid=1 ")

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable, Sequence
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
@@ -330,6 +331,11 @@ class Hub(Generic[P]):
         session.user_name, session.real_name = user_name, real_name
         log.info("%s logged in as %s", session.label, quoted(session.name or ""))
         return identity
+
+    def newest_said(self, room: str) -> datetime | None:
+        """When the newest message or action kept in `room` was said (IRC's CHATHISTORY TARGETS)."""
+        found = self._rooms.get(room_key(room))
+        return found.newest_said() if found is not None else None
 
     def history_query(self, session: Session[P], query: HistoryQuery) -> None:
         """Send `session` the lines of a room it is in that a query by reference names (IRC's CHATHISTORY)."""

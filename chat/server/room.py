@@ -362,6 +362,12 @@ class Room(Generic[P]):
         self._delivery.send_to(peer, Line.of(header), room=self.key)
         self._stream(peer, span, lambda lines: self._delivery.send_to(peer, *lines, room=self.key))
 
+    def newest_said(self) -> datetime | None:
+        """When the newest message or action kept here was said (None: none is kept)."""
+        newest = select(self._log, HistoryQuery(self.name, "latest", (), 1))
+        stamp = getattr(newest[0].message, "time", None) if newest else None
+        return stamp if isinstance(stamp, datetime) else None
+
     def history_query(self, session: Session[P], query: HistoryQuery) -> None:
         """Send `session` the lines a query by reference names (IRC's CHATHISTORY): a HistoryPage
         counting them, then the lines, oldest first."""

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from chat.errors import Refused, RequestFailed
@@ -109,10 +110,15 @@ Answer = ServerMessage | Line
 
 
 class Directory(Protocol):
-    """What a dialect may ask the server about other connections (the hub answers)."""
+    """What a dialect may ask the server about other connections and rooms (the hub answers)."""
 
     def presence(self, name: str) -> Presence | None:
         """Who holds `name` now, if anybody."""
+        ...
+
+    def newest_said(self, room: str) -> datetime | None:
+        """When the newest message or action kept in `room` was said (None: none, or no such
+        room); RequestFailed if its history could not be read."""
         ...
 
 

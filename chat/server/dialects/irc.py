@@ -870,9 +870,7 @@ class IrcConnection(Connection):
         if sub not in _CHATHISTORY_REFS and sub != "TARGETS":
             raise _Numeric("FAIL", "CHATHISTORY", "UNKNOWN_COMMAND", params[0], "Unknown CHATHISTORY subcommand")
         if sub == "TARGETS":
-            batch = self.writer.new_batch()
-            self._answers.append(self._line("BATCH", f"+{batch}", "draft/chathistory-targets"))
-            self._answers.append(self._line("BATCH", f"-{batch}"))
+            self._targets(params)
             return None
         wanted = _CHATHISTORY_REFS[sub] + 2  # the target, the references, the limit
         if len(params) - 1 < wanted:
@@ -897,6 +895,44 @@ class IrcConnection(Connection):
         query = HistoryQuery(room=room, kind=sub.lower(), refs=tuple(references), limit=limit)  # type: ignore[arg-type]
         self._asked[id(query)] = _Asked("CHATHISTORY", target, sub)
         return query
+
+
+    def _targets(self, params: list[str]) -> None:
+        """CHATHISTORY TARGETS: the channels the client is in whose newest message falls between two
+        times (both left out), oldest first, in a draft/chathistory-targets batch."""
+        if len(params) < 4:
+            raise _Numeric("FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "TARGETS", "TARGETS takes 3 parameters")
+        ends = [_reference(text) for text in params[1:3]]
+        if not all(isinstance(end, datetime) for end in ends):
+            bad = next(text for text, end in zip(params[1:3], ends, strict=True) if not isinstance(end, datetime))
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", bad, "TARGETS takes two timestamp= references")
+        low, high = sorted(end for end in ends if isinstance(end, datetime))
+        if not params[3].isdigit():
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", params[3], "The limit is a number")
+        limit = int(params[3]) or CHATHISTORY_LIMIT
+        found: list[tuple[datetime, str]] = []
+        for room in list(self.writer.modes):  # the rooms it is in, as their welcomes named them
+            try:
+                newest = self.directory.newest_said(room) if self.directory is not None else None
+            except RequestFailed as failure:
+                detail = failure.detail
+                raise _Numeric("FAIL", "CHATHISTORY", "MESSAGE_ERROR", "TARGETS", channel(room), detail) from None
+            if newest is not None and low < newest < high:
+                found.append((newest, room))
+        batch = self.writer.new_batch() if "batch" in self.caps else None
+        tags = {"batch": batch} if batch else None
+        if batch:
+            self._answers.append(self._line("BATCH", f"+{batch}", "draft/chathistory-targets"))
+        for newest, room in sorted(found)[:limit]:
+            said = IrcLine(line("CHATHISTORY", "TARGETS", channel(room), _stamp(newest), source=self.server, tags=tags))
+            self._answers.append(said)
+        if batch:
+            self._answers.append(self._line("BATCH", f"-{batch}"))
+
+
+def _stamp(when: datetime) -> str:
+    """A time as IRCv3 writes it: UTC, to the millisecond, with a Z."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def _user_of(found: Presence) -> str:
