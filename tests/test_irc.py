@@ -457,8 +457,7 @@ def test_chathistory_targets_names_the_joined_channels_by_their_newest_line(irc_
     bob = irc(irc_server)
     bob.register("bob", "batch draft/chathistory")
     bob.send("JOIN #dev,#lobby,#empty")
-    bob.until(" 366 ", "#empty")
-    bob.until("BATCH -")  # #empty's history: none
+    bob.until(" 366 ", "#empty")  # and no history batch: it has none
     bob.send("CHATHISTORY TARGETS timestamp=2020-01-01T00:00:00.000Z timestamp=2262-01-01T00:00:00.000Z 10")
     lines = bob.until("BATCH -")
     targets = [line.split()[-2:] for line in lines if "CHATHISTORY TARGETS" in line]
@@ -469,3 +468,31 @@ def test_chathistory_targets_names_the_joined_channels_by_their_newest_line(irc_
     assert targets == [["#lobby", stamp(lobby)], ["#dev", stamp(dev)]] or (
         lobby.time == dev.time and sorted(targets) == [["#dev", stamp(dev)], ["#lobby", stamp(lobby)]]
     )
+
+
+def test_labeled_commands_get_their_answer_labeled_an_echo_a_batch_or_an_ack(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.say_all(["one", "two"])
+    bob = irc(irc_server)
+    bob.register("bob", "labeled-response batch echo-message draft/chathistory message-tags")
+    bob.send("JOIN #lobby")
+    bob.until("BATCH -")
+    bob.send("@label=say PRIVMSG #lobby :three")
+    echo = bob.expect("three")
+    assert echo.startswith("@label=say;msgid=") and echo.endswith(":bob!~u@chat PRIVMSG #lobby :three")
+    bob.send("@label=page CHATHISTORY LATEST #lobby * 2")
+    lines = bob.until(":chat BATCH -")
+    outer = lines[0]
+    assert outer.startswith("@label=page :chat BATCH +") and outer.endswith(" labeled-response")
+    ref = outer.split()[3][1:]
+    while lines[-1] != f":chat BATCH -{ref}":  # the nested chathistory batch ended first
+        lines.append(bob.read())
+    said = [line.rsplit(" :", 1)[1] for line in lines if " PRIVMSG " in line]
+    assert said == ["two", "three"]
+    assert f"@batch={ref} :chat BATCH +" in lines[1] and "chathistory #lobby" in lines[1]
+    bob.send("CAP REQ -echo-message")
+    bob.expect("ACK")
+    bob.send("@label=quiet PRIVMSG #lobby :four")
+    assert bob.read() == "@label=quiet :chat ACK"
+    assert alice.expect(ChatMessage, msg="four").name == "bob"

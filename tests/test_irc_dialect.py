@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from chat.errors import Refused
 from chat.server.config import ServerConfig
 from chat.server.dialects.base import Handled, LogIn, Request, Said
-from chat.server.dialects.irc import CHATHISTORY_LIMIT, IrcConnection, IrcLine, nick_problem, room_of
+from chat.server.dialects.irc import (
+    CHATHISTORY_LIMIT,
+    IrcConnection,
+    IrcLine,
+    labeled_response,
+    nick_problem,
+    room_of,
+)
 from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, IrcFramer, TooLong, parse
 from chat.server.history import HistoryQuery
 from chat.server.lines import Line
@@ -313,3 +320,38 @@ def test_chathistory_targets_lists_the_channels_it_is_in_by_their_newest_line_be
     assert [line.split()[-2] for line in said(conn)[1:-1]] == ["#dev"]  # either order; the limit; both ends left out
     feed(conn, "CHATHISTORY TARGETS msgid=1 timestamp=2026-12-07T03:01:00.000Z 1")
     assert said(conn)[0].startswith(":chat FAIL CHATHISTORY INVALID_PARAMS msgid=1 ")
+
+
+def test_a_labeled_response_is_an_ack_one_labeled_line_or_a_batch():
+    assert labeled_response("a", b"", "b1", "chat") == b"@label=a :chat ACK\r\n"
+    assert labeled_response("a", b":chat 306 bob :away\r\n", "b1", "chat") == b"@label=a :chat 306 bob :away\r\n"
+    nested = b":chat BATCH +h1 chathistory #dev\r\n@batch=h1 :x!~u@chat PRIVMSG #dev hi\r\n:chat BATCH -h1\r\n"
+    assert labeled_response("a", nested, "b1", "chat").split(b"\r\n") == [
+        b"@label=a :chat BATCH +b1 labeled-response",
+        b"@batch=b1 :chat BATCH +h1 chathistory #dev",
+        b"@batch=h1 :x!~u@chat PRIVMSG #dev hi",  # inside its own batch, nested in the labeled one
+        b"@batch=b1 :chat BATCH -h1",
+        b":chat BATCH -b1",
+        b"",
+    ]
+    assert labeled_response("a", b":chat 1\r\n:chat 2\r\n", None, "chat") == b"@label=a :chat 1\r\n:chat 2\r\n"
+
+
+def test_a_labeled_command_is_answered_whole_once_served():
+    conn = registered()
+    conn.caps = frozenset({"labeled-response", "batch"})
+    feed(conn, "@label=p PING x")
+    assert said(conn) == ["@label=p :chat PONG chat x\r\n"]
+    conn.receive_data(b"@label=j JOIN #a,bad,#b\r\n", 0.0)
+    first = conn.next_request(0.0)
+    assert isinstance(first, Request) and first.message == Join(room="a")
+    assert said(conn) == []  # the 403 for "bad" waits for the rest of the answer
+    conn.served(first, None)
+    second = conn.next_request(0.0)
+    assert isinstance(second, Request) and second.message == Join(room="b")
+    assert conn.served(second, Refused("banned", "you are banned from b", "b")) == ()
+    lines = "".join(said(conn)).split("\r\n")
+    assert lines[0].startswith("@label=j :chat BATCH +") and lines[0].endswith(" labeled-response")
+    assert [line.split()[2] for line in lines[1:3]] == ["403", "474"]
+    feed(conn, "@label=n PRIVMSG nobody")  # not enough parameters: answered at once
+    assert said(conn)[0].startswith("@label=n :chat 412 ")

@@ -54,6 +54,7 @@ from chat.server.dialects.ircwire import (
 from chat.server.history import HistoryQuery, Ref
 from chat.server.lines import Line
 from chat.server.session import Presence
+from chat.wire.codec import error_reply
 from chat.wire.protocol import (
     CLOSING_ERRORS,
     MAX_NAME,
@@ -122,6 +123,7 @@ CAPS = (
     "away-notify",
     "multi-prefix",
     "userhost-in-names",
+    "labeled-response",
 )
 #: Their values for `CAP LS 302`.
 CAP_VALUES = {"sasl": "PLAIN"}
@@ -145,6 +147,7 @@ ISUPPORT = (
     "MSGREFTYPES=msgid,timestamp",
     "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
     "NETWORK=chat",
+    "CLIENTTAGDENY=*",  # client-only tags (+tag) are relayed to nobody: our lines carry none
 )
 #: Most bytes of parting words in a PART or QUIT line (what a member said on leaving, as KICKLEN's
 #: reasons: the rest of the 512 is the command, channel and source).
@@ -240,6 +243,23 @@ class _Asked:
     sub: str = ""
 
 
+@dataclass(slots=True)
+class _Labeled:
+    """A command sent with a `label` tag (labeled-response), while it is served: what it answers is
+    held back (`outer`: the answers queued before it) and sent as one labeled response."""
+
+    label: str
+    outer: list[Answer]
+    #: The handler thread serving it: only Lines written from there are part of its answer.
+    thread: int
+    #: Requests queued behind it that are part of it (JOIN #a,#b), not served yet.
+    left: int = 0
+    #: Whether the command's first request was served (its follow-ups come after it).
+    served: bool = False
+    #: Where a said line went and its text, when its echo is the answer (echo-message).
+    echo: tuple[str, str] | None = None
+
+
 class IrcDialect:
     """What an IRC listener makes each connection with; the renderers its connections share
     (one per set of capabilities that changes how a room's lines look)."""
@@ -288,6 +308,8 @@ class IrcConnection(Connection):
         #: The request being served, for the wording of its reply.
         self.asking: _Asked | None = None
         self._asked: dict[int, _Asked] = {}
+        #: The labeled command being served, if one is (labeled-response).
+        self.labeled: _Labeled | None = None
         self.writer = IrcWriter(self)
 
     # --- base.Connection -------------------------------------------------------------------
@@ -322,6 +344,65 @@ class IrcConnection(Connection):
                 return
 
     def _request(self, message: object) -> Due:
+        labeled = self.labeled
+        if labeled is not None:  # one of its follow-ups (the next channel of a JOIN, ...)
+            return self._mapped(message)
+        label = message.tags.get("label") if isinstance(message, IrcMessage) else None
+        if not label or "labeled-response" not in self.caps or not self.registered:
+            return self._mapped(message)
+        labeled = self.labeled = _Labeled(label[:64], self._answers, threading.get_ident())
+        self._answers = []
+        due = self._mapped(message)
+        if isinstance(due, Handled) and labeled.left == 0:
+            self._end_labeled()  # answered here, nothing for the hub
+        elif "echo-message" in self.caps and labeled.left == 0:
+            # A said line's echo is its answer: expected before the line is said (the echo may
+            # be written by the outbox's thread before this one hears the line was kept).
+            if isinstance(due, Said):
+                labeled.echo = (room_key(due.room), due.lines[0].msg)
+            elif isinstance(due, Request) and isinstance(due.message, SendPrivate):
+                labeled.echo = ("@" + due.message.to.casefold(), due.message.msg)
+            if labeled.echo is not None:
+                self.writer.expect_echo(labeled.echo, labeled.label)
+        return due
+
+    def answers_to_send(self) -> Sequence[Answer]:
+        if self.labeled is not None:
+            return ()  # held until the labeled command is served whole
+        return super().answers_to_send()
+
+    def _labeled_served(self, due: Due, failure: RequestFailed | None, worded: Sequence[Answer] | None) -> bool:
+        """Count one served request of the labeled command; True once it is served whole (its
+        answer then waits in the answers). `worded`, what it answers a failure with, joins it."""
+        labeled = self.labeled
+        if labeled is None:
+            return False
+        if failure is not None:
+            self._answers.extend(worded if worded is not None else [error_reply(failure)])
+        if labeled.served:
+            labeled.left -= 1
+        labeled.served = True
+        if labeled.left > 0:
+            return False
+        if labeled.echo is not None:
+            if failure is None and not self._answers:  # the echo will say it, labeled
+                self._answers, self.labeled = labeled.outer, None
+                return True
+            self.writer.forget_echo(labeled.echo)
+        self._end_labeled()
+        return True
+
+    def _end_labeled(self) -> None:
+        """The labeled command is served: what it answered, as one labeled response (an ACK for nothing)."""
+        labeled, self.labeled = self.labeled, None
+        if labeled is None:
+            return
+        data = b"".join(self.writer.encode(_as_line(answer)) for answer in self._answers)
+        batch = self.writer.new_batch() if "batch" in self.caps else None
+        self._answers = labeled.outer
+        self._answers.append(IrcLine(labeled_response(labeled.label, data, batch, self.server)))
+
+    def _mapped(self, message: object) -> Due:
         self.asking = None
         try:
             mapped = self._command(message) if isinstance(message, IrcMessage) else message
@@ -352,6 +433,14 @@ class IrcConnection(Connection):
         return due
 
     def served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
+        worded = self._served(due, failure)
+        if self.labeled is not None and self._labeled_served(due, failure, worded):
+            return () if failure is not None else None  # its answer, failure and all, waits in the answers
+        if self.labeled is not None and failure is not None:
+            return ()  # held with the rest of the labeled command's answer
+        return worded
+
+    def _served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
         asked = self.asking or _Asked("")
         if isinstance(due, Request) and isinstance(due.message, LogIn):
             return self._logged_in(due.message.join, failure)
@@ -436,6 +525,8 @@ class IrcConnection(Connection):
         due at once, as the line that asked for them was charged already."""
         for request in reversed(requests):
             self._waiting.appendleft(_Waiting(0.0, request))
+        if self.labeled is not None:
+            self.labeled.left += len(requests)
 
     def _on_ping(self, params: list[str]) -> None:
         self._need(params, 1, "PING")
@@ -1154,6 +1245,8 @@ class IrcWriter:
         self._batches = itertools.count(1)
         self._quit: set[str] = set()
         self._renamed: dict[str, str] = {}
+        #: Labels of labeled commands whose answer is their echo, by where the line went and its text.
+        self._echo_labels: dict[tuple[str, str], str] = {}
         #: Per nick, the away text last said to the client (away-notify: once, however many rooms share it).
         self._away: dict[str, str] = {}
         #: Each joined room's modes, as its welcome and later mode lines said.
@@ -1191,6 +1284,34 @@ class IrcWriter:
     def encode(self, item: Line) -> bytes:
         if isinstance(item, IrcLine):
             return item.raw
+        data = self._encode(item)
+        labeled = self._connection.labeled
+        if data and labeled is not None and labeled.thread == threading.get_ident():
+            self._connection._answers.append(IrcLine(data))  # part of the labeled command's answer
+            return b""
+        return data
+
+    def expect_echo(self, key: tuple[str, str], label: str) -> None:
+        """The echo of the line said to `key` (a room key, or "@" and a nick) answers a labeled command."""
+        with self._lock:
+            if len(self._echo_labels) >= 64:
+                self._echo_labels.clear()  # echoes that never came (a line refused after all)
+            self._echo_labels[key] = label
+
+    def forget_echo(self, key: tuple[str, str]) -> None:
+        """No echo answers the labeled command after all (its line was refused)."""
+        with self._lock:
+            self._echo_labels.pop(key, None)
+
+    def _echo_label(self, key: tuple[str, str], data: bytes) -> bytes:
+        """The echo `data`, with its label if it answers a labeled command."""
+        with self._lock:
+            label = self._echo_labels.pop(key, None) if self._echo_labels else None
+        if label is None or not data:
+            return data
+        return labeled_response(label, data, None, self._connection.server)
+
+    def _encode(self, item: Line) -> bytes:
         message = item.message
         conn = self._connection
         me = conn.nick
@@ -1205,10 +1326,15 @@ class IrcWriter:
                     return b""
                 if isinstance(message, Moderation):
                     self._moderated(message, me)
+                if own and isinstance(message, ChatMessage | Action):
+                    return self._echo_label((room_key(message.room), message.msg), item.encoded(self.render))
                 return item.encoded(self.render)
             case PrivateMessage():
-                if "echo-message" not in conn.caps and self._own(item):
+                own = self._own(item)
+                if "echo-message" not in conn.caps and own:
                     return b""
+                if own:
+                    return self._echo_label(("@" + message.to.casefold(), message.msg), item.encoded(self.render))
                 return item.encoded(self.render)
             case Joined():
                 self._quit.discard(message.name)
@@ -1342,7 +1468,8 @@ class IrcWriter:
         if welcome.topic:
             parts.append(self._numeric("332", target, welcome.topic))
         parts.append(self._names(target, welcome.users, welcome.roles))
-        parts.append(self._open_history(welcome.room, welcome.history))
+        if welcome.history > 0:  # no empty batch for a room with nothing to replay
+            parts.append(self._open_history(welcome.room, welcome.history))
         return b"".join(parts)
 
     def _names(self, target: str, users: list[str], roles: dict[str, str]) -> bytes:
@@ -1398,6 +1525,34 @@ class IrcWriter:
 
     def _page(self, page: HistoryPage) -> bytes:
         return self._open_history(page.room, page.count)
+
+
+def _as_line(answer: Answer) -> Line:
+    return answer if isinstance(answer, Line) else Line.of(answer)
+
+
+def labeled_response(label: str, data: bytes, batch: str | None, server: str) -> bytes:
+    """The IRC lines `data` answering a command sent with `label`, as labeled-response has them:
+    none is an ACK, one carries the label, more are a labeled-response batch `batch` (without
+    the batch capability: the label on the first)."""
+    lines = [part for part in data.split(b"\r\n") if part]
+    tag = {"label": label}
+    if not lines:
+        return line("ACK", source=server, tags=tag)
+    if len(lines) == 1 or batch is None:
+        return _with_tags(lines[0], tag) + b"".join(part + b"\r\n" for part in lines[1:])
+    inner = {"batch": batch}
+    body = b"".join(part + b"\r\n" if _in_batch(part) else _with_tags(part, inner) for part in lines)
+    start = line("BATCH", f"+{batch}", "labeled-response", source=server, tags=tag)
+    return start + body + line("BATCH", f"-{batch}", source=server)
+
+
+def _in_batch(data: bytes) -> bool:
+    """Whether an IRC line is inside a batch already (one nested in a labeled response)."""
+    if not data.startswith(b"@"):
+        return False
+    tags = data[1:].split(b" ", 1)[0]
+    return any(tag.startswith(b"batch=") for tag in tags.split(b";"))
 
 
 def _with_tags(data: bytes, extra: dict[str, str]) -> bytes:
