@@ -24,7 +24,19 @@ from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, Ir
 from chat.server.history import HistoryQuery
 from chat.server.lines import Line
 from chat.server.session import Presence
-from chat.wire.protocol import Away, Join, Kick, Leave, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
+from chat.wire.protocol import (
+    Away,
+    Join,
+    Kick,
+    Leave,
+    Part,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    SetModes,
+    Welcome,
+    Who,
+)
 
 
 class Directory:
@@ -352,6 +364,28 @@ def test_a_labeled_command_is_answered_whole_once_served():
     assert conn.served(second, Refused("banned", "you are banned from b", "b")) == ()
     lines = "".join(said(conn)).split("\r\n")
     assert lines[0].startswith("@label=j :chat BATCH +") and lines[0].endswith(" labeled-response")
+    batch = lines[0].split()[3][1:]
     assert [line.split()[2] for line in lines[1:3]] == ["403", "474"]
+    assert all(line.startswith(f"@batch={batch} ") for line in lines[1:3]) and lines[3] == f":chat BATCH -{batch}"
+    feed(conn, "@label=q QUIT :bye")  # answered by the ERROR that ends the connection, at once
+    assert said(conn)[0].startswith("ERROR ")
     feed(conn, "@label=n PRIVMSG nobody")  # not enough parameters: answered at once
     assert said(conn)[0].startswith("@label=n :chat 412 ")
+
+
+def test_a_labeled_answer_goes_out_as_it_is_written_not_after_the_rooms_next_lines():
+    conn = registered()
+    conn.caps = frozenset({"labeled-response", "batch"})
+    conn.receive_data(b"@label=w JOIN #dev\r\n", 0.0)
+    due = conn.next_request(0.0)
+    assert isinstance(due, Request) and due.message == Join(room="dev")
+    # The hub's welcome, written from the thread serving the JOIN: out at once, in the labeled batch
+    # (so a line the room says right after it cannot come before the JOIN).
+    written = conn.writer.encode(Line.of(Welcome(room="dev", name="bob", users=["bob"], history=0)))
+    lines = written.decode().split("\r\n")
+    assert lines[0].startswith("@label=w :chat BATCH +") and lines[0].endswith(" labeled-response")
+    batch = lines[0].split()[3][1:]
+    assert [line.split()[2] for line in lines[1:4]] == ["JOIN", "353", "366"]
+    assert all(line.startswith(f"@batch={batch} ") for line in lines[1:4])
+    assert conn.served(due, None) is None
+    assert said(conn) == [f":chat BATCH -{batch}\r\n"]

@@ -245,13 +245,20 @@ class _Asked:
 
 @dataclass(slots=True)
 class _Labeled:
-    """A command sent with a `label` tag (labeled-response), while it is served: what it answers is
-    held back (`outer`: the answers queued before it) and sent as one labeled response."""
+    """A command sent with a `label` tag (labeled-response), while it is served: what it answers
+    goes out in its turn (never after the lines its room sends next), its first line held until a
+    second says whether the answer is one labeled line or a labeled-response batch."""
 
     label: str
-    outer: list[Answer]
     #: The handler thread serving it: only Lines written from there are part of its answer.
     thread: int
+    #: The answer's first line, held while it is the only one.
+    first: bytes | None = None
+    #: The labeled-response batch once a second line started it ("" without the batch cap: the
+    #: first line went out labeled, the rest as they are).
+    batch: str | None = None
+    #: Served whole: its answer ends when its answers are next taken out.
+    done: bool = False
     #: Requests queued behind it that are part of it (JOIN #a,#b), not served yet.
     left: int = 0
     #: Whether the command's first request was served (its follow-ups come after it).
@@ -350,11 +357,12 @@ class IrcConnection(Connection):
         label = message.tags.get("label") if isinstance(message, IrcMessage) else None
         if not label or "labeled-response" not in self.caps or not self.registered:
             return self._mapped(message)
-        labeled = self.labeled = _Labeled(label[:64], self._answers, threading.get_ident())
-        self._answers = []
+        if isinstance(message, IrcMessage) and message.command == "QUIT":
+            return self._mapped(message)  # answered by the ERROR that ends the connection
+        labeled = self.labeled = _Labeled(label[:64], threading.get_ident())
         due = self._mapped(message)
         if isinstance(due, Handled) and labeled.left == 0:
-            self._end_labeled()  # answered here, nothing for the hub
+            labeled.done = True  # answered here, nothing for the hub
         elif "echo-message" in self.caps and labeled.left == 0:
             # A said line's echo is its answer: expected before the line is said (the echo may
             # be written by the outbox's thread before this one hears the line was kept).
@@ -367,40 +375,40 @@ class IrcConnection(Connection):
         return due
 
     def answers_to_send(self) -> Sequence[Answer]:
-        if self.labeled is not None:
-            return ()  # held until the labeled command is served whole
-        return super().answers_to_send()
+        labeled = self.labeled
+        if labeled is None or labeled.thread != threading.get_ident():
+            return super().answers_to_send()
+        # Part of the labeled command's answer, in its turn; its end once it is served whole.
+        out: list[Answer] = []
+        for answer in super().answers_to_send():
+            data = answer.raw if isinstance(answer, IrcLine) else self.writer.written(_as_line(answer))
+            data = self.writer.labeled_part(labeled, data)
+            if data:
+                out.append(IrcLine(data))
+        if labeled.done:
+            self.labeled = None
+            out.append(IrcLine(self.writer.labeled_end(labeled)))
+        return out
 
-    def _labeled_served(self, due: Due, failure: RequestFailed | None, worded: Sequence[Answer] | None) -> bool:
-        """Count one served request of the labeled command; True once it is served whole (its
-        answer then waits in the answers). `worded`, what it answers a failure with, joins it."""
+    def _labeled_served(self, failure: RequestFailed | None, worded: Sequence[Answer] | None) -> None:
+        """Count one served request of the labeled command, and see whether it is served whole.
+        `worded`, what it answers a failure with, is part of its answer."""
         labeled = self.labeled
         if labeled is None:
-            return False
+            return
         if failure is not None:
             self._answers.extend(worded if worded is not None else [error_reply(failure)])
         if labeled.served:
             labeled.left -= 1
         labeled.served = True
         if labeled.left > 0:
-            return False
-        if labeled.echo is not None:
-            if failure is None and not self._answers:  # the echo will say it, labeled
-                self._answers, self.labeled = labeled.outer, None
-                return True
-            self.writer.forget_echo(labeled.echo)
-        self._end_labeled()
-        return True
-
-    def _end_labeled(self) -> None:
-        """The labeled command is served: what it answered, as one labeled response (an ACK for nothing)."""
-        labeled, self.labeled = self.labeled, None
-        if labeled is None:
             return
-        data = b"".join(self.writer.encode(_as_line(answer)) for answer in self._answers)
-        batch = self.writer.new_batch() if "batch" in self.caps else None
-        self._answers = labeled.outer
-        self._answers.append(IrcLine(labeled_response(labeled.label, data, batch, self.server)))
+        if labeled.echo is not None:
+            if failure is None and labeled.first is None and labeled.batch is None:
+                self.labeled = None  # its echo answers it, labeled
+                return
+            self.writer.forget_echo(labeled.echo)
+        labeled.done = True
 
     def _mapped(self, message: object) -> Due:
         self.asking = None
@@ -434,11 +442,10 @@ class IrcConnection(Connection):
 
     def served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
         worded = self._served(due, failure)
-        if self.labeled is not None and self._labeled_served(due, failure, worded):
-            return () if failure is not None else None  # its answer, failure and all, waits in the answers
-        if self.labeled is not None and failure is not None:
-            return ()  # held with the rest of the labeled command's answer
-        return worded
+        if self.labeled is None:
+            return worded
+        self._labeled_served(failure, worded)
+        return () if failure is not None else None  # a failure goes out with the rest of the answer
 
     def _served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
         asked = self.asking or _Asked("")
@@ -1287,9 +1294,46 @@ class IrcWriter:
         data = self._encode(item)
         labeled = self._connection.labeled
         if data and labeled is not None and labeled.thread == threading.get_ident():
-            self._connection._answers.append(IrcLine(data))  # part of the labeled command's answer
-            return b""
+            return self.labeled_part(labeled, data)  # part of the labeled command's answer
         return data
+
+    def written(self, item: Line) -> bytes:
+        """`item` in this client's words, never taken for part of a labeled answer."""
+        return item.raw if isinstance(item, IrcLine) else self._encode(item)
+
+    def labeled_part(self, labeled: _Labeled, data: bytes) -> bytes:
+        """Lines of a labeled command's answer, as they go out: the first held, then (with a
+        second) a labeled-response batch opened, or the label put on the first (without batch)."""
+        server = self._connection.server
+        out: list[bytes] = []
+        for part in data.split(b"\r\n"):
+            if not part:
+                continue
+            if labeled.batch is None:
+                if labeled.first is None:
+                    labeled.first = part
+                    continue
+                first, labeled.first = labeled.first, None
+                if "batch" in self._connection.caps:
+                    labeled.batch = self.new_batch()
+                    tag = {"label": labeled.label}
+                    out.append(line("BATCH", f"+{labeled.batch}", "labeled-response", source=server, tags=tag))
+                    out.append(_in_labeled(first, labeled.batch))
+                else:
+                    labeled.batch = ""
+                    out.append(_with_tags(first, {"label": labeled.label}))
+            out.append(_in_labeled(part, labeled.batch) if labeled.batch else part + b"\r\n")
+        return b"".join(out)
+
+    def labeled_end(self, labeled: _Labeled) -> bytes:
+        """The end of a labeled command's answer: its one line labeled, an ACK for none, the
+        batch's end for more."""
+        server = self._connection.server
+        if labeled.batch is None:
+            if labeled.first is None:
+                return line("ACK", source=server, tags={"label": labeled.label})
+            return _with_tags(labeled.first, {"label": labeled.label})
+        return line("BATCH", f"-{labeled.batch}", source=server) if labeled.batch else b""
 
     def expect_echo(self, key: tuple[str, str], label: str) -> None:
         """The echo of the line said to `key` (a room key, or "@" and a nick) answers a labeled command."""
@@ -1541,10 +1585,14 @@ def labeled_response(label: str, data: bytes, batch: str | None, server: str) ->
         return line("ACK", source=server, tags=tag)
     if len(lines) == 1 or batch is None:
         return _with_tags(lines[0], tag) + b"".join(part + b"\r\n" for part in lines[1:])
-    inner = {"batch": batch}
-    body = b"".join(part + b"\r\n" if _in_batch(part) else _with_tags(part, inner) for part in lines)
+    body = b"".join(_in_labeled(part, batch) for part in lines)
     start = line("BATCH", f"+{batch}", "labeled-response", source=server, tags=tag)
     return start + body + line("BATCH", f"-{batch}", source=server)
+
+
+def _in_labeled(data: bytes, batch: str) -> bytes:
+    """A line of a labeled-response batch, CRLF put back (a line of a batch nested in it stays in that one)."""
+    return data + b"\r\n" if _in_batch(data) else _with_tags(data, {"batch": batch})
 
 
 def _in_batch(data: bytes) -> bool:
