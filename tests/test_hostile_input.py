@@ -18,7 +18,7 @@ from chat.wire.protocol import (
     SendMessage,
     utc_now,
 )
-from chat.wire.text import is_visible, name_key, name_keys
+from chat.wire.text import is_visible, name_key, name_keys, one_line
 
 
 def error_code(line: bytes) -> str:
@@ -222,3 +222,19 @@ def test_the_framer_is_linear_in_bytes_fed_one_at_a_time():
     for _ in range(100_000):
         framer.feed(b"x")
     assert framer.feed(b"\n") == [b"x" * 100_000]
+
+
+def test_parting_words_are_one_visible_line_of_at_most_the_limit():
+    assert one_line("bye\r\n\tall  of\x00 you\x07", 390) == "bye all of you"
+    assert one_line("see\u200b you\u202e", 390) == "see you"  # ignorables (a zero width space, a bidi override) go
+    assert one_line(" \u200b\n", 390) == ""  # nothing visible left
+    assert one_line("x" * 500, 390) == "x" * 390
+    assert one_line("ok then" + " " * 400 + "xyz", 8) == "ok then"  # spaces as one, none left at the end
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=600))
+def test_parting_words_never_hold_a_line_break_a_control_or_more_than_the_limit(text):
+    line = one_line(text, 390)
+    assert len(line) <= 390
+    assert line == "" or (is_visible(line) and line.isprintable() and line == line.strip())

@@ -14,7 +14,18 @@ import trustme
 from chat.server.config import ServerConfig
 from chat.testing import TIMEOUT, LineClient
 from chat.testing_irc import IrcClient
-from chat.wire.protocol import ChatMessage, Joined, Left, Moderation, PrivateMessage, SessionToken, Welcome
+from chat.wire.protocol import (
+    Away,
+    ChatMessage,
+    ErrorReply,
+    Joined,
+    Left,
+    Moderation,
+    PrivateMessage,
+    SessionToken,
+    Topic,
+    Welcome,
+)
 
 
 @pytest.fixture
@@ -250,8 +261,49 @@ def test_chathistory_latest_and_before_answer_from_the_rooms_history_in_a_batch(
     bob.send(f"CHATHISTORY BEFORE #lobby msgid={last.id - 1} 2")
     lines = bob.until("BATCH -")
     assert [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line] == ["line 2", "line 3"]
-    bob.send("CHATHISTORY AROUND #lobby msgid=1 2")
-    assert "FAIL CHATHISTORY" in bob.expect("FAIL")
+    bob.send("CHATHISTORY LATEST #elsewhere * 2")
+    assert "FAIL CHATHISTORY INVALID_TARGET LATEST #elsewhere" in bob.expect("FAIL")
+
+
+def test_chathistory_after_around_and_between_by_msgid_and_by_timestamp(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    sent = [alice.say_all([f"line {n}"]) for n in range(10)]
+    alice.send({"type": "topic", "room": "lobby", "topic": "not a message"})
+    alice.expect(Topic)
+    bob = irc(irc_server)
+    bob.register("bob", "server-time message-tags batch draft/chathistory")
+    bob.send("JOIN #lobby")
+    bob.until("BATCH -")
+
+    def asked(command: str) -> list[str]:
+        bob.send(command)
+        lines = bob.until("BATCH -")
+        assert any("BATCH +" in line and "chathistory #lobby" in line for line in lines)
+        assert not any(" TOPIC " in line for line in lines)  # messages only, as without event-playback
+        return [line.rsplit(":", 1)[1] for line in lines if "PRIVMSG" in line]
+
+    every = [f"line {n}" for n in range(10)]
+    ids = [f"msgid={line.id}" for line in sent]
+    assert asked(f"CHATHISTORY AFTER #lobby {ids[3]} 20") == every[4:]
+    assert asked(f"CHATHISTORY AFTER #lobby {ids[3]} 3") == every[4:7]
+    assert asked(f"CHATHISTORY AROUND #lobby {ids[7]} 1") == every[7:8]
+    assert asked(f"CHATHISTORY AROUND #lobby {ids[7]} 3") == every[6:9]
+    assert asked(f"CHATHISTORY BETWEEN #lobby {ids[0]} {ids[-1]} 20") == every[1:-1]
+    assert asked(f"CHATHISTORY BETWEEN #lobby {ids[-1]} {ids[0]} 3") == every[-4:-1]
+    assert asked(f"CHATHISTORY LATEST #lobby {ids[8]} 20") == every[9:]
+    assert asked(f"CHATHISTORY AFTER #lobby {ids[9]} 20") == []  # an empty batch
+    # By time: lines said within one millisecond share a time, so what a time names comes from the times sent.
+    stamp = {line.msg: "timestamp=" + line.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+             for line in sent}
+    after_3 = [line.msg for line in sent if line.time > sent[3].time]
+    before_6 = [line.msg for line in sent if line.time < sent[6].time]
+    assert asked(f"CHATHISTORY AFTER #lobby {stamp['line 3']} 3") == after_3[:3]
+    assert asked(f"CHATHISTORY BEFORE #lobby {stamp['line 6']} 2") == before_6[-2:]
+    between = [line.msg for line in sent if sent[0].time < line.time < sent[-1].time]
+    assert asked(f"CHATHISTORY BETWEEN #lobby {stamp['line 9']} {stamp['line 0']} 3") == between[-3:]
+    center = next(n for n, line in enumerate(sent) if line.time >= sent[7].time)  # the first said at that time
+    assert asked(f"CHATHISTORY AROUND #lobby {stamp['line 7']} 3") == every[max(0, center - 1):center + 2]
 
 
 def registered_account(server, name: str, password: str) -> LineClient:
@@ -304,3 +356,143 @@ def test_a_topic_an_irc_client_sets_comes_back_to_it_without_echo_message(irc_se
     bar.until(" 366 ", "#test")
     bar.send("TOPIC #test :new topic")
     assert bar.expect("TOPIC").startswith(":bar!")
+
+
+def test_away_and_back_reach_irc_members_with_away_notify_once_and_json_members_per_room(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    alice.expect(Welcome, room="dev")
+    watcher, plain = irc(irc_server), irc(irc_server)
+    watcher.register("watcher", "away-notify")
+    plain.register("plain")
+    for client in (watcher, plain):
+        client.send("JOIN #lobby,#dev")
+        client.until(" 366 ", "#dev")
+    plain.send("AWAY :lunch")
+    assert " 306 plain " in plain.expect(" 306 ")
+    assert watcher.expect("AWAY") == ":plain!~u@chat AWAY :lunch"
+    assert {alice.expect(Away, name="plain", msg="lunch").room for _ in range(2)} == {"lobby", "dev"}
+    alice.send({"type": "away"})  # back without having gone: no change, nothing said
+    alice.send({"type": "away", "msg": "in a meeting"})
+    assert watcher.expect("AWAY") == ":alice!~u@chat AWAY :in a meeting"
+    plain.send("AWAY", "PING after")
+    assert " 305 plain " in plain.expect(" 305 ")
+    assert watcher.expect("AWAY") == ":plain!~u@chat AWAY"  # once, though two rooms say it
+    assert alice.expect(Away, name="plain", msg="").room in ("lobby", "dev")
+    lines = plain.until("PONG")
+    assert not any(" AWAY" in line for line in lines)  # neither its own nor others': no away-notify
+    watcher.send("PING sync")
+    assert not any(" AWAY" in line for line in watcher.until("PONG"))  # no second AWAY for plain
+
+
+def test_who_joins_while_away_is_followed_by_its_away_for_away_notify(irc_server):
+    watcher = irc(irc_server)
+    watcher.register("watcher", "away-notify")
+    watcher.send("JOIN #dev")
+    watcher.until(" 366 ", "#dev")
+    late = irc(irc_server)
+    late.register("late")
+    late.send("AWAY :not here yet", "JOIN #dev")
+    assert late.expect(" 366 ", "#dev")
+    assert watcher.until("JOIN")[-1].startswith(":late!")
+    assert watcher.read() == ":late!~u@chat AWAY :not here yet"
+    late.send("PING sync")
+    assert not any(" AWAY" in line for line in late.until("PONG"))
+
+
+def test_part_and_quit_reasons_reach_json_and_irc_members_as_one_clean_line(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    alice.expect(Welcome, room="dev")
+    watcher, leaver = irc(irc_server), irc(irc_server)
+    watcher.register("watcher")
+    leaver.register("leaver")
+    for client in (watcher, leaver):
+        client.send("JOIN #lobby,#dev")
+        client.until(" 366 ", "#dev")
+    leaver.send("PART #dev :\x0304off\x03 to\tlunch")
+    assert leaver.expect("PART") == ":leaver!~u@chat PART #dev :off to lunch"  # its own part, with its words
+    assert watcher.expect("PART") == ":leaver!~u@chat PART #dev :off to lunch"
+    left = alice.expect(Left, name="leaver")
+    assert (left.room, left.reason, left.msg) == ("dev", "part", "off to lunch")
+    leaver.send("QUIT :see you tomorrow")
+    assert watcher.expect("QUIT") == ":leaver!~u@chat QUIT :Quit: see you tomorrow"
+    left = alice.expect(Left, name="leaver")
+    assert (left.room, left.reason, left.msg) == ("lobby", "quit", "see you tomorrow")
+
+    alice.send({"type": "part", "room": "dev", "msg": "back\nlater"})
+    assert watcher.expect("PART") == ":alice!~u@chat PART #dev :back later"
+    alice.send({"type": "part", "room": "lobby", "msg": "x" * 391})
+    assert alice.expect(ErrorReply).code == "invalid_field"  # too long: refused, and alice stays
+    alice.send({"type": "leave", "msg": "good night"})
+    assert watcher.expect("QUIT") == ":alice!~u@chat QUIT :Quit: good night"
+
+
+def test_a_part_without_words_and_a_drop_carry_none(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    quiet = irc(irc_server)
+    quiet.register("quiet")
+    quiet.send("JOIN #lobby")
+    quiet.until(" 366 ")
+    quiet.send("PART #lobby")
+    assert alice.expect(Left, name="quiet").msg is None
+    quiet.send("JOIN #lobby")
+    alice.expect(Joined, name="quiet")
+    quiet.close()
+    left = alice.expect(Left, name="quiet")
+    assert (left.reason, left.msg) == ("disconnected", None)
+
+
+def test_chathistory_targets_names_the_joined_channels_by_their_newest_line(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.send({"type": "join", "room": "dev"})
+    alice.expect(Welcome, room="dev")
+    lobby = alice.say_all(["in the lobby"])
+    alice.send({"type": "message", "room": "dev", "msg": "in dev"})
+    dev = alice.expect(ChatMessage, msg="in dev")
+    bob = irc(irc_server)
+    bob.register("bob", "batch draft/chathistory")
+    bob.send("JOIN #dev,#lobby,#empty")
+    bob.until(" 366 ", "#empty")  # and no history batch: it has none
+    bob.send("CHATHISTORY TARGETS timestamp=2020-01-01T00:00:00.000Z timestamp=2262-01-01T00:00:00.000Z 10")
+    lines = bob.until("BATCH -")
+    targets = [line.split()[-2:] for line in lines if "CHATHISTORY TARGETS" in line]
+
+    def stamp(message: ChatMessage) -> str:
+        return message.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    assert targets == [["#lobby", stamp(lobby)], ["#dev", stamp(dev)]] or (
+        lobby.time == dev.time and sorted(targets) == [["#dev", stamp(dev)], ["#lobby", stamp(lobby)]]
+    )
+
+
+def test_labeled_commands_get_their_answer_labeled_an_echo_a_batch_or_an_ack(irc_server):
+    alice = LineClient(irc_server.address)
+    alice.join("alice")
+    alice.say_all(["one", "two"])
+    bob = irc(irc_server)
+    bob.register("bob", "labeled-response batch echo-message draft/chathistory message-tags")
+    bob.send("JOIN #lobby")
+    bob.until("BATCH -")
+    bob.send("@label=say PRIVMSG #lobby :three")
+    echo = bob.expect("three")
+    assert echo.startswith("@label=say;msgid=") and echo.endswith(":bob!~u@chat PRIVMSG #lobby :three")
+    bob.send("@label=page CHATHISTORY LATEST #lobby * 2")
+    lines = bob.until(":chat BATCH -")
+    outer = lines[0]
+    assert outer.startswith("@label=page :chat BATCH +") and outer.endswith(" labeled-response")
+    ref = outer.split()[3][1:]
+    while lines[-1] != f":chat BATCH -{ref}":  # the nested chathistory batch ended first
+        lines.append(bob.read())
+    said = [line.rsplit(" :", 1)[1] for line in lines if " PRIVMSG " in line]
+    assert said == ["two", "three"]
+    assert f"@batch={ref} :chat BATCH +" in lines[1] and "chathistory #lobby" in lines[1]
+    bob.send("CAP REQ -echo-message")
+    bob.expect("ACK")
+    bob.send("@label=quiet PRIVMSG #lobby :four")
+    assert bob.read() == "@label=quiet :chat ACK"
+    assert alice.expect(ChatMessage, msg="four").name == "bob"

@@ -4,6 +4,7 @@ request or numerics, and any bytes in giving numerics or requests, never an exce
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,19 +12,46 @@ from hypothesis import strategies as st
 from chat.errors import Refused
 from chat.server.config import ServerConfig
 from chat.server.dialects.base import Handled, LogIn, Request, Said
-from chat.server.dialects.irc import IrcConnection, IrcLine, nick_problem, room_of
+from chat.server.dialects.irc import (
+    CHATHISTORY_LIMIT,
+    IrcConnection,
+    IrcLine,
+    labeled_response,
+    nick_problem,
+    room_of,
+)
 from chat.server.dialects.ircwire import MAX_BODY, MAX_CLIENT_TAGS, MAX_TAGS, IrcFramer, TooLong, parse
+from chat.server.history import HistoryQuery
+from chat.server.lines import Line
 from chat.server.session import Presence
-from chat.wire.protocol import Join, Kick, Part, SendAction, SendMessage, SendPrivate, SetModes, Who
+from chat.wire.protocol import (
+    Away,
+    Join,
+    Kick,
+    Leave,
+    Part,
+    SendAction,
+    SendMessage,
+    SendPrivate,
+    SetModes,
+    Welcome,
+    Who,
+)
 
 
 class Directory:
     def __init__(self, *names: str) -> None:
         self.names = {name.casefold(): name for name in names}
 
+        #: When each room last said something (CHATHISTORY TARGETS).
+        self.said: dict[str, datetime] = {}
+
     def presence(self, name: str) -> Presence | None:
         found = self.names.get(name.casefold())
         return Presence(found, None, None, ("dev",)) if found else None
+
+    def newest_said(self, room: str) -> datetime | None:
+        return self.said.get(room)
 
 
 def connection(*others: str) -> IrcConnection:
@@ -124,6 +152,9 @@ def test_each_command_maps_to_the_hubs_request():
     cases = {
         "JOIN #dev": Join(room="dev"),
         "PART #dev": Part(room="dev"),
+        "PART #dev :\x02bye\x02 \x0304,01all": Part(room="dev", msg="bye all"),  # IRC's formatting left out
+        "QUIT :later": Leave(msg="later"),
+        "QUIT": Leave(),
         "PRIVMSG #dev :hi": SendMessage(room="dev", msg="hi"),
         "PRIVMSG #dev :\x01ACTION waves\x01": SendAction(room="dev", msg="waves"),
         "PRIVMSG alice :psst": SendPrivate(to="alice", msg="psst"),
@@ -265,3 +296,148 @@ def test_privmsgs_to_one_channel_read_together_are_one_batch_as_json_lines_are()
         [("SendMessage", "dev", "seven")],
     ]
     assert b"404" in b"".join(answer.raw for answer in conn.answers_to_send() if isinstance(answer, IrcLine))
+def chathistory(conn: IrcConnection, command: str) -> object:
+    """What one CHATHISTORY line becomes: its HistoryQuery, or the FAIL it was answered with."""
+    [due] = feed(conn, command)
+    if isinstance(due, Request):
+        return due.message
+    [answer] = said(conn)
+    return answer.split(" :")[0].split(" ", 1)[1]
+
+
+def test_chathistory_subcommands_become_queries_by_id_or_time():
+    conn = registered()
+    stamp = datetime(2026, 12, 7, 3, 4, 5, 123000, tzinfo=UTC)
+    cases = {
+        "CHATHISTORY LATEST #dev * 10": HistoryQuery("dev", "latest", (), 10),
+        "CHATHISTORY latest #dev msgid=7 10": HistoryQuery("dev", "latest", (7,), 10),
+        "CHATHISTORY BEFORE #dev timestamp=2026-12-07T03:04:05.123Z 2": HistoryQuery("dev", "before", (stamp,), 2),
+        "CHATHISTORY AFTER #dev msgid=3 600": HistoryQuery("dev", "after", (3,), CHATHISTORY_LIMIT),
+        "CHATHISTORY AROUND #dev msgid=3 0": HistoryQuery("dev", "around", (3,), CHATHISTORY_LIMIT),
+        "CHATHISTORY BETWEEN #dev msgid=9 timestamp=2026-12-07T03:04:05.123Z 3":
+            HistoryQuery("dev", "between", (9, stamp), 3),
+    }
+    for command, expected in cases.items():
+        assert chathistory(conn, command) == expected, command
+
+
+def test_chathistory_that_cannot_be_answered_fails_as_the_spec_words_it():
+    conn = registered()
+    cases = {
+        "CHATHISTORY FROB #dev * 1": "FAIL CHATHISTORY UNKNOWN_COMMAND FROB",
+        "CHATHISTORY BETWEEN #dev msgid=1 2": "FAIL CHATHISTORY NEED_MORE_PARAMS BETWEEN",
+        "CHATHISTORY AFTER #dev msgid=x 2": "FAIL CHATHISTORY INVALID_PARAMS msgid=x",
+        "CHATHISTORY BEFORE #dev * 2": "FAIL CHATHISTORY INVALID_PARAMS *",
+        "CHATHISTORY AFTER #dev timestamp=yesterday 2": "FAIL CHATHISTORY INVALID_PARAMS timestamp=yesterday",
+        "CHATHISTORY LATEST #dev * ten": "FAIL CHATHISTORY INVALID_PARAMS ten",
+        "CHATHISTORY LATEST alice * 10": "FAIL CHATHISTORY INVALID_TARGET LATEST alice",
+    }
+    for command, expected in cases.items():
+        assert chathistory(conn, command) == expected, command
+    conn.receive_data(b"CHATHISTORY LATEST #dev * 10\r\n", 0.0)
+    due = conn.next_request(0.0)
+    assert due is not None
+    [refusal] = conn.served(due, Refused("not_in_room", "you are not in dev")) or []
+    assert isinstance(refusal, IrcLine)
+    assert refusal.raw.startswith(b":chat FAIL CHATHISTORY INVALID_TARGET LATEST #dev :")
+
+
+def test_away_notify_says_each_change_once_however_many_rooms_tell_it():
+    conn = registered("bob")
+    plain = conn.writer.encode(Line.of(Away(room="dev", name="alice", msg="lunch")))
+    assert plain == b""  # without away-notify
+    conn.caps = frozenset({"away-notify"})
+    conn.writer.caps_changed()
+    lines = [
+        conn.writer.encode(Line.of(away))
+        for away in (
+            Away(room="dev", name="alice", msg="lunch"),
+            Away(room="lobby", name="alice", msg="lunch"),  # the same change, told by a second room
+            Away(room="dev", name="bob", msg="gone"),  # its own: answered with 306 already
+            Away(room="dev", name="alice", msg=""),
+        )
+    ]
+    assert lines == [b":alice!~u@chat AWAY :lunch\r\n", b"", b"", b":alice!~u@chat AWAY\r\n"]
+    assert conn.writer.encode(Line.of(Away(name="alice", msg="lunch"))) == b":chat 301 bob alice lunch\r\n"
+
+
+def test_chathistory_targets_lists_the_channels_it_is_in_by_their_newest_line_between_two_times():
+    conn = registered()
+    conn.caps = frozenset({"batch"})
+    directory = Directory()
+    conn.attach(directory)
+    start = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    for room, minutes in (("dev", 2), ("ops", 1), ("quiet", 9), ("elsewhere", 3)):
+        directory.said[room] = start.replace(minute=minutes)
+    for room in ("dev", "ops", "quiet", "idle"):  # not in "elsewhere"; nothing said in "idle"
+        conn.writer.modes[room] = ()
+    feed(conn, "CHATHISTORY TARGETS timestamp=2026-12-07T03:00:00.000Z timestamp=2026-12-07T03:05:00.000Z 10")
+    lines = said(conn)
+    assert lines[0].startswith(":chat BATCH +") and lines[0].endswith(" draft/chathistory-targets\r\n")
+    batch = lines[0].split()[2][1:]
+    assert lines[1:-1] == [
+        f"@batch={batch} :chat CHATHISTORY TARGETS #ops 2026-12-07T03:01:00.000Z\r\n",
+        f"@batch={batch} :chat CHATHISTORY TARGETS #dev 2026-12-07T03:02:00.000Z\r\n",
+    ]
+    assert lines[-1] == f":chat BATCH -{batch}\r\n"
+    feed(conn, "CHATHISTORY TARGETS timestamp=2026-12-07T03:05:00.000Z timestamp=2026-12-07T03:01:00.000Z 1")
+    assert [line.split()[-2] for line in said(conn)[1:-1]] == ["#dev"]  # either order; the limit; both ends left out
+    feed(conn, "CHATHISTORY TARGETS msgid=1 timestamp=2026-12-07T03:01:00.000Z 1")
+    assert said(conn)[0].startswith(":chat FAIL CHATHISTORY INVALID_PARAMS msgid=1 ")
+
+
+def test_a_labeled_response_is_an_ack_one_labeled_line_or_a_batch():
+    assert labeled_response("a", b"", "b1", "chat") == b"@label=a :chat ACK\r\n"
+    assert labeled_response("a", b":chat 306 bob :away\r\n", "b1", "chat") == b"@label=a :chat 306 bob :away\r\n"
+    nested = b":chat BATCH +h1 chathistory #dev\r\n@batch=h1 :x!~u@chat PRIVMSG #dev hi\r\n:chat BATCH -h1\r\n"
+    assert labeled_response("a", nested, "b1", "chat").split(b"\r\n") == [
+        b"@label=a :chat BATCH +b1 labeled-response",
+        b"@batch=b1 :chat BATCH +h1 chathistory #dev",
+        b"@batch=h1 :x!~u@chat PRIVMSG #dev hi",  # inside its own batch, nested in the labeled one
+        b"@batch=b1 :chat BATCH -h1",
+        b":chat BATCH -b1",
+        b"",
+    ]
+    assert labeled_response("a", b":chat 1\r\n:chat 2\r\n", None, "chat") == b"@label=a :chat 1\r\n:chat 2\r\n"
+
+
+def test_a_labeled_command_is_answered_whole_once_served():
+    conn = registered()
+    conn.caps = frozenset({"labeled-response", "batch"})
+    feed(conn, "@label=p PING x")
+    assert said(conn) == ["@label=p :chat PONG chat x\r\n"]
+    conn.receive_data(b"@label=j JOIN #a,bad,#b\r\n", 0.0)
+    first = conn.next_request(0.0)
+    assert isinstance(first, Request) and first.message == Join(room="a")
+    assert said(conn) == []  # the 403 for "bad" waits for the rest of the answer
+    conn.served(first, None)
+    second = conn.next_request(0.0)
+    assert isinstance(second, Request) and second.message == Join(room="b")
+    assert conn.served(second, Refused("banned", "you are banned from b", "b")) == ()
+    lines = "".join(said(conn)).split("\r\n")
+    assert lines[0].startswith("@label=j :chat BATCH +") and lines[0].endswith(" labeled-response")
+    batch = lines[0].split()[3][1:]
+    assert [line.split()[2] for line in lines[1:3]] == ["403", "474"]
+    assert all(line.startswith(f"@batch={batch} ") for line in lines[1:3]) and lines[3] == f":chat BATCH -{batch}"
+    feed(conn, "@label=q QUIT :bye")  # answered by the ERROR that ends the connection, at once
+    assert said(conn)[0].startswith("ERROR ")
+    feed(conn, "@label=n PRIVMSG nobody")  # not enough parameters: answered at once
+    assert said(conn)[0].startswith("@label=n :chat 412 ")
+
+
+def test_a_labeled_answer_goes_out_as_it_is_written_not_after_the_rooms_next_lines():
+    conn = registered()
+    conn.caps = frozenset({"labeled-response", "batch"})
+    conn.receive_data(b"@label=w JOIN #dev\r\n", 0.0)
+    due = conn.next_request(0.0)
+    assert isinstance(due, Request) and due.message == Join(room="dev")
+    # The hub's welcome, written from the thread serving the JOIN: out at once, in the labeled batch
+    # (so a line the room says right after it cannot come before the JOIN).
+    written = conn.writer.encode(Line.of(Welcome(room="dev", name="bob", users=["bob"], history=0)))
+    lines = written.decode().split("\r\n")
+    assert lines[0].startswith("@label=w :chat BATCH +") and lines[0].endswith(" labeled-response")
+    batch = lines[0].split()[3][1:]
+    assert [line.split()[2] for line in lines[1:4]] == ["JOIN", "353", "366"]
+    assert all(line.startswith(f"@batch={batch} ") for line in lines[1:4])
+    assert conn.served(due, None) is None
+    assert said(conn) == [f":chat BATCH -{batch}\r\n"]

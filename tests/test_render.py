@@ -10,6 +10,7 @@ from chat.client.connection import ConnectionLost, Reconnected
 from chat.client.render import day_change, day_of, mentions, name_colour, neutralise, render
 from chat.wire.protocol import (
     Action,
+    Away,
     ChatMessage,
     ErrorReply,
     Joined,
@@ -184,3 +185,20 @@ def test_a_line_from_another_day_shows_its_date_and_a_new_day_gets_a_line():
 def test_the_welcome_has_no_clock_so_the_older_history_under_it_reads_in_order():
     welcome = render(Welcome(room="lobby", name="alice", users=["alice"], history=2, last_id=9), me="alice")
     assert text_of(welcome).startswith("-- you are alice in lobby")
+
+
+def test_a_room_members_away_and_back_read_as_such_and_ones_own_is_not_shown_twice():
+    away = render(Away(room="dev", name="bob", msg="lunch"), "alice", room="dev")
+    back = render(Away(room="dev", name="bob", msg=""), "alice", room="dev")
+    assert away is not None and text_of(away).endswith("bob is away: lunch")
+    assert back is not None and text_of(back).endswith("bob is back")
+    assert render(Away(room="dev", name="alice", msg="lunch"), "alice", room="dev") is None
+    answer = render(Away(name="bob", msg="lunch"), "alice", room="dev")  # after a private line to bob
+    assert answer is not None and text_of(answer).endswith("bob is away: lunch")
+
+
+def test_parting_words_follow_the_left_line():
+    words = render(Left(room="dev", name="bob", reason="part", msg="off to lunch", time=WHEN), "alice", room="dev")
+    assert words is not None and text_of(words).endswith("bob left dev: off to lunch")
+    plain = render(Left(room="dev", name="bob", reason="timeout", time=WHEN), "alice", room="dev")
+    assert plain is not None and text_of(plain).endswith("bob left dev (timeout)")

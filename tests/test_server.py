@@ -507,6 +507,7 @@ def test_away_answers_private_messages_shows_in_who_and_ends_when_back(alice_and
     alice, bob = alice_and_bob
     bob.send({"type": "away", "msg": "lunch"})
     assert "away: lunch" in bob.expect(ServerNotice).detail
+    assert alice.expect(Away) == Away(room="lobby", name="bob", msg="lunch")  # said in the room they share
     alice.send({"type": "private", "to": "bob", "msg": "are you there?"})
     assert alice.expect(PrivateMessage).msg == "are you there?"
     assert alice.expect(Away) == Away(name="bob", msg="lunch")
@@ -515,8 +516,9 @@ def test_away_answers_private_messages_shows_in_who_and_ends_when_back(alice_and
     assert alice.expect(Users).away == {"bob": "lunch"}
     bob.send({"type": "away"})
     assert bob.expect(ServerNotice).detail == "you are back"
+    assert alice.expect(Away) == Away(room="lobby", name="bob", msg="")
     alice.send({"type": "private", "to": "bob", "msg": "now?"})
     alice.expect(PrivateMessage, msg="now?")
     alice.send({"type": "who", "room": "lobby"})
     assert alice.expect(Users).away == {}
-    assert not any(isinstance(m, Away) for m in alice.seen[-3:])
+    assert not any(isinstance(m, Away) and m.room is None for m in alice.seen[-3:])  # no answer: back

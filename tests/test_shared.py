@@ -19,6 +19,7 @@ from chat.server.config import ServerConfig
 from chat.server.lines import Line
 from chat.server.redis.log import PLACEHOLDER_ID, Logs
 from chat.testing import TIMEOUT, LineClient, talk_at_once
+from chat.testing_irc import IrcClient
 from chat.wire.protocol import (
     Away,
     ChatMessage,
@@ -432,7 +433,7 @@ def test_away_on_one_server_answers_private_messages_and_shows_in_who_on_the_oth
     bob.expect(ServerNotice)
     alice.send({"type": "private", "to": "bob", "msg": "are you there?"})
     alice.expect(PrivateMessage, msg="are you there?")  # the echo first, then the answer
-    assert alice.next() == Away(name="bob", msg="lunch")
+    assert alice.expect(Away, room=None) == Away(name="bob", msg="lunch")  # (the room's away line may come between)
     carol.send({"type": "who", "room": "lobby"})
     assert carol.expect(Users).away == {"bob": "lunch"}
     bob.send({"type": "away"})
@@ -790,3 +791,31 @@ def test_in_redis_mode_the_echo_carries_its_cid_and_only_the_sender_sees_it(node
     for other in (watcher, neighbour):
         seen = [other.expect(ChatMessage) for _ in range(3)]
         assert [(m.msg, m.cid) for m in seen] == [("one", None), ("two", None), ("one", None)]
+
+
+def test_an_irc_device_without_echo_message_sees_its_accounts_other_devices_and_not_its_own_lines(nodes, connect):
+    a, b = nodes(2, irc_port=0)
+    phone = connect(b)  # on the other server
+    phone.join("alice")
+    phone.send({"type": "register", "password": "correct horse"})
+    phone.expect(SessionToken)
+    phone.send({"type": "join", "room": "dev"})
+    phone.expect(Welcome, room="dev")
+    desk = connect(a)  # on the laptop's server
+    desk.send({"type": "join", "name": "alice", "password": "correct horse", "room": "dev"})
+    desk.expect(Welcome, room="dev")
+    laptop = IrcClient(a.address_of("irc"))
+    try:
+        laptop.register("alice", password="correct horse")
+        laptop.until(" 366 ", "#dev")
+        phone.send({"type": "message", "room": "dev", "msg": "from the phone"})
+        assert laptop.expect("PRIVMSG").endswith("PRIVMSG #dev :from the phone")
+        desk.send({"type": "message", "room": "dev", "msg": "from the desk"})
+        assert laptop.expect("PRIVMSG").endswith("PRIVMSG #dev :from the desk")
+        laptop.send("PRIVMSG #dev :from the laptop")
+        phone.expect(ChatMessage, msg="from the laptop")
+        phone.send({"type": "message", "room": "dev", "msg": "after the laptop"})
+        lines = laptop.until("after the laptop")  # the room's order: the laptop's own line came before
+        assert not any("from the laptop" in line for line in lines)  # its own, without echo-message
+    finally:
+        laptop.close()

@@ -15,13 +15,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chat.errors import StorageFailed
+from chat.server.history import HistoryQuery, first_at, select
 from chat.server.lines import Line
 from chat.server.log import LocalLog, RoomLog, Span
 from chat.server.redis.cluster import RedisCluster  # the one import of the Redis-backed stores
@@ -37,7 +38,7 @@ from chat.server.store import (
     SqliteStore,
     Store,
 )
-from chat.wire.protocol import ChatMessage
+from chat.wire.protocol import ChatMessage, Topic
 
 KINDS = ["memory", "sqlite", "redis"]
 LOBBY = "lobby"
@@ -548,3 +549,32 @@ def test_a_room_keeps_its_creator_and_a_dropped_room_takes_its_rules_and_lines(r
     assert store.rooms() == [] and store.roles("dev") == {} and store.modes("dev") == set()
     assert store.read("dev", 0, 10, 10) == []
     assert LocalLog(store, "dev", "Dev").append(said("next")).id == 4  # ids are never used again
+
+
+def test_a_query_by_reference_reads_the_same_lines_from_every_log(places):
+    log = places.log()
+    start = datetime(2026, 1, 2, 3, 0, 0, tzinfo=UTC)
+    stamps = [start + timedelta(milliseconds=20 * n) for n in range(10)]
+    for n, stamp in enumerate(stamps):
+        log.append(lambda id, n=n, stamp=stamp: Line.of(
+            ChatMessage(room=LOBBY, id=id, name="alice", msg=str(n), time=stamp)))
+        if n == 4:  # a topic among the messages: not one of the kinds asked for
+            log.append(lambda id: Line.of(Topic(room=LOBBY, id=id, name="alice", topic="t", time=stamps[4])))
+    ids_of = {n: n + 1 if n <= 4 else n + 2 for n in range(10)}  # message n's id (the topic took 6)
+
+    def asked(kind: str, *refs: int | datetime, limit: int = 20) -> list[str]:
+        return [seen(line)[1] for line in select(log, HistoryQuery(LOBBY, kind, refs, limit))]  # type: ignore[arg-type]
+
+    every = [str(n) for n in range(10)]
+    assert asked("latest") == every and asked("latest", limit=3) == every[-3:]
+    assert asked("latest", ids_of[4]) == every[5:] and asked("latest", stamps[4]) == every[5:]
+    assert asked("before", ids_of[6]) == every[:6] and asked("before", stamps[6], limit=2) == every[4:6]
+    assert asked("after", ids_of[3]) == every[4:] and asked("after", stamps[3], limit=3) == every[4:7]
+    assert asked("around", ids_of[7], limit=1) == ["7"] and asked("around", ids_of[7], limit=3) == every[6:9]
+    assert "7" in asked("around", stamps[7], limit=3)
+    for one, other in ((ids_of[0], ids_of[9]), (stamps[0], stamps[9])):
+        assert asked("between", one, other) == every[1:-1] == asked("between", other, one)
+        assert asked("between", one, other, limit=3) == every[1:4]
+        assert asked("between", other, one, limit=3) == every[-4:-1]
+    assert asked("after", ids_of[9]) == [] and asked("before", 1) == []
+    assert first_at(log, stamps[9] + timedelta(seconds=1)) == log.last_id + 1

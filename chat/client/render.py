@@ -210,9 +210,10 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
             return [*_clock(time, look), ("class:moderation", "!! "), (INDENT, ""), ("class:moderation", text)]
         case Joined(room=where, name=name, time=time):
             return _in(look).notice(time, f"{neutralise(name)} joined {neutralise(where)}")
-        case Left(room=where, name=name, reason=reason, time=time):
+        case Left(room=where, name=name, reason=reason, msg=words, time=time):
             why = "" if reason in ("quit", "part") else f" ({reason.replace('_', ' ')})"
-            return _in(look).notice(time, f"{neutralise(name)} left {neutralise(where)}{why}")
+            said = f": {neutralise(words)}" if words else ""
+            return _in(look).notice(time, f"{neutralise(name)} left {neutralise(where)}{why}{said}")
         case Renamed(old=old, new=new, time=time):
             return _in(look).notice(time, f"{neutralise(old)} is now known as {neutralise(new)}")
         case Welcome(room=where, name=name, users=users, history=history, more=more, topic=topic, account=account):
@@ -242,6 +243,12 @@ def _render(event: ClientEvent, me: str, now: datetime | None, look: Look) -> Fr
         case Users(room=where, users=users, roles=roles, away=away):
             gone = "; away: " + ", ".join(f"{neutralise(n)} ({neutralise(w)})" for n, w in away.items()) if away else ""
             return _in(look).notice(now, f"in {neutralise(where)}: {_names(users, roles)}{gone}")
+        case Away(room=str(), name=name, msg=why):  # a member of a room went away or came back
+            if name == me:
+                return None  # its own away was answered already (done)
+            if not why:
+                return _in(look).notice(now, f"{neutralise(name)} is back")
+            return _in(look).notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case Away(name=name, msg=why):
             return _in(look).notice(now, f"{neutralise(name)} is away: {neutralise(why)}")
         case RoomList(rooms=rooms):

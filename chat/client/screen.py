@@ -515,6 +515,9 @@ class ChatScreen:
         match event:
             case Users(room=room, away=away):
                 self.away[room_key(room)] = set(away)
+            case Away(room=str() as room, name=name, msg=why):  # a member of a room went away or came back
+                marked = self.away.setdefault(room_key(room), set())
+                (marked.add if why else marked.discard)(name)
             case Away(name=name):  # the answer to a private line: away in every room they are in
                 for key, view in self.client.rooms.items():
                     if name in view.users:

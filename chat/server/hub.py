@@ -18,11 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable, Sequence
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from chat.errors import Refused, StorageFailed
 from chat.server.accounts import Accounts, Identity
 from chat.server.cluster import Cluster, LocalCluster
+from chat.server.history import HistoryQuery
 from chat.server.limits import in_networks
 from chat.server.lines import Line, Repeat
 from chat.server.room import (
@@ -49,6 +51,7 @@ from chat.server.store import (
 from chat.wire.protocol import (
     DEFAULT_SEARCH_RESULTS,
     LOBBY,
+    MAX_REASON,
     MAX_SEARCH_RESULTS,
     MAX_SEARCH_TEXT,
     ROOM_PAGE,
@@ -98,7 +101,7 @@ from chat.wire.protocol import (
     room_key,
     utc_now,
 )
-from chat.wire.text import name_key, name_keys, quoted
+from chat.wire.text import name_key, name_keys, one_line, quoted
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +201,9 @@ class Hub(Generic[P]):
             self._prove_locked(session, None)
         if session.name is not None and session.identity is not None and not held:
             self._cluster.release_name(name_keys(session.name), session.identity.id)
+        words = session.parting if reason == "quit" else None
         for room in self._rooms_of(session):
-            room.leave(session, reason)
+            room.leave(session, reason, words)
         session.rooms.clear()
         self._delivery.unsubscribe(session.peer, session.inbox)
 
@@ -238,8 +242,8 @@ class Hub(Generic[P]):
                 self.search(session, asked)
             case HistoryRequest(room=room, before=before, limit=limit):
                 self._room_of(session, room).history(session, before, limit)
-            case Part(room=room):
-                self.part(session, room)
+            case Part(room=room, msg=words):
+                self.part(session, room, words)
             case SendPrivate(to=to, msg=text, cid=cid):
                 self.whisper(session, to, text, cid)
             case SetAway(msg=why):
@@ -259,7 +263,8 @@ class Hub(Generic[P]):
                 self._delivery.send_to(session.peer, Line.of(ServerPong()))
             case Pong():
                 pass  # any line keeps a connection alive; the reader noted it
-            case Leave():
+            case Leave(msg=words):
+                session.parting = parting_words(words)
                 return False
         return True
 
@@ -326,6 +331,15 @@ class Hub(Generic[P]):
         session.user_name, session.real_name = user_name, real_name
         log.info("%s logged in as %s", session.label, quoted(session.name or ""))
         return identity
+
+    def newest_said(self, room: str) -> datetime | None:
+        """When the newest message or action kept in `room` was said (IRC's CHATHISTORY TARGETS)."""
+        found = self._rooms.get(room_key(room))
+        return found.newest_said() if found is not None else None
+
+    def history_query(self, session: Session[P], query: HistoryQuery) -> None:
+        """Send `session` the lines of a room it is in that a query by reference names (IRC's CHATHISTORY)."""
+        self._room_of(session, query.room).history_query(session, query)
 
     def join_twin_rooms(self, session: Session[P]) -> None:
         """Enter the rooms the account's other sessions are in: the rest of a log_in, once the
@@ -484,13 +498,14 @@ class Hub(Generic[P]):
         if lockdown and identity.account is None:
             raise Refused("account_required", "the server takes no new guests right now; log in with an account")
 
-    def part(self, session: Session[P], room_name: str) -> None:
-        """Leave a room; an account leaves it on every device."""
+    def part(self, session: Session[P], room_name: str, words: str | None = None) -> None:
+        """Leave a room (saying `words`, if any); an account leaves it on every device."""
         room = self._room_of(session, room_name)
         twins = [other for other in self._twins(session) if room.listed_as in other.rooms]
-        room.leave(session, "part")
+        said = parting_words(words)
+        room.leave(session, "part", said)
         for twin in twins:
-            room.leave(twin, "part")
+            room.leave(twin, "part", said)
         if session.identity is not None and session.identity.account is not None:
             try:
                 self._accounts.joined(session.identity.id, room.name, False)
@@ -638,11 +653,16 @@ class Hub(Generic[P]):
             room.enter_again()
 
     def set_away(self, session: Session[P], why: str) -> None:
-        """Away (and why), or back with an empty `why`; said to the session alone."""
+        """Away (and why), or back with an empty `why`: the session is told, and its rooms (an
+        `away` line with the room) if that changed anything."""
         name = self._name_of(session)
         if session.identity is not None:  # answered on every server
             self._cluster.set_away(name_keys(name), session.identity.id, why or None)
+        changed = (session.away or "") != why
         session.away = why or None
+        if changed:  # the rooms are told before the session hears it is done
+            for room in self._rooms_of(session):
+                room.away_changed(session, why)
         said = f"you are away: {why}; private messages get that answer" if why else "you are back"
         self._delivery.send_to(session.peer, Line.of(ServerNotice(detail=said)))
 
@@ -988,3 +1008,11 @@ def _identity_of(session: Session[P]) -> str:
     if session.identity is None:
         raise Refused("not_joined", "join first")
     return session.identity.id
+
+
+def parting_words(words: str | None) -> str | None:
+    """A member's parting words as its rooms show them, whichever door they came through: one line
+    of at most MAX_REASON characters (see text.one_line); None if nothing visible is left."""
+    if words is None:
+        return None
+    return one_line(words, MAX_REASON) or None

@@ -22,11 +22,13 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from chat.errors import Refused, RequestFailed, StorageFailed
 from chat.server.accounts import Identity
+from chat.server.history import HistoryQuery, select
 from chat.server.lines import Line, Repeat
 from chat.server.log import RoomLog, Span, Tag
 from chat.server.session import Session
 from chat.server.store import RoomRecord, RoomStore, Rules, Sanction, Store, StoreError, kept
 from chat.wire.protocol import (
+    Away,
     Ban,
     Deop,
     Gap,
@@ -100,6 +102,10 @@ class RoomFeed(Protocol[P_contra]):
         """A member is called `new` now; `line` tells every member."""
         ...
 
+    def notice(self, line: Line) -> None:
+        """An unnumbered, unkept line for every member (a member's away changed)."""
+        ...
+
     def leave(self, peer: P_contra, name: str, left: Line | None, sees_it: bool) -> None:
         """Take `peer` (`name`) out and tell the members `left` (None: another session of the same
         account stays, nobody leaves); `peer` sees it too if `sees_it` (a part)."""
@@ -158,6 +164,9 @@ class LocalFeed(Generic[P]):
         self._delivery.publish(self._key, *lines)
 
     def rename(self, old: str, new: str, line: Line) -> None:
+        self._delivery.publish(self._key, line)
+
+    def notice(self, line: Line) -> None:
         self._delivery.publish(self._key, line)
 
     def present(self, names: list[str]) -> None:
@@ -301,6 +310,8 @@ class Room(Generic[P]):
             # A second device of an account that is here already: nobody new arrives.
             joined = None if self._twin_locked(session) else Line.of(Joined(room=self.name, name=name, time=utc_now()))
             snapshot = self._feed.enter(session.peer, name, joined)
+            if joined is not None and session.away:  # who arrives away says so, as away-notify has it
+                self._feed.notice(Line.of(Away(room=self.name, name=name, msg=session.away)))
             self._members[session] = name
             self._roster.add(session, name)
             session.rooms[self.listed_as] = None
@@ -354,6 +365,23 @@ class Room(Generic[P]):
         peer = session.peer
         self._delivery.send_to(peer, Line.of(header), room=self.key)
         self._stream(peer, span, lambda lines: self._delivery.send_to(peer, *lines, room=self.key))
+
+    def newest_said(self) -> datetime | None:
+        """When the newest message or action kept here was said (None: none is kept)."""
+        newest = select(self._log, HistoryQuery(self.name, "latest", (), 1))
+        stamp = getattr(newest[0].message, "time", None) if newest else None
+        return stamp if isinstance(stamp, datetime) else None
+
+    def history_query(self, session: Session[P], query: HistoryQuery) -> None:
+        """Send `session` the lines a query by reference names (IRC's CHATHISTORY): a HistoryPage
+        counting them, then the lines, oldest first."""
+        self._member(session)
+        lines = select(self._log, query)
+        edge = lines[-1].id + 1 if lines else self._log.last_id + 1
+        header = HistoryPage(room=self.name, before=edge, count=len(lines), more=0)
+        peer = session.peer
+        self._delivery.send_to(peer, Line.of(header), room=self.key)
+        stream_chunks(self._delivery, peer, [lines], lambda piece: self._delivery.send_to(peer, *piece, room=self.key))
 
     def speak(self, session: Session[P], said: Sequence[tuple[Said, str, str | None]]) -> None:
         """Number, keep and publish what a member says (`message` or `action` lines), in the room's order.
@@ -462,6 +490,13 @@ class Room(Generic[P]):
             self._record = record
             self.active_at = time.time()
             self._feed.publish([line])
+
+    def away_changed(self, session: Session[P], why: str) -> None:
+        """A member went away (`why`) or came back (""): every member is told (IRC's away-notify)."""
+        with self._locked():
+            name = self._members.get(session)
+            if name is not None:
+                self._feed.notice(Line.of(Away(room=self.name, name=name, msg=why)))
 
     def rename(self, session: Session[P], old: str, new: str) -> None:
         with self._locked():
@@ -608,10 +643,11 @@ class Room(Generic[P]):
         log.info("%s: %s %s %s in %s", actor.label, quoted(by), action, quoted(target.name), quoted(self.name))
         return removed
 
-    def leave(self, session: Session[P], reason: LeaveReason) -> bool:
-        """Forget `session` and tell the others (and, for a part, the one leaving); False if it was not here."""
+    def leave(self, session: Session[P], reason: LeaveReason, words: str | None = None) -> bool:
+        """Forget `session` and tell the others (and, for a part, the one leaving), with its parting
+        `words` if any; False if it was not here."""
         with self._locked():
-            name = self._remove_locked(session, reason)
+            name = self._remove_locked(session, reason, words)
             if name is None:
                 return False
         log.info("%s left %s as %s (%s)", session.label, quoted(self.name), quoted(name), reason,
@@ -647,8 +683,9 @@ class Room(Generic[P]):
                 self._feed.rules_changed()
             self._record_locked("mode", summary, self._members.get(actor) or actor.name or "?")
 
-    def _remove_locked(self, session: Session[P], reason: LeaveReason) -> str | None:
-        """Take `session` out and tell the others (a part is shown to the one leaving too); its name here."""
+    def _remove_locked(self, session: Session[P], reason: LeaveReason, words: str | None = None) -> str | None:
+        """Take `session` out and tell the others (a part is shown to the one leaving too), with its
+        parting `words` (one line, MAX_REASON characters at most, as `parting_words` makes them); its name here."""
         name = self._members.pop(session, None)
         session.rooms.pop(self.listed_as, None)
         if name is None:
@@ -657,7 +694,7 @@ class Room(Generic[P]):
         # Another device of the account stays: nobody leaves (unless this one parts: it sees that).
         twin = self._twin_locked(session)
         left = None if twin and reason != "part" else Line.of(
-            Left(room=self.name, name=name, reason=reason, time=utc_now())
+            Left(room=self.name, name=name, reason=reason, msg=words, time=utc_now())
         )
         if twin and left is not None:  # the part is shown to the one parting alone
             self._delivery.send_to(session.peer, left, room=self.key)

@@ -43,6 +43,8 @@ class Session(Generic[P]):
         self.rooms: dict[str, None] = {}
         #: Why it said it is away, if it is (`away`); private messages to it get an `away` line back.
         self.away: str | None = None
+        #: The words of its goodbye (`leave`'s msg, IRC's QUIT reason), for its rooms' left lines.
+        self.parting: str | None = None
         #: What an IRC client said it is at registration (USER): its user name and real name.
         self.user_name = ""
         self.real_name = ""

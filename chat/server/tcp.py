@@ -43,6 +43,7 @@ from chat.server.dialects.base import (
 from chat.server.dialects.irc import IrcDialect
 from chat.server.dialects.jsonlines import JsonLinesConnection
 from chat.server.fanout import PeerState
+from chat.server.history import HistoryQuery
 from chat.server.hub import Hub
 from chat.server.limits import AddressBook, AddressPolicy, parse_networks
 from chat.server.lines import JSON_LINES, Line
@@ -258,12 +259,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     session.user_name, session.real_name = user_name, real_name
                 case Request(JoinTwinRooms()):
                     server.hub.join_twin_rooms(session)
+                case Request(HistoryQuery() as query):
+                    server.hub.history_query(session, query)
                 case Said(room, lines):
                     started = time.monotonic()
                     server.hub.speak(session, room, lines)
                     server.stats.kept(len(lines), time.monotonic() - started)
                 case Request(message):
-                    assert not isinstance(message, LogIn | Describe | JoinTwinRooms)
+                    assert not isinstance(message, LogIn | Describe | JoinTwinRooms | HistoryQuery)
                     if not server.hub.receive(session, message):
                         return False
                 case Refusal(refused):

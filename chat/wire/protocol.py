@@ -298,10 +298,12 @@ class Lockdown(_ClientWire):
 
 
 class Part(_ClientWire):
-    """Leave one room; the connection stays (in its other rooms, or in none)."""
+    """Leave one room; the connection stays (in its other rooms, or in none). `msg`: parting
+    words, shown to the room's members (one line: see `Left.msg`)."""
 
     type: Literal["part"] = "part"
     room: RoomName = LOBBY
+    msg: Reason | None = None
 
 
 class SendMessage(_ClientWire):
@@ -345,7 +347,7 @@ class SetAway(_ClientWire):
     """Say you are away, and why (`msg`); without a `msg` (or an empty one), that you are back.
 
     Whoever sends you a private message meanwhile is told, once per message,
-    and `who` shows it; nothing is said to the rooms (as IRC's AWAY).
+    and `who` shows it; each of your rooms gets an `away` line when it changes.
     """
 
     type: Literal["away"] = "away"
@@ -428,9 +430,11 @@ class Search(_ClientWire):
 
 
 class Leave(_ClientWire):
-    """A clean goodbye from every room; the server closes the connection after it."""
+    """A clean goodbye from every room; the server closes the connection after it. `msg`: parting
+    words, shown to the members of those rooms."""
 
     type: Literal["leave"] = "leave"
+    msg: Reason | None = None
 
 
 ClientMessage = Annotated[
@@ -646,12 +650,14 @@ LeaveReason = Literal[
 
 
 class Left(_ServerWire):
-    """Somebody left a room, and why."""
+    """Somebody left a room, and why; `msg`: its own parting words, if it gave some (a part or a
+    leave): one line of at most MAX_REASON characters, without control or invisible characters."""
 
     type: Literal["left"] = "left"
     room: str = LOBBY
     name: str
     reason: LeaveReason
+    msg: str | None = None
     time: Timestamp
 
 
@@ -679,9 +685,11 @@ class Users(_ServerWire):
 
 
 class Away(_ServerWire):
-    """To the sender of a private message: its recipient said they are away, and why."""
+    """To the sender of a private message: its recipient said they are away, and why. With
+    `room`: to that room's members, a member went away (`msg`: why) or came back (`msg` "")."""
 
     type: Literal["away"] = "away"
+    room: str | None = None
     name: str
     msg: str
 

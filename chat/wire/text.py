@@ -65,6 +65,17 @@ def is_visible(text: str) -> bool:
     )
 
 
+def one_line(text: str, limit: int) -> str:
+    """`text` as one line of at most `limit` characters, as a reader of a notice should see it:
+    line breaks, tabs and runs of spaces as one space, control and format characters (IRC's
+    colour codes among them) and ignorables left out; "" if nothing visible is left."""
+    kept = "".join(" " if char.isspace() else char for char in text if char.isspace() or char.isprintable())
+    if not kept.isascii():
+        kept = "".join(char for char in kept if not is_ignorable(char))
+    line = " ".join(kept.split())[:limit].rstrip()
+    return line if is_visible(line) else ""
+
+
 def has_invisible(text: str) -> bool:
     """Whether `text` holds a character a reader could not see or tell apart: spaces,
     controls, ignorables, blanks, or a mark with nothing before it to sit on."""

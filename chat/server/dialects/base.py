@@ -16,9 +16,11 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from chat.errors import Refused, RequestFailed
+from chat.server.history import HistoryQuery
 from chat.server.limits import TokenBucket, request_cost
 from chat.server.lines import Dialect as Writing
 from chat.server.lines import Line
@@ -49,7 +51,7 @@ MAX_BATCH = 64
 class Request:
     """One request due now, for the hub to act on."""
 
-    message: ClientMessage | ClassicMessage | LogIn | Describe | JoinTwinRooms
+    message: ClientMessage | ClassicMessage | LogIn | Describe | JoinTwinRooms | HistoryQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +110,15 @@ Answer = ServerMessage | Line
 
 
 class Directory(Protocol):
-    """What a dialect may ask the server about other connections (the hub answers)."""
+    """What a dialect may ask the server about other connections and rooms (the hub answers)."""
 
     def presence(self, name: str) -> Presence | None:
         """Who holds `name` now, if anybody."""
+        ...
+
+    def newest_said(self, room: str) -> datetime | None:
+        """When the newest message or action kept in `room` was said (None: none, or no such
+        room); RequestFailed if its history could not be read."""
         ...
 
 

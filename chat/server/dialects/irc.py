@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from pydantic import ValidationError
@@ -51,11 +53,14 @@ from chat.server.dialects.ircwire import (
     parse,
     split_text,
 )
+from chat.server.history import HistoryQuery, Ref
 from chat.server.lines import Line, SaidLine, SaidParts
 from chat.server.session import Presence
+from chat.wire.codec import error_reply
 from chat.wire.protocol import (
     CLOSING_ERRORS,
     MAX_NAME,
+    MAX_REASON,
     MAX_ROOM,
     MAX_TOPIC,
     Action,
@@ -67,7 +72,6 @@ from chat.wire.protocol import (
     ErrorReply,
     Gap,
     HistoryPage,
-    HistoryRequest,
     Join,
     Joined,
     Kick,
@@ -122,11 +126,14 @@ CAPS = (
     "away-notify",
     "multi-prefix",
     "userhost-in-names",
+    "labeled-response",
 )
 #: Their values for `CAP LS 302`.
 CAP_VALUES = {"sasl": "PLAIN"}
 #: Most lines CHATHISTORY answers at once (and ISUPPORT's CHATHISTORY).
 CHATHISTORY_LIMIT = 500
+#: CHATHISTORY's subcommands that read a channel's history, and how many references each takes.
+_CHATHISTORY_REFS = {"LATEST": 1, "BEFORE": 1, "AFTER": 1, "AROUND": 1, "BETWEEN": 2}
 #: RPL_ISUPPORT's tokens.
 ISUPPORT = (
     "CASEMAPPING=ascii",
@@ -143,7 +150,19 @@ ISUPPORT = (
     "MSGREFTYPES=msgid,timestamp",
     "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
     "NETWORK=chat",
+    "CLIENTTAGDENY=*",  # client-only tags (+tag) are relayed to nobody: our lines carry none
 )
+#: Most bytes of parting words in a PART or QUIT line (what a member said on leaving, as KICKLEN's
+#: reasons: the rest of the 512 is the command, channel and source).
+_MAX_WORDS_BYTES = 300
+#: IRC's formatting codes: colours (mIRC's, with their numbers; hex ones), bold, italics, reset...
+_FORMATTING = re.compile(
+    r"\x03(?:\d{1,2}(?:,\d{1,2})?)?"  # a colour: foreground, background
+    r"|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?"  # a hex colour
+    r"|[\x02\x0f\x11\x16\x1d\x1e\x1f]"  # bold, reset, monospace, reverse, italics, strike, underline
+)
+#: Most nicks an IrcWriter remembers the away text of (away-notify said once per change).
+_MAX_AWAY_KEPT = 4096
 #: Most 400-byte AUTHENTICATE chunks one PLAIN exchange may take (a name, a password of 1024
 #: characters and a token fit in far fewer): more is refused, never kept.
 _MAX_SASL_CHUNKS = 12
@@ -223,6 +242,32 @@ class _Asked:
 
     command: str
     target: str = ""
+    #: The subcommand (CHATHISTORY's), for a reply that names it.
+    sub: str = ""
+
+
+@dataclass(slots=True)
+class _Labeled:
+    """A command sent with a `label` tag (labeled-response), while it is served: what it answers
+    goes out in its turn (never after the lines its room sends next), its first line held until a
+    second says whether the answer is one labeled line or a labeled-response batch."""
+
+    label: str
+    #: The handler thread serving it: only Lines written from there are part of its answer.
+    thread: int
+    #: The answer's first line, held while it is the only one.
+    first: bytes | None = None
+    #: The labeled-response batch once a second line started it ("" without the batch cap: the
+    #: first line went out labeled, the rest as they are).
+    batch: str | None = None
+    #: Served whole: its answer ends when its answers are next taken out.
+    done: bool = False
+    #: Requests queued behind it that are part of it (JOIN #a,#b), not served yet.
+    left: int = 0
+    #: Whether the command's first request was served (its follow-ups come after it).
+    served: bool = False
+    #: Where a said line went and its text, when its echo is the answer (echo-message).
+    echo: tuple[str, str] | None = None
 
 
 class IrcDialect:
@@ -273,6 +318,8 @@ class IrcConnection(Connection):
         #: The request being served, for the wording of its reply.
         self.asking: _Asked | None = None
         self._asked: dict[int, _Asked] = {}
+        #: The labeled command being served, if one is (labeled-response).
+        self.labeled: _Labeled | None = None
         self.writer = IrcWriter(self)
 
     # --- base.Connection -------------------------------------------------------------------
@@ -307,6 +354,66 @@ class IrcConnection(Connection):
                 return
 
     def _request(self, message: object) -> Due:
+        labeled = self.labeled
+        if labeled is not None:  # one of its follow-ups (the next channel of a JOIN, ...)
+            return self._mapped(message)
+        label = message.tags.get("label") if isinstance(message, IrcMessage) else None
+        if not label or "labeled-response" not in self.caps or not self.registered:
+            return self._mapped(message)
+        if isinstance(message, IrcMessage) and message.command == "QUIT":
+            return self._mapped(message)  # answered by the ERROR that ends the connection
+        labeled = self.labeled = _Labeled(label[:64], threading.get_ident())
+        due = self._mapped(message)
+        if isinstance(due, Handled) and labeled.left == 0:
+            labeled.done = True  # answered here, nothing for the hub
+        elif "echo-message" in self.caps and labeled.left == 0:
+            # A said line's echo is its answer: expected before the line is said (the echo may
+            # be written by the outbox's thread before this one hears the line was kept).
+            if isinstance(due, Said):
+                labeled.echo = (room_key(due.room), due.lines[0].msg)
+            elif isinstance(due, Request) and isinstance(due.message, SendPrivate):
+                labeled.echo = ("@" + due.message.to.casefold(), due.message.msg)
+            if labeled.echo is not None:
+                self.writer.expect_echo(labeled.echo, labeled.label)
+        return due
+
+    def answers_to_send(self) -> Sequence[Answer]:
+        labeled = self.labeled
+        if labeled is None or labeled.thread != threading.get_ident():
+            return super().answers_to_send()
+        # Part of the labeled command's answer, in its turn; its end once it is served whole.
+        out: list[Answer] = []
+        for answer in super().answers_to_send():
+            data = answer.raw if isinstance(answer, IrcLine) else self.writer.written(_as_line(answer))
+            data = self.writer.labeled_part(labeled, data)
+            if data:
+                out.append(IrcLine(data))
+        if labeled.done:
+            self.labeled = None
+            out.append(IrcLine(self.writer.labeled_end(labeled)))
+        return out
+
+    def _labeled_served(self, failure: RequestFailed | None, worded: Sequence[Answer] | None) -> None:
+        """Count one served request of the labeled command, and see whether it is served whole.
+        `worded`, what it answers a failure with, is part of its answer."""
+        labeled = self.labeled
+        if labeled is None:
+            return
+        if failure is not None:
+            self._answers.extend(worded if worded is not None else [error_reply(failure)])
+        if labeled.served:
+            labeled.left -= 1
+        labeled.served = True
+        if labeled.left > 0:
+            return
+        if labeled.echo is not None:
+            if failure is None and labeled.first is None and labeled.batch is None:
+                self.labeled = None  # its echo answers it, labeled
+                return
+            self.writer.forget_echo(labeled.echo)
+        labeled.done = True
+
+    def _mapped(self, message: object) -> Due:
         self.asking = None
         try:
             mapped = self._command(message) if isinstance(message, IrcMessage) else message
@@ -363,6 +470,13 @@ class IrcConnection(Connection):
         return due if len(said) == len(due.lines) else Said(due.room, tuple(said))
 
     def served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
+        worded = self._served(due, failure)
+        if self.labeled is None:
+            return worded
+        self._labeled_served(failure, worded)
+        return () if failure is not None else None  # a failure goes out with the rest of the answer
+
+    def _served(self, due: Due, failure: RequestFailed | None) -> Sequence[Answer] | None:
         asked = self.asking or _Asked("")
         if isinstance(due, Request) and isinstance(due.message, LogIn):
             return self._logged_in(due.message.join, failure)
@@ -387,7 +501,8 @@ class IrcConnection(Connection):
         if asked.command == "KICK" and failure.code == "no_such_user":
             return [self._numeric("441", asked.target, failure.detail)]
         if asked.command == "CHATHISTORY":
-            return [self._line("FAIL", "CHATHISTORY", "INVALID_TARGET", asked.target, failure.detail)]
+            code = "MESSAGE_ERROR" if failure.code == "storage_failed" else "INVALID_TARGET"
+            return [self._line("FAIL", "CHATHISTORY", code, asked.sub or "*", asked.target, failure.detail)]
         worded = _ERROR_NUMERICS.get(failure.code)
         if worded is not None and asked.target:
             return [self._numeric(worded, asked.target, failure.detail)]
@@ -422,7 +537,7 @@ class IrcConnection(Connection):
 
     # --- commands ------------------------------------------------------------------------
 
-    def _command(self, message: IrcMessage) -> ClientMessage | LogIn | None:
+    def _command(self, message: IrcMessage) -> ClientMessage | LogIn | HistoryQuery | None:
         """The hub request a command maps to (None: answered here); _Numeric to refuse it."""
         command, params = message.command, message.params
         if not self.registered and command not in _BEFORE_REGISTRATION:
@@ -430,7 +545,7 @@ class IrcConnection(Connection):
         handler = getattr(self, f"_on_{command.lower()}", None)
         if handler is None:
             raise _Numeric("421", command, "Unknown command")
-        result: ClientMessage | LogIn | None = handler(params)
+        result: ClientMessage | LogIn | HistoryQuery | None = handler(params)
         return result
 
     def _need(self, params: list[str], count: int, command: str) -> None:
@@ -446,6 +561,8 @@ class IrcConnection(Connection):
         due at once, as the line that asked for them was charged already."""
         for request in reversed(requests):
             self._waiting.appendleft(_Waiting(0.0, request))
+        if self.labeled is not None:
+            self.labeled.left += len(requests)
 
     def _on_ping(self, params: list[str]) -> None:
         self._need(params, 1, "PING")
@@ -457,7 +574,7 @@ class IrcConnection(Connection):
     def _on_quit(self, params: list[str]) -> ClientMessage:
         why = params[0] if params else "Client Quit"
         self._answers.append(IrcLine(line("ERROR", f"Closing link: {why}")))
-        return Leave()
+        return Leave(msg=_unformatted(params[0])[:MAX_REASON] if params and params[0] else None)
 
     def _on_cap(self, params: list[str]) -> ClientMessage | LogIn | None:
         self._need(params, 1, "CAP")
@@ -668,7 +785,8 @@ class IrcConnection(Connection):
             room = room_of(target)
             if room is not None and room_key(room) not in self.writer.joined:
                 raise _Numeric("442", target, "You're not on that channel")
-        return self._each([t for t in params[0].split(",") if t], "PART", lambda room: Part(room=room))
+        words = _unformatted(params[1])[:MAX_REASON] if len(params) > 1 and params[1] else None
+        return self._each([t for t in params[0].split(",") if t], "PART", lambda room: Part(room=room, msg=words))
 
     def _each(self, targets: list[str], command: str, make: object) -> ClientMessage | None:
         """One request per channel: the first is returned, the rest queued behind it."""
@@ -872,28 +990,76 @@ class IrcConnection(Connection):
         self._follow(requests[1:])
         return requests[0]
 
-    def _on_chathistory(self, params: list[str]) -> ClientMessage | None:
-        self._need(params, 2, "CHATHISTORY")
-        sub = params[0].upper()
+    def _on_chathistory(self, params: list[str]) -> HistoryQuery | None:
+        sub = params[0].upper() if params else ""
+        if not sub:
+            raise _Numeric("FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "*", "CHATHISTORY needs a subcommand")
+        if sub not in _CHATHISTORY_REFS and sub != "TARGETS":
+            raise _Numeric("FAIL", "CHATHISTORY", "UNKNOWN_COMMAND", params[0], "Unknown CHATHISTORY subcommand")
         if sub == "TARGETS":
-            batch = self.writer.new_batch()
-            self._answers.append(self._line("BATCH", f"+{batch}", "draft/chathistory-targets"))
-            self._answers.append(self._line("BATCH", f"-{batch}"))
+            self._targets(params)
             return None
-        target = params[1]
+        wanted = _CHATHISTORY_REFS[sub] + 2  # the target, the references, the limit
+        if len(params) - 1 < wanted:
+            raise _Numeric("FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", sub, f"{sub} takes {wanted} parameters")
+        target, refs, limit_text = params[1], params[2:wanted], params[wanted]
         room = room_of(target)
         if room is None:
-            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_TARGET", target, "Only channels keep history here")
-        limit_text = params[-1]
-        limit = min(int(limit_text), CHATHISTORY_LIMIT) if limit_text.isdigit() and int(limit_text) > 0 else 50
-        before: int | None = None
-        if sub == "BEFORE" and len(params) >= 4:
-            before = _msgid(params[2])
-            if before is None:
-                raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", params[2], "Give msgid=<id>")
-        elif sub != "LATEST":
-            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", sub, "Only LATEST and BEFORE are answered")
-        return self._ask(HistoryRequest(room=room, before=before, limit=limit), "CHATHISTORY", target)
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_TARGET", sub, target, "Only channels keep history here")
+        if not limit_text.isdigit():
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", limit_text, "The limit is a number")
+        limit = int(limit_text)
+        limit = CHATHISTORY_LIMIT if limit == 0 or limit > CHATHISTORY_LIMIT else limit  # as Ergo: 0 is the most
+        references: list[Ref] = []
+        for text in refs:
+            if sub == "LATEST" and text == "*":
+                continue
+            reference = _reference(text)
+            if reference is None:
+                either = "msgid=<id> or timestamp=<YYYY-MM-DDThh:mm:ss.sssZ>" + (" or *" if sub == "LATEST" else "")
+                raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", text, f"A reference is {either}")
+            references.append(reference)
+        query = HistoryQuery(room=room, kind=sub.lower(), refs=tuple(references), limit=limit)  # type: ignore[arg-type]
+        self._asked[id(query)] = _Asked("CHATHISTORY", target, sub)
+        return query
+
+
+    def _targets(self, params: list[str]) -> None:
+        """CHATHISTORY TARGETS: the channels the client is in whose newest message falls between two
+        times (both left out), oldest first, in a draft/chathistory-targets batch."""
+        if len(params) < 4:
+            raise _Numeric("FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "TARGETS", "TARGETS takes 3 parameters")
+        ends = [_reference(text) for text in params[1:3]]
+        if not all(isinstance(end, datetime) for end in ends):
+            bad = next(text for text, end in zip(params[1:3], ends, strict=True) if not isinstance(end, datetime))
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", bad, "TARGETS takes two timestamp= references")
+        low, high = sorted(end for end in ends if isinstance(end, datetime))
+        if not params[3].isdigit():
+            raise _Numeric("FAIL", "CHATHISTORY", "INVALID_PARAMS", params[3], "The limit is a number")
+        limit = int(params[3]) or CHATHISTORY_LIMIT
+        found: list[tuple[datetime, str]] = []
+        for room in list(self.writer.modes):  # the rooms it is in, as their welcomes named them
+            try:
+                newest = self.directory.newest_said(room) if self.directory is not None else None
+            except RequestFailed as failure:
+                detail = failure.detail
+                raise _Numeric("FAIL", "CHATHISTORY", "MESSAGE_ERROR", "TARGETS", channel(room), detail) from None
+            if newest is not None and low < newest < high:
+                found.append((newest, room))
+        batch = self.writer.new_batch() if "batch" in self.caps else None
+        tags = {"batch": batch} if batch else None
+        if batch:
+            self._answers.append(self._line("BATCH", f"+{batch}", "draft/chathistory-targets"))
+        for newest, room in sorted(found)[:limit]:
+            said = IrcLine(line("CHATHISTORY", "TARGETS", channel(room), _stamp(newest), source=self.server, tags=tags))
+            self._answers.append(said)
+        if batch:
+            self._answers.append(self._line("BATCH", f"-{batch}"))
+
+
+def _stamp(when: datetime) -> str:
+    """A time as IRCv3 writes it: UTC, to the millisecond, with a Z."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def _user_of(found: Presence) -> str:
@@ -909,11 +1075,19 @@ class _Numeric(Exception):
         self.params = params
 
 
-def _msgid(reference: str) -> int | None:
-    kind, _, value = reference.partition("=")
-    if kind == "msgid" and value.isdigit():
-        return int(value)
-    return None
+def _reference(text: str) -> Ref | None:
+    """A CHATHISTORY reference: `msgid=` a room line's id, or `timestamp=` an ISO 8601 time (UTC if
+    it names no zone); None if it is neither."""
+    kind, _, value = text.partition("=")
+    if kind == "msgid":
+        return int(value) if value.isdigit() and len(value) < 19 else None
+    if kind != "timestamp":
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+        return (stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time, or one UTC cannot hold (year 1 east of Greenwich)
+        return None
 
 
 def _mode_changes(modes: str, arguments: list[str]) -> list[tuple[str, str, str | None]] | None:
@@ -994,15 +1168,21 @@ class IrcRender:
                 return line_of("JOIN", channel(message.room), source=hostmask(message.name), tags=tags)
             case Left():
                 tags = self.tags(self.stamp(message))
+                words = _fitted(message.msg) if message.msg else None
                 if message.reason == "part":
-                    return line_of("PART", channel(message.room), source=hostmask(message.name), tags=tags)
+                    return line_of("PART", channel(message.room), *([words] if words else []),
+                                   source=hostmask(message.name), tags=tags)
                 if message.reason == "kicked":
                     return b""  # the kick's own line said it
                 if message.reason == "banned":
                     return line_of("KICK", channel(message.room), message.name, "banned", source=self.server, tags=tags)
-                return line_of("QUIT", _quit_reason(message.reason), source=hostmask(message.name), tags=tags)
+                said = f"Quit: {words}" if words and message.reason == "quit" else _quit_reason(message.reason)
+                return line_of("QUIT", said, source=hostmask(message.name), tags=tags)
             case Renamed():
                 return line_of("NICK", message.new, source=hostmask(message.old), tags=self.tags(self.stamp(message)))
+            case Away(room=str()):
+                why = [message.msg] if message.msg else []
+                return line_of("AWAY", *why, source=hostmask(message.name), tags={})
         return b""
 
     def said(self, message: ChatMessage | Action, target: str, extra: dict[str, str] | None = None) -> bytes:
@@ -1071,6 +1251,16 @@ def _time(message: object) -> str | None:
     return format_time(stamp)
 
 
+def _fitted(words: str) -> str:
+    """Parting words cut to fit one IRC line beside its command, channel and source."""
+    return split_text(words, _MAX_WORDS_BYTES)[0] if words.strip() else ""
+
+
+def _unformatted(text: str) -> str:
+    """IRC text without its colour and formatting codes (mIRC colours with their digits, bold, ...)."""
+    return _FORMATTING.sub("", text)
+
+
 def _quit_reason(reason: str) -> str:
     return {
         "quit": "Quit",
@@ -1109,6 +1299,10 @@ class IrcWriter:
         self._batches = itertools.count(1)
         self._quit: set[str] = set()
         self._renamed: dict[str, str] = {}
+        #: Labels of labeled commands whose answer is their echo, by where the line went and its text.
+        self._echo_labels: dict[tuple[str, str], str] = {}
+        #: Per nick, the away text last said to the client (away-notify: once, however many rooms share it).
+        self._away: dict[str, str] = {}
         #: Each joined room's modes, as its welcome and later mode lines said.
         self.modes: dict[str, tuple[str, ...]] = {}
         #: The keys of the rooms the client is in.
@@ -1142,22 +1336,93 @@ class IrcWriter:
         return line(numeric, self._connection.me, *params, source=self._connection.server)
 
     @property
-    def hides_own(self) -> bool:
-        """Whether the client's own lines are left out (it has not asked for echo-message)."""
-        return "echo-message" not in self._connection.caps
+    def hides_own(self) -> bool | None:
+        """Whether the client's own lines are left out (it has not asked for echo-message), or
+        shown as everybody sees them; None while an echo is to carry a label (labeled-response):
+        then its slices are this writer's to write."""
+        if "echo-message" not in self._connection.caps:
+            return True
+        return None if self._echo_labels else False
 
     def encode(self, item: Line) -> bytes:
         if isinstance(item, IrcLine):
             return item.raw
+        data = self._encode(item)
+        labeled = self._connection.labeled
+        if data and labeled is not None and labeled.thread == threading.get_ident():
+            return self.labeled_part(labeled, data)  # part of the labeled command's answer
+        return data
+
+    def written(self, item: Line) -> bytes:
+        """`item` in this client's words, never taken for part of a labeled answer."""
+        return item.raw if isinstance(item, IrcLine) else self._encode(item)
+
+    def labeled_part(self, labeled: _Labeled, data: bytes) -> bytes:
+        """Lines of a labeled command's answer, as they go out: the first held, then (with a
+        second) a labeled-response batch opened, or the label put on the first (without batch)."""
+        server = self._connection.server
+        out: list[bytes] = []
+        for part in data.split(b"\r\n"):
+            if not part:
+                continue
+            if labeled.batch is None:
+                if labeled.first is None:
+                    labeled.first = part
+                    continue
+                first, labeled.first = labeled.first, None
+                if "batch" in self._connection.caps:
+                    labeled.batch = self.new_batch()
+                    tag = {"label": labeled.label}
+                    out.append(line("BATCH", f"+{labeled.batch}", "labeled-response", source=server, tags=tag))
+                    out.append(_in_labeled(first, labeled.batch))
+                else:
+                    labeled.batch = ""
+                    out.append(_with_tags(first, {"label": labeled.label}))
+            out.append(_in_labeled(part, labeled.batch) if labeled.batch else part + b"\r\n")
+        return b"".join(out)
+
+    def labeled_end(self, labeled: _Labeled) -> bytes:
+        """The end of a labeled command's answer: its one line labeled, an ACK for none, the
+        batch's end for more."""
+        server = self._connection.server
+        if labeled.batch is None:
+            if labeled.first is None:
+                return line("ACK", source=server, tags={"label": labeled.label})
+            return _with_tags(labeled.first, {"label": labeled.label})
+        return line("BATCH", f"-{labeled.batch}", source=server) if labeled.batch else b""
+
+    def expect_echo(self, key: tuple[str, str], label: str) -> None:
+        """The echo of the line said to `key` (a room key, or "@" and a nick) answers a labeled command."""
+        with self._lock:
+            if len(self._echo_labels) >= 64:
+                self._echo_labels.clear()  # echoes that never came (a line refused after all)
+            self._echo_labels[key] = label
+
+    def forget_echo(self, key: tuple[str, str]) -> None:
+        """No echo answers the labeled command after all (its line was refused)."""
+        with self._lock:
+            self._echo_labels.pop(key, None)
+
+    def _echo_label(self, key: tuple[str, str], data: bytes) -> bytes:
+        """The echo `data`, with its label if it answers a labeled command."""
+        with self._lock:
+            label = self._echo_labels.pop(key, None) if self._echo_labels else None
+        if label is None or not data:
+            return data
+        return labeled_response(label, data, None, self._connection.server)
+
+    def _encode(self, item: Line) -> bytes:
         if type(item) is SaidLine:  # the hot path: no model decoded
-            room = item.parts.room
+            parts = item.parts
             if self._history:  # only the thread that queued a history finds its own entry: no race
                 with self._lock:
-                    pending = self._history.get(room)
+                    pending = self._history.get(parts.room)
                     if pending is not None and pending[2] == threading.get_ident():
-                        return self._historic(item, room, pending[0], pending[1])
-            if item.echo_to is not None and item.echo_to is self.peer and self.hides_own:
-                return b""
+                        return self._historic(item, parts.room, pending[0], pending[1])
+            if self._own(item):
+                if "echo-message" not in self._connection.caps:
+                    return b""
+                return self._echo_label((room_key(parts.room), parts.msg), item.encoded(self.render))
             return item.encoded(self.render)
         message = item.message
         conn = self._connection
@@ -1168,18 +1433,25 @@ class IrcWriter:
                     pending = self._history.get(message.room)
                     if pending is not None and pending[2] == threading.get_ident():
                         return self._historic(item, message.room, pending[0], pending[1])
-                own = isinstance(message, ChatMessage | Action) and self._own(item, message.name, me)
+                own = isinstance(message, ChatMessage | Action) and self._own(item)
                 if own and "echo-message" not in conn.caps:
                     return b""
                 if isinstance(message, Moderation):
                     self._moderated(message, me)
+                if own and isinstance(message, ChatMessage | Action):
+                    return self._echo_label((room_key(message.room), message.msg), item.encoded(self.render))
                 return item.encoded(self.render)
             case PrivateMessage():
-                if "echo-message" not in conn.caps and self._own(item, message.name, me):
+                own = self._own(item)
+                if "echo-message" not in conn.caps and own:
                     return b""
+                if own:
+                    return self._echo_label(("@" + message.to.casefold(), message.msg), item.encoded(self.render))
                 return item.encoded(self.render)
             case Joined():
                 self._quit.discard(message.name)
+                with self._lock:
+                    self._away.pop(message.name, None)  # an away line follows if it arrives away
                 return item.encoded(self.render)
             case Left():
                 if message.reason not in ("part", "kicked", "banned"):
@@ -1216,8 +1488,18 @@ class IrcWriter:
                         return self._numeric("306", "You have been marked as being away")
                     return self._numeric("305", "You are no longer marked as being away")
                 return line("NOTICE", me or "*", message.detail, source=self._connection.server)
-            case Away():
+            case Away(room=None):
                 return self._numeric("301", message.name, message.msg)
+            case Away():
+                if "away-notify" not in conn.caps or message.name == me:
+                    return b""  # its own away was answered with 305/306
+                with self._lock:
+                    if self._away.get(message.name) == message.msg:
+                        return b""  # told already, in another room both are in
+                    if len(self._away) >= _MAX_AWAY_KEPT:
+                        self._away.clear()  # at worst an AWAY is said twice
+                    self._away[message.name] = message.msg
+                return item.encoded(self.render)
             case ErrorReply():
                 if message.code in CLOSING_ERRORS:
                     return line("ERROR", message.detail)
@@ -1235,14 +1517,12 @@ class IrcWriter:
                 # device's read marker has no IRC form until draft/read-marker is offered.
                 return b""
 
-    def _own(self, item: Line, name: str, me: str | None) -> bool:
-        """Whether `item` is this connection's own line (another device of its account says lines
-        under the same nick, and those are shown). A line read back through another server's log
-        (Redis) does not say which connection sent it: one under this nick is taken for its own."""
-        sender = item.echo_to
-        if sender is not None:
-            return sender is self.peer
-        return name == me and type(item) is Line
+    def _own(self, item: Line) -> bool:
+        """Whether `item` is this connection's own line: every line a connection says carries its
+        sender (`echo_to`; with --redis, set again by this server's reader for the lines its own
+        connections said), so another device of its account, saying lines under the same nick
+        here or on another server, is shown."""
+        return item.echo_to is not None and item.echo_to is self.peer
 
     def _moderated(self, message: Moderation, me: str | None) -> None:
         if message.action == "mode":
@@ -1300,7 +1580,8 @@ class IrcWriter:
         if welcome.topic:
             parts.append(self._numeric("332", target, welcome.topic))
         parts.append(self._names(target, welcome.users, welcome.roles))
-        parts.append(self._open_history(welcome.room, welcome.history))
+        if welcome.history > 0:  # no empty batch for a room with nothing to replay
+            parts.append(self._open_history(welcome.room, welcome.history))
         return b"".join(parts)
 
     def _names(self, target: str, users: list[str], roles: dict[str, str]) -> bytes:
@@ -1356,6 +1637,38 @@ class IrcWriter:
 
     def _page(self, page: HistoryPage) -> bytes:
         return self._open_history(page.room, page.count)
+
+
+def _as_line(answer: Answer) -> Line:
+    return answer if isinstance(answer, Line) else Line.of(answer)
+
+
+def labeled_response(label: str, data: bytes, batch: str | None, server: str) -> bytes:
+    """The IRC lines `data` answering a command sent with `label`, as labeled-response has them:
+    none is an ACK, one carries the label, more are a labeled-response batch `batch` (without
+    the batch capability: the label on the first)."""
+    lines = [part for part in data.split(b"\r\n") if part]
+    tag = {"label": label}
+    if not lines:
+        return line("ACK", source=server, tags=tag)
+    if len(lines) == 1 or batch is None:
+        return _with_tags(lines[0], tag) + b"".join(part + b"\r\n" for part in lines[1:])
+    body = b"".join(_in_labeled(part, batch) for part in lines)
+    start = line("BATCH", f"+{batch}", "labeled-response", source=server, tags=tag)
+    return start + body + line("BATCH", f"-{batch}", source=server)
+
+
+def _in_labeled(data: bytes, batch: str) -> bytes:
+    """A line of a labeled-response batch, CRLF put back (a line of a batch nested in it stays in that one)."""
+    return data + b"\r\n" if _in_batch(data) else _with_tags(data, {"batch": batch})
+
+
+def _in_batch(data: bytes) -> bool:
+    """Whether an IRC line is inside a batch already (one nested in a labeled response)."""
+    if not data.startswith(b"@"):
+        return False
+    tags = data[1:].split(b" ", 1)[0]
+    return any(tag.startswith(b"batch=") for tag in tags.split(b";"))
 
 
 def _with_tags(data: bytes, extra: dict[str, str]) -> bytes:

@@ -80,6 +80,12 @@ class RedisFeed(Generic[P]):
         except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
             log.warning("a rename in %s was not told: %s", self._room, exc)
 
+    def notice(self, line: Line) -> None:
+        try:
+            self._logs.notice(self._key, line.json)
+        except redis.RedisError as exc:  # a notice is not a message: nobody is told it was kept
+            log.warning("a notice in %s was not told: %s", self._room, exc)
+
     def leave(self, peer: P, name: str, left: Line | None, sees_it: bool) -> None:
         if left is None:  # another device of the account stays in the room
             self._delivery.unsubscribe(peer, self._key)

@@ -99,19 +99,20 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], last .. '-*', 'l', AR
 
 
 class Echoes:
-    """The echoes this server owes its senders: a line sent with a `cid` gets a token in its
-    stream entry, and this server's reader, delivering the entry, gives the sender's connection
-    the line with its `cid` (Line.echoed); other servers do not know the token and deliver the
-    line as it is. Thread-safe: appending threads expect, the reader claims."""
+    """The echoes this server owes its senders: a line a connection said gets a token in its
+    stream entry, and this server's reader, delivering the entry, marks the line as that
+    connection's own, with its `cid` if it was sent with one (Line.echoed: an IRC client without
+    echo-message leaves its own lines out by it, and only those); other servers do not know the
+    token and deliver the line as it is. Thread-safe: appending threads expect, the reader claims."""
 
     def __init__(self) -> None:
         self._prefix = secrets.token_hex(6)
         self._count = itertools.count(1)
-        self._waiting: dict[str, tuple[object, str]] = {}
+        self._waiting: dict[str, tuple[object, str | None]] = {}
         self._lock = threading.Lock()
 
-    def expect(self, to: object, cid: str) -> str:
-        """A new token for the echo with `cid` owed to the peer `to`."""
+    def expect(self, to: object, cid: str | None) -> str:
+        """A new token for the echo (with `cid`, if the line was sent with one) owed to the peer `to`."""
         token = f"{self._prefix}-{next(self._count)}"
         with self._lock:
             self._waiting[token] = (to, cid)
@@ -278,17 +279,19 @@ class RedisLog:
     def _append_all(
         self, builds: Sequence[Callable[[int], Line]], parties: tuple[str, str], cids: Sequence[Tag | None]
     ) -> list[Line]:
-        """Keep the lines; a line built with an echo (Line.echoed) gets a token in its stream
-        entry, by which this server's reader gives the sender its echo (see Echoes)."""
+        """Keep the lines; a line built with an echo (Line.echoed: every line a connection said)
+        gets a token in its stream entry, by which this server's reader gives the sender its echo,
+        or tells its connection the line is its own (see Echoes)."""
         if not builds:
             return []
         built = [build(PLACEHOLDER_ID) for build in builds]
         templates = [line.json for line in built]
         tags: list[tuple[Tag | None, str]] = []
-        if any(cids):
+        if any(cids) or any(line.echo_to is not None for line in built):
             echoes = self._logs.echoes
-            for line, tag in zip(built, cids, strict=True):
-                token = echoes.expect(line.echo_to, tag[1]) if tag is not None and line.echo_to is not None else ""
+            for line, tag in zip(built, cids or [None] * len(built), strict=True):
+                cid = tag[1] if tag is not None else None
+                token = echoes.expect(line.echo_to, cid) if line.echo_to is not None else ""
                 tags.append((tag, token))
         try:
             with refused_if_away(NOT_STORED, self._room):

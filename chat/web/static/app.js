@@ -423,7 +423,7 @@
         state.account = true;
         save();
         return info(state.buffers.get(state.active), m.detail || 'registered: this name is now your account');
-      case 'away': return info(buffer('private', m.name), `${m.name} is away: ${m.msg}`);
+      case 'away': return m.room ? onAway(m) : info(buffer('private', m.name), `${m.name} is away: ${m.msg}`);
       case 'done': return info(state.buffers.get(state.active), m.detail);
       case 'notice': return info(state.buffers.get(state.active), m.detail);
       case 'ping': return send({ type: 'pong' });
@@ -588,7 +588,7 @@
       info(buf, `you left ${m.room} (${m.reason}); /join ${m.room} to come back`);
       save();
     } else {
-      addLine(buf, { time: m.time, kind: 'left', name: m.name, reason: m.reason }, false);
+      addLine(buf, { time: m.time, kind: 'left', name: m.name, reason: m.reason, msg: m.msg || '' }, false);
     }
     if (buf.key === state.active) renderMembers();
   }
@@ -630,6 +630,15 @@
     buf.users = new Map(m.users.map((name) => [fold(name), {
       name, role: (m.roles || {})[name] || '', away: (m.away || {})[name] || '',
     }]));
+    if (buf.key === state.active) renderMembers();
+  }
+
+  function onAway(m) {
+    // A member of m.room went away (m.msg says why) or came back (""): its mark in the member list.
+    const buf = state.buffers.get(keyOf('room', m.room));
+    const user = buf && buf.users.get(fold(m.name));
+    if (!user) return;
+    user.away = m.msg;
     if (buf.key === state.active) renderMembers();
   }
 
@@ -871,7 +880,7 @@
         row.append(text(`${line.name} joined`));
         break;
       case 'left':
-        row.append(text(`${line.name} left (${line.reason})`));
+        row.append(text(`${line.name} left (${line.reason})${line.msg ? ': ' + line.msg : ''}`));
         break;
       case 'renamed':
         row.append(text(`${line.name} is now ${line.to}`));
