@@ -31,39 +31,15 @@ def main() -> int:
     def servers(py: str, checkout: str, work: str, extra: list[str]) -> dict[str, object]:
         found = table(py, checkout, work, extra)
         server = os.path.join(os.path.abspath(known.before), "server.py")
-        found["before"] = (
-            "jsonl",
-            lambda port: [
-                py,
-                server,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--db",
-                os.path.join(work, f"before-{port}.db"),
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-        )
+        def before(port: int, *listen: str, name: str = "before") -> list[str]:
+            """The other checkout's server.py, started as compare.py starts `ours`."""
+            db = os.path.join(work, f"{name}-{port}.db")
+            return [py, server, "--host", "127.0.0.1", *listen, "--db", db, "--log-level", "WARNING", *extra]
+
+        found["before"] = ("jsonl", lambda port: before(port, "--port", str(port)))
         found["before-irc"] = (
             "irc",
-            lambda port: [
-                py,
-                server,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(compare.free_port()),
-                "--irc-port",
-                str(port),
-                "--db",
-                os.path.join(work, f"before-irc-{port}.db"),
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
+            lambda port: before(port, "--port", str(compare.free_port()), "--irc-port", str(port), name="before-irc"),
         )
         return found
 
