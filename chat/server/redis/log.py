@@ -183,12 +183,17 @@ class Logs:
         return {tag: line for tag, line in zip(tags, lines, strict=True) if line is not None}
 
     def _clock_offset(self) -> float:
-        """Redis' clock minus ours, measured again each minute (clocks drift, slowly)."""
+        """Redis' clock minus ours, measured again each minute (clocks drift, slowly).
+
+        Never more than it is: Redis read its clock somewhere between our `before` and `after`,
+        and taking `after` errs, by the round trip at most, towards a deadline that comes early
+        (an append fenced that could have been kept: refused, and safe). The midpoint could err
+        the other way on a loaded machine, by half a slow round trip, and let an append the
+        server had stopped waiting for be kept after all."""
         if self._measured is None or time.monotonic() - self._measured > 60:
-            before = time.time()
             seconds, micro = self._redis.time()
             after = time.time()
-            self._offset = seconds + micro / 1e6 - (before + after) / 2
+            self._offset = seconds + micro / 1e6 - after
             self._measured = time.monotonic()
         return self._offset
 
