@@ -14,28 +14,12 @@ import asyncio
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from chat.bench import DIALECTS, Result, _free_port, run_bench, run_rooms_bench, server_command
+from chat.bench import DIALECTS, Result, _free_port, run_bench, run_rooms_bench, server_command, spawn_server
 from chat.cli import raise_open_file_limit
 
 HERE = Path(__file__).resolve().parent
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit("the server exited at once") from None
-            time.sleep(0.05)
-    raise SystemExit("the server never started listening")
 
 
 def start(server: str, work: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -51,9 +35,7 @@ def start(server: str, work: str) -> tuple[subprocess.Popen[bytes], int]:
             command += ["--port", str(_free_port()), "--irc-port", str(port)]
         else:
             command += ["--port", str(port)]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_listening(port, process)
-    return process, port
+    return spawn_server(command, port, port_flag=False), port
 
 
 def measure(server: str, rooms: int, per_room: int, seconds: float, work: str) -> Result:

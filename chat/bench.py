@@ -740,9 +740,11 @@ def serving(command: list[str], count: int = 1) -> Iterator[list[Spawned]]:
                 server.process.wait()
 
 
-def spawn_server(command: list[str], port: int) -> subprocess.Popen[bytes]:
+def spawn_server(command: list[str], port: int, port_flag: bool = True) -> subprocess.Popen[bytes]:
+    """Start `command` (with `--port PORT` added, unless `port_flag` is False: the command names
+    its port itself) and wait until it listens on `port`."""
     process = subprocess.Popen(
-        [*command, "--port", str(port)],
+        [*command, "--port", str(port)] if port_flag else command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

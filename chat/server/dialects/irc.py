@@ -192,6 +192,11 @@ def hostmask(nick: str) -> str:
     return f"{nick}!~u@{USER_HOST}"
 
 
+def is_action(text: str) -> bool:
+    """Whether a PRIVMSG's text is a CTCP ACTION (`/me`): `\\x01ACTION words\\x01`."""
+    return text.startswith("\x01ACTION") and text.endswith("\x01") and len(text) > 9
+
+
 def channel(room: str) -> str:
     return "#" + room
 
@@ -458,7 +463,7 @@ class IrcConnection(Connection):
             room = room_of(target) if target.startswith("#") else None
             if room is None or room_key(room) != key or not text.strip():
                 break
-            action = text.startswith("\x01ACTION") and text.endswith("\x01") and len(text) > 9
+            action = is_action(text)
             try:
                 mapped = self._said(target, text, action)
             except (_Numeric, ValueError):  # ValidationError is a ValueError
@@ -813,7 +818,7 @@ class IrcConnection(Connection):
                 return None
             raise _Numeric("412", "No text to send")
         text = params[1]
-        action = text.startswith("\x01ACTION") and text.endswith("\x01") and len(text) > 9
+        action = is_action(text)
         requests: list[ClientMessage] = []
         for target in params[0].split(",")[:4]:
             try:
