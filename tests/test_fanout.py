@@ -218,6 +218,9 @@ class PeerWriter:
         self.encodes += 1
         return b"" if line.echo_to is not None and line.echo_to is self.peer else line.encoded(self.shared)
 
+    def written(self, line: Line) -> bytes:
+        return self.encode(line)
+
     peer: object = None
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from chat.server.fanout import PeerState
 from chat.server.lines import Line
-from chat.server.outbox import SEND_CHUNK, Outbox, Peer
+from chat.server.outbox import INLINE_PASS_MAX, SEND_CHUNK, Outbox, Peer
 from chat.testing import TIMEOUT
 
 
@@ -29,6 +29,8 @@ class FakeTransport:
         #: Bytes the peer will still read (None: all of them).
         self.allowance = allowance
         self.received = bytearray()
+        #: The names of the threads that sent to it.
+        self.senders: set[str] = set()
         self.shut = threading.Event()
         self.changed = threading.Condition()
         self._gate_out, self._gate_in = os.pipe()
@@ -43,6 +45,7 @@ class FakeTransport:
         with self.changed:
             count = len(data) if self.allowance is None else min(self.allowance, len(data))
             self.received += data[:count]
+            self.senders.add(threading.current_thread().name)
             if self.allowance is not None:
                 self.allowance -= count
                 if self.allowance == 0:
@@ -119,6 +122,17 @@ class Harness:
         for room in rooms:
             self.outbox.subscribe(peer, room)
         return peer, transport
+
+
+@pytest.fixture
+def idle_outbox() -> Iterator[Harness]:
+    """An Outbox whose writer thread is not started: only a thread in writing_here sends."""
+    harness = Harness(Outbox())
+    yield harness
+    harness.outbox.stop(TIMEOUT)
+    for transport in harness.transports:
+        transport.close()
+    assert harness.outbox.failure is None, f"a pass crashed: {harness.outbox.failure!r}"
 
 
 @pytest.fixture
@@ -313,3 +327,55 @@ def test_a_line_of_its_own_queued_during_a_long_pass_goes_out_before_the_pass_en
     for _, transport in members:
         transport.wait_until_read(b"said\nreply\n")
     assert order.index("newcomer") == SEND_CHUNK  # at the first stop, not after the whole room
+
+
+def test_a_small_rooms_line_said_in_writing_here_is_sent_by_the_saying_thread_before_it_returns(idle_outbox):
+    """At a low rate a line to a small room wakes no other thread: the writer here never runs."""
+    members = [idle_outbox.peer(f"m{i}", "lobby") for i in range(10)]
+    _, elsewhere = idle_outbox.peer("elsewhere", "dev")
+    with idle_outbox.outbox.writing_here():
+        idle_outbox.outbox.publish("lobby", Line(b"said\n"))
+        assert all(transport.received == b"" for _, transport in members)  # not before the scope ends
+    me = threading.current_thread().name
+    for _, transport in members:
+        assert (bytes(transport.received), transport.senders) == (b"said\n", {me})
+    assert elsewhere.received == b""
+
+
+def test_a_big_rooms_line_said_in_writing_here_is_left_to_the_writer(idle_outbox):
+    members = [idle_outbox.peer(f"m{i}", "lobby") for i in range(INLINE_PASS_MAX + 1)]
+    with idle_outbox.outbox.writing_here():
+        idle_outbox.outbox.publish("lobby", Line(b"said\n"))
+    assert all(transport.received == b"" for _, transport in members)
+    idle_outbox.outbox.start()
+    for _, transport in members:
+        transport.wait_until_read(b"said\n")
+        assert transport.senders == {"chat-outbox"}
+
+
+def test_lines_said_at_once_by_many_threads_in_writing_here_arrive_once_each_in_order(start_outbox):
+    """Passes on the saying threads and the writer's take turns: no line doubled, lost or reordered."""
+    box = start_outbox()
+    rooms = [f"room{r}" for r in range(4)]
+    readers = [box.peer(f"{room}-{i}", room) for room in rooms for i in range(5)]
+    _, everywhere = box.peer("everywhere", *rooms)
+    per_thread = 300
+
+    def talk(room: str, thread: int) -> None:
+        for i in range(per_thread):
+            with box.outbox.writing_here():
+                box.outbox.publish(room, Line(f"{thread} {i}\n".encode()))
+
+    threads = [threading.Thread(target=talk, args=(rooms[t % 4], t), name=f"talker{t}") for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    for peer, transport in [*readers, (None, everywhere)]:
+        talkers = [t for t in range(8) if peer is None or rooms[t % 4] in peer.cursors]
+        owed = len(talkers) * per_thread
+        got = transport.wait_for(lambda r, owed=owed: r.count(b"\n") >= owed, "every line")
+        lines = got.decode().splitlines()
+        assert len(lines) == owed
+        for t in talkers:
+            assert [line for line in lines if line.split()[0] == str(t)] == [f"{t} {i}" for i in range(per_thread)]

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from chat.server.lines import JSON_LINES, Dialect, Line, SaidLine
+from chat.server.lines import JSON_LINES, Dialect, Line, PeerWriter, SaidLine
 
 #: A log is looked at for trimming once it holds this many lines.
 TRIM_AT = 2048
@@ -103,6 +103,10 @@ class _Log(Generic[S]):
             lines = [line.echo if line.echo is not None and line.echo_to is reader else line for line in lines]
         if dialect is JSON_LINES:
             return b"".join([line.json for line in lines])
+        if getattr(dialect, "per_peer", False):
+            # A room's lines, on the writer or on a handler passing itself (Outbox.writing_here).
+            written = cast(PeerWriter, dialect).written
+            return b"".join([written(line) for line in lines])
         return b"".join([line.encoded(dialect) for line in lines])
 
     def since(self, start: int, dialect: Dialect, reader: object = None) -> bytes:
@@ -355,6 +359,10 @@ class Fanout(Generic[S]):
             batch |= self._logs[room].subscribers
         self._dirty_logs.clear()
         return batch
+
+    def due_size(self) -> int:
+        """How many subscribers due() would return, at most (without starting a pass)."""
+        return len(self._dirty) + sum(len(self._logs[room].subscribers) for room in self._dirty_logs)
 
     def due_alone(self, busy: set[S]) -> set[S]:
         """Who may be owed lines of its own (a welcome, a reply) since the last look, but those in

@@ -35,6 +35,18 @@ class Dialect(Protocol):
         ...
 
 
+class PeerWriter(Dialect, Protocol):
+    """A dialect object that writes for one peer alone (`per_peer`; IRC's, whose words depend on
+    the client's capabilities and on the command it is being answered): a Line keeps no bytes for it."""
+
+    per_peer: bool
+
+    def written(self, line: Line) -> bytes:
+        """A room's `line` in this peer's words, whichever thread writes it: never part of the
+        answer to a command that thread serves (`encode` may take a reply for one)."""
+        ...
+
+
 class JsonLines:
     """The JSON line protocol (protocol.md): a line's own JSON encoding, as stored."""
 

@@ -3,7 +3,8 @@
 The Outbox is the thin, threaded shell around the pure fan-out core
 (fanout.py): one lock around every call into it, and one writer thread that
 sends each due connection everything it is owed in a single non-blocking
-send through its Transport. Knows threads and selectors, not the protocol:
+send through its Transport (a handler that said a small room's line while
+the writer is idle runs that pass itself: writing_here). Knows threads and selectors, not the protocol:
 the delivery edge, where a Line becomes bytes in its peer's dialect (once per
 dialect for a room's line, whoever reads it).
 """
@@ -15,6 +16,7 @@ import selectors
 import socket
 import threading
 import time
+from types import TracebackType
 
 from chat.server.fanout import Fanout, PeerState, Subscriber
 from chat.server.lines import JSON_LINES, Dialect, Line, render
@@ -36,6 +38,10 @@ BUDGET_CHECK_INTERVAL = 0.25
 #: serve those owed lines of their own meanwhile (a joiner's welcome): in a room of thousands a
 #: pass takes a second, and a connect storm's joiners waited a pass each for their welcome.
 SEND_CHUNK = 256
+#: A thread that queued lines sends them itself when the writer is idle and at most this many
+#: connections are owed anything (see Outbox.writing_here): a small room's line then wakes no
+#: other thread. A bigger pass goes to the writer, which splits it (SEND_CHUNK).
+INLINE_PASS_MAX = 32
 
 
 class Peer(Subscriber):
@@ -55,6 +61,33 @@ class Peer(Subscriber):
         self._watching = False  # registered with the selector for EVENT_WRITE
         #: The transport keeps no bytes of its own (plain TCP): a complete send leaves nothing to watch.
         self.plain = not transport.buffers
+
+
+class WritingHere:
+    """Outbox.writing_here's scope: wakes of the writer are owed, not sent, until it ends;
+    then this thread passes itself or wakes the writer once. Nested scopes are one."""
+
+    __slots__ = ("_outbox", "_outer")
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._outer = False
+
+    def __enter__(self) -> None:
+        here = self._outbox._here
+        self._outer = getattr(here, "deferring", False)
+        if not self._outer:
+            here.deferring, here.owed = True, False
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._outer:
+            return
+        here = self._outbox._here
+        here.deferring = False
+        if here.owed:
+            self._outbox._pass_here()
 
 
 #: One send of a pass: to whom, what, and how many bytes went (None: the connection is lost).
@@ -87,6 +120,11 @@ class Outbox:
         self._wake_reader.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        #: Held by whoever runs a pass (the writer, or a thread in writing_here): one pass at a
+        #: time, so that no two threads ever send to one connection at once.
+        self._pass_lock = threading.Lock()
+        #: Per thread: whether it is inside writing_here, and whether it owes the writer a wake.
+        self._here = threading.local()
         # Not `_thread`: mypyc would name its C field `__thread`, which is a keyword to GCC.
         self._writer_thread = threading.Thread(target=self._run, name="chat-outbox")
         #: What crashed the writer thread, if anything did (a bug).
@@ -114,6 +152,16 @@ class Outbox:
         with self._lock:
             self._fanout.publish(room, *lines)
             self._wake_locked()
+
+    def writing_here(self) -> WritingHere:
+        """A scope whose lines leave when it ends, sent by this thread itself if the writer is
+        idle and few connections are owed anything; otherwise the writer is woken for them.
+
+        At a low rate a line to a small room then costs no other thread a wake-up (on a
+        virtual machine a wake-up costs about as much CPU as sending to ten connections).
+        Nothing inside may wait for the writer: it is not woken until the end.
+        """
+        return WritingHere(self)
 
     def subscribe(self, peer: Peer, room: str, held: bool = False) -> None:
         """From now on `peer` gets every line published to `room`; held, only after release_held()."""
@@ -227,9 +275,15 @@ class Outbox:
             self._pass_done.notify_all()
         if self._writer_thread.ident is not None:
             self._writer_thread.join(timeout)
-        with self._lock:
-            for peer in list(self._peers):
-                self._forget_locked(peer)
+        # A pass on a handler thread finishes its sends first (they never block).
+        passing = self._pass_lock.acquire(timeout=timeout)
+        try:
+            with self._lock:
+                for peer in list(self._peers):
+                    self._forget_locked(peer)
+        finally:
+            if passing:
+                self._pass_lock.release()
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
@@ -240,52 +294,80 @@ class Outbox:
         try:
             self._write_until_stopped()
         except BaseException as exc:
-            # A bug here would freeze every client: record it, say it loudly, and
-            # hang up on everyone so that clients notice and reconnect.
-            log.exception("the outbox writer crashed; disconnecting every client")
-            self.failure = exc
-            with self._lock:
-                for peer in list(self._peers):
-                    self._drop_locked(peer, None)
-                self._pass_done.notify_all()
+            self._fail(exc, "the outbox writer crashed")
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        """A bug in a pass would freeze every client: record it, say it loudly, and hang up
+        on everyone so that clients notice and reconnect."""
+        log.exception("%s; disconnecting every client", what)
+        self.failure = exc
+        with self._lock:
+            for peer in list(self._peers):
+                self._drop_locked(peer, None)
+            self._pass_done.notify_all()
 
     def _write_until_stopped(self) -> None:
         # With a global budget the writer also wakes on its own, to check it while nothing is sent.
         idle_wake = BUDGET_CHECK_INTERVAL if self.max_queued else None
         while not self._stopping:
             ready = self._selector.select(idle_wake)
+            with self._pass_lock:
+                with self._lock:
+                    self._drain_wake()
+                    writable: set[Peer] = {key.data for key, _ in ready if key.data is not None}
+                    published = self._fanout.published
+                    work = self._collect(writable | self._fanout.due(), writable)
+                self._pass(work, published)
+
+    def _pass_here(self) -> None:
+        """What writing_here owes at its end: a small pass on this thread if no pass runs now,
+        else a wake-up for the writer (which takes these lines in its next pass)."""
+        if not self._pass_lock.acquire(blocking=False):
             with self._lock:
-                self._drain_wake()
-                writable: set[Peer] = {key.data for key, _ in ready if key.data is not None}
-                batch = writable | self._fanout.due()
+                self._wake_locked()
+            return
+        try:
+            with self._lock:
+                if self._stopping or self._fanout.due_size() > INLINE_PASS_MAX:
+                    self._wake_locked()
+                    return
                 published = self._fanout.published
-                work = self._collect(batch, writable)
-            # The sends, and only the sends, happen outside the lock; then one
-            # acquisition settles every peer, instead of one per peer.
-            if len(work) <= SEND_CHUNK:
-                sent = [
-                    (peer, data, peer.transport.try_send(data) if data or peer.transport.wants_write() else 0)
-                    for peer, data in work
-                ]
-            else:
-                sent = self._send_in_chunks(work)
-            with self._lock:
-                for peer, data, count in sent:
-                    # The common case, decided in one line: all of a fresh take went, nothing waits.
-                    # (Lines published meanwhile made their log due again, so nothing is missed.)
-                    if (
-                        count == len(data)
-                        and peer.plain
-                        and peer.state is _OPEN
-                        and not (peer.pending or peer._watching or peer.give_up)
-                    ):
-                        peer.taken_own = 0  # what accepted() would say: nothing of its own is owed
-                        continue
-                    self._settle_locked(peer, data, count)
-                self._written = published
-                self._fanout.trim()
-                self._keep_to_budget_locked()
-                self._pass_done.notify_all()
+                work = self._collect(self._fanout.due(), set())
+            self._pass(work, published)
+        except BaseException as exc:
+            self._fail(exc, "a pass on a handler thread crashed")
+            raise
+        finally:
+            self._pass_lock.release()
+
+    def _pass(self, work: list[tuple[Peer, memoryview | bytes]], published: int) -> None:
+        """Send what _collect took, then settle every peer: called with the pass lock held."""
+        # The sends, and only the sends, happen outside the lock; then one
+        # acquisition settles every peer, instead of one per peer.
+        if len(work) <= SEND_CHUNK:
+            sent = [
+                (peer, data, peer.transport.try_send(data) if data or peer.transport.wants_write() else 0)
+                for peer, data in work
+            ]
+        else:
+            sent = self._send_in_chunks(work)
+        with self._lock:
+            for peer, data, count in sent:
+                # The common case, decided in one line: all of a fresh take went, nothing waits.
+                # (Lines published meanwhile made their log due again, so nothing is missed.)
+                if (
+                    count == len(data)
+                    and peer.plain
+                    and peer.state is _OPEN
+                    and not (peer.pending or peer._watching or peer.give_up)
+                ):
+                    peer.taken_own = 0  # what accepted() would say: nothing of its own is owed
+                    continue
+                self._settle_locked(peer, data, count)
+            self._written = max(self._written, published)
+            self._fanout.trim()
+            self._keep_to_budget_locked()
+            self._pass_done.notify_all()
 
     def _send_in_chunks(self, work: list[tuple[Peer, memoryview | bytes]]) -> list[_Sent]:
         """A long pass's sends, outside the lock; after every SEND_CHUNK of them, what the peers
@@ -400,6 +482,10 @@ class Outbox:
         peer._watching = watch
 
     def _wake_locked(self) -> None:
+        here = self._here
+        if getattr(here, "deferring", False):
+            here.owed = True  # writing_here passes or wakes at its end
+            return
         if not self._wake_pending:
             self._wake_pending = True
             try:
