@@ -9,6 +9,7 @@ callers hold AddressBook's lock only for a dictionary lookup.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -217,7 +218,13 @@ def in_networks(host: str, networks: Iterable[str]) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in ipaddress.ip_network(network) for network in networks)
+    return any(address in _network(network) for network in networks)
+
+
+@functools.lru_cache(maxsize=256)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """`text` parsed once: a connect storm asked for the same few networks per connection."""
+    return ipaddress.ip_network(text)
 
 
 def parse_networks(text: str) -> tuple[str, ...]:
