@@ -182,6 +182,52 @@ def test_a_json_owner_kicks_an_irc_user(irc_server):
     assert kick.startswith(":owner!") and "#dev bob :out" in kick
 
 
+def test_an_irc_user_banned_by_a_json_owner_is_told_it_is_out_of_the_channel(irc_server):
+    """A ban takes a member out of the room: its IRC client sees the ban, then a KICK of itself,
+    or it would go on showing the channel as joined (WeeChat did)."""
+    owner = LineClient(irc_server.address)
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.expect(SessionToken)
+    owner.send({"type": "join", "room": "dev"})
+    owner.expect(Welcome, room="dev")
+    account = LineClient(irc_server.address)
+    account.join("bob")
+    account.send({"type": "register", "password": "bob password"})
+    account.expect(SessionToken)
+    account.close()
+    bob = irc(irc_server)
+    bob.register("bob", password="bob password")
+    bob.send("JOIN #dev")
+    bob.expect(" 366 ")
+    owner.send({"type": "ban", "room": "dev", "name": "bob", "reason": "spam"})
+    assert "MODE #dev +b bob!*@*" in bob.expect("MODE #dev")
+    assert "KICK #dev bob :" in bob.expect("KICK")
+    bob.send("JOIN #dev")
+    assert " 474 " in bob.expect(" 474 ")
+
+
+def test_a_kicked_irc_user_who_rejoins_is_told_of_the_kick_in_the_replay_and_stays_joined(irc_server):
+    """Replayed as a KICK, the kick took irssi out of the channel it had just joined again."""
+    owner = LineClient(irc_server.address)
+    owner.join("owner")
+    owner.send({"type": "register", "password": "owner password"})
+    owner.expect(SessionToken)
+    owner.send({"type": "join", "room": "dev"})
+    owner.expect(Welcome, room="dev")
+    bob = irc(irc_server)
+    bob.register("bob")
+    bob.send("JOIN #dev")
+    bob.expect(" 366 ")
+    owner.send({"type": "kick", "room": "dev", "name": "bob", "reason": "out"})
+    assert "#dev bob :out" in bob.expect("KICK")
+    bob.send("JOIN #dev")
+    replay = bob.until("owner kicked bob: out")
+    assert not any(" KICK " in line for line in replay)
+    bob.send("PRIVMSG #dev :still here")
+    assert owner.expect(ChatMessage, msg="still here").name == "bob"
+
+
 def test_the_registration_deadline_closes_a_silent_connection(start_chat_server):
     server = start_chat_server(ServerConfig(irc_port=0, db=":memory:", join_timeout=0.2))
     client = irc(server)

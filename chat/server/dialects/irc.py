@@ -173,6 +173,11 @@ _NOT_IN_NICK = frozenset(" ,*?!@.:\0")
 _NOT_FIRST_IN_NICK = frozenset("#&$:~%+0123456789-'")
 _PREFIXES = {"owner": "~", "admin": "~", "op": "@", "voice": "+"}
 _MODE_LETTERS = {"topic": "t", "moderated": "m"}
+#: How a replayed moderation line says what was done (it is told, not done again).
+_DONE = {
+    "kick": "kicked", "ban": "banned", "unban": "unbanned", "mute": "muted", "unmute": "unmuted",
+    "op": "made an operator:", "deop": "took operator from", "voice": "gave voice to", "devoice": "took voice from",
+}
 _LETTER_MODES = {letter: mode for mode, letter in _MODE_LETTERS.items()}
 _ERROR_NUMERICS = {
     "banned": "474",
@@ -1232,6 +1237,19 @@ class IrcRender:
         return line_of("NOTICE", target, said, source=self.server, tags=tags)
 
 
+    def moderation_told(self, message: Moderation, extra: dict[str, str]) -> bytes:
+        """A moderation line in a replay of the channel's history: a NOTICE that tells it. Done
+        again, a replayed KICK of the client would take it out of the channel it just joined
+        (irssi leaves; the server still has it joined), and a MODE would set what was undone since."""
+        tags = self.tags(self.stamp(message), str(message.id), message.by) | extra
+        if message.action == "mode":
+            said = f"{message.by} set {message.name}"
+        else:
+            said = f"{message.by} {_DONE.get(message.action, message.action)} {message.name}"
+        said += f": {message.reason}" if message.reason else ""
+        return line_of("NOTICE", channel(message.room), said, source=self.server, tags=tags)
+
+
 def line_of(command: str, *params: str, source: str, tags: dict[str, str]) -> bytes:
     return line(command, *params, source=source, tags=tags)
 
@@ -1442,7 +1460,15 @@ class IrcWriter:
                 if own and "echo-message" not in conn.caps:
                     return b""
                 if isinstance(message, Moderation):
+                    joined = room_key(message.room) in self.joined
                     self._moderated(message, me)
+                    if message.action == "ban" and message.name == me and joined:
+                        # The ban took this client out of the room, and the room tells the others
+                        # (a KICK, from Left): the client itself is told here, or it stays "joined".
+                        render = self.render
+                        kick = line_of("KICK", channel(message.room), me, message.reason or "banned",
+                                       source=conn.server, tags=render.tags(render.stamp(message)))
+                        return item.encoded(render) + kick
                 if own and isinstance(message, ChatMessage | Action):
                     return self._echo_label((room_key(message.room), message.msg), item.encoded(self.render))
                 return item.encoded(self.render)
@@ -1546,6 +1572,8 @@ class IrcWriter:
         render = self.render
         if isinstance(message, ChatMessage | Action):
             data = render.said(message, channel(room), extra)
+        elif isinstance(message, Moderation):
+            data = render.moderation_told(message, extra)
         else:
             data = item.encoded(render)
             if batch:
