@@ -265,7 +265,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     started = time.monotonic()
                     with server.outbox.writing_here():  # a small room's line wakes no other thread
                         server.hub.speak(session, room, lines)
-                    server.stats.kept(len(lines), time.monotonic() - started)
+                        # Counted before the scope's end sends them: a reader never sees a line
+                        # the metrics do not count yet.
+                        server.stats.kept(len(lines), time.monotonic() - started)
                 case Request(message):
                     assert not isinstance(message, LogIn | Describe | JoinTwinRooms | HistoryQuery)
                     if not server.hub.receive(session, message):
