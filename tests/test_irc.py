@@ -166,17 +166,30 @@ def test_sasl_plain_logs_into_an_account_with_a_password_or_a_token(irc_server):
     assert " 904 " in wrong.expect(" 90")
 
 
-def test_a_json_owner_kicks_an_irc_user(irc_server):
+def owner_and_irc_member(irc_server, password: str | None = None) -> tuple[LineClient, IrcClient, list[str]]:
+    """`owner`, a JSON account that owns #dev, and `bob` on IRC in #dev (an account with `password`,
+    else a guest); and what bob read of his JOIN up to the end of the names."""
     owner = LineClient(irc_server.address)
     owner.join("owner")
     owner.send({"type": "register", "password": "owner password"})
     owner.expect(SessionToken)
     owner.send({"type": "join", "room": "dev"})
     owner.expect(Welcome, room="dev")
+    if password is not None:
+        account = LineClient(irc_server.address)
+        account.join("bob")
+        account.send({"type": "register", "password": password})
+        account.expect(SessionToken)
+        account.close()
     bob = irc(irc_server)
-    bob.register("bob")
+    bob.register("bob", password=password)
     bob.send("JOIN #dev")
-    assert "~owner" in bob.expect(" 353 ")
+    return owner, bob, bob.until(" 366 ")
+
+
+def test_a_json_owner_kicks_an_irc_user(irc_server):
+    owner, bob, joined = owner_and_irc_member(irc_server)
+    assert any(" 353 " in line and "~owner" in line for line in joined)
     owner.send({"type": "kick", "room": "dev", "name": "bob", "reason": "out"})
     kick = bob.expect("KICK")
     assert kick.startswith(":owner!") and "#dev bob :out" in kick
@@ -185,21 +198,7 @@ def test_a_json_owner_kicks_an_irc_user(irc_server):
 def test_an_irc_user_banned_by_a_json_owner_is_told_it_is_out_of_the_channel(irc_server):
     """A ban takes a member out of the room: its IRC client sees the ban, then a KICK of itself,
     or it would go on showing the channel as joined (WeeChat did)."""
-    owner = LineClient(irc_server.address)
-    owner.join("owner")
-    owner.send({"type": "register", "password": "owner password"})
-    owner.expect(SessionToken)
-    owner.send({"type": "join", "room": "dev"})
-    owner.expect(Welcome, room="dev")
-    account = LineClient(irc_server.address)
-    account.join("bob")
-    account.send({"type": "register", "password": "bob password"})
-    account.expect(SessionToken)
-    account.close()
-    bob = irc(irc_server)
-    bob.register("bob", password="bob password")
-    bob.send("JOIN #dev")
-    bob.expect(" 366 ")
+    owner, bob, _ = owner_and_irc_member(irc_server, password="bob password")
     owner.send({"type": "ban", "room": "dev", "name": "bob", "reason": "spam"})
     assert "MODE #dev +b bob!*@*" in bob.expect("MODE #dev")
     assert "KICK #dev bob :" in bob.expect("KICK")
@@ -209,16 +208,7 @@ def test_an_irc_user_banned_by_a_json_owner_is_told_it_is_out_of_the_channel(irc
 
 def test_a_kicked_irc_user_who_rejoins_is_told_of_the_kick_in_the_replay_and_stays_joined(irc_server):
     """Replayed as a KICK, the kick took irssi out of the channel it had just joined again."""
-    owner = LineClient(irc_server.address)
-    owner.join("owner")
-    owner.send({"type": "register", "password": "owner password"})
-    owner.expect(SessionToken)
-    owner.send({"type": "join", "room": "dev"})
-    owner.expect(Welcome, room="dev")
-    bob = irc(irc_server)
-    bob.register("bob")
-    bob.send("JOIN #dev")
-    bob.expect(" 366 ")
+    owner, bob, _ = owner_and_irc_member(irc_server)
     owner.send({"type": "kick", "room": "dev", "name": "bob", "reason": "out"})
     assert "#dev bob :out" in bob.expect("KICK")
     bob.send("JOIN #dev")
