@@ -124,6 +124,7 @@ class Lease:
             if self.renew():
                 log.warning("this server's lease ran out (Redis was away): claiming its names again")
                 self._lost()
+                log.warning("this server's names and room members are claimed again")
             for room, member in self.reap():
                 self._gone(room, member)
         except (redis.RedisError, StorageFailed) as exc:
