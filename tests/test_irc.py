@@ -218,6 +218,12 @@ def test_a_kicked_irc_user_who_rejoins_is_told_of_the_kick_in_the_replay_and_sta
     assert owner.expect(ChatMessage, msg="still here").name == "bob"
 
 
+def test_a_mute_reaches_an_irc_member_as_a_notice_that_tells_it(irc_server):
+    owner, bob, _ = owner_and_irc_member(irc_server)
+    owner.send({"type": "mute", "room": "dev", "name": "bob", "reason": "calm down"})
+    assert bob.expect("NOTICE #dev").endswith("NOTICE #dev :owner muted bob: calm down")
+
+
 def test_the_registration_deadline_closes_a_silent_connection(start_chat_server):
     server = start_chat_server(ServerConfig(irc_port=0, db=":memory:", join_timeout=0.2))
     client = irc(server)

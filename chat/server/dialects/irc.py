@@ -1233,8 +1233,7 @@ class IrcRender:
                 if not letters:
                     return line_of("NOTICE", target, f"{message.by} set {message.name}", source=self.server, tags=tags)
                 return line_of("MODE", target, letters, source=source, tags=tags)
-        said = f"{message.by} {message.action}d {message.name}" + (f": {message.reason}" if message.reason else "")
-        return line_of("NOTICE", target, said, source=self.server, tags=tags)
+        return self.moderation_told(message, {})  # a mute: IRC has no line for it, so it is told
 
 
     def moderation_told(self, message: Moderation, extra: dict[str, str]) -> bytes:
